@@ -1,0 +1,119 @@
+//! `shoal data put|get`, and the upload helper other commands use for local files.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use shoal::proto::DownloadRequest;
+use shoal::proto::storage_service_client::StorageServiceClient;
+use tonic::transport::Channel;
+
+use crate::client::connect;
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Store a local file or directory; prints its CID.
+    Put {
+        path: PathBuf,
+        /// Print nothing but the CID.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Fetch a CID (file or directory) to DEST (default: the CID as a name).
+    Get {
+        cid: String,
+        dest: Option<PathBuf>,
+        /// A path inside a directory CID.
+        #[arg(long, default_value = "")]
+        path: String,
+    },
+}
+
+pub async fn run(address: &str, command: DataCommand) -> anyhow::Result<()> {
+    let mut clients = connect(address).await?;
+    match command {
+        DataCommand::Put { path, quiet } => {
+            let cid = upload(&mut clients.storage, &path, !quiet).await?;
+            println!("{cid}");
+        }
+        DataCommand::Get { cid, dest, path } => {
+            let dest = dest.unwrap_or_else(|| PathBuf::from(cid.trim_start_matches("ipfs://")));
+            let summary = download(&mut clients.storage, &cid, &path, &dest).await?;
+            eprintln!(
+                "{} file(s), {} written to {}",
+                summary.files,
+                shoal::units::format_size(summary.bytes),
+                dest.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Uploads a local file or directory and returns its CID, with a progress bar on stderr
+/// when `progress` is set and stderr is a terminal.
+pub async fn upload(
+    storage: &mut StorageServiceClient<Channel>,
+    path: &Path,
+    progress: bool,
+) -> anyhow::Result<String> {
+    let total: u64 = {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || shoal::transfer::walk(&path))
+            .await??
+            .iter()
+            .map(|e| e.size)
+            .sum()
+    };
+    let sent = Arc::new(AtomicU64::new(0));
+    let bar = (progress && total > 0).then(|| {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("uploading {}", path.display()));
+        bar
+    });
+    let ticker = bar.clone().map(|bar| {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(sent.load(Ordering::Relaxed));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    let result = shoal::transfer::upload_path(storage, path, Some(sent)).await;
+    if let Some(ticker) = ticker {
+        ticker.abort();
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let response = result.with_context(|| format!("cannot upload {}", path.display()))?;
+    Ok(response.cid)
+}
+
+/// Downloads a CID (or a path inside it) to `dest`.
+pub async fn download(
+    storage: &mut StorageServiceClient<Channel>,
+    cid: &str,
+    path: &str,
+    dest: &Path,
+) -> anyhow::Result<shoal::transfer::DownloadSummary> {
+    let stream = storage
+        .download(DownloadRequest {
+            cid: cid.to_owned(),
+            path: path.to_owned(),
+            offset: 0,
+        })
+        .await?
+        .into_inner();
+    Ok(shoal::transfer::download_to(stream, dest).await?)
+}

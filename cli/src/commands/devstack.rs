@@ -1,0 +1,128 @@
+//! `shoal devstack`: an orchestrator and N executors in this process, with an embedded
+//! store, so `shoal wasm run` works with no setup at all.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use shoal::proto::{ListNodesRequest, NodeState};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::connect;
+
+#[derive(Debug, Args)]
+pub struct DevstackArgs {
+    /// Address for the orchestrator's gRPC endpoint (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: String,
+    /// How many executors to run.
+    #[arg(long, default_value_t = 2)]
+    pub executors: u32,
+    /// Executions each executor runs at once.
+    #[arg(long, default_value_t = 2)]
+    pub slots: u32,
+    /// A label for every executor, KEY=VALUE (repeatable). Each executor is also labelled
+    /// devstack.index=N.
+    #[arg(long = "executor-label")]
+    pub executor_labels: Vec<String>,
+    /// Keep state here instead of a temporary directory removed on exit.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
+    let temp;
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("shoal-devstack-")
+                .tempdir()?;
+            temp.path().to_owned()
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = format!("http://{}", listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+
+    let orchestrator_config =
+        shoal_orchestrator::Config::with_data_dir(data_dir.join("orchestrator"));
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        shoal_orchestrator::run(listener, orchestrator_config, token)
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    for index in 0..args.executors {
+        let mut config = shoal_executor::Config::new(
+            address.clone(),
+            format!("devstack-{index}"),
+            data_dir.join(format!("executor-{index}")),
+        );
+        config.slots = args.slots;
+        config.label = args.executor_labels.clone();
+        config.label.push(format!("devstack.index={index}"));
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            shoal_executor::run(config, token)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+
+    wait_until_ready(&address, args.executors as usize).await?;
+    println!(
+        "Shoal devstack ready: orchestrator at {address} with {} executor(s)",
+        args.executors
+    );
+    println!("Data directory: {}", data_dir.display());
+    println!("Point the CLI at it with:");
+    println!("  export SHOAL_ORCHESTRATOR={address}");
+    println!("Press Ctrl-C to stop.");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        Some(result) = tasks.join_next() => {
+            shutdown.cancel();
+            result??;
+            anyhow::bail!("a devstack component stopped unexpectedly");
+        }
+    }
+    eprintln!("Stopping the devstack");
+    shutdown.cancel();
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    Ok(())
+}
+
+/// Waits until every executor has registered, so the first job runs at once.
+async fn wait_until_ready(address: &str, executors: usize) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut clients = connect(address).await?;
+    loop {
+        let nodes = clients
+            .nodes
+            .list_nodes(ListNodesRequest {})
+            .await?
+            .into_inner()
+            .nodes;
+        let connected = nodes
+            .iter()
+            .filter(|n| n.state() == NodeState::Connected)
+            .count();
+        if connected >= executors {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("only {connected} of {executors} executors connected within 60s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

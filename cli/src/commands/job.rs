@@ -1,0 +1,455 @@
+//! `shoal job run|list|describe|logs|get|stop|executions`, and the submit-and-wait flow that
+//! `wasm run` shares.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use shoal::proto::{
+    CancelJobRequest, GetJobRequest, GetLogsRequest, Job, JobSpec, JobState, ListExecutionsRequest,
+    ListJobsRequest, LogStream, SubmitJobRequest, WatchJobRequest, job_event,
+};
+use shoal::spec::SpecDocument;
+
+use crate::EXIT_JOB_NOT_COMPLETED;
+use crate::client::{Clients, connect};
+use crate::output::{self, Format};
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Submit a job spec (YAML or JSON); local program and input paths are uploaded.
+    Run {
+        /// The spec file.
+        spec: PathBuf,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// List jobs, newest first.
+    List {
+        /// Only jobs in this state (repeatable), e.g. running, completed.
+        #[arg(long)]
+        state: Vec<String>,
+        /// Only jobs with this label, KEY=VALUE (repeatable).
+        #[arg(long, short)]
+        label: Vec<String>,
+        /// At most this many jobs.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Show one job, its spec, state and result.
+    Describe {
+        id: String,
+        #[arg(long, value_enum, default_value = "yaml")]
+        output: Format,
+    },
+    /// Print a job's stdout and stderr.
+    Logs {
+        id: String,
+        /// Keep printing new output until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Download a job's results (stdout, stderr, exitCode, outputs).
+    Get {
+        id: String,
+        /// Where to put them (default: ./job-<id>).
+        dest: Option<PathBuf>,
+        /// Only this path inside the results, e.g. outputs/report.txt.
+        #[arg(long, default_value = "")]
+        path: String,
+    },
+    /// Cancel a job.
+    Stop {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// List a job's executions (attempts).
+    Executions {
+        id: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+/// How `wasm run` and `job run` wait for the job they submit.
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// Wait for the job to end, print its output and exit with its exit code (default).
+    #[arg(long, conflicts_with_all = ["id_only", "follow"])]
+    pub wait: bool,
+    /// Print the job id and return at once.
+    #[arg(long)]
+    pub id_only: bool,
+    /// Stream the program's output live while waiting.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// When the job ends, download its results into this directory.
+    #[arg(long)]
+    pub download: Option<PathBuf>,
+}
+
+pub async fn run(address: &str, command: JobCommand) -> anyhow::Result<u8> {
+    let mut clients = connect(address).await?;
+    match command {
+        JobCommand::Run { spec, wait } => {
+            let text = std::fs::read_to_string(&spec)
+                .with_context(|| format!("cannot read {}", spec.display()))?;
+            let document = SpecDocument::from_yaml(&text)?;
+            let base = spec.parent().unwrap_or(Path::new("."));
+            let spec = resolve_document(&mut clients, document, base).await?;
+            submit_and_wait(&mut clients, spec, &wait).await
+        }
+        JobCommand::List {
+            state,
+            label,
+            limit,
+            output,
+        } => {
+            let states = state
+                .iter()
+                .map(|s| parse_state(s).map(|s| s as i32))
+                .collect::<anyhow::Result<_>>()?;
+            let labels = label
+                .iter()
+                .map(|l| {
+                    l.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .with_context(|| format!("label {l:?} must be KEY=VALUE"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let jobs = clients
+                .jobs
+                .list_jobs(ListJobsRequest {
+                    states,
+                    labels,
+                    page_size: limit,
+                    page_token: String::new(),
+                })
+                .await?
+                .into_inner()
+                .jobs;
+            if output != Format::Table {
+                return output::print_structured(output, &jobs).map(|()| 0);
+            }
+            let mut table =
+                output::table(&["ID", "NAME", "STATE", "CREATED", "PROGRAM", "MESSAGE"]);
+            for job in &jobs {
+                let spec = job.spec.clone().unwrap_or_default();
+                table.add_row(vec![
+                    job.id.clone(),
+                    spec.name,
+                    job.state().short_name().to_owned(),
+                    output::time(&job.created_at),
+                    spec.program_name,
+                    job.status_message.clone(),
+                ]);
+            }
+            println!("{table}");
+            Ok(0)
+        }
+        JobCommand::Describe { id, output } => {
+            let job = get_job(&mut clients, &id).await?;
+            let format = if output == Format::Table {
+                Format::Yaml
+            } else {
+                output
+            };
+            output::print_one(format, &job)?;
+            Ok(0)
+        }
+        JobCommand::Logs { id, follow } => {
+            if follow {
+                watch(&mut clients, &id, true).await?;
+            } else {
+                print_logs(&mut clients, &id).await?;
+            }
+            Ok(0)
+        }
+        JobCommand::Get { id, dest, path } => {
+            let dest = dest.unwrap_or_else(|| PathBuf::from(format!("job-{id}")));
+            let summary = download_results(&mut clients, &id, &path, &dest).await?;
+            eprintln!(
+                "{} file(s), {} written to {}",
+                summary.files,
+                shoal::units::format_size(summary.bytes),
+                dest.display()
+            );
+            Ok(0)
+        }
+        JobCommand::Stop { id, reason } => {
+            let job = clients
+                .jobs
+                .cancel_job(CancelJobRequest { job_id: id, reason })
+                .await?
+                .into_inner()
+                .job
+                .unwrap_or_default();
+            println!("{} {}", job.id, job.state().short_name());
+            Ok(0)
+        }
+        JobCommand::Executions { id, output } => {
+            let executions = clients
+                .jobs
+                .list_executions(ListExecutionsRequest { job_id: id })
+                .await?
+                .into_inner()
+                .executions;
+            if output != Format::Table {
+                return output::print_structured(output, &executions).map(|()| 0);
+            }
+            let mut table = output::table(&[
+                "ID", "ATTEMPT", "EXECUTOR", "STATE", "STARTED", "FINISHED", "FAILURE",
+            ]);
+            for e in &executions {
+                table.add_row(vec![
+                    e.id.clone(),
+                    e.attempt.to_string(),
+                    e.executor_id.clone(),
+                    e.state().short_name().to_owned(),
+                    output::time(&e.started_at),
+                    output::time(&e.finished_at),
+                    e.failure
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                ]);
+            }
+            println!("{table}");
+            Ok(0)
+        }
+    }
+}
+
+fn parse_state(text: &str) -> anyhow::Result<JobState> {
+    let name = format!(
+        "JOB_STATE_{}",
+        text.trim().to_ascii_uppercase().replace('-', "_")
+    );
+    JobState::from_str_name(&name)
+        .filter(|s| *s != JobState::Unspecified)
+        .with_context(|| format!("unknown job state {text:?}"))
+}
+
+/// Turns a spec document into a submittable spec: local program and input paths (relative
+/// to `base`) are uploaded and replaced by their CIDs.
+pub async fn resolve_document(
+    clients: &mut Clients,
+    document: SpecDocument,
+    base: &Path,
+) -> anyhow::Result<JobSpec> {
+    let mut spec = document.to_proto()?;
+    let (program, name) = resolve_source(clients, &spec.program, base, "program").await?;
+    if spec.program_name.is_empty() {
+        spec.program_name = name;
+    }
+    spec.program = program;
+    for (i, input) in spec.inputs.iter_mut().enumerate() {
+        input.source = resolve_source(clients, &input.source, base, &format!("inputs[{i}].source"))
+            .await?
+            .0;
+    }
+    Ok(spec)
+}
+
+/// A local path is uploaded; a CID is kept. Returns the CID and a display name.
+pub async fn resolve_source(
+    clients: &mut Clients,
+    source: &str,
+    base: &Path,
+    field: &str,
+) -> anyhow::Result<(String, String)> {
+    if source.is_empty() {
+        bail!("{field} is required");
+    }
+    let path = base.join(source);
+    if std::fs::symlink_metadata(&path).is_ok() {
+        let cid = super::data::upload(&mut clients.storage, &path, true).await?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| cid.clone());
+        return Ok((cid, name));
+    }
+    if shoal::cid::looks_like_cid(source) {
+        return Ok((
+            source.to_owned(),
+            source.trim_start_matches("ipfs://").to_owned(),
+        ));
+    }
+    bail!("{field}: {source:?} is neither an existing local path nor a content id")
+}
+
+/// Submits `spec` and waits as `wait` says; returns the exit code.
+pub async fn submit_and_wait(
+    clients: &mut Clients,
+    spec: JobSpec,
+    wait: &WaitArgs,
+) -> anyhow::Result<u8> {
+    let job = clients
+        .jobs
+        .submit_job(SubmitJobRequest { spec: Some(spec) })
+        .await?
+        .into_inner()
+        .job
+        .context("the orchestrator returned no job")?;
+    if wait.id_only {
+        println!("{}", job.id);
+        return Ok(0);
+    }
+    eprintln!("Job {} submitted", job.id);
+    let job = watch(clients, &job.id, wait.follow).await?;
+    if !wait.follow {
+        print_logs(clients, &job.id).await?;
+    }
+    if let Some(dir) = &wait.download
+        && (job.result.is_some() || job.state() == JobState::Completed)
+    {
+        download_results(clients, &job.id, "", dir).await?;
+        eprintln!("Results of job {} written to {}", job.id, dir.display());
+    }
+    Ok(exit_code(&job))
+}
+
+/// The CLI's exit code for a finished job.
+pub fn exit_code(job: &Job) -> u8 {
+    match job.state() {
+        JobState::Completed => {
+            let code = job.result.as_ref().map(|r| r.exit_code).unwrap_or(0);
+            u8::try_from(code).unwrap_or(1)
+        }
+        state => {
+            let failure = job
+                .failure
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            eprintln!("Error: job {} {}: {failure}", job.id, state.short_name());
+            EXIT_JOB_NOT_COMPLETED
+        }
+    }
+}
+
+/// Follows a job until it ends, printing its output live if `logs`; resumes from the last
+/// event seen if the stream breaks (an orchestrator restart, say). Returns the final job.
+pub async fn watch(clients: &mut Clients, job_id: &str, logs: bool) -> anyhow::Result<Job> {
+    let mut next = 0;
+    let mut failures = 0;
+    loop {
+        let stream = clients
+            .jobs
+            .watch_job(WatchJobRequest {
+                job_id: job_id.to_owned(),
+                from_sequence: next,
+                states_only: !logs,
+            })
+            .await;
+        let mut stream = match stream {
+            Ok(stream) => stream.into_inner(),
+            Err(status) if is_transient(&status) && failures < 60 => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(status) => return Err(status.into()),
+        };
+        while let Some(event) = stream.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(status) if is_transient(&status) => break,
+                Err(status) => return Err(status.into()),
+            };
+            failures = 0;
+            next = event.sequence + 1;
+            match event.event {
+                Some(job_event::Event::Log(chunk)) => {
+                    if chunk.stream() == LogStream::Stderr {
+                        let _ = std::io::stderr().write_all(&chunk.data);
+                    } else {
+                        let mut stdout = std::io::stdout();
+                        let _ = stdout.write_all(&chunk.data);
+                        let _ = stdout.flush();
+                    }
+                }
+                Some(job_event::Event::StateChange(change)) => {
+                    if logs {
+                        eprintln!("[{}] {}", change.state().short_name(), change.message);
+                    }
+                    if change.state().is_terminal() {
+                        return get_job(clients, job_id).await;
+                    }
+                }
+                None => {}
+            }
+        }
+        failures += 1;
+        if failures > 60 {
+            bail!("lost the watch on job {job_id}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn is_transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+    )
+}
+
+async fn get_job(clients: &mut Clients, job_id: &str) -> anyhow::Result<Job> {
+    clients
+        .jobs
+        .get_job(GetJobRequest {
+            job_id: job_id.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .job
+        .context("the orchestrator returned no job")
+}
+
+/// Prints a job's stored stdout (to stdout) and stderr (to stderr).
+pub async fn print_logs(clients: &mut Clients, job_id: &str) -> anyhow::Result<()> {
+    let mut stream = clients
+        .jobs
+        .get_logs(GetLogsRequest {
+            job_id: job_id.to_owned(),
+            execution_id: String::new(),
+        })
+        .await?
+        .into_inner();
+    let mut stdout = std::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if chunk.stream() == LogStream::Stderr {
+            std::io::stderr().write_all(&chunk.data)?;
+        } else {
+            stdout.write_all(&chunk.data)?;
+        }
+    }
+    stdout.flush()?;
+    Ok(())
+}
+
+async fn download_results(
+    clients: &mut Clients,
+    job_id: &str,
+    path: &str,
+    dest: &Path,
+) -> anyhow::Result<shoal::transfer::DownloadSummary> {
+    let stream = clients
+        .jobs
+        .download_results(shoal::proto::DownloadResultsRequest {
+            job_id: job_id.to_owned(),
+            path: path.to_owned(),
+        })
+        .await?
+        .into_inner();
+    Ok(shoal::transfer::download_to(stream, dest).await?)
+}

@@ -1,0 +1,265 @@
+//! `shoal wasm run`: run a WebAssembly program as a job.
+//!
+//! Flags may come before or after the program (`shoal wasm run prog.wasm -e K=V arg`);
+//! everything after `--` goes to the program untouched.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use shoal::proto::{EntryKind, StatRequest};
+use shoal::spec::{InputDocument, OutputDocument, ResourcesDocument, SpecDocument};
+
+use super::job::{WaitArgs, resolve_document, submit_and_wait};
+use crate::client::connect;
+
+#[derive(Debug, Subcommand)]
+pub enum WasmCommand {
+    /// Run a program: a local .wasm file or a CID, then its arguments.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The program (a local .wasm file or a CID), then its arguments.
+    #[arg(required = true, value_name = "PROGRAM [ARGS]")]
+    pub program_and_args: Vec<String>,
+    /// Input data, SRC[:TARGET]: a local file or directory (uploaded) or a CID. Default
+    /// target: /inputs for a directory, /inputs/NAME for a file.
+    #[arg(short = 'i', long = "input", value_name = "SRC[:TARGET]")]
+    pub inputs: Vec<String>,
+    /// An output directory, NAME:PATH (default: outputs:/outputs).
+    #[arg(short = 'o', long = "output", value_name = "NAME:PATH")]
+    pub outputs: Vec<String>,
+    /// An environment variable, KEY=VALUE (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// The exported function to call (default _start).
+    #[arg(long)]
+    pub entry_point: Option<String>,
+    /// Memory limit, e.g. 256MiB (default 512MiB).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Run timeout, e.g. 30s or 10m.
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// How long to wait for an executor, e.g. 1h.
+    #[arg(long)]
+    pub queue_timeout: Option<String>,
+    /// Executor label selector, e.g. region=eu or "arch in (x86_64)" (repeatable).
+    #[arg(short = 's', long = "constraint")]
+    pub constraints: Vec<String>,
+    /// A label on the job, KEY=VALUE (repeatable).
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// A name for the job.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print the job spec as YAML instead of submitting it.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+pub async fn run(address: &str, command: WasmCommand) -> anyhow::Result<u8> {
+    let WasmCommand::Run(args) = command;
+    let mut document = document_from_flags(&args)?;
+    if args.dry_run {
+        print!("{}", serde_yaml_ng::to_string(&document)?);
+        return Ok(0);
+    }
+    let mut clients = connect(address).await?;
+    // Default targets for CIDs depend on whether they are files or directories.
+    for (input, raw) in document.inputs.iter_mut().zip(&args.inputs) {
+        if input.target.is_empty() {
+            let stat = clients
+                .storage
+                .stat(StatRequest {
+                    cid: input.source.clone(),
+                    path: String::new(),
+                })
+                .await
+                .with_context(|| format!("input {raw:?}"))?
+                .into_inner();
+            input.target = if stat.kind() == EntryKind::Directory {
+                "/inputs".into()
+            } else {
+                format!("/inputs/{}", input.source.trim_start_matches("ipfs://"))
+            };
+        }
+    }
+    let spec = resolve_document(&mut clients, document, Path::new(".")).await?;
+    submit_and_wait(&mut clients, spec, &args.wait).await
+}
+
+/// Builds the spec document the flags describe; local paths stay paths until submission.
+pub fn document_from_flags(args: &RunArgs) -> anyhow::Result<SpecDocument> {
+    let (program, program_args) = args
+        .program_and_args
+        .split_first()
+        .context("a program is required")?;
+    let mut env = BTreeMap::new();
+    for pair in &args.env {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--env {pair:?} must be KEY=VALUE"))?;
+        env.insert(key.to_owned(), value.to_owned());
+    }
+    let mut labels = BTreeMap::new();
+    for pair in &args.labels {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--label {pair:?} must be KEY=VALUE"))?;
+        labels.insert(key.to_owned(), value.to_owned());
+    }
+    let inputs = args
+        .inputs
+        .iter()
+        .map(|raw| parse_input(raw))
+        .collect::<anyhow::Result<_>>()?;
+    let outputs = args
+        .outputs
+        .iter()
+        .map(|raw| {
+            let (name, path) = raw
+                .split_once(':')
+                .with_context(|| format!("--output {raw:?} must be NAME:PATH"))?;
+            Ok(OutputDocument {
+                name: name.to_owned(),
+                path: path.to_owned(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(SpecDocument {
+        name: args.name.clone().unwrap_or_default(),
+        program: program.clone(),
+        entrypoint: args.entry_point.clone().unwrap_or_default(),
+        args: program_args.to_vec(),
+        env,
+        inputs,
+        outputs,
+        resources: args.memory.clone().map(|memory| ResourcesDocument {
+            memory: Some(memory),
+        }),
+        timeout: args.timeout.clone(),
+        queue_timeout: args.queue_timeout.clone(),
+        constraints: args.constraints.clone(),
+        labels,
+        ..Default::default()
+    })
+}
+
+/// Splits `SRC[:TARGET]`. The target is the part after the last `:` that is followed by a
+/// single `/`, so `ipfs://CID` and `./a:b/c` are left whole.
+fn parse_input(raw: &str) -> anyhow::Result<InputDocument> {
+    let bytes = raw.as_bytes();
+    let split = (0..bytes.len()).rev().find(|&i| {
+        bytes[i] == b':' && bytes.get(i + 1) == Some(&b'/') && bytes.get(i + 2) != Some(&b'/')
+    });
+    let (source, target) = match split {
+        Some(i) => (&raw[..i], raw[i + 1..].to_owned()),
+        None => (raw, String::new()),
+    };
+    if source.is_empty() {
+        anyhow::bail!("--input {raw:?} has no source");
+    }
+    let target = if target.is_empty() {
+        match std::fs::metadata(source) {
+            Ok(meta) if meta.is_dir() => "/inputs".to_owned(),
+            Ok(_) => {
+                let name = Path::new(source)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "input".into());
+                format!("/inputs/{name}")
+            }
+            // A CID: the target is chosen once we know whether it is a file or a directory.
+            Err(_) => String::new(),
+        }
+    } else {
+        target
+    };
+    Ok(InputDocument {
+        source: source.to_owned(),
+        target,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(line: &[&str]) -> RunArgs {
+        let cli = crate::Cli::try_parse_from(line).expect("parses");
+        match cli.command {
+            crate::Command::Wasm(WasmCommand::Run(args)) => args,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Flags after the program are flags; positionals are the program's args; after `--`
+    /// everything is passed untouched.
+    #[test]
+    fn flags_mix_with_program_args() {
+        let args = parse(&[
+            "shoal",
+            "wasm",
+            "run",
+            "prog.wasm",
+            "-e",
+            "HELLO=world",
+            "/inputs/data.txt",
+            "--memory",
+            "64MiB",
+            "--",
+            "--top",
+            "-e",
+            "10",
+        ]);
+        assert_eq!(
+            args.program_and_args,
+            ["prog.wasm", "/inputs/data.txt", "--top", "-e", "10"]
+        );
+        assert_eq!(args.env, ["HELLO=world"]);
+        let document = document_from_flags(&args).expect("document");
+        assert_eq!(document.program, "prog.wasm");
+        assert_eq!(document.args, ["/inputs/data.txt", "--top", "-e", "10"]);
+        assert_eq!(document.env.get("HELLO").map(String::as_str), Some("world"));
+    }
+
+    /// Input sources and targets split where a user means them to.
+    #[test]
+    fn input_targets_split_correctly() {
+        let cid = "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4";
+        let cases = [
+            (
+                format!("{cid}:/data/x"),
+                cid.to_owned(),
+                "/data/x".to_owned(),
+            ),
+            (
+                format!("ipfs://{cid}"),
+                format!("ipfs://{cid}"),
+                String::new(),
+            ),
+            (
+                format!("ipfs://{cid}:/in"),
+                format!("ipfs://{cid}"),
+                "/in".to_owned(),
+            ),
+            (
+                "./missing:/in/a.txt".to_owned(),
+                "./missing".to_owned(),
+                "/in/a.txt".to_owned(),
+            ),
+        ];
+        for (raw, source, target) in cases {
+            let input = parse_input(&raw).expect(&raw);
+            assert_eq!((input.source, input.target), (source, target), "{raw}");
+        }
+        assert!(parse_input(":/x").is_err());
+    }
+}

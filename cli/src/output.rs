@@ -1,0 +1,80 @@
+//! Rendering results: tables for people, JSON or YAML (the protobuf JSON mapping, through
+//! reflection on the published descriptors) for scripts.
+
+use std::sync::OnceLock;
+
+use anyhow::Context as _;
+use prost_reflect::{DescriptorPool, DynamicMessage, ReflectMessage as _};
+
+/// How listings and descriptions are printed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+    Yaml,
+}
+
+fn pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(shoal::proto::FILE_DESCRIPTOR_SET)
+            .expect("the descriptor set compiled into this binary is valid")
+    })
+}
+
+/// A protobuf message as JSON, by the canonical protobuf JSON mapping.
+pub fn to_json<M: prost::Message + prost::Name>(message: &M) -> anyhow::Result<serde_json::Value> {
+    let descriptor = pool()
+        .get_message_by_name(&M::full_name())
+        .with_context(|| format!("no descriptor for {}", M::full_name()))?;
+    let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())?;
+    let _ = dynamic.descriptor();
+    Ok(serde_json::to_value(&dynamic)?)
+}
+
+/// Prints messages as a JSON array or a YAML list.
+pub fn print_structured<M: prost::Message + prost::Name>(
+    format: Format,
+    messages: &[M],
+) -> anyhow::Result<()> {
+    let values = messages
+        .iter()
+        .map(to_json)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    print_value(format, &serde_json::Value::Array(values))
+}
+
+/// Prints one message as JSON or YAML.
+pub fn print_one<M: prost::Message + prost::Name>(
+    format: Format,
+    message: &M,
+) -> anyhow::Result<()> {
+    print_value(format, &to_json(message)?)
+}
+
+fn print_value(format: Format, value: &serde_json::Value) -> anyhow::Result<()> {
+    match format {
+        Format::Yaml => print!("{}", serde_yaml_ng::to_string(value)?),
+        _ => println!("{}", serde_json::to_string_pretty(value)?),
+    }
+    Ok(())
+}
+
+/// A table with a header row, in the terminal's width.
+pub fn table(header: &[&str]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_style(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+        .set_header(header.iter().copied());
+    table
+}
+
+/// A timestamp for people (UTC, seconds).
+pub fn time(timestamp: &Option<prost_types::Timestamp>) -> String {
+    timestamp
+        .and_then(|t| std::time::SystemTime::try_from(t).ok())
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_else(|| "-".into())
+}

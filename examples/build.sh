@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Rebuilds the committed example and fixture .wasm files from their C sources.
+# Needs Debian's clang, lld and wasi-libc: apt-get install clang lld wasi-libc libclang-rt-dev-wasm32
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build() { clang --target=wasm32-wasi -O2 -Wl,--strip-all -o "$2" "$1"; echo "built $2"; }
+build examples/hello/hello.c examples/hello/hello.wasm
+build examples/exitcode/exitcode.c examples/exitcode/exitcode.wasm
+build examples/wordcount/wordcount.c examples/wordcount/wordcount.wasm
+build tests/fixtures/ticker.c tests/fixtures/ticker.wasm
+build tests/fixtures/copytree.c tests/fixtures/copytree.wasm

@@ -1,0 +1,284 @@
+//! The executor's side of `ExecutorService.Connect`: dial, register, heartbeat, take
+//! assignments and cancellations, forward execution reports, and when the stream breaks,
+//! dial again with capped exponential backoff and jitter, forever. Losing the orchestrator
+//! is deliberately not fatal: running executions go on, and their reports are resent.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shoal::proto::executor_service_client::ExecutorServiceClient;
+use shoal::proto::{
+    Capacity, ExecutionFinished, ExecutorMessage, Heartbeat, ProtocolVersion, Register,
+    executor_message, orchestrator_message,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::{Error, Result};
+use crate::execution::{ExecutionContext, execute};
+
+/// Reports of finished executions kept for resending after a reconnect.
+const RECENT_FINISHED: usize = 1024;
+/// Ids of executions cancelled before their assignment arrived.
+const CANCELLED_TOMBSTONES: usize = 1024;
+
+/// Executions in flight and recently finished, shared by the connection and the executions.
+#[derive(Default)]
+pub struct Executions {
+    running: HashMap<String, CancellationToken>,
+    cancelled_early: VecDeque<String>,
+    recent_finished: VecDeque<ExecutionFinished>,
+}
+
+/// Shared handle to [`Executions`].
+pub type SharedExecutions = Arc<Mutex<Executions>>;
+
+fn lock(executions: &SharedExecutions) -> std::sync::MutexGuard<'_, Executions> {
+    executions.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Ids of the executions running now.
+pub fn running_ids(executions: &SharedExecutions) -> Vec<String> {
+    lock(executions).running.keys().cloned().collect()
+}
+
+/// Cancels every running execution (shutdown).
+pub fn cancel_all(executions: &SharedExecutions) {
+    for token in lock(executions).running.values() {
+        token.cancel();
+    }
+}
+
+/// Everything the connection loop works with.
+pub struct Connection {
+    pub context: Arc<ExecutionContext>,
+    pub executions: SharedExecutions,
+    pub tasks: TaskTracker,
+    pub channel: tonic::transport::Channel,
+}
+
+/// Dials and serves the orchestrator until `shutdown`, reconnecting whenever the stream
+/// breaks.
+pub async fn run(
+    connection: Connection,
+    mut uplink: mpsc::Receiver<ExecutorMessage>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let executor_id = connection.context.config.executor_id.clone();
+    while !shutdown.is_cancelled() {
+        match session(&connection, &mut uplink, &shutdown, &mut backoff).await {
+            Ok(()) => tracing::info!(executor_id, "stream to the orchestrator ended"),
+            Err(error) => tracing::warn!(executor_id, %error, "orchestrator unreachable"),
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+}
+
+async fn session(
+    connection: &Connection,
+    uplink: &mut mpsc::Receiver<ExecutorMessage>,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Result<()> {
+    let config = &connection.context.config;
+    let mut client = ExecutorServiceClient::new(connection.channel.clone())
+        .max_decoding_message_size(16 * 1024 * 1024);
+    let (tx, rx) = mpsc::channel::<ExecutorMessage>(256);
+    let register = Register {
+        executor_id: config.executor_id.clone(),
+        protocol_version: ProtocolVersion::V1 as u32,
+        labels: config.labels()?,
+        capacity: Some(Capacity {
+            slots: config.slots,
+            memory_bytes: config.memory_bytes,
+        }),
+        running_execution_ids: running_ids(&connection.executions),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    send(&tx, executor_message::Message::Register(register)).await?;
+    let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
+    let heartbeat_interval = match inbound.message().await? {
+        Some(message) => match message.message {
+            Some(orchestrator_message::Message::Registered(registered)) => registered
+                .heartbeat_interval
+                .and_then(|d| Duration::try_from(d).ok())
+                .filter(|d| !d.is_zero())
+                .unwrap_or(Duration::from_secs(2)),
+            _ => {
+                return Err(Error::Protocol(
+                    "the first message was not Registered".into(),
+                ));
+            }
+        },
+        None => return Err(Error::Protocol("the stream ended before Registered".into())),
+    };
+    backoff.reset();
+    tracing::info!(
+        executor_id = config.executor_id,
+        "registered with the orchestrator"
+    );
+
+    // Reports that may have been lost with the previous stream; applied once upstream.
+    let recent: Vec<_> = lock(&connection.executions)
+        .recent_finished
+        .iter()
+        .cloned()
+        .collect();
+    for finished in recent {
+        send(&tx, executor_message::Message::Finished(finished)).await?;
+    }
+
+    let mut heartbeat = tokio::time::interval(heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            message = inbound.message() => match message? {
+                Some(message) => handle(connection, message),
+                None => return Ok(()),
+            },
+            Some(message) = uplink.recv() => {
+                if let Some(executor_message::Message::Finished(finished)) = &message.message {
+                    let mut executions = lock(&connection.executions);
+                    executions.recent_finished.push_back(finished.clone());
+                    if executions.recent_finished.len() > RECENT_FINISHED {
+                        executions.recent_finished.pop_front();
+                    }
+                }
+                tx.send(message).await.map_err(|_| Error::Protocol("the stream closed".into()))?;
+            }
+            _ = heartbeat.tick() => {
+                let running_execution_ids = running_ids(&connection.executions);
+                send(&tx, executor_message::Message::Heartbeat(Heartbeat { running_execution_ids })).await?;
+            }
+            _ = shutdown.cancelled() => {
+                send(&tx, executor_message::Message::Draining(Default::default())).await?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn send(
+    tx: &mpsc::Sender<ExecutorMessage>,
+    message: executor_message::Message,
+) -> Result<()> {
+    tx.send(ExecutorMessage {
+        message: Some(message),
+    })
+    .await
+    .map_err(|_| Error::Protocol("the stream closed".into()))
+}
+
+fn handle(connection: &Connection, message: shoal::proto::OrchestratorMessage) {
+    match message.message {
+        Some(orchestrator_message::Message::Assign(assign)) => {
+            let execution_id = assign.execution_id.clone();
+            let cancel = CancellationToken::new();
+            {
+                let mut executions = lock(&connection.executions);
+                if executions.cancelled_early.contains(&execution_id) {
+                    tracing::info!(
+                        execution_id,
+                        "ignoring an assignment that was already cancelled"
+                    );
+                    return;
+                }
+                if executions.running.contains_key(&execution_id) {
+                    return; // a resent assignment
+                }
+                executions
+                    .running
+                    .insert(execution_id.clone(), cancel.clone());
+            }
+            tracing::info!(execution_id, job_id = assign.job_id, "execution assigned");
+            let context = connection.context.clone();
+            let executions = connection.executions.clone();
+            connection.tasks.spawn(async move {
+                let finished = execute(&context, assign, cancel).await;
+                lock(&executions).running.remove(&execution_id);
+                context.uplink.send_finished(finished).await;
+            });
+        }
+        Some(orchestrator_message::Message::Cancel(cancel)) => {
+            let mut executions = lock(&connection.executions);
+            match executions.running.get(&cancel.execution_id) {
+                Some(token) => {
+                    tracing::info!(
+                        execution_id = cancel.execution_id,
+                        reason = cancel.reason,
+                        "cancelling"
+                    );
+                    token.cancel();
+                }
+                None => {
+                    executions.cancelled_early.push_back(cancel.execution_id);
+                    if executions.cancelled_early.len() > CANCELLED_TOMBSTONES {
+                        executions.cancelled_early.pop_front();
+                    }
+                }
+            }
+        }
+        Some(orchestrator_message::Message::Registered(_)) | None => {
+            tracing::warn!("unexpected message from the orchestrator ignored");
+        }
+    }
+}
+
+/// Capped exponential backoff with full jitter.
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    /// Back to the shortest delay (after a successful connection).
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// The next delay: uniformly random up to min(cap, base * 2^attempt).
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        // Jitter from the low bits of a fresh UUIDv7's random part: no extra RNG needed.
+        let random = uuid::Uuid::now_v7().as_u64_pair().1;
+        let fraction = (random % 1000) as u32;
+        (ceiling * fraction / 1000).max(Duration::from_millis(10))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Delays grow, stay under the cap, and start small again after a reset.
+    #[test]
+    fn backoff_is_capped_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        for _ in 0..20 {
+            assert!(backoff.next_delay() <= Duration::from_secs(2));
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+}

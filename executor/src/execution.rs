@@ -1,0 +1,368 @@
+//! One execution from assignment to report: stage the program and inputs, run the program
+//! with live log forwarding, publish the result tree, and say how it ended.
+//!
+//! The result tree is built in place: `stdout` and `stderr` are captured into it, each
+//! output directory is mounted writable from inside it, and `exitCode` is added at the end,
+//! so publishing is one upload of one directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal::proto::storage_service_client::StorageServiceClient;
+use shoal::proto::{
+    Assign, ExecutionFinished, ExecutionLog, ExecutionResult, ExecutionState, ExecutionUpdate,
+    ExecutorMessage, Failure, FailureKind, LogChunk, LogStream, executor_message,
+};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::Config;
+use crate::capture::Capture;
+use crate::runtime::{Preopen, RunOutcome, RunRequest, Runtime};
+use crate::staging;
+
+/// Messages from executions to the orchestrator, forwarded by the connection whenever one
+/// is up. Bounded: a long disconnection pauses log forwarding, never the guests.
+#[derive(Clone)]
+pub struct Uplink(mpsc::Sender<ExecutorMessage>);
+
+impl Uplink {
+    /// An uplink and the receiver the connection drains.
+    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<ExecutorMessage>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Uplink(tx), rx)
+    }
+
+    async fn send(&self, message: executor_message::Message) {
+        let _ = self
+            .0
+            .send(ExecutorMessage {
+                message: Some(message),
+            })
+            .await;
+    }
+
+    /// Reports a finished execution.
+    pub async fn send_finished(&self, finished: ExecutionFinished) {
+        self.send(executor_message::Message::Finished(finished))
+            .await;
+    }
+
+    async fn state(&self, execution_id: &str, state: ExecutionState) {
+        self.send(executor_message::Message::Update(ExecutionUpdate {
+            execution_id: execution_id.to_owned(),
+            state: state as i32,
+        }))
+        .await;
+    }
+}
+
+/// What an execution needs from its executor.
+pub struct ExecutionContext {
+    pub runtime: Arc<Runtime>,
+    pub storage: StorageServiceClient<Channel>,
+    pub config: Arc<Config>,
+    pub uplink: Uplink,
+}
+
+/// Runs one execution and returns its report (also sent through the uplink by the caller).
+pub async fn execute(
+    ctx: &ExecutionContext,
+    assign: Assign,
+    cancel: CancellationToken,
+) -> ExecutionFinished {
+    let execution_id = assign.execution_id.clone();
+    let scratch = ctx.config.work_dir.join("executions").join(&execution_id);
+    let finished = execute_in(ctx, &assign, &scratch, &cancel).await;
+    if let Err(error) = tokio::fs::remove_dir_all(&scratch).await
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(execution_id, %error, "cannot remove the scratch directory");
+    }
+    finished
+}
+
+fn finished(
+    execution_id: &str,
+    failure: Failure,
+    result: Option<ExecutionResult>,
+) -> ExecutionFinished {
+    ExecutionFinished {
+        execution_id: execution_id.to_owned(),
+        state: failure.kind().execution_state() as i32,
+        result,
+        failure: Some(failure),
+    }
+}
+
+async fn execute_in(
+    ctx: &ExecutionContext,
+    assign: &Assign,
+    scratch: &Path,
+    cancel: &CancellationToken,
+) -> ExecutionFinished {
+    let id = assign.execution_id.as_str();
+    let spec = assign.spec.clone().unwrap_or_default();
+    ctx.uplink.state(id, ExecutionState::Staging).await;
+
+    let inputs_dir = scratch.join("inputs");
+    let results_dir = scratch.join("results");
+    for dir in [&inputs_dir, &results_dir] {
+        if let Err(e) = tokio::fs::create_dir_all(dir).await {
+            let failure = Failure::new(
+                FailureKind::Internal,
+                format!("cannot create {}: {e}", dir.display()),
+            );
+            return finished(id, failure, None);
+        }
+    }
+
+    // Staging has its own time limit; it does not count against the run timeout.
+    let staging = async {
+        let mut storage = ctx.storage.clone();
+        let program = match ctx.runtime.cached(&spec.program) {
+            Some(program) => program,
+            None => {
+                let bytes = staging::fetch_program(&mut storage, &spec.program).await?;
+                ctx.runtime.compile(&spec.program, bytes).await?
+            }
+        };
+        let preopens = staging::stage_inputs(&mut storage, &spec.inputs, &inputs_dir).await?;
+        Ok::<_, Failure>((program, preopens))
+    };
+    let staged = tokio::select! {
+        staged = tokio::time::timeout(ctx.config.staging_timeout, staging) => staged,
+        _ = cancel.cancelled() => {
+            return finished(id, Failure::new(FailureKind::Cancelled, "cancelled while staging"), None);
+        }
+    };
+    let (program, mut preopens) = match staged {
+        Ok(Ok(staged)) => staged,
+        Ok(Err(failure)) => return finished(id, failure, None),
+        Err(_) => {
+            let failure = Failure::new(
+                FailureKind::Staging,
+                format!(
+                    "staging took longer than {}",
+                    shoal::units::format_duration(ctx.config.staging_timeout)
+                ),
+            );
+            return finished(id, failure, None);
+        }
+    };
+
+    for output in &spec.outputs {
+        let host = results_dir.join(&output.name);
+        if let Err(e) = tokio::fs::create_dir_all(&host).await {
+            let failure = Failure::new(
+                FailureKind::Internal,
+                format!("cannot create output {}: {e}", output.name),
+            );
+            return finished(id, failure, None);
+        }
+        preopens.push(Preopen {
+            host,
+            guest: output.path.clone(),
+            writable: true,
+        });
+    }
+
+    let wake = Arc::new(Notify::new());
+    let captures = Capture::create(
+        &results_dir.join("stdout"),
+        ctx.config.log_cap,
+        wake.clone(),
+    )
+    .and_then(|out| {
+        Capture::create(
+            &results_dir.join("stderr"),
+            ctx.config.log_cap,
+            wake.clone(),
+        )
+        .map(|err| (out, err))
+    });
+    let (stdout, stderr) = match captures {
+        Ok(captures) => captures,
+        Err(e) => {
+            return finished(
+                id,
+                Failure::new(FailureKind::Internal, format!("cannot capture output: {e}")),
+                None,
+            );
+        }
+    };
+
+    let mut env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.sort();
+    env.push(("SHOAL_JOB_ID".into(), assign.job_id.clone()));
+    env.push(("SHOAL_EXECUTION_ID".into(), id.to_owned()));
+    let mut argv = vec![spec.program_name.clone()];
+    argv.extend(spec.args.iter().cloned());
+    let timeout = spec
+        .timeout
+        .and_then(|t| Duration::try_from(t).ok())
+        .unwrap_or(Duration::from_secs(3600));
+    let memory_limit = spec
+        .resources
+        .map(|r| r.memory_bytes)
+        .unwrap_or(shoal::spec::DEFAULT_MEMORY_BYTES);
+
+    ctx.uplink.state(id, ExecutionState::Running).await;
+    let forwarding = CancellationToken::new();
+    let forwarder = tokio::spawn(forward_logs(
+        ctx.uplink.clone(),
+        id.to_owned(),
+        stdout.clone(),
+        stderr.clone(),
+        wake,
+        forwarding.clone(),
+    ));
+    let outcome = ctx
+        .runtime
+        .run(
+            &program,
+            RunRequest {
+                entrypoint: spec.entrypoint.clone(),
+                argv,
+                env,
+                preopens,
+                memory_limit,
+                timeout,
+                cancel: cancel.clone(),
+                stdout: stdout.clone(),
+                stderr: stderr.clone(),
+            },
+        )
+        .await;
+    forwarding.cancel();
+    let _ = forwarder.await;
+    let _ = stdout.flush();
+    let _ = stderr.flush();
+    tracing::info!(execution_id = id, ?outcome, "program ended");
+
+    if matches!(&outcome, RunOutcome::Failed(f) if f.kind() == FailureKind::Cancelled) {
+        return finished(
+            id,
+            Failure::new(FailureKind::Cancelled, "cancelled while running"),
+            None,
+        );
+    }
+
+    ctx.uplink.state(id, ExecutionState::Publishing).await;
+    let (stdout_bytes, stdout_truncated) = stdout.totals();
+    let (stderr_bytes, stderr_truncated) = stderr.totals();
+    let mut result = ExecutionResult {
+        exit_code: 0,
+        result_cid: String::new(),
+        stdout_bytes,
+        stderr_bytes,
+        stdout_truncated,
+        stderr_truncated,
+    };
+    let mut failure = match outcome {
+        RunOutcome::Exited(code) => {
+            result.exit_code = code;
+            None
+        }
+        RunOutcome::Failed(failure) => Some(failure),
+    };
+    if failure.is_none() {
+        if let Err(e) =
+            tokio::fs::write(results_dir.join("exitCode"), result.exit_code.to_string()).await
+        {
+            failure = Some(Failure::new(
+                FailureKind::Publish,
+                format!("cannot write exitCode: {e}"),
+            ));
+        } else if let Some(over) =
+            output_over_limit(&results_dir, ctx.config.max_output_bytes).await
+        {
+            failure = Some(Failure::new(FailureKind::OutputLimit, over));
+            // Keep only the logs: the outputs are over the limit.
+            for output in &spec.outputs {
+                let _ = tokio::fs::remove_dir_all(results_dir.join(&output.name)).await;
+            }
+        }
+    }
+    match publish(ctx, &results_dir).await {
+        Ok(cid) => result.result_cid = cid,
+        Err(message) => {
+            let failure = failure.unwrap_or_else(|| Failure::new(FailureKind::Publish, message));
+            return finished(id, failure, Some(result));
+        }
+    }
+    match failure {
+        None => ExecutionFinished {
+            execution_id: id.to_owned(),
+            state: ExecutionState::Completed as i32,
+            result: Some(result),
+            failure: None,
+        },
+        Some(failure) => finished(id, failure, Some(result)),
+    }
+}
+
+async fn publish(ctx: &ExecutionContext, results_dir: &Path) -> Result<String, String> {
+    let mut storage = ctx.storage.clone();
+    shoal::transfer::upload_path(&mut storage, results_dir, None)
+        .await
+        .map(|response| response.cid)
+        .map_err(|e| format!("cannot upload the results: {e}"))
+}
+
+/// Describes by how much the result tree exceeds `limit`, if it does.
+async fn output_over_limit(results_dir: &Path, limit: u64) -> Option<String> {
+    let dir: PathBuf = results_dir.to_owned();
+    let entries = tokio::task::spawn_blocking(move || shoal::transfer::walk(&dir))
+        .await
+        .ok()?
+        .ok()?;
+    let total: u64 = entries.iter().map(|e| e.size).sum();
+    (total > limit).then(|| {
+        format!(
+            "the outputs and logs take {}, more than the limit of {}",
+            shoal::units::format_size(total),
+            shoal::units::format_size(limit)
+        )
+    })
+}
+
+/// Sends captured output upstream as it arrives, until `done`, then sends the rest.
+async fn forward_logs(
+    uplink: Uplink,
+    execution_id: String,
+    stdout: Capture,
+    stderr: Capture,
+    wake: Arc<Notify>,
+    done: CancellationToken,
+) {
+    loop {
+        let finished = tokio::select! {
+            _ = wake.notified() => false,
+            _ = done.cancelled() => true,
+        };
+        for (capture, stream) in [(&stdout, LogStream::Stdout), (&stderr, LogStream::Stderr)] {
+            while let Some(captured) = capture.take() {
+                uplink
+                    .send(executor_message::Message::Log(ExecutionLog {
+                        chunk: Some(LogChunk {
+                            execution_id: execution_id.clone(),
+                            stream: stream as i32,
+                            offset: captured.offset,
+                            data: captured.data,
+                        }),
+                    }))
+                    .await;
+            }
+        }
+        if finished {
+            return;
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The Shoal executor: holds one `Connect` stream to the orchestrator, runs the WASI
+//! programs it is assigned in wasmtime, streams their output back and publishes their
+//! results.
+//!
+//! Layout: `connection` (the stream, reconnects, assignment intake), `execution` (one
+//! execution from staging to report), `staging` (fetching the program and inputs),
+//! `runtime` (wasmtime: engine, module cache, sandbox, limits), `capture` (stdout/stderr).
+
+pub mod capture;
+pub mod connection;
+pub mod error;
+pub mod execution;
+pub mod runtime;
+pub mod staging;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal::proto::storage_service_client::StorageServiceClient;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::{Error, Result};
+
+/// Executor settings; every field can come from a flag or an environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// The orchestrator's gRPC address.
+    #[arg(
+        long,
+        env = "SHOAL_ORCHESTRATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub orchestrator: String,
+    /// Stable id of this executor. Default: the host name and the process id.
+    #[arg(long, env = "SHOAL_EXECUTOR_ID", default_value_t = default_executor_id())]
+    pub executor_id: String,
+    /// Labels jobs can select on, as KEY=VALUE (repeatable).
+    #[arg(long = "label", env = "SHOAL_LABELS", value_delimiter = ',')]
+    pub label: Vec<String>,
+    /// Executions run at once. Default: the number of CPUs.
+    #[arg(long, env = "SHOAL_SLOTS", default_value_t = default_slots())]
+    pub slots: u32,
+    /// Guest memory offered to all running executions together.
+    #[arg(long = "memory", env = "SHOAL_MEMORY", default_value = "8GiB", value_parser = shoal::units::parse_size)]
+    pub memory_bytes: u64,
+    /// Scratch space for executions and the compiled-module cache.
+    #[arg(long, env = "SHOAL_WORK_DIR", default_value = "./shoal-executor")]
+    pub work_dir: PathBuf,
+    /// Most stdout (and, separately, stderr) kept per execution; the rest is dropped.
+    #[arg(long, env = "SHOAL_LOG_CAP", default_value = "64MiB", value_parser = shoal::units::parse_size)]
+    pub log_cap: u64,
+    /// Most bytes of outputs and logs an execution may publish.
+    #[arg(long, env = "SHOAL_MAX_OUTPUT", default_value = "10GiB", value_parser = shoal::units::parse_size)]
+    pub max_output_bytes: u64,
+    /// Time allowed for fetching a program and its inputs (not counted in the run timeout).
+    #[arg(long, env = "SHOAL_STAGING_TIMEOUT", default_value = "10m", value_parser = shoal::units::parse_duration)]
+    pub staging_timeout: Duration,
+}
+
+fn default_executor_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "executor".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+fn default_slots() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+}
+
+impl Config {
+    /// Defaults for an executor of `orchestrator` working in `work_dir` (for embedding).
+    pub fn new(orchestrator: String, executor_id: String, work_dir: PathBuf) -> Self {
+        Config {
+            orchestrator,
+            executor_id,
+            label: Vec::new(),
+            slots: default_slots(),
+            memory_bytes: 8 << 30,
+            work_dir,
+            log_cap: 64 << 20,
+            max_output_bytes: 10 << 30,
+            staging_timeout: Duration::from_secs(600),
+        }
+    }
+
+    /// The labels as a map; malformed ones are a configuration error.
+    pub fn labels(&self) -> Result<HashMap<String, String>> {
+        self.label
+            .iter()
+            .filter(|l| !l.is_empty())
+            .map(|label| {
+                let (key, value) = label
+                    .split_once('=')
+                    .ok_or_else(|| Error::Config(format!("label {label:?} must be KEY=VALUE")))?;
+                let key = shoal::selector::label_key(key).map_err(Error::Config)?;
+                let value = shoal::selector::label_value(value).map_err(Error::Config)?;
+                Ok((key, value))
+            })
+            .collect()
+    }
+}
+
+/// Runs the executor until `shutdown` is cancelled; then cancels running executions and
+/// waits for them to report.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    config.labels()?;
+    if config.slots == 0 {
+        return Err(Error::Config("slots must be at least 1".into()));
+    }
+    let config = Arc::new(config);
+    std::fs::create_dir_all(config.work_dir.join("executions"))
+        .map_err(|e| Error::io(format!("creating {}", config.work_dir.display()), e))?;
+    let runtime = runtime::Runtime::new(&config.work_dir.join("modules"))?;
+    let channel = tonic::transport::Endpoint::from_shared(config.orchestrator.clone())
+        .map_err(|e| {
+            Error::Config(format!(
+                "orchestrator address {:?}: {e}",
+                config.orchestrator
+            ))
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect_lazy();
+    let storage =
+        StorageServiceClient::new(channel.clone()).max_decoding_message_size(16 * 1024 * 1024);
+    let (uplink, uplink_rx) = execution::Uplink::new(1024);
+    let context = Arc::new(execution::ExecutionContext {
+        runtime,
+        storage,
+        config: config.clone(),
+        uplink,
+    });
+    let executions = connection::SharedExecutions::default();
+    let tasks = TaskTracker::new();
+    tracing::info!(
+        executor_id = config.executor_id,
+        orchestrator = config.orchestrator,
+        "executor starting"
+    );
+    let connection = connection::Connection {
+        context,
+        executions: executions.clone(),
+        tasks: tasks.clone(),
+        channel,
+    };
+    connection::run(connection, uplink_rx, shutdown.clone()).await;
+    connection::cancel_all(&executions);
+    tasks.close();
+    tasks.wait().await;
+    tracing::info!(executor_id = config.executor_id, "executor stopped");
+    Ok(())
+}

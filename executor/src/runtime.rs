@@ -1,0 +1,405 @@
+//! Running WASI preview 1 programs in wasmtime: one engine per process, compiled modules
+//! cached in memory and on disk by content id, a deny-by-default WASI context per run, and
+//! every way a run can end turned into a value (an exit code or a structured failure).
+//!
+//! Time limits and cancellation ride on epoch interruption: a ticker thread bumps the epoch
+//! every [`EPOCH_TICK`], and each store yields to the async executor at every tick, so the
+//! `select!` in [`Runtime::run`] sees a cancellation or a deadline within one tick even in
+//! a guest that never calls the host.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shoal::proto::{Failure, FailureKind};
+use tokio_util::sync::CancellationToken;
+use wasmtime::{Engine, InstancePre, Linker, Module, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+use crate::capture::Capture;
+use crate::error::{Error, Result};
+
+/// How often the epoch advances: the granularity of timeouts and cancellation.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Compiled modules kept in memory.
+const MEMORY_CACHE_ENTRIES: usize = 64;
+/// Most table elements a guest may grow to.
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+/// What a guest's store holds: its WASI context and its limits.
+pub struct Guest {
+    wasi: WasiP1Ctx,
+    limits: GuestLimits,
+}
+
+/// Memory and table limits of one guest; remembers whether the memory limit was hit, so a
+/// failed growth is reported as MEMORY_LIMIT rather than as whatever trap follows.
+struct GuestLimits {
+    max_memory: usize,
+    memory_limit_hit: bool,
+}
+
+/// Raised when a guest asks for more memory than its limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the program tried to grow its memory to {desired} bytes, past its limit of {limit} bytes")]
+struct MemoryLimitExceeded {
+    desired: usize,
+    limit: usize,
+}
+
+impl ResourceLimiter for GuestLimits {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            self.memory_limit_hit = true;
+            return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                desired,
+                limit: self.max_memory,
+            }));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// A directory the guest sees.
+#[derive(Debug, Clone)]
+pub struct Preopen {
+    pub host: PathBuf,
+    pub guest: String,
+    pub writable: bool,
+}
+
+/// Everything one run needs.
+pub struct RunRequest {
+    pub entrypoint: String,
+    /// argv, argv[0] included.
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub preopens: Vec<Preopen>,
+    pub memory_limit: u64,
+    pub timeout: Duration,
+    pub cancel: CancellationToken,
+    pub stdout: Capture,
+    pub stderr: Capture,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunOutcome {
+    /// The program returned (0) or called `proc_exit(n)`.
+    Exited(i32),
+    /// It did not run to its end.
+    Failed(Failure),
+}
+
+/// A module compiled and linked against WASI, ready to instantiate.
+pub type Program = InstancePre<Guest>;
+
+/// The executor's wasmtime engine, linker and module cache.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<Guest>,
+    cache_dir: PathBuf,
+    /// Compiled programs by content id, with insertion order for eviction.
+    programs: Mutex<(HashMap<String, Program>, VecDeque<String>)>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// Sets up the engine (async, epoch interruption, no threads) and starts the epoch
+    /// ticker; compiled modules are cached under `cache_dir`.
+    pub fn new(cache_dir: &Path) -> Result<Arc<Self>> {
+        let mut config = wasmtime::Config::new();
+        // wasmtime is built without its `threads` feature, so shared memories and atomics
+        // wait/notify are rejected at compile time: guests are single-threaded.
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config).map_err(|e| Error::Runtime(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |guest: &mut Guest| &mut guest.wasi)
+            .map_err(|e| Error::Runtime(e.to_string()))?;
+        std::fs::create_dir_all(cache_dir)
+            .map_err(|e| Error::io(format!("creating {}", cache_dir.display()), e))?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.clone();
+        let stop = ticker_stop.clone();
+        std::thread::Builder::new()
+            .name("shoal-epoch-ticker".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })
+            .map_err(|e| Error::io("starting the epoch ticker", e))?;
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            cache_dir: cache_dir.to_owned(),
+            programs: Mutex::new((HashMap::new(), VecDeque::new())),
+            ticker_stop,
+        }))
+    }
+
+    /// The compiled program for `cid` if it is cached in memory or on disk.
+    pub fn cached(&self, cid: &str) -> Option<Program> {
+        if let Some(program) = self.lock_programs().0.get(cid) {
+            return Some(program.clone());
+        }
+        let path = self.cache_path(cid);
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: the file was written by `Module::serialize` of this executor into its own
+        // cache directory, and wasmtime checks that it matches this engine's configuration
+        // (the engine hash is also part of the file name).
+        #[allow(unsafe_code)]
+        let module = unsafe { Module::deserialize_file(&self.engine, &path) };
+        match module.map(|m| self.linker.instantiate_pre(&m)) {
+            Ok(Ok(program)) => {
+                self.remember(cid, program.clone());
+                Some(program)
+            }
+            _ => {
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Compiles and links `bytes` (the program `cid`), caching the result. An invalid
+    /// module or a link error is a structured failure.
+    pub async fn compile(self: &Arc<Self>, cid: &str, bytes: Vec<u8>) -> Result<Program, Failure> {
+        let this = self.clone();
+        let cid = cid.to_owned();
+        tokio::task::spawn_blocking(move || this.compile_blocking(&cid, &bytes))
+            .await
+            .map_err(|e| {
+                Failure::new(
+                    FailureKind::Internal,
+                    format!("compilation task failed: {e}"),
+                )
+            })?
+    }
+
+    fn compile_blocking(&self, cid: &str, bytes: &[u8]) -> Result<Program, Failure> {
+        let module = Module::new(&self.engine, bytes).map_err(|e| {
+            Failure::new(
+                FailureKind::InvalidModule,
+                format!(
+                    "the program is not a valid WebAssembly module: {}",
+                    error_chain(&e)
+                ),
+            )
+        })?;
+        let program = self.linker.instantiate_pre(&module).map_err(|e| {
+            Failure::new(
+                FailureKind::LinkError,
+                format!("the program cannot be linked: {}", error_chain(&e)),
+            )
+        })?;
+        match module.serialize() {
+            Ok(serialized) => {
+                let path = self.cache_path(cid);
+                let temp = path.with_extension("tmp");
+                if std::fs::write(&temp, serialized)
+                    .and_then(|()| std::fs::rename(&temp, &path))
+                    .is_err()
+                {
+                    tracing::warn!(cid, "cannot write the compiled module to the disk cache");
+                }
+            }
+            Err(error) => tracing::warn!(cid, %error, "cannot serialise the compiled module"),
+        }
+        self.remember(cid, program.clone());
+        Ok(program)
+    }
+
+    fn lock_programs(
+        &self,
+    ) -> std::sync::MutexGuard<'_, (HashMap<String, Program>, VecDeque<String>)> {
+        self.programs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember(&self, cid: &str, program: Program) {
+        let mut guard = self.lock_programs();
+        let (programs, order) = &mut *guard;
+        if programs.insert(cid.to_owned(), program).is_none() {
+            order.push_back(cid.to_owned());
+        }
+        while order.len() > MEMORY_CACHE_ENTRIES {
+            if let Some(oldest) = order.pop_front() {
+                programs.remove(&oldest);
+            }
+        }
+    }
+
+    fn cache_path(&self, cid: &str) -> PathBuf {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        self.cache_dir
+            .join(format!("{cid}-{:016x}.cwasm", hasher.finish()))
+    }
+
+    /// Runs `program` to its end, a failure, its timeout or its cancellation.
+    pub async fn run(&self, program: &Program, request: RunRequest) -> RunOutcome {
+        match self.run_inner(program, request).await {
+            Ok(outcome) => outcome,
+            Err(failure) => RunOutcome::Failed(failure),
+        }
+    }
+
+    async fn run_inner(
+        &self,
+        program: &Program,
+        request: RunRequest,
+    ) -> Result<RunOutcome, Failure> {
+        let mut builder = WasiCtxBuilder::new();
+        builder
+            .args(&request.argv)
+            .envs(&request.env)
+            .stdout(request.stdout.clone())
+            .stderr(request.stderr.clone());
+        for preopen in &request.preopens {
+            let perms = if preopen.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            builder
+                .preopened_dir(&preopen.host, &preopen.guest, perms)
+                .map_err(|e| {
+                    Failure::new(
+                        FailureKind::Internal,
+                        format!("cannot mount {}: {}", preopen.guest, error_chain(&e)),
+                    )
+                })?;
+        }
+        let guest = Guest {
+            wasi: builder.build_p1(),
+            limits: GuestLimits {
+                max_memory: usize::try_from(request.memory_limit).unwrap_or(usize::MAX),
+                memory_limit_hit: false,
+            },
+        };
+        let mut store = Store::new(&self.engine, guest);
+        store.limiter(|guest| &mut guest.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+
+        let entrypoint = request.entrypoint.clone();
+        let call = async {
+            let instance = program.instantiate_async(&mut store).await?;
+            if entrypoint != "_start"
+                && let Some(init) = instance.get_func(&mut store, "_initialize")
+            {
+                // A reactor module must be initialised before any other export is called.
+                init.typed::<(), ()>(&store)?
+                    .call_async(&mut store, ())
+                    .await?;
+            }
+            let Some(func) = instance.get_func(&mut store, &entrypoint) else {
+                return Err(wasmtime::Error::new(EntryPointError(format!(
+                    "the module exports no function named `{entrypoint}`"
+                ))));
+            };
+            let typed = func.typed::<(), ()>(&store).map_err(|e| {
+                wasmtime::Error::new(EntryPointError(format!(
+                    "the entry point `{entrypoint}` must take no parameters and return nothing: {e}"
+                )))
+            })?;
+            typed.call_async(&mut store, ()).await
+        };
+        let result = tokio::select! {
+            result = call => result,
+            _ = request.cancel.cancelled() => {
+                return Ok(RunOutcome::Failed(Failure::new(FailureKind::Cancelled, "cancelled while running")));
+            }
+            _ = tokio::time::sleep(request.timeout) => {
+                return Ok(RunOutcome::Failed(Failure::new(
+                    FailureKind::Timeout,
+                    format!("the program ran longer than its timeout of {}", shoal::units::format_duration(request.timeout)),
+                )));
+            }
+        };
+        let memory_limit_hit = store.data().limits.memory_limit_hit;
+        Ok(match result {
+            Ok(()) => RunOutcome::Exited(0),
+            Err(error) => classify(&error, memory_limit_hit),
+        })
+    }
+}
+
+/// A missing or mistyped entry point: a link error, never a success.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct EntryPointError(String);
+
+fn classify(error: &wasmtime::Error, memory_limit_hit: bool) -> RunOutcome {
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        return RunOutcome::Exited(exit.0);
+    }
+    let message = error_chain(error);
+    let kind = if memory_limit_hit || error.downcast_ref::<MemoryLimitExceeded>().is_some() {
+        FailureKind::MemoryLimit
+    } else if error.downcast_ref::<EntryPointError>().is_some() {
+        FailureKind::LinkError
+    } else if error.downcast_ref::<Trap>().is_some() {
+        FailureKind::Trap
+    } else {
+        // Errors raised by WASI host calls also abort the guest; report them as traps with
+        // their message, since the program cannot continue.
+        FailureKind::Trap
+    };
+    RunOutcome::Failed(Failure::new(kind, message))
+}
+
+/// An error with its causes, on one line. Multi-line parts (wasm backtraces) are left to
+/// the executor's log: a failure message is for people scanning a job listing.
+fn error_chain(error: &wasmtime::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if text.contains('\n') {
+            tracing::debug!(detail = %text, "guest error detail");
+            continue;
+        }
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    if parts.is_empty() {
+        return error
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+    }
+    parts.join(": ")
+}

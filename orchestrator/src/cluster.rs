@@ -1,0 +1,902 @@
+//! The orchestrator's in-memory view of jobs, executions and executors, and every transition
+//! between their states (SPEC §3).
+//!
+//! `Cluster` does no I/O. Each transition records its effects (records to persist, messages
+//! for executors, watchers to wake, whether to run the scheduler); the caller persists them
+//! and only then lets them out (see `Orchestrator::apply`), so nothing outside the
+//! orchestrator ever acts on a state that is not yet durable.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime};
+
+use shoal::proto::{
+    Capacity, Execution, ExecutionFinished, ExecutionResult, ExecutionState, Failure, FailureKind,
+    Job, JobEvent, JobSpec, JobState, ListJobsRequest, LogChunk, Node, NodeState,
+    OrchestratorMessage, Register, StateChange, job_event, orchestrator_message,
+};
+use shoal::selector::Selector;
+use shoal::spec::{self, SpecDefaults};
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::store::{Snapshot, Write};
+
+/// Where messages for one connected executor go (its Connect response stream).
+pub type ExecutorSender = mpsc::Sender<Result<OrchestratorMessage, tonic::Status>>;
+
+/// Timing and defaults the state machine needs.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterConfig {
+    pub heartbeat_interval: Duration,
+    /// An executor silent (or disconnected) for this long is lost.
+    pub lease: Duration,
+    pub defaults: SpecDefaults,
+}
+
+/// What a batch of transitions wants done once it is durable.
+#[derive(Default)]
+pub struct Effects {
+    pub writes: Vec<Write>,
+    pub messages: Vec<(ExecutorSender, OrchestratorMessage)>,
+    /// Jobs with new events, and their latest sequence number.
+    pub events: Vec<(String, u64)>,
+    /// Capacity or the queue changed: run the scheduler.
+    pub schedule: bool,
+}
+
+struct JobEntry {
+    job: Job,
+    last_sequence: u64,
+    queued_since: SystemTime,
+}
+
+struct NodeLink {
+    generation: u64,
+    sender: ExecutorSender,
+}
+
+struct NodeEntry {
+    node: Node,
+    link: Option<NodeLink>,
+    last_seen: Instant,
+}
+
+/// All jobs, executions and executors.
+pub struct Cluster {
+    config: ClusterConfig,
+    jobs: BTreeMap<String, JobEntry>,
+    executions: HashMap<String, Execution>,
+    /// Queued job ids; ids are time-ordered, so iteration order is FIFO.
+    queue: BTreeSet<String>,
+    nodes: BTreeMap<String, NodeEntry>,
+    /// Next expected log offset per (execution, stream), to drop resent chunks.
+    log_offsets: HashMap<(String, i32), u64>,
+    next_generation: u64,
+    effects: Effects,
+}
+
+impl Cluster {
+    /// Rebuilds the state from the store after a (re)start. Executors are all disconnected
+    /// until they register again; those that do not come back within a lease lose their
+    /// executions.
+    pub fn restore(snapshot: Snapshot, config: ClusterConfig, now: Instant) -> Self {
+        let mut cluster = Cluster {
+            config,
+            jobs: BTreeMap::new(),
+            executions: HashMap::new(),
+            queue: BTreeSet::new(),
+            nodes: BTreeMap::new(),
+            log_offsets: HashMap::new(),
+            next_generation: 1,
+            effects: Effects::default(),
+        };
+        let sequences: HashMap<_, _> = snapshot.last_sequences.into_iter().collect();
+        for job in snapshot.jobs {
+            if job.state() == JobState::Queued {
+                cluster.queue.insert(job.id.clone());
+            }
+            let queued_since = job
+                .updated_at
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .unwrap_or_else(SystemTime::now);
+            let last_sequence = sequences.get(&job.id).copied().unwrap_or(0);
+            cluster.jobs.insert(
+                job.id.clone(),
+                JobEntry {
+                    job,
+                    last_sequence,
+                    queued_since,
+                },
+            );
+        }
+        for mut node in snapshot.nodes {
+            node.state = NodeState::Disconnected as i32;
+            node.running_execution_ids.clear();
+            cluster.nodes.insert(
+                node.id.clone(),
+                NodeEntry {
+                    node,
+                    link: None,
+                    last_seen: now,
+                },
+            );
+        }
+        for execution in snapshot.executions {
+            if !execution.state().is_terminal() {
+                let entry = cluster
+                    .nodes
+                    .entry(execution.executor_id.clone())
+                    .or_insert_with(|| NodeEntry {
+                        node: Node {
+                            id: execution.executor_id.clone(),
+                            state: NodeState::Disconnected as i32,
+                            ..Default::default()
+                        },
+                        link: None,
+                        last_seen: now,
+                    });
+                entry.node.running_execution_ids.push(execution.id.clone());
+            }
+            cluster.executions.insert(execution.id.clone(), execution);
+        }
+        cluster.effects.schedule = true;
+        cluster
+    }
+
+    /// Takes the effects recorded since the last call.
+    pub fn take_effects(&mut self) -> Effects {
+        std::mem::take(&mut self.effects)
+    }
+
+    // ---- queries ----
+
+    /// One job.
+    pub fn job(&self, id: &str) -> Result<&Job> {
+        self.jobs
+            .get(id)
+            .map(|e| &e.job)
+            .ok_or_else(|| Error::NotFound(format!("no job {id}")))
+    }
+
+    /// The latest event sequence number of a job.
+    pub fn last_sequence(&self, id: &str) -> Result<u64> {
+        self.jobs
+            .get(id)
+            .map(|e| e.last_sequence)
+            .ok_or_else(|| Error::NotFound(format!("no job {id}")))
+    }
+
+    /// One execution.
+    pub fn execution(&self, id: &str) -> Result<&Execution> {
+        self.executions
+            .get(id)
+            .ok_or_else(|| Error::NotFound(format!("no execution {id}")))
+    }
+
+    /// Jobs newest first, filtered and paginated as `request` says.
+    pub fn list_jobs(&self, request: &ListJobsRequest) -> (Vec<Job>, String) {
+        let page_size = match request.page_size {
+            0 => 100,
+            n => n.min(1000) as usize,
+        };
+        let states: HashSet<i32> = request.states.iter().copied().collect();
+        let range = if request.page_token.is_empty() {
+            self.jobs.range::<String, _>(..)
+        } else {
+            self.jobs.range::<String, _>(..request.page_token.clone())
+        };
+        let mut jobs = Vec::new();
+        let mut next = String::new();
+        for (id, entry) in range.rev() {
+            let job = &entry.job;
+            if !states.is_empty() && !states.contains(&job.state) {
+                continue;
+            }
+            if !request
+                .labels
+                .iter()
+                .all(|(k, v)| job.spec.as_ref().and_then(|s| s.labels.get(k)) == Some(v))
+            {
+                continue;
+            }
+            if jobs.len() == page_size {
+                next = jobs.last().map(|j: &Job| j.id.clone()).unwrap_or_default();
+                let _ = id;
+                break;
+            }
+            jobs.push(job.clone());
+        }
+        (jobs, next)
+    }
+
+    /// Every execution of a job, oldest first.
+    pub fn executions_of(&self, job_id: &str) -> Result<Vec<Execution>> {
+        self.job(job_id)?;
+        let mut executions: Vec<_> = self
+            .executions
+            .values()
+            .filter(|e| e.job_id == job_id)
+            .cloned()
+            .collect();
+        executions.sort_by_key(|e| e.attempt);
+        Ok(executions)
+    }
+
+    /// Every known executor, connected ones first.
+    pub fn nodes(&self) -> Vec<Node> {
+        let mut nodes: Vec<_> = self.nodes.values().map(|e| self.node_view(e)).collect();
+        nodes.sort_by_key(|n| (n.state != NodeState::Connected as i32, n.id.clone()));
+        nodes
+    }
+
+    /// One executor.
+    pub fn node(&self, id: &str) -> Result<Node> {
+        self.nodes
+            .get(id)
+            .map(|e| self.node_view(e))
+            .ok_or_else(|| Error::NotFound(format!("no executor {id}")))
+    }
+
+    fn node_view(&self, entry: &NodeEntry) -> Node {
+        let mut node = entry.node.clone();
+        node.allocated = Some(self.allocated(entry));
+        node
+    }
+
+    fn allocated(&self, entry: &NodeEntry) -> Capacity {
+        let mut allocated = Capacity::default();
+        for id in &entry.node.running_execution_ids {
+            allocated.slots += 1;
+            allocated.memory_bytes += self
+                .executions
+                .get(id)
+                .and_then(|e| self.jobs.get(&e.job_id))
+                .map(|j| job_memory(&j.job))
+                .unwrap_or(0);
+        }
+        allocated
+    }
+
+    // ---- job transitions ----
+
+    /// Accepts a validated spec: the job is QUEUED.
+    pub fn submit(&mut self, mut spec: JobSpec, now: SystemTime) -> Result<Job> {
+        spec::validate(&spec)?;
+        spec::apply_defaults(&mut spec, self.config.defaults);
+        let id = shoal::ids::JobId::new().to_string();
+        let job = Job {
+            id: id.clone(),
+            spec: Some(spec),
+            state: JobState::Unspecified as i32,
+            created_at: Some(shoal::proto::timestamp(now)),
+            ..Default::default()
+        };
+        self.jobs.insert(
+            id.clone(),
+            JobEntry {
+                job,
+                last_sequence: 0,
+                queued_since: now,
+            },
+        );
+        self.set_job_state(&id, JobState::Queued, "queued".into(), None, None, now);
+        self.queue.insert(id.clone());
+        self.effects.schedule = true;
+        Ok(self.job(&id)?.clone())
+    }
+
+    /// Cancels a job. A queued job ends at once; a running one is told to stop and the job
+    /// is CANCELLED now, while its execution records the executor's confirmation later.
+    pub fn cancel(&mut self, job_id: &str, reason: &str, now: SystemTime) -> Result<Job> {
+        let job = self.job(job_id)?;
+        if job.state().is_terminal() {
+            return Err(Error::FailedPrecondition(format!(
+                "job {job_id} is already {}",
+                job.state().short_name()
+            )));
+        }
+        let execution_id = job.execution_id.clone();
+        self.queue.remove(job_id);
+        if let Some(execution) = self.executions.get(&execution_id)
+            && !execution.state().is_terminal()
+        {
+            let executor_id = execution.executor_id.clone();
+            self.send_to(
+                &executor_id,
+                orchestrator_message::Message::Cancel(shoal::proto::Cancel {
+                    execution_id: execution_id.clone(),
+                    reason: reason.to_owned(),
+                }),
+            );
+        }
+        let message = if reason.is_empty() {
+            "cancelled by a user".to_owned()
+        } else {
+            format!("cancelled: {reason}")
+        };
+        let failure = Failure::new(FailureKind::Cancelled, message.clone());
+        self.set_job_state(
+            job_id,
+            JobState::Cancelled,
+            message,
+            Some(failure),
+            None,
+            now,
+        );
+        Ok(self.job(job_id)?.clone())
+    }
+
+    /// Appends a state-change event and persists the job.
+    fn set_job_state(
+        &mut self,
+        job_id: &str,
+        state: JobState,
+        message: String,
+        failure: Option<Failure>,
+        result: Option<ExecutionResult>,
+        now: SystemTime,
+    ) {
+        let Some(entry) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        let job = &mut entry.job;
+        job.state = state as i32;
+        job.updated_at = Some(shoal::proto::timestamp(now));
+        if state == JobState::Queued {
+            entry.queued_since = now;
+            job.failure = None;
+        }
+        if failure.is_some() {
+            job.failure = failure.clone();
+        }
+        if result.is_some() {
+            job.result = result.clone();
+        }
+        job.status_message = message.clone();
+        let change = StateChange {
+            state: state as i32,
+            execution_id: job.execution_id.clone(),
+            message,
+            failure,
+            result,
+        };
+        let job = job.clone();
+        self.effects.writes.push(Write::Job(job));
+        self.push_event(job_id, job_event::Event::StateChange(change), now);
+    }
+
+    fn push_event(&mut self, job_id: &str, event: job_event::Event, now: SystemTime) {
+        let Some(entry) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        entry.last_sequence += 1;
+        let sequence = entry.last_sequence;
+        self.effects.writes.push(Write::Event {
+            job_id: job_id.to_owned(),
+            event: JobEvent {
+                sequence,
+                time: Some(shoal::proto::timestamp(now)),
+                event: Some(event),
+            },
+        });
+        self.effects.events.push((job_id.to_owned(), sequence));
+    }
+
+    fn send_to(&mut self, executor_id: &str, message: orchestrator_message::Message) {
+        if let Some(link) = self.nodes.get(executor_id).and_then(|n| n.link.as_ref()) {
+            self.effects.messages.push((
+                link.sender.clone(),
+                OrchestratorMessage {
+                    message: Some(message),
+                },
+            ));
+        }
+    }
+
+    // ---- scheduling ----
+
+    /// Places queued jobs, oldest first, on connected executors with a free slot, enough
+    /// memory and matching labels; fails jobs past their queue timeout; records for every
+    /// job left waiting why it waits.
+    pub fn schedule(&mut self, now: SystemTime) {
+        let queued: Vec<String> = self.queue.iter().cloned().collect();
+        for job_id in queued {
+            let Some(entry) = self.jobs.get(&job_id) else {
+                self.queue.remove(&job_id);
+                continue;
+            };
+            let job = &entry.job;
+            let spec = job.spec.clone().unwrap_or_default();
+            match self.placement(&spec) {
+                Ok(executor_id) => self.assign(&job_id, &executor_id, now),
+                Err(reason) => {
+                    let queue_timeout = spec
+                        .queue_timeout
+                        .and_then(|d| Duration::try_from(d).ok())
+                        .unwrap_or(self.config.defaults.queue_timeout);
+                    let waited = now.duration_since(entry.queued_since).unwrap_or_default();
+                    if waited >= queue_timeout {
+                        self.queue.remove(&job_id);
+                        let message = format!(
+                            "not scheduled within the queue timeout of {}: {reason}",
+                            shoal::units::format_duration(queue_timeout)
+                        );
+                        let failure = Failure::new(FailureKind::QueueTimeout, message.clone());
+                        self.set_job_state(
+                            &job_id,
+                            JobState::TimedOut,
+                            message,
+                            Some(failure),
+                            None,
+                            now,
+                        );
+                    } else if job.status_message != reason {
+                        // Not an event, but persisted so `describe` says why the job waits.
+                        if let Some(entry) = self.jobs.get_mut(&job_id) {
+                            entry.job.status_message = reason;
+                            self.effects.writes.push(Write::Job(entry.job.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The executor to run `spec` on, or why there is none. Among fitting executors, the
+    /// one with the most free slots wins, which spreads work across the fleet.
+    fn placement(&self, spec: &JobSpec) -> std::result::Result<String, String> {
+        let selector = Selector::parse(&spec.constraints, "constraints").unwrap_or_default();
+        let memory = spec.resources.map(|r| r.memory_bytes).unwrap_or(0);
+        let connected: Vec<&NodeEntry> = self
+            .nodes
+            .values()
+            .filter(|n| n.link.is_some() && n.node.state() == NodeState::Connected)
+            .collect();
+        if connected.is_empty() {
+            return Err("waiting for an executor to connect: none is connected".into());
+        }
+        let mut unmet: BTreeMap<String, usize> = BTreeMap::new();
+        let mut best: Option<(u32, &NodeEntry)> = None;
+        let mut too_small = 0;
+        let mut largest = 0;
+        for entry in &connected {
+            if let Some(requirement) = selector.first_unmet(&entry.node.labels) {
+                *unmet.entry(requirement.to_string()).or_default() += 1;
+                continue;
+            }
+            let capacity = entry.node.capacity.unwrap_or_default();
+            largest = largest.max(capacity.memory_bytes);
+            if capacity.memory_bytes < memory {
+                too_small += 1;
+                continue;
+            }
+            let allocated = self.allocated(entry);
+            let free_slots = capacity.slots.saturating_sub(allocated.slots);
+            let free_memory = capacity.memory_bytes.saturating_sub(allocated.memory_bytes);
+            if free_slots > 0 && free_memory >= memory && best.is_none_or(|(s, _)| free_slots > s) {
+                best = Some((free_slots, entry));
+            }
+        }
+        if let Some((_, entry)) = best {
+            return Ok(entry.node.id.clone());
+        }
+        let total = connected.len();
+        if unmet.values().sum::<usize>() == total {
+            let detail = unmet
+                .iter()
+                .map(|(req, n)| format!("`{req}` is not met by {n} of them"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(format!(
+                "no connected executor satisfies the constraints ({total} connected): {detail}"
+            ));
+        }
+        if too_small + unmet.values().sum::<usize>() == total {
+            return Err(format!(
+                "the job needs {} of memory; the largest matching executor offers {}",
+                shoal::units::format_size(memory),
+                shoal::units::format_size(largest)
+            ));
+        }
+        Err("waiting for a free slot on a matching executor".into())
+    }
+
+    fn assign(&mut self, job_id: &str, executor_id: &str, now: SystemTime) {
+        self.queue.remove(job_id);
+        let Some(entry) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        entry.job.attempts += 1;
+        let attempt = entry.job.attempts;
+        let execution_id = shoal::ids::ExecutionId::new().to_string();
+        entry.job.execution_id = execution_id.clone();
+        let spec = entry.job.spec.clone();
+        let execution = Execution {
+            id: execution_id.clone(),
+            job_id: job_id.to_owned(),
+            executor_id: executor_id.to_owned(),
+            attempt,
+            state: ExecutionState::Scheduled as i32,
+            created_at: Some(shoal::proto::timestamp(now)),
+            ..Default::default()
+        };
+        self.effects
+            .writes
+            .push(Write::Execution(execution.clone()));
+        self.executions.insert(execution_id.clone(), execution);
+        if let Some(node) = self.nodes.get_mut(executor_id) {
+            node.node.running_execution_ids.push(execution_id.clone());
+        }
+        self.set_job_state(
+            job_id,
+            JobState::Scheduled,
+            format!("assigned to executor {executor_id} (attempt {attempt})"),
+            None,
+            None,
+            now,
+        );
+        self.send_to(
+            executor_id,
+            orchestrator_message::Message::Assign(shoal::proto::Assign {
+                execution_id,
+                job_id: job_id.to_owned(),
+                spec,
+                attempt,
+            }),
+        );
+    }
+
+    // ---- executor transitions ----
+
+    /// An executor (re)connected. Returns the link generation that later calls must quote.
+    /// Executions it still runs stay with it; executions it should run but does not report
+    /// are lost; executions it runs that nobody wants any more are cancelled.
+    pub fn register(
+        &mut self,
+        register: Register,
+        sender: ExecutorSender,
+        now: SystemTime,
+        instant: Instant,
+    ) -> Result<u64> {
+        if register.executor_id.is_empty() || register.executor_id.len() > 253 {
+            return Err(Error::InvalidArgument(
+                "register.executor_id must be 1-253 characters".into(),
+            ));
+        }
+        for (key, value) in &register.labels {
+            shoal::selector::label_key(key).map_err(Error::InvalidArgument)?;
+            shoal::selector::label_value(value).map_err(Error::InvalidArgument)?;
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let id = register.executor_id.clone();
+        let reported: HashSet<String> = register.running_execution_ids.iter().cloned().collect();
+        let previous: Vec<String> = self
+            .nodes
+            .get(&id)
+            .map(|n| n.node.running_execution_ids.clone())
+            .unwrap_or_default();
+        let entry = self.nodes.entry(id.clone()).or_insert_with(|| NodeEntry {
+            node: Node {
+                id: id.clone(),
+                ..Default::default()
+            },
+            link: None,
+            last_seen: instant,
+        });
+        entry.node.state = NodeState::Connected as i32;
+        entry.node.labels = register.labels;
+        entry.node.capacity = register.capacity;
+        entry.node.version = register.version;
+        entry.node.connected_at = Some(shoal::proto::timestamp(now));
+        entry.node.last_heartbeat = Some(shoal::proto::timestamp(now));
+        entry.link = Some(NodeLink { generation, sender });
+        entry.last_seen = instant;
+        self.effects.writes.push(Write::Node(entry.node.clone()));
+
+        for execution_id in previous.iter().filter(|e| !reported.contains(*e)) {
+            self.fail_execution(
+                execution_id,
+                Failure::new(
+                    FailureKind::ExecutorLost,
+                    format!("executor {id} reconnected without this execution"),
+                ),
+                now,
+            );
+        }
+        for execution_id in &reported {
+            let wanted = self.executions.get(execution_id).is_some_and(|e| {
+                e.executor_id == id && !e.state().is_terminal() && self.is_current(e)
+            });
+            if !wanted {
+                self.send_to(
+                    &id,
+                    orchestrator_message::Message::Cancel(shoal::proto::Cancel {
+                        execution_id: execution_id.clone(),
+                        reason: "the orchestrator no longer expects this execution".into(),
+                    }),
+                );
+            }
+        }
+        self.effects.schedule = true;
+        Ok(generation)
+    }
+
+    fn is_current(&self, execution: &Execution) -> bool {
+        self.jobs
+            .get(&execution.job_id)
+            .is_some_and(|j| j.job.execution_id == execution.id && !j.job.state().is_terminal())
+    }
+
+    fn live_node(&mut self, executor_id: &str, generation: u64) -> Option<&mut NodeEntry> {
+        self.nodes
+            .get_mut(executor_id)
+            .filter(|n| n.link.as_ref().is_some_and(|l| l.generation == generation))
+    }
+
+    /// An executor's stream ended. Its executions wait a lease for it to come back.
+    pub fn disconnected(&mut self, executor_id: &str, generation: u64, instant: Instant) {
+        if let Some(entry) = self.live_node(executor_id, generation) {
+            entry.link = None;
+            entry.node.state = NodeState::Disconnected as i32;
+            entry.last_seen = instant;
+            let node = entry.node.clone();
+            self.effects.writes.push(Write::Node(node));
+        }
+    }
+
+    /// Any message from an executor proves it alive.
+    pub fn touch(&mut self, executor_id: &str, generation: u64, now: SystemTime, instant: Instant) {
+        if let Some(entry) = self.live_node(executor_id, generation) {
+            entry.last_seen = instant;
+            entry.node.last_heartbeat = Some(shoal::proto::timestamp(now));
+        }
+    }
+
+    /// The executor takes no new work.
+    pub fn draining(&mut self, executor_id: &str, generation: u64) {
+        if let Some(entry) = self.live_node(executor_id, generation) {
+            entry.node.state = NodeState::Draining as i32;
+            let node = entry.node.clone();
+            self.effects.writes.push(Write::Node(node));
+        }
+    }
+
+    /// Fails the executions of executors not heard from within a lease.
+    pub fn sweep(&mut self, now: SystemTime, instant: Instant) {
+        let lease = self.config.lease;
+        let lost: Vec<(String, Vec<String>)> = self
+            .nodes
+            .values_mut()
+            .filter(|n| instant.duration_since(n.last_seen) > lease)
+            .filter(|n| !n.node.running_execution_ids.is_empty() || n.link.is_some())
+            .map(|n| {
+                n.link = None;
+                n.node.state = NodeState::Disconnected as i32;
+                (n.node.id.clone(), n.node.running_execution_ids.clone())
+            })
+            .collect();
+        for (executor_id, executions) in lost {
+            tracing::warn!(executor_id, "executor lost: no message within the lease");
+            if let Some(node) = self.nodes.get(&executor_id) {
+                self.effects.writes.push(Write::Node(node.node.clone()));
+            }
+            for execution_id in executions {
+                self.fail_execution(
+                    &execution_id,
+                    Failure::new(
+                        FailureKind::ExecutorLost,
+                        format!("executor {executor_id} was lost (no message within {lease:?})"),
+                    ),
+                    now,
+                );
+            }
+        }
+    }
+
+    fn owned_execution(&self, executor_id: &str, execution_id: &str) -> Option<&Execution> {
+        self.executions
+            .get(execution_id)
+            .filter(|e| e.executor_id == executor_id && !e.state().is_terminal())
+    }
+
+    /// An execution moved to STAGING, RUNNING or PUBLISHING.
+    pub fn execution_update(
+        &mut self,
+        executor_id: &str,
+        execution_id: &str,
+        state: ExecutionState,
+        now: SystemTime,
+    ) {
+        if state.is_terminal() || state == ExecutionState::Unspecified {
+            return;
+        }
+        let Some(execution) = self.owned_execution(executor_id, execution_id) else {
+            return;
+        };
+        let current = self.is_current(execution);
+        let job_id = execution.job_id.clone();
+        let Some(execution) = self.executions.get_mut(execution_id) else {
+            return;
+        };
+        execution.state = state as i32;
+        if state == ExecutionState::Running {
+            execution.started_at = Some(shoal::proto::timestamp(now));
+        }
+        self.effects
+            .writes
+            .push(Write::Execution(execution.clone()));
+        if current {
+            let message = match state {
+                ExecutionState::Staging => "fetching the program and inputs",
+                ExecutionState::Running => "running",
+                ExecutionState::Publishing => "publishing results",
+                _ => "",
+            };
+            self.set_job_state(&job_id, state.job_state(), message.into(), None, None, now);
+        }
+    }
+
+    /// Output of a running program; chunks already seen are dropped.
+    pub fn execution_log(&mut self, executor_id: &str, chunk: LogChunk, now: SystemTime) {
+        let Some(execution) = self.owned_execution(executor_id, &chunk.execution_id) else {
+            return;
+        };
+        let job_id = execution.job_id.clone();
+        let key = (chunk.execution_id.clone(), chunk.stream);
+        let expected = self.log_offsets.get(&key).copied().unwrap_or(0);
+        let end = chunk.offset + chunk.data.len() as u64;
+        if end <= expected || chunk.data.is_empty() {
+            return;
+        }
+        let mut chunk = chunk;
+        if chunk.offset < expected {
+            // Partly resent: keep only the new tail.
+            chunk.data = chunk.data.slice((expected - chunk.offset) as usize..);
+            chunk.offset = expected;
+        }
+        self.log_offsets.insert(key, end);
+        self.push_event(&job_id, job_event::Event::Log(chunk), now);
+    }
+
+    /// An execution ended. Applied once: later copies of the same report are ignored.
+    pub fn execution_finished(
+        &mut self,
+        executor_id: &str,
+        finished: ExecutionFinished,
+        now: SystemTime,
+    ) {
+        let Some(execution) = self.owned_execution(executor_id, &finished.execution_id) else {
+            return;
+        };
+        let execution_id = execution.id.clone();
+        match finished.state() {
+            ExecutionState::Completed => {
+                let result = finished.result.unwrap_or_default();
+                self.end_execution(
+                    &execution_id,
+                    ExecutionState::Completed,
+                    None,
+                    Some(result.clone()),
+                    now,
+                );
+                let job_id = self.executions.get(&execution_id).map(|e| e.job_id.clone());
+                if let Some(job_id) = job_id
+                    && self.jobs.get(&job_id).is_some_and(|j| {
+                        j.job.execution_id == execution_id && !j.job.state().is_terminal()
+                    })
+                {
+                    let message = format!("completed with exit code {}", result.exit_code);
+                    self.set_job_state(
+                        &job_id,
+                        JobState::Completed,
+                        message,
+                        None,
+                        Some(result),
+                        now,
+                    );
+                }
+            }
+            _ => {
+                let failure = finished.failure.unwrap_or_else(|| {
+                    Failure::new(FailureKind::Internal, "the executor reported no failure")
+                });
+                if let Some(result) = finished.result
+                    && let Some(execution) = self.executions.get_mut(&execution_id)
+                {
+                    execution.result = Some(result);
+                }
+                self.fail_execution(&execution_id, failure, now);
+            }
+        }
+    }
+
+    fn end_execution(
+        &mut self,
+        execution_id: &str,
+        state: ExecutionState,
+        failure: Option<Failure>,
+        result: Option<ExecutionResult>,
+        now: SystemTime,
+    ) {
+        let Some(execution) = self.executions.get_mut(execution_id) else {
+            return;
+        };
+        execution.state = state as i32;
+        execution.finished_at = Some(shoal::proto::timestamp(now));
+        if failure.is_some() {
+            execution.failure = failure;
+        }
+        if result.is_some() {
+            execution.result = result;
+        }
+        let executor_id = execution.executor_id.clone();
+        self.effects
+            .writes
+            .push(Write::Execution(execution.clone()));
+        self.log_offsets.retain(|(id, _), _| id != execution_id);
+        if let Some(node) = self.nodes.get_mut(&executor_id) {
+            node.node
+                .running_execution_ids
+                .retain(|id| id != execution_id);
+        }
+        self.effects.schedule = true;
+    }
+
+    /// Ends an execution with a failure, then retries its job or fails it, as the job's
+    /// retry policy says.
+    fn fail_execution(&mut self, execution_id: &str, mut failure: Failure, now: SystemTime) {
+        let Some(execution) = self.executions.get(execution_id) else {
+            return;
+        };
+        if execution.state().is_terminal() {
+            return;
+        }
+        let job_id = execution.job_id.clone();
+        let current = self.is_current(execution);
+        let (retry_on, max_attempts, attempts) = match self.jobs.get(&job_id) {
+            Some(entry) => {
+                let retry = entry
+                    .job
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.retry.clone())
+                    .unwrap_or_default();
+                (retry.retry_on, retry.max_attempts, entry.job.attempts)
+            }
+            None => (Vec::new(), 0, 0),
+        };
+        failure.retryable = retry_on.contains(&failure.kind) && attempts < max_attempts;
+        let state = failure.kind().execution_state();
+        self.end_execution(execution_id, state, Some(failure.clone()), None, now);
+        if !current {
+            return;
+        }
+        if failure.retryable {
+            let message = format!(
+                "retrying after {} (attempt {} of {max_attempts} failed)",
+                failure, attempts
+            );
+            self.set_job_state(&job_id, JobState::Queued, message, None, None, now);
+            self.queue.insert(job_id);
+        } else {
+            let message = failure.to_string();
+            self.set_job_state(
+                &job_id,
+                state.job_state(),
+                message,
+                Some(failure),
+                None,
+                now,
+            );
+        }
+    }
+}
+
+fn job_memory(job: &Job) -> u64 {
+    job.spec
+        .as_ref()
+        .and_then(|s| s.resources)
+        .map(|r| r.memory_bytes)
+        .unwrap_or(0)
+}

@@ -1,0 +1,310 @@
+//! The Shoal orchestrator: accepts jobs durably, schedules them onto executors that hold a
+//! `Connect` stream to it, tracks every job and execution through its states, and stores
+//! programs, data and results by CID.
+//!
+//! Layout: `store` (durable records, group commit), `content` (the CID-addressed blob
+//! store), `cluster` (the in-memory state machine and scheduler), `service` (the gRPC
+//! services, thin shells over the above). [`run`] wires them together.
+
+pub mod cluster;
+pub mod content;
+pub mod error;
+pub mod service;
+pub mod store;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::{Cluster, ClusterConfig, Effects};
+use crate::content::ContentStore;
+use crate::error::Result;
+use crate::store::{Commit, Store};
+
+/// Orchestrator settings; every field can come from a flag or an environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Directory for the job database and the content store.
+    #[arg(long, env = "SHOAL_DATA_DIR", default_value = "./shoal-data")]
+    pub data_dir: PathBuf,
+    /// How often executors send heartbeats.
+    #[arg(long, env = "SHOAL_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = shoal::units::parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// An executor silent for this long is lost and its executions are retried elsewhere.
+    #[arg(long, env = "SHOAL_LEASE", default_value = "10s", value_parser = shoal::units::parse_duration)]
+    pub lease: Duration,
+    /// Run timeout for jobs whose spec names none.
+    #[arg(long, env = "SHOAL_DEFAULT_TIMEOUT", default_value = "1h", value_parser = shoal::units::parse_duration)]
+    pub default_timeout: Duration,
+    /// Queue timeout for jobs whose spec names none.
+    #[arg(long, env = "SHOAL_DEFAULT_QUEUE_TIMEOUT", default_value = "24h", value_parser = shoal::units::parse_duration)]
+    pub default_queue_timeout: Duration,
+    /// Largest upload (total file bytes) the content store accepts.
+    #[arg(long, env = "SHOAL_MAX_UPLOAD", default_value = "16GiB", value_parser = shoal::units::parse_size)]
+    pub max_upload_bytes: u64,
+}
+
+impl Config {
+    /// Defaults with the given data directory (for embedding, e.g. the devstack).
+    pub fn with_data_dir(data_dir: PathBuf) -> Self {
+        Config {
+            data_dir,
+            heartbeat_interval: Duration::from_secs(2),
+            lease: Duration::from_secs(10),
+            default_timeout: Duration::from_secs(3600),
+            default_queue_timeout: Duration::from_secs(24 * 3600),
+            max_upload_bytes: 16 << 30,
+        }
+    }
+}
+
+/// The shared state behind every service.
+pub struct Orchestrator {
+    config: Config,
+    cluster: Mutex<Cluster>,
+    store: Store,
+    content: ContentStore,
+    /// Latest committed event sequence per watched job.
+    watchers: std::sync::Mutex<HashMap<String, watch::Sender<u64>>>,
+    schedule: Notify,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Orchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// Writes queued by a transition, and what to do once they are durable.
+struct Staged {
+    commit: Option<Commit>,
+    effects: Effects,
+}
+
+impl Orchestrator {
+    /// Runs `transition` on the cluster state and returns once its writes are durable and
+    /// its messages sent.
+    pub async fn apply<T>(&self, transition: impl FnOnce(&mut Cluster) -> Result<T>) -> Result<T> {
+        let (value, staged) = self.stage(transition).await?;
+        self.complete(staged).await?;
+        value
+    }
+
+    /// Like [`apply`](Self::apply), but the caller does not wait for the disk; effects
+    /// still happen only after the commit. Used for the executor stream, whose order is
+    /// kept by the store's FIFO writes.
+    pub async fn apply_detached(
+        self: &Arc<Self>,
+        transition: impl FnOnce(&mut Cluster),
+    ) -> Result<()> {
+        let (_, staged) = self
+            .stage(|cluster| {
+                transition(cluster);
+                Ok(())
+            })
+            .await?;
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            if let Err(error) = this.complete(staged).await {
+                tracing::error!(%error, "committing executor updates failed");
+            }
+        });
+        Ok(())
+    }
+
+    async fn stage<T>(
+        &self,
+        transition: impl FnOnce(&mut Cluster) -> Result<T>,
+    ) -> Result<(Result<T>, Staged)> {
+        let mut cluster = self.cluster.lock().await;
+        let value = transition(&mut cluster);
+        let mut effects = cluster.take_effects();
+        // Queued while the lock is held, so the store sees writes in state-change order.
+        let commit = if effects.writes.is_empty() {
+            None
+        } else {
+            Some(
+                self.store
+                    .queue(std::mem::take(&mut effects.writes))
+                    .await?,
+            )
+        };
+        Ok((value, Staged { commit, effects }))
+    }
+
+    async fn complete(&self, staged: Staged) -> Result<()> {
+        if let Some(commit) = staged.commit {
+            commit.wait().await?;
+        }
+        let effects = staged.effects;
+        for (sender, message) in effects.messages {
+            // A closed stream is fine: the executor's loss is handled by the lease.
+            let _ = sender.send(Ok(message)).await;
+        }
+        if !effects.events.is_empty() {
+            let watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+            for (job_id, sequence) in effects.events {
+                if let Some(sender) = watchers.get(&job_id) {
+                    sender.send_if_modified(|latest| {
+                        let newer = sequence > *latest;
+                        if newer {
+                            *latest = sequence;
+                        }
+                        newer
+                    });
+                }
+            }
+        }
+        if effects.schedule {
+            self.schedule.notify_one();
+        }
+        Ok(())
+    }
+
+    /// A receiver that changes whenever new events of `job_id` are durable.
+    pub fn subscribe(&self, job_id: &str) -> watch::Receiver<u64> {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        watchers
+            .entry(job_id.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Drops the watch channel of `job_id` if nobody listens any more.
+    pub fn unsubscribe(&self, job_id: &str) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if watchers
+            .get(job_id)
+            .is_some_and(|s| s.receiver_count() == 0)
+        {
+            watchers.remove(job_id);
+        }
+    }
+
+    /// The durable store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The content store.
+    pub fn content(&self) -> &ContentStore {
+        &self.content
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Cancelled when the orchestrator shuts down; long-lived streams end with it.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Read access to the cluster state.
+    pub async fn read<T>(&self, f: impl FnOnce(&Cluster) -> T) -> T {
+        f(&*self.cluster.lock().await)
+    }
+
+    /// Tracks a background task so shutdown waits for it.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+}
+
+/// Opens the data directory and restores the orchestrator's state.
+pub fn open(config: Config, shutdown: CancellationToken) -> Result<Arc<Orchestrator>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| error::Error::io(format!("creating {}", config.data_dir.display()), e))?;
+    let (store, snapshot) = Store::open(&config.data_dir.join("state.redb"))?;
+    let content = ContentStore::open(&config.data_dir.join("content"), config.max_upload_bytes)?;
+    tracing::info!(
+        jobs = snapshot.jobs.len(),
+        executions = snapshot.executions.len(),
+        data_dir = %config.data_dir.display(),
+        "state restored"
+    );
+    let cluster = Cluster::restore(
+        snapshot,
+        ClusterConfig {
+            heartbeat_interval: config.heartbeat_interval,
+            lease: config.lease,
+            defaults: shoal::spec::SpecDefaults {
+                timeout: config.default_timeout,
+                queue_timeout: config.default_queue_timeout,
+            },
+        },
+        Instant::now(),
+    );
+    Ok(Arc::new(Orchestrator {
+        config,
+        cluster: Mutex::new(cluster),
+        store,
+        content,
+        watchers: std::sync::Mutex::new(HashMap::new()),
+        schedule: Notify::new(),
+        shutdown,
+        tasks: TaskTracker::new(),
+    }))
+}
+
+/// Serves the orchestrator on `listener` until `shutdown` is cancelled, then stops
+/// accepting, ends open streams, waits for its tasks and closes the store.
+pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<()> {
+    let orchestrator = open(config, shutdown.clone())?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| error::Error::io("listener", e))?;
+    tracing::info!(%address, "orchestrator listening");
+
+    orchestrator.spawn(scheduler_loop(orchestrator.clone()));
+    let served = service::serve(orchestrator.clone(), listener, shutdown.clone()).await;
+    shutdown.cancel();
+    orchestrator.tasks.close();
+    orchestrator.tasks.wait().await;
+    match Arc::try_unwrap(orchestrator) {
+        Ok(orchestrator) => orchestrator.store.close().await,
+        Err(_) => tracing::warn!("state still referenced at shutdown; the store closes on exit"),
+    }
+    served
+}
+
+/// Places queued jobs whenever capacity or the queue changes, and once a second checks
+/// leases and queue timeouts.
+async fn scheduler_loop(orchestrator: Arc<Orchestrator>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let sweep = tokio::select! {
+            _ = orchestrator.shutdown.cancelled() => return,
+            _ = orchestrator.schedule.notified() => false,
+            _ = tick.tick() => true,
+        };
+        let result = orchestrator
+            .apply(|cluster| {
+                let now = SystemTime::now();
+                if sweep {
+                    cluster.sweep(now, Instant::now());
+                }
+                cluster.schedule(now);
+                Ok(())
+            })
+            .await;
+        if let Err(error) = result {
+            tracing::error!(%error, "scheduling pass failed");
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! `shoal-orchestrator`: parses its configuration, sets up logging, binds and runs.
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// The Shoal orchestrator daemon.
+#[derive(Debug, Parser)]
+#[command(name = "shoal-orchestrator", version, about)]
+struct Cli {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// Log format: pretty or json.
+    #[arg(long, env = "SHOAL_LOG_FORMAT", default_value = "pretty")]
+    log_format: shoal::telemetry::LogFormat,
+    #[command(flatten)]
+    config: shoal_orchestrator::Config,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    shoal::telemetry::init(cli.log_format, "info");
+    let listener = tokio::net::TcpListener::bind(&cli.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cli.listen))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shutdown_on_signal(shutdown.clone()));
+    shoal_orchestrator::run(listener, cli.config, shutdown).await?;
+    Ok(())
+}
+
+async fn shutdown_on_signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::error!(%error, "cannot watch SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

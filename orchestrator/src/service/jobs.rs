@@ -1,0 +1,280 @@
+//! JobService: submitting, inspecting, watching and cancelling jobs, and fetching results.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::Stream;
+use shoal::proto::job_service_server::JobService;
+use shoal::proto::{
+    CancelJobRequest, CancelJobResponse, DownloadResultsRequest, GetJobRequest, GetJobResponse,
+    GetLogsRequest, JobEvent, ListExecutionsRequest, ListExecutionsResponse, ListJobsRequest,
+    ListJobsResponse, LogChunk, SubmitJobRequest, SubmitJobResponse, WatchJobRequest, job_event,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::storage::DownloadStream;
+use super::{cid, job_id};
+use crate::Orchestrator;
+use crate::error::{Error, Result};
+
+/// Events read from the store per round trip.
+const EVENT_PAGE: usize = 256;
+
+/// JobService implementation.
+#[derive(Debug, Clone)]
+pub struct JobApi(Arc<Orchestrator>);
+
+impl JobApi {
+    pub fn new(orchestrator: Arc<Orchestrator>) -> Self {
+        JobApi(orchestrator)
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
+type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl JobService for JobApi {
+    async fn submit_job(
+        &self,
+        request: Request<SubmitJobRequest>,
+    ) -> Result<Response<SubmitJobResponse>, Status> {
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec: is required"))?;
+        shoal::spec::validate(&spec).map_err(Error::from)?;
+        // Everything the job names must already be stored, or it could never run.
+        let content = self.0.content();
+        let program = cid("program", &spec.program)?;
+        if !content.contains(&program).await {
+            return Err(Status::not_found(format!(
+                "program: {} is not in the store; upload it first",
+                spec.program
+            )));
+        }
+        for (i, input) in spec.inputs.iter().enumerate() {
+            if !content.contains(&cid("source", &input.source)?).await {
+                return Err(Status::not_found(format!(
+                    "inputs[{i}].source: {} is not in the store",
+                    input.source
+                )));
+            }
+        }
+        let job = self.0.apply(|c| c.submit(spec, SystemTime::now())).await?;
+        tracing::info!(job_id = %job.id, "job accepted");
+        Ok(Response::new(SubmitJobResponse { job: Some(job) }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<GetJobRequest>,
+    ) -> Result<Response<GetJobResponse>, Status> {
+        let id = job_id(&request.into_inner().job_id)?;
+        let job = self.0.read(|c| c.job(&id).cloned()).await?;
+        Ok(Response::new(GetJobResponse { job: Some(job) }))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
+        let request = request.into_inner();
+        if !request.page_token.is_empty() {
+            job_id(&request.page_token).map_err(|_| {
+                Status::invalid_argument("page_token is not one this server issued")
+            })?;
+        }
+        let (jobs, next_page_token) = self.0.read(|c| c.list_jobs(&request)).await;
+        Ok(Response::new(ListJobsResponse {
+            jobs,
+            next_page_token,
+        }))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<CancelJobResponse>, Status> {
+        let request = request.into_inner();
+        let id = job_id(&request.job_id)?;
+        let job = self
+            .0
+            .apply(|c| c.cancel(&id, &request.reason, SystemTime::now()))
+            .await?;
+        tracing::info!(job_id = %id, "job cancelled");
+        Ok(Response::new(CancelJobResponse { job: Some(job) }))
+    }
+
+    type WatchJobStream = EventStream;
+
+    async fn watch_job(
+        &self,
+        request: Request<WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let request = request.into_inner();
+        let id = job_id(&request.job_id)?;
+        self.0.read(|c| c.job(&id).map(|_| ())).await?;
+        let (tx, rx) = mpsc::channel(64);
+        let orchestrator = self.0.clone();
+        self.0.spawn(async move {
+            let result = watch(
+                &orchestrator,
+                &id,
+                request.from_sequence,
+                request.states_only,
+                &tx,
+            )
+            .await;
+            orchestrator.unsubscribe(&id);
+            if let Err(error) = result {
+                let _ = tx.send(Err(error.into())).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type GetLogsStream = LogStream;
+
+    async fn get_logs(
+        &self,
+        request: Request<GetLogsRequest>,
+    ) -> Result<Response<Self::GetLogsStream>, Status> {
+        let request = request.into_inner();
+        let id = job_id(&request.job_id)?;
+        let job = self.0.read(|c| c.job(&id).cloned()).await?;
+        let execution_id = if request.execution_id.is_empty() {
+            job.execution_id
+        } else {
+            request.execution_id
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let store = self.0.store().clone();
+        self.0.spawn(async move {
+            let mut next = 1;
+            loop {
+                let events = match store.events(&id, next, EVENT_PAGE).await {
+                    Ok(events) => events,
+                    Err(error) => {
+                        let _ = tx.send(Err(error.into())).await;
+                        return;
+                    }
+                };
+                let count = events.len();
+                for event in events {
+                    next = event.sequence + 1;
+                    if let Some(job_event::Event::Log(chunk)) = event.event
+                        && chunk.execution_id == execution_id
+                        && tx.send(Ok(chunk)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                if count < EVENT_PAGE {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_executions(
+        &self,
+        request: Request<ListExecutionsRequest>,
+    ) -> Result<Response<ListExecutionsResponse>, Status> {
+        let id = job_id(&request.into_inner().job_id)?;
+        let executions = self.0.read(|c| c.executions_of(&id)).await?;
+        Ok(Response::new(ListExecutionsResponse { executions }))
+    }
+
+    type DownloadResultsStream = DownloadStream;
+
+    async fn download_results(
+        &self,
+        request: Request<DownloadResultsRequest>,
+    ) -> Result<Response<Self::DownloadResultsStream>, Status> {
+        let request = request.into_inner();
+        let id = job_id(&request.job_id)?;
+        let result_cid = self
+            .0
+            .read(|c| -> Result<Option<String>> {
+                let job = c.job(&id)?;
+                if let Some(result) = &job.result {
+                    return Ok(Some(result.result_cid.clone()));
+                }
+                // A failed job may still have partial results (stdout, stderr).
+                Ok(c.execution(&job.execution_id)
+                    .ok()
+                    .and_then(|e| e.result.as_ref())
+                    .map(|r| r.result_cid.clone()))
+            })
+            .await?
+            .filter(|cid| !cid.is_empty())
+            .ok_or_else(|| Status::failed_precondition(format!("job {id} has no results (yet)")))?;
+        let cid = cid("result_cid", &result_cid)?;
+        let stream = self.0.content().download(&cid, &request.path, 0).await?;
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Sends a job's events from `from` on: the stored history first, then new events as they
+/// become durable, until the event that makes the job terminal.
+async fn watch(
+    orchestrator: &Orchestrator,
+    job_id: &str,
+    from: u64,
+    states_only: bool,
+    tx: &mpsc::Sender<Result<JobEvent, Status>>,
+) -> Result<()> {
+    // Subscribe before reading, so an event committed in between still wakes us.
+    let mut changes = orchestrator.subscribe(job_id);
+    let shutdown = orchestrator.shutdown_token().clone();
+    let mut next = from.max(1);
+    loop {
+        changes.borrow_and_update();
+        let events = orchestrator
+            .store()
+            .events(job_id, next, EVENT_PAGE)
+            .await?;
+        let count = events.len();
+        for event in events {
+            next = event.sequence + 1;
+            let terminal = matches!(
+                &event.event,
+                Some(job_event::Event::StateChange(change)) if change.state().is_terminal()
+            );
+            let is_log = matches!(&event.event, Some(job_event::Event::Log(_)));
+            if !(states_only && is_log) && tx.send(Ok(event)).await.is_err() {
+                return Ok(());
+            }
+            if terminal {
+                return Ok(());
+            }
+        }
+        if count == EVENT_PAGE {
+            continue;
+        }
+        // Resuming after the end of a finished job: nothing more will come.
+        let (terminal, last) = orchestrator
+            .read(|c| {
+                c.job(job_id).map(|j| {
+                    (
+                        j.state().is_terminal(),
+                        c.last_sequence(job_id).unwrap_or(0),
+                    )
+                })
+            })
+            .await?;
+        if terminal && next > last {
+            return Ok(());
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return Ok(()) },
+            _ = tx.closed() => return Ok(()),
+            _ = shutdown.cancelled() => return Err(Error::ShuttingDown),
+        }
+    }
+}

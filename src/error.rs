@@ -1,0 +1,64 @@
+//! The error type of the `shoal` core crate.
+
+use std::path::PathBuf;
+
+/// Errors from the shared core: spec validation, content ids, transfers.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A job spec field is invalid. `field` is the path of the field, e.g. `inputs[1].target`.
+    #[error("invalid {field}: {message}")]
+    InvalidSpec { field: String, message: String },
+    /// A spec document (YAML or JSON) could not be parsed.
+    #[error("cannot parse job spec: {0}")]
+    SpecSyntax(String),
+    /// A string is not a valid content id.
+    #[error("invalid content id {input:?}: {reason}")]
+    InvalidCid { input: String, reason: String },
+    /// A transfer stream broke its framing rules.
+    #[error("malformed transfer: {0}")]
+    MalformedTransfer(String),
+    /// A local file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A gRPC call failed.
+    #[error("{}", .0.message())]
+    Rpc(#[from] tonic::Status),
+}
+
+/// Result with the core crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An invalid spec field.
+    pub fn invalid_spec(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidSpec {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::InvalidSpec { .. }
+            | Error::SpecSyntax(_)
+            | Error::InvalidCid { .. }
+            | Error::MalformedTransfer(_) => tonic::Status::invalid_argument(error.to_string()),
+            Error::Io { .. } => tonic::Status::internal(error.to_string()),
+            Error::Rpc(status) => status,
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Shoal's shared core: the `shoal.v1` protocol, ids, content ids, job-spec parsing and
+//! validation, label selectors, file-tree transfer over the storage API, and telemetry setup.
+//!
+//! The daemons (`shoal-orchestrator`, `shoal-executor`) and the `shoal` CLI all build on this
+//! crate; it has no knowledge of wasmtime or of the orchestrator's store.
+
+pub mod cid;
+pub mod error;
+pub mod ids;
+pub mod proto;
+pub mod selector;
+pub mod spec;
+pub mod telemetry;
+pub mod transfer;
+pub mod units;
+
+pub use error::{Error, Result};

@@ -1,0 +1,111 @@
+//! Generated protobuf and gRPC code for the `shoal.v1` API (see `proto/shoal/v1/`), plus
+//! small conveniences on the generated types.
+
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+pub mod v1 {
+    tonic::include_proto!("shoal.v1");
+
+    /// Encoded file descriptor set of the API, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("shoal_descriptor");
+}
+
+pub use v1::*;
+
+impl JobState {
+    /// Whether no further transition can happen.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Completed | JobState::Failed | JobState::Cancelled | JobState::TimedOut
+        )
+    }
+
+    /// The state's name without the enum prefix, e.g. `RUNNING`.
+    pub fn short_name(self) -> &'static str {
+        self.as_str_name().trim_start_matches("JOB_STATE_")
+    }
+}
+
+impl ExecutionState {
+    /// Whether no further transition can happen.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            ExecutionState::Completed
+                | ExecutionState::Failed
+                | ExecutionState::Cancelled
+                | ExecutionState::TimedOut
+        )
+    }
+
+    /// The job state that mirrors this execution state.
+    pub fn job_state(self) -> JobState {
+        match self {
+            ExecutionState::Unspecified => JobState::Unspecified,
+            ExecutionState::Scheduled => JobState::Scheduled,
+            ExecutionState::Staging => JobState::Staging,
+            ExecutionState::Running => JobState::Running,
+            ExecutionState::Publishing => JobState::Publishing,
+            ExecutionState::Completed => JobState::Completed,
+            ExecutionState::Failed => JobState::Failed,
+            ExecutionState::Cancelled => JobState::Cancelled,
+            ExecutionState::TimedOut => JobState::TimedOut,
+        }
+    }
+
+    /// The state's name without the enum prefix, e.g. `RUNNING`.
+    pub fn short_name(self) -> &'static str {
+        self.as_str_name().trim_start_matches("EXECUTION_STATE_")
+    }
+}
+
+impl FailureKind {
+    /// The kind's name without the enum prefix, e.g. `LINK_ERROR`.
+    pub fn short_name(self) -> &'static str {
+        self.as_str_name().trim_start_matches("FAILURE_KIND_")
+    }
+
+    /// The terminal execution state a failure of this kind leads to.
+    pub fn execution_state(self) -> ExecutionState {
+        match self {
+            FailureKind::Timeout | FailureKind::QueueTimeout => ExecutionState::TimedOut,
+            FailureKind::Cancelled => ExecutionState::Cancelled,
+            _ => ExecutionState::Failed,
+        }
+    }
+}
+
+impl NodeState {
+    /// The state's name without the enum prefix, e.g. `CONNECTED`.
+    pub fn short_name(self) -> &'static str {
+        self.as_str_name().trim_start_matches("NODE_STATE_")
+    }
+}
+
+impl Failure {
+    /// A failure of `kind` with a message; `retryable` is decided later by the retry policy.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Failure {
+            kind: kind as i32,
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind().short_name(), self.message)
+    }
+}
+
+/// Converts a `SystemTime` into a protobuf timestamp.
+pub fn timestamp(time: std::time::SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(time)
+}
+
+/// The current time as a protobuf timestamp.
+pub fn now() -> prost_types::Timestamp {
+    timestamp(std::time::SystemTime::now())
+}

@@ -1,0 +1,783 @@
+//! Job specs: the YAML/JSON document users write, its conversion to the protobuf
+//! [`JobSpec`], the defaults, and the validation every entry point applies.
+//!
+//! Validation errors name the field path (`inputs[1].target`) so a client can point at the
+//! exact problem; the orchestrator turns them into INVALID_ARGUMENT.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::cid::ContentId;
+use crate::proto::{FailureKind, InputSpec, JobSpec, OutputSpec, Resources, RetryPolicy};
+use crate::selector::{self, Selector};
+use crate::units::{parse_duration, parse_size};
+
+/// Entry point called when a spec names none.
+pub const DEFAULT_ENTRYPOINT: &str = "_start";
+/// Guest memory limit when a spec names none.
+pub const DEFAULT_MEMORY_BYTES: u64 = 512 * 1024 * 1024;
+/// Attempts a job gets when its spec names no retry policy.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// The output a spec gets when it names none.
+pub const DEFAULT_OUTPUT_NAME: &str = "outputs";
+/// Where the default output is mounted.
+pub const DEFAULT_OUTPUT_PATH: &str = "/outputs";
+/// Environment variables Shoal sets itself; specs may not set them.
+pub const RESERVED_ENV_PREFIX: &str = "SHOAL_";
+
+/// Upper bounds that keep one spec from exhausting a daemon.
+pub mod limits {
+    /// Most arguments a spec may pass.
+    pub const MAX_ARGS: usize = 4096;
+    /// Most bytes of arguments plus environment.
+    pub const MAX_ARGS_ENV_BYTES: usize = 1024 * 1024;
+    /// Most environment variables.
+    pub const MAX_ENV: usize = 1024;
+    /// Most inputs or outputs.
+    pub const MAX_MOUNTS: usize = 256;
+    /// Most constraints or labels.
+    pub const MAX_SELECTORS: usize = 64;
+    /// Longest mount path.
+    pub const MAX_PATH_BYTES: usize = 1024;
+    /// Most attempts a retry policy may ask for.
+    pub const MAX_ATTEMPTS: u32 = 10;
+    /// Smallest memory limit: one wasm page.
+    pub const MIN_MEMORY_BYTES: u64 = 64 * 1024;
+}
+
+/// A job spec as users write it in YAML or JSON (`shoal job run spec.yaml`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpecDocument {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// A local path (uploaded by the CLI), or a CID.
+    pub program: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub entrypoint: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<InputDocument>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputDocument>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourcesDocument>,
+    /// Run timeout, e.g. `10m`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Queue timeout, e.g. `1h`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryDocument>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub publisher: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub program_name: String,
+}
+
+/// One input of a [`SpecDocument`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputDocument {
+    /// A local path (uploaded by the CLI) or a CID.
+    pub source: String,
+    pub target: String,
+}
+
+/// One output of a [`SpecDocument`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputDocument {
+    pub name: String,
+    pub path: String,
+}
+
+/// Resources of a [`SpecDocument`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesDocument {
+    /// Memory limit, e.g. `512MiB`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+}
+
+/// Retry policy of a [`SpecDocument`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryDocument {
+    pub max_attempts: u32,
+    /// Failure kinds to retry, e.g. `[executor_lost, trap]`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retry_on: Vec<String>,
+}
+
+impl SpecDocument {
+    /// Parses YAML (a superset of JSON).
+    pub fn from_yaml(text: &str) -> Result<Self, Error> {
+        serde_yaml_ng::from_str(text).map_err(|e| Error::SpecSyntax(e.to_string()))
+    }
+
+    /// Converts to the protobuf spec. Sizes, durations and failure kinds are parsed here;
+    /// everything else is checked by [`validate`].
+    pub fn to_proto(&self) -> Result<JobSpec, Error> {
+        let duration = |field: &str, text: &Option<String>| -> Result<_, Error> {
+            text.as_deref()
+                .map(|t| {
+                    let d = parse_duration(t).map_err(|m| Error::invalid_spec(field, m))?;
+                    prost_types::Duration::try_from(d)
+                        .map_err(|e| Error::invalid_spec(field, e.to_string()))
+                })
+                .transpose()
+        };
+        let memory_bytes = match self.resources.as_ref().and_then(|r| r.memory.as_deref()) {
+            Some(text) => {
+                parse_size(text).map_err(|m| Error::invalid_spec("resources.memory", m))?
+            }
+            None => 0,
+        };
+        let retry = match &self.retry {
+            Some(retry) => Some(RetryPolicy {
+                max_attempts: retry.max_attempts,
+                retry_on: retry
+                    .retry_on
+                    .iter()
+                    .enumerate()
+                    .map(|(i, kind)| {
+                        parse_failure_kind(kind).map(|k| k as i32).ok_or_else(|| {
+                            Error::invalid_spec(
+                                format!("retry.retry_on[{i}]"),
+                                format!("unknown failure kind {kind:?}"),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            }),
+            None => None,
+        };
+        Ok(JobSpec {
+            name: self.name.clone(),
+            program: self.program.clone(),
+            entrypoint: self.entrypoint.clone(),
+            args: self.args.clone(),
+            env: self.env.clone().into_iter().collect(),
+            inputs: self
+                .inputs
+                .iter()
+                .map(|i| InputSpec {
+                    source: i.source.clone(),
+                    target: i.target.clone(),
+                })
+                .collect(),
+            outputs: self
+                .outputs
+                .iter()
+                .map(|o| OutputSpec {
+                    name: o.name.clone(),
+                    path: o.path.clone(),
+                })
+                .collect(),
+            resources: (memory_bytes != 0).then_some(Resources { memory_bytes }),
+            timeout: duration("timeout", &self.timeout)?,
+            queue_timeout: duration("queue_timeout", &self.queue_timeout)?,
+            constraints: self.constraints.clone(),
+            labels: self.labels.clone().into_iter().collect(),
+            retry,
+            publisher: self.publisher.clone(),
+            program_name: self.program_name.clone(),
+        })
+    }
+
+    /// The document form of a protobuf spec (for `--dry-run` and `describe`).
+    pub fn from_proto(spec: &JobSpec) -> Self {
+        let duration = |d: &Option<prost_types::Duration>| {
+            d.and_then(|d| Duration::try_from(d).ok())
+                .map(crate::units::format_duration)
+        };
+        SpecDocument {
+            name: spec.name.clone(),
+            program: spec.program.clone(),
+            entrypoint: spec.entrypoint.clone(),
+            args: spec.args.clone(),
+            env: spec.env.clone().into_iter().collect(),
+            inputs: spec
+                .inputs
+                .iter()
+                .map(|i| InputDocument {
+                    source: i.source.clone(),
+                    target: i.target.clone(),
+                })
+                .collect(),
+            outputs: spec
+                .outputs
+                .iter()
+                .map(|o| OutputDocument {
+                    name: o.name.clone(),
+                    path: o.path.clone(),
+                })
+                .collect(),
+            resources: spec.resources.map(|r| ResourcesDocument {
+                memory: Some(crate::units::format_size(r.memory_bytes)),
+            }),
+            timeout: duration(&spec.timeout),
+            queue_timeout: duration(&spec.queue_timeout),
+            constraints: spec.constraints.clone(),
+            labels: spec.labels.clone().into_iter().collect(),
+            retry: spec.retry.as_ref().map(|r| RetryDocument {
+                max_attempts: r.max_attempts,
+                retry_on: r
+                    .retry_on()
+                    .map(|k| k.short_name().to_ascii_lowercase())
+                    .collect(),
+            }),
+            publisher: spec.publisher.clone(),
+            program_name: spec.program_name.clone(),
+        }
+    }
+}
+
+/// Parses a failure kind written as `executor_lost`, `EXECUTOR_LOST` or
+/// `FAILURE_KIND_EXECUTOR_LOST`.
+pub fn parse_failure_kind(text: &str) -> Option<FailureKind> {
+    let upper = text.trim().to_ascii_uppercase().replace('-', "_");
+    let name = if upper.starts_with("FAILURE_KIND_") {
+        upper
+    } else {
+        format!("FAILURE_KIND_{upper}")
+    };
+    FailureKind::from_str_name(&name).filter(|k| *k != FailureKind::Unspecified)
+}
+
+/// Orchestrator-wide defaults applied to specs that leave a field unset.
+#[derive(Debug, Clone, Copy)]
+pub struct SpecDefaults {
+    pub timeout: Duration,
+    pub queue_timeout: Duration,
+}
+
+/// Fills in every defaulted field, so executors and clients see the effective spec.
+pub fn apply_defaults(spec: &mut JobSpec, defaults: SpecDefaults) {
+    if spec.entrypoint.is_empty() {
+        spec.entrypoint = DEFAULT_ENTRYPOINT.to_owned();
+    }
+    if spec.outputs.is_empty() {
+        spec.outputs.push(OutputSpec {
+            name: DEFAULT_OUTPUT_NAME.to_owned(),
+            path: DEFAULT_OUTPUT_PATH.to_owned(),
+        });
+    }
+    let resources = spec.resources.get_or_insert_with(Resources::default);
+    if resources.memory_bytes == 0 {
+        resources.memory_bytes = DEFAULT_MEMORY_BYTES;
+    }
+    let to_proto = |d: Duration| prost_types::Duration::try_from(d).unwrap_or_default();
+    spec.timeout
+        .get_or_insert_with(|| to_proto(defaults.timeout));
+    spec.queue_timeout
+        .get_or_insert_with(|| to_proto(defaults.queue_timeout));
+    let retry = spec.retry.get_or_insert_with(RetryPolicy::default);
+    if retry.max_attempts == 0 {
+        retry.max_attempts = DEFAULT_MAX_ATTEMPTS;
+    }
+    if retry.retry_on.is_empty() {
+        retry.retry_on.push(FailureKind::ExecutorLost as i32);
+    }
+    if spec.publisher.is_empty() {
+        spec.publisher = "default".to_owned();
+    }
+    if spec.program_name.is_empty() {
+        spec.program_name = spec
+            .program
+            .rsplit('/')
+            .next()
+            .unwrap_or(&spec.program)
+            .to_owned();
+    }
+}
+
+/// Checks a spec as it arrives at the orchestrator: every field, with its path in the error.
+/// Program and input sources must be CIDs here (the CLI uploads local files first).
+pub fn validate(spec: &JobSpec) -> Result<(), Error> {
+    if spec.program.is_empty() {
+        return Err(Error::invalid_spec("program", "is required"));
+    }
+    spec.program
+        .parse::<ContentId>()
+        .map_err(|e| Error::invalid_spec("program", format!("must be a content id: {e}")))?;
+    if spec.name.len() > 256 {
+        return Err(Error::invalid_spec("name", "must be at most 256 bytes"));
+    }
+    if spec.program_name.len() > 256 || spec.program_name.contains('\0') {
+        return Err(Error::invalid_spec(
+            "program_name",
+            "must be at most 256 bytes, without NUL",
+        ));
+    }
+    if !spec.entrypoint.is_empty()
+        && (spec.entrypoint.len() > 256 || spec.entrypoint.chars().any(char::is_control))
+    {
+        return Err(Error::invalid_spec(
+            "entrypoint",
+            "must be an export name of at most 256 printable characters",
+        ));
+    }
+    validate_args_env(spec)?;
+
+    if spec.inputs.len() > limits::MAX_MOUNTS {
+        return Err(Error::invalid_spec(
+            "inputs",
+            format!("at most {} inputs", limits::MAX_MOUNTS),
+        ));
+    }
+    if spec.outputs.len() > limits::MAX_MOUNTS {
+        return Err(Error::invalid_spec(
+            "outputs",
+            format!("at most {} outputs", limits::MAX_MOUNTS),
+        ));
+    }
+    // Every mount, as (field path, guest path), for the overlap check.
+    let mut mounts: Vec<(String, String)> = Vec::new();
+    for (i, input) in spec.inputs.iter().enumerate() {
+        input.source.parse::<ContentId>().map_err(|e| {
+            Error::invalid_spec(
+                format!("inputs[{i}].source"),
+                format!("must be a content id: {e}"),
+            )
+        })?;
+        let field = format!("inputs[{i}].target");
+        validate_mount_path(&input.target).map_err(|m| Error::invalid_spec(field.clone(), m))?;
+        mounts.push((field, input.target.clone()));
+    }
+    let mut output_names = HashSet::new();
+    for (i, output) in spec.outputs.iter().enumerate() {
+        let name_field = format!("outputs[{i}].name");
+        validate_output_name(&output.name)
+            .map_err(|m| Error::invalid_spec(name_field.clone(), m))?;
+        if !output_names.insert(output.name.as_str()) {
+            return Err(Error::invalid_spec(
+                name_field,
+                format!("duplicate output name {:?}", output.name),
+            ));
+        }
+        let field = format!("outputs[{i}].path");
+        validate_mount_path(&output.path).map_err(|m| Error::invalid_spec(field.clone(), m))?;
+        mounts.push((field, output.path.clone()));
+    }
+    check_overlaps(&mounts)?;
+
+    if let Some(resources) = &spec.resources
+        && resources.memory_bytes != 0
+        && resources.memory_bytes < limits::MIN_MEMORY_BYTES
+    {
+        return Err(Error::invalid_spec(
+            "resources.memory_bytes",
+            "must be at least 64 KiB (one WebAssembly page)",
+        ));
+    }
+    for (field, duration) in [
+        ("timeout", &spec.timeout),
+        ("queue_timeout", &spec.queue_timeout),
+    ] {
+        if let Some(d) = duration {
+            match Duration::try_from(*d) {
+                Ok(d) if !d.is_zero() => {}
+                _ => return Err(Error::invalid_spec(field, "must be a positive duration")),
+            }
+        }
+    }
+    if spec.constraints.len() > limits::MAX_SELECTORS {
+        return Err(Error::invalid_spec(
+            "constraints",
+            format!("at most {}", limits::MAX_SELECTORS),
+        ));
+    }
+    Selector::parse(&spec.constraints, "constraints")?;
+    if spec.labels.len() > limits::MAX_SELECTORS {
+        return Err(Error::invalid_spec(
+            "labels",
+            format!("at most {}", limits::MAX_SELECTORS),
+        ));
+    }
+    for (key, value) in &spec.labels {
+        let field = format!("labels[{key}]");
+        selector::label_key(key).map_err(|m| Error::invalid_spec(field.clone(), m))?;
+        selector::label_value(value).map_err(|m| Error::invalid_spec(field, m))?;
+    }
+    if let Some(retry) = &spec.retry {
+        if retry.max_attempts > limits::MAX_ATTEMPTS {
+            return Err(Error::invalid_spec(
+                "retry.max_attempts",
+                format!("must be at most {}", limits::MAX_ATTEMPTS),
+            ));
+        }
+        for (i, kind) in retry.retry_on.iter().enumerate() {
+            match FailureKind::try_from(*kind) {
+                Ok(FailureKind::Unspecified) | Err(_) => {
+                    return Err(Error::invalid_spec(
+                        format!("retry.retry_on[{i}]"),
+                        "unknown failure kind",
+                    ));
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+    if !(spec.publisher.is_empty() || spec.publisher == "default") {
+        return Err(Error::invalid_spec(
+            "publisher",
+            format!(
+                "unknown publisher {:?}; only \"default\" is available",
+                spec.publisher
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_args_env(spec: &JobSpec) -> Result<(), Error> {
+    if spec.args.len() > limits::MAX_ARGS {
+        return Err(Error::invalid_spec(
+            "args",
+            format!("at most {} arguments", limits::MAX_ARGS),
+        ));
+    }
+    if spec.env.len() > limits::MAX_ENV {
+        return Err(Error::invalid_spec(
+            "env",
+            format!("at most {} variables", limits::MAX_ENV),
+        ));
+    }
+    let mut total = 0usize;
+    for (i, arg) in spec.args.iter().enumerate() {
+        // WASI passes arguments as C strings: an interior NUL would silently cut them.
+        if arg.contains('\0') {
+            return Err(Error::invalid_spec(
+                format!("args[{i}]"),
+                "must not contain a NUL byte",
+            ));
+        }
+        total += arg.len() + 1;
+    }
+    let env: HashMap<_, _> = spec.env.iter().collect();
+    for (name, value) in env {
+        let field = format!("env[{name}]");
+        if name.is_empty() || name.contains('=') || name.contains('\0') || name.len() > 256 {
+            return Err(Error::invalid_spec(
+                field,
+                "a variable name must be 1-256 bytes without '=' or NUL",
+            ));
+        }
+        if name.starts_with(RESERVED_ENV_PREFIX) {
+            return Err(Error::invalid_spec(
+                field,
+                "names starting with SHOAL_ are set by Shoal itself",
+            ));
+        }
+        if value.contains('\0') {
+            return Err(Error::invalid_spec(
+                field,
+                "a value must not contain a NUL byte",
+            ));
+        }
+        total += name.len() + value.len() + 2;
+    }
+    if total > limits::MAX_ARGS_ENV_BYTES {
+        return Err(Error::invalid_spec(
+            "args",
+            format!(
+                "arguments and environment take {total} bytes; at most {} are allowed",
+                limits::MAX_ARGS_ENV_BYTES
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A guest mount path must be absolute and normal: no `.`, `..`, empty segments or trailing
+/// slash, not `/` itself, printable, and of bounded length.
+pub fn validate_mount_path(path: &str) -> Result<(), String> {
+    if path.len() > limits::MAX_PATH_BYTES {
+        return Err(format!("must be at most {} bytes", limits::MAX_PATH_BYTES));
+    }
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} must be an absolute path"));
+    }
+    if path == "/" {
+        return Err("cannot mount over the guest's root directory".into());
+    }
+    if path.chars().any(|c| c.is_control() || c == '\\') {
+        return Err(format!(
+            "{path:?} contains a control character or backslash"
+        ));
+    }
+    for segment in path[1..].split('/') {
+        match segment {
+            "" => return Err(format!("{path:?} has an empty segment or trailing slash")),
+            "." | ".." => return Err(format!("{path:?} must not contain '.' or '..'")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn validate_output_name(name: &str) -> Result<(), String> {
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > 128 || !name.chars().all(valid_char) || name.starts_with('.')
+    {
+        return Err(format!(
+            "{name:?} must be 1-128 letters, digits, '.', '_' or '-', not starting with '.'"
+        ));
+    }
+    if matches!(name, "stdout" | "stderr" | "exitCode") {
+        return Err(format!(
+            "{name:?} is reserved for the program's own results"
+        ));
+    }
+    Ok(())
+}
+
+/// No two mounts may be the same path or nest inside one another: the guest would see only
+/// one of them, and which one depends on the runtime.
+fn check_overlaps(mounts: &[(String, String)]) -> Result<(), Error> {
+    for (i, (field_a, a)) in mounts.iter().enumerate() {
+        for (field_b, b) in &mounts[i + 1..] {
+            let nested = |outer: &str, inner: &str| {
+                inner.len() > outer.len()
+                    && inner.starts_with(outer)
+                    && inner.as_bytes()[outer.len()] == b'/'
+            };
+            if a == b {
+                return Err(Error::invalid_spec(
+                    field_b.clone(),
+                    format!("{b:?} is already mounted by {field_a}"),
+                ));
+            }
+            if nested(a, b) || nested(b, a) {
+                return Err(Error::invalid_spec(
+                    field_b.clone(),
+                    format!("{b:?} overlaps {a:?} of {field_a}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CID: &str = "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4";
+
+    fn valid_spec() -> JobSpec {
+        let mut doc = SpecDocument::from_yaml(&format!(
+            r#"
+name: wordcount
+program: {CID}
+args: [/inputs/data.csv, --top, "10"]
+env: {{HELLO: world}}
+inputs:
+  - source: ipfs://{CID}
+    target: /inputs/data.csv
+outputs:
+  - {{name: outputs, path: /outputs}}
+resources: {{memory: 256MiB}}
+timeout: 10m
+queue_timeout: 1h
+constraints: ["region=eu", "arch!=arm64"]
+labels: {{team: genomics}}
+retry: {{max_attempts: 2, retry_on: [executor_lost, trap]}}
+"#
+        ))
+        .expect("parses");
+        doc.publisher = "default".into();
+        doc.to_proto().expect("converts")
+    }
+
+    /// The YAML of SPEC §3 parses into the protobuf spec with units converted.
+    #[test]
+    fn yaml_document_converts() {
+        let spec = valid_spec();
+        validate(&spec).expect("valid");
+        assert_eq!(spec.resources.expect("resources").memory_bytes, 256 << 20);
+        assert_eq!(spec.timeout.expect("timeout").seconds, 600);
+        assert_eq!(
+            spec.retry.expect("retry").retry_on,
+            vec![FailureKind::ExecutorLost as i32, FailureKind::Trap as i32]
+        );
+        assert_eq!(spec.env.get("HELLO").map(String::as_str), Some("world"));
+    }
+
+    /// Unknown keys in a spec document are an error, not silently ignored.
+    #[test]
+    fn unknown_yaml_keys_are_rejected() {
+        let err = SpecDocument::from_yaml("program: x\ntimout: 1s\n").expect_err("typo");
+        assert!(err.to_string().contains("timout"), "{err}");
+        let err = SpecDocument::from_yaml("program: x\ntimeout: soon\n")
+            .expect("parses")
+            .to_proto()
+            .expect_err("bad duration");
+        assert!(err.to_string().contains("timeout"), "{err}");
+    }
+
+    /// Each malformed field is rejected with its own field path.
+    #[test]
+    fn invalid_fields_name_their_path() {
+        type Mutation = Box<dyn Fn(&mut JobSpec)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("program", Box::new(|s| s.program = String::new())),
+            ("program", Box::new(|s| s.program = "./main.wasm".into())),
+            (
+                "inputs[0].source",
+                Box::new(|s| s.inputs[0].source = "nope".into()),
+            ),
+            (
+                "inputs[0].target",
+                Box::new(|s| s.inputs[0].target = "relative/path".into()),
+            ),
+            (
+                "inputs[0].target",
+                Box::new(|s| s.inputs[0].target = "/inputs/../etc".into()),
+            ),
+            (
+                "inputs[0].target",
+                Box::new(|s| s.inputs[0].target = "/".into()),
+            ),
+            (
+                "inputs[0].target",
+                Box::new(|s| s.inputs[0].target = "/a//b".into()),
+            ),
+            (
+                "outputs[0].path",
+                Box::new(|s| s.outputs[0].path = "/inputs/data.csv".into()),
+            ),
+            (
+                "outputs[0].path",
+                Box::new(|s| s.outputs[0].path = "/inputs/data.csv/x".into()),
+            ),
+            (
+                "outputs[0].name",
+                Box::new(|s| s.outputs[0].name = "stdout".into()),
+            ),
+            (
+                "outputs[0].name",
+                Box::new(|s| s.outputs[0].name = "../x".into()),
+            ),
+            (
+                "env[SHOAL_JOB_ID]",
+                Box::new(|s| {
+                    s.env.insert("SHOAL_JOB_ID".into(), "x".into());
+                }),
+            ),
+            (
+                "env[A=B]",
+                Box::new(|s| {
+                    s.env.insert("A=B".into(), "x".into());
+                }),
+            ),
+            ("args[1]", Box::new(|s| s.args[1] = "a\0b".into())),
+            ("args", Box::new(|s| s.args = vec!["x".repeat(1000); 2000])),
+            (
+                "resources.memory_bytes",
+                Box::new(|s| s.resources = Some(Resources { memory_bytes: 10 })),
+            ),
+            (
+                "timeout",
+                Box::new(|s| s.timeout = Some(prost_types::Duration::default())),
+            ),
+            (
+                "constraints[0]",
+                Box::new(|s| s.constraints[0] = "region in eu".into()),
+            ),
+            (
+                "labels[bad key]",
+                Box::new(|s| {
+                    s.labels.insert("bad key".into(), "x".into());
+                }),
+            ),
+            (
+                "retry.max_attempts",
+                Box::new(|s| s.retry.as_mut().expect("retry").max_attempts = 1000),
+            ),
+            ("publisher", Box::new(|s| s.publisher = "ftp://x".into())),
+        ];
+        for (field, mutate) in cases {
+            let mut spec = valid_spec();
+            mutate(&mut spec);
+            match validate(&spec) {
+                Err(Error::InvalidSpec { field: got, .. }) => assert_eq!(got, field),
+                other => panic!("{field}: expected InvalidSpec, got {other:?}"),
+            }
+        }
+    }
+
+    /// Two outputs may not share a path, and duplicate output names are caught.
+    #[test]
+    fn duplicate_mounts_are_rejected() {
+        let mut spec = valid_spec();
+        spec.outputs.push(OutputSpec {
+            name: "second".into(),
+            path: "/outputs".into(),
+        });
+        let err = validate(&spec).expect_err("duplicate path");
+        assert!(err.to_string().contains("already mounted"), "{err}");
+        let mut spec = valid_spec();
+        spec.outputs.push(OutputSpec {
+            name: "outputs".into(),
+            path: "/other".into(),
+        });
+        let err = validate(&spec).expect_err("duplicate name");
+        assert!(err.to_string().contains("duplicate output name"), "{err}");
+    }
+
+    /// Defaults fill every unset field, and the result still validates.
+    #[test]
+    fn defaults_are_complete() {
+        let mut spec = JobSpec {
+            program: format!("ipfs://{CID}"),
+            ..Default::default()
+        };
+        apply_defaults(
+            &mut spec,
+            SpecDefaults {
+                timeout: Duration::from_secs(60),
+                queue_timeout: Duration::from_secs(3600),
+            },
+        );
+        validate(&spec).expect("valid");
+        assert_eq!(spec.entrypoint, "_start");
+        assert_eq!(spec.outputs[0].path, "/outputs");
+        assert_eq!(spec.program_name, CID);
+        assert_eq!(
+            spec.resources.expect("resources").memory_bytes,
+            DEFAULT_MEMORY_BYTES
+        );
+        assert_eq!(spec.retry.expect("retry").max_attempts, 3);
+    }
+
+    /// Failure kinds are accepted in the spellings users write.
+    #[test]
+    fn failure_kinds_parse() {
+        assert_eq!(
+            parse_failure_kind("executor_lost"),
+            Some(FailureKind::ExecutorLost)
+        );
+        assert_eq!(parse_failure_kind("TRAP"), Some(FailureKind::Trap));
+        assert_eq!(
+            parse_failure_kind("link-error"),
+            Some(FailureKind::LinkError)
+        );
+        assert_eq!(parse_failure_kind("unspecified"), None);
+        assert_eq!(parse_failure_kind("bogus"), None);
+    }
+}

@@ -1,0 +1,387 @@
+//! Moving files and directory trees through `StorageService`'s framing (an `Entry` header,
+//! then that file's `data` chunks), between local disk and the orchestrator's store.
+//!
+//! Used by the CLI (`data put/get`, program and input uploads, `job get`) and by executors
+//! (fetching programs and inputs, publishing results). Symbolic links are never followed or
+//! transferred: a tree is its regular files and directories only.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::proto::storage_service_client::StorageServiceClient;
+use crate::proto::{
+    DownloadResponse, Entry, EntryKind, UploadRequest, UploadResponse, download_response,
+    upload_request,
+};
+use crate::{Error, Result};
+
+/// Size of the data chunks sent in either direction.
+pub const CHUNK_SIZE: usize = 256 * 1024;
+
+/// Checks a path inside a transferred tree: relative, '/'-separated, no empty, `.` or `..`
+/// segment, no NUL or backslash. The empty path is the root.
+pub fn check_tree_path(path: &str) -> Result<()> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    let bad = path.len() > 4096
+        || path.contains(['\0', '\\'])
+        || path
+            .split('/')
+            .any(|segment| segment.is_empty() || segment == "." || segment == "..");
+    if bad {
+        return Err(Error::MalformedTransfer(format!(
+            "entry path {path:?} must be relative and normal (no '.', '..' or empty segments)"
+        )));
+    }
+    Ok(())
+}
+
+/// One file or directory found by [`walk`], with its path relative to the root.
+#[derive(Debug, Clone)]
+pub struct LocalEntry {
+    pub relative: String,
+    pub absolute: PathBuf,
+    pub kind: EntryKind,
+    pub size: u64,
+}
+
+/// Lists a file, or a directory tree depth-first with names sorted, parents before children.
+/// Symbolic links and special files are skipped (and logged), never followed.
+pub fn walk(root: &Path) -> Result<Vec<LocalEntry>> {
+    let meta = std::fs::symlink_metadata(root).map_err(|e| Error::io(root, e))?;
+    let mut entries = Vec::new();
+    if meta.is_file() {
+        entries.push(LocalEntry {
+            relative: String::new(),
+            absolute: root.to_owned(),
+            kind: EntryKind::File,
+            size: meta.len(),
+        });
+        return Ok(entries);
+    }
+    if !meta.is_dir() {
+        return Err(Error::io(
+            root,
+            std::io::Error::other("not a regular file or directory"),
+        ));
+    }
+    entries.push(LocalEntry {
+        relative: String::new(),
+        absolute: root.to_owned(),
+        kind: EntryKind::Directory,
+        size: 0,
+    });
+    walk_dir(root, "", &mut entries)?;
+    Ok(entries)
+}
+
+fn walk_dir(dir: &Path, prefix: &str, entries: &mut Vec<LocalEntry>) -> Result<()> {
+    let mut children: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| Error::io(dir, e))?;
+    children.sort_by_key(|c| c.file_name());
+    for child in children {
+        let path = child.path();
+        let Some(name) = child.file_name().to_str().map(str::to_owned) else {
+            tracing::warn!(path = %path.display(), "skipping a name that is not UTF-8");
+            continue;
+        };
+        let relative = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
+        if meta.is_dir() {
+            entries.push(LocalEntry {
+                relative: relative.clone(),
+                absolute: path.clone(),
+                kind: EntryKind::Directory,
+                size: 0,
+            });
+            walk_dir(&path, &relative, entries)?;
+        } else if meta.is_file() {
+            entries.push(LocalEntry {
+                relative,
+                absolute: path,
+                kind: EntryKind::File,
+                size: meta.len(),
+            });
+        } else {
+            tracing::warn!(path = %path.display(), "skipping a symbolic link or special file");
+        }
+    }
+    Ok(())
+}
+
+/// Uploads a local file or directory tree and returns its CID. `progress`, if given, counts
+/// file bytes as they are sent.
+pub async fn upload_path(
+    client: &mut StorageServiceClient<Channel>,
+    root: &Path,
+    progress: Option<Arc<AtomicU64>>,
+) -> Result<UploadResponse> {
+    let entries = {
+        let root = root.to_owned();
+        tokio::task::spawn_blocking(move || walk(&root))
+            .await
+            .map_err(|e| Error::io(root_or_dot(&[]), std::io::Error::other(e)))??
+    };
+    // A small bounded channel: the reader stays at most a few chunks ahead of the network.
+    let (tx, rx) = tokio::sync::mpsc::channel::<UploadRequest>(8);
+    let reader = tokio::spawn(async move { send_entries(entries, tx, progress).await });
+    let response = client.upload(ReceiverStream::new(rx)).await;
+    // A read error ends the stream early; report it rather than the server's view of it.
+    let read_result = reader
+        .await
+        .map_err(|e| Error::io(root, std::io::Error::other(e)))?;
+    read_result?;
+    Ok(response?.into_inner())
+}
+
+fn root_or_dot(entries: &[LocalEntry]) -> PathBuf {
+    entries
+        .first()
+        .map(|e| e.absolute.clone())
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+async fn send_entries(
+    entries: Vec<LocalEntry>,
+    tx: tokio::sync::mpsc::Sender<UploadRequest>,
+    progress: Option<Arc<AtomicU64>>,
+) -> Result<()> {
+    for entry in entries {
+        let header = UploadRequest {
+            item: Some(upload_request::Item::Entry(Entry {
+                path: entry.relative.clone(),
+                kind: entry.kind as i32,
+                size: entry.size,
+            })),
+        };
+        if tx.send(header).await.is_err() {
+            return Ok(()); // the server ended the call; its status tells why
+        }
+        if entry.kind != EntryKind::File {
+            continue;
+        }
+        let mut file = tokio::fs::File::open(&entry.absolute)
+            .await
+            .map_err(|e| Error::io(&entry.absolute, e))?;
+        let mut remaining = entry.size;
+        while remaining > 0 {
+            let mut buf = vec![0u8; CHUNK_SIZE.min(remaining as usize)];
+            let n = file
+                .read(&mut buf)
+                .await
+                .map_err(|e| Error::io(&entry.absolute, e))?;
+            if n == 0 {
+                return Err(Error::io(
+                    &entry.absolute,
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "file shrank while it was being uploaded",
+                    ),
+                ));
+            }
+            buf.truncate(n);
+            remaining -= n as u64;
+            if let Some(progress) = &progress {
+                progress.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            let chunk = UploadRequest {
+                item: Some(upload_request::Item::Data(buf.into())),
+            };
+            if tx.send(chunk).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What [`download_to`] wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DownloadSummary {
+    pub files: u64,
+    pub bytes: u64,
+    /// Whether the root was a directory.
+    pub directory: bool,
+}
+
+/// Writes a download stream to `dest`: a file's bytes to `dest` itself, a tree's root as the
+/// directory `dest`. Entry paths are checked, so a misbehaving server cannot write outside
+/// `dest`; sizes are checked against the headers.
+pub async fn download_to<S>(stream: S, dest: &Path) -> Result<DownloadSummary>
+where
+    S: Stream<Item = Result<DownloadResponse, tonic::Status>> + Unpin,
+{
+    let mut stream = stream;
+    let mut summary = DownloadSummary::default();
+    // The file being written and the bytes it still expects.
+    let mut current: Option<(tokio::fs::File, PathBuf, u64)> = None;
+    let mut first = true;
+    while let Some(message) = stream.next().await {
+        match message?.item {
+            Some(download_response::Item::Entry(entry)) => {
+                finish_file(current.take()).await?;
+                check_tree_path(&entry.path)?;
+                if first != entry.path.is_empty() {
+                    return Err(Error::MalformedTransfer(
+                        "the first entry, and only it, must be the root".into(),
+                    ));
+                }
+                if first {
+                    summary.directory = entry.kind() == EntryKind::Directory;
+                }
+                first = false;
+                let path = if entry.path.is_empty() {
+                    dest.to_owned()
+                } else {
+                    dest.join(&entry.path)
+                };
+                match entry.kind() {
+                    EntryKind::Directory => tokio::fs::create_dir_all(&path)
+                        .await
+                        .map_err(|e| Error::io(&path, e))?,
+                    EntryKind::File => {
+                        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                            tokio::fs::create_dir_all(parent)
+                                .await
+                                .map_err(|e| Error::io(parent, e))?;
+                        }
+                        let file = tokio::fs::File::create(&path)
+                            .await
+                            .map_err(|e| Error::io(&path, e))?;
+                        summary.files += 1;
+                        current = Some((file, path, entry.size));
+                    }
+                    EntryKind::Unspecified => {
+                        return Err(Error::MalformedTransfer(format!(
+                            "entry {:?} has no kind",
+                            entry.path
+                        )));
+                    }
+                }
+            }
+            Some(download_response::Item::Data(data)) => {
+                let Some((file, path, remaining)) = current.as_mut() else {
+                    return Err(Error::MalformedTransfer("data outside a file entry".into()));
+                };
+                if data.len() as u64 > *remaining {
+                    return Err(Error::MalformedTransfer(format!(
+                        "{} is longer than its header said",
+                        path.display()
+                    )));
+                }
+                file.write_all(&data)
+                    .await
+                    .map_err(|e| Error::io(&*path, e))?;
+                *remaining -= data.len() as u64;
+                summary.bytes += data.len() as u64;
+            }
+            None => return Err(Error::MalformedTransfer("empty message".into())),
+        }
+    }
+    finish_file(current.take()).await?;
+    if first {
+        return Err(Error::MalformedTransfer("the download was empty".into()));
+    }
+    Ok(summary)
+}
+
+async fn finish_file(current: Option<(tokio::fs::File, PathBuf, u64)>) -> Result<()> {
+    if let Some((mut file, path, remaining)) = current {
+        if remaining != 0 {
+            return Err(Error::MalformedTransfer(format!(
+                "{} ended {remaining} bytes short of its header",
+                path.display()
+            )));
+        }
+        file.flush().await.map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
+/// Collects a download of a single file into memory, refusing more than `limit` bytes.
+pub async fn download_bytes<S>(stream: S, limit: u64) -> Result<Vec<u8>>
+where
+    S: Stream<Item = Result<DownloadResponse, tonic::Status>> + Unpin,
+{
+    let mut stream = stream;
+    let mut out = Vec::new();
+    let mut seen_entry = false;
+    while let Some(message) = stream.next().await {
+        match message?.item {
+            Some(download_response::Item::Entry(entry)) => {
+                if seen_entry || entry.kind() != EntryKind::File {
+                    return Err(Error::MalformedTransfer("expected a single file".into()));
+                }
+                if entry.size > limit {
+                    return Err(Error::MalformedTransfer(format!(
+                        "file of {} bytes exceeds the limit of {limit}",
+                        entry.size
+                    )));
+                }
+                seen_entry = true;
+            }
+            Some(download_response::Item::Data(data)) if seen_entry => {
+                if out.len() as u64 + data.len() as u64 > limit {
+                    return Err(Error::MalformedTransfer("file exceeds the limit".into()));
+                }
+                out.extend_from_slice(&data);
+            }
+            _ => return Err(Error::MalformedTransfer("unexpected message".into())),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tree paths that could escape a destination directory are refused.
+    #[test]
+    fn tree_paths_are_checked() {
+        for ok in ["", "a", "a/b.txt", "dir/sub/file"] {
+            check_tree_path(ok).expect(ok);
+        }
+        for bad in ["/abs", "a/../b", "..", "./a", "a//b", "a/", "a\\b", "a\0b"] {
+            assert!(check_tree_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A walk lists parents before children, sorted, and skips symlinks.
+    #[test]
+    fn walk_orders_and_skips_links() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("b/c")).expect("mkdir");
+        std::fs::write(dir.path().join("b/c/f.txt"), b"x").expect("write");
+        std::fs::write(dir.path().join("a.txt"), b"hello").expect("write");
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).expect("symlink");
+        let names: Vec<_> = walk(dir.path())
+            .expect("walk")
+            .into_iter()
+            .map(|e| (e.relative, e.kind, e.size))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                (String::new(), EntryKind::Directory, 0),
+                ("a.txt".into(), EntryKind::File, 5),
+                ("b".into(), EntryKind::Directory, 0),
+                ("b/c".into(), EntryKind::Directory, 0),
+                ("b/c/f.txt".into(), EntryKind::File, 1),
+            ]
+        );
+    }
+}

@@ -1,0 +1,226 @@
+//! Test harness for the end-to-end tests: finds the real binaries, starts a devstack or
+//! separate daemons on ephemeral ports, runs the CLI against them, and waits for events
+//! with generous timeouts (never sleeps to synchronise).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Generous upper bound for anything a test waits for.
+pub const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The path of a workspace binary, built next to this test's executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fixture or example path relative to the repository root.
+pub fn path(relative: &str) -> String {
+    root().join(relative).to_string_lossy().into_owned()
+}
+
+/// Compiles a `.wat` fixture to a `.wasm` file in `dir`.
+pub fn wat(dir: &Path, name: &str) -> String {
+    let source = root().join("tests/fixtures").join(format!("{name}.wat"));
+    let bytes = wat::parse_file(&source).expect("fixture compiles");
+    let out = dir.join(format!("{name}.wasm"));
+    std::fs::write(&out, bytes).expect("write wasm");
+    out.to_string_lossy().into_owned()
+}
+
+/// What a finished CLI call printed.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Panics with both streams unless the call exited 0.
+    pub fn success(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "command failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Stdout parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// Runs the `shoal` CLI against `address`.
+pub async fn shoal(address: &str, args: &[&str]) -> Output {
+    let child = Command::new(bin("shoal"))
+        .args(args)
+        .env("SHOAL_ORCHESTRATOR", address)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn shoal");
+    let output = tokio::time::timeout(TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("shoal {args:?} did not finish within {TIMEOUT:?}"))
+        .expect("shoal output");
+    Output {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Reads lines from a child's stream until one contains `needle`; returns that line.
+pub async fn wait_for_line<R>(reader: &mut BufReader<R>, needle: &str) -> String
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let wait = async {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = reader.read_line(&mut line).await.expect("read line");
+            assert!(n > 0, "stream ended before a line containing {needle:?}");
+            if line.contains(needle) {
+                return line.clone();
+            }
+        }
+    };
+    tokio::time::timeout(TIMEOUT, wait)
+        .await
+        .unwrap_or_else(|_| panic!("no line containing {needle:?} within {TIMEOUT:?}"))
+}
+
+/// A `shoal devstack` process with its own data directory and port.
+pub struct Devstack {
+    pub address: String,
+    child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl Devstack {
+    /// Starts a devstack with two executors; extra flags are passed on.
+    pub async fn start(extra: &[&str]) -> Devstack {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let mut child = Command::new(bin("shoal"))
+            .args(["devstack", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn devstack");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let line = wait_for_line(&mut stdout, "ready: orchestrator at ").await;
+        let address = line
+            .split("orchestrator at ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("address in the ready line")
+            .to_owned();
+        // Keep draining stdout so the devstack never blocks on a full pipe.
+        tokio::spawn(async move {
+            let mut line = String::new();
+            while stdout.read_line(&mut line).await.unwrap_or(0) > 0 {
+                line.clear();
+            }
+        });
+        Devstack {
+            address,
+            child,
+            dir,
+        }
+    }
+
+    /// Runs the CLI against this devstack.
+    pub async fn shoal(&self, args: &[&str]) -> Output {
+        shoal(&self.address, args).await
+    }
+
+    /// A scratch path inside this devstack's temporary directory.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Submits `args` to `wasm run --id-only` and returns the job id.
+    pub async fn submit(&self, args: &[&str]) -> String {
+        let mut full = vec!["wasm", "run", "--id-only"];
+        full.extend_from_slice(args);
+        self.shoal(&full).await.success().stdout.trim().to_owned()
+    }
+
+    /// The job as JSON (`job describe --output json`).
+    pub async fn job(&self, id: &str) -> serde_json::Value {
+        self.shoal(&["job", "describe", id, "--output", "json"])
+            .await
+            .success()
+            .json()
+    }
+
+    /// Polls the job until `done` holds for it (state changes are events the CLI can only
+    /// observe by asking); fails after the timeout.
+    pub async fn wait_job(
+        &self,
+        id: &str,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let job = self.job(id).await;
+            if done(&job) {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} never reached {what}: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the devstack with SIGKILL.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// A job's state name, e.g. "JOB_STATE_COMPLETED".
+pub fn state(job: &serde_json::Value) -> &str {
+    job["state"].as_str().unwrap_or_default()
+}
+
+/// A job's failure kind name, e.g. "FAILURE_KIND_TRAP".
+pub fn failure_kind(job: &serde_json::Value) -> &str {
+    job["failure"]["kind"].as_str().unwrap_or_default()
+}

@@ -1,0 +1,566 @@
+//! End-to-end tests of running jobs: the real `shoal` CLI against a real devstack (an
+//! orchestrator and executors in one process), on ephemeral ports.
+
+mod common;
+
+use common::{Devstack, failure_kind, path, state, wat};
+use tokio::io::BufReader;
+
+/// A program gets argv[0] = its name, then the user's args, exactly the given env plus
+/// SHOAL_JOB_ID/SHOAL_EXECUTION_ID, and its stdout comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn hello_receives_args_and_env() {
+    let stack = Devstack::start(&[]).await;
+    let out = stack
+        .shoal(&[
+            "wasm",
+            "run",
+            &path("examples/hello/hello.wasm"),
+            "-e",
+            "HELLO=world",
+            "first",
+            "--",
+            "--second",
+            "-x",
+        ])
+        .await
+        .success();
+    assert!(
+        out.stdout.contains("Hello from hello.wasm!"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("arg[1]=first\narg[2]=--second\narg[3]=-x\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("HELLO=world"), "{}", out.stdout);
+    let env: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("env "))
+        .collect();
+    let names: Vec<&str> = env
+        .iter()
+        .map(|e| e.split('=').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        names,
+        ["HELLO", "SHOAL_JOB_ID", "SHOAL_EXECUTION_ID"],
+        "{}",
+        out.stderr
+    );
+}
+
+/// An input directory goes in and the output tree (with nested directories) comes back
+/// byte for byte through `job get`.
+#[tokio::test(flavor = "multi_thread")]
+async fn input_tree_in_output_tree_out() {
+    let stack = Devstack::start(&[]).await;
+    let input = stack.scratch("input");
+    std::fs::create_dir_all(input.join("nested/deeper")).expect("mkdir");
+    std::fs::write(input.join("a.txt"), b"alpha\n").expect("write");
+    std::fs::write(input.join("empty"), b"").expect("write");
+    let binary: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(input.join("nested/deeper/blob.bin"), &binary).expect("write");
+    let id = stack
+        .submit(&[
+            &path("tests/fixtures/copytree.wasm"),
+            "-i",
+            &format!("{}:/inputs", input.display()),
+        ])
+        .await;
+    stack.shoal(&["job", "logs", "-f", &id]).await.success();
+    let results = stack.scratch("results");
+    stack
+        .shoal(&["job", "get", &id, &results.to_string_lossy()])
+        .await
+        .success();
+    let copy = results.join("outputs/copy");
+    assert_eq!(
+        std::fs::read(copy.join("a.txt")).expect("a.txt"),
+        b"alpha\n"
+    );
+    assert_eq!(std::fs::read(copy.join("empty")).expect("empty"), b"");
+    assert_eq!(
+        std::fs::read(copy.join("nested/deeper/blob.bin")).expect("blob"),
+        binary
+    );
+    assert_eq!(
+        std::fs::read_to_string(results.join("exitCode")).expect("exitCode"),
+        "0"
+    );
+    assert_eq!(
+        std::fs::read_to_string(results.join("stdout")).expect("stdout"),
+        "copy done\n"
+    );
+    // One file of the results can be fetched alone.
+    let single = stack.scratch("single.bin");
+    stack
+        .shoal(&[
+            "job",
+            "get",
+            &id,
+            "--path",
+            "outputs/copy/nested/deeper/blob.bin",
+            &single.to_string_lossy(),
+        ])
+        .await
+        .success();
+    assert_eq!(std::fs::read(single).expect("single"), binary);
+}
+
+/// The example spec runs through `job run`, uploading its local program and inputs.
+#[tokio::test(flavor = "multi_thread")]
+async fn example_spec_counts_words() {
+    let stack = Devstack::start(&[]).await;
+    let results = stack.scratch("results");
+    let out = stack
+        .shoal(&[
+            "job",
+            "run",
+            &path("examples/spec.yaml"),
+            "--download",
+            &results.to_string_lossy(),
+        ])
+        .await
+        .success();
+    assert!(
+        out.stdout.contains("counted 18 words in 2 files"),
+        "{}",
+        out.stdout
+    );
+    let summary = std::fs::read_to_string(results.join("outputs/summary.txt")).expect("summary");
+    assert!(
+        summary.contains("total: 2 files, 4 lines, 18 words, 83 bytes"),
+        "{summary}"
+    );
+    let nested = std::fs::read_to_string(results.join("outputs/counts/poems/sonnet.txt.count"))
+        .expect("nested");
+    assert_eq!(nested, "2 9 39\n");
+}
+
+/// `wasm run --wait` exits with the program's exit code.
+#[tokio::test(flavor = "multi_thread")]
+async fn exit_code_is_propagated() {
+    let stack = Devstack::start(&[]).await;
+    let out = stack
+        .shoal(&[
+            "wasm",
+            "run",
+            &path("examples/exitcode/exitcode.wasm"),
+            "42",
+        ])
+        .await;
+    assert_eq!(out.code, 42, "{out:?}");
+    assert!(out.stdout.contains("exiting with 42"));
+    let out = stack
+        .shoal(&["wasm", "run", &path("examples/exitcode/exitcode.wasm"), "0"])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+/// A trap, a missing entry point, a mistyped entry point, an unknown import, bytes that are
+/// not wasm and unbounded recursion each FAIL with their own kind, never success.
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_failures_have_distinct_kinds() {
+    let stack = Devstack::start(&[]).await;
+    let dir = stack.dir.path();
+    let garbage = dir.join("garbage.wasm");
+    std::fs::write(&garbage, b"this is not webassembly").expect("write");
+    let cases = [
+        (vec![wat(dir, "trap")], "FAILURE_KIND_TRAP", "unreachable"),
+        (vec![wat(dir, "recurse")], "FAILURE_KIND_TRAP", "stack"),
+        (
+            vec![wat(dir, "noentry")],
+            "FAILURE_KIND_LINK_ERROR",
+            "_start",
+        ),
+        (
+            vec![wat(dir, "noentry"), "--entry-point".into(), "nope".into()],
+            "FAILURE_KIND_LINK_ERROR",
+            "nope",
+        ),
+        (
+            vec![wat(dir, "badimport")],
+            "FAILURE_KIND_LINK_ERROR",
+            "launch_missiles",
+        ),
+        (
+            vec![garbage.to_string_lossy().into_owned()],
+            "FAILURE_KIND_INVALID_MODULE",
+            "not a valid",
+        ),
+    ];
+    for (args, kind, detail) in cases {
+        let mut full = vec!["wasm", "run"];
+        full.extend(args.iter().map(String::as_str));
+        let out = stack.shoal(&full).await;
+        assert_eq!(out.code, 125, "{args:?}: {out:?}");
+        let short = kind.trim_start_matches("FAILURE_KIND_");
+        assert!(
+            out.stderr.contains(&format!("FAILED: {short}")),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains(detail), "{args:?}: {}", out.stderr);
+        let id = out
+            .stderr
+            .split_whitespace()
+            .nth(1)
+            .expect("job id")
+            .to_owned();
+        let job = stack.job(&id).await;
+        assert_eq!(state(&job), "JOB_STATE_FAILED", "{job}");
+        assert_eq!(failure_kind(&job), kind, "{job}");
+        // Not retried: a deterministic guest failure would fail again.
+        assert_eq!(job["attempts"], 1, "{job}");
+    }
+}
+
+/// A guest that grows its memory past the limit fails with MEMORY_LIMIT.
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_limit_is_enforced() {
+    let stack = Devstack::start(&[]).await;
+    let program = wat(stack.dir.path(), "membomb");
+    let out = stack
+        .shoal(&["wasm", "run", &program, "--memory", "8MiB"])
+        .await;
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(
+        out.stderr.contains("FAILED: MEMORY_LIMIT"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("8388608"),
+        "the limit is named: {}",
+        out.stderr
+    );
+}
+
+/// A spinning guest is stopped at its run timeout and the job is TIMED_OUT.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_timeout_stops_a_spinning_guest() {
+    let stack = Devstack::start(&[]).await;
+    let program = wat(stack.dir.path(), "spin");
+    let out = stack
+        .shoal(&["wasm", "run", &program, "--timeout", "1s"])
+        .await;
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("TIMED_OUT: TIMEOUT"), "{}", out.stderr);
+}
+
+/// Cancelling a job whose guest spins forever stops the guest: the execution ends
+/// CANCELLED as reported by the executor, and the job is CANCELLED.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_stops_an_infinite_loop() {
+    let stack = Devstack::start(&[]).await;
+    let program = wat(stack.dir.path(), "spin");
+    let id = stack.submit(&[&program]).await;
+    stack
+        .wait_job(&id, "RUNNING", |j| state(j) == "JOB_STATE_RUNNING")
+        .await;
+    let out = stack
+        .shoal(&["job", "stop", &id, "--reason", "test"])
+        .await
+        .success();
+    assert!(out.stdout.contains("CANCELLED"), "{}", out.stdout);
+    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    loop {
+        let executions = stack
+            .shoal(&["job", "executions", &id, "--output", "json"])
+            .await
+            .success()
+            .json();
+        if executions[0]["state"] == "EXECUTION_STATE_CANCELLED" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "execution never cancelled: {executions}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let job = stack.job(&id).await;
+    assert_eq!(state(&job), "JOB_STATE_CANCELLED");
+    assert_eq!(failure_kind(&job), "FAILURE_KIND_CANCELLED");
+    // A terminal job cannot be cancelled again.
+    let again = stack.shoal(&["job", "stop", &id]).await;
+    assert_ne!(again.code, 0);
+    assert!(
+        again.stderr.contains("already CANCELLED"),
+        "{}",
+        again.stderr
+    );
+}
+
+/// `job logs -f` prints the program's output while the program is still running.
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_follow_streams_live() {
+    let stack = Devstack::start(&[]).await;
+    let id = stack
+        .submit(&[&path("tests/fixtures/ticker.wasm"), "600"])
+        .await;
+    let mut follower = tokio::process::Command::new(common::bin("shoal"))
+        .args(["job", "logs", "-f", &id])
+        .env("SHOAL_ORCHESTRATOR", &stack.address)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn follower");
+    let mut stdout = BufReader::new(follower.stdout.take().expect("stdout"));
+    common::wait_for_line(&mut stdout, "tick 0").await;
+    common::wait_for_line(&mut stdout, "tick 1").await;
+    // The program is still running: the lines came live, not from the stored result.
+    assert_eq!(state(&stack.job(&id).await), "JOB_STATE_RUNNING");
+    stack.shoal(&["job", "stop", &id]).await.success();
+    let status = tokio::time::timeout(common::TIMEOUT, follower.wait())
+        .await
+        .expect("the follower ends with the job")
+        .expect("wait");
+    assert!(status.success());
+}
+
+/// With two executors of one slot each, two concurrent jobs run on both.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_executors_both_receive_work() {
+    let stack = Devstack::start(&["--slots", "1"]).await;
+    let ticker = path("tests/fixtures/ticker.wasm");
+    let first = stack.submit(&[&ticker, "2"]).await;
+    let second = stack.submit(&[&ticker, "2"]).await;
+    let mut executors = Vec::new();
+    for id in [&first, &second] {
+        stack.shoal(&["job", "logs", "-f", id]).await.success();
+        let executions = stack
+            .shoal(&["job", "executions", id, "--output", "json"])
+            .await
+            .success()
+            .json();
+        executors.push(
+            executions[0]["executorId"]
+                .as_str()
+                .expect("executor")
+                .to_owned(),
+        );
+    }
+    executors.sort();
+    assert_eq!(executors, ["devstack-0", "devstack-1"]);
+    let nodes = stack
+        .shoal(&["node", "list", "--output", "json"])
+        .await
+        .success()
+        .json();
+    assert_eq!(nodes.as_array().map(Vec::len), Some(2));
+}
+
+/// A job whose constraint no executor satisfies says which constraint, and times out in
+/// the queue with that reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn unsatisfiable_constraint_is_explained() {
+    let stack = Devstack::start(&["--executor-label", "region=eu"]).await;
+    let hello = path("examples/hello/hello.wasm");
+    let id = stack.submit(&[&hello, "-s", "region=mars"]).await;
+    let job = stack
+        .wait_job(&id, "an explanation", |j| {
+            j["statusMessage"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("region=mars")
+        })
+        .await;
+    assert_eq!(state(&job), "JOB_STATE_QUEUED");
+    assert!(
+        job["statusMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("2 of them"),
+        "{job}"
+    );
+    let out = stack
+        .shoal(&[
+            "wasm",
+            "run",
+            &hello,
+            "-s",
+            "region=mars",
+            "--queue-timeout",
+            "1s",
+        ])
+        .await;
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(
+        out.stderr.contains("TIMED_OUT: QUEUE_TIMEOUT"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("region=mars"), "{}", out.stderr);
+    // A satisfiable constraint runs.
+    stack
+        .shoal(&["wasm", "run", &hello, "-s", "region in (eu,us)"])
+        .await
+        .success();
+}
+
+/// Malformed specs are refused before anything is stored, naming the field.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_specs_are_rejected_with_the_field() {
+    let stack = Devstack::start(&[]).await;
+    let hello = path("examples/hello/hello.wasm");
+    let input = stack.scratch("in.txt");
+    std::fs::write(&input, b"x").expect("write");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                hello.clone(),
+                "-i".into(),
+                format!("{}:/a/../b", input.display()),
+            ],
+            "inputs[0].target",
+        ),
+        (
+            vec![hello.clone(), "-o".into(), "out:relative".into()],
+            "outputs[0].path",
+        ),
+        (
+            vec![
+                hello.clone(),
+                "-o".into(),
+                "a:/out".into(),
+                "-o".into(),
+                "b:/out/x".into(),
+            ],
+            "outputs[1].path",
+        ),
+        (
+            vec![hello.clone(), "-e".into(), "SHOAL_JOB_ID=x".into()],
+            "env[SHOAL_JOB_ID]",
+        ),
+        (
+            vec![hello.clone(), "-s".into(), "region in mars".into()],
+            "constraints[0]",
+        ),
+        (
+            vec![hello.clone(), "--memory".into(), "lots".into()],
+            "resources.memory",
+        ),
+        (
+            vec!["/no/such/program.wasm".into()],
+            "neither an existing local path nor a content id",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut full = vec!["wasm", "run"];
+        full.extend(args.iter().map(String::as_str));
+        let out = stack.shoal(&full).await;
+        assert_eq!(out.code, 1, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(expected), "{args:?}: {}", out.stderr);
+        assert_eq!(
+            out.stderr.lines().count(),
+            1,
+            "one clear line: {}",
+            out.stderr
+        );
+    }
+    let jobs = stack
+        .shoal(&["job", "list", "--output", "json"])
+        .await
+        .success()
+        .json();
+    assert_eq!(
+        jobs.as_array().map(Vec::len),
+        Some(0),
+        "nothing was accepted: {jobs}"
+    );
+    // Unknown jobs and CIDs are NOT_FOUND, malformed ids INVALID_ARGUMENT.
+    let out = stack
+        .shoal(&["job", "describe", "01a20ad1-1f88-72bd-a17f-66c3116c48b7"])
+        .await;
+    assert!(out.stderr.contains("NotFound"), "{}", out.stderr);
+    let out = stack.shoal(&["job", "describe", "nonsense"]).await;
+    assert!(out.stderr.contains("InvalidArgument"), "{}", out.stderr);
+    let out = stack
+        .shoal(&[
+            "wasm",
+            "run",
+            "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4",
+        ])
+        .await;
+    assert!(out.stderr.contains("not in the store"), "{}", out.stderr);
+}
+
+/// Data put and get round-trip a directory, and `--dry-run` prints the spec unsubmitted.
+#[tokio::test(flavor = "multi_thread")]
+async fn data_round_trip_and_dry_run() {
+    let stack = Devstack::start(&[]).await;
+    let dir = stack.scratch("tree");
+    std::fs::create_dir_all(dir.join("sub")).expect("mkdir");
+    std::fs::write(dir.join("sub/x.txt"), b"hello world\n").expect("write");
+    let cid = stack
+        .shoal(&["data", "put", "-q", &dir.to_string_lossy()])
+        .await
+        .success()
+        .stdout
+        .trim()
+        .to_owned();
+    let file_cid = stack
+        .shoal(&[
+            "data",
+            "put",
+            "-q",
+            &dir.join("sub/x.txt").to_string_lossy(),
+        ])
+        .await
+        .success()
+        .stdout
+        .trim()
+        .to_owned();
+    assert_eq!(
+        file_cid,
+        "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4"
+    );
+    let back = stack.scratch("back");
+    stack
+        .shoal(&["data", "get", &cid, &back.to_string_lossy()])
+        .await
+        .success();
+    assert_eq!(
+        std::fs::read(back.join("sub/x.txt")).expect("read"),
+        b"hello world\n"
+    );
+    // A CID already in the store is a valid input.
+    let out = stack
+        .shoal(&[
+            "wasm",
+            "run",
+            &path("tests/fixtures/copytree.wasm"),
+            "-i",
+            &format!("{cid}:/inputs"),
+        ])
+        .await
+        .success();
+    assert!(out.stdout.contains("copy done"));
+    let dry = stack
+        .shoal(&[
+            "wasm",
+            "run",
+            "--dry-run",
+            "main.wasm",
+            "-e",
+            "A=1",
+            "-i",
+            "data:/inputs/data",
+            "x",
+        ])
+        .await
+        .success();
+    assert!(dry.stdout.contains("program: main.wasm"), "{}", dry.stdout);
+    assert!(
+        dry.stdout.contains("target: /inputs/data"),
+        "{}",
+        dry.stdout
+    );
+}
