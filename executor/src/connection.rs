@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::error::{Error, Result};
 use crate::execution::{ExecutionContext, execute};
 
-/// Reports of finished executions kept for resending after a reconnect.
+/// Reports of finished executions kept for resending in the next Register.
 const RECENT_FINISHED: usize = 1024;
 /// Ids of executions cancelled before their assignment arrived.
 const CANCELLED_TOMBSTONES: usize = 1024;
@@ -102,6 +102,12 @@ async fn session(
         }),
         running_execution_ids: running_ids(&connection.executions),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        // Reports that may have been lost with the previous stream; applied once upstream.
+        recently_finished: lock(&connection.executions)
+            .recent_finished
+            .iter()
+            .cloned()
+            .collect(),
     };
     send(&tx, executor_message::Message::Register(register)).await?;
     let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();

@@ -187,7 +187,7 @@ impl Cluster {
         };
         let mut jobs = Vec::new();
         let mut next = String::new();
-        for (id, entry) in range.rev() {
+        for entry in range.rev().map(|(_, entry)| entry) {
             let job = &entry.job;
             if !states.is_empty() && !states.contains(&job.state) {
                 continue;
@@ -200,8 +200,8 @@ impl Cluster {
                 continue;
             }
             if jobs.len() == page_size {
+                // There is at least one more match: the next page starts after this one.
                 next = jobs.last().map(|j: &Job| j.id.clone()).unwrap_or_default();
-                let _ = id;
                 break;
             }
             jobs.push(job.clone());
@@ -571,6 +571,7 @@ impl Cluster {
         self.next_generation += 1;
         let id = register.executor_id.clone();
         let reported: HashSet<String> = register.running_execution_ids.iter().cloned().collect();
+        let recently_finished = register.recently_finished;
         let previous: Vec<String> = self
             .nodes
             .get(&id)
@@ -594,6 +595,11 @@ impl Cluster {
         entry.last_seen = instant;
         self.effects.writes.push(Write::Node(entry.node.clone()));
 
+        // Reports lost with the previous stream land first, so those executions are not
+        // mistaken for lost ones below.
+        for finished in recently_finished {
+            self.execution_finished(&id, finished, now);
+        }
         for execution_id in previous.iter().filter(|e| !reported.contains(*e)) {
             self.fail_execution(
                 execution_id,

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""A Shoal client in Python, generated from proto/ with grpcio-tools: proof that any
+language can use Shoal through the published .proto files.
+
+It checks health, uploads a program through StorageService.Upload, submits a job, watches
+it to completion, downloads its stdout through DownloadResults, and checks that the
+executor protocol refuses a bad handshake. Usage:
+
+    client.py --address 127.0.0.1:7070 --program examples/hello/hello.wasm
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+
+def generate(proto_root, out):
+    protos = sorted(
+        os.path.join("shoal/v1", name)
+        for name in os.listdir(os.path.join(proto_root, "shoal/v1"))
+        if name.endswith(".proto")
+    )
+    from grpc_tools import protoc
+    import grpc_tools
+
+    well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
+    status = protoc.main(
+        ["protoc", f"-I{proto_root}", f"-I{well_known}", f"--python_out={out}", f"--grpc_python_out={out}"]
+        + protos
+    )
+    if status != 0:
+        sys.exit(f"protoc failed with {status}")
+    sys.path.insert(0, out)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--program", required=True)
+    parser.add_argument("--proto-root", default=os.path.join(os.path.dirname(__file__), "../../proto"))
+    args = parser.parse_args()
+
+    out = tempfile.mkdtemp(prefix="shoal-python-")
+    generate(os.path.abspath(args.proto_root), out)
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from shoal.v1 import executor_service_pb2, executor_service_pb2_grpc
+    from shoal.v1 import job_service_pb2, job_service_pb2_grpc
+    from shoal.v1 import storage_service_pb2, storage_service_pb2_grpc
+    from shoal.v1 import types_pb2
+
+    channel = grpc.insecure_channel(args.address)
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=30)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING, health
+    print("health: SERVING")
+
+    storage = storage_service_pb2_grpc.StorageServiceStub(channel)
+    with open(args.program, "rb") as f:
+        program = f.read()
+
+    def upload_requests():
+        yield storage_service_pb2.UploadRequest(
+            entry=storage_service_pb2.Entry(path="", kind=storage_service_pb2.ENTRY_KIND_FILE, size=len(program))
+        )
+        for start in range(0, len(program), 65536):
+            yield storage_service_pb2.UploadRequest(data=program[start : start + 65536])
+
+    uploaded = storage.Upload(upload_requests(), timeout=60)
+    print(f"uploaded: {uploaded.cid}")
+
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    spec = types_pb2.JobSpec(program=uploaded.cid, program_name="hello.wasm", args=["from", "python"])
+    spec.env["HELLO"] = "python"
+    job = jobs.SubmitJob(job_service_pb2.SubmitJobRequest(spec=spec), timeout=30).job
+    print(f"submitted: {job.id}")
+
+    final_state = None
+    for event in jobs.WatchJob(job_service_pb2.WatchJobRequest(job_id=job.id), timeout=120):
+        if event.HasField("state_change"):
+            name = types_pb2.JobState.Name(event.state_change.state)
+            print(f"event {event.sequence}: {name}")
+            final_state = event.state_change.state
+    assert final_state == types_pb2.JOB_STATE_COMPLETED, final_state
+
+    stdout = b""
+    for message in jobs.DownloadResults(
+        job_service_pb2.DownloadResultsRequest(job_id=job.id, path="stdout"), timeout=60
+    ):
+        if message.HasField("data"):
+            stdout += message.data
+    print("stdout of the job:")
+    print(stdout.decode())
+    assert b"arg[1]=from" in stdout and b"HELLO=python" in stdout, stdout
+
+    # A malformed spec is INVALID_ARGUMENT naming the field.
+    try:
+        bad = types_pb2.JobSpec(program=uploaded.cid)
+        bad.inputs.add(source=uploaded.cid, target="relative")
+        jobs.SubmitJob(job_service_pb2.SubmitJobRequest(spec=bad), timeout=30)
+        sys.exit("a relative input target was accepted")
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+        assert "inputs[0].target" in error.details(), error.details()
+        print(f"bad spec: {error.code().name}: {error.details()}")
+
+    # The executor protocol checks its version and its handshake.
+    executors = executor_service_pb2_grpc.ExecutorServiceStub(channel)
+    for first, expected in [
+        (
+            executor_service_pb2.ExecutorMessage(
+                register=executor_service_pb2.Register(executor_id="py", protocol_version=99)
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ),
+        (
+            executor_service_pb2.ExecutorMessage(heartbeat=executor_service_pb2.Heartbeat()),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+    ]:
+        try:
+            for _ in executors.Connect(iter([first]), timeout=30):
+                pass
+            sys.exit("a bad handshake was accepted")
+        except grpc.RpcError as error:
+            assert error.code() == expected, (error.code(), error.details())
+            print(f"bad handshake: {error.code().name}: {error.details()}")
+    print("python client: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
