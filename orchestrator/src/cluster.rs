@@ -906,3 +906,362 @@ fn job_memory(job: &Job) -> u64 {
         .map(|r| r.memory_bytes)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal::proto::{ExecutionFinished, Resources};
+
+    const CID: &str = "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4";
+
+    fn cluster() -> Cluster {
+        Cluster::restore(
+            Snapshot::default(),
+            ClusterConfig {
+                heartbeat_interval: Duration::from_secs(1),
+                lease: Duration::from_secs(10),
+                defaults: SpecDefaults {
+                    timeout: Duration::from_secs(60),
+                    queue_timeout: Duration::from_secs(3600),
+                },
+            },
+            Instant::now(),
+        )
+    }
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            program: CID.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Registers an executor; returns the receiver of its messages.
+    fn connect(
+        c: &mut Cluster,
+        id: &str,
+        slots: u32,
+        labels: &[(&str, &str)],
+    ) -> mpsc::Receiver<Result<OrchestratorMessage, tonic::Status>> {
+        let (tx, rx) = mpsc::channel(64);
+        let register = Register {
+            executor_id: id.into(),
+            protocol_version: 1,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            capacity: Some(Capacity {
+                slots,
+                memory_bytes: 4 << 30,
+            }),
+            ..Default::default()
+        };
+        c.register(register, tx, SystemTime::now(), Instant::now())
+            .expect("register");
+        rx
+    }
+
+    /// Executor ids of the assignments in the effects, in order.
+    fn assignments(c: &mut Cluster) -> Vec<(String, String)> {
+        let effects = c.take_effects();
+        effects
+            .messages
+            .iter()
+            .filter_map(|(_, m)| match &m.message {
+                Some(orchestrator_message::Message::Assign(a)) => {
+                    Some((a.job_id.clone(), a.execution_id.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn executor_of(c: &Cluster, execution_id: &str) -> String {
+        c.execution(execution_id)
+            .expect("execution")
+            .executor_id
+            .clone()
+    }
+
+    fn finish(c: &mut Cluster, executor: &str, execution_id: &str, failure: Option<FailureKind>) {
+        let finished = match failure {
+            None => ExecutionFinished {
+                execution_id: execution_id.into(),
+                state: ExecutionState::Completed as i32,
+                result: Some(ExecutionResult::default()),
+                failure: None,
+            },
+            Some(kind) => ExecutionFinished {
+                execution_id: execution_id.into(),
+                state: kind.execution_state() as i32,
+                result: None,
+                failure: Some(Failure::new(kind, "boom")),
+            },
+        };
+        c.execution_finished(executor, finished, SystemTime::now());
+    }
+
+    /// Jobs are placed oldest first, spread over executors, and one that fits nowhere
+    /// waits with a reason.
+    #[test]
+    fn fifo_placement_spreads_and_explains() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 1, &[]);
+        let _b = connect(&mut c, "b", 1, &[]);
+        let now = SystemTime::now();
+        let jobs: Vec<String> = (0..3)
+            .map(|_| c.submit(spec(), now).expect("submit").id)
+            .collect();
+        c.take_effects();
+        c.schedule(now);
+        let placed = assignments(&mut c);
+        assert_eq!(
+            placed.iter().map(|(j, _)| j.clone()).collect::<Vec<_>>(),
+            jobs[..2]
+        );
+        let mut executors: Vec<_> = placed.iter().map(|(_, e)| executor_of(&c, e)).collect();
+        executors.sort();
+        assert_eq!(executors, ["a", "b"]);
+        let waiting = c.job(&jobs[2]).expect("job");
+        assert_eq!(waiting.state(), JobState::Queued);
+        assert!(
+            waiting.status_message.contains("free slot"),
+            "{}",
+            waiting.status_message
+        );
+        // Capacity freed by a completion goes to the waiting job.
+        let (_, execution) = &placed[0];
+        let executor = executor_of(&c, execution);
+        finish(&mut c, &executor, execution, None);
+        c.schedule(now);
+        assert_eq!(assignments(&mut c).len(), 1);
+        assert_eq!(c.job(&jobs[0]).expect("job").state(), JobState::Completed);
+    }
+
+    /// Constraints pick matching executors; an unsatisfiable one is named, and the job
+    /// times out in the queue.
+    #[test]
+    fn constraints_match_or_are_explained() {
+        let mut c = cluster();
+        let _eu = connect(&mut c, "eu", 2, &[("region", "eu")]);
+        let _us = connect(&mut c, "us", 2, &[("region", "us")]);
+        let now = SystemTime::now();
+        let mut wants_us = spec();
+        wants_us.constraints = vec!["region=us".into()];
+        let mut wants_mars = spec();
+        wants_mars.constraints = vec!["region in (mars)".into()];
+        wants_mars.queue_timeout = Some(prost_types::Duration {
+            seconds: 5,
+            nanos: 0,
+        });
+        let us = c.submit(wants_us, now).expect("submit").id;
+        let mars = c.submit(wants_mars, now).expect("submit").id;
+        c.schedule(now);
+        let placed = assignments(&mut c);
+        assert_eq!(placed.len(), 1);
+        assert_eq!(placed[0].0, us);
+        assert_eq!(executor_of(&c, &placed[0].1), "us");
+        let message = &c.job(&mars).expect("job").status_message;
+        assert!(
+            message.contains("`region in (mars)` is not met by 2 of them"),
+            "{message}"
+        );
+        c.schedule(now + Duration::from_secs(6));
+        let job = c.job(&mars).expect("job");
+        assert_eq!(job.state(), JobState::TimedOut);
+        assert_eq!(
+            job.failure.as_ref().map(|f| f.kind()),
+            Some(FailureKind::QueueTimeout)
+        );
+    }
+
+    /// A lost executor's execution is retried elsewhere; a trap is not retried.
+    #[test]
+    fn executor_loss_is_retried_but_traps_are_not() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 1, &[]);
+        let now = SystemTime::now();
+        let job = c.submit(spec(), now).expect("submit").id;
+        c.schedule(now);
+        let first = assignments(&mut c)[0].1.clone();
+        c.disconnected("a", 1, Instant::now());
+        // Within the lease nothing happens: the executor may come back.
+        c.sweep(now, Instant::now() + Duration::from_secs(5));
+        assert_eq!(c.job(&job).expect("job").state(), JobState::Scheduled);
+        c.sweep(now, Instant::now() + Duration::from_secs(11));
+        let lost = c.execution(&first).expect("execution");
+        assert_eq!(
+            lost.failure.as_ref().map(|f| (f.kind(), f.retryable)),
+            Some((FailureKind::ExecutorLost, true))
+        );
+        assert_eq!(c.job(&job).expect("job").state(), JobState::Queued);
+        let _b = connect(&mut c, "b", 1, &[]);
+        c.take_effects();
+        c.schedule(now);
+        let second = assignments(&mut c)[0].1.clone();
+        assert_eq!(executor_of(&c, &second), "b");
+        assert_eq!(c.job(&job).expect("job").attempts, 2);
+        finish(&mut c, "b", &second, Some(FailureKind::Trap));
+        let job = c.job(&job).expect("job");
+        assert_eq!(job.state(), JobState::Failed);
+        assert_eq!(
+            job.failure.as_ref().map(|f| (f.kind(), f.retryable)),
+            Some((FailureKind::Trap, false))
+        );
+    }
+
+    /// A report is applied once, however often it arrives, and only from the executor that
+    /// owns the execution.
+    #[test]
+    fn finished_reports_are_idempotent() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 1, &[]);
+        let _b = connect(&mut c, "b", 1, &[]);
+        let now = SystemTime::now();
+        let job = c.submit(spec(), now).expect("submit").id;
+        c.schedule(now);
+        let execution = assignments(&mut c)[0].1.clone();
+        let owner = executor_of(&c, &execution);
+        let other = if owner == "a" { "b" } else { "a" };
+        finish(&mut c, other, &execution, Some(FailureKind::Trap));
+        assert_eq!(
+            c.job(&job).expect("job").state(),
+            JobState::Scheduled,
+            "a stranger's report is ignored"
+        );
+        finish(&mut c, &owner, &execution, None);
+        let events = c.last_sequence(&job).expect("sequence");
+        finish(&mut c, &owner, &execution, None);
+        finish(&mut c, &owner, &execution, Some(FailureKind::Trap));
+        assert_eq!(c.last_sequence(&job).expect("sequence"), events);
+        assert_eq!(c.job(&job).expect("job").state(), JobState::Completed);
+    }
+
+    /// A reconnecting executor keeps what it reports running; what it does not report is
+    /// lost and retried; what nobody wants is cancelled.
+    #[test]
+    fn reconnect_reconciles_executions() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 2, &[]);
+        let now = SystemTime::now();
+        let kept = c.submit(spec(), now).expect("submit").id;
+        let lost = c.submit(spec(), now).expect("submit").id;
+        c.schedule(now);
+        let placed = assignments(&mut c);
+        c.disconnected("a", 1, Instant::now());
+        let (tx, _rx) = mpsc::channel(8);
+        let register = Register {
+            executor_id: "a".into(),
+            protocol_version: 1,
+            capacity: Some(Capacity {
+                slots: 2,
+                memory_bytes: 4 << 30,
+            }),
+            running_execution_ids: vec![placed[0].1.clone(), "unknown-execution".into()],
+            ..Default::default()
+        };
+        c.register(register, tx, now, Instant::now())
+            .expect("register");
+        assert_eq!(c.job(&kept).expect("job").state(), JobState::Scheduled);
+        assert_eq!(c.job(&lost).expect("job").state(), JobState::Queued);
+        let cancels: Vec<_> = c
+            .take_effects()
+            .messages
+            .into_iter()
+            .filter_map(|(_, m)| match m.message {
+                Some(orchestrator_message::Message::Cancel(cancel)) => Some(cancel.execution_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(cancels, ["unknown-execution"]);
+    }
+
+    /// Cancelling a queued job ends it; a terminal job cannot be cancelled; a running one
+    /// is told to stop.
+    #[test]
+    fn cancel_rules() {
+        let mut c = cluster();
+        let now = SystemTime::now();
+        let queued = c.submit(spec(), now).expect("submit").id;
+        assert_eq!(
+            c.cancel(&queued, "", now).expect("cancel").state(),
+            JobState::Cancelled
+        );
+        assert!(matches!(
+            c.cancel(&queued, "", now),
+            Err(Error::FailedPrecondition(_))
+        ));
+        let _a = connect(&mut c, "a", 1, &[]);
+        let running = c.submit(spec(), now).expect("submit").id;
+        c.schedule(now);
+        let execution = assignments(&mut c)[0].1.clone();
+        c.cancel(&running, "enough", now).expect("cancel");
+        let sent_cancel = c.take_effects().messages.into_iter().any(|(_, m)| {
+            matches!(m.message, Some(orchestrator_message::Message::Cancel(ref x)) if x.execution_id == execution)
+        });
+        assert!(sent_cancel);
+        assert!(matches!(
+            c.cancel("no-such-job", "", now),
+            Err(Error::NotFound(_))
+        ));
+    }
+
+    /// Memory requests count against executor memory.
+    #[test]
+    fn memory_is_a_placement_constraint() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 4, &[]);
+        let now = SystemTime::now();
+        let mut huge = spec();
+        huge.resources = Some(Resources {
+            memory_bytes: 8 << 30,
+        });
+        let job = c.submit(huge, now).expect("submit").id;
+        c.schedule(now);
+        assert!(assignments(&mut c).is_empty());
+        let message = &c.job(&job).expect("job").status_message;
+        assert!(message.contains("needs 8.0 GiB"), "{message}");
+    }
+
+    /// Log chunks that were already received are dropped, partial overlaps trimmed.
+    #[test]
+    fn resent_log_chunks_are_dropped() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 1, &[]);
+        let now = SystemTime::now();
+        let job = c.submit(spec(), now).expect("submit").id;
+        c.schedule(now);
+        let execution = assignments(&mut c)[0].1.clone();
+        let chunk = |offset: u64, data: &'static [u8]| LogChunk {
+            execution_id: execution.clone(),
+            stream: shoal::proto::LogStream::Stdout as i32,
+            offset,
+            data: bytes::Bytes::from_static(data),
+        };
+        let before = c.last_sequence(&job).expect("sequence");
+        c.execution_log("a", chunk(0, b"hello "), now);
+        c.execution_log("a", chunk(0, b"hello "), now);
+        c.execution_log("a", chunk(3, b"lo world"), now);
+        assert_eq!(c.last_sequence(&job).expect("sequence"), before + 2);
+        let logged: Vec<_> = c
+            .take_effects()
+            .writes
+            .into_iter()
+            .filter_map(|w| match w {
+                Write::Event { event, .. } => match event.event {
+                    Some(job_event::Event::Log(chunk)) => Some((chunk.offset, chunk.data)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            logged,
+            vec![
+                (0, bytes::Bytes::from_static(b"hello ")),
+                (6, bytes::Bytes::from_static(b"world"))
+            ]
+        );
+    }
+}
