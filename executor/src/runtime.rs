@@ -89,7 +89,7 @@ pub struct Preopen {
 /// Everything one run needs.
 pub struct RunRequest {
     pub entrypoint: String,
-    /// argv, argv[0] included.
+    /// The arguments, `argv[0]` included.
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub preopens: Vec<Preopen>,

@@ -57,7 +57,7 @@ pub enum JobCommand {
     /// Download a job's results (stdout, stderr, exitCode, outputs).
     Get {
         id: String,
-        /// Where to put them (default: ./job-<id>).
+        /// Where to put them (default: ./job-ID).
         dest: Option<PathBuf>,
         /// Only this path inside the results, e.g. outputs/report.txt.
         #[arg(long, default_value = "")]

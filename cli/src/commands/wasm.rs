@@ -25,7 +25,7 @@ pub struct RunArgs {
     /// The program (a local .wasm file or a CID), then its arguments.
     #[arg(required = true, value_name = "PROGRAM [ARGS]")]
     pub program_and_args: Vec<String>,
-    /// Input data, SRC[:TARGET]: a local file or directory (uploaded) or a CID. Default
+    /// Input data, `SRC[:TARGET]`: a local file or directory (uploaded) or a CID. Default
     /// target: /inputs for a directory, /inputs/NAME for a file.
     #[arg(short = 'i', long = "input", value_name = "SRC[:TARGET]")]
     pub inputs: Vec<String>,
