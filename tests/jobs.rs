@@ -564,3 +564,43 @@ async fn data_round_trip_and_dry_run() {
         dry.stdout
     );
 }
+
+/// Output past the capture cap is dropped, the stored stdout stops at the cap and the
+/// result records the truncation and the full byte count.
+#[tokio::test(flavor = "multi_thread")]
+async fn stdout_is_capped_and_truncation_recorded() {
+    let stack = Devstack::start(&["--log-cap", "1KiB"]).await;
+    let program = wat(stack.dir.path(), "flood");
+    let id = stack.submit(&[&program]).await;
+    let logs = stack.shoal(&["job", "logs", "-f", &id]).await.success();
+    assert_eq!(logs.stdout.len(), 1024, "live logs stop at the cap");
+    let job = stack.job(&id).await;
+    assert_eq!(state(&job), "JOB_STATE_COMPLETED", "{job}");
+    let result = &job["result"];
+    assert_eq!(result["stdoutBytes"], "102400", "{job}");
+    assert_eq!(result["stdoutTruncated"], true, "{job}");
+    assert_eq!(result["stderrTruncated"], serde_json::Value::Null, "{job}");
+    let stdout = stack.scratch("stdout");
+    stack
+        .shoal(&[
+            "job",
+            "get",
+            &id,
+            "--path",
+            "stdout",
+            &stdout.to_string_lossy(),
+        ])
+        .await
+        .success();
+    assert_eq!(std::fs::read(stdout).expect("stdout").len(), 1024);
+    // Listings come as YAML too.
+    let yaml = stack
+        .shoal(&["job", "list", "--output", "yaml"])
+        .await
+        .success();
+    assert!(
+        yaml.stdout.contains(&format!("id: {id}")),
+        "{}",
+        yaml.stdout
+    );
+}

@@ -84,6 +84,11 @@ def main():
             final_state = event.state_change.state
     assert final_state == types_pb2.JOB_STATE_COMPLETED, final_state
 
+    # A late watcher resuming from sequence 2 gets the history from there, then the end.
+    resumed = [e.sequence for e in jobs.WatchJob(job_service_pb2.WatchJobRequest(job_id=job.id, from_sequence=2), timeout=60)]
+    assert resumed[0] == 2 and resumed == list(range(2, resumed[-1] + 1)), resumed
+    print(f"resumed from 2: {len(resumed)} events, no gaps")
+
     stdout = b""
     for message in jobs.DownloadResults(
         job_service_pb2.DownloadResultsRequest(job_id=job.id, path="stdout"), timeout=60

@@ -26,6 +26,9 @@ pub struct DevstackArgs {
     /// devstack.index=N.
     #[arg(long = "executor-label")]
     pub executor_labels: Vec<String>,
+    /// Most stdout (and stderr) each execution keeps, e.g. 64MiB.
+    #[arg(long, default_value = "64MiB", value_parser = shoal::units::parse_size)]
+    pub log_cap: u64,
     /// Keep state here instead of a temporary directory removed on exit.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -64,6 +67,7 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
             data_dir.join(format!("executor-{index}")),
         );
         config.slots = args.slots;
+        config.log_cap = args.log_cap;
         config.label = args.executor_labels.clone();
         config.label.push(format!("devstack.index={index}"));
         let token = shutdown.clone();
