@@ -9,6 +9,7 @@ pub mod error;
 pub mod ids;
 pub mod proto;
 pub mod selector;
+pub mod shutdown;
 pub mod spec;
 pub mod telemetry;
 pub mod transfer;

@@ -29,13 +29,7 @@ async fn start_orchestrator(data: &std::path::Path, port: u16) -> Child {
         .expect("spawn orchestrator");
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
     wait_for_line(&mut stderr, "orchestrator listening").await;
-    tokio::spawn(async move {
-        use tokio::io::AsyncBufReadExt;
-        let mut line = String::new();
-        while stderr.read_line(&mut line).await.unwrap_or(0) > 0 {
-            line.clear();
-        }
-    });
+    common::drain(stderr);
     child
 }
 

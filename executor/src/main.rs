@@ -19,23 +19,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     shoal::telemetry::init(cli.log_format, "info");
     let shutdown = CancellationToken::new();
-    tokio::spawn(shutdown_on_signal(shutdown.clone()));
+    shoal::shutdown::cancel_on_signal(shutdown.clone());
     shoal_executor::run(cli.config, shutdown).await?;
     Ok(())
-}
-
-async fn shutdown_on_signal(shutdown: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            tracing::error!(%error, "cannot watch SIGTERM");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
-    shutdown.cancel();
 }

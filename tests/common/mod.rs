@@ -118,6 +118,20 @@ where
         .unwrap_or_else(|_| panic!("no line containing {needle:?} within {TIMEOUT:?}"))
 }
 
+/// Keeps reading a child's stream in the background so the child never blocks on a full
+/// pipe.
+pub fn drain<R>(mut reader: BufReader<R>)
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut line = String::new();
+        while reader.read_line(&mut line).await.unwrap_or(0) > 0 {
+            line.clear();
+        }
+    });
+}
+
 /// A `shoal devstack` process with its own data directory and port.
 pub struct Devstack {
     pub address: String,
@@ -148,13 +162,7 @@ impl Devstack {
             .and_then(|rest| rest.split_whitespace().next())
             .expect("address in the ready line")
             .to_owned();
-        // Keep draining stdout so the devstack never blocks on a full pipe.
-        tokio::spawn(async move {
-            let mut line = String::new();
-            while stdout.read_line(&mut line).await.unwrap_or(0) > 0 {
-                line.clear();
-            }
-        });
+        drain(stdout);
         Devstack {
             address,
             child,

@@ -88,10 +88,8 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
     println!("  export SHOAL_ORCHESTRATOR={address}");
     println!("Press Ctrl-C to stop.");
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        _ = shoal::shutdown::signal() => {}
         Some(result) = tasks.join_next() => {
             shutdown.cancel();
             result??;
