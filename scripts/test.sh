@@ -15,4 +15,10 @@ echo "==> building the binaries the end-to-end tests run"
 cargo build --workspace --bins
 
 echo "==> running the tests"
-cargo test --workspace "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace "$@" 2>&1 | tee "$log"
+# One closing line for the whole suite (cargo prints one per test binary, the last of
+# which is often an empty doc-test run).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -130,10 +130,10 @@ pub async fn upload_path(
     progress: Option<Arc<AtomicU64>>,
 ) -> Result<UploadResponse> {
     let entries = {
-        let root = root.to_owned();
-        tokio::task::spawn_blocking(move || walk(&root))
+        let owned = root.to_owned();
+        tokio::task::spawn_blocking(move || walk(&owned))
             .await
-            .map_err(|e| Error::io(root_or_dot(&[]), std::io::Error::other(e)))??
+            .map_err(|e| Error::io(root, std::io::Error::other(e)))??
     };
     // A small bounded channel: the reader stays at most a few chunks ahead of the network.
     let (tx, rx) = tokio::sync::mpsc::channel::<UploadRequest>(8);
@@ -145,13 +145,6 @@ pub async fn upload_path(
         .map_err(|e| Error::io(root, std::io::Error::other(e)))?;
     read_result?;
     Ok(response?.into_inner())
-}
-
-fn root_or_dot(entries: &[LocalEntry]) -> PathBuf {
-    entries
-        .first()
-        .map(|e| e.absolute.clone())
-        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 async fn send_entries(

@@ -44,12 +44,12 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(shoal::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| Error::InvalidArgument(format!("reflection: {e}")))?;
+        .map_err(|e| Error::io("building the reflection service", std::io::Error::other(e)))?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(shoal::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
-        .map_err(|e| Error::InvalidArgument(format!("reflection: {e}")))?;
+        .map_err(|e| Error::io("building the reflection service", std::io::Error::other(e)))?;
 
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
