@@ -604,3 +604,13 @@ async fn stdout_is_capped_and_truncation_recorded() {
         yaml.stdout
     );
 }
+
+/// The guest has no sockets: of all its descriptors, none is a socket, and it has exactly
+/// stdin, stdout, stderr and its one output directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_has_no_sockets() {
+    let stack = Devstack::start(&[]).await;
+    let program = wat(stack.dir.path(), "netprobe");
+    let out = stack.shoal(&["wasm", "run", &program]).await;
+    assert_eq!(out.code, 104, "4 descriptors, none a socket: {out:?}");
+}
