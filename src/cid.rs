@@ -52,6 +52,38 @@ impl ContentId {
     pub fn is_raw(&self) -> bool {
         self.codec() == RAW
     }
+
+    /// The binary form (as in dag-pb links and CAR files).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.to_bytes()
+    }
+
+    /// The multihash alone (a CIDv0's binary form).
+    pub fn multihash_bytes(&self) -> Vec<u8> {
+        self.0.hash().to_bytes()
+    }
+
+    /// Parses the binary form; CIDv0 becomes the same content's CIDv1.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        let parsed = cid::Cid::try_from(bytes).map_err(|e| Error::InvalidCid {
+            input: format!("{} binary bytes", bytes.len()),
+            reason: e.to_string(),
+        })?;
+        Ok(ContentId(cid::Cid::new_v1(parsed.codec(), *parsed.hash())))
+    }
+
+    /// The CIDv0 text (`Qm...`) of dag-pb content, if it has one.
+    pub fn to_v0(&self) -> Option<String> {
+        (self.codec() == DAG_PB)
+            .then(|| cid::Cid::new_v0(*self.0.hash()).ok())
+            .flatten()
+            .map(|v0| v0.to_string())
+    }
+
+    /// Whether `bytes` hash to this CID's digest.
+    pub fn verifies(&self, bytes: &[u8]) -> bool {
+        Sha256::digest(bytes).as_slice() == self.digest()
+    }
 }
 
 impl fmt::Display for ContentId {

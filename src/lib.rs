@@ -14,5 +14,6 @@ pub mod spec;
 pub mod telemetry;
 pub mod transfer;
 pub mod units;
+pub mod unixfs;
 
 pub use error::{Error, Result};
