@@ -1,9 +1,9 @@
 //! Content ids: CIDv1 with sha2-256 multihashes, as IPFS makes them.
 //!
-//! A file is addressed as a `raw` block of its bytes; a directory as a `dag-json` manifest
-//! listing its entries (see the orchestrator's `content` module). CIDv0 (`Qm...`) and
-//! `ipfs://` / `/ipfs/` prefixes are accepted on input; ids are always printed as CIDv1 in
-//! base32.
+//! Content is laid out as UnixFS, exactly as IPFS does it (see [`crate::unixfs`]): raw
+//! blocks for file chunks, dag-pb nodes for larger files and directories. CIDv0 (`Qm...`)
+//! and `ipfs://` / `/ipfs/` prefixes are accepted on input; ids are always printed as
+//! CIDv1 in base32.
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,9 +14,7 @@ use crate::Error;
 
 /// Multicodec of a raw block (a file's bytes).
 pub const RAW: u64 = 0x55;
-/// Multicodec of a dag-json block (a directory manifest).
-pub const DAG_JSON: u64 = 0x0129;
-/// Multicodec of a dag-pb block (CIDv0 content).
+/// Multicodec of a dag-pb block (UnixFS file and directory nodes; all CIDv0 content).
 pub const DAG_PB: u64 = 0x70;
 /// Multihash code of sha2-256.
 pub const SHA2_256: u64 = 0x12;

@@ -1,23 +1,25 @@
-//! The content store: programs, input data and results, addressed by CID, in a local
-//! directory.
+//! The content store: programs, input data and results as UnixFS blocks, addressed by CID
+//! exactly as IPFS addresses them (see `shoal::unixfs`), in a local directory.
 //!
-//! A file is stored as one blob named by its raw-block CID. A directory is stored as a small
-//! DAG-JSON manifest blob listing its entries by name, CID, kind and size, so a tree's CID
-//! covers every byte below it. Blobs are written to a temporary file, fsynced, then renamed
-//! into place: a blob that exists is complete.
+//! Every block is a file named by its CID. A file is its DAG of 256 KiB raw leaves under
+//! dag-pb nodes; a directory is a dag-pb node linking its entries by name. Blocks are
+//! written to a temporary file, fsynced, then renamed into place, so a block that exists is
+//! complete; identical data is stored once.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use serde::{Deserialize, Serialize};
-use shoal::cid::{ContentId, DAG_JSON, RawHasher};
+use shoal::cid::{ContentId, DAG_PB};
 use shoal::proto::{
     DirectoryEntry, DownloadResponse, Entry, EntryKind, StatResponse, UploadRequest,
     UploadResponse, download_response, upload_request,
 };
-use shoal::transfer::{CHUNK_SIZE, check_tree_path};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use shoal::transfer::check_tree_path;
+use shoal::unixfs::{self, Block, FileBuilder, Link, NodeType};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -25,31 +27,10 @@ use crate::error::{Error, Result};
 
 /// Most entries one upload may hold.
 const MAX_UPLOAD_ENTRIES: usize = 100_000;
+/// Deepest file DAG followed (a 256 KiB-chunk tree of depth 8 holds far more than any disk).
+const MAX_DAG_DEPTH: usize = 8;
 
-/// A directory manifest, serialised as canonical DAG-JSON (keys sorted, links as `{"/":..}`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Manifest {
-    entries: Vec<ManifestEntry>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ManifestEntry {
-    cid: Link,
-    kind: String,
-    name: String,
-    size: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Link {
-    #[serde(rename = "/")]
-    cid: String,
-}
-
-const FILE: &str = "file";
-const DIRECTORY: &str = "directory";
-
-/// A resolved CID or path: what it is and how big.
+/// A resolved CID or path: what it is and how many file bytes it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resolved {
     pub cid: ContentId,
@@ -60,7 +41,7 @@ pub struct Resolved {
 /// The local content store.
 #[derive(Debug, Clone)]
 pub struct ContentStore {
-    blobs: PathBuf,
+    blocks: PathBuf,
     tmp: PathBuf,
     max_upload_bytes: u64,
 }
@@ -69,9 +50,9 @@ impl ContentStore {
     /// Opens the store under `dir`, creating it if needed. Uploads over `max_upload_bytes`
     /// of file content are refused.
     pub fn open(dir: &Path, max_upload_bytes: u64) -> Result<Self> {
-        let blobs = dir.join("blobs");
+        let blocks = dir.join("blocks");
         let tmp = dir.join("tmp");
-        for path in [&blobs, &tmp] {
+        for path in [&blocks, &tmp] {
             std::fs::create_dir_all(path)
                 .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         }
@@ -82,59 +63,66 @@ impl ContentStore {
             }
         }
         Ok(ContentStore {
-            blobs,
+            blocks,
             tmp,
             max_upload_bytes,
         })
     }
 
-    fn blob_path(&self, cid: &ContentId) -> PathBuf {
+    fn block_path(&self, cid: &ContentId) -> PathBuf {
         let name = cid.to_string();
         // Shard by the last two characters so no directory grows too large.
         let shard = &name[name.len() - 2..];
-        self.blobs.join(shard).join(name)
+        self.blocks.join(shard).join(name)
     }
 
-    /// Whether the content of `cid` is stored.
+    /// Whether the block `cid` is stored (for a DAG, its root).
     pub async fn contains(&self, cid: &ContentId) -> bool {
-        tokio::fs::try_exists(self.blob_path(cid))
+        tokio::fs::try_exists(self.block_path(cid))
             .await
             .unwrap_or(false)
     }
 
-    async fn install_blob(&self, temp: &Path, cid: &ContentId) -> Result<()> {
-        let dest = self.blob_path(cid);
+    /// Stores one block (idempotent).
+    pub async fn put_block(&self, block: &Block) -> Result<()> {
+        let dest = self.block_path(&block.cid);
         if tokio::fs::try_exists(&dest).await.unwrap_or(false) {
-            let _ = tokio::fs::remove_file(temp).await;
             return Ok(());
         }
-        if let Some(parent) = dest.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| Error::io("creating a blob directory", e))?;
+        let temp = self.tmp.join(uuid::Uuid::now_v7().to_string());
+        let write = async {
+            let mut file = tokio::fs::File::create(&temp).await?;
+            file.write_all(&block.data).await?;
+            file.sync_data().await?;
+            if let Some(parent) = dest.parent() {
+                tokio::fs::create_dir_all(parent).await?;
+            }
+            tokio::fs::rename(&temp, &dest).await
+        };
+        if let Err(error) = write.await {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return Err(Error::io(format!("storing block {}", block.cid), error));
         }
-        tokio::fs::rename(temp, &dest)
-            .await
-            .map_err(|e| Error::io(format!("storing {cid}"), e))
+        Ok(())
     }
 
-    async fn put_block(&self, codec: u64, bytes: &[u8]) -> Result<ContentId> {
-        let cid = ContentId::of_block(codec, bytes);
-        if self.contains(&cid).await {
-            return Ok(cid);
-        }
-        let temp = self.tmp.join(uuid::Uuid::now_v7().to_string());
-        let mut file = tokio::fs::File::create(&temp)
+    /// One block's bytes.
+    pub async fn get_block(&self, cid: &ContentId) -> Result<Bytes> {
+        tokio::fs::read(self.block_path(cid))
             .await
-            .map_err(|e| Error::io("creating a temporary blob", e))?;
-        file.write_all(bytes)
-            .await
-            .map_err(|e| Error::io("writing a blob", e))?;
-        file.sync_data()
-            .await
-            .map_err(|e| Error::io("syncing a blob", e))?;
-        self.install_blob(&temp, &cid).await?;
-        Ok(cid)
+            .map(Bytes::from)
+            .map_err(|error| {
+                if error.kind() == std::io::ErrorKind::NotFound {
+                    Error::NotFound(format!("{cid} is not in the store"))
+                } else {
+                    Error::io(format!("reading {cid}"), error)
+                }
+            })
+    }
+
+    async fn node(&self, cid: &ContentId) -> Result<(unixfs::PbNode, unixfs::UnixfsData)> {
+        let bytes = self.get_block(cid).await?;
+        unixfs::decode_node(&bytes).map_err(|e| Error::Store(format!("{cid}: {e}")))
     }
 
     /// Stores a file or tree sent in the upload framing and returns its CID.
@@ -142,24 +130,7 @@ impl ContentStore {
     where
         S: Stream<Item = Result<UploadRequest, tonic::Status>> + Unpin,
     {
-        let mut upload = Upload::new(self);
-        let result = upload.receive(stream).await;
-        if let Some(file) = upload.current.take() {
-            let _ = tokio::fs::remove_file(&file.temp).await;
-        }
-        result
-    }
-
-    fn manifest_of(&self, bytes: &[u8], cid: &ContentId) -> Result<Manifest> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| Error::Store(format!("directory manifest {cid} is corrupt: {e}")))
-    }
-
-    async fn read_manifest(&self, cid: &ContentId) -> Result<Manifest> {
-        let bytes = tokio::fs::read(self.blob_path(cid))
-            .await
-            .map_err(|e| not_found_or_io(e, cid))?;
-        self.manifest_of(&bytes, cid)
+        Upload::new(self).receive(stream).await
     }
 
     /// What `cid` (or `path` inside it) is.
@@ -172,69 +143,97 @@ impl ContentStore {
         for segment in path.split('/') {
             if current.kind != EntryKind::Directory {
                 return Err(Error::NotFound(format!(
-                    "{path:?} is not inside {cid}: not a directory"
+                    "no {path:?} in {cid}: not a directory"
                 )));
             }
-            let manifest = self.read_manifest(&current.cid).await?;
-            let entry = manifest
-                .entries
-                .into_iter()
-                .find(|e| e.name == segment)
+            let (node, _) = self.node(&current.cid).await?;
+            let link = node
+                .links
+                .iter()
+                .find(|l| l.name.as_deref() == Some(segment))
                 .ok_or_else(|| Error::NotFound(format!("no {path:?} in {cid}")))?;
-            current = resolved_of(&entry)?;
+            current = self.resolve_root(&unixfs::link_cid(link)?).await?;
         }
         Ok(current)
     }
 
     async fn resolve_root(&self, cid: &ContentId) -> Result<Resolved> {
-        if cid.codec() == DAG_JSON {
-            let manifest = self.read_manifest(cid).await?;
-            let size = manifest.entries.iter().map(|e| e.size).sum();
+        if cid.is_raw() {
+            let meta = tokio::fs::metadata(self.block_path(cid))
+                .await
+                .map_err(|_| Error::NotFound(format!("{cid} is not in the store")))?;
             return Ok(Resolved {
                 cid: *cid,
-                kind: EntryKind::Directory,
-                size,
+                kind: EntryKind::File,
+                size: meta.len(),
             });
         }
-        if !cid.is_raw() {
+        if cid.codec() != DAG_PB {
             return Err(Error::NotFound(format!(
-                "{cid} is not in the store (only raw and dag-json content is stored)"
+                "{cid} is not UnixFS content (only raw and dag-pb blocks are stored)"
             )));
         }
-        let meta = tokio::fs::metadata(self.blob_path(cid))
-            .await
-            .map_err(|e| not_found_or_io(e, cid))?;
-        Ok(Resolved {
-            cid: *cid,
-            kind: EntryKind::File,
-            size: meta.len(),
+        let (_, data) = self.node(cid).await?;
+        match node_type(&data)? {
+            NodeType::File | NodeType::Raw => Ok(Resolved {
+                cid: *cid,
+                kind: EntryKind::File,
+                size: data.filesize.unwrap_or(0),
+            }),
+            NodeType::Directory => Ok(Resolved {
+                cid: *cid,
+                kind: EntryKind::Directory,
+                size: 0,
+            }),
+            other => Err(Error::FailedPrecondition(format!(
+                "{cid} is a UnixFS {other:?} node, which Shoal does not read yet"
+            ))),
+        }
+    }
+
+    /// Total file bytes under a directory (walks its directory nodes).
+    fn directory_size<'a>(&'a self, cid: ContentId) -> futures::future::BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let (node, _) = self.node(&cid).await?;
+            let mut total = 0;
+            for link in &node.links {
+                let child = self.resolve_root(&unixfs::link_cid(link)?).await?;
+                total += match child.kind {
+                    EntryKind::Directory => self.directory_size(child.cid).await?,
+                    _ => child.size,
+                };
+            }
+            Ok(total)
         })
     }
 
     /// Describes `cid` (or `path` inside it), with a directory's children.
     pub async fn stat(&self, cid: &ContentId, path: &str) -> Result<StatResponse> {
         let resolved = self.resolve(cid, path).await?;
-        let entries = if resolved.kind == EntryKind::Directory {
-            self.read_manifest(&resolved.cid)
-                .await?
-                .entries
-                .iter()
-                .map(|e| {
-                    resolved_of(e).map(|r| DirectoryEntry {
-                        name: e.name.clone(),
-                        cid: r.cid.to_string(),
-                        kind: r.kind as i32,
-                        size: r.size,
-                    })
-                })
-                .collect::<Result<_>>()?
-        } else {
-            Vec::new()
-        };
+        let mut entries = Vec::new();
+        let mut size = resolved.size;
+        if resolved.kind == EntryKind::Directory {
+            size = 0;
+            let (node, _) = self.node(&resolved.cid).await?;
+            for link in &node.links {
+                let child = self.resolve_root(&unixfs::link_cid(link)?).await?;
+                let child_size = match child.kind {
+                    EntryKind::Directory => self.directory_size(child.cid).await?,
+                    _ => child.size,
+                };
+                size += child_size;
+                entries.push(DirectoryEntry {
+                    name: link.name.clone().unwrap_or_default(),
+                    cid: child.cid.to_string(),
+                    kind: child.kind as i32,
+                    size: child_size,
+                });
+            }
+        }
         Ok(StatResponse {
             cid: resolved.cid.to_string(),
             kind: resolved.kind as i32,
-            size: resolved.size,
+            size,
             entries,
         })
     }
@@ -258,7 +257,7 @@ impl ContentStore {
         let (tx, rx) = mpsc::channel(8);
         let store = self.clone();
         tokio::spawn(async move {
-            if let Err(error) = store.send_tree(&tx, root, String::new(), offset).await {
+            if let Err(error) = store.send_tree(&tx, root, offset).await {
                 let _ = tx.send(Err(error.into())).await;
             }
         });
@@ -269,130 +268,143 @@ impl ContentStore {
         &self,
         tx: &mpsc::Sender<Result<DownloadResponse, tonic::Status>>,
         root: Resolved,
-        root_path: String,
         offset: u64,
     ) -> Result<()> {
         // Depth-first with an explicit stack, parents before children, names in order.
-        let mut stack = vec![(root, root_path)];
+        let mut stack = vec![(root, String::new())];
         while let Some((entry, path)) = stack.pop() {
+            let is_root = path.is_empty();
             let header = DownloadResponse {
                 item: Some(download_response::Item::Entry(Entry {
                     path: path.clone(),
                     kind: entry.kind as i32,
-                    size: if entry.kind == EntryKind::File {
-                        entry.size
-                    } else {
-                        0
-                    },
+                    size: entry.size,
                 })),
             };
             if tx.send(Ok(header)).await.is_err() {
                 return Ok(()); // the client went away
             }
-            match entry.kind {
-                EntryKind::File => {
-                    let start = if path.is_empty() { offset } else { 0 };
-                    if !self.send_file(tx, &entry.cid, start).await? {
-                        return Ok(());
-                    }
+            if entry.kind == EntryKind::File {
+                let skip = if is_root { offset } else { 0 };
+                if !self.send_file(tx, entry.cid, skip, 0).await? {
+                    return Ok(());
                 }
-                _ => {
-                    let manifest = self.read_manifest(&entry.cid).await?;
-                    for child in manifest.entries.iter().rev() {
-                        let child_path = if path.is_empty() {
-                            child.name.clone()
-                        } else {
-                            format!("{path}/{}", child.name)
-                        };
-                        stack.push((resolved_of(child)?, child_path));
-                    }
-                }
+                continue;
+            }
+            let (node, _) = self.node(&entry.cid).await?;
+            for link in node.links.iter().rev() {
+                let name = link.name.clone().unwrap_or_default();
+                check_tree_path(&name).map_err(|_| {
+                    Error::Store(format!(
+                        "{} holds an unusable entry name {name:?}",
+                        entry.cid
+                    ))
+                })?;
+                let child_path = if path.is_empty() {
+                    name
+                } else {
+                    format!("{path}/{name}")
+                };
+                let child = self.resolve_root(&unixfs::link_cid(link)?).await?;
+                stack.push((child, child_path));
             }
         }
         Ok(())
     }
 
-    /// Sends a blob's bytes from `offset`; false if the client went away.
-    async fn send_file(
-        &self,
-        tx: &mpsc::Sender<Result<DownloadResponse, tonic::Status>>,
-        cid: &ContentId,
-        offset: u64,
-    ) -> Result<bool> {
-        let mut file = tokio::fs::File::open(self.blob_path(cid))
-            .await
-            .map_err(|e| not_found_or_io(e, cid))?;
-        if offset > 0 {
-            file.seek(std::io::SeekFrom::Start(offset))
-                .await
-                .map_err(|e| Error::io(format!("reading {cid}"), e))?;
-        }
-        loop {
-            let mut buf = vec![0u8; CHUNK_SIZE];
-            let n = file
-                .read(&mut buf)
-                .await
-                .map_err(|e| Error::io(format!("reading {cid}"), e))?;
-            if n == 0 {
-                return Ok(true);
+    /// Sends a file DAG's bytes, skipping the first `skip`; false if the client went away.
+    fn send_file<'a>(
+        &'a self,
+        tx: &'a mpsc::Sender<Result<DownloadResponse, tonic::Status>>,
+        cid: ContentId,
+        skip: u64,
+        depth: usize,
+    ) -> futures::future::BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            if depth > MAX_DAG_DEPTH {
+                return Err(Error::Store(format!("the DAG under {cid} is too deep")));
             }
-            buf.truncate(n);
-            let data = DownloadResponse {
-                item: Some(download_response::Item::Data(buf.into())),
-            };
-            if tx.send(Ok(data)).await.is_err() {
-                return Ok(false);
+            if cid.is_raw() {
+                let data = self.get_block(&cid).await?;
+                let start = (skip as usize).min(data.len());
+                return Ok(send_data(tx, data.slice(start..)).await);
             }
-        }
+            let (node, data) = self.node(&cid).await?;
+            let mut skip = skip;
+            if let Some(inline) = data.data.filter(|d| !d.is_empty()) {
+                let start = (skip as usize).min(inline.len());
+                skip -= start as u64;
+                if !send_data(tx, inline.slice(start..)).await {
+                    return Ok(false);
+                }
+            }
+            for (i, link) in node.links.iter().enumerate() {
+                let size = data.blocksizes.get(i).copied().unwrap_or(0);
+                if skip >= size && size > 0 {
+                    skip -= size;
+                    continue;
+                }
+                if !self
+                    .send_file(tx, unixfs::link_cid(link)?, skip, depth + 1)
+                    .await?
+                {
+                    return Ok(false);
+                }
+                skip = 0;
+            }
+            Ok(true)
+        })
     }
 }
 
-fn resolved_of(entry: &ManifestEntry) -> Result<Resolved> {
-    let cid: ContentId = entry
-        .cid
-        .cid
-        .parse()
-        .map_err(|e| Error::Store(format!("corrupt manifest entry {:?}: {e}", entry.name)))?;
-    let kind = if entry.kind == DIRECTORY {
-        EntryKind::Directory
-    } else {
-        EntryKind::File
-    };
-    Ok(Resolved {
-        cid,
-        kind,
-        size: entry.size,
+async fn send_data(
+    tx: &mpsc::Sender<Result<DownloadResponse, tonic::Status>>,
+    data: Bytes,
+) -> bool {
+    if data.is_empty() {
+        return true;
+    }
+    tx.send(Ok(DownloadResponse {
+        item: Some(download_response::Item::Data(data)),
+    }))
+    .await
+    .is_ok()
+}
+
+fn node_type(data: &unixfs::UnixfsData) -> Result<NodeType> {
+    Ok(match data.r#type {
+        0 => NodeType::Raw,
+        1 => NodeType::Directory,
+        2 => NodeType::File,
+        3 => NodeType::Metadata,
+        4 => NodeType::Symlink,
+        5 => NodeType::HamtShard,
+        other => return Err(Error::Store(format!("unknown UnixFS node type {other}"))),
     })
-}
-
-fn not_found_or_io(error: std::io::Error, cid: &ContentId) -> Error {
-    if error.kind() == std::io::ErrorKind::NotFound {
-        Error::NotFound(format!("{cid} is not in the store"))
-    } else {
-        Error::io(format!("reading {cid}"), error)
-    }
 }
 
 /// A file being received.
 struct IncomingFile {
     path: String,
-    temp: PathBuf,
-    file: tokio::fs::File,
-    hasher: RawHasher,
+    builder: FileBuilder,
     expected: u64,
     written: u64,
 }
 
-/// The state of one upload: the directories declared so far and the file being written.
+/// The state of one upload: the directories declared so far and the file being built.
 struct Upload<'a> {
     store: &'a ContentStore,
     root: Option<EntryKind>,
-    /// Children of each declared directory, by directory path.
-    directories: BTreeMap<String, Vec<ManifestEntry>>,
+    /// Entries of each declared directory, by directory path.
+    directories: BTreeMap<String, Vec<(String, Link)>>,
     names: HashSet<String>,
     current: Option<IncomingFile>,
     total: u64,
-    root_file: Option<(ContentId, u64)>,
+    root_file: Option<Link>,
+}
+
+fn malformed(message: String) -> Error {
+    Error::Core(shoal::Error::MalformedTransfer(message))
 }
 
 impl<'a> Upload<'a> {
@@ -408,11 +420,10 @@ impl<'a> Upload<'a> {
         }
     }
 
-    async fn receive<S>(&mut self, mut stream: S) -> Result<UploadResponse>
+    async fn receive<S>(mut self, mut stream: S) -> Result<UploadResponse>
     where
         S: Stream<Item = Result<UploadRequest, tonic::Status>> + Unpin,
     {
-        let malformed = |m: String| Error::Core(shoal::Error::MalformedTransfer(m));
         while let Some(message) = stream.next().await {
             let message =
                 message.map_err(|s| malformed(format!("upload stream failed: {}", s.message())))?;
@@ -423,29 +434,20 @@ impl<'a> Upload<'a> {
             }
         }
         self.finish_file().await?;
-        match self.root {
-            None => Err(malformed("the upload had no entries".into())),
-            Some(EntryKind::File) => {
-                let (cid, size) = self
-                    .root_file
-                    .ok_or_else(|| malformed("the file upload was not finished".into()))?;
-                Ok(UploadResponse {
-                    cid: cid.to_string(),
-                    size,
-                })
-            }
-            Some(_) => {
-                let cid = self.build_directories().await?;
-                Ok(UploadResponse {
-                    cid: cid.to_string(),
-                    size: self.total,
-                })
-            }
-        }
+        let root = match self.root {
+            None => return Err(malformed("the upload had no entries".into())),
+            Some(EntryKind::File) => self
+                .root_file
+                .ok_or_else(|| malformed("the file upload was not finished".into()))?,
+            Some(_) => self.build_directories().await?,
+        };
+        Ok(UploadResponse {
+            cid: root.cid.to_string(),
+            size: self.total,
+        })
     }
 
     async fn begin_entry(&mut self, entry: Entry) -> Result<()> {
-        let malformed = |m: String| Error::Core(shoal::Error::MalformedTransfer(m));
         self.finish_file().await?;
         check_tree_path(&entry.path)?;
         let kind = entry.kind();
@@ -471,8 +473,7 @@ impl<'a> Upload<'a> {
                 if entry.path.is_empty() {
                     return Err(malformed("the root entry appears twice".into()));
                 }
-                let parent = parent_of(&entry.path);
-                if !self.directories.contains_key(parent) {
+                if !self.directories.contains_key(parent_of(&entry.path)) {
                     return Err(malformed(format!(
                         "{:?} comes before its parent directory",
                         entry.path
@@ -493,15 +494,9 @@ impl<'a> Upload<'a> {
                 self.store.max_upload_bytes
             )));
         }
-        let temp = self.store.tmp.join(uuid::Uuid::now_v7().to_string());
-        let file = tokio::fs::File::create(&temp)
-            .await
-            .map_err(|e| Error::io("creating a temporary blob", e))?;
         self.current = Some(IncomingFile {
             path: entry.path,
-            temp,
-            file,
-            hasher: RawHasher::default(),
+            builder: FileBuilder::new(),
             expected: entry.size,
             written: 0,
         });
@@ -510,24 +505,19 @@ impl<'a> Upload<'a> {
 
     async fn write_data(&mut self, data: &[u8]) -> Result<()> {
         let Some(current) = self.current.as_mut() else {
-            return Err(Error::Core(shoal::Error::MalformedTransfer(
-                "data outside a file entry".into(),
-            )));
+            return Err(malformed("data outside a file entry".into()));
         };
         if current.written + data.len() as u64 > current.expected {
-            return Err(Error::Core(shoal::Error::MalformedTransfer(format!(
+            return Err(malformed(format!(
                 "{:?} is longer than its declared {} bytes",
                 current.path, current.expected
-            ))));
+            )));
         }
-        current
-            .file
-            .write_all(data)
-            .await
-            .map_err(|e| Error::io("writing a blob", e))?;
-        current.hasher.update(data);
         current.written += data.len() as u64;
         self.total += data.len() as u64;
+        for block in current.builder.write(data) {
+            self.store.put_block(&block).await?;
+        }
         Ok(())
     }
 
@@ -536,39 +526,28 @@ impl<'a> Upload<'a> {
             return Ok(());
         };
         if current.written != current.expected {
-            let _ = tokio::fs::remove_file(&current.temp).await;
-            return Err(Error::Core(shoal::Error::MalformedTransfer(format!(
+            return Err(malformed(format!(
                 "{:?} ended after {} of its declared {} bytes",
                 current.path, current.written, current.expected
-            ))));
+            )));
         }
-        current
-            .file
-            .sync_data()
-            .await
-            .map_err(|e| Error::io("syncing a blob", e))?;
-        let cid = current.hasher.finish();
-        self.store.install_blob(&current.temp, &cid).await?;
+        let (blocks, link) = current.builder.finish();
+        for block in &blocks {
+            self.store.put_block(block).await?;
+        }
         if current.path.is_empty() {
-            self.root_file = Some((cid, current.written));
+            self.root_file = Some(link);
         } else {
             let (parent, name) = split_path(&current.path);
-            if let Some(children) = self.directories.get_mut(parent) {
-                children.push(ManifestEntry {
-                    cid: Link {
-                        cid: cid.to_string(),
-                    },
-                    kind: FILE.into(),
-                    name: name.into(),
-                    size: current.written,
-                });
+            if let Some(entries) = self.directories.get_mut(parent) {
+                entries.push((name.to_owned(), link));
             }
         }
         Ok(())
     }
 
-    /// Writes every directory's manifest, deepest first, and returns the root's CID.
-    async fn build_directories(&mut self) -> Result<ContentId> {
+    /// Stores every directory node, deepest first, and returns the root's link.
+    async fn build_directories(&mut self) -> Result<Link> {
         let mut paths: Vec<String> = self.directories.keys().cloned().collect();
         paths.sort_by_key(|p| {
             std::cmp::Reverse(if p.is_empty() {
@@ -577,32 +556,19 @@ impl<'a> Upload<'a> {
                 p.matches('/').count() + 1
             })
         });
-        let mut root = None;
         for path in paths {
             let mut entries = self.directories.remove(&path).unwrap_or_default();
-            entries.sort_by(|a, b| a.name.cmp(&b.name));
-            let size = entries.iter().map(|e| e.size).sum();
-            let manifest = Manifest { entries };
-            let bytes = serde_json::to_vec(&manifest)
-                .map_err(|e| Error::Store(format!("encoding a manifest: {e}")))?;
-            let cid = self.store.put_block(DAG_JSON, &bytes).await?;
+            let (block, link) = unixfs::directory(&mut entries);
+            self.store.put_block(&block).await?;
             if path.is_empty() {
-                root = Some(cid);
-                continue;
+                return Ok(link);
             }
             let (parent, name) = split_path(&path);
-            if let Some(children) = self.directories.get_mut(parent) {
-                children.push(ManifestEntry {
-                    cid: Link {
-                        cid: cid.to_string(),
-                    },
-                    kind: DIRECTORY.into(),
-                    name: name.into(),
-                    size,
-                });
+            if let Some(entries) = self.directories.get_mut(parent) {
+                entries.push((name.to_owned(), link));
             }
         }
-        root.ok_or_else(|| Error::Store("the root directory was lost".into()))
+        Err(Error::Store("the root directory was lost".into()))
     }
 }
 
@@ -680,6 +646,34 @@ mod tests {
             store.resolve(&cid, "nope").await,
             Err(Error::NotFound(_))
         ));
+    }
+
+    /// A multi-chunk file gets IPFS's CID, and downloads resume from any offset.
+    #[tokio::test]
+    async fn large_files_and_offsets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ContentStore::open(dir.path(), 1 << 30).expect("open");
+        let bytes: Vec<u8> = (0..700_000u32).map(|i| (i % 253) as u8).collect();
+        let mut items = vec![entry("", EntryKind::File, bytes.len() as u64)];
+        items.extend(bytes.chunks(100_000).map(data));
+        let response = put(&store, items).await.expect("upload");
+        assert_eq!(
+            response.cid,
+            shoal::unixfs::file_cid(&bytes, true).to_string()
+        );
+        let cid: ContentId = response.cid.parse().expect("cid");
+        assert_eq!(
+            store.resolve(&cid, "").await.expect("resolve").size,
+            700_000
+        );
+        for offset in [0u64, 1, 262_143, 262_144, 300_000, 699_999, 700_000] {
+            let stream = store.download(&cid, "", offset).await.expect("download");
+            let got = shoal::transfer::download_bytes(stream, 1 << 30)
+                .await
+                .expect("bytes");
+            assert_eq!(got, bytes[offset as usize..], "offset {offset}");
+        }
+        assert!(store.download(&cid, "", 700_001).await.is_err());
     }
 
     /// Malformed upload streams are refused with a reason, and leave no blob behind.
