@@ -16,6 +16,9 @@ if ! command -v ipfs_cid >/dev/null 2>&1; then
     apt-get update -qq && apt-get install -y -qq ipfs-cid >/dev/null
 fi
 
+echo "==> installing the JavaScript IPFS peer (tests/ipfs)"
+(cd tests/ipfs && npm ci --no-audit --no-fund --loglevel=error)
+
 echo "==> building the binaries the end-to-end tests run"
 cargo build --workspace --bins
 
