@@ -10,6 +10,7 @@ pub mod ids;
 pub mod proto;
 pub mod selector;
 pub mod shutdown;
+pub mod source;
 pub mod spec;
 pub mod telemetry;
 pub mod transfer;

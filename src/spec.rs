@@ -10,9 +10,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::cid::ContentId;
 use crate::proto::{FailureKind, InputSpec, JobSpec, OutputSpec, Resources, RetryPolicy};
 use crate::selector::{self, Selector};
+use crate::source::Source;
 use crate::units::{parse_duration, parse_size};
 
 /// Entry point called when a spec names none.
@@ -296,12 +296,10 @@ pub fn apply_defaults(spec: &mut JobSpec, defaults: SpecDefaults) {
         spec.publisher = "default".to_owned();
     }
     if spec.program_name.is_empty() {
-        spec.program_name = spec
-            .program
-            .rsplit('/')
-            .next()
-            .unwrap_or(&spec.program)
-            .to_owned();
+        spec.program_name = match spec.program.parse::<Source>() {
+            Ok(Source::Http(http)) => http.file_name(),
+            _ => spec.program.trim_start_matches("ipfs://").to_owned(),
+        };
     }
 }
 
@@ -311,9 +309,12 @@ pub fn validate(spec: &JobSpec) -> Result<(), Error> {
     if spec.program.is_empty() {
         return Err(Error::invalid_spec("program", "is required"));
     }
-    spec.program
-        .parse::<ContentId>()
-        .map_err(|e| Error::invalid_spec("program", format!("must be a content id: {e}")))?;
+    spec.program.parse::<Source>().map_err(|e| {
+        Error::invalid_spec(
+            "program",
+            format!("must be a content id or an HTTP(S) URL: {e}"),
+        )
+    })?;
     if spec.name.len() > 256 {
         return Err(Error::invalid_spec("name", "must be at most 256 bytes"));
     }
@@ -348,10 +349,10 @@ pub fn validate(spec: &JobSpec) -> Result<(), Error> {
     // Every mount, as (field path, guest path), for the overlap check.
     let mut mounts: Vec<(String, String)> = Vec::new();
     for (i, input) in spec.inputs.iter().enumerate() {
-        input.source.parse::<ContentId>().map_err(|e| {
+        input.source.parse::<Source>().map_err(|e| {
             Error::invalid_spec(
                 format!("inputs[{i}].source"),
-                format!("must be a content id: {e}"),
+                format!("must be a content id or an HTTP(S) URL: {e}"),
             )
         })?;
         let field = format!("inputs[{i}].target");

@@ -449,7 +449,7 @@ async fn bad_specs_are_rejected_with_the_field() {
         ),
         (
             vec!["/no/such/program.wasm".into()],
-            "neither an existing local path nor a content id",
+            "neither an existing local path",
         ),
     ];
     for (args, expected) in cases {

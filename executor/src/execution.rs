@@ -18,6 +18,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use shoal::cid::{ContentId, RAW};
+use shoal::source::Source;
+
 use crate::Config;
 use crate::capture::Capture;
 use crate::runtime::{Preopen, RunOutcome, RunRequest, Runtime};
@@ -63,6 +66,7 @@ impl Uplink {
 pub struct ExecutionContext {
     pub runtime: Arc<Runtime>,
     pub storage: StorageServiceClient<Channel>,
+    pub http: crate::fetch::HttpFetcher,
     pub config: Arc<Config>,
     pub uplink: Uplink,
 }
@@ -122,14 +126,47 @@ async fn execute_in(
     // Staging has its own time limit; it does not count against the run timeout.
     let staging = async {
         let mut storage = ctx.storage.clone();
-        let program = match ctx.runtime.cached(&spec.program) {
-            Some(program) => program,
-            None => {
-                let bytes = staging::fetch_program(&mut storage, &spec.program).await?;
-                ctx.runtime.compile(&spec.program, bytes).await?
+        let source: Source = spec.program.parse().map_err(|e| {
+            Failure::new(
+                FailureKind::Staging,
+                format!("program {}: {e}", spec.program),
+            )
+        })?;
+        let program = match source {
+            Source::Cid(cid) => {
+                let key = cid.to_string();
+                match ctx.runtime.cached(&key) {
+                    Some(program) => program,
+                    None => {
+                        let bytes = staging::fetch_program(&mut storage, &key).await?;
+                        ctx.runtime.compile(&key, bytes).await?
+                    }
+                }
+            }
+            Source::Http(http) => {
+                let bytes = staging::fetch_url_program(
+                    &ctx.http,
+                    &http,
+                    &inputs_dir,
+                    ctx.config.max_input_bytes,
+                )
+                .await?;
+                // Cached by what was downloaded, never by the URL: its content can change.
+                let key = ContentId::of_block(RAW, &bytes).to_string();
+                match ctx.runtime.cached(&key) {
+                    Some(program) => program,
+                    None => ctx.runtime.compile(&key, bytes).await?,
+                }
             }
         };
-        let preopens = staging::stage_inputs(&mut storage, &spec.inputs, &inputs_dir).await?;
+        let preopens = staging::stage_inputs(
+            &mut storage,
+            &ctx.http,
+            &spec.inputs,
+            &inputs_dir,
+            ctx.config.max_input_bytes,
+        )
+        .await?;
         Ok::<_, Failure>((program, preopens))
     };
     let staged = tokio::select! {

@@ -10,6 +10,7 @@ pub mod capture;
 pub mod connection;
 pub mod error;
 pub mod execution;
+pub mod fetch;
 pub mod runtime;
 pub mod staging;
 
@@ -55,6 +56,15 @@ pub struct Config {
     /// Most bytes of outputs and logs an execution may publish.
     #[arg(long, env = "SHOAL_MAX_OUTPUT", default_value = "10GiB", value_parser = shoal::units::parse_size)]
     pub max_output_bytes: u64,
+    /// Most bytes of inputs (and of a fetched program) per execution.
+    #[arg(long = "max-input", env = "SHOAL_MAX_INPUT", default_value = "10GiB", value_parser = shoal::units::parse_size)]
+    pub max_input_bytes: u64,
+    /// Redirects followed when fetching a URL.
+    #[arg(long, env = "SHOAL_HTTP_MAX_REDIRECTS", default_value_t = 5)]
+    pub http_max_redirects: usize,
+    /// Retries of a URL fetch after a 5xx, a 429 or a broken connection.
+    #[arg(long, env = "SHOAL_HTTP_RETRIES", default_value_t = 3)]
+    pub http_retries: u32,
     /// Time allowed for fetching a program and its inputs (not counted in the run timeout).
     #[arg(long, env = "SHOAL_STAGING_TIMEOUT", default_value = "10m", value_parser = shoal::units::parse_duration)]
     pub staging_timeout: Duration,
@@ -87,6 +97,9 @@ impl Config {
             work_dir,
             log_cap: 64 << 20,
             max_output_bytes: 10 << 30,
+            max_input_bytes: 10 << 30,
+            http_max_redirects: 5,
+            http_retries: 3,
             staging_timeout: Duration::from_secs(600),
         }
     }
@@ -134,9 +147,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let storage =
         StorageServiceClient::new(channel.clone()).max_decoding_message_size(16 * 1024 * 1024);
     let (uplink, uplink_rx) = execution::Uplink::new(1024);
+    let http = fetch::HttpFetcher::new(config.http_max_redirects, config.http_retries)
+        .map_err(|e| Error::Config(format!("cannot set up the HTTP client: {e}")))?;
     let context = Arc::new(execution::ExecutionContext {
         runtime,
         storage,
+        http,
         config: config.clone(),
         uplink,
     });

@@ -29,6 +29,12 @@ pub struct DevstackArgs {
     /// Most stdout (and stderr) each execution keeps, e.g. 64MiB.
     #[arg(long, default_value = "64MiB", value_parser = shoal::units::parse_size)]
     pub log_cap: u64,
+    /// Most input bytes each execution may fetch, e.g. 10GiB.
+    #[arg(long, default_value = "10GiB", value_parser = shoal::units::parse_size)]
+    pub max_input: u64,
+    /// Time each execution may spend fetching its program and inputs.
+    #[arg(long, default_value = "10m", value_parser = shoal::units::parse_duration)]
+    pub staging_timeout: std::time::Duration,
     /// Keep state here instead of a temporary directory removed on exit.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -68,6 +74,8 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
         );
         config.slots = args.slots;
         config.log_cap = args.log_cap;
+        config.max_input_bytes = args.max_input;
+        config.staging_timeout = args.staging_timeout;
         config.label = args.executor_labels.clone();
         config.label.push(format!("devstack.index={index}"));
         let token = shutdown.clone();

@@ -276,13 +276,16 @@ pub async fn resolve_source(
             .unwrap_or_else(|| cid.clone());
         return Ok((cid, name));
     }
+    if let Ok(shoal::source::Source::Http(http)) = source.parse::<shoal::source::Source>() {
+        return Ok((source.to_owned(), http.file_name()));
+    }
     if shoal::cid::looks_like_cid(source) {
         return Ok((
             source.to_owned(),
             source.trim_start_matches("ipfs://").to_owned(),
         ));
     }
-    bail!("{field}: {source:?} is neither an existing local path nor a content id")
+    bail!("{field}: {source:?} is neither an existing local path, a content id nor an HTTP(S) URL")
 }
 
 /// Submits `spec` and waits as `wait` says; returns the exit code.

@@ -25,8 +25,9 @@ pub struct RunArgs {
     /// The program (a local .wasm file or a CID), then its arguments.
     #[arg(required = true, value_name = "PROGRAM [ARGS]")]
     pub program_and_args: Vec<String>,
-    /// Input data, `SRC[:TARGET]`: a local file or directory (uploaded) or a CID. Default
-    /// target: /inputs for a directory, /inputs/NAME for a file.
+    /// Input data, `SRC[:TARGET]`: a local file or directory (uploaded), a CID, or an
+    /// HTTP(S) URL (fetched by the executor; pin it with `#sha256=HEX`). Default target:
+    /// /inputs for a directory, /inputs/NAME for a file.
     #[arg(short = 'i', long = "input", value_name = "SRC[:TARGET]")]
     pub inputs: Vec<String>,
     /// An output directory, NAME:PATH (default: outputs:/outputs).
@@ -166,6 +167,12 @@ fn parse_input(raw: &str) -> anyhow::Result<InputDocument> {
         anyhow::bail!("--input {raw:?} has no source");
     }
     let target = if target.is_empty() {
+        if let Ok(shoal::source::Source::Http(http)) = source.parse::<shoal::source::Source>() {
+            return Ok(InputDocument {
+                source: source.to_owned(),
+                target: format!("/inputs/{}", http.file_name()),
+            });
+        }
         match std::fs::metadata(source) {
             Ok(meta) if meta.is_dir() => "/inputs".to_owned(),
             Ok(_) => {

@@ -19,6 +19,7 @@ use super::storage::DownloadStream;
 use super::{cid, job_id};
 use crate::Orchestrator;
 use crate::error::{Error, Result};
+use shoal::source::Source;
 
 /// Events read from the store per round trip.
 const EVENT_PAGE: usize = 256;
@@ -47,20 +48,21 @@ impl JobService for JobApi {
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: is required"))?;
         shoal::spec::validate(&spec).map_err(Error::from)?;
-        // Everything the job names must already be stored, or it could never run.
+        // Every CID the job names must already be stored, or it could never run (URLs are
+        // fetched by the executor).
         let content = self.0.content();
-        let program = cid("program", &spec.program)?;
-        if !content.contains(&program).await {
-            return Err(Status::not_found(format!(
-                "program: {} is not in the store; upload it first",
-                spec.program
-            )));
-        }
-        for (i, input) in spec.inputs.iter().enumerate() {
-            if !content.contains(&cid("source", &input.source)?).await {
+        let sources = std::iter::once(("program".to_owned(), &spec.program)).chain(
+            spec.inputs
+                .iter()
+                .enumerate()
+                .map(|(i, input)| (format!("inputs[{i}].source"), &input.source)),
+        );
+        for (field, source) in sources {
+            if let Ok(Source::Cid(cid)) = source.parse::<Source>()
+                && !content.contains(&cid).await
+            {
                 return Err(Status::not_found(format!(
-                    "inputs[{i}].source: {} is not in the store",
-                    input.source
+                    "{field}: {source} is not in the store; upload it first"
                 )));
             }
         }

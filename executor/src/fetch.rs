@@ -1,0 +1,153 @@
+//! Fetching HTTP(S) inputs and programs: streamed to disk, bounded redirects, retries with
+//! capped exponential backoff on 5xx/429 and connection failures (never on other 4xx), a
+//! size cap, and the optional `#sha256=` pin checked before the file is used.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use shoal::source::{HttpSource, hex};
+use tokio::io::AsyncWriteExt;
+
+/// How URL fetches behave.
+#[derive(Debug, Clone)]
+pub struct HttpFetcher {
+    client: reqwest::Client,
+    retries: u32,
+    first_backoff: Duration,
+}
+
+/// Why a fetch attempt failed, and whether another attempt may succeed.
+#[derive(Debug)]
+enum Attempt {
+    Retry(String),
+    Fatal(String),
+}
+
+impl HttpFetcher {
+    /// A fetcher following at most `max_redirects` redirects and retrying transient
+    /// failures `retries` times.
+    pub fn new(max_redirects: usize, retries: u32) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::limited(max_redirects))
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("shoal-executor/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(HttpFetcher {
+            client,
+            retries,
+            first_backoff: Duration::from_millis(100),
+        })
+    }
+
+    /// Downloads `source` to the file `dest`, refusing more than `max_bytes`; returns the
+    /// byte count. The error says what went wrong, for a STAGING failure.
+    pub async fn fetch(
+        &self,
+        source: &HttpSource,
+        dest: &Path,
+        max_bytes: u64,
+    ) -> Result<u64, String> {
+        let mut attempt = 0;
+        loop {
+            match self.attempt(source, dest, max_bytes).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(Attempt::Retry(reason)) if attempt < self.retries => {
+                    attempt += 1;
+                    let delay = self.first_backoff * 2u32.pow(attempt - 1);
+                    tracing::info!(url = %source.url, attempt, %reason, "retrying a fetch");
+                    tokio::time::sleep(delay.min(Duration::from_secs(10))).await;
+                }
+                Err(Attempt::Retry(reason)) => {
+                    return Err(format!("{reason} (gave up after {} attempts)", attempt + 1));
+                }
+                Err(Attempt::Fatal(reason)) => return Err(reason),
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        source: &HttpSource,
+        dest: &Path,
+        max_bytes: u64,
+    ) -> Result<u64, Attempt> {
+        let response = self
+            .client
+            .get(source.url.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_redirect() {
+                    Attempt::Fatal(format!("too many redirects: {}", error_chain(&e)))
+                } else {
+                    Attempt::Retry(format!("request failed: {}", error_chain(&e)))
+                }
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let reason = format!("HTTP {status}");
+            return Err(if status.is_server_error() || status.as_u16() == 429 {
+                Attempt::Retry(reason)
+            } else {
+                Attempt::Fatal(reason)
+            });
+        }
+        if let Some(length) = response.content_length()
+            && length > max_bytes
+        {
+            return Err(Attempt::Fatal(format!(
+                "the body is {length} bytes, more than the input limit of {max_bytes} bytes"
+            )));
+        }
+        let io =
+            |e: std::io::Error| Attempt::Fatal(format!("cannot write {}: {e}", dest.display()));
+        let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
+        let mut hasher = Sha256::new();
+        let mut written = 0u64;
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
+                Attempt::Retry(format!(
+                    "the body broke off after {written} bytes: {}",
+                    error_chain(&e)
+                ))
+            })?;
+            written += chunk.len() as u64;
+            if written > max_bytes {
+                return Err(Attempt::Fatal(format!(
+                    "the body is more than the input limit of {max_bytes} bytes"
+                )));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(io)?;
+        }
+        file.flush().await.map_err(io)?;
+        if let Some(expected) = source.sha256 {
+            let actual: [u8; 32] = hasher.finalize().into();
+            if actual != expected {
+                return Err(Attempt::Fatal(format!(
+                    "sha256 mismatch: expected {}, got {}",
+                    hex(&expected),
+                    hex(&actual)
+                )));
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// An error with its sources, on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}

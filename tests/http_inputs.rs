@@ -1,0 +1,186 @@
+//! Inputs and programs fetched by URL from an in-test HTTP server that misbehaves on
+//! purpose: 404, a 500 before a 200, a redirect loop, a truncated body, an oversize body, a
+//! wrong checksum and a body too slow for the staging timeout.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use common::{Devstack, path};
+
+const DATA: &str = "hello over http\n";
+
+#[derive(Default)]
+struct Hits {
+    missing: AtomicU32,
+    flaky: AtomicU32,
+}
+
+/// Serves the test routes on an ephemeral port; returns the base URL.
+async fn serve(hits: Arc<Hits>) -> String {
+    let hello = std::fs::read(path("examples/hello/hello.wasm")).expect("hello.wasm");
+    let (missing, flaky) = (hits.clone(), hits);
+    let app = axum::Router::new()
+        .route("/data.txt", get(|| async { DATA }))
+        .route("/hello.wasm", get(move || async move { hello }))
+        .route(
+            "/missing",
+            get(move || async move {
+                missing.missing.fetch_add(1, Ordering::SeqCst);
+                StatusCode::NOT_FOUND
+            }),
+        )
+        .route(
+            "/flaky",
+            get(move || async move {
+                if flaky.flaky.fetch_add(1, Ordering::SeqCst) == 0 {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "try again").into_response()
+                } else {
+                    "recovered\n".into_response()
+                }
+            }),
+        )
+        .route(
+            "/loop",
+            get(|| async { (StatusCode::FOUND, [(header::LOCATION, "/loop")]) }),
+        )
+        .route(
+            "/truncated",
+            get(|| async {
+                // A stream has no known length, so the server sends the promised 1000-byte
+                // header, then 5 bytes, then closes the connection.
+                // The pause lets the headers and the first bytes go out before the end.
+                let short = futures::stream::unfold(0u32, |n| async move {
+                    match n {
+                        0 => Some((Ok::<_, std::io::Error>(b"short".to_vec()), 1)),
+                        1 => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            Some((Ok(Vec::new()), 2))
+                        }
+                        _ => None,
+                    }
+                });
+                Response::builder()
+                    .header(header::CONTENT_LENGTH, "1000")
+                    .body(Body::from_stream(short))
+                    .expect("response")
+            }),
+        )
+        .route("/big", get(|| async { vec![b'x'; 2 << 20] }))
+        .route(
+            "/slow",
+            get(|| async {
+                let drip = futures::stream::unfold(0u32, |n| async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Some((Ok::<_, std::io::Error>(vec![b'.']), n + 1))
+                });
+                Body::from_stream(drip)
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{address}")
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(bytes);
+    digest.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// URL inputs and programs are fetched; transient failures are retried; every bad source
+/// fails the job in STAGING naming the input, the URL and the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn url_inputs_are_fetched_verified_and_failures_named() {
+    let hits = Arc::new(Hits::default());
+    let base = serve(hits.clone()).await;
+    let stack = Devstack::start(&["--max-input", "1MiB", "--staging-timeout", "3s"]).await;
+    let copytree = path("tests/fixtures/copytree.wasm");
+
+    // A URL input, pinned by its checksum, lands read-only at its target.
+    let pinned = format!("{base}/data.txt#sha256={}", sha256_hex(DATA.as_bytes()));
+    let results = stack.scratch("results");
+    stack
+        .shoal(&[
+            "wasm",
+            "run",
+            &copytree,
+            "-i",
+            &format!("{pinned}:/inputs/data.txt"),
+            "-i",
+            &format!("{base}/flaky"),
+            "--download",
+            &results.to_string_lossy(),
+        ])
+        .await
+        .success();
+    assert_eq!(
+        std::fs::read_to_string(results.join("outputs/copy/data.txt")).expect("data"),
+        DATA
+    );
+    assert_eq!(
+        std::fs::read_to_string(results.join("outputs/copy/flaky")).expect("flaky"),
+        "recovered\n"
+    );
+    assert_eq!(
+        hits.flaky.load(Ordering::SeqCst),
+        2,
+        "one 500, then one retry"
+    );
+
+    // A program by URL.
+    let out = stack
+        .shoal(&["wasm", "run", &format!("{base}/hello.wasm"), "web"])
+        .await
+        .success();
+    assert!(
+        out.stdout.contains("Hello from hello.wasm!\narg[1]=web"),
+        "{}",
+        out.stdout
+    );
+
+    let wrong = format!("{base}/data.txt#sha256={}", "0".repeat(64));
+    let cases = [
+        (format!("{base}/missing"), "HTTP 404"),
+        (format!("{base}/loop"), "too many redirects"),
+        (format!("{base}/truncated"), "broke off"),
+        (format!("{base}/big"), "input limit"),
+        (wrong, "sha256 mismatch"),
+        (format!("{base}/slow"), "staging took longer than 3s"),
+    ];
+    for (url, reason) in cases {
+        let out = stack.shoal(&["wasm", "run", &copytree, "-i", &url]).await;
+        assert_eq!(out.code, 125, "{url}: {out:?}");
+        assert!(
+            out.stderr.contains("FAILED: STAGING"),
+            "{url}: {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains(reason), "{url}: {}", out.stderr);
+        if reason != "staging took longer than 3s" {
+            let shown = url.split('#').next().unwrap_or_default();
+            assert!(
+                out.stderr.contains(&format!("inputs[0] ({shown}")),
+                "{url}: {}",
+                out.stderr
+            );
+        }
+    }
+    assert_eq!(
+        hits.missing.load(Ordering::SeqCst),
+        1,
+        "a 404 is not retried"
+    );
+}
