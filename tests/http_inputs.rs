@@ -20,13 +20,29 @@ const DATA: &str = "hello over http\n";
 struct Hits {
     missing: AtomicU32,
     flaky: AtomicU32,
+    etag_full: AtomicU32,
+    etag_not_modified: AtomicU32,
 }
 
 /// Serves the test routes on an ephemeral port; returns the base URL.
 async fn serve(hits: Arc<Hits>) -> String {
     let hello = std::fs::read(path("examples/hello/hello.wasm")).expect("hello.wasm");
-    let (missing, flaky) = (hits.clone(), hits);
+    let (missing, flaky, etag) = (hits.clone(), hits.clone(), hits);
     let app = axum::Router::new()
+        .route(
+            "/etag.txt",
+            get(move |headers: axum::http::HeaderMap| async move {
+                if headers
+                    .get(header::IF_NONE_MATCH)
+                    .is_some_and(|v| v == "\"v1\"")
+                {
+                    etag.etag_not_modified.fetch_add(1, Ordering::SeqCst);
+                    return StatusCode::NOT_MODIFIED.into_response();
+                }
+                etag.etag_full.fetch_add(1, Ordering::SeqCst);
+                ([(header::ETAG, "\"v1\"")], DATA).into_response()
+            }),
+        )
         .route("/data.txt", get(|| async { DATA }))
         .route("/hello.wasm", get(move || async move { hello }))
         .route(
@@ -183,4 +199,68 @@ async fn url_inputs_are_fetched_verified_and_failures_named() {
         1,
         "a 404 is not retried"
     );
+}
+
+/// A second job on the same inputs downloads nothing again: a URL with a strong ETag is
+/// revalidated (304), a CID is reused outright.
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_inputs_are_not_downloaded_again() {
+    let hits = Arc::new(Hits::default());
+    let base = serve(hits.clone()).await;
+    let stack = Devstack::start(&["--executors", "1"]).await;
+    let input = stack.scratch("tree");
+    std::fs::create_dir_all(input.join("sub")).expect("mkdir");
+    std::fs::write(input.join("sub/x.txt"), b"cached\n").expect("write");
+    let cid = stack
+        .shoal(&["data", "put", "-q", &input.to_string_lossy()])
+        .await
+        .success()
+        .stdout
+        .trim()
+        .to_owned();
+    let copytree = path("tests/fixtures/copytree.wasm");
+    let url = format!("{base}/etag.txt:/inputs/etag.txt");
+    let tree = format!("{cid}:/inputs/tree");
+    for run in 0..2 {
+        let results = stack.scratch(&format!("results-{run}"));
+        stack
+            .shoal(&[
+                "wasm",
+                "run",
+                &copytree,
+                "-i",
+                &url,
+                "-i",
+                &tree,
+                "--download",
+                &results.to_string_lossy(),
+            ])
+            .await
+            .success();
+        assert_eq!(
+            std::fs::read_to_string(results.join("outputs/copy/etag.txt")).expect("etag"),
+            DATA
+        );
+        assert_eq!(
+            std::fs::read_to_string(results.join("outputs/copy/tree/sub/x.txt")).expect("tree"),
+            "cached\n"
+        );
+    }
+    assert_eq!(
+        hits.etag_full.load(Ordering::SeqCst),
+        1,
+        "one full download"
+    );
+    assert_eq!(
+        hits.etag_not_modified.load(Ordering::SeqCst),
+        1,
+        "then a revalidation"
+    );
+    // Every fetch takes a fresh cache path: two entries mean nothing was fetched twice.
+    let mut entries: Vec<_> = std::fs::read_dir(stack.scratch("data/executor-0/inputs"))
+        .expect("cache dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(entries, ["entry-1", "entry-2"]);
 }

@@ -67,6 +67,7 @@ pub struct ExecutionContext {
     pub runtime: Arc<Runtime>,
     pub storage: StorageServiceClient<Channel>,
     pub http: crate::fetch::HttpFetcher,
+    pub cache: Arc<crate::cache::InputCache>,
     pub config: Arc<Config>,
     pub uplink: Uplink,
 }
@@ -159,15 +160,16 @@ async fn execute_in(
                 }
             }
         };
-        let preopens = staging::stage_inputs(
+        let inputs = staging::stage_inputs(
             &mut storage,
             &ctx.http,
+            &ctx.cache,
             &spec.inputs,
             &inputs_dir,
             ctx.config.max_input_bytes,
         )
         .await?;
-        Ok::<_, Failure>((program, preopens))
+        Ok::<_, Failure>((program, inputs))
     };
     let staged = tokio::select! {
         staged = tokio::time::timeout(ctx.config.staging_timeout, staging) => staged,
@@ -175,7 +177,8 @@ async fn execute_in(
             return finished(id, Failure::new(FailureKind::Cancelled, "cancelled while staging"), None);
         }
     };
-    let (program, mut preopens) = match staged {
+    // `inputs.pins` keeps cached inputs from eviction until this execution ends.
+    let (program, inputs) = match staged {
         Ok(Ok(staged)) => staged,
         Ok(Err(failure)) => return finished(id, failure, None),
         Err(_) => {
@@ -190,6 +193,7 @@ async fn execute_in(
         }
     };
 
+    let mut preopens = inputs.preopens.clone();
     for output in &spec.outputs {
         let host = results_dir.join(&output.name);
         if let Err(e) = tokio::fs::create_dir_all(&host).await {

@@ -18,6 +18,15 @@ pub struct HttpFetcher {
     first_backoff: Duration,
 }
 
+/// What a fetch produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// The server confirmed the cached copy (`304 Not Modified`); nothing was written.
+    NotModified,
+    /// The body was written: its size, and its strong ETag if the server gave one.
+    Body { bytes: u64, etag: Option<String> },
+}
+
 /// Why a fetch attempt failed, and whether another attempt may succeed.
 #[derive(Debug)]
 enum Attempt {
@@ -41,18 +50,20 @@ impl HttpFetcher {
         })
     }
 
-    /// Downloads `source` to the file `dest`, refusing more than `max_bytes`; returns the
-    /// byte count. The error says what went wrong, for a STAGING failure.
+    /// Downloads `source` to the file `dest`, refusing more than `max_bytes`. With
+    /// `if_none_match` (the ETag of a cached copy) the server may answer that the copy is
+    /// current instead. The error says what went wrong, for a STAGING failure.
     pub async fn fetch(
         &self,
         source: &HttpSource,
         dest: &Path,
         max_bytes: u64,
-    ) -> Result<u64, String> {
+        if_none_match: Option<&str>,
+    ) -> Result<Fetched, String> {
         let mut attempt = 0;
         loop {
-            match self.attempt(source, dest, max_bytes).await {
-                Ok(bytes) => return Ok(bytes),
+            match self.attempt(source, dest, max_bytes, if_none_match).await {
+                Ok(fetched) => return Ok(fetched),
                 Err(Attempt::Retry(reason)) if attempt < self.retries => {
                     attempt += 1;
                     let delay = self.first_backoff * 2u32.pow(attempt - 1);
@@ -72,20 +83,23 @@ impl HttpFetcher {
         source: &HttpSource,
         dest: &Path,
         max_bytes: u64,
-    ) -> Result<u64, Attempt> {
-        let response = self
-            .client
-            .get(source.url.clone())
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_redirect() {
-                    Attempt::Fatal(format!("too many redirects: {}", error_chain(&e)))
-                } else {
-                    Attempt::Retry(format!("request failed: {}", error_chain(&e)))
-                }
-            })?;
+        if_none_match: Option<&str>,
+    ) -> Result<Fetched, Attempt> {
+        let mut request = self.client.get(source.url.clone());
+        if let Some(etag) = if_none_match {
+            request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+        }
+        let response = request.send().await.map_err(|e| {
+            if e.is_redirect() {
+                Attempt::Fatal(format!("too many redirects: {}", error_chain(&e)))
+            } else {
+                Attempt::Retry(format!("request failed: {}", error_chain(&e)))
+            }
+        })?;
         let status = response.status();
+        if status == reqwest::StatusCode::NOT_MODIFIED && if_none_match.is_some() {
+            return Ok(Fetched::NotModified);
+        }
         if !status.is_success() {
             let reason = format!("HTTP {status}");
             return Err(if status.is_server_error() || status.as_u16() == 429 {
@@ -101,6 +115,13 @@ impl HttpFetcher {
                 "the body is {length} bytes, more than the input limit of {max_bytes} bytes"
             )));
         }
+        // Only a strong validator identifies the bytes; a weak one (W/"...") may not.
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.starts_with('"'))
+            .map(str::to_owned);
         let io =
             |e: std::io::Error| Attempt::Fatal(format!("cannot write {}: {e}", dest.display()));
         let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
@@ -134,7 +155,10 @@ impl HttpFetcher {
                 )));
             }
         }
-        Ok(written)
+        Ok(Fetched::Body {
+            bytes: written,
+            etag,
+        })
     }
 }
 

@@ -6,6 +6,7 @@
 //! execution from staging to report), `staging` (fetching the program and inputs),
 //! `runtime` (wasmtime: engine, module cache, sandbox, limits), `capture` (stdout/stderr).
 
+pub mod cache;
 pub mod capture;
 pub mod connection;
 pub mod error;
@@ -56,6 +57,9 @@ pub struct Config {
     /// Most bytes of outputs and logs an execution may publish.
     #[arg(long, env = "SHOAL_MAX_OUTPUT", default_value = "10GiB", value_parser = shoal::units::parse_size)]
     pub max_output_bytes: u64,
+    /// Disk space for cached inputs (by CID, or by URL and strong ETag); 0 disables it.
+    #[arg(long, env = "SHOAL_INPUT_CACHE", default_value = "10GiB", value_parser = shoal::units::parse_size)]
+    pub input_cache_bytes: u64,
     /// Most bytes of inputs (and of a fetched program) per execution.
     #[arg(long = "max-input", env = "SHOAL_MAX_INPUT", default_value = "10GiB", value_parser = shoal::units::parse_size)]
     pub max_input_bytes: u64,
@@ -98,6 +102,7 @@ impl Config {
             log_cap: 64 << 20,
             max_output_bytes: 10 << 30,
             max_input_bytes: 10 << 30,
+            input_cache_bytes: 10 << 30,
             http_max_redirects: 5,
             http_retries: 3,
             staging_timeout: Duration::from_secs(600),
@@ -149,10 +154,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let (uplink, uplink_rx) = execution::Uplink::new(1024);
     let http = fetch::HttpFetcher::new(config.http_max_redirects, config.http_retries)
         .map_err(|e| Error::Config(format!("cannot set up the HTTP client: {e}")))?;
+    let cache = cache::InputCache::new(&config.work_dir.join("inputs"), config.input_cache_bytes)
+        .map_err(|e| Error::io("preparing the input cache", e))?;
     let context = Arc::new(execution::ExecutionContext {
         runtime,
         storage,
         http,
+        cache,
         config: config.clone(),
         uplink,
     });

@@ -6,14 +6,17 @@
 //! sharing a parent share that directory.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use shoal::cid::ContentId;
 use shoal::proto::storage_service_client::StorageServiceClient;
-use shoal::proto::{DownloadRequest, EntryKind, Failure, FailureKind, InputSpec, StatRequest};
-use shoal::source::{HttpSource, Source};
+use shoal::proto::{DownloadRequest, Failure, FailureKind, InputSpec, StatRequest};
+use shoal::source::{HttpSource, Source, hex};
 use tonic::transport::Channel;
 
-use crate::fetch::HttpFetcher;
+use crate::cache::{Cached, InputCache, Pin};
+use crate::fetch::{Fetched, HttpFetcher};
 use crate::runtime::Preopen;
 
 /// Largest program accepted, in bytes.
@@ -51,7 +54,7 @@ pub async fn fetch_url_program(
 ) -> Result<Vec<u8>, Failure> {
     let path = dir.join("program.wasm");
     let failure = |m: String| staging_failure(format!("program {}: {m}", source.url));
-    http.fetch(source, &path, max_bytes.min(MAX_PROGRAM_BYTES))
+    http.fetch(source, &path, max_bytes.min(MAX_PROGRAM_BYTES), None)
         .await
         .map_err(failure)?;
     tokio::fs::read(&path)
@@ -59,100 +62,252 @@ pub async fn fetch_url_program(
         .map_err(|e| failure(format!("cannot read the download: {e}")))
 }
 
-/// Fetches every input under `dir` (from the store or by URL, within `max_bytes` in all)
-/// and returns the read-only mounts for them.
+/// The mounts of an execution's inputs, and the cache entries they use (released when
+/// this is dropped, after the run).
+#[derive(Debug, Default)]
+pub struct StagedInputs {
+    pub preopens: Vec<Preopen>,
+    pub pins: Vec<Pin>,
+}
+
+/// Fetches every input (from the store or by URL, within `max_bytes` in all), through the
+/// input cache, and returns the read-only mounts for them; files are laid out under `dir`.
 pub async fn stage_inputs(
     storage: &mut StorageServiceClient<Channel>,
     http: &HttpFetcher,
+    cache: &Arc<InputCache>,
     inputs: &[InputSpec],
     dir: &Path,
     max_bytes: u64,
-) -> Result<Vec<Preopen>, Failure> {
+) -> Result<StagedInputs, Failure> {
+    let mut staged = StagedInputs::default();
     let mut staged_bytes = 0u64;
-    let mut preopens = Vec::new();
     // Parent guest directory -> host directory holding the file inputs mounted there.
-    let mut file_parents: BTreeMap<String, std::path::PathBuf> = BTreeMap::new();
+    let mut file_parents: BTreeMap<String, PathBuf> = BTreeMap::new();
     for (i, input) in inputs.iter().enumerate() {
         let name = |m: String| staging_failure(format!("inputs[{i}] ({}): {m}", input.source));
         let source: Source = input.source.parse().map_err(|e| name(format!("{e}")))?;
-        if let Source::Http(http_source) = &source {
-            // A URL is always one file.
-            let host = file_input_path(&mut file_parents, dir, &input.target).map_err(name)?;
-            if let Some(parent) = host.parent() {
-                tokio::fs::create_dir_all(parent)
-                    .await
-                    .map_err(|e| name(format!("cannot create the staging directory: {e}")))?;
-            }
-            let remaining = max_bytes.saturating_sub(staged_bytes);
-            staged_bytes += http
-                .fetch(http_source, &host, remaining)
-                .await
-                .map_err(name)?;
-            continue;
+        let remaining = max_bytes.saturating_sub(staged_bytes);
+        let fetched = match &source {
+            Source::Http(http_source) => fetch_url(http, cache, http_source, remaining).await,
+            Source::Cid(cid) => fetch_cid(storage, cache, cid, remaining).await,
         }
-        let stat = storage
-            .stat(StatRequest {
-                cid: input.source.clone(),
-                path: String::new(),
-            })
-            .await
-            .map_err(|s| name(s.message().to_owned()))?
-            .into_inner();
-        let host = if stat.kind() == EntryKind::Directory {
-            let host = dir.join(format!("input-{i}"));
-            preopens.push(Preopen {
-                host: host.clone(),
+        .map_err(name)?;
+        staged_bytes += fetched.size;
+        if fetched.directory {
+            let mut host = fetched.path.clone();
+            if fetched.pin.is_none() {
+                // Not cached (too big for the cache): the tree belongs to this execution.
+                host = dir.join(format!("input-{i}"));
+                tokio::fs::rename(&fetched.path, &host)
+                    .await
+                    .map_err(|e| name(format!("cannot stage the directory: {e}")))?;
+            }
+            staged.preopens.push(Preopen {
+                host,
                 guest: input.target.clone(),
                 writable: false,
             });
-            host
         } else {
-            file_input_path(&mut file_parents, dir, &input.target).map_err(name)?
-        };
-        staged_bytes += stat.size;
-        if staged_bytes > max_bytes {
-            return Err(name(format!(
-                "the inputs exceed the limit of {max_bytes} bytes per execution"
-            )));
-        }
-        let stream = storage
-            .download(DownloadRequest {
-                cid: input.source.clone(),
-                path: String::new(),
-                offset: 0,
-            })
-            .await
-            .map_err(|s| name(s.message().to_owned()))?
-            .into_inner();
-        if let Some(parent) = host.parent() {
-            tokio::fs::create_dir_all(parent)
+            let host = file_input_path(&mut file_parents, dir, &input.target).map_err(name)?;
+            place_file(&fetched, &host)
                 .await
-                .map_err(|e| name(format!("cannot create the staging directory: {e}")))?;
+                .map_err(|e| name(format!("cannot stage the file: {e}")))?;
         }
-        shoal::transfer::download_to(stream, &host)
-            .await
-            .map_err(|e| name(e.to_string()))?;
+        staged.pins.extend(fetched.pin);
+    }
+    // WASI mounts do not show up in their parent's listing: give a directory mounted below
+    // a file inputs' directory an empty stand-in there, so the guest can list it (opening it
+    // reaches the mount, the longest matching preopen).
+    for preopen in &staged.preopens {
+        for (guest, host) in &file_parents {
+            if let Some(relative) = preopen
+                .guest
+                .strip_prefix(guest.as_str())
+                .and_then(|r| r.strip_prefix('/'))
+            {
+                tokio::fs::create_dir_all(host.join(relative))
+                    .await
+                    .map_err(|e| {
+                        staging_failure(format!("cannot create {}: {e}", host.display()))
+                    })?;
+            }
+        }
     }
     for (guest, host) in file_parents {
         tokio::fs::create_dir_all(&host)
             .await
             .map_err(|e| staging_failure(format!("cannot create {}: {e}", host.display())))?;
-        preopens.push(Preopen {
+        staged.preopens.push(Preopen {
             host,
             guest,
             writable: false,
         });
     }
-    Ok(preopens)
+    Ok(staged)
+}
+
+/// A fetched input: where it is, whether it is a tree, and its cache pin if cached (an
+/// uncached path belongs to the execution).
+struct FetchedInput {
+    path: PathBuf,
+    size: u64,
+    directory: bool,
+    pin: Option<Pin>,
+}
+
+/// Puts a fetched file at `host`: a hard link to a cached copy (read-only mounts cannot
+/// change it), a copy if linking fails, or a move of an uncached download.
+async fn place_file(fetched: &FetchedInput, host: &Path) -> std::io::Result<()> {
+    if let Some(parent) = host.parent() {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    if fetched.pin.is_none() {
+        return tokio::fs::rename(&fetched.path, host).await;
+    }
+    if tokio::fs::hard_link(&fetched.path, host).await.is_err() {
+        tokio::fs::copy(&fetched.path, host).await?;
+    }
+    Ok(())
+}
+
+async fn fetch_url(
+    http: &HttpFetcher,
+    cache: &Arc<InputCache>,
+    source: &HttpSource,
+    max_bytes: u64,
+) -> Result<FetchedInput, String> {
+    // The pin is part of the key: a copy is only reused under the check it passed.
+    let key = match source.sha256 {
+        Some(sha256) => format!("url:{}#sha256={}", source.url, hex(&sha256)),
+        None => format!("url:{}", source.url),
+    };
+    let _one_fetch = cache.fetch_lock(&key).await;
+    let cached = cache.get(&key);
+    let etag = cached.as_ref().and_then(|(c, _)| c.etag.clone());
+    let path = cache.new_path();
+    let fetched = http.fetch(source, &path, max_bytes, etag.as_deref()).await;
+    let fetched = fetched.inspect_err(|_| remove_partial(&path))?;
+    match fetched {
+        Fetched::NotModified => {
+            let (cached, pin) =
+                cached.ok_or("the server answered 304 to an unconditional request")?;
+            tracing::debug!(url = %source.url, "input cache hit (not modified)");
+            Ok(FetchedInput {
+                path: cached.path,
+                size: cached.size,
+                directory: false,
+                pin: Some(pin),
+            })
+        }
+        Fetched::Body { bytes, etag } => {
+            drop(cached);
+            let pin = match etag {
+                Some(etag) => cache.insert(
+                    &key,
+                    Cached {
+                        path: path.clone(),
+                        size: bytes,
+                        etag: Some(etag),
+                    },
+                ),
+                // Without a strong validator the copy could never be trusted again.
+                None => None,
+            };
+            Ok(FetchedInput {
+                path,
+                size: bytes,
+                directory: false,
+                pin,
+            })
+        }
+    }
+}
+
+async fn fetch_cid(
+    storage: &mut StorageServiceClient<Channel>,
+    cache: &Arc<InputCache>,
+    cid: &ContentId,
+    max_bytes: u64,
+) -> Result<FetchedInput, String> {
+    let key = format!("cid:{cid}");
+    let _one_fetch = cache.fetch_lock(&key).await;
+    if let Some((cached, pin)) = cache.get(&key) {
+        tracing::debug!(%cid, "input cache hit");
+        if cached.size > max_bytes {
+            return Err(format!(
+                "the inputs exceed the limit of the execution ({max_bytes} bytes left)"
+            ));
+        }
+        return Ok(FetchedInput {
+            directory: cached.path.is_dir(),
+            path: cached.path,
+            size: cached.size,
+            pin: Some(pin),
+        });
+    }
+    let stat = storage
+        .stat(StatRequest {
+            cid: cid.to_string(),
+            path: String::new(),
+        })
+        .await
+        .map_err(|s| s.message().to_owned())?
+        .into_inner();
+    if stat.size > max_bytes {
+        return Err(format!(
+            "it holds {} bytes, more than the input limit of the execution ({max_bytes} bytes left)",
+            stat.size
+        ));
+    }
+    let stream = storage
+        .download(DownloadRequest {
+            cid: cid.to_string(),
+            path: String::new(),
+            offset: 0,
+        })
+        .await
+        .map_err(|s| s.message().to_owned())?
+        .into_inner();
+    let path = cache.new_path();
+    let summary = shoal::transfer::download_to(stream, &path)
+        .await
+        .map_err(|e| {
+            remove_partial(&path);
+            e.to_string()
+        })?;
+    let pin = cache.insert(
+        &key,
+        Cached {
+            path: path.clone(),
+            size: summary.bytes,
+            etag: None,
+        },
+    );
+    Ok(FetchedInput {
+        path,
+        size: summary.bytes,
+        directory: summary.directory,
+        pin,
+    })
+}
+
+/// Removes what a failed fetch left behind.
+fn remove_partial(path: &Path) {
+    let _ = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
 }
 
 /// Where a file input mounted at `target` goes on the host: inside the directory shared by
 /// all file inputs with the same parent.
 fn file_input_path(
-    file_parents: &mut BTreeMap<String, std::path::PathBuf>,
+    file_parents: &mut BTreeMap<String, PathBuf>,
     dir: &Path,
     target: &str,
-) -> Result<std::path::PathBuf, String> {
+) -> Result<PathBuf, String> {
     let (parent, file_name) = target
         .rsplit_once('/')
         .ok_or_else(|| "the target has no parent directory".to_owned())?;
