@@ -14,6 +14,81 @@ pub enum Source {
     Cid(ContentId),
     /// A file fetched over HTTP(S).
     Http(HttpSource),
+    /// An S3 object, prefix or glob.
+    S3(S3Source),
+}
+
+/// An `s3://bucket/...` source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Source {
+    pub bucket: String,
+    /// The object key, the prefix (ends with `/`, or empty for the whole bucket), or the
+    /// prefix plus a glob pattern for the last path segment.
+    pub key: String,
+}
+
+/// What an [`S3Source`] selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Selection<'a> {
+    /// One object, mounted as a file.
+    Object(&'a str),
+    /// Every object below a prefix, mounted as a directory.
+    Prefix(&'a str),
+    /// The objects directly below `prefix` whose name matches `pattern` (`*`, `?`).
+    Glob { prefix: &'a str, pattern: &'a str },
+}
+
+impl S3Source {
+    /// What this source selects.
+    pub fn selection(&self) -> S3Selection<'_> {
+        let (prefix, last) = match self.key.rfind('/') {
+            Some(i) => (&self.key[..=i], &self.key[i + 1..]),
+            None => ("", self.key.as_str()),
+        };
+        if last.is_empty() {
+            S3Selection::Prefix(prefix)
+        } else if last.contains(['*', '?']) {
+            S3Selection::Glob {
+                prefix,
+                pattern: last,
+            }
+        } else {
+            S3Selection::Object(&self.key)
+        }
+    }
+
+    /// A name for the fetched data: the object's or the prefix's last segment.
+    pub fn file_name(&self) -> String {
+        self.key
+            .split('/')
+            .rfind(|s| !s.is_empty() && !s.contains(['*', '?']))
+            .unwrap_or(&self.bucket)
+            .to_owned()
+    }
+}
+
+/// Whether `name` matches a glob `pattern` of `*` (any run of characters) and `?` (one).
+pub fn glob_matches(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    // Classic two-pointer wildcard matching with backtracking to the last `*`.
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
 }
 
 /// An HTTP(S) URL, with the sha2-256 its body must have if the user pinned one.
@@ -40,6 +115,7 @@ impl fmt::Display for Source {
         match self {
             Source::Cid(cid) => cid.fmt(f),
             Source::Http(http) => http.url.fmt(f),
+            Source::S3(s3) => write!(f, "s3://{}/{}", s3.bucket, s3.key),
         }
     }
 }
@@ -53,13 +129,34 @@ impl FromStr for Source {
     type Err = Error;
 
     fn from_str(text: &str) -> Result<Self, Error> {
-        if !is_url(text) {
-            return text.parse().map(Source::Cid);
-        }
         let invalid = |reason: String| Error::InvalidCid {
             input: text.to_owned(),
             reason,
         };
+        if let Some(rest) = text.strip_prefix("s3://") {
+            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+            let valid_bucket = (3..=63).contains(&bucket.len())
+                && bucket
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-');
+            if !valid_bucket {
+                return Err(invalid(format!(
+                    "{bucket:?} is not a valid bucket name (3-63 of a-z, 0-9, '.', '-')"
+                )));
+            }
+            if key.split('/').any(|s| s == "." || s == "..") {
+                return Err(invalid(
+                    "an S3 key must not contain '.' or '..' segments".into(),
+                ));
+            }
+            return Ok(Source::S3(S3Source {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+            }));
+        }
+        if !is_url(text) {
+            return text.parse().map(Source::Cid);
+        }
         let mut url =
             url::Url::parse(text).map_err(|e| invalid(format!("not a valid URL: {e}")))?;
         if url.host_str().is_none_or(str::is_empty) {

@@ -90,9 +90,26 @@ pub struct SpecDocument {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputDocument {
-    /// A local path (uploaded by the CLI) or a CID.
+    /// A local path (uploaded by the CLI), a CID, an HTTP(S) URL or an s3:// source.
     pub source: String,
     pub target: String,
+    /// How to reach S3 for an s3:// source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Document>,
+}
+
+/// S3 settings of an input.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Document {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub endpoint: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub region: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not", alias = "path_style")]
+    pub force_path_style: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub version_id: String,
 }
 
 /// One output of a [`SpecDocument`].
@@ -177,6 +194,12 @@ impl SpecDocument {
                 .map(|i| InputSpec {
                     source: i.source.clone(),
                     target: i.target.clone(),
+                    s3: i.s3.as_ref().map(|s3| crate::proto::S3Options {
+                        endpoint: s3.endpoint.clone(),
+                        region: s3.region.clone(),
+                        force_path_style: s3.force_path_style,
+                        version_id: s3.version_id.clone(),
+                    }),
                 })
                 .collect(),
             outputs: self
@@ -216,6 +239,12 @@ impl SpecDocument {
                 .map(|i| InputDocument {
                     source: i.source.clone(),
                     target: i.target.clone(),
+                    s3: i.s3.as_ref().map(|s3| S3Document {
+                        endpoint: s3.endpoint.clone(),
+                        region: s3.region.clone(),
+                        force_path_style: s3.force_path_style,
+                        version_id: s3.version_id.clone(),
+                    }),
                 })
                 .collect(),
             outputs: spec
@@ -352,9 +381,23 @@ pub fn validate(spec: &JobSpec) -> Result<(), Error> {
         input.source.parse::<Source>().map_err(|e| {
             Error::invalid_spec(
                 format!("inputs[{i}].source"),
-                format!("must be a content id or an HTTP(S) URL: {e}"),
+                format!("must be a content id, an HTTP(S) URL or an s3:// source: {e}"),
             )
         })?;
+        if let Some(s3) = &input.s3 {
+            if !s3.endpoint.is_empty() && url::Url::parse(&s3.endpoint).is_err() {
+                return Err(Error::invalid_spec(
+                    format!("inputs[{i}].s3.endpoint"),
+                    format!("{:?} is not a URL", s3.endpoint),
+                ));
+            }
+            if !input.source.starts_with("s3://") {
+                return Err(Error::invalid_spec(
+                    format!("inputs[{i}].s3"),
+                    "S3 settings only apply to s3:// sources",
+                ));
+            }
+        }
         let field = format!("inputs[{i}].target");
         validate_mount_path(&input.target).map_err(|m| Error::invalid_spec(field.clone(), m))?;
         mounts.push((field, input.target.clone()));

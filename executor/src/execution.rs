@@ -68,6 +68,7 @@ pub struct ExecutionContext {
     pub storage: StorageServiceClient<Channel>,
     pub http: crate::fetch::HttpFetcher,
     pub cache: Arc<crate::cache::InputCache>,
+    pub s3: crate::s3::S3Fetcher,
     pub config: Arc<Config>,
     pub uplink: Uplink,
 }
@@ -144,6 +145,28 @@ async fn execute_in(
                     }
                 }
             }
+            Source::S3(s3) => {
+                let path = inputs_dir.join("program.wasm");
+                let failure = |m: String| {
+                    Failure::new(
+                        FailureKind::Staging,
+                        format!("program {}: {m}", spec.program),
+                    )
+                };
+                if !matches!(s3.selection(), shoal::source::S3Selection::Object(_)) {
+                    return Err(failure("a program must be a single object".into()));
+                }
+                let max = ctx.config.max_input_bytes.min(staging::MAX_PROGRAM_BYTES);
+                ctx.s3.fetch(&s3, None, &path, max).await.map_err(failure)?;
+                let bytes = tokio::fs::read(&path)
+                    .await
+                    .map_err(|e| failure(format!("cannot read the download: {e}")))?;
+                let key = ContentId::of_block(RAW, &bytes).to_string();
+                match ctx.runtime.cached(&key) {
+                    Some(program) => program,
+                    None => ctx.runtime.compile(&key, bytes).await?,
+                }
+            }
             Source::Http(http) => {
                 let bytes = staging::fetch_url_program(
                     &ctx.http,
@@ -163,6 +186,7 @@ async fn execute_in(
         let inputs = staging::stage_inputs(
             &mut storage,
             &ctx.http,
+            &ctx.s3,
             &ctx.cache,
             &spec.inputs,
             &inputs_dir,

@@ -18,6 +18,7 @@ use tonic::transport::Channel;
 use crate::cache::{Cached, InputCache, Pin};
 use crate::fetch::{Fetched, HttpFetcher};
 use crate::runtime::Preopen;
+use crate::s3::S3Fetcher;
 
 /// Largest program accepted, in bytes.
 pub const MAX_PROGRAM_BYTES: u64 = 1 << 30;
@@ -75,6 +76,7 @@ pub struct StagedInputs {
 pub async fn stage_inputs(
     storage: &mut StorageServiceClient<Channel>,
     http: &HttpFetcher,
+    s3: &S3Fetcher,
     cache: &Arc<InputCache>,
     inputs: &[InputSpec],
     dir: &Path,
@@ -91,6 +93,17 @@ pub async fn stage_inputs(
         let fetched = match &source {
             Source::Http(http_source) => fetch_url(http, cache, http_source, remaining).await,
             Source::Cid(cid) => fetch_cid(storage, cache, cid, remaining).await,
+            Source::S3(s3_source) => {
+                let path = dir.join(format!("s3-{i}"));
+                s3.fetch(s3_source, input.s3.as_ref(), &path, remaining)
+                    .await
+                    .map(|fetched| FetchedInput {
+                        path,
+                        size: fetched.bytes,
+                        directory: fetched.directory,
+                        pin: None,
+                    })
+            }
         }
         .map_err(name)?;
         staged_bytes += fetched.size;

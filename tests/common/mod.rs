@@ -142,12 +142,18 @@ pub struct Devstack {
 impl Devstack {
     /// Starts a devstack with two executors; extra flags are passed on.
     pub async fn start(extra: &[&str]) -> Devstack {
+        Self::start_with_env(extra, &[]).await
+    }
+
+    /// Starts a devstack with extra flags and environment variables.
+    pub async fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Devstack {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
         let mut child = Command::new(bin("shoal"))
             .args(["devstack", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data)
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -35,6 +35,12 @@ pub struct DevstackArgs {
     /// Time each execution may spend fetching its program and inputs.
     #[arg(long, default_value = "10m", value_parser = shoal::units::parse_duration)]
     pub staging_timeout: std::time::Duration,
+    /// S3 endpoint the executors use for s3:// sources that name none.
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
+    /// Path-style S3 addressing for the executors' s3:// sources.
+    #[arg(long)]
+    pub s3_path_style: bool,
     /// Keep state here instead of a temporary directory removed on exit.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -76,6 +82,8 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
         config.log_cap = args.log_cap;
         config.max_input_bytes = args.max_input;
         config.staging_timeout = args.staging_timeout;
+        config.s3_endpoint = args.s3_endpoint.clone();
+        config.s3_path_style = args.s3_path_style;
         config.label = args.executor_labels.clone();
         config.label.push(format!("devstack.index={index}"));
         let token = shutdown.clone();

@@ -276,8 +276,10 @@ pub async fn resolve_source(
             .unwrap_or_else(|| cid.clone());
         return Ok((cid, name));
     }
-    if let Ok(shoal::source::Source::Http(http)) = source.parse::<shoal::source::Source>() {
-        return Ok((source.to_owned(), http.file_name()));
+    match source.parse::<shoal::source::Source>() {
+        Ok(shoal::source::Source::Http(http)) => return Ok((source.to_owned(), http.file_name())),
+        Ok(shoal::source::Source::S3(s3)) => return Ok((source.to_owned(), s3.file_name())),
+        _ => {}
     }
     if shoal::cid::looks_like_cid(source) {
         return Ok((
@@ -285,7 +287,9 @@ pub async fn resolve_source(
             source.trim_start_matches("ipfs://").to_owned(),
         ));
     }
-    bail!("{field}: {source:?} is neither an existing local path, a content id nor an HTTP(S) URL")
+    bail!(
+        "{field}: {source:?} is neither an existing local path, a content id, an HTTP(S) URL nor an s3:// source"
+    )
 }
 
 /// Submits `spec` and waits as `wait` says; returns the exit code.

