@@ -6,8 +6,10 @@
 
 pub mod cid;
 pub mod error;
+pub mod fetch;
 pub mod ids;
 pub mod proto;
+pub mod s3;
 pub mod selector;
 pub mod shutdown;
 pub mod source;

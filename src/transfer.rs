@@ -122,6 +122,23 @@ fn walk_dir(dir: &Path, prefix: &str, entries: &mut Vec<LocalEntry>) -> Result<(
     Ok(())
 }
 
+/// The upload framing of a local file or tree, produced by a background task (for a server
+/// that stores local data itself). A read error ends the stream early; the receiver then
+/// reports a short file.
+pub async fn local_upload_stream(root: &Path) -> Result<ReceiverStream<UploadRequest>> {
+    let owned = root.to_owned();
+    let entries = tokio::task::spawn_blocking(move || walk(&owned))
+        .await
+        .map_err(|e| Error::io(root, std::io::Error::other(e)))??;
+    let (tx, rx) = tokio::sync::mpsc::channel::<UploadRequest>(8);
+    tokio::spawn(async move {
+        if let Err(error) = send_entries(entries, tx, None).await {
+            tracing::warn!(%error, "reading a local tree for upload failed");
+        }
+    });
+    Ok(ReceiverStream::new(rx))
+}
+
 /// Uploads a local file or directory tree and returns its CID. `progress`, if given, counts
 /// file bytes as they are sent.
 pub async fn upload_path(

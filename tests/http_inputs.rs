@@ -156,6 +156,28 @@ async fn url_inputs_are_fetched_verified_and_failures_named() {
         "one 500, then one retry"
     );
 
+    // `data cp` stores a URL's body under the CID `data put` gives the same bytes.
+    let copied = stack
+        .shoal(&["data", "cp", &format!("{base}/data.txt")])
+        .await
+        .success();
+    let local = stack.scratch("data.txt");
+    std::fs::write(&local, DATA).expect("write");
+    let put = stack
+        .shoal(&["data", "put", "-q", &local.to_string_lossy()])
+        .await
+        .success();
+    assert_eq!(copied.stdout.trim(), put.stdout.trim());
+    let missing = stack
+        .shoal(&["data", "cp", &format!("{base}/missing")])
+        .await;
+    assert_eq!(missing.code, 1, "{missing:?}");
+    assert!(
+        missing.stderr.contains("HTTP 404") && missing.stderr.contains("FailedPrecondition"),
+        "{}",
+        missing.stderr
+    );
+
     // A program by URL.
     let out = stack
         .shoal(&["wasm", "run", &format!("{base}/hello.wasm"), "web"])
@@ -194,9 +216,10 @@ async fn url_inputs_are_fetched_verified_and_failures_named() {
             );
         }
     }
+    // One request from `data cp`, one from the job: a 404 is never retried.
     assert_eq!(
         hits.missing.load(Ordering::SeqCst),
-        1,
+        2,
         "a 404 is not retried"
     );
 }

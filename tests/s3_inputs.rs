@@ -145,6 +145,18 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
     );
     assert_eq!(read(&copy.join("a.csv")), "a,1\n");
 
+    // `data cp` copies a prefix into the store as a tree.
+    let mut args = vec!["data", "cp", "s3://shoal-data/in/"];
+    args.extend(s3_flags);
+    let cid = stack.shoal(&args).await.success().stdout.trim().to_owned();
+    let back = stack.scratch("copied");
+    stack
+        .shoal(&["data", "get", &cid, &back.to_string_lossy()])
+        .await
+        .success();
+    assert_eq!(read(&back.join("sub/c.csv")), "c,3\n");
+    assert_eq!(read(&back.join("notes.txt")), "notes\n");
+
     // A program from S3, through the executors' default endpoint.
     let out = stack
         .shoal(&["wasm", "run", "s3://shoal-data/prog/hello.wasm", "s3"])

@@ -66,9 +66,9 @@ impl Uplink {
 pub struct ExecutionContext {
     pub runtime: Arc<Runtime>,
     pub storage: StorageServiceClient<Channel>,
-    pub http: crate::fetch::HttpFetcher,
+    pub http: shoal::fetch::HttpFetcher,
     pub cache: Arc<crate::cache::InputCache>,
-    pub s3: crate::s3::S3Fetcher,
+    pub s3: shoal::s3::S3Fetcher,
     pub config: Arc<Config>,
     pub uplink: Uplink,
 }

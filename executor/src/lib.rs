@@ -11,9 +11,7 @@ pub mod capture;
 pub mod connection;
 pub mod error;
 pub mod execution;
-pub mod fetch;
 pub mod runtime;
-pub mod s3;
 pub mod staging;
 
 use std::collections::HashMap;
@@ -165,11 +163,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let storage =
         StorageServiceClient::new(channel.clone()).max_decoding_message_size(16 * 1024 * 1024);
     let (uplink, uplink_rx) = execution::Uplink::new(1024);
-    let http = fetch::HttpFetcher::new(config.http_max_redirects, config.http_retries)
+    let http = shoal::fetch::HttpFetcher::new(config.http_max_redirects, config.http_retries)
         .map_err(|e| Error::Config(format!("cannot set up the HTTP client: {e}")))?;
     let cache = cache::InputCache::new(&config.work_dir.join("inputs"), config.input_cache_bytes)
         .map_err(|e| Error::io("preparing the input cache", e))?;
-    let s3 = s3::S3Fetcher::new(s3::S3Defaults {
+    let s3 = shoal::s3::S3Fetcher::new(shoal::s3::S3Defaults {
         endpoint: config.s3_endpoint.clone(),
         region: config.s3_region.clone(),
         force_path_style: config.s3_path_style,

@@ -16,9 +16,9 @@ use shoal::source::{HttpSource, Source, hex};
 use tonic::transport::Channel;
 
 use crate::cache::{Cached, InputCache, Pin};
-use crate::fetch::{Fetched, HttpFetcher};
 use crate::runtime::Preopen;
-use crate::s3::S3Fetcher;
+use shoal::fetch::{Fetched, HttpFetcher};
+use shoal::s3::S3Fetcher;
 
 /// Largest program accepted, in bytes.
 pub const MAX_PROGRAM_BYTES: u64 = 1 << 30;

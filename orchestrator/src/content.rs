@@ -133,6 +133,17 @@ impl ContentStore {
         Upload::new(self).receive(stream).await
     }
 
+    /// Stores a local file or tree (fetched by the orchestrator itself) and returns its CID.
+    pub async fn put_path(&self, path: &Path) -> Result<UploadResponse> {
+        let stream = shoal::transfer::local_upload_stream(path).await?;
+        self.put(stream.map(Ok)).await
+    }
+
+    /// A fresh path in the store's scratch directory, for data on its way in.
+    pub fn temp_path(&self) -> PathBuf {
+        self.tmp.join(uuid::Uuid::now_v7().to_string())
+    }
+
     /// What `cid` (or `path` inside it) is.
     pub async fn resolve(&self, cid: &ContentId, path: &str) -> Result<Resolved> {
         check_tree_path(path)?;

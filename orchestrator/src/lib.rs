@@ -45,6 +45,15 @@ pub struct Config {
     /// Queue timeout for jobs whose spec names none.
     #[arg(long, env = "SHOAL_DEFAULT_QUEUE_TIMEOUT", default_value = "24h", value_parser = shoal::units::parse_duration)]
     pub default_queue_timeout: Duration,
+    /// S3 endpoint for CopyFromS3 requests that name none (an S3-compatible server).
+    #[arg(long, env = "SHOAL_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region for CopyFromS3 requests that name none.
+    #[arg(long, env = "SHOAL_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    /// Path-style S3 addressing for every CopyFromS3 request.
+    #[arg(long, env = "SHOAL_S3_PATH_STYLE")]
+    pub s3_path_style: bool,
     /// Largest upload (total file bytes) the content store accepts.
     #[arg(long, env = "SHOAL_MAX_UPLOAD", default_value = "16GiB", value_parser = shoal::units::parse_size)]
     pub max_upload_bytes: u64,
@@ -60,6 +69,9 @@ impl Config {
             default_timeout: Duration::from_secs(3600),
             default_queue_timeout: Duration::from_secs(24 * 3600),
             max_upload_bytes: 16 << 30,
+            s3_endpoint: None,
+            s3_region: "us-east-1".to_owned(),
+            s3_path_style: false,
         }
     }
 }
@@ -70,6 +82,9 @@ pub struct Orchestrator {
     cluster: Mutex<Cluster>,
     store: Store,
     content: ContentStore,
+    /// Fetchers for CopyFromUrl and CopyFromS3.
+    http: shoal::fetch::HttpFetcher,
+    s3: shoal::s3::S3Fetcher,
     /// Latest committed event sequence per watched job.
     watchers: std::sync::Mutex<HashMap<String, watch::Sender<u64>>>,
     schedule: Notify,
@@ -201,6 +216,16 @@ impl Orchestrator {
         &self.content
     }
 
+    /// The URL fetcher.
+    pub fn http(&self) -> &shoal::fetch::HttpFetcher {
+        &self.http
+    }
+
+    /// The S3 fetcher.
+    pub fn s3(&self) -> &shoal::s3::S3Fetcher {
+        &self.s3
+    }
+
     /// The settings.
     pub fn config(&self) -> &Config {
         &self.config
@@ -249,11 +274,21 @@ pub fn open(config: Config, shutdown: CancellationToken) -> Result<Arc<Orchestra
         },
         Instant::now(),
     );
+    let http = shoal::fetch::HttpFetcher::new(5, 3).map_err(|e| {
+        error::Error::InvalidArgument(format!("cannot set up the HTTP client: {e}"))
+    })?;
+    let s3 = shoal::s3::S3Fetcher::new(shoal::s3::S3Defaults {
+        endpoint: config.s3_endpoint.clone(),
+        region: config.s3_region.clone(),
+        force_path_style: config.s3_path_style,
+    });
     Ok(Arc::new(Orchestrator {
         config,
         cluster: Mutex::new(cluster),
         store,
         content,
+        http,
+        s3,
         watchers: std::sync::Mutex::new(HashMap::new()),
         schedule: Notify::new(),
         shutdown,

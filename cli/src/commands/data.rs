@@ -22,6 +22,22 @@ pub enum DataCommand {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Copy a URL or an s3:// source into the store (the orchestrator fetches it); prints
+    /// the CID.
+    Cp {
+        /// An http(s) URL (optionally `#sha256=HEX`), or s3://bucket/key, s3://bucket/prefix/
+        /// or s3://bucket/prefix/*.ext.
+        source: String,
+        /// S3 endpoint (an S3-compatible server), e.g. http://127.0.0.1:8333.
+        #[arg(long)]
+        s3_endpoint: Option<String>,
+        /// S3 region.
+        #[arg(long)]
+        s3_region: Option<String>,
+        /// Path-style S3 addressing.
+        #[arg(long)]
+        s3_path_style: bool,
+    },
     /// Fetch a CID (file or directory) to DEST (default: the CID as a name).
     Get {
         cid: String,
@@ -38,6 +54,34 @@ pub async fn run(address: &str, command: DataCommand) -> anyhow::Result<()> {
         DataCommand::Put { path, quiet } => {
             let cid = upload(&mut clients.storage, &path, !quiet).await?;
             println!("{cid}");
+        }
+        DataCommand::Cp {
+            source,
+            s3_endpoint,
+            s3_region,
+            s3_path_style,
+        } => {
+            let response = if source.starts_with("s3://") {
+                let s3 = shoal::proto::S3Options {
+                    endpoint: s3_endpoint.unwrap_or_default(),
+                    region: s3_region.unwrap_or_default(),
+                    force_path_style: s3_path_style,
+                    version_id: String::new(),
+                };
+                clients
+                    .storage
+                    .copy_from_s3(shoal::proto::CopyFromS3Request {
+                        source,
+                        s3: Some(s3),
+                    })
+                    .await?
+            } else {
+                clients
+                    .storage
+                    .copy_from_url(shoal::proto::CopyFromUrlRequest { url: source })
+                    .await?
+            };
+            println!("{}", response.into_inner().cid);
         }
         DataCommand::Get { cid, dest, path } => {
             let dest = dest.unwrap_or_else(|| PathBuf::from(cid.trim_start_matches("ipfs://")));

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use futures::Stream;
 use shoal::proto::storage_service_server::StorageService;
 use shoal::proto::{
-    DownloadRequest, DownloadResponse, StatRequest, StatResponse, UploadRequest, UploadResponse,
+    CopyFromS3Request, CopyFromUrlRequest, DownloadRequest, DownloadResponse, StatRequest,
+    StatResponse, UploadRequest, UploadResponse,
 };
+use shoal::source::Source;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::cid;
@@ -51,6 +53,68 @@ impl StorageService for StorageApi {
             .download(&cid, &request.path, request.offset)
             .await?;
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn copy_from_url(
+        &self,
+        request: Request<CopyFromUrlRequest>,
+    ) -> Result<Response<UploadResponse>, Status> {
+        let url = request.into_inner().url;
+        let Ok(Source::Http(source)) = url.parse::<Source>() else {
+            return Err(Status::invalid_argument(format!(
+                "url: {url:?} is not an http(s) URL"
+            )));
+        };
+        let content = self.0.content();
+        let temp = content.temp_path();
+        let max = self.0.config().max_upload_bytes;
+        let fetched = self.0.http().fetch(&source, &temp, max, None).await;
+        let stored = match fetched {
+            Ok(_) => content.put_path(&temp).await.map_err(Status::from),
+            Err(reason) => Err(Status::failed_precondition(format!(
+                "cannot copy {url}: {reason}"
+            ))),
+        };
+        let _ = tokio::fs::remove_file(&temp).await;
+        let stored = stored?;
+        tracing::info!(url, cid = stored.cid, "copied from a URL");
+        Ok(Response::new(stored))
+    }
+
+    async fn copy_from_s3(
+        &self,
+        request: Request<CopyFromS3Request>,
+    ) -> Result<Response<UploadResponse>, Status> {
+        let request = request.into_inner();
+        let Ok(Source::S3(source)) = request.source.parse::<Source>() else {
+            return Err(Status::invalid_argument(format!(
+                "source: {:?} is not an s3:// source",
+                request.source
+            )));
+        };
+        let content = self.0.content();
+        let temp = content.temp_path();
+        let max = self.0.config().max_upload_bytes;
+        let fetched = self
+            .0
+            .s3()
+            .fetch(&source, request.s3.as_ref(), &temp, max)
+            .await;
+        let stored = match fetched {
+            Ok(_) => content.put_path(&temp).await.map_err(Status::from),
+            Err(reason) => Err(Status::failed_precondition(format!(
+                "cannot copy {}: {reason}",
+                request.source
+            ))),
+        };
+        let _ = if temp.is_dir() {
+            tokio::fs::remove_dir_all(&temp).await
+        } else {
+            tokio::fs::remove_file(&temp).await
+        };
+        let stored = stored?;
+        tracing::info!(source = request.source, cid = stored.cid, "copied from S3");
+        Ok(Response::new(stored))
     }
 
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {

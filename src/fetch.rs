@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::source::{HttpSource, hex};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use shoal::source::{HttpSource, hex};
 use tokio::io::AsyncWriteExt;
 
 /// How URL fetches behave.
@@ -41,7 +41,7 @@ impl HttpFetcher {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::limited(max_redirects))
             .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("shoal-executor/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(HttpFetcher {
             client,

@@ -1,16 +1,17 @@
 //! Fetching `s3://` inputs with aws-sdk-s3: one object as a file, or every object below a
 //! prefix (or matching a glob) as a directory keeping their relative paths. Endpoint,
 //! region and path-style addressing come from the input's settings, else the executor's;
-//! credentials from the standard AWS chain. The SDK retries throttling and transient
+//! credentials from the standard AWS chain. Used by executors (inputs) and by the
+//! orchestrator (`CopyFromS3`). The SDK retries throttling and transient
 //! failures itself.
 
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::proto::S3Options;
+use crate::source::{S3Selection, S3Source, glob_matches};
+use crate::transfer::check_tree_path;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
-use shoal::proto::S3Options;
-use shoal::source::{S3Selection, S3Source, glob_matches};
-use shoal::transfer::check_tree_path;
 use tokio::io::AsyncWriteExt;
 
 /// The executor's S3 defaults.
