@@ -14,12 +14,34 @@ use crate::transfer::check_tree_path;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use tokio::io::AsyncWriteExt;
 
-/// The executor's S3 defaults.
-#[derive(Debug, Clone, Default)]
+/// Daemon-wide S3 settings, used where a request or an input names none. The same flags
+/// on the executor (inputs, programs) and the orchestrator (`CopyFromS3`).
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct S3Defaults {
+    /// S3 endpoint for sources that name none (an S3-compatible server). Default: AWS.
+    #[arg(long = "s3-endpoint", env = "SHOAL_S3_ENDPOINT")]
     pub endpoint: Option<String>,
+    /// S3 region for sources that name none.
+    #[arg(
+        long = "s3-region",
+        env = "SHOAL_S3_REGION",
+        default_value = "us-east-1"
+    )]
     pub region: String,
+    /// Path-style S3 addressing (bucket in the path) for every source.
+    #[arg(long = "s3-path-style", env = "SHOAL_S3_PATH_STYLE")]
     pub force_path_style: bool,
+}
+
+impl S3Defaults {
+    /// AWS in us-east-1, virtual-host addressing.
+    pub fn aws() -> Self {
+        S3Defaults {
+            endpoint: None,
+            region: "us-east-1".to_owned(),
+            force_path_style: false,
+        }
+    }
 }
 
 /// S3 clients by (endpoint, region, path style), built once each.

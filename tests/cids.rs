@@ -3,23 +3,11 @@
 //! builder makes the same tree for that layout; the raw-leaf layout differs only in its
 //! leaves, which the known vectors in `src/unixfs.rs` pin down.
 
+mod common;
+
 use std::process::Command;
 
 use shoal::unixfs::{CHUNK_SIZE, MAX_LINKS, file_cid};
-
-/// Deterministic bytes that do not repeat within a chunk (so identical leaves cannot hide
-/// a mistake in the tree).
-fn data(len: usize) -> Vec<u8> {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
 
 fn oracle(bytes: &[u8]) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -49,7 +37,7 @@ fn file_dags_match_an_independent_implementation() {
         CHUNK_SIZE * MAX_LINKS + 1,
     ];
     for size in sizes {
-        let bytes = data(size);
+        let bytes = common::pseudo_random(size, 0x2545_f491_4f6c_dd1d);
         let ours = file_cid(&bytes, false).to_v0().expect("v0");
         assert_eq!(ours, oracle(&bytes), "file of {size} bytes");
     }

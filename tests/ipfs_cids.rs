@@ -5,19 +5,7 @@
 
 mod common;
 
-use common::{Devstack, root};
-
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
+use common::{Devstack, pseudo_random as data, root};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn data_put_cids_are_the_ones_ipfs_gives() {

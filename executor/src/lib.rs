@@ -68,15 +68,8 @@ pub struct Config {
     /// Retries of a URL fetch after a 5xx, a 429 or a broken connection.
     #[arg(long, env = "SHOAL_HTTP_RETRIES", default_value_t = 3)]
     pub http_retries: u32,
-    /// S3 endpoint for s3:// inputs that name none (an S3-compatible server). Default: AWS.
-    #[arg(long, env = "SHOAL_S3_ENDPOINT")]
-    pub s3_endpoint: Option<String>,
-    /// S3 region for s3:// inputs that name none.
-    #[arg(long, env = "SHOAL_S3_REGION", default_value = "us-east-1")]
-    pub s3_region: String,
-    /// Path-style S3 addressing for every s3:// input.
-    #[arg(long, env = "SHOAL_S3_PATH_STYLE")]
-    pub s3_path_style: bool,
+    #[command(flatten)]
+    pub s3: shoal::s3::S3Defaults,
     /// Time allowed for fetching a program and its inputs (not counted in the run timeout).
     #[arg(long, env = "SHOAL_STAGING_TIMEOUT", default_value = "10m", value_parser = shoal::units::parse_duration)]
     pub staging_timeout: Duration,
@@ -113,9 +106,7 @@ impl Config {
             input_cache_bytes: 10 << 30,
             http_max_redirects: 5,
             http_retries: 3,
-            s3_endpoint: None,
-            s3_region: "us-east-1".to_owned(),
-            s3_path_style: false,
+            s3: shoal::s3::S3Defaults::aws(),
             staging_timeout: Duration::from_secs(600),
         }
     }
@@ -167,11 +158,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         .map_err(|e| Error::Config(format!("cannot set up the HTTP client: {e}")))?;
     let cache = cache::InputCache::new(&config.work_dir.join("inputs"), config.input_cache_bytes)
         .map_err(|e| Error::io("preparing the input cache", e))?;
-    let s3 = shoal::s3::S3Fetcher::new(shoal::s3::S3Defaults {
-        endpoint: config.s3_endpoint.clone(),
-        region: config.s3_region.clone(),
-        force_path_style: config.s3_path_style,
-    });
+    let s3 = shoal::s3::S3Fetcher::new(config.s3.clone());
     let context = Arc::new(execution::ExecutionContext {
         runtime,
         storage,

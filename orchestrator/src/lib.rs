@@ -45,15 +45,8 @@ pub struct Config {
     /// Queue timeout for jobs whose spec names none.
     #[arg(long, env = "SHOAL_DEFAULT_QUEUE_TIMEOUT", default_value = "24h", value_parser = shoal::units::parse_duration)]
     pub default_queue_timeout: Duration,
-    /// S3 endpoint for CopyFromS3 requests that name none (an S3-compatible server).
-    #[arg(long, env = "SHOAL_S3_ENDPOINT")]
-    pub s3_endpoint: Option<String>,
-    /// S3 region for CopyFromS3 requests that name none.
-    #[arg(long, env = "SHOAL_S3_REGION", default_value = "us-east-1")]
-    pub s3_region: String,
-    /// Path-style S3 addressing for every CopyFromS3 request.
-    #[arg(long, env = "SHOAL_S3_PATH_STYLE")]
-    pub s3_path_style: bool,
+    #[command(flatten)]
+    pub s3: shoal::s3::S3Defaults,
     /// Largest upload (total file bytes) the content store accepts.
     #[arg(long, env = "SHOAL_MAX_UPLOAD", default_value = "16GiB", value_parser = shoal::units::parse_size)]
     pub max_upload_bytes: u64,
@@ -69,9 +62,7 @@ impl Config {
             default_timeout: Duration::from_secs(3600),
             default_queue_timeout: Duration::from_secs(24 * 3600),
             max_upload_bytes: 16 << 30,
-            s3_endpoint: None,
-            s3_region: "us-east-1".to_owned(),
-            s3_path_style: false,
+            s3: shoal::s3::S3Defaults::aws(),
         }
     }
 }
@@ -277,11 +268,7 @@ pub fn open(config: Config, shutdown: CancellationToken) -> Result<Arc<Orchestra
     let http = shoal::fetch::HttpFetcher::new(5, 3).map_err(|e| {
         error::Error::InvalidArgument(format!("cannot set up the HTTP client: {e}"))
     })?;
-    let s3 = shoal::s3::S3Fetcher::new(shoal::s3::S3Defaults {
-        endpoint: config.s3_endpoint.clone(),
-        region: config.s3_region.clone(),
-        force_path_style: config.s3_path_style,
-    });
+    let s3 = shoal::s3::S3Fetcher::new(config.s3.clone());
     Ok(Arc::new(Orchestrator {
         config,
         cluster: Mutex::new(cluster),

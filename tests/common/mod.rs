@@ -238,3 +238,17 @@ pub fn state(job: &serde_json::Value) -> &str {
 pub fn failure_kind(job: &serde_json::Value) -> &str {
     job["failure"]["kind"].as_str().unwrap_or_default()
 }
+
+/// Deterministic bytes that do not repeat within a chunk (so identical leaves cannot hide
+/// a mistake in a DAG), varied by `seed`.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}

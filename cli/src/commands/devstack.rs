@@ -82,8 +82,8 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
         config.log_cap = args.log_cap;
         config.max_input_bytes = args.max_input;
         config.staging_timeout = args.staging_timeout;
-        config.s3_endpoint = args.s3_endpoint.clone();
-        config.s3_path_style = args.s3_path_style;
+        config.s3.endpoint = args.s3_endpoint.clone();
+        config.s3.force_path_style = args.s3_path_style;
         config.label = args.executor_labels.clone();
         config.label.push(format!("devstack.index={index}"));
         let token = shutdown.clone();
