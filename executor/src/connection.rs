@@ -132,16 +132,6 @@ async fn session(
         "registered with the orchestrator"
     );
 
-    // Reports that may have been lost with the previous stream; applied once upstream.
-    let recent: Vec<_> = lock(&connection.executions)
-        .recent_finished
-        .iter()
-        .cloned()
-        .collect();
-    for finished in recent {
-        send(&tx, executor_message::Message::Finished(finished)).await?;
-    }
-
     let mut heartbeat = tokio::time::interval(heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -151,13 +141,6 @@ async fn session(
                 None => return Ok(()),
             },
             Some(message) = uplink.recv() => {
-                if let Some(executor_message::Message::Finished(finished)) = &message.message {
-                    let mut executions = lock(&connection.executions);
-                    executions.recent_finished.push_back(finished.clone());
-                    if executions.recent_finished.len() > RECENT_FINISHED {
-                        executions.recent_finished.pop_front();
-                    }
-                }
                 tx.send(message).await.map_err(|_| Error::Protocol("the stream closed".into()))?;
             }
             _ = heartbeat.tick() => {
@@ -209,7 +192,17 @@ fn handle(connection: &Connection, message: shoal::proto::OrchestratorMessage) {
             let executions = connection.executions.clone();
             connection.tasks.spawn(async move {
                 let finished = execute(&context, assign, cancel).await;
-                lock(&executions).running.remove(&execution_id);
+                {
+                    // Remembered before it leaves `running`, so a Register sent at any
+                    // moment reports the execution either as running or as finished —
+                    // never as missing, which would make the orchestrator run it again.
+                    let mut executions = lock(&executions);
+                    executions.recent_finished.push_back(finished.clone());
+                    if executions.recent_finished.len() > RECENT_FINISHED {
+                        executions.recent_finished.pop_front();
+                    }
+                    executions.running.remove(&execution_id);
+                }
                 context.uplink.send_finished(finished).await;
             });
         }

@@ -27,6 +27,9 @@ use crate::content::ContentStore;
 use crate::error::Result;
 use crate::store::{Commit, Store};
 
+/// How long a message may wait for room in an executor's stream.
+const EXECUTOR_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Orchestrator settings; every field can come from a flag or an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -154,8 +157,15 @@ impl Orchestrator {
         }
         let effects = staged.effects;
         for (sender, message) in effects.messages {
-            // A closed stream is fine: the executor's loss is handled by the lease.
-            let _ = sender.send(Ok(message)).await;
+            // A closed stream is fine: the executor's loss is handled by the lease. A stream
+            // that stays full is stuck; waiting forever would stall every caller behind it,
+            // so the message is dropped and the stuck stream left to its keepalive.
+            match tokio::time::timeout(EXECUTOR_SEND_TIMEOUT, sender.send(Ok(message))).await {
+                Ok(_) => {}
+                Err(_) => tracing::error!(
+                    "an executor stream stayed full for {EXECUTOR_SEND_TIMEOUT:?}; message dropped"
+                ),
+            }
         }
         if !effects.events.is_empty() {
             let watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
