@@ -234,6 +234,18 @@ pub async fn download_to<S>(stream: S, dest: &Path) -> Result<DownloadSummary>
 where
     S: Stream<Item = Result<DownloadResponse, tonic::Status>> + Unpin,
 {
+    download_to_with_progress(stream, dest, None).await
+}
+
+/// [`download_to`], counting written bytes into `progress` as they arrive.
+pub async fn download_to_with_progress<S>(
+    stream: S,
+    dest: &Path,
+    progress: Option<Arc<AtomicU64>>,
+) -> Result<DownloadSummary>
+where
+    S: Stream<Item = Result<DownloadResponse, tonic::Status>> + Unpin,
+{
     let mut stream = stream;
     let mut summary = DownloadSummary::default();
     // The file being written and the bytes it still expects.
@@ -297,6 +309,9 @@ where
                     .map_err(|e| Error::io(&*path, e))?;
                 *remaining -= data.len() as u64;
                 summary.bytes += data.len() as u64;
+                if let Some(progress) = &progress {
+                    progress.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
             }
             None => return Err(Error::MalformedTransfer("empty message".into())),
         }

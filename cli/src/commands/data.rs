@@ -98,7 +98,7 @@ pub async fn run(address: &str, command: DataCommand) -> anyhow::Result<()> {
 }
 
 /// Uploads a local file or directory and returns its CID, with a progress bar on stderr
-/// when `progress` is set and stderr is a terminal.
+/// when `progress` is set, stderr is a terminal and the upload is at least 1 MiB.
 pub async fn upload(
     storage: &mut StorageServiceClient<Channel>,
     path: &Path,
@@ -113,44 +113,32 @@ pub async fn upload(
             .sum()
     };
     let sent = Arc::new(AtomicU64::new(0));
-    let bar = (progress && total > 0).then(|| {
-        let bar = indicatif::ProgressBar::new(total);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_message(format!("uploading {}", path.display()));
-        bar
-    });
-    let ticker = bar.clone().map(|bar| {
-        let sent = sent.clone();
-        tokio::spawn(async move {
-            loop {
-                bar.set_position(sent.load(Ordering::Relaxed));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    });
+    let bar = progress
+        .then(|| ProgressBar::start(format!("uploading {}", path.display()), total, sent.clone()))
+        .flatten();
     let result = shoal::transfer::upload_path(storage, path, Some(sent)).await;
-    if let Some(ticker) = ticker {
-        ticker.abort();
-    }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    drop(bar);
     let response = result.with_context(|| format!("cannot upload {}", path.display()))?;
     Ok(response.cid)
 }
 
-/// Downloads a CID (or a path inside it) to `dest`.
+/// Downloads a CID (or a path inside it) to `dest`, with a progress bar on a terminal.
 pub async fn download(
     storage: &mut StorageServiceClient<Channel>,
     cid: &str,
     path: &str,
     dest: &Path,
 ) -> anyhow::Result<shoal::transfer::DownloadSummary> {
+    let total = storage
+        .stat(shoal::proto::StatRequest {
+            cid: cid.to_owned(),
+            path: path.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .size;
+    let received = Arc::new(AtomicU64::new(0));
+    let bar = ProgressBar::start(format!("downloading {cid}"), total, received.clone());
     let stream = storage
         .download(DownloadRequest {
             cid: cid.to_owned(),
@@ -159,5 +147,46 @@ pub async fn download(
         })
         .await?
         .into_inner();
-    Ok(shoal::transfer::download_to(stream, dest).await?)
+    let summary = shoal::transfer::download_to_with_progress(stream, dest, Some(received)).await;
+    drop(bar);
+    Ok(summary?)
+}
+
+/// A progress bar on stderr fed from a byte counter, shown only on a terminal and only for
+/// transfers worth watching; cleared when dropped.
+struct ProgressBar {
+    bar: indicatif::ProgressBar,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl ProgressBar {
+    fn start(message: String, total: u64, counter: Arc<AtomicU64>) -> Option<Self> {
+        use std::io::IsTerminal as _;
+        if total < 1 << 20 || !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(message);
+        let shown = bar.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                shown.set_position(counter.load(Ordering::Relaxed));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Some(ProgressBar { bar, ticker })
+    }
+}
+
+impl Drop for ProgressBar {
+    fn drop(&mut self) {
+        self.ticker.abort();
+        self.bar.finish_and_clear();
+    }
 }
