@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod content;
 pub mod error;
+pub mod gateway;
 pub mod service;
 pub mod store;
 
@@ -296,11 +297,31 @@ pub fn open(config: Config, shutdown: CancellationToken) -> Result<Arc<Orchestra
 /// Serves the orchestrator on `listener` until `shutdown` is cancelled, then stops
 /// accepting, ends open streams, waits for its tasks and closes the store.
 pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<()> {
+    run_with_gateway(listener, None, config, shutdown).await
+}
+
+/// [`run`], also serving the trustless IPFS gateway on `gateway` if given.
+pub async fn run_with_gateway(
+    listener: TcpListener,
+    gateway: Option<TcpListener>,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let orchestrator = open(config, shutdown.clone())?;
     let address = listener
         .local_addr()
         .map_err(|e| error::Error::io("listener", e))?;
     tracing::info!(%address, "orchestrator listening");
+    if let Some(gateway) = gateway {
+        if let Ok(address) = gateway.local_addr() {
+            tracing::info!(%address, "IPFS gateway listening");
+        }
+        orchestrator.spawn(gateway::serve(
+            orchestrator.clone(),
+            gateway,
+            shutdown.clone(),
+        ));
+    }
 
     orchestrator.spawn(scheduler_loop(orchestrator.clone()));
     let served = service::serve(orchestrator.clone(), listener, shutdown.clone()).await;

@@ -10,6 +10,9 @@ struct Cli {
     /// Address to serve gRPC on.
     #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:7070")]
     listen: String,
+    /// Address to serve the trustless IPFS HTTP gateway on (`GET /ipfs/<cid>`); off if unset.
+    #[arg(long, env = "SHOAL_GATEWAY_LISTEN")]
+    gateway_listen: Option<String>,
     /// Log format: pretty or json.
     #[arg(long, env = "SHOAL_LOG_FORMAT", default_value = "pretty")]
     log_format: shoal::telemetry::LogFormat,
@@ -24,8 +27,16 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cli.listen))?;
+    let gateway = match &cli.gateway_listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?,
+        ),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     shoal::shutdown::cancel_on_signal(shutdown.clone());
-    shoal_orchestrator::run(listener, cli.config, shutdown).await?;
+    shoal_orchestrator::run_with_gateway(listener, gateway, cli.config, shutdown).await?;
     Ok(())
 }

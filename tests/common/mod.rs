@@ -135,6 +135,8 @@ where
 /// A `shoal devstack` process with its own data directory and port.
 pub struct Devstack {
     pub address: String,
+    /// What the devstack printed after its ready line.
+    pub banner: String,
     child: Child,
     pub dir: tempfile::TempDir,
 }
@@ -168,9 +170,19 @@ impl Devstack {
             .and_then(|rest| rest.split_whitespace().next())
             .expect("address in the ready line")
             .to_owned();
+        // The rest of the banner, up to its last line.
+        let mut banner = String::new();
+        loop {
+            let line = wait_for_line(&mut stdout, "").await;
+            banner.push_str(&line);
+            if line.contains("Press Ctrl-C") {
+                break;
+            }
+        }
         drain(stdout);
         Devstack {
             address,
+            banner,
             child,
             dir,
         }

@@ -16,6 +16,9 @@ pub struct DevstackArgs {
     /// Address for the orchestrator's gRPC endpoint (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub listen: String,
+    /// Also serve the trustless IPFS gateway here, e.g. 127.0.0.1:8080 (port 0 picks one).
+    #[arg(long)]
+    pub gateway_listen: Option<String>,
     /// How many executors to run.
     #[arg(long, default_value_t = 2)]
     pub executors: u32,
@@ -64,11 +67,20 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
 
+    let gateway = match &args.gateway_listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address}"))?,
+        ),
+        None => None,
+    };
+    let gateway_address = gateway.as_ref().and_then(|g| g.local_addr().ok());
     let orchestrator_config =
         shoal_orchestrator::Config::with_data_dir(data_dir.join("orchestrator"));
     let token = shutdown.clone();
     tasks.spawn(async move {
-        shoal_orchestrator::run(listener, orchestrator_config, token)
+        shoal_orchestrator::run_with_gateway(listener, gateway, orchestrator_config, token)
             .await
             .map_err(anyhow::Error::from)
     });
@@ -100,6 +112,9 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
         args.executors
     );
     println!("Data directory: {}", data_dir.display());
+    if let Some(address) = gateway_address {
+        println!("IPFS gateway at http://{address}/ipfs/");
+    }
     println!("Point the CLI at it with:");
     println!("  export SHOAL_ORCHESTRATOR={address}");
     println!("Press Ctrl-C to stop.");
