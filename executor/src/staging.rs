@@ -71,8 +71,9 @@ pub struct StagedInputs {
     pub pins: Vec<Pin>,
 }
 
-/// Fetches every input (from the store or by URL, within `max_bytes` in all), through the
-/// input cache, and returns the read-only mounts for them; files are laid out under `dir`.
+/// Fetches every input (from the store, by URL or from S3, within `max_bytes` in all) —
+/// CIDs and URLs through the input cache — and returns the read-only mounts for them;
+/// uncached data is laid out under `dir`.
 pub async fn stage_inputs(
     storage: &mut StorageServiceClient<Channel>,
     http: &HttpFetcher,
@@ -110,7 +111,7 @@ pub async fn stage_inputs(
         if fetched.directory {
             let mut host = fetched.path.clone();
             if fetched.pin.is_none() {
-                // Not cached (too big for the cache): the tree belongs to this execution.
+                // Not cached (from S3, or too big for the cache): the tree is this execution's.
                 host = dir.join(format!("input-{i}"));
                 tokio::fs::rename(&fetched.path, &host)
                     .await
