@@ -1,5 +1,7 @@
-//! StorageService: uploads into and downloads from the content store.
+//! StorageService: uploads into and downloads from the content store, and copies of URLs
+//! and S3 data into it.
 
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -14,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::cid;
 use crate::Orchestrator;
+use crate::content::ContentStore;
 
 /// StorageService implementation.
 #[derive(Debug, Clone)]
@@ -69,14 +72,7 @@ impl StorageService for StorageApi {
         let temp = content.temp_path();
         let max = self.0.config().max_upload_bytes;
         let fetched = self.0.http().fetch(&source, &temp, max, None).await;
-        let stored = match fetched {
-            Ok(_) => content.put_path(&temp).await.map_err(Status::from),
-            Err(reason) => Err(Status::failed_precondition(format!(
-                "cannot copy {url}: {reason}"
-            ))),
-        };
-        let _ = tokio::fs::remove_file(&temp).await;
-        let stored = stored?;
+        let stored = store_fetched(content, &temp, &url, fetched.map(|_| ())).await?;
         tracing::info!(url, cid = stored.cid, "copied from a URL");
         Ok(Response::new(stored))
     }
@@ -100,19 +96,7 @@ impl StorageService for StorageApi {
             .s3()
             .fetch(&source, request.s3.as_ref(), &temp, max)
             .await;
-        let stored = match fetched {
-            Ok(_) => content.put_path(&temp).await.map_err(Status::from),
-            Err(reason) => Err(Status::failed_precondition(format!(
-                "cannot copy {}: {reason}",
-                request.source
-            ))),
-        };
-        let _ = if temp.is_dir() {
-            tokio::fs::remove_dir_all(&temp).await
-        } else {
-            tokio::fs::remove_file(&temp).await
-        };
-        let stored = stored?;
+        let stored = store_fetched(content, &temp, &request.source, fetched.map(|_| ())).await?;
         tracing::info!(source = request.source, cid = stored.cid, "copied from S3");
         Ok(Response::new(stored))
     }
@@ -124,4 +108,26 @@ impl StorageService for StorageApi {
             self.0.content().stat(&cid, &request.path).await?,
         ))
     }
+}
+
+/// Stores what a copy fetched to `temp` (a file or a tree), then removes `temp`; a failed
+/// fetch is FAILED_PRECONDITION with its reason.
+async fn store_fetched(
+    content: &ContentStore,
+    temp: &Path,
+    source: &str,
+    fetched: Result<(), String>,
+) -> Result<UploadResponse, Status> {
+    let stored = match fetched {
+        Ok(()) => content.put_path(temp).await.map_err(Status::from),
+        Err(reason) => Err(Status::failed_precondition(format!(
+            "cannot copy {source}: {reason}"
+        ))),
+    };
+    let _ = if temp.is_dir() {
+        tokio::fs::remove_dir_all(temp).await
+    } else {
+        tokio::fs::remove_file(temp).await
+    };
+    stored
 }
