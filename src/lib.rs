@@ -8,6 +8,7 @@ pub mod cid;
 pub mod error;
 pub mod fetch;
 pub mod ids;
+pub mod ipfs;
 pub mod proto;
 pub mod s3;
 pub mod selector;

@@ -52,6 +52,21 @@ pub struct UnixfsData {
     pub fanout: Option<u64>,
 }
 
+impl UnixfsData {
+    /// The node's type, if it is one this crate knows.
+    pub fn node_type(&self) -> Option<NodeType> {
+        Some(match self.r#type {
+            0 => NodeType::Raw,
+            1 => NodeType::Directory,
+            2 => NodeType::File,
+            3 => NodeType::Metadata,
+            4 => NodeType::Symlink,
+            5 => NodeType::HamtShard,
+            _ => return None,
+        })
+    }
+}
+
 /// A dag-pb link.
 #[derive(Clone, PartialEq, Message)]
 pub struct PbLink {

@@ -113,11 +113,16 @@ async fn session(
     let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
     let heartbeat_interval = match inbound.message().await? {
         Some(message) => match message.message {
-            Some(orchestrator_message::Message::Registered(registered)) => registered
-                .heartbeat_interval
-                .and_then(|d| Duration::try_from(d).ok())
-                .filter(|d| !d.is_zero())
-                .unwrap_or(Duration::from_secs(2)),
+            Some(orchestrator_message::Message::Registered(registered)) => {
+                connection
+                    .context
+                    .set_ipfs_gateways(&registered.ipfs_gateways);
+                registered
+                    .heartbeat_interval
+                    .and_then(|d| Duration::try_from(d).ok())
+                    .filter(|d| !d.is_zero())
+                    .unwrap_or(Duration::from_secs(2))
+            }
             _ => {
                 return Err(Error::Protocol(
                     "the first message was not Registered".into(),

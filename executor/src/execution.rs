@@ -69,8 +69,38 @@ pub struct ExecutionContext {
     pub http: shoal::fetch::HttpFetcher,
     pub cache: Arc<crate::cache::InputCache>,
     pub s3: shoal::s3::S3Fetcher,
+    /// The orchestrator's IPFS gateways, as its latest `Registered` named them.
+    pub ipfs: std::sync::RwLock<Arc<shoal::ipfs::GatewayFetcher>>,
     pub config: Arc<Config>,
     pub uplink: Uplink,
+}
+
+impl ExecutionContext {
+    /// The IPFS gateway fetcher for CIDs the orchestrator's store lacks.
+    pub fn ipfs(&self) -> Arc<shoal::ipfs::GatewayFetcher> {
+        self.ipfs.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Takes the gateway list from a `Registered`; unusable entries are skipped.
+    pub fn set_ipfs_gateways(&self, gateways: &[String]) {
+        let gateways: Vec<_> = gateways
+            .iter()
+            .filter_map(|g| {
+                shoal::ipfs::parse_gateway(g)
+                    .inspect_err(|error| tracing::warn!(%error, "ignoring an IPFS gateway"))
+                    .ok()
+            })
+            .collect();
+        if gateways == self.ipfs().gateways() {
+            return;
+        }
+        match shoal::ipfs::GatewayFetcher::new(gateways) {
+            Ok(fetcher) => {
+                *self.ipfs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fetcher)
+            }
+            Err(error) => tracing::warn!(%error, "cannot set up the IPFS gateway client"),
+        }
+    }
 }
 
 /// Runs one execution and returns its report (also sent through the uplink by the caller).
@@ -140,7 +170,9 @@ async fn execute_in(
                 match ctx.runtime.cached(&key) {
                     Some(program) => program,
                     None => {
-                        let bytes = staging::fetch_program(&mut storage, &key).await?;
+                        let bytes =
+                            staging::fetch_program(&mut storage, &ctx.ipfs(), &cid, &inputs_dir)
+                                .await?;
                         ctx.runtime.compile(&key, bytes).await?
                     }
                 }
@@ -183,16 +215,7 @@ async fn execute_in(
                 }
             }
         };
-        let inputs = staging::stage_inputs(
-            &mut storage,
-            &ctx.http,
-            &ctx.s3,
-            &ctx.cache,
-            &spec.inputs,
-            &inputs_dir,
-            ctx.config.max_input_bytes,
-        )
-        .await?;
+        let inputs = staging::stage_inputs(ctx, &spec.inputs, &inputs_dir).await?;
         Ok::<_, Failure>((program, inputs))
     };
     let staged = tokio::select! {

@@ -165,6 +165,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         http,
         cache,
         s3,
+        ipfs: std::sync::RwLock::new(Arc::new(
+            shoal::ipfs::GatewayFetcher::new(Vec::new())
+                .map_err(|e| Error::Config(format!("cannot set up the IPFS client: {e}")))?,
+        )),
         config: config.clone(),
         uplink,
     });

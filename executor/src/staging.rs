@@ -1,5 +1,6 @@
-//! Staging: fetching a job's program and inputs from the orchestrator's store into the
-//! execution's scratch directory, and laying the inputs out as read-only mounts.
+//! Staging: fetching a job's program and inputs (from the orchestrator's store, IPFS
+//! gateways, URLs or S3) into the execution's scratch directory, and laying the inputs
+//! out as read-only mounts.
 //!
 //! A directory input is mounted as itself at its target. WASI mounts are directories, so a
 //! file input is placed in a directory that is mounted at the target's parent; file inputs
@@ -16,9 +17,10 @@ use shoal::source::{HttpSource, Source, hex};
 use tonic::transport::Channel;
 
 use crate::cache::{Cached, InputCache, Pin};
+use crate::execution::ExecutionContext;
 use crate::runtime::Preopen;
 use shoal::fetch::{Fetched, HttpFetcher};
-use shoal::s3::S3Fetcher;
+use shoal::ipfs::GatewayFetcher;
 
 /// Largest program accepted, in bytes.
 pub const MAX_PROGRAM_BYTES: u64 = 1 << 30;
@@ -27,23 +29,39 @@ fn staging_failure(message: String) -> Failure {
     Failure::new(FailureKind::Staging, message)
 }
 
-/// Fetches the program's bytes.
+/// Fetches the program's bytes: from the orchestrator's store, or, if it lacks them, from
+/// the IPFS gateways into `dir`.
 pub async fn fetch_program(
     storage: &mut StorageServiceClient<Channel>,
-    cid: &str,
+    ipfs: &GatewayFetcher,
+    cid: &ContentId,
+    dir: &Path,
 ) -> Result<Vec<u8>, Failure> {
-    let stream = storage
-        .download(DownloadRequest {
-            cid: cid.to_owned(),
-            path: String::new(),
-            offset: 0,
-        })
-        .await
-        .map_err(|s| staging_failure(format!("program {cid}: {}", s.message())))?
-        .into_inner();
-    shoal::transfer::download_bytes(stream, MAX_PROGRAM_BYTES)
-        .await
-        .map_err(|e| staging_failure(format!("program {cid}: {e}")))
+    let failure = |m: String| staging_failure(format!("program {cid}: {m}"));
+    let request = DownloadRequest {
+        cid: cid.to_string(),
+        path: String::new(),
+        offset: 0,
+    };
+    match storage.download(request).await {
+        Ok(stream) => shoal::transfer::download_bytes(stream.into_inner(), MAX_PROGRAM_BYTES)
+            .await
+            .map_err(|e| failure(e.to_string())),
+        Err(status) if status.code() == tonic::Code::NotFound && !ipfs.gateways().is_empty() => {
+            let path = dir.join("program.wasm");
+            let fetched = ipfs
+                .fetch_to(cid, &path, MAX_PROGRAM_BYTES)
+                .await
+                .map_err(failure)?;
+            if fetched.directory {
+                return Err(failure("it is a directory, not a program".into()));
+            }
+            tokio::fs::read(&path)
+                .await
+                .map_err(|e| failure(format!("cannot read the download: {e}")))
+        }
+        Err(status) => Err(failure(status.message().to_owned())),
+    }
 }
 
 /// Fetches a program named by URL into `dir` and returns its bytes.
@@ -71,18 +89,18 @@ pub struct StagedInputs {
     pub pins: Vec<Pin>,
 }
 
-/// Fetches every input (from the store, by URL or from S3, within `max_bytes` in all) —
-/// CIDs and URLs through the input cache — and returns the read-only mounts for them;
-/// uncached data is laid out under `dir`.
+/// Fetches every input (from the store or IPFS gateways, by URL or from S3, within the
+/// executor's input limit in all) — CIDs and URLs through the input cache — and returns the
+/// read-only mounts for them; uncached data is laid out under `dir`.
 pub async fn stage_inputs(
-    storage: &mut StorageServiceClient<Channel>,
-    http: &HttpFetcher,
-    s3: &S3Fetcher,
-    cache: &Arc<InputCache>,
+    ctx: &ExecutionContext,
     inputs: &[InputSpec],
     dir: &Path,
-    max_bytes: u64,
 ) -> Result<StagedInputs, Failure> {
+    let (http, s3, cache) = (&ctx.http, &ctx.s3, &ctx.cache);
+    let mut storage = ctx.storage.clone();
+    let ipfs = ctx.ipfs();
+    let max_bytes = ctx.config.max_input_bytes;
     let mut staged = StagedInputs::default();
     let mut staged_bytes = 0u64;
     // Parent guest directory -> host directory holding the file inputs mounted there.
@@ -93,7 +111,7 @@ pub async fn stage_inputs(
         let remaining = max_bytes.saturating_sub(staged_bytes);
         let fetched = match &source {
             Source::Http(http_source) => fetch_url(http, cache, http_source, remaining).await,
-            Source::Cid(cid) => fetch_cid(storage, cache, cid, remaining).await,
+            Source::Cid(cid) => fetch_cid(&mut storage, &ipfs, cache, cid, remaining).await,
             Source::S3(s3_source) => {
                 let path = dir.join(format!("s3-{i}"));
                 s3.fetch(s3_source, input.s3.as_ref(), &path, remaining)
@@ -240,6 +258,7 @@ async fn fetch_url(
 
 async fn fetch_cid(
     storage: &mut StorageServiceClient<Channel>,
+    ipfs: &GatewayFetcher,
     cache: &Arc<InputCache>,
     cid: &ContentId,
     max_bytes: u64,
@@ -265,9 +284,34 @@ async fn fetch_cid(
             cid: cid.to_string(),
             path: String::new(),
         })
-        .await
-        .map_err(|s| s.message().to_owned())?
-        .into_inner();
+        .await;
+    let stat = match stat {
+        Ok(stat) => stat.into_inner(),
+        Err(status) if status.code() == tonic::Code::NotFound && !ipfs.gateways().is_empty() => {
+            // Not in the store: from the gateways, every block verified, so as safe to
+            // cache under its CID as a copy from the store.
+            let path = cache.new_path();
+            let fetched = ipfs
+                .fetch_to(cid, &path, max_bytes)
+                .await
+                .inspect_err(|_| remove_partial(&path))?;
+            let pin = cache.insert(
+                &key,
+                Cached {
+                    path: path.clone(),
+                    size: fetched.bytes,
+                    etag: None,
+                },
+            );
+            return Ok(FetchedInput {
+                path,
+                size: fetched.bytes,
+                directory: fetched.directory,
+                pin,
+            });
+        }
+        Err(status) => return Err(status.message().to_owned()),
+    };
     if stat.size > max_bytes {
         return Err(format!(
             "it holds {} bytes, more than the input limit of the execution ({max_bytes} bytes left)",

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use shoal::cid::{ContentId, DAG_PB};
+use shoal::ipfs::GatewayFetcher;
 use shoal::proto::{
     DirectoryEntry, DownloadResponse, Entry, EntryKind, StatResponse, UploadRequest,
     UploadResponse, download_response, upload_request,
@@ -29,6 +30,8 @@ use crate::error::{Error, Result};
 const MAX_UPLOAD_ENTRIES: usize = 100_000;
 /// Deepest file DAG followed (a 256 KiB-chunk tree of depth 8 holds far more than any disk).
 const MAX_DAG_DEPTH: usize = 8;
+/// Deepest DAG (directories and file levels) `pin` follows.
+const MAX_PIN_DEPTH: usize = 64;
 
 /// A resolved CID or path: what it is and how many file bytes it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +140,47 @@ impl ContentStore {
     pub async fn put_path(&self, path: &Path) -> Result<UploadResponse> {
         let stream = shoal::transfer::local_upload_stream(path).await?;
         self.put(stream.map(Ok)).await
+    }
+
+    /// Makes sure the whole DAG under `cid` is held, fetching the blocks the store lacks
+    /// from `gateways` (which verifies each against its CID); returns how many it fetched.
+    /// Children are stored before their parent, as uploads do, so a held block always has
+    /// its whole DAG held and a held root ends the walk.
+    pub async fn pin(&self, cid: &ContentId, gateways: &GatewayFetcher) -> Result<u64> {
+        self.fetch_missing(*cid, gateways, 0).await
+    }
+
+    fn fetch_missing<'a>(
+        &'a self,
+        cid: ContentId,
+        gateways: &'a GatewayFetcher,
+        depth: usize,
+    ) -> futures::future::BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            if self.contains(&cid).await {
+                return Ok(0);
+            }
+            if depth > MAX_PIN_DEPTH {
+                return Err(Error::FailedPrecondition(format!(
+                    "the DAG is deeper than {MAX_PIN_DEPTH} levels"
+                )));
+            }
+            let data = gateways
+                .block(&cid)
+                .await
+                .map_err(Error::FailedPrecondition)?;
+            let mut fetched = 1;
+            if !cid.is_raw() {
+                let (node, _) = unixfs::decode_node(&data)
+                    .map_err(|e| Error::FailedPrecondition(format!("{cid}: {e}")))?;
+                for link in &node.links {
+                    let child = unixfs::link_cid(link)?;
+                    fetched += self.fetch_missing(child, gateways, depth + 1).await?;
+                }
+            }
+            self.put_block(&Block { cid, data }).await?;
+            Ok(fetched)
+        })
     }
 
     /// A fresh path in the store's scratch directory, for data on its way in.
@@ -383,15 +427,8 @@ async fn send_data(
 }
 
 fn node_type(data: &unixfs::UnixfsData) -> Result<NodeType> {
-    Ok(match data.r#type {
-        0 => NodeType::Raw,
-        1 => NodeType::Directory,
-        2 => NodeType::File,
-        3 => NodeType::Metadata,
-        4 => NodeType::Symlink,
-        5 => NodeType::HamtShard,
-        other => return Err(Error::Store(format!("unknown UnixFS node type {other}"))),
-    })
+    data.node_type()
+        .ok_or_else(|| Error::Store(format!("unknown UnixFS node type {}", data.r#type)))
 }
 
 /// A file being received.

@@ -54,6 +54,11 @@ pub struct Config {
     /// Largest upload (total file bytes) the content store accepts.
     #[arg(long, env = "SHOAL_MAX_UPLOAD", default_value = "16GiB", value_parser = shoal::units::parse_size)]
     pub max_upload_bytes: u64,
+    /// An IPFS trustless gateway (`http(s)://host[:port]`) to fetch CIDs the store lacks
+    /// from; repeat the flag (or separate with commas) for several, asked in order. With
+    /// one, jobs may name CIDs the store does not hold: executors fetch and verify them.
+    #[arg(long = "ipfs-gateway", env = "SHOAL_IPFS_GATEWAYS", value_delimiter = ',', value_parser = shoal::ipfs::parse_gateway)]
+    pub ipfs_gateways: Vec<url::Url>,
 }
 
 impl Config {
@@ -67,6 +72,7 @@ impl Config {
             default_queue_timeout: Duration::from_secs(24 * 3600),
             max_upload_bytes: 16 << 30,
             s3: shoal::s3::S3Defaults::aws(),
+            ipfs_gateways: Vec::new(),
         }
     }
 }
@@ -80,6 +86,8 @@ pub struct Orchestrator {
     /// Fetchers for CopyFromUrl and CopyFromS3.
     http: shoal::fetch::HttpFetcher,
     s3: shoal::s3::S3Fetcher,
+    /// Fetcher for CIDs the store lacks (Pin), from `--ipfs-gateway`.
+    ipfs: shoal::ipfs::GatewayFetcher,
     /// Latest committed event sequence per watched job.
     watchers: std::sync::Mutex<HashMap<String, watch::Sender<u64>>>,
     schedule: Notify,
@@ -228,6 +236,11 @@ impl Orchestrator {
         &self.s3
     }
 
+    /// The IPFS gateway fetcher (with no gateways when none is configured).
+    pub fn ipfs(&self) -> &shoal::ipfs::GatewayFetcher {
+        &self.ipfs
+    }
+
     /// The settings.
     pub fn config(&self) -> &Config {
         &self.config
@@ -280,6 +293,9 @@ pub fn open(config: Config, shutdown: CancellationToken) -> Result<Arc<Orchestra
         error::Error::InvalidArgument(format!("cannot set up the HTTP client: {e}"))
     })?;
     let s3 = shoal::s3::S3Fetcher::new(config.s3.clone());
+    let ipfs = shoal::ipfs::GatewayFetcher::new(config.ipfs_gateways.clone()).map_err(|e| {
+        error::Error::InvalidArgument(format!("cannot set up the IPFS gateway client: {e}"))
+    })?;
     Ok(Arc::new(Orchestrator {
         config,
         cluster: Mutex::new(cluster),
@@ -287,6 +303,7 @@ pub fn open(config: Config, shutdown: CancellationToken) -> Result<Arc<Orchestra
         content,
         http,
         s3,
+        ipfs,
         watchers: std::sync::Mutex::new(HashMap::new()),
         schedule: Notify::new(),
         shutdown,

@@ -38,6 +38,9 @@ pub enum DataCommand {
         #[arg(long)]
         s3_path_style: bool,
     },
+    /// Make sure the store holds a whole CID, fetching what it lacks from the
+    /// orchestrator's IPFS gateways (every block verified); prints the CID and its size.
+    Pin { cid: String },
     /// Fetch a CID (file or directory) to DEST (default: the CID as a name).
     Get {
         cid: String,
@@ -82,6 +85,20 @@ pub async fn run(address: &str, command: DataCommand) -> anyhow::Result<()> {
                     .await?
             };
             println!("{}", response.into_inner().cid);
+        }
+        DataCommand::Pin { cid } => {
+            let cid = cid.trim_start_matches("ipfs://").to_owned();
+            let pinned = clients
+                .storage
+                .pin(shoal::proto::PinRequest { cid })
+                .await?
+                .into_inner();
+            println!("{}", pinned.cid);
+            eprintln!(
+                "pinned: {} ({} block(s) fetched from IPFS gateways)",
+                shoal::units::format_size(pinned.size),
+                pinned.blocks_fetched
+            );
         }
         DataCommand::Get { cid, dest, path } => {
             let dest = dest.unwrap_or_else(|| PathBuf::from(cid.trim_start_matches("ipfs://")));

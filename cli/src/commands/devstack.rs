@@ -44,6 +44,9 @@ pub struct DevstackArgs {
     /// Path-style S3 addressing for the executors' s3:// sources.
     #[arg(long)]
     pub s3_path_style: bool,
+    /// An IPFS trustless gateway to fetch CIDs the store lacks from (repeatable).
+    #[arg(long = "ipfs-gateway", value_parser = shoal::ipfs::parse_gateway)]
+    pub ipfs_gateways: Vec<url::Url>,
     /// Keep state here instead of a temporary directory removed on exit.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -76,8 +79,9 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
         None => None,
     };
     let gateway_address = gateway.as_ref().and_then(|g| g.local_addr().ok());
-    let orchestrator_config =
+    let mut orchestrator_config =
         shoal_orchestrator::Config::with_data_dir(data_dir.join("orchestrator"));
+    orchestrator_config.ipfs_gateways = args.ipfs_gateways.clone();
     let token = shutdown.clone();
     tasks.spawn(async move {
         shoal_orchestrator::run_with_gateway(listener, gateway, orchestrator_config, token)

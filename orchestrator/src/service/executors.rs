@@ -68,6 +68,7 @@ impl ExecutorService for ExecutorApi {
             protocol_version: ProtocolVersion::V1 as u32,
             heartbeat_interval: prost_types::Duration::try_from(config.heartbeat_interval).ok(),
             lease: prost_types::Duration::try_from(config.lease).ok(),
+            ipfs_gateways: config.ipfs_gateways.iter().map(|u| u.to_string()).collect(),
         };
         // The handshake answer goes first, before anything register() may queue.
         tx.try_send(Ok(OrchestratorMessage {

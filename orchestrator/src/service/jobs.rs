@@ -49,8 +49,10 @@ impl JobService for JobApi {
             .ok_or_else(|| Status::invalid_argument("spec: is required"))?;
         shoal::spec::validate(&spec).map_err(Error::from)?;
         // Every CID the job names must already be stored, or it could never run (URLs are
-        // fetched by the executor).
+        // fetched by the executor) — unless IPFS gateways are configured, which executors
+        // fetch the CIDs the store lacks from.
         let content = self.0.content();
+        let gateways = !self.0.config().ipfs_gateways.is_empty();
         let sources = std::iter::once(("program".to_owned(), &spec.program)).chain(
             spec.inputs
                 .iter()
@@ -59,10 +61,11 @@ impl JobService for JobApi {
         );
         for (field, source) in sources {
             if let Ok(Source::Cid(cid)) = source.parse::<Source>()
+                && !gateways
                 && !content.contains(&cid).await
             {
                 return Err(Status::not_found(format!(
-                    "{field}: {source} is not in the store; upload it first"
+                    "{field}: {source} is not in the store and no IPFS gateway is configured; upload it first"
                 )));
             }
         }

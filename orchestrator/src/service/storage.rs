@@ -1,5 +1,5 @@
 //! StorageService: uploads into and downloads from the content store, and copies of URLs
-//! and S3 data into it.
+//! and S3 data into it, and pins of CIDs fetched from IPFS gateways.
 
 use std::path::Path;
 use std::pin::Pin;
@@ -8,8 +8,8 @@ use std::sync::Arc;
 use futures::Stream;
 use shoal::proto::storage_service_server::StorageService;
 use shoal::proto::{
-    CopyFromS3Request, CopyFromUrlRequest, DownloadRequest, DownloadResponse, StatRequest,
-    StatResponse, UploadRequest, UploadResponse,
+    CopyFromS3Request, CopyFromUrlRequest, DownloadRequest, DownloadResponse, PinRequest,
+    PinResponse, StatRequest, StatResponse, UploadRequest, UploadResponse,
 };
 use shoal::source::Source;
 use tonic::{Request, Response, Status, Streaming};
@@ -99,6 +99,28 @@ impl StorageService for StorageApi {
         let stored = store_fetched(content, &temp, &request.source, fetched.map(|_| ())).await?;
         tracing::info!(source = request.source, cid = stored.cid, "copied from S3");
         Ok(Response::new(stored))
+    }
+
+    async fn pin(&self, request: Request<PinRequest>) -> Result<Response<PinResponse>, Status> {
+        let request = request.into_inner();
+        let cid = cid("cid", &request.cid)?;
+        let content = self.0.content();
+        let blocks_fetched = content
+            .pin(&cid, self.0.ipfs())
+            .await
+            .map_err(|e| match e {
+                crate::error::Error::FailedPrecondition(reason) => {
+                    Status::failed_precondition(format!("cannot pin {cid}: {reason}"))
+                }
+                other => other.into(),
+            })?;
+        let size = content.stat(&cid, "").await?.size;
+        tracing::info!(%cid, blocks_fetched, size, "pinned");
+        Ok(Response::new(PinResponse {
+            cid: cid.to_string(),
+            size,
+            blocks_fetched,
+        }))
     }
 
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
