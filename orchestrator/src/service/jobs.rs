@@ -7,9 +7,10 @@ use std::time::SystemTime;
 use futures::Stream;
 use shoal::proto::job_service_server::JobService;
 use shoal::proto::{
-    CancelJobRequest, CancelJobResponse, DownloadResultsRequest, GetJobRequest, GetJobResponse,
-    GetLogsRequest, JobEvent, ListExecutionsRequest, ListExecutionsResponse, ListJobsRequest,
-    ListJobsResponse, LogChunk, SubmitJobRequest, SubmitJobResponse, WatchJobRequest, job_event,
+    CancelJobRequest, CancelJobResponse, DownloadResultsRequest, ExecutionResult, GetJobRequest,
+    GetJobResponse, GetLogsRequest, JobEvent, ListExecutionsRequest, ListExecutionsResponse,
+    ListJobsRequest, ListJobsResponse, LogChunk, SubmitJobRequest, SubmitJobResponse,
+    WatchJobRequest, job_event,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -203,20 +204,28 @@ impl JobService for JobApi {
     ) -> Result<Response<Self::DownloadResultsStream>, Status> {
         let request = request.into_inner();
         let id = job_id(&request.job_id)?;
-        let result_cid = self
+        let result = self
             .0
-            .read(|c| -> Result<Option<String>> {
+            .read(|c| -> Result<Option<ExecutionResult>> {
                 let job = c.job(&id)?;
                 if let Some(result) = &job.result {
-                    return Ok(Some(result.result_cid.clone()));
+                    return Ok(Some(result.clone()));
                 }
                 // A failed job may still have partial results (stdout, stderr).
                 Ok(c.execution(&job.execution_id)
                     .ok()
-                    .and_then(|e| e.result.as_ref())
-                    .map(|r| r.result_cid.clone()))
+                    .and_then(|e| e.result.clone()))
             })
             .await?
+            .unwrap_or_default();
+        if !result.published_to.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "job {id}'s results were published to {}, not to this store; fetch them from \
+                 there (`shoal job get` does)",
+                result.published_to
+            )));
+        }
+        let result_cid = Some(result.result_cid)
             .filter(|cid| !cid.is_empty())
             .ok_or_else(|| Status::failed_precondition(format!("job {id} has no results (yet)")))?;
         let cid = cid("result_cid", &result_cid)?;
