@@ -86,7 +86,8 @@ impl S3Fetcher {
         }
     }
 
-    async fn client(&self, options: Option<&S3Options>) -> aws_sdk_s3::Client {
+    /// A client for `options` (else this daemon's defaults), built once per setting.
+    pub async fn client(&self, options: Option<&S3Options>) -> aws_sdk_s3::Client {
         let S3Options {
             endpoint,
             region,
@@ -342,7 +343,8 @@ async fn upload_parts(
     Ok(parts)
 }
 
-fn describe<E, R>(error: &aws_sdk_s3::error::SdkError<E, R>) -> String
+/// An S3 error on one line: S3's code and message, or the SDK's whole error chain.
+pub fn describe<E, R>(error: &aws_sdk_s3::error::SdkError<E, R>) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,

@@ -194,38 +194,33 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Where an `s3://bucket/prefix` publisher puts results: a bucket and a key prefix that is
-/// empty or ends in '/'.
+/// An `s3://bucket/prefix` location (of published results, or of the content store): a
+/// bucket and a key prefix that is empty or ends in '/'.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct S3Publisher {
+pub struct S3Location {
     pub bucket: String,
     pub prefix: String,
 }
 
-impl S3Publisher {
-    /// Parses a job's `publisher` field; the error says what is wrong with it.
+impl S3Location {
+    /// Parses `s3://bucket[/prefix]`; the error says what is wrong with it.
     pub fn parse(text: &str) -> Result<Self, String> {
-        if !text.starts_with("s3://") {
-            return Err(format!(
-                "unknown publisher {text:?}: use \"default\" (the orchestrator's store) or s3://bucket/prefix"
-            ));
-        }
-        let Ok(Source::S3(source)) = text.parse::<Source>() else {
-            return Err(match text.parse::<Source>() {
-                Err(e) => format!("publisher {text:?}: {e}"),
-                Ok(_) => format!("publisher {text:?} is not an s3:// location"),
-            });
+        let source = match text.parse::<Source>() {
+            Ok(Source::S3(source)) => source,
+            Ok(_) => return Err(format!("{text:?} is not an s3://bucket/prefix location")),
+            Err(e) if text.starts_with("s3://") => return Err(e.to_string()),
+            Err(_) => return Err(format!("{text:?} is not an s3://bucket/prefix location")),
         };
         if source.key.contains(['*', '?']) || source.key.contains("//") {
             return Err(format!(
-                "publisher {text:?}: the prefix must be a plain key prefix (no '*', '?' or '//')"
+                "{text:?}: the prefix must be a plain key prefix (no '*', '?' or '//')"
             ));
         }
         let mut prefix = source.key;
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
         }
-        Ok(S3Publisher {
+        Ok(S3Location {
             bucket: source.bucket,
             prefix,
         })
@@ -242,11 +237,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_s3_publishers() {
-        let p = S3Publisher::parse("s3://results-bucket/runs").expect("valid");
+    fn parses_s3_locations() {
+        let p = S3Location::parse("s3://results-bucket/runs").expect("valid");
         assert_eq!(p.bucket, "results-bucket");
         assert_eq!(p.execution_prefix("j", "e"), "runs/j/e/");
-        let p = S3Publisher::parse("s3://results-bucket").expect("valid");
+        let p = S3Location::parse("s3://results-bucket").expect("valid");
         assert_eq!(p.execution_prefix("j", "e"), "j/e/");
         for bad in [
             "ftp://x/y",
@@ -256,7 +251,7 @@ mod tests {
             "s3://bucket/a//b",
             "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4",
         ] {
-            assert!(S3Publisher::parse(bad).is_err(), "{bad}");
+            assert!(S3Location::parse(bad).is_err(), "{bad}");
         }
     }
 

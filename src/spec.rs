@@ -14,7 +14,7 @@ use crate::proto::{
     FailureKind, InputSpec, JobSpec, OutputSpec, Resources, RetryPolicy, S3Options,
 };
 use crate::selector::{self, Selector};
-use crate::source::{S3Publisher, Source};
+use crate::source::{S3Location, Source};
 use crate::units::{parse_duration, parse_size};
 
 /// Entry point called when a spec names none.
@@ -496,8 +496,14 @@ pub fn validate(spec: &JobSpec) -> Result<(), Error> {
         }
     }
     if !(spec.publisher.is_empty() || spec.publisher == "default") {
-        S3Publisher::parse(&spec.publisher)
-            .map_err(|message| Error::invalid_spec("publisher", message))?;
+        S3Location::parse(&spec.publisher).map_err(|message| {
+            Error::invalid_spec(
+                "publisher",
+                format!(
+                    "{message}; use \"default\" (the orchestrator's store) or s3://bucket/prefix"
+                ),
+            )
+        })?;
     }
     Ok(())
 }

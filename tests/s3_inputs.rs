@@ -324,6 +324,89 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("invalid publisher"), "{}", out.stderr);
 
+    // The content store in a bucket: uploads, the job's program and input, and its results
+    // all live as blocks in S3; the orchestrator's disk holds none.
+    client
+        .create_bucket()
+        .bucket("shoal-store")
+        .send()
+        .await
+        .expect("create the store bucket");
+    let store_stack = Devstack::start_with_env(
+        &[
+            "--s3-endpoint",
+            ENDPOINT,
+            "--s3-path-style",
+            "--content-store",
+            "s3://shoal-store/cas",
+        ],
+        &creds,
+    )
+    .await;
+    let tree = store_stack.scratch("tree");
+    std::fs::create_dir_all(tree.join("deep")).expect("mkdir");
+    let blob = common::pseudo_random(600_000, 4);
+    std::fs::write(tree.join("deep/blob.bin"), &blob).expect("write");
+    std::fs::write(tree.join("x.txt"), b"x\n").expect("write");
+    let stored = store_stack.scratch("stored");
+    let stored_text = stored.to_string_lossy().into_owned();
+    let tree_input = format!("{}:/inputs", tree.display());
+    store_stack
+        .shoal(&[
+            "wasm",
+            "run",
+            &copytree,
+            "-i",
+            &tree_input,
+            "--download",
+            &stored_text,
+        ])
+        .await
+        .success();
+    assert_eq!(
+        std::fs::read(stored.join("outputs/copy/deep/blob.bin")).expect("blob"),
+        blob
+    );
+    assert_eq!(read(&stored.join("outputs/copy/x.txt")), "x\n");
+    let listed = client
+        .list_objects_v2()
+        .bucket("shoal-store")
+        .prefix("cas/blocks/")
+        .send()
+        .await
+        .expect("list the store");
+    // The program, three leaves and a root for the blob, x.txt, directories, the results.
+    assert!(listed.key_count().unwrap_or(0) >= 8, "{listed:?}");
+    let local_blocks = store_stack
+        .dir
+        .path()
+        .join("data/orchestrator/content/blocks");
+    assert!(
+        !local_blocks.exists() || std::fs::read_dir(&local_blocks).expect("dir").count() == 0,
+        "blocks were written locally"
+    );
+    // A store bucket that does not exist stops the orchestrator at startup, saying so.
+    let data = store_stack.scratch("bad-orchestrator");
+    let out = tokio::time::timeout(
+        common::TIMEOUT,
+        tokio::process::Command::new(common::bin("shoal-orchestrator"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .args(["--content-store", "s3://no-such-store/x"])
+            .args(["--s3-endpoint", ENDPOINT, "--s3-path-style"])
+            .envs(creds)
+            .output(),
+    )
+    .await
+    .expect("the orchestrator exits")
+    .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("content store s3://no-such-store"),
+        "{stderr}"
+    );
+
     // Executors with the wrong secret are refused by S3, and say so.
     let wrong = [
         ("AWS_ACCESS_KEY_ID", ACCESS_KEY),

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use shoal::cid::{ContentId, RAW};
-use shoal::source::{S3Publisher, Source};
+use shoal::source::{S3Location, Source};
 
 use crate::Config;
 use crate::capture::Capture;
@@ -414,7 +414,7 @@ async fn publish(
         result.result_cid = response.cid;
         return Ok(());
     }
-    let publisher = S3Publisher::parse(&spec.publisher)?;
+    let publisher = S3Location::parse(&spec.publisher)?;
     let prefix = publisher.execution_prefix(&assign.job_id, &assign.execution_id);
     let options = spec.publisher_s3.as_ref();
     let uploaded = ctx

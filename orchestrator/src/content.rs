@@ -1,10 +1,11 @@
 //! The content store: programs, input data and results as UnixFS blocks, addressed by CID
-//! exactly as IPFS addresses them (see `shoal::unixfs`), in a local directory.
+//! exactly as IPFS addresses them (see `shoal::unixfs`), in a local directory or an S3
+//! bucket (`crate::blocks`).
 //!
-//! Every block is a file named by its CID. A file is its DAG of 256 KiB raw leaves under
-//! dag-pb nodes; a directory is a dag-pb node linking its entries by name. Blocks are
-//! written to a temporary file, fsynced, then renamed into place, so a block that exists is
-//! complete; identical data is stored once.
+//! A file is its DAG of 256 KiB raw leaves under dag-pb nodes; a directory is a dag-pb node
+//! linking its entries by name. A block that exists is complete, identical data is stored
+//! once, and a parent block is stored only after its children, so a stored root means a
+//! whole DAG.
 
 use std::collections::BTreeMap;
 use std::collections::HashSet;
@@ -20,10 +21,10 @@ use shoal::proto::{
 };
 use shoal::transfer::check_tree_path;
 use shoal::unixfs::{self, Block, FileBuilder, Link, NodeType};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::blocks::BlockStore;
 use crate::error::{Error, Result};
 
 /// Most entries one upload may hold.
@@ -41,10 +42,11 @@ pub struct Resolved {
     pub size: u64,
 }
 
-/// The local content store.
+/// The content store.
 #[derive(Debug, Clone)]
 pub struct ContentStore {
-    blocks: PathBuf,
+    blocks: BlockStore,
+    /// Local scratch space: blocks being written, and copies being fetched.
     tmp: PathBuf,
     max_upload_bytes: u64,
 }
@@ -53,6 +55,16 @@ impl ContentStore {
     /// Opens the store under `dir`, creating it if needed. Uploads over `max_upload_bytes`
     /// of file content are refused.
     pub fn open(dir: &Path, max_upload_bytes: u64) -> Result<Self> {
+        Self::open_with(dir, None, max_upload_bytes)
+    }
+
+    /// Opens the store with its blocks in `s3` (a client, bucket and key prefix) if given,
+    /// else under `dir`, which holds the scratch space either way.
+    pub fn open_with(
+        dir: &Path,
+        s3: Option<(aws_sdk_s3::Client, String, String)>,
+        max_upload_bytes: u64,
+    ) -> Result<Self> {
         let blocks = dir.join("blocks");
         let tmp = dir.join("tmp");
         for path in [&blocks, &tmp] {
@@ -65,6 +77,14 @@ impl ContentStore {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
+        let blocks = match s3 {
+            Some((client, bucket, prefix)) => BlockStore::S3 {
+                client,
+                bucket,
+                prefix,
+            },
+            None => BlockStore::local(blocks, tmp.clone()),
+        };
         Ok(ContentStore {
             blocks,
             tmp,
@@ -72,55 +92,29 @@ impl ContentStore {
         })
     }
 
-    fn block_path(&self, cid: &ContentId) -> PathBuf {
-        let name = cid.to_string();
-        // Shard by the last two characters so no directory grows too large.
-        let shard = &name[name.len() - 2..];
-        self.blocks.join(shard).join(name)
+    /// The block backend.
+    pub fn blocks(&self) -> &BlockStore {
+        &self.blocks
     }
 
-    /// Whether the block `cid` is stored (for a DAG, its root).
+    /// Whether the block `cid` is stored (for a DAG, its root). A backend error counts as
+    /// absent, and is logged.
     pub async fn contains(&self, cid: &ContentId) -> bool {
-        tokio::fs::try_exists(self.block_path(cid))
+        self.blocks
+            .size(cid)
             .await
-            .unwrap_or(false)
+            .inspect_err(|error| tracing::warn!(%cid, %error, "cannot look up a block"))
+            .is_ok_and(|size| size.is_some())
     }
 
     /// Stores one block (idempotent).
     pub async fn put_block(&self, block: &Block) -> Result<()> {
-        let dest = self.block_path(&block.cid);
-        if tokio::fs::try_exists(&dest).await.unwrap_or(false) {
-            return Ok(());
-        }
-        let temp = self.tmp.join(uuid::Uuid::now_v7().to_string());
-        let write = async {
-            let mut file = tokio::fs::File::create(&temp).await?;
-            file.write_all(&block.data).await?;
-            file.sync_data().await?;
-            if let Some(parent) = dest.parent() {
-                tokio::fs::create_dir_all(parent).await?;
-            }
-            tokio::fs::rename(&temp, &dest).await
-        };
-        if let Err(error) = write.await {
-            let _ = tokio::fs::remove_file(&temp).await;
-            return Err(Error::io(format!("storing block {}", block.cid), error));
-        }
-        Ok(())
+        self.blocks.put(&block.cid, &block.data).await
     }
 
     /// One block's bytes.
     pub async fn get_block(&self, cid: &ContentId) -> Result<Bytes> {
-        tokio::fs::read(self.block_path(cid))
-            .await
-            .map(Bytes::from)
-            .map_err(|error| {
-                if error.kind() == std::io::ErrorKind::NotFound {
-                    Error::NotFound(format!("{cid} is not in the store"))
-                } else {
-                    Error::io(format!("reading {cid}"), error)
-                }
-            })
+        self.blocks.get(cid).await
     }
 
     async fn node(&self, cid: &ContentId) -> Result<(unixfs::PbNode, unixfs::UnixfsData)> {
@@ -214,13 +208,15 @@ impl ContentStore {
 
     async fn resolve_root(&self, cid: &ContentId) -> Result<Resolved> {
         if cid.is_raw() {
-            let meta = tokio::fs::metadata(self.block_path(cid))
-                .await
-                .map_err(|_| Error::NotFound(format!("{cid} is not in the store")))?;
+            let size = self
+                .blocks
+                .size(cid)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("{cid} is not in the store")))?;
             return Ok(Resolved {
                 cid: *cid,
                 kind: EntryKind::File,
-                size: meta.len(),
+                size,
             });
         }
         if cid.codec() != DAG_PB {

@@ -6,6 +6,7 @@
 //! store), `cluster` (the in-memory state machine and scheduler), `service` (the gRPC
 //! services, thin shells over the above). [`run`] wires them together.
 
+pub mod blocks;
 pub mod cluster;
 pub mod content;
 pub mod error;
@@ -54,6 +55,11 @@ pub struct Config {
     /// Largest upload (total file bytes) the content store accepts.
     #[arg(long, env = "SHOAL_MAX_UPLOAD", default_value = "16GiB", value_parser = shoal::units::parse_size)]
     pub max_upload_bytes: u64,
+    /// Where the content store keeps its blocks: `s3://bucket/prefix` for an S3 bucket
+    /// (reached with the `--s3-*` settings and the standard AWS credentials), or unset for
+    /// `DATA_DIR/content`.
+    #[arg(long, env = "SHOAL_CONTENT_STORE", value_parser = shoal::source::S3Location::parse)]
+    pub content_store: Option<shoal::source::S3Location>,
     /// An IPFS trustless gateway (`http(s)://host[:port]`) to fetch CIDs the store lacks
     /// from; repeat the flag (or separate with commas) for several, asked in order. With
     /// one, jobs may name CIDs the store does not hold: executors fetch and verify them.
@@ -73,6 +79,7 @@ impl Config {
             max_upload_bytes: 16 << 30,
             s3: shoal::s3::S3Defaults::aws(),
             ipfs_gateways: Vec::new(),
+            content_store: None,
         }
     }
 }
@@ -266,15 +273,30 @@ impl Orchestrator {
 }
 
 /// Opens the data directory and restores the orchestrator's state.
-pub fn open(config: Config, shutdown: CancellationToken) -> Result<Arc<Orchestrator>> {
+pub async fn open(config: Config, shutdown: CancellationToken) -> Result<Arc<Orchestrator>> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| error::Error::io(format!("creating {}", config.data_dir.display()), e))?;
     let (store, snapshot) = Store::open(&config.data_dir.join("state.redb"))?;
-    let content = ContentStore::open(&config.data_dir.join("content"), config.max_upload_bytes)?;
+    let s3 = shoal::s3::S3Fetcher::new(config.s3.clone());
+    let content_bucket = match &config.content_store {
+        Some(location) => Some((
+            s3.client(None).await,
+            location.bucket.clone(),
+            location.prefix.clone(),
+        )),
+        None => None,
+    };
+    let content = ContentStore::open_with(
+        &config.data_dir.join("content"),
+        content_bucket,
+        config.max_upload_bytes,
+    )?;
+    content.blocks().check().await?;
     tracing::info!(
         jobs = snapshot.jobs.len(),
         executions = snapshot.executions.len(),
         data_dir = %config.data_dir.display(),
+        blocks = content.blocks().location(),
         "state restored"
     );
     let cluster = Cluster::restore(
@@ -292,7 +314,6 @@ pub fn open(config: Config, shutdown: CancellationToken) -> Result<Arc<Orchestra
     let http = shoal::fetch::HttpFetcher::new(5, 3).map_err(|e| {
         error::Error::InvalidArgument(format!("cannot set up the HTTP client: {e}"))
     })?;
-    let s3 = shoal::s3::S3Fetcher::new(config.s3.clone());
     let ipfs = shoal::ipfs::GatewayFetcher::new(config.ipfs_gateways.clone()).map_err(|e| {
         error::Error::InvalidArgument(format!("cannot set up the IPFS gateway client: {e}"))
     })?;
@@ -324,7 +345,7 @@ pub async fn run_with_gateway(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let orchestrator = open(config, shutdown.clone())?;
+    let orchestrator = open(config, shutdown.clone()).await?;
     let address = listener
         .local_addr()
         .map_err(|e| error::Error::io("listener", e))?;

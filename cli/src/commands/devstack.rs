@@ -38,12 +38,15 @@ pub struct DevstackArgs {
     /// Time each execution may spend fetching its program and inputs.
     #[arg(long, default_value = "10m", value_parser = shoal::units::parse_duration)]
     pub staging_timeout: std::time::Duration,
-    /// S3 endpoint the executors use for s3:// sources that name none.
+    /// S3 endpoint the orchestrator and executors use where a source names none.
     #[arg(long)]
     pub s3_endpoint: Option<String>,
-    /// Path-style S3 addressing for the executors' s3:// sources.
+    /// Path-style S3 addressing for the orchestrator and executors.
     #[arg(long)]
     pub s3_path_style: bool,
+    /// Keep the content store's blocks in s3://bucket/prefix instead of the data directory.
+    #[arg(long, value_parser = shoal::source::S3Location::parse)]
+    pub content_store: Option<shoal::source::S3Location>,
     /// An IPFS trustless gateway to fetch CIDs the store lacks from (repeatable).
     #[arg(long = "ipfs-gateway", value_parser = shoal::ipfs::parse_gateway)]
     pub ipfs_gateways: Vec<url::Url>,
@@ -82,6 +85,9 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
     let mut orchestrator_config =
         shoal_orchestrator::Config::with_data_dir(data_dir.join("orchestrator"));
     orchestrator_config.ipfs_gateways = args.ipfs_gateways.clone();
+    orchestrator_config.content_store = args.content_store.clone();
+    orchestrator_config.s3.endpoint = args.s3_endpoint.clone();
+    orchestrator_config.s3.force_path_style = args.s3_path_style;
     let token = shutdown.clone();
     tasks.spawn(async move {
         shoal_orchestrator::run_with_gateway(listener, gateway, orchestrator_config, token)
