@@ -121,34 +121,222 @@ impl S3Fetcher {
         dest: &Path,
         max_bytes: u64,
     ) -> Result<S3Fetched, String> {
+        let listing = self.list(source, options).await?;
+        self.fetch_listed(&listing, options, dest, max_bytes).await
+    }
+
+    /// What `source` names right now: the object (HeadObject), or the objects below the
+    /// prefix or matching the glob (ListObjectsV2), each with its ETag and size. Fails if
+    /// nothing matches.
+    pub async fn list(
+        &self,
+        source: &S3Source,
+        options: Option<&S3Options>,
+    ) -> Result<S3Listing, String> {
         let client = self.client(options).await;
-        match source.selection() {
+        let bucket = source.bucket.clone();
+        let (prefix, pattern) = match source.selection() {
             S3Selection::Object(key) => {
                 let version = options
                     .map(|o| o.version_id.clone())
                     .filter(|v| !v.is_empty());
-                let bytes =
-                    get_object(&client, &source.bucket, key, version, dest, max_bytes).await?;
-                Ok(S3Fetched {
-                    bytes,
+                let head = client
+                    .head_object()
+                    .bucket(&bucket)
+                    .key(key)
+                    .set_version_id(version.clone())
+                    .send()
+                    .await
+                    .map_err(|e| describe(&e));
+                let head = match head {
+                    Ok(head) => head,
+                    Err(head_error) => {
+                        // A HEAD answer has no body, so S3 cannot say what is missing (the
+                        // key, the bucket, the version): a GET's error names it.
+                        let reason = match client
+                            .get_object()
+                            .bucket(&bucket)
+                            .key(key)
+                            .set_version_id(version)
+                            .send()
+                            .await
+                        {
+                            Err(e) => describe(&e),
+                            Ok(_) => head_error,
+                        };
+                        return Err(format!("cannot get s3://{bucket}/{key}: {reason}"));
+                    }
+                };
+                return Ok(S3Listing {
+                    bucket,
                     directory: false,
-                })
+                    objects: vec![ListedObject {
+                        key: key.to_owned(),
+                        relative: String::new(),
+                        etag: head.e_tag().map(str::to_owned),
+                        size: head.content_length().unwrap_or(0).max(0) as u64,
+                        version,
+                    }],
+                    empty_directories: Vec::new(),
+                });
             }
-            S3Selection::Prefix(prefix) => {
-                fetch_many(&client, &source.bucket, prefix, None, dest, max_bytes).await
-            }
-            S3Selection::Glob { prefix, pattern } => {
-                fetch_many(
-                    &client,
-                    &source.bucket,
-                    prefix,
-                    Some(pattern),
-                    dest,
-                    max_bytes,
-                )
-                .await
+            S3Selection::Prefix(prefix) => (prefix, None),
+            S3Selection::Glob { prefix, pattern } => (prefix, Some(pattern)),
+        };
+        let mut listing = S3Listing {
+            bucket: bucket.clone(),
+            directory: true,
+            objects: Vec::new(),
+            empty_directories: Vec::new(),
+        };
+        let mut pages = client
+            .list_objects_v2()
+            .bucket(&bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|e| format!("cannot list s3://{bucket}/{prefix}: {}", describe(&e)))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                let relative = &key[prefix.len().min(key.len())..];
+                if relative.is_empty() {
+                    continue;
+                }
+                // A directory marker ("folder/") holds nothing but keeps an empty directory.
+                if let Some(directory) = relative.strip_suffix('/') {
+                    if pattern.is_none() && check_tree_path(directory).is_ok() {
+                        listing.empty_directories.push(directory.to_owned());
+                    }
+                    continue;
+                }
+                if let Some(pattern) = pattern
+                    && (relative.contains('/') || !glob_matches(pattern, relative))
+                {
+                    continue;
+                }
+                check_tree_path(relative).map_err(|_| {
+                    format!("the object key {key:?} cannot be a file path below the prefix")
+                })?;
+                listing.objects.push(ListedObject {
+                    key: key.to_owned(),
+                    relative: relative.to_owned(),
+                    etag: object.e_tag().map(str::to_owned),
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                    version: None,
+                });
             }
         }
+        if listing.objects.is_empty() {
+            let what = pattern
+                .map(|p| format!("{prefix}{p}"))
+                .unwrap_or_else(|| prefix.to_owned());
+            return Err(format!("no objects match s3://{bucket}/{what}"));
+        }
+        Ok(listing)
+    }
+
+    /// Fetches exactly the listed objects (each request is conditional on the listed ETag,
+    /// so an object replaced since is refused rather than mixed in) to `dest`.
+    pub async fn fetch_listed(
+        &self,
+        listing: &S3Listing,
+        options: Option<&S3Options>,
+        dest: &Path,
+        max_bytes: u64,
+    ) -> Result<S3Fetched, String> {
+        let bucket = &listing.bucket;
+        let total = listing.bytes();
+        if total > max_bytes {
+            return Err(format!(
+                "s3://{bucket}/ holds {total} bytes for this input, more than the input limit of {max_bytes} bytes"
+            ));
+        }
+        let client = self.client(options).await;
+        if !listing.directory {
+            let object = &listing.objects[0];
+            let bytes = get_object(&client, bucket, object, dest, max_bytes).await?;
+            return Ok(S3Fetched {
+                bytes,
+                directory: false,
+            });
+        }
+        tokio::fs::create_dir_all(dest)
+            .await
+            .map_err(|e| e.to_string())?;
+        for directory in &listing.empty_directories {
+            tokio::fs::create_dir_all(dest.join(directory))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let mut written = 0u64;
+        for object in &listing.objects {
+            written += get_object(
+                &client,
+                bucket,
+                object,
+                &dest.join(&object.relative),
+                max_bytes - written,
+            )
+            .await?;
+        }
+        Ok(S3Fetched {
+            bytes: written,
+            directory: true,
+        })
+    }
+}
+
+/// One object of an [`S3Listing`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    pub key: String,
+    /// Its path below the prefix (empty for a single object).
+    pub relative: String,
+    pub etag: Option<String>,
+    pub size: u64,
+    pub version: Option<String>,
+}
+
+/// What an S3 source named at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Listing {
+    pub bucket: String,
+    /// A prefix or glob (a directory), or one object (a file).
+    pub directory: bool,
+    pub objects: Vec<ListedObject>,
+    /// Empty directories, from `name/` marker objects.
+    pub empty_directories: Vec<String>,
+}
+
+impl S3Listing {
+    /// Bytes of all the objects.
+    pub fn bytes(&self) -> u64 {
+        self.objects.iter().map(|o| o.size).sum()
+    }
+
+    /// A digest of exactly what was listed — bucket, keys, ETags, sizes, versions — for
+    /// keying a cache; None if an object has no ETag (then nothing identifies its bytes).
+    pub fn fingerprint(&self) -> Option<String> {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(self.bucket.as_bytes());
+        hasher.update([u8::from(self.directory)]);
+        for object in &self.objects {
+            let etag = object.etag.as_deref()?;
+            for part in [&object.key, &object.relative, etag] {
+                hasher.update((part.len() as u64).to_le_bytes());
+                hasher.update(part.as_bytes());
+            }
+            hasher.update(object.size.to_le_bytes());
+            hasher.update(object.version.as_deref().unwrap_or_default().as_bytes());
+        }
+        for directory in &self.empty_directories {
+            hasher.update((directory.len() as u64).to_le_bytes());
+            hasher.update(directory.as_bytes());
+        }
+        Some(crate::source::hex(&hasher.finalize()))
     }
 }
 
@@ -362,20 +550,27 @@ where
 async fn get_object(
     client: &aws_sdk_s3::Client,
     bucket: &str,
-    key: &str,
-    version: Option<String>,
+    object: &ListedObject,
     dest: &Path,
     max_bytes: u64,
 ) -> Result<u64, String> {
-    let mut object = client
+    let key = &object.key;
+    let mut answer = client
         .get_object()
         .bucket(bucket)
         .key(key)
-        .set_version_id(version)
+        .set_version_id(object.version.clone())
+        .set_if_match(object.etag.clone())
         .send()
         .await
-        .map_err(|e| format!("cannot get s3://{bucket}/{key}: {}", describe(&e)))?;
-    if let Some(length) = object.content_length()
+        .map_err(|e| {
+            let reason = match e.raw_response().map(|r| r.status().as_u16()) {
+                Some(412) => "the object changed while it was being fetched".to_owned(),
+                _ => describe(&e),
+            };
+            format!("cannot get s3://{bucket}/{key}: {reason}")
+        })?;
+    if let Some(length) = answer.content_length()
         && length as u64 > max_bytes
     {
         return Err(format!(
@@ -391,7 +586,7 @@ async fn get_object(
         .await
         .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
     let mut written = 0u64;
-    while let Some(chunk) = object.body.next().await {
+    while let Some(chunk) = answer.body.next().await {
         let chunk = chunk.map_err(|e| {
             format!("reading s3://{bucket}/{key} broke off after {written} bytes: {e}")
         })?;
@@ -407,79 +602,4 @@ async fn get_object(
     }
     file.flush().await.map_err(|e| e.to_string())?;
     Ok(written)
-}
-
-async fn fetch_many(
-    client: &aws_sdk_s3::Client,
-    bucket: &str,
-    prefix: &str,
-    pattern: Option<&str>,
-    dest: &Path,
-    max_bytes: u64,
-) -> Result<S3Fetched, String> {
-    tokio::fs::create_dir_all(dest)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut pages = client
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(prefix)
-        .into_paginator()
-        .send();
-    let mut total = 0u64;
-    let mut count = 0usize;
-    while let Some(page) = pages.next().await {
-        let page =
-            page.map_err(|e| format!("cannot list s3://{bucket}/{prefix}: {}", describe(&e)))?;
-        for object in page.contents() {
-            let Some(key) = object.key() else { continue };
-            let relative = &key[prefix.len().min(key.len())..];
-            if relative.is_empty() {
-                continue;
-            }
-            // A directory marker ("folder/") holds nothing but keeps an empty directory.
-            if let Some(directory) = relative.strip_suffix('/') {
-                if pattern.is_none() && check_tree_path(directory).is_ok() {
-                    tokio::fs::create_dir_all(dest.join(directory))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-                continue;
-            }
-            if let Some(pattern) = pattern
-                && (relative.contains('/') || !glob_matches(pattern, relative))
-            {
-                continue;
-            }
-            check_tree_path(relative).map_err(|_| {
-                format!("the object key {key:?} cannot be a file path below the prefix")
-            })?;
-            let size = object.size().unwrap_or(0).max(0) as u64;
-            if total + size > max_bytes {
-                return Err(format!(
-                    "s3://{bucket}/{prefix} holds more than the input limit of {max_bytes} bytes"
-                ));
-            }
-            total += get_object(
-                client,
-                bucket,
-                key,
-                None,
-                &dest.join(relative),
-                max_bytes - total,
-            )
-            .await?;
-            count += 1;
-        }
-    }
-    if count == 0 {
-        let what = pattern
-            .map(|p| format!("{prefix}{p}"))
-            .unwrap_or_else(|| prefix.to_owned());
-        return Err(format!("no objects match s3://{bucket}/{what}"));
-    }
-    Ok(S3Fetched {
-        bytes: total,
-        directory: true,
-    })
 }

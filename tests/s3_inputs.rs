@@ -407,6 +407,57 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
         "{stderr}"
     );
 
+    // S3 inputs are cached by what S3 lists (keys, ETags, sizes): the same prefix twice is
+    // fetched once; a replaced object is fetched again.
+    let cache_stack = Devstack::start_with_env(
+        &[
+            "--executors",
+            "1",
+            "--s3-endpoint",
+            ENDPOINT,
+            "--s3-path-style",
+        ],
+        &creds,
+    )
+    .await;
+    let cache_entries = || {
+        std::fs::read_dir(cache_stack.scratch("data/executor-0/inputs"))
+            .expect("cache dir")
+            .count()
+    };
+    for (run, expected_entries, expected_a) in [(0, 1, "a,1\n"), (1, 1, "a,1\n"), (2, 2, "a,9\n")] {
+        if run == 2 {
+            client
+                .put_object()
+                .bucket(BUCKET)
+                .key("in/a.csv")
+                .body(ByteStream::from_static(b"a,9\n"))
+                .send()
+                .await
+                .expect("replace an object");
+        }
+        let results = cache_stack.scratch(&format!("cached-{run}"));
+        let results_text = results.to_string_lossy().into_owned();
+        cache_stack
+            .shoal(&[
+                "wasm",
+                "run",
+                &copytree,
+                "-i",
+                "s3://shoal-data/in/:/inputs",
+                "--download",
+                &results_text,
+            ])
+            .await
+            .success();
+        assert_eq!(
+            read(&results.join("outputs/copy/a.csv")),
+            expected_a,
+            "run {run}"
+        );
+        assert_eq!(cache_entries(), expected_entries, "run {run}");
+    }
+
     // Executors with the wrong secret are refused by S3, and say so.
     let wrong = [
         ("AWS_ACCESS_KEY_ID", ACCESS_KEY),

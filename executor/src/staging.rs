@@ -11,9 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use shoal::cid::ContentId;
+use shoal::proto::S3Options;
 use shoal::proto::storage_service_client::StorageServiceClient;
 use shoal::proto::{DownloadRequest, Failure, FailureKind, InputSpec, StatRequest};
-use shoal::source::{HttpSource, Source, hex};
+use shoal::s3::S3Fetcher;
+use shoal::source::{HttpSource, S3Source, Source, hex};
 use tonic::transport::Channel;
 
 use crate::cache::{Cached, InputCache, Pin};
@@ -113,15 +115,7 @@ pub async fn stage_inputs(
             Source::Http(http_source) => fetch_url(http, cache, http_source, remaining).await,
             Source::Cid(cid) => fetch_cid(&mut storage, &ipfs, cache, cid, remaining).await,
             Source::S3(s3_source) => {
-                let path = dir.join(format!("s3-{i}"));
-                s3.fetch(s3_source, input.s3.as_ref(), &path, remaining)
-                    .await
-                    .map(|fetched| FetchedInput {
-                        path,
-                        size: fetched.bytes,
-                        directory: fetched.directory,
-                        pin: None,
-                    })
+                fetch_s3(s3, cache, s3_source, input.s3.as_ref(), remaining).await
             }
         }
         .map_err(name)?;
@@ -346,6 +340,52 @@ async fn fetch_cid(
         path,
         size: summary.bytes,
         directory: summary.directory,
+        pin,
+    })
+}
+
+/// Fetches an S3 object, prefix or glob through the cache, keyed by exactly what S3 listed
+/// (keys, ETags, sizes, versions) at the endpoint used: a second job on unchanged objects
+/// costs one HEAD or LIST request and no download.
+async fn fetch_s3(
+    s3: &S3Fetcher,
+    cache: &Arc<InputCache>,
+    source: &S3Source,
+    options: Option<&S3Options>,
+    max_bytes: u64,
+) -> Result<FetchedInput, String> {
+    let listing = s3.list(source, options).await?;
+    let key = listing
+        .fingerprint()
+        .map(|digest| format!("s3:{}|{digest}", s3.effective(options).endpoint));
+    let _one_fetch = match &key {
+        Some(key) => Some(cache.fetch_lock(key).await),
+        None => None,
+    };
+    if let Some((cached, pin)) = key.as_deref().and_then(|key| cache.get(key)) {
+        tracing::debug!(source = %Source::S3(source.clone()), "input cache hit");
+        return Ok(FetchedInput {
+            directory: cached.path.is_dir(),
+            path: cached.path,
+            size: cached.size,
+            pin: Some(pin),
+        });
+    }
+    let path = cache.new_path();
+    let fetched = s3
+        .fetch_listed(&listing, options, &path, max_bytes)
+        .await
+        .inspect_err(|_| remove_partial(&path))?;
+    let cached = Cached {
+        path: path.clone(),
+        size: fetched.bytes,
+        etag: None,
+    };
+    let pin = key.and_then(|key| cache.insert(&key, cached));
+    Ok(FetchedInput {
+        path,
+        size: fetched.bytes,
+        directory: fetched.directory,
         pin,
     })
 }
