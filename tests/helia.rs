@@ -3,10 +3,10 @@
 //!
 //! - Data put into Shoal resolves to the same bytes through Helia, which fetches it from
 //!   Shoal's trustless gateway and checks every block itself.
-//! - Jobs read CIDs that only Helia holds: executors fetch them through the orchestrator's
-//!   `--ipfs-gateway`, verifying every block; a proxy that flips one byte is caught, and a
-//!   CID no gateway holds fails with a clear STAGING failure. `data pin` brings such a CID
-//!   into Shoal's store.
+//! - Jobs read inputs and run programs by CIDs that only Helia holds: executors fetch them
+//!   through the orchestrator's `--ipfs-gateway`, verifying every block; a proxy that flips
+//!   one byte is caught, and a CID no gateway holds fails with a clear STAGING failure.
+//!   `data pin` brings such a CID into Shoal's store.
 
 mod common;
 
@@ -206,6 +206,16 @@ async fn jobs_read_cids_from_helia_and_tampering_is_caught() {
         std::fs::read(copy.join("a.txt")).expect("a.txt"),
         b"alpha\n"
     );
+
+    // A program only Helia holds runs by CID too.
+    let program_cid = helia
+        .add(Path::new(&path("examples/hello/hello.wasm")))
+        .await;
+    let out = stack
+        .shoal(&["wasm", "run", &program_cid, "from-ipfs"])
+        .await
+        .success();
+    assert!(out.stdout.contains("arg[1]=from-ipfs"), "{}", out.stdout);
 
     // Through a gateway that flips a byte, the same kind of job fails and says why.
     let other = stack.scratch("other.bin");
