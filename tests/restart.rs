@@ -5,48 +5,8 @@ mod common;
 
 use std::process::Stdio;
 
-use common::{bin, path, shoal, state, wait_for_line};
-use tokio::io::BufReader;
-use tokio::process::{Child, Command};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-async fn start_orchestrator(data: &std::path::Path, port: u16) -> Child {
-    let mut child = Command::new(bin("shoal-orchestrator"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(data)
-        .args(["--lease", "30s", "--log-format", "json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn orchestrator");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    wait_for_line(&mut stderr, "orchestrator listening").await;
-    common::drain(stderr);
-    child
-}
-
-async fn wait_connected(address: &str) {
-    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
-    loop {
-        let nodes = shoal(address, &["node", "list", "--output", "json"]).await;
-        if nodes.code == 0 && nodes.stdout.contains("NODE_STATE_CONNECTED") {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the executor never connected"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
+use common::{bin, free_port, path, shoal, start_orchestrator, state, wait_connected};
+use tokio::process::Command;
 
 /// After `kill -9` and a restart, finished jobs keep their results, queued jobs stay
 /// queued, a job that was running when the orchestrator died completes once, and the

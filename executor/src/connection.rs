@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use shoal::proto::executor_service_client::ExecutorServiceClient;
 use shoal::proto::{
-    Capacity, ExecutionFinished, ExecutorMessage, Heartbeat, ProtocolVersion, Register,
-    executor_message, orchestrator_message,
+    Capacity, ExecutionFinished, ExecutorMessage, Failure, FailureKind, Heartbeat, ProtocolVersion,
+    Register, executor_message, orchestrator_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -29,6 +29,9 @@ const CANCELLED_TOMBSTONES: usize = 1024;
 #[derive(Default)]
 pub struct Executions {
     running: HashMap<String, CancellationToken>,
+    /// Executions stopped by a drain timeout: reported as lost, not cancelled, so the
+    /// orchestrator runs them elsewhere.
+    drained: HashMap<String, Duration>,
     cancelled_early: VecDeque<String>,
     recent_finished: VecDeque<ExecutionFinished>,
 }
@@ -45,10 +48,15 @@ pub fn running_ids(executions: &SharedExecutions) -> Vec<String> {
     lock(executions).running.keys().cloned().collect()
 }
 
-/// Cancels every running execution (shutdown).
-pub fn cancel_all(executions: &SharedExecutions) {
-    for token in lock(executions).running.values() {
-        token.cancel();
+/// Stops every running execution because the drain took longer than `drain_timeout`.
+pub fn cancel_all_for_drain(executions: &SharedExecutions, drain_timeout: Duration) {
+    let mut executions = lock(executions);
+    let ids: Vec<String> = executions.running.keys().cloned().collect();
+    for id in ids {
+        executions.drained.insert(id.clone(), drain_timeout);
+        if let Some(token) = executions.running.get(&id) {
+            token.cancel();
+        }
     }
 }
 
@@ -58,19 +66,21 @@ pub struct Connection {
     pub executions: SharedExecutions,
     pub tasks: TaskTracker,
     pub channel: tonic::transport::Channel,
+    /// Set once the executor drains: no new work, and the orchestrator is told.
+    pub draining: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Dials and serves the orchestrator until `shutdown`, reconnecting whenever the stream
-/// breaks.
+/// Dials and serves the orchestrator until `shutdown` (the end of a drain), reconnecting
+/// whenever the stream breaks.
 pub async fn run(
-    connection: Connection,
+    mut connection: Connection,
     mut uplink: mpsc::Receiver<ExecutorMessage>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let executor_id = connection.context.config.executor_id.clone();
     while !shutdown.is_cancelled() {
-        match session(&connection, &mut uplink, &shutdown, &mut backoff).await {
+        match session(&mut connection, &mut uplink, &shutdown, &mut backoff).await {
             Ok(()) => tracing::info!(executor_id, "stream to the orchestrator ended"),
             Err(error) => tracing::warn!(executor_id, %error, "orchestrator unreachable"),
         }
@@ -83,7 +93,7 @@ pub async fn run(
 }
 
 async fn session(
-    connection: &Connection,
+    connection: &mut Connection,
     uplink: &mut mpsc::Receiver<ExecutorMessage>,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
@@ -136,6 +146,8 @@ async fn session(
         executor_id = config.executor_id,
         "registered with the orchestrator"
     );
+    // A drain outlives reconnections: say so again on every new stream.
+    connection.draining.mark_changed();
 
     let mut heartbeat = tokio::time::interval(heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -152,8 +164,22 @@ async fn session(
                 let running_execution_ids = running_ids(&connection.executions);
                 send(&tx, executor_message::Message::Heartbeat(Heartbeat { running_execution_ids })).await?;
             }
+            Ok(()) = connection.draining.changed() => {
+                if *connection.draining.borrow_and_update() {
+                    send(&tx, executor_message::Message::Draining(Default::default())).await?;
+                }
+            }
             _ = shutdown.cancelled() => {
-                send(&tx, executor_message::Message::Draining(Default::default())).await?;
+                // The drain is over: every report is queued; send them before leaving.
+                while let Ok(message) = uplink.try_recv() {
+                    tx.send(message).await.map_err(|_| Error::Protocol("the stream closed".into()))?;
+                }
+                drop(tx);
+                // Wait for the orchestrator to end the stream, so nothing queued is cut off.
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    while let Ok(Some(_)) = inbound.message().await {}
+                })
+                .await;
                 return Ok(());
             }
         }
@@ -175,6 +201,26 @@ fn handle(connection: &Connection, message: shoal::proto::OrchestratorMessage) {
     match message.message {
         Some(orchestrator_message::Message::Assign(assign)) => {
             let execution_id = assign.execution_id.clone();
+            if *connection.draining.borrow() {
+                // Sent before our Draining arrived: hand it straight back.
+                let context = connection.context.clone();
+                tokio::spawn(async move {
+                    let failure = Failure::new(
+                        FailureKind::ExecutorLost,
+                        "the executor is draining and took no new work",
+                    );
+                    context
+                        .uplink
+                        .send_finished(ExecutionFinished {
+                            execution_id,
+                            state: failure.kind().execution_state() as i32,
+                            result: None,
+                            failure: Some(failure),
+                        })
+                        .await;
+                });
+                return;
+            }
             let cancel = CancellationToken::new();
             {
                 let mut executions = lock(&connection.executions);
@@ -196,12 +242,23 @@ fn handle(connection: &Connection, message: shoal::proto::OrchestratorMessage) {
             let context = connection.context.clone();
             let executions = connection.executions.clone();
             connection.tasks.spawn(async move {
-                let finished = execute(&context, assign, cancel).await;
+                let mut finished = execute(&context, assign, cancel).await;
                 {
                     // Remembered before it leaves `running`, so a Register sent at any
                     // moment reports the execution either as running or as finished —
                     // never as missing, which would make the orchestrator run it again.
                     let mut executions = lock(&executions);
+                    if let Some(timeout) = executions.drained.remove(&execution_id) {
+                        let failure = Failure::new(
+                            FailureKind::ExecutorLost,
+                            format!(
+                                "the executor shut down and its drain timeout ({}) ran out first",
+                                shoal::units::format_duration(timeout)
+                            ),
+                        );
+                        finished.state = failure.kind().execution_state() as i32;
+                        finished.failure = Some(failure);
+                    }
                     executions.recent_finished.push_back(finished.clone());
                     if executions.recent_finished.len() > RECENT_FINISHED {
                         executions.recent_finished.pop_front();

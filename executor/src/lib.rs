@@ -73,6 +73,10 @@ pub struct Config {
     /// Time allowed for fetching a program and its inputs (not counted in the run timeout).
     #[arg(long, env = "SHOAL_STAGING_TIMEOUT", default_value = "10m", value_parser = shoal::units::parse_duration)]
     pub staging_timeout: Duration,
+    /// On SIGTERM, how long running executions may go on (no new work is taken) before
+    /// they are stopped and handed back to the orchestrator to run elsewhere.
+    #[arg(long, env = "SHOAL_DRAIN_TIMEOUT", default_value = "5m", value_parser = shoal::units::parse_duration)]
+    pub drain_timeout: Duration,
 }
 
 fn default_executor_id() -> String {
@@ -108,6 +112,7 @@ impl Config {
             http_retries: 3,
             s3: shoal::s3::S3Defaults::aws(),
             staging_timeout: Duration::from_secs(600),
+            drain_timeout: Duration::from_secs(300),
         }
     }
 
@@ -128,8 +133,9 @@ impl Config {
     }
 }
 
-/// Runs the executor until `shutdown` is cancelled; then cancels running executions and
-/// waits for them to report.
+/// Runs the executor until `shutdown` is cancelled; then drains: tells the orchestrator,
+/// takes no new work, lets running executions finish within the drain timeout, stops the
+/// rest (reported as lost, so they run elsewhere), and leaves once every report is sent.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     config.labels()?;
     if config.slots == 0 {
@@ -174,6 +180,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     });
     let executions = connection::SharedExecutions::default();
     let tasks = TaskTracker::new();
+    let (draining_tx, draining) = tokio::sync::watch::channel(false);
+    let stop = CancellationToken::new();
     tracing::info!(
         executor_id = config.executor_id,
         orchestrator = config.orchestrator,
@@ -184,11 +192,31 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         executions: executions.clone(),
         tasks: tasks.clone(),
         channel,
+        draining,
     };
-    connection::run(connection, uplink_rx, shutdown.clone()).await;
-    connection::cancel_all(&executions);
-    tasks.close();
-    tasks.wait().await;
+    let drain = {
+        let (executions, tasks, stop) = (executions.clone(), tasks.clone(), stop.clone());
+        let drain_timeout = config.drain_timeout;
+        let executor_id = config.executor_id.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            let running = connection::running_ids(&executions).len();
+            tracing::info!(executor_id, running, ?drain_timeout, "draining");
+            let _ = draining_tx.send(true);
+            tasks.close();
+            if tokio::time::timeout(drain_timeout, tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(executor_id, "drain timeout: stopping the executions left");
+                connection::cancel_all_for_drain(&executions, drain_timeout);
+                tasks.wait().await;
+            }
+            stop.cancel();
+        })
+    };
+    connection::run(connection, uplink_rx, stop).await;
+    let _ = drain.await;
     tracing::info!(executor_id = config.executor_id, "executor stopped");
     Ok(())
 }

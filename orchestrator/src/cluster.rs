@@ -447,12 +447,20 @@ impl Cluster {
     fn placement(&self, spec: &JobSpec) -> std::result::Result<String, String> {
         let selector = Selector::parse(&spec.constraints, "constraints").unwrap_or_default();
         let memory = spec.resources.map(|r| r.memory_bytes).unwrap_or(0);
-        let connected: Vec<&NodeEntry> = self
+        let live: Vec<&NodeEntry> = self
             .nodes
             .values()
             .filter(|n| n.link.is_some() && n.node.state() == NodeState::Connected)
             .collect();
+        let connected: Vec<&NodeEntry> =
+            live.iter().copied().filter(|n| !n.node.cordoned).collect();
         if connected.is_empty() {
+            if !live.is_empty() {
+                return Err(format!(
+                    "waiting for an executor: all {} connected are cordoned",
+                    live.len()
+                ));
+            }
             return Err("waiting for an executor to connect: none is connected".into());
         }
         let mut unmet: BTreeMap<String, usize> = BTreeMap::new();
@@ -666,6 +674,57 @@ impl Cluster {
             let node = entry.node.clone();
             self.effects.writes.push(Write::Node(node));
         }
+    }
+
+    /// Cordons (no new work) or uncordons an executor.
+    pub fn set_cordoned(&mut self, executor_id: &str, cordoned: bool) -> Result<Node> {
+        let entry = self
+            .nodes
+            .get_mut(executor_id)
+            .ok_or_else(|| Error::NotFound(format!("no executor {executor_id}")))?;
+        if entry.node.cordoned != cordoned {
+            entry.node.cordoned = cordoned;
+            let node = entry.node.clone();
+            self.effects.writes.push(Write::Node(node));
+            self.effects.schedule |= !cordoned;
+        }
+        self.node(executor_id)
+    }
+
+    /// How many executions an executor runs now.
+    pub fn running_on(&self, executor_id: &str) -> usize {
+        self.nodes
+            .get(executor_id)
+            .map_or(0, |n| n.node.running_execution_ids.len())
+    }
+
+    /// Stops the executions still running on an executor (a drain past its grace period):
+    /// each is cancelled there and failed as EXECUTOR_LOST, so it is retried elsewhere under
+    /// its job's retry policy. Returns how many.
+    pub fn evict(&mut self, executor_id: &str, reason: &str, now: SystemTime) -> usize {
+        let running = self
+            .nodes
+            .get(executor_id)
+            .map(|n| n.node.running_execution_ids.clone())
+            .unwrap_or_default();
+        for execution_id in &running {
+            self.send_to(
+                executor_id,
+                orchestrator_message::Message::Cancel(shoal::proto::Cancel {
+                    execution_id: execution_id.clone(),
+                    reason: reason.to_owned(),
+                }),
+            );
+            self.fail_execution(
+                execution_id,
+                Failure::new(
+                    FailureKind::ExecutorLost,
+                    format!("{reason} (executor {executor_id})"),
+                ),
+                now,
+            );
+        }
+        running.len()
     }
 
     /// Fails the executions of executors not heard from within a lease.

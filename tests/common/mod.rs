@@ -277,3 +277,45 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A port free at the moment of asking, for daemons that must come back on the same one.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Starts `shoal-orchestrator` on `port` with its data in `data`; returns once it listens.
+pub async fn start_orchestrator(data: &std::path::Path, port: u16) -> Child {
+    let mut child = Command::new(bin("shoal-orchestrator"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data)
+        .args(["--lease", "30s", "--log-format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn orchestrator");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    wait_for_line(&mut stderr, "orchestrator listening").await;
+    drain(stderr);
+    child
+}
+
+/// Waits until an executor is connected to the orchestrator at `address`.
+pub async fn wait_connected(address: &str) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let nodes = shoal(address, &["node", "list", "--output", "json"]).await;
+        if nodes.code == 0 && nodes.stdout.contains("NODE_STATE_CONNECTED") {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the executor never connected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

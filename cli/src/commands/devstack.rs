@@ -104,6 +104,8 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
         config.log_cap = args.log_cap;
         config.max_input_bytes = args.max_input;
         config.staging_timeout = args.staging_timeout;
+        // The orchestrator stops with the devstack, so waiting for executions gains nothing.
+        config.drain_timeout = Duration::ZERO;
         config.s3.endpoint = args.s3_endpoint.clone();
         config.s3.force_path_style = args.s3_path_style;
         config.label = args.executor_labels.clone();

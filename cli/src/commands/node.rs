@@ -1,7 +1,9 @@
-//! `shoal node list|describe`.
+//! `shoal node list|describe|cordon|uncordon|drain`.
 
 use clap::Subcommand;
-use shoal::proto::{GetNodeRequest, ListNodesRequest, Node};
+use shoal::proto::{
+    CordonRequest, DrainRequest, GetNodeRequest, ListNodesRequest, Node, UncordonRequest,
+};
 
 use crate::client::connect;
 use crate::output::{self, Format};
@@ -18,6 +20,18 @@ pub enum NodeCommand {
         id: String,
         #[arg(long, value_enum, default_value = "yaml")]
         output: Format,
+    },
+    /// Take no new work on an executor; what runs there goes on.
+    Cordon { id: String },
+    /// Let a cordoned executor take work again.
+    Uncordon { id: String },
+    /// Cordon an executor and wait for its executions to finish; those still running after
+    /// the grace period are stopped and retried elsewhere.
+    Drain {
+        id: String,
+        /// How long running executions may go on, e.g. 10m (0: stop them at once).
+        #[arg(long, default_value = "5m", value_parser = shoal::units::parse_duration)]
+        grace: std::time::Duration,
     },
 }
 
@@ -56,6 +70,42 @@ pub async fn run(address: &str, command: NodeCommand) -> anyhow::Result<()> {
             };
             output::print_one(format, &node)?;
         }
+        NodeCommand::Cordon { id } => {
+            clients
+                .nodes
+                .cordon(CordonRequest {
+                    node_id: id.clone(),
+                })
+                .await?;
+            println!("{id} cordoned");
+        }
+        NodeCommand::Uncordon { id } => {
+            clients
+                .nodes
+                .uncordon(UncordonRequest {
+                    node_id: id.clone(),
+                })
+                .await?;
+            println!("{id} uncordoned");
+        }
+        NodeCommand::Drain { id, grace } => {
+            eprintln!(
+                "draining {id}: waiting up to {} for its executions",
+                shoal::units::format_duration(grace)
+            );
+            let drained = clients
+                .nodes
+                .drain(DrainRequest {
+                    node_id: id.clone(),
+                    grace: prost_types::Duration::try_from(grace).ok(),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "{id} drained: {} execution(s) finished, {} stopped and requeued",
+                drained.finished, drained.evicted
+            );
+        }
     }
     Ok(())
 }
@@ -71,7 +121,11 @@ fn row(node: &Node) -> Vec<String> {
     labels.sort();
     vec![
         node.id.clone(),
-        node.state().short_name().to_owned(),
+        if node.cordoned {
+            format!("{},CORDONED", node.state().short_name())
+        } else {
+            node.state().short_name().to_owned()
+        },
         format!("{}/{}", allocated.slots, capacity.slots),
         format!(
             "{}/{}",

@@ -1,9 +1,15 @@
-//! NodeService: the executors the orchestrator knows.
+//! NodeService: the executors the orchestrator knows, and taking them out of service
+//! (cordon, uncordon, drain).
 
 use std::sync::Arc;
 
 use shoal::proto::node_service_server::NodeService;
-use shoal::proto::{GetNodeRequest, GetNodeResponse, ListNodesRequest, ListNodesResponse};
+use std::time::{Duration, SystemTime};
+
+use shoal::proto::{
+    CordonRequest, CordonResponse, DrainRequest, DrainResponse, GetNodeRequest, GetNodeResponse,
+    ListNodesRequest, ListNodesResponse, UncordonRequest, UncordonResponse,
+};
 use tonic::{Request, Response, Status};
 
 use crate::Orchestrator;
@@ -35,5 +41,67 @@ impl NodeService for NodeApi {
         let id = request.into_inner().node_id;
         let node = self.0.read(|c| c.node(&id)).await?;
         Ok(Response::new(GetNodeResponse { node: Some(node) }))
+    }
+
+    async fn cordon(
+        &self,
+        request: Request<CordonRequest>,
+    ) -> Result<Response<CordonResponse>, Status> {
+        let id = request.into_inner().node_id;
+        let node = self.0.apply(|c| c.set_cordoned(&id, true)).await?;
+        tracing::info!(executor_id = id, "cordoned");
+        Ok(Response::new(CordonResponse { node: Some(node) }))
+    }
+
+    async fn uncordon(
+        &self,
+        request: Request<UncordonRequest>,
+    ) -> Result<Response<UncordonResponse>, Status> {
+        let id = request.into_inner().node_id;
+        let node = self.0.apply(|c| c.set_cordoned(&id, false)).await?;
+        tracing::info!(executor_id = id, "uncordoned");
+        Ok(Response::new(UncordonResponse { node: Some(node) }))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<DrainRequest>,
+    ) -> Result<Response<DrainResponse>, Status> {
+        let request = request.into_inner();
+        let id = request.node_id;
+        let grace = match request.grace {
+            None => Duration::ZERO,
+            Some(grace) => Duration::try_from(grace)
+                .map_err(|_| Status::invalid_argument("grace must not be negative"))?,
+        };
+        self.0.apply(|c| c.set_cordoned(&id, true)).await?;
+        let running = self.0.read(|c| c.running_on(&id)).await;
+        tracing::info!(executor_id = id, running, ?grace, "draining");
+        // Executions end by themselves within the grace period; check a few times a second.
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline && self.0.read(|c| c.running_on(&id)).await > 0
+        {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = self.0.shutdown_token().cancelled() => {
+                    return Err(Status::unavailable("the orchestrator is shutting down"));
+                }
+            }
+        }
+        let reason = format!(
+            "drained: still running after the {} grace period",
+            shoal::units::format_duration(grace)
+        );
+        let evicted = self
+            .0
+            .apply(|c| Ok(c.evict(&id, &reason, SystemTime::now())))
+            .await?;
+        let node = self.0.read(|c| c.node(&id)).await?;
+        tracing::info!(executor_id = id, evicted, "drained");
+        Ok(Response::new(DrainResponse {
+            node: Some(node),
+            finished: (running.saturating_sub(evicted)) as u32,
+            evicted: evicted as u32,
+        }))
     }
 }

@@ -1,0 +1,221 @@
+//! Taking executors out of service: `node cordon|uncordon|drain`, and SIGTERM on an
+//! executor, which drains it (no new work; running executions finish within the drain
+//! timeout; the rest are handed back and retried elsewhere).
+
+mod common;
+
+use std::process::Stdio;
+
+use common::{Devstack, bin, free_port, path, shoal, start_orchestrator, state, wait_connected};
+use tokio::io::BufReader;
+use tokio::process::{Child, Command};
+
+/// Waits until `job logs -f` prints `line`: the program is running.
+async fn wait_for_output(address: &str, job: &str, line: &str) -> Child {
+    let mut follower = Command::new(bin("shoal"))
+        .args(["job", "logs", "-f", job])
+        .env("SHOAL_ORCHESTRATOR", address)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn follower");
+    let mut stdout = BufReader::new(follower.stdout.take().expect("stdout"));
+    common::wait_for_line(&mut stdout, line).await;
+    common::drain(stdout);
+    follower
+}
+
+/// The executors a job's executions ran on, in order, with their end states.
+async fn executions(address: &str, job: &str) -> Vec<(String, String)> {
+    let out = shoal(address, &["job", "executions", job, "--output", "json"])
+        .await
+        .success()
+        .json();
+    out.as_array()
+        .expect("array")
+        .iter()
+        .map(|e| {
+            (
+                e["executorId"].as_str().unwrap_or_default().to_owned(),
+                e["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A cordoned executor gets no work; a drain stops what runs past the grace period and the
+/// job is retried on another executor; uncordon lets work in again.
+#[tokio::test(flavor = "multi_thread")]
+async fn cordon_uncordon_and_drain() {
+    let stack = Devstack::start(&["--slots", "1"]).await;
+    let ticker = path("tests/fixtures/ticker.wasm");
+    stack
+        .shoal(&["node", "cordon", "devstack-0"])
+        .await
+        .success();
+    let listed = stack.shoal(&["node", "list"]).await.success();
+    assert!(
+        listed.stdout.contains("CONNECTED,CORDONED"),
+        "{}",
+        listed.stdout
+    );
+    let id = stack.submit(&[&ticker, "600"]).await;
+    let _follower = wait_for_output(&stack.address, &id, "tick 0").await;
+    assert_eq!(
+        executions(&stack.address, &id).await[0].0,
+        "devstack-1",
+        "the cordoned executor got work"
+    );
+
+    // Draining devstack-1 with no grace requeues the job; devstack-0 is cordoned, so it
+    // waits, and says why.
+    let drained = stack
+        .shoal(&["node", "drain", "devstack-1", "--grace", "0s"])
+        .await
+        .success();
+    assert!(
+        drained
+            .stdout
+            .contains("0 execution(s) finished, 1 stopped and requeued"),
+        "{}",
+        drained.stdout
+    );
+    stack
+        .wait_job(
+            &id,
+            "queued again, waiting for an uncordoned executor",
+            |j| {
+                state(j) == "JOB_STATE_QUEUED"
+                    && j["statusMessage"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("all 2 connected are cordoned"))
+            },
+        )
+        .await;
+    stack
+        .shoal(&["node", "uncordon", "devstack-0"])
+        .await
+        .success();
+    let _follower = wait_for_output(&stack.address, &id, "tick 0").await;
+    let runs = executions(&stack.address, &id).await;
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(
+        runs[0],
+        ("devstack-1".into(), "EXECUTION_STATE_FAILED".into())
+    );
+    assert_eq!(runs[1].0, "devstack-0");
+    stack.shoal(&["job", "stop", &id]).await.success();
+
+    // Unknown executors are NOT_FOUND.
+    let out = stack.shoal(&["node", "cordon", "no-such-executor"]).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("no executor no-such-executor"),
+        "{}",
+        out.stderr
+    );
+}
+
+async fn start_executor(address: &str, dir: &std::path::Path, drain_timeout: &str) -> Child {
+    Command::new(bin("shoal-executor"))
+        .args(["--orchestrator", address, "--executor-id", "drainee"])
+        .args(["--drain-timeout", drain_timeout, "--work-dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn executor")
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().expect("running") as i32;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// SIGTERM on an executor: it reports DRAINING, lets the running job finish, then exits
+/// cleanly; with a drain timeout shorter than the job, the job is handed back instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_an_executor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let address = format!("http://127.0.0.1:{port}");
+    let _orchestrator = start_orchestrator(&dir.path().join("orchestrator"), port).await;
+    let ticker = path("tests/fixtures/ticker.wasm");
+
+    let mut executor = start_executor(&address, &dir.path().join("e1"), "2m").await;
+    wait_connected(&address).await;
+    let id = shoal(&address, &["wasm", "run", "--id-only", &ticker, "3"])
+        .await
+        .success()
+        .stdout
+        .trim()
+        .to_owned();
+    let _follower = wait_for_output(&address, &id, "tick 0").await;
+    sigterm(&executor);
+    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    loop {
+        let node = shoal(
+            &address,
+            &["node", "describe", "drainee", "--output", "json"],
+        )
+        .await
+        .success()
+        .json();
+        if node["state"] == "NODE_STATE_DRAINING" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never DRAINING: {node}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let status = tokio::time::timeout(common::TIMEOUT, executor.wait())
+        .await
+        .expect("the executor exits after its drain")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+    let job = shoal(&address, &["job", "describe", &id, "--output", "json"])
+        .await
+        .success()
+        .json();
+    assert_eq!(state(&job), "JOB_STATE_COMPLETED", "{job}");
+
+    // A drain timeout shorter than the job: the job goes back to the queue.
+    let mut executor = start_executor(&address, &dir.path().join("e2"), "1s").await;
+    wait_connected(&address).await;
+    let id = shoal(&address, &["wasm", "run", "--id-only", &ticker, "600"])
+        .await
+        .success()
+        .stdout
+        .trim()
+        .to_owned();
+    let _follower = wait_for_output(&address, &id, "tick 0").await;
+    sigterm(&executor);
+    let status = tokio::time::timeout(common::TIMEOUT, executor.wait())
+        .await
+        .expect("the executor exits after its drain timeout")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+    let job = shoal(&address, &["job", "describe", &id, "--output", "json"])
+        .await
+        .success()
+        .json();
+    assert_eq!(state(&job), "JOB_STATE_QUEUED", "{job}");
+    let runs = shoal(&address, &["job", "executions", &id, "--output", "json"])
+        .await
+        .success()
+        .json();
+    let failure = runs[0]["failure"].to_string();
+    assert!(
+        failure.contains("FAILURE_KIND_EXECUTOR_LOST") && failure.contains("drain timeout (1s)"),
+        "{runs}"
+    );
+}
