@@ -4,6 +4,7 @@
 //! The daemons (`shoal-orchestrator`, `shoal-executor`) and the `shoal` CLI all build on this
 //! crate; it has no knowledge of wasmtime or of the orchestrator's store.
 
+pub mod auth;
 pub mod cid;
 pub mod error;
 pub mod fetch;

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::auth::AuthChannel;
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use crate::proto::storage_service_client::StorageServiceClient;
 use crate::proto::{
@@ -142,7 +142,7 @@ pub async fn local_upload_stream(root: &Path) -> Result<ReceiverStream<UploadReq
 /// Uploads a local file or directory tree and returns its CID. `progress`, if given, counts
 /// file bytes as they are sent.
 pub async fn upload_path(
-    client: &mut StorageServiceClient<Channel>,
+    client: &mut StorageServiceClient<AuthChannel>,
     root: &Path,
     progress: Option<Arc<AtomicU64>>,
 ) -> Result<UploadResponse> {

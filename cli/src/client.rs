@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use shoal::auth::AuthChannel;
 use shoal::proto::job_service_client::JobServiceClient;
 use shoal::proto::node_service_client::NodeServiceClient;
 use shoal::proto::storage_service_client::StorageServiceClient;
-use tonic::transport::Channel;
 
 /// Largest message the CLI accepts.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -14,20 +14,42 @@ const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Clients of every service over one connection.
 #[derive(Debug, Clone)]
 pub struct Clients {
-    pub jobs: JobServiceClient<Channel>,
-    pub storage: StorageServiceClient<Channel>,
-    pub nodes: NodeServiceClient<Channel>,
+    pub jobs: JobServiceClient<AuthChannel>,
+    pub storage: StorageServiceClient<AuthChannel>,
+    pub nodes: NodeServiceClient<AuthChannel>,
 }
 
-/// Connects to the orchestrator at `address` (`http://host:port`; `host:port` also works).
-pub async fn connect(address: &str) -> anyhow::Result<Clients> {
+/// Where the orchestrator is and how to prove ourselves to it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `http(s)://host:port`; a bare `host:port` means http.
+    pub address: String,
+    pub security: shoal::auth::ClientSecurity,
+}
+
+impl Target {
+    /// A target with no token and no TLS (the devstack's own orchestrator).
+    pub fn plain(address: &str) -> Self {
+        Target {
+            address: address.to_owned(),
+            security: Default::default(),
+        }
+    }
+}
+
+/// Connects to the orchestrator at `target`, with its token and TLS settings.
+pub async fn connect(target: &Target) -> anyhow::Result<Clients> {
+    let address = &target.address;
     let url = if address.contains("://") {
         address.to_owned()
     } else {
         format!("http://{address}")
     };
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())
-        .with_context(|| format!("invalid orchestrator address {address:?}"))?
+    let bearer = target.security.bearer().map_err(anyhow::Error::msg)?;
+    let channel = target
+        .security
+        .endpoint(&url)
+        .map_err(anyhow::Error::msg)?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .connect()
@@ -37,6 +59,7 @@ pub async fn connect(address: &str) -> anyhow::Result<Clients> {
                 "cannot reach the orchestrator at {url} (set --orchestrator or SHOAL_ORCHESTRATOR)"
             )
         })?;
+    let channel = AuthChannel::new(channel, bearer);
     Ok(Clients {
         jobs: JobServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
         storage: StorageServiceClient::new(channel.clone())

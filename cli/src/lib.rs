@@ -26,6 +26,8 @@ pub struct Cli {
         default_value = "http://127.0.0.1:7070"
     )]
     pub orchestrator: String,
+    #[command(flatten)]
+    pub security: shoal::auth::ClientSecurity,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -51,12 +53,15 @@ pub enum Command {
 
 /// Runs a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
-    let address = cli.orchestrator;
+    let target = client::Target {
+        address: cli.orchestrator,
+        security: cli.security,
+    };
     match cli.command {
-        Command::Wasm(command) => commands::wasm::run(&address, command).await,
-        Command::Job(command) => commands::job::run(&address, command).await,
-        Command::Node(command) => commands::node::run(&address, command).await.map(|()| 0),
-        Command::Data(command) => commands::data::run(&address, command).await.map(|()| 0),
+        Command::Wasm(command) => commands::wasm::run(&target, command).await,
+        Command::Job(command) => commands::job::run(&target, command).await,
+        Command::Node(command) => commands::node::run(&target, command).await.map(|()| 0),
+        Command::Data(command) => commands::data::run(&target, command).await.map(|()| 0),
         Command::Devstack(args) => commands::devstack::run(args).await.map(|()| 0),
     }
 }

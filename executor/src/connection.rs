@@ -65,7 +65,7 @@ pub struct Connection {
     pub context: Arc<ExecutionContext>,
     pub executions: SharedExecutions,
     pub tasks: TaskTracker,
-    pub channel: tonic::transport::Channel,
+    pub channel: shoal::auth::AuthChannel,
     /// Set once the executor drains: no new work, and the orchestrator is told.
     pub draining: tokio::sync::watch::Receiver<bool>,
 }

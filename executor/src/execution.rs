@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use shoal::auth::AuthChannel;
 use shoal::proto::storage_service_client::StorageServiceClient;
 use shoal::proto::{
     Assign, ExecutionFinished, ExecutionLog, ExecutionResult, ExecutionState, ExecutionUpdate,
@@ -16,7 +17,6 @@ use shoal::proto::{
 };
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use shoal::cid::{ContentId, RAW};
 use shoal::source::{S3Location, Source};
@@ -65,7 +65,7 @@ impl Uplink {
 /// What an execution needs from its executor.
 pub struct ExecutionContext {
     pub runtime: Arc<Runtime>,
-    pub storage: StorageServiceClient<Channel>,
+    pub storage: StorageServiceClient<AuthChannel>,
     pub http: shoal::fetch::HttpFetcher,
     pub cache: Arc<crate::cache::InputCache>,
     pub s3: shoal::s3::S3Fetcher,

@@ -77,6 +77,9 @@ pub struct Config {
     /// they are stopped and handed back to the orchestrator to run elsewhere.
     #[arg(long, env = "SHOAL_DRAIN_TIMEOUT", default_value = "5m", value_parser = shoal::units::parse_duration)]
     pub drain_timeout: Duration,
+    /// Token and TLS settings for reaching the orchestrator.
+    #[command(flatten)]
+    pub security: shoal::auth::ClientSecurity,
 }
 
 fn default_executor_id() -> String {
@@ -113,6 +116,7 @@ impl Config {
             s3: shoal::s3::S3Defaults::aws(),
             staging_timeout: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(300),
+            security: Default::default(),
         }
     }
 
@@ -145,18 +149,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     std::fs::create_dir_all(config.work_dir.join("executions"))
         .map_err(|e| Error::io(format!("creating {}", config.work_dir.display()), e))?;
     let runtime = runtime::Runtime::new(&config.work_dir.join("modules"))?;
-    let channel = tonic::transport::Endpoint::from_shared(config.orchestrator.clone())
-        .map_err(|e| {
-            Error::Config(format!(
-                "orchestrator address {:?}: {e}",
-                config.orchestrator
-            ))
-        })?
+    let bearer = config.security.bearer().map_err(Error::Config)?;
+    let channel = config
+        .security
+        .endpoint(&config.orchestrator)
+        .map_err(Error::Config)?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_while_idle(true)
         .connect_lazy();
+    let channel = shoal::auth::AuthChannel::new(channel, bearer);
     let storage =
         StorageServiceClient::new(channel.clone()).max_decoding_message_size(16 * 1024 * 1024);
     let (uplink, uplink_rx) = execution::Uplink::new(1024);

@@ -10,13 +10,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use shoal::auth::AuthChannel;
 use shoal::cid::ContentId;
 use shoal::proto::S3Options;
 use shoal::proto::storage_service_client::StorageServiceClient;
 use shoal::proto::{DownloadRequest, Failure, FailureKind, InputSpec, StatRequest};
 use shoal::s3::S3Fetcher;
 use shoal::source::{HttpSource, S3Source, Source, hex};
-use tonic::transport::Channel;
 
 use crate::cache::{Cached, InputCache, Pin};
 use crate::execution::ExecutionContext;
@@ -34,7 +34,7 @@ fn staging_failure(message: String) -> Failure {
 /// Fetches the program's bytes: from the orchestrator's store, or, if it lacks them, from
 /// the IPFS gateways into `dir`.
 pub async fn fetch_program(
-    storage: &mut StorageServiceClient<Channel>,
+    storage: &mut StorageServiceClient<AuthChannel>,
     ipfs: &GatewayFetcher,
     cid: &ContentId,
     dir: &Path,
@@ -251,7 +251,7 @@ async fn fetch_url(
 }
 
 async fn fetch_cid(
-    storage: &mut StorageServiceClient<Channel>,
+    storage: &mut StorageServiceClient<AuthChannel>,
     ipfs: &GatewayFetcher,
     cache: &Arc<InputCache>,
     cid: &ContentId,

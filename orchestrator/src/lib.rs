@@ -55,6 +55,21 @@ pub struct Config {
     /// Largest upload (total file bytes) the content store accepts.
     #[arg(long, env = "SHOAL_MAX_UPLOAD", default_value = "16GiB", value_parser = shoal::units::parse_size)]
     pub max_upload_bytes: u64,
+    /// Bearer tokens and their roles, one `ROLE TOKEN` per line (roles client, executor,
+    /// admin). Without it every caller may do everything: a development setup.
+    #[arg(long, env = "SHOAL_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// TLS certificate (PEM) for the gRPC listener; with `--tls-key`, clients must use
+    /// https:// addresses.
+    #[arg(long, env = "SHOAL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of the TLS certificate.
+    #[arg(long, env = "SHOAL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) for mutual TLS: executors must then present a client
+    /// certificate it signed. Needs `--tls-cert`.
+    #[arg(long, env = "SHOAL_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Where the content store keeps its blocks: `s3://bucket/prefix` for an S3 bucket
     /// (reached with the `--s3-*` settings and the standard AWS credentials), or unset for
     /// `DATA_DIR/content`.
@@ -80,6 +95,10 @@ impl Config {
             s3: shoal::s3::S3Defaults::aws(),
             ipfs_gateways: Vec::new(),
             content_store: None,
+            tokens_file: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }

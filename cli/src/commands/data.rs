@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Subcommand;
+use shoal::auth::AuthChannel;
 use shoal::proto::DownloadRequest;
 use shoal::proto::storage_service_client::StorageServiceClient;
-use tonic::transport::Channel;
 
-use crate::client::connect;
+use crate::client::{Target, connect};
 
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
@@ -51,8 +51,8 @@ pub enum DataCommand {
     },
 }
 
-pub async fn run(address: &str, command: DataCommand) -> anyhow::Result<()> {
-    let mut clients = connect(address).await?;
+pub async fn run(target: &Target, command: DataCommand) -> anyhow::Result<()> {
+    let mut clients = connect(target).await?;
     match command {
         DataCommand::Put { path, quiet } => {
             let cid = upload(&mut clients.storage, &path, !quiet).await?;
@@ -117,7 +117,7 @@ pub async fn run(address: &str, command: DataCommand) -> anyhow::Result<()> {
 /// Uploads a local file or directory and returns its CID, with a progress bar on stderr
 /// when `progress` is set, stderr is a terminal and the upload is at least 1 MiB.
 pub async fn upload(
-    storage: &mut StorageServiceClient<Channel>,
+    storage: &mut StorageServiceClient<AuthChannel>,
     path: &Path,
     progress: bool,
 ) -> anyhow::Result<String> {
@@ -141,7 +141,7 @@ pub async fn upload(
 
 /// Downloads a CID (or a path inside it) to `dest`, with a progress bar on a terminal.
 pub async fn download(
-    storage: &mut StorageServiceClient<Channel>,
+    storage: &mut StorageServiceClient<AuthChannel>,
     cid: &str,
     path: &str,
     dest: &Path,

@@ -9,7 +9,7 @@ use clap::Args;
 use shoal::proto::{ListNodesRequest, NodeState};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::connect;
+use crate::client::{Target, connect};
 
 #[derive(Debug, Args)]
 pub struct DevstackArgs {
@@ -150,7 +150,7 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
 /// Waits until every executor has registered, so the first job runs at once.
 async fn wait_until_ready(address: &str, executors: usize) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut clients = connect(address).await?;
+    let mut clients = connect(&Target::plain(address)).await?;
     loop {
         let nodes = clients
             .nodes

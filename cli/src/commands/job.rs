@@ -15,7 +15,7 @@ use shoal::proto::{
 use shoal::spec::SpecDocument;
 
 use crate::EXIT_JOB_NOT_COMPLETED;
-use crate::client::{Clients, connect};
+use crate::client::{Clients, Target, connect};
 use crate::output::{self, Format};
 
 #[derive(Debug, Subcommand)]
@@ -94,8 +94,8 @@ pub struct WaitArgs {
     pub download: Option<PathBuf>,
 }
 
-pub async fn run(address: &str, command: JobCommand) -> anyhow::Result<u8> {
-    let mut clients = connect(address).await?;
+pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
+    let mut clients = connect(target).await?;
     match command {
         JobCommand::Run { spec, wait } => {
             let text = std::fs::read_to_string(&spec)

@@ -5,7 +5,7 @@ use shoal::proto::{
     CordonRequest, DrainRequest, GetNodeRequest, ListNodesRequest, Node, UncordonRequest,
 };
 
-use crate::client::connect;
+use crate::client::{Target, connect};
 use crate::output::{self, Format};
 
 #[derive(Debug, Subcommand)]
@@ -35,8 +35,8 @@ pub enum NodeCommand {
     },
 }
 
-pub async fn run(address: &str, command: NodeCommand) -> anyhow::Result<()> {
-    let mut clients = connect(address).await?;
+pub async fn run(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
+    let mut clients = connect(target).await?;
     match command {
         NodeCommand::List { output } => {
             let nodes = clients

@@ -12,7 +12,7 @@ use shoal::proto::{EntryKind, StatRequest};
 use shoal::spec::{InputDocument, OutputDocument, ResourcesDocument, SpecDocument};
 
 use super::job::{WaitArgs, resolve_document, submit_and_wait};
-use crate::client::connect;
+use crate::client::{Target, connect};
 
 #[derive(Debug, Subcommand)]
 pub enum WasmCommand {
@@ -79,14 +79,14 @@ pub struct RunArgs {
     pub wait: WaitArgs,
 }
 
-pub async fn run(address: &str, command: WasmCommand) -> anyhow::Result<u8> {
+pub async fn run(target: &Target, command: WasmCommand) -> anyhow::Result<u8> {
     let WasmCommand::Run(args) = command;
     let mut document = document_from_flags(&args)?;
     if args.dry_run {
         print!("{}", serde_yaml_ng::to_string(&document)?);
         return Ok(0);
     }
-    let mut clients = connect(address).await?;
+    let mut clients = connect(target).await?;
     // Default targets for CIDs depend on whether they are files or directories.
     for (input, raw) in document.inputs.iter_mut().zip(&args.inputs) {
         if input.target.is_empty() {

@@ -15,6 +15,8 @@ use shoal::proto::storage_service_server::StorageServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::Orchestrator;
 use crate::error::{Error, Result};
@@ -51,27 +53,72 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| Error::io("building the reflection service", std::io::Error::other(e)))?;
 
-    tonic::transport::Server::builder()
+    let config = orchestrator.config();
+    let tokens = match &config.tokens_file {
+        Some(path) => Some(shoal::auth::Tokens::load(path).map_err(Error::InvalidArgument)?),
+        None => {
+            tracing::warn!("no --tokens-file: every caller may do everything (development only)");
+            None
+        }
+    };
+    let auth = shoal::auth::Authorizer::new(tokens, config.tls_client_ca.is_some());
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls_config(config)? {
+        server = server
+            .tls_config(tls)
+            .map_err(|e| Error::InvalidArgument(format!("TLS settings: {e}")))?;
+    }
+    server
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .layer(tower::util::MapRequestLayer::new(
+            |mut request: http::Request<tonic::body::Body>| {
+                let path = shoal::auth::CallPath(request.uri().path().to_owned());
+                request.extensions_mut().insert(path);
+                request
+            },
+        ))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(
+        .add_service(InterceptedService::new(
             JobServiceServer::new(JobApi::new(orchestrator.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
             StorageServiceServer::new(StorageApi::new(orchestrator.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(NodeServiceServer::new(NodeApi::new(orchestrator.clone())))
-        .add_service(
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            NodeServiceServer::new(NodeApi::new(orchestrator.clone())),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
             ExecutorServiceServer::new(ExecutorApi::new(orchestrator.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
+            auth.clone(),
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await
         .map_err(|e| Error::io("serving gRPC", std::io::Error::other(e)))
+}
+
+/// The server's TLS settings: its certificate and key, and with `--tls-client-ca`, the CA
+/// that executors' client certificates must chain to (clients may still connect without
+/// one; the authorizer requires it of executors).
+fn tls_config(config: &crate::Config) -> Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path| shoal::auth::read(p).map_err(Error::InvalidArgument);
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(true);
+    }
+    Ok(Some(tls))
 }
 
 /// Parses a job id from a request, naming the field when it is malformed.

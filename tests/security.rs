@@ -1,0 +1,282 @@
+//! Who may do what: bearer tokens with client, executor and admin roles, TLS on the gRPC
+//! listener, and mutual TLS for executors, with certificates generated here.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+
+use common::{Output, bin, free_port, path, shoal_with_env, wait_for_line};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use tokio::io::BufReader;
+use tokio::process::{Child, Command};
+
+const CLIENT: &str = "client-token-8f2b9c1e";
+const EXECUTOR: &str = "executor-token-5a7d3e0f";
+const ADMIN: &str = "admin-token-c4e1b6a2";
+
+async fn start_orchestrator(data: &Path, port: u16, extra: &[&str]) -> Child {
+    let mut child = Command::new(bin("shoal-orchestrator"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .args(["--log-format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn orchestrator");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    wait_for_line(&mut stderr, "orchestrator listening").await;
+    common::drain(stderr);
+    child
+}
+
+/// Starts an executor with `args`; returns it and its stderr.
+fn start_executor(
+    address: &str,
+    dir: &Path,
+    id: &str,
+    args: &[&str],
+) -> (Child, BufReader<tokio::process::ChildStderr>) {
+    let mut child = Command::new(bin("shoal-executor"))
+        .args(["--orchestrator", address, "--executor-id", id, "--work-dir"])
+        .arg(dir)
+        .args(args)
+        .env_remove("SHOAL_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn executor");
+    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    (child, stderr)
+}
+
+async fn cli(
+    address: &str,
+    token: Option<&str>,
+    extra_env: &[(&str, &str)],
+    args: &[&str],
+) -> Output {
+    let mut env: Vec<(String, String)> = extra_env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    if let Some(token) = token {
+        env.push(("SHOAL_TOKEN".into(), token.into()));
+    }
+    shoal_with_env(address, args, &env).await
+}
+
+/// Waits until `node list` (as admin) shows `id` connected.
+async fn wait_connected(address: &str, env: &[(&str, &str)], id: &str) {
+    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    loop {
+        let out = cli(
+            address,
+            Some(ADMIN),
+            env,
+            &["node", "list", "--output", "json"],
+        )
+        .await;
+        if out.code == 0 && out.stdout.contains(id) && out.stdout.contains("NODE_STATE_CONNECTED") {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} never connected: {out:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_have_roles() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        format!("# role token\nclient {CLIENT}\nexecutor {EXECUTOR}\nadmin {ADMIN}\n"),
+    )
+    .expect("write");
+    let port = free_port();
+    let address = format!("http://127.0.0.1:{port}");
+    let tokens_flag = tokens.to_string_lossy().into_owned();
+    let _orchestrator = start_orchestrator(
+        &dir.path().join("o"),
+        port,
+        &["--tokens-file", &tokens_flag],
+    )
+    .await;
+    let (_executor, executor_stderr) = start_executor(
+        &address,
+        &dir.path().join("e"),
+        "honest",
+        &["--token", EXECUTOR],
+    );
+    common::drain(executor_stderr);
+    wait_connected(&address, &[], "honest").await;
+
+    // No token, or a wrong one: UNAUTHENTICATED.
+    let out = cli(&address, None, &[], &["node", "list"]).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("missing bearer token"),
+        "{}",
+        out.stderr
+    );
+    let out = cli(
+        &address,
+        Some("not-a-real-token-at-all"),
+        &[],
+        &["node", "list"],
+    )
+    .await;
+    assert!(
+        out.stderr.contains("the bearer token is not valid"),
+        "{}",
+        out.stderr
+    );
+
+    // A client runs jobs and lists nodes, but cannot take executors out of service.
+    let hello = path("examples/hello/hello.wasm");
+    let out = cli(&address, Some(CLIENT), &[], &["wasm", "run", &hello, "x"])
+        .await
+        .success();
+    assert!(out.stdout.contains("arg[1]=x"), "{}", out.stdout);
+    cli(&address, Some(CLIENT), &[], &["node", "list"])
+        .await
+        .success();
+    let out = cli(
+        &address,
+        Some(CLIENT),
+        &[],
+        &["node", "drain", "honest", "--grace", "0s"],
+    )
+    .await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("a client token may not call shoal.v1.NodeService/Drain"),
+        "{}",
+        out.stderr
+    );
+
+    // An executor token cannot submit jobs.
+    let out = cli(&address, Some(EXECUTOR), &[], &["wasm", "run", &hello]).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("a executor token may not call shoal.v1.JobService/SubmitJob"),
+        "{}",
+        out.stderr
+    );
+
+    // A client token cannot register as an executor.
+    let (_thief, mut stderr) = start_executor(
+        &address,
+        &dir.path().join("t"),
+        "thief",
+        &["--token", CLIENT],
+    );
+    wait_for_line(
+        &mut stderr,
+        "a client token may not call shoal.v1.ExecutorService/Connect",
+    )
+    .await;
+
+    // An admin may cordon.
+    cli(&address, Some(ADMIN), &[], &["node", "cordon", "honest"])
+        .await
+        .success();
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
+fn make_certificates(dir: &Path) {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
+    for (name, names) in [
+        (
+            "server",
+            vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+        ),
+        ("client", vec!["executor".to_owned()]),
+    ] {
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(names)
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("sign");
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).expect("write");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_and_mutual_tls_for_executors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_certificates(dir.path());
+    let file = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let port = free_port();
+    let address = format!("https://127.0.0.1:{port}");
+    let (cert, key, ca) = (file("server.pem"), file("server-key.pem"), file("ca.pem"));
+    let _orchestrator = start_orchestrator(
+        &dir.path().join("o"),
+        port,
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &ca,
+        ],
+    )
+    .await;
+    let trust = [("SHOAL_TLS_CA", ca.as_str())];
+
+    // An executor with a client certificate signed by the CA connects and runs a job.
+    let (client_cert, client_key) = (file("client.pem"), file("client-key.pem"));
+    let (_executor, executor_stderr) = start_executor(
+        &address,
+        &dir.path().join("e"),
+        "mtls",
+        &[
+            "--tls-ca",
+            &ca,
+            "--tls-cert",
+            &client_cert,
+            "--tls-key",
+            &client_key,
+        ],
+    );
+    common::drain(executor_stderr);
+    wait_connected(&address, &trust, "mtls").await;
+    let hello = path("examples/hello/hello.wasm");
+    let out = cli(&address, None, &trust, &["wasm", "run", &hello, "over-tls"])
+        .await
+        .success();
+    assert!(out.stdout.contains("arg[1]=over-tls"), "{}", out.stdout);
+
+    // Without a client certificate, an executor is refused.
+    let (_anonymous, mut stderr) = start_executor(
+        &address,
+        &dir.path().join("a"),
+        "anonymous",
+        &["--tls-ca", &ca],
+    );
+    wait_for_line(&mut stderr, "executors must present a client certificate").await;
+
+    // A client that does not trust the server's CA, or speaks plain HTTP/2, gets nowhere.
+    let out = cli(&address, None, &[], &["node", "list"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    let plain = format!("http://127.0.0.1:{port}");
+    let out = cli(&plain, None, &[], &["node", "list"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+}
