@@ -1,8 +1,15 @@
 //! Fetching HTTP(S) inputs and programs: streamed to disk, bounded redirects, retries with
 //! capped exponential backoff on 5xx/429 and connection failures (never on other 4xx), a
 //! size cap, and the optional `#sha256=` pin checked before the file is used.
+//!
+//! Where a URL may lead is policed ([`UrlPolicy`]): cloud metadata addresses are refused
+//! unless allowed, and an allowlist of hosts and networks can fence fetches in. The check
+//! runs on the URL, on every redirect, and on the addresses a host name resolves to, so
+//! neither a redirect nor a DNS answer can smuggle a fetch past it.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::source::{HttpSource, hex};
@@ -16,6 +23,7 @@ pub struct HttpFetcher {
     client: reqwest::Client,
     retries: u32,
     first_backoff: Duration,
+    policy: Arc<UrlPolicy>,
 }
 
 /// What a fetch produced.
@@ -34,12 +42,249 @@ enum Attempt {
     Fatal(String),
 }
 
+/// Where URL fetches may go; the flags of both daemons.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct UrlPolicyArgs {
+    /// Only fetch URLs on these hosts: a host name, `*.example.com`, or a network such as
+    /// 10.0.0.0/8 or 2001:db8::/32 (repeatable, or comma-separated). Default: any host
+    /// except cloud metadata addresses.
+    #[arg(long = "allow-url", env = "SHOAL_ALLOW_URLS", value_delimiter = ',')]
+    pub allow_url: Vec<String>,
+    /// Allow fetching from cloud metadata addresses (169.254.0.0/16, fe80::/10,
+    /// fd00:ec2::254, 100.100.100.200, metadata.google.internal), refused by default.
+    #[arg(long, env = "SHOAL_ALLOW_METADATA_URLS")]
+    pub allow_metadata_urls: bool,
+}
+
+/// One allowlist entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Rule {
+    Network(IpAddr, u8),
+    Host(String),
+    /// `*.example.com`: any name ending in `.example.com`.
+    Suffix(String),
+}
+
+/// The checked form of [`UrlPolicyArgs`].
+#[derive(Debug, Clone, Default)]
+pub struct UrlPolicy {
+    allow: Vec<Rule>,
+    allow_metadata: bool,
+}
+
+impl UrlPolicy {
+    /// Parses the allowlist; the error names the bad entry.
+    pub fn new(args: &UrlPolicyArgs) -> Result<Self, String> {
+        let allow = args
+            .allow_url
+            .iter()
+            .filter(|e| !e.trim().is_empty())
+            .map(|entry| parse_rule(entry.trim()))
+            .collect::<Result<_, _>>()?;
+        Ok(UrlPolicy {
+            allow,
+            allow_metadata: args.allow_metadata_urls,
+        })
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.allow.iter().any(|rule| match rule {
+            Rule::Host(name) => *name == host,
+            Rule::Suffix(suffix) => host.ends_with(suffix.as_str()),
+            Rule::Network(..) => false,
+        })
+    }
+
+    fn ip_allowed(&self, ip: IpAddr) -> bool {
+        self.allow.iter().any(|rule| match rule {
+            Rule::Network(net, bits) => in_network(ip, *net, *bits),
+            _ => false,
+        })
+    }
+
+    /// Checks one address a fetch would connect to; `host` is the name it came from, if any.
+    fn check_ip(&self, ip: IpAddr, host: Option<&str>) -> Result<(), String> {
+        if !self.allow_metadata && is_metadata(ip) {
+            return Err(format!(
+                "{ip} is a cloud metadata address; fetching from it is refused (--allow-metadata-urls permits it)"
+            ));
+        }
+        if self.allow.is_empty()
+            || host.is_some_and(|h| self.host_allowed(h))
+            || self.ip_allowed(ip)
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "{} is not among the allowed hosts (--allow-url)",
+            host.map_or_else(|| ip.to_string(), |h| format!("{h} ({ip})"))
+        ))
+    }
+
+    /// Checks a URL before it is requested (or followed as a redirect). Host names are
+    /// checked again, address by address, when they resolve.
+    pub fn check_url(&self, url: &url::Url) -> Result<(), String> {
+        match url.host() {
+            Some(url::Host::Ipv4(ip)) => self.check_ip(IpAddr::V4(ip), None),
+            Some(url::Host::Ipv6(ip)) => self.check_ip(IpAddr::V6(ip), None),
+            Some(url::Host::Domain(name)) => {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                if !self.allow_metadata && METADATA_HOSTS.contains(&name.as_str()) {
+                    return Err(format!(
+                        "{name} is a cloud metadata host; fetching from it is refused (--allow-metadata-urls permits it)"
+                    ));
+                }
+                Ok(())
+            }
+            None => Err("the URL has no host".into()),
+        }
+    }
+}
+
+const METADATA_HOSTS: &[&str] = &["metadata.google.internal", "metadata", "instance-data"];
+
+/// Link-local addresses (AWS, GCP and Azure metadata live at 169.254.169.254), AWS's IPv6
+/// metadata address, and Alibaba Cloud's.
+fn is_metadata(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local() || v4.octets() == [100, 100, 100, 200],
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_metadata(IpAddr::V4(v4));
+            }
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+        }
+    }
+}
+
+fn in_network(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        _ => false,
+    }
+}
+
+fn parse_rule(entry: &str) -> Result<Rule, String> {
+    let bad = |why: &str| format!("--allow-url {entry:?}: {why}");
+    if let Some((net, bits)) = entry.split_once('/') {
+        let net: IpAddr = net.parse().map_err(|_| bad("not an IP network"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits: u8 = bits
+            .parse()
+            .ok()
+            .filter(|b| *b <= max)
+            .ok_or_else(|| bad("the prefix length is out of range"))?;
+        return Ok(Rule::Network(net, bits));
+    }
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Ok(Rule::Network(ip, if ip.is_ipv4() { 32 } else { 128 }));
+    }
+    let name = entry.to_ascii_lowercase();
+    if let Some(suffix) = name.strip_prefix("*.") {
+        return Ok(Rule::Suffix(format!(".{suffix}")));
+    }
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    {
+        return Err(bad(
+            "expected a host name, *.domain, an IP address or a network",
+        ));
+    }
+    Ok(Rule::Host(name))
+}
+
+/// A fetch the policy refused while resolving: never retried.
+#[derive(Debug)]
+struct PolicyRefusal(String);
+
+impl std::fmt::Display for PolicyRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PolicyRefusal {}
+
+/// Whether `error` or one of its sources is a [`PolicyRefusal`].
+fn is_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<PolicyRefusal>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// Resolves host names with the system resolver, keeping only addresses the policy allows.
+struct PolicedResolver(Arc<UrlPolicy>);
+
+impl reqwest::dns::Resolve for PolicedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut refusal = None;
+            let allowed: Vec<SocketAddr> = resolved
+                .into_iter()
+                .filter(|a| match policy.check_ip(a.ip(), Some(&host)) {
+                    Ok(()) => true,
+                    Err(reason) => {
+                        refusal = Some(reason);
+                        false
+                    }
+                })
+                .collect();
+            if allowed.is_empty() {
+                let reason = refusal.unwrap_or_else(|| format!("{host} has no addresses"));
+                return Err(Box::new(PolicyRefusal(reason)) as _);
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(allowed.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
 impl HttpFetcher {
-    /// A fetcher following at most `max_redirects` redirects and retrying transient
-    /// failures `retries` times.
-    pub fn new(max_redirects: usize, retries: u32) -> Result<Self, reqwest::Error> {
+    /// A fetcher following at most `max_redirects` redirects, retrying transient failures
+    /// `retries` times, and going only where `policy` allows.
+    pub fn new(
+        max_redirects: usize,
+        retries: u32,
+        policy: UrlPolicy,
+    ) -> Result<Self, reqwest::Error> {
+        let policy = Arc::new(policy);
+        let redirects = policy.clone();
+        let redirect = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() > max_redirects {
+                let error = format!("too many redirects (more than {max_redirects})");
+                return attempt.error(error);
+            }
+            match redirects.check_url(attempt.url()) {
+                Ok(()) => attempt.follow(),
+                Err(reason) => {
+                    let error = format!("redirect to {} refused: {reason}", attempt.url());
+                    attempt.error(error)
+                }
+            }
+        });
         let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::limited(max_redirects))
+            .redirect(redirect)
+            .dns_resolver(Arc::new(PolicedResolver(policy.clone())))
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
             .build()?;
@@ -47,6 +292,7 @@ impl HttpFetcher {
             client,
             retries,
             first_backoff: Duration::from_millis(100),
+            policy,
         })
     }
 
@@ -85,13 +331,14 @@ impl HttpFetcher {
         max_bytes: u64,
         if_none_match: Option<&str>,
     ) -> Result<Fetched, Attempt> {
+        self.policy.check_url(&source.url).map_err(Attempt::Fatal)?;
         let mut request = self.client.get(source.url.clone());
         if let Some(etag) = if_none_match {
             request = request.header(reqwest::header::IF_NONE_MATCH, etag);
         }
         let response = request.send().await.map_err(|e| {
-            if e.is_redirect() {
-                Attempt::Fatal(format!("too many redirects: {}", error_chain(&e)))
+            if e.is_redirect() || is_refusal(&e) {
+                Attempt::Fatal(error_chain(&e))
             } else {
                 Attempt::Retry(format!("request failed: {}", error_chain(&e)))
             }
@@ -174,4 +421,84 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(allow: &[&str]) -> UrlPolicy {
+        UrlPolicy::new(&UrlPolicyArgs {
+            allow_url: allow.iter().map(|s| (*s).to_owned()).collect(),
+            allow_metadata_urls: false,
+        })
+        .expect("valid")
+    }
+
+    #[test]
+    fn metadata_addresses_are_refused_and_allowlists_fence_fetches() {
+        let open = policy(&[]);
+        for ip in [
+            "169.254.169.254",
+            "fe80::1",
+            "fd00:ec2::254",
+            "100.100.100.200",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(
+                open.check_ip(ip.parse().expect("ip"), None).is_err(),
+                "{ip}"
+            );
+        }
+        assert!(open.check_ip("10.0.0.1".parse().expect("ip"), None).is_ok());
+        let url = |u: &str| url::Url::parse(u).expect("url");
+        assert!(
+            open.check_url(&url("http://metadata.google.internal/x"))
+                .is_err()
+        );
+        assert!(open.check_url(&url("http://example.com/x")).is_ok());
+
+        let fenced = policy(&["10.0.0.0/8", "data.example.com", "*.corp.example"]);
+        assert!(
+            fenced
+                .check_ip("10.9.8.7".parse().expect("ip"), None)
+                .is_ok()
+        );
+        assert!(
+            fenced
+                .check_ip("11.0.0.1".parse().expect("ip"), None)
+                .is_err()
+        );
+        assert!(
+            fenced
+                .check_ip("11.0.0.1".parse().expect("ip"), Some("data.example.com"))
+                .is_ok()
+        );
+        assert!(
+            fenced
+                .check_ip("11.0.0.1".parse().expect("ip"), Some("a.corp.example"))
+                .is_ok()
+        );
+        assert!(
+            fenced
+                .check_ip("11.0.0.1".parse().expect("ip"), Some("corp.example.evil"))
+                .is_err()
+        );
+        // Metadata stays refused even for an allowed name.
+        assert!(
+            fenced
+                .check_ip(
+                    "169.254.169.254".parse().expect("ip"),
+                    Some("data.example.com")
+                )
+                .is_err()
+        );
+        for bad in ["10.0.0.0/33", "not a host", "1.2.3.4/x"] {
+            let args = UrlPolicyArgs {
+                allow_url: vec![bad.into()],
+                allow_metadata_urls: false,
+            };
+            assert!(UrlPolicy::new(&args).is_err(), "{bad}");
+        }
+    }
 }

@@ -63,6 +63,15 @@ async fn serve(hits: Arc<Hits>) -> String {
             }),
         )
         .route(
+            "/to-metadata",
+            get(|| async {
+                (
+                    StatusCode::FOUND,
+                    [(header::LOCATION, "http://169.254.169.254/latest/meta-data/")],
+                )
+            }),
+        )
+        .route(
             "/loop",
             get(|| async { (StatusCode::FOUND, [(header::LOCATION, "/loop")]) }),
         )
@@ -286,4 +295,72 @@ async fn cached_inputs_are_not_downloaded_again() {
         .collect();
     entries.sort();
     assert_eq!(entries, ["entry-1", "entry-2"]);
+}
+
+/// Cloud metadata addresses are refused, directly, by name or through a redirect; with an
+/// allowlist, only the listed hosts and networks are fetched from.
+#[tokio::test(flavor = "multi_thread")]
+async fn url_policy_refuses_metadata_and_unlisted_hosts() {
+    let base = serve(Arc::new(Hits::default())).await;
+    let stack = Devstack::start(&["--allow-url", "127.0.0.1/32,*.example.internal"]).await;
+    let copytree = path("tests/fixtures/copytree.wasm");
+    let ok = format!("{base}/data.txt:/inputs/data.txt");
+    stack
+        .shoal(&["wasm", "run", &copytree, "-i", &ok])
+        .await
+        .success();
+    let cases = [
+        (
+            "http://169.254.169.254/latest/meta-data/".to_owned(),
+            "169.254.169.254 is a cloud metadata address",
+        ),
+        (
+            "http://metadata.google.internal/computeMetadata/v1/".to_owned(),
+            "metadata.google.internal is a cloud metadata host",
+        ),
+        (
+            format!("{base}/to-metadata"),
+            "redirect to http://169.254.169.254/latest/meta-data/ refused",
+        ),
+        (
+            "http://10.1.2.3/data".to_owned(),
+            "10.1.2.3 is not among the allowed hosts",
+        ),
+        (
+            format!("{}/data.txt", base.replace("127.0.0.1", "localhost")),
+            "",
+        ),
+    ];
+    for (url, reason) in cases {
+        let out = stack
+            .shoal(&["wasm", "run", &copytree, "-i", &format!("{url}:/inputs/x")])
+            .await;
+        if reason.is_empty() {
+            // localhost resolves to 127.0.0.1, which is allowed.
+            assert_eq!(out.code, 0, "{url}: {out:?}");
+            continue;
+        }
+        assert_eq!(out.code, 125, "{url}: {out:?}");
+        assert!(
+            out.stderr.contains("FAILED: STAGING"),
+            "{url}: {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains(reason), "{url}: {}", out.stderr);
+        assert!(
+            !out.stderr.contains("attempts"),
+            "refusals are not retried: {}",
+            out.stderr
+        );
+    }
+    // The orchestrator's CopyFromUrl follows the same policy.
+    let out = stack
+        .shoal(&["data", "cp", "http://169.254.169.254/latest/meta-data/"])
+        .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("cloud metadata address"),
+        "{}",
+        out.stderr
+    );
 }

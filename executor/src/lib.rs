@@ -77,6 +77,9 @@ pub struct Config {
     /// they are stopped and handed back to the orchestrator to run elsewhere.
     #[arg(long, env = "SHOAL_DRAIN_TIMEOUT", default_value = "5m", value_parser = shoal::units::parse_duration)]
     pub drain_timeout: Duration,
+    /// Which hosts URL inputs and programs may come from.
+    #[command(flatten)]
+    pub urls: shoal::fetch::UrlPolicyArgs,
     /// Token and TLS settings for reaching the orchestrator.
     #[command(flatten)]
     pub security: shoal::auth::ClientSecurity,
@@ -117,6 +120,7 @@ impl Config {
             staging_timeout: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(300),
             security: Default::default(),
+            urls: Default::default(),
         }
     }
 
@@ -163,8 +167,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let storage =
         StorageServiceClient::new(channel.clone()).max_decoding_message_size(16 * 1024 * 1024);
     let (uplink, uplink_rx) = execution::Uplink::new(1024);
-    let http = shoal::fetch::HttpFetcher::new(config.http_max_redirects, config.http_retries)
-        .map_err(|e| Error::Config(format!("cannot set up the HTTP client: {e}")))?;
+    let policy = shoal::fetch::UrlPolicy::new(&config.urls).map_err(Error::Config)?;
+    let http =
+        shoal::fetch::HttpFetcher::new(config.http_max_redirects, config.http_retries, policy)
+            .map_err(|e| Error::Config(format!("cannot set up the HTTP client: {e}")))?;
     let cache = cache::InputCache::new(&config.work_dir.join("inputs"), config.input_cache_bytes)
         .map_err(|e| Error::io("preparing the input cache", e))?;
     let s3 = shoal::s3::S3Fetcher::new(config.s3.clone());

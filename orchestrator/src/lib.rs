@@ -70,6 +70,9 @@ pub struct Config {
     /// certificate it signed. Needs `--tls-cert`.
     #[arg(long, env = "SHOAL_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Which hosts `CopyFromUrl` may fetch from.
+    #[command(flatten)]
+    pub urls: shoal::fetch::UrlPolicyArgs,
     /// Where the content store keeps its blocks: `s3://bucket/prefix` for an S3 bucket
     /// (reached with the `--s3-*` settings and the standard AWS credentials), or unset for
     /// `DATA_DIR/content`.
@@ -96,6 +99,7 @@ impl Config {
             ipfs_gateways: Vec::new(),
             content_store: None,
             tokens_file: None,
+            urls: Default::default(),
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -330,7 +334,9 @@ pub async fn open(config: Config, shutdown: CancellationToken) -> Result<Arc<Orc
         },
         Instant::now(),
     );
-    let http = shoal::fetch::HttpFetcher::new(5, 3).map_err(|e| {
+    let policy =
+        shoal::fetch::UrlPolicy::new(&config.urls).map_err(error::Error::InvalidArgument)?;
+    let http = shoal::fetch::HttpFetcher::new(5, 3, policy).map_err(|e| {
         error::Error::InvalidArgument(format!("cannot set up the HTTP client: {e}"))
     })?;
     let ipfs = shoal::ipfs::GatewayFetcher::new(config.ipfs_gateways.clone()).map_err(|e| {

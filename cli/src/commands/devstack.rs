@@ -44,6 +44,8 @@ pub struct DevstackArgs {
     /// Path-style S3 addressing for the orchestrator and executors.
     #[arg(long)]
     pub s3_path_style: bool,
+    #[command(flatten)]
+    pub urls: shoal::fetch::UrlPolicyArgs,
     /// Keep the content store's blocks in s3://bucket/prefix instead of the data directory.
     #[arg(long, value_parser = shoal::source::S3Location::parse)]
     pub content_store: Option<shoal::source::S3Location>,
@@ -86,6 +88,7 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
         shoal_orchestrator::Config::with_data_dir(data_dir.join("orchestrator"));
     orchestrator_config.ipfs_gateways = args.ipfs_gateways.clone();
     orchestrator_config.content_store = args.content_store.clone();
+    orchestrator_config.urls = args.urls.clone();
     orchestrator_config.s3.endpoint = args.s3_endpoint.clone();
     orchestrator_config.s3.force_path_style = args.s3_path_style;
     let token = shutdown.clone();
@@ -106,6 +109,7 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
         config.staging_timeout = args.staging_timeout;
         // The orchestrator stops with the devstack, so waiting for executions gains nothing.
         config.drain_timeout = Duration::ZERO;
+        config.urls = args.urls.clone();
         config.s3.endpoint = args.s3_endpoint.clone();
         config.s3.force_path_style = args.s3_path_style;
         config.label = args.executor_labels.clone();
