@@ -193,6 +193,11 @@ async fn guest_failures_have_distinct_kinds() {
             "FAILURE_KIND_INVALID_MODULE",
             "not a valid",
         ),
+        (
+            vec![wat(dir, "threads")],
+            "FAILURE_KIND_INVALID_MODULE",
+            "shared",
+        ),
     ];
     for (args, kind, detail) in cases {
         let mut full = vec!["wasm", "run"];
