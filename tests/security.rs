@@ -15,24 +15,6 @@ const CLIENT: &str = "client-token-8f2b9c1e";
 const EXECUTOR: &str = "executor-token-5a7d3e0f";
 const ADMIN: &str = "admin-token-c4e1b6a2";
 
-async fn start_orchestrator(data: &Path, port: u16, extra: &[&str]) -> Child {
-    let mut child = Command::new(bin("shoal-orchestrator"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(data)
-        .args(extra)
-        .args(["--log-format", "json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn orchestrator");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    wait_for_line(&mut stderr, "orchestrator listening").await;
-    common::drain(stderr);
-    child
-}
-
 /// Starts an executor with `args`; returns it and its stderr.
 fn start_executor(
     address: &str,
@@ -105,7 +87,7 @@ async fn tokens_have_roles() {
     let port = free_port();
     let address = format!("http://127.0.0.1:{port}");
     let tokens_flag = tokens.to_string_lossy().into_owned();
-    let _orchestrator = start_orchestrator(
+    let _orchestrator = common::start_orchestrator_with(
         &dir.path().join("o"),
         port,
         &["--tokens-file", &tokens_flag],
@@ -226,7 +208,7 @@ async fn tls_and_mutual_tls_for_executors() {
     let port = free_port();
     let address = format!("https://127.0.0.1:{port}");
     let (cert, key, ca) = (file("server.pem"), file("server-key.pem"), file("ca.pem"));
-    let _orchestrator = start_orchestrator(
+    let _orchestrator = common::start_orchestrator_with(
         &dir.path().join("o"),
         port,
         &[

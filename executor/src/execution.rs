@@ -23,6 +23,7 @@ use shoal::source::{S3Location, Source};
 
 use crate::Config;
 use crate::capture::Capture;
+use crate::retry;
 use crate::runtime::{Preopen, RunOutcome, RunRequest, Runtime};
 use crate::staging;
 
@@ -407,10 +408,18 @@ async fn publish(
     result: &mut ExecutionResult,
 ) -> Result<(), String> {
     if spec.publisher.is_empty() || spec.publisher == "default" {
-        let mut storage = ctx.storage.clone();
-        let response = shoal::transfer::upload_path(&mut storage, results_dir, None)
-            .await
-            .map_err(|e| format!("cannot upload the results: {e}"))?;
+        let upload = || {
+            let mut storage = ctx.storage.clone();
+            async move { shoal::transfer::upload_path(&mut storage, results_dir, None).await }
+        };
+        let response = retry::store_call(
+            "uploading results",
+            retry::PUBLISH_WINDOW,
+            retry::is_transient_core,
+            upload,
+        )
+        .await
+        .map_err(|e| format!("cannot upload the results: {e}"))?;
         result.result_cid = response.cid;
         return Ok(());
     }

@@ -11,6 +11,7 @@ pub mod capture;
 pub mod connection;
 pub mod error;
 pub mod execution;
+pub mod retry;
 pub mod runtime;
 pub mod staging;
 

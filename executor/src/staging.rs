@@ -20,6 +20,7 @@ use shoal::source::{HttpSource, S3Source, Source, hex};
 
 use crate::cache::{Cached, InputCache, Pin};
 use crate::execution::ExecutionContext;
+use crate::retry;
 use crate::runtime::Preopen;
 use shoal::fetch::{Fetched, HttpFetcher};
 use shoal::ipfs::GatewayFetcher;
@@ -45,11 +46,25 @@ pub async fn fetch_program(
         path: String::new(),
         offset: 0,
     };
-    match storage.download(request).await {
-        Ok(stream) => shoal::transfer::download_bytes(stream.into_inner(), MAX_PROGRAM_BYTES)
-            .await
-            .map_err(|e| failure(e.to_string())),
-        Err(status) if status.code() == tonic::Code::NotFound && !ipfs.gateways().is_empty() => {
+    let download = || {
+        let (mut storage, request) = (storage.clone(), request.clone());
+        async move {
+            let stream = storage.download(request).await?.into_inner();
+            shoal::transfer::download_bytes(stream, MAX_PROGRAM_BYTES).await
+        }
+    };
+    let downloaded = retry::store_call(
+        "fetching the program",
+        retry::STAGING_WINDOW,
+        retry::is_transient_core,
+        download,
+    )
+    .await;
+    match downloaded {
+        Ok(bytes) => Ok(bytes),
+        Err(shoal::Error::Rpc(status))
+            if status.code() == tonic::Code::NotFound && !ipfs.gateways().is_empty() =>
+        {
             let path = dir.join("program.wasm");
             let fetched = ipfs
                 .fetch_to(cid, &path, MAX_PROGRAM_BYTES)
@@ -62,7 +77,7 @@ pub async fn fetch_program(
                 .await
                 .map_err(|e| failure(format!("cannot read the download: {e}")))
         }
-        Err(status) => Err(failure(status.message().to_owned())),
+        Err(error) => Err(failure(error.to_string())),
     }
 }
 
@@ -273,12 +288,15 @@ async fn fetch_cid(
             pin: Some(pin),
         });
     }
-    let stat = storage
-        .stat(StatRequest {
-            cid: cid.to_string(),
-            path: String::new(),
-        })
-        .await;
+    let stat_request = StatRequest {
+        cid: cid.to_string(),
+        path: String::new(),
+    };
+    let stat = retry::store_call("stat", retry::STAGING_WINDOW, retry::is_transient, || {
+        let (mut storage, request) = (storage.clone(), stat_request.clone());
+        async move { storage.stat(request).await }
+    })
+    .await;
     let stat = match stat {
         Ok(stat) => stat.into_inner(),
         Err(status) if status.code() == tonic::Code::NotFound && !ipfs.gateways().is_empty() => {
@@ -312,22 +330,33 @@ async fn fetch_cid(
             stat.size
         ));
     }
-    let stream = storage
-        .download(DownloadRequest {
+    let path = cache.new_path();
+    let download = || {
+        let mut storage = storage.clone();
+        let path = path.clone();
+        let request = DownloadRequest {
             cid: cid.to_string(),
             path: String::new(),
             offset: 0,
-        })
-        .await
-        .map_err(|s| s.message().to_owned())?
-        .into_inner();
-    let path = cache.new_path();
-    let summary = shoal::transfer::download_to(stream, &path)
-        .await
-        .map_err(|e| {
+        };
+        async move {
+            // A broken earlier attempt may have left part of the tree.
             remove_partial(&path);
-            e.to_string()
-        })?;
+            let stream = storage.download(request).await?.into_inner();
+            shoal::transfer::download_to(stream, &path).await
+        }
+    };
+    let summary = retry::store_call(
+        "fetching an input",
+        retry::STAGING_WINDOW,
+        retry::is_transient_core,
+        download,
+    )
+    .await
+    .map_err(|e| {
+        remove_partial(&path);
+        e.to_string()
+    })?;
     let pin = cache.insert(
         &key,
         Cached {

@@ -288,10 +288,16 @@ pub fn free_port() -> u16 {
 
 /// Starts `shoal-orchestrator` on `port` with its data in `data`; returns once it listens.
 pub async fn start_orchestrator(data: &std::path::Path, port: u16) -> Child {
+    start_orchestrator_with(data, port, &["--lease", "30s"]).await
+}
+
+/// Starts `shoal-orchestrator` with extra flags (which come last, so they win).
+pub async fn start_orchestrator_with(data: &std::path::Path, port: u16, extra: &[&str]) -> Child {
     let mut child = Command::new(bin("shoal-orchestrator"))
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(data)
-        .args(["--lease", "30s", "--log-format", "json"])
+        .args(["--log-format", "json"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

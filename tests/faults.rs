@@ -1,0 +1,400 @@
+//! Faults while work is in flight: the orchestrator killed with SIGKILL twice while 500
+//! jobs arrive from concurrent clients; an executor killed mid-job; an executor cut off the
+//! network by a proxy. Every acknowledged job must end in exactly one terminal state, with
+//! its results intact, and nothing may run to completion twice.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{bin, free_port, path, start_orchestrator};
+use shoal::auth::{AuthChannel, BearerToken};
+use shoal::proto::job_service_client::JobServiceClient;
+use shoal::proto::storage_service_client::StorageServiceClient;
+use shoal::proto::{
+    DownloadResultsRequest, ExecutionState, JobSpec, JobState, ListExecutionsRequest,
+    SubmitJobRequest,
+};
+use tokio::process::{Child, Command};
+
+const JOBS: usize = 500;
+const CLIENTS: usize = 5;
+
+fn channel(address: &str) -> AuthChannel {
+    let channel = tonic::transport::Endpoint::from_shared(address.to_owned())
+        .expect("address")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .connect_lazy();
+    AuthChannel::new(channel, BearerToken::default())
+}
+
+fn start_executor(address: &str, dir: &std::path::Path, id: &str, slots: &str) -> Child {
+    Command::new(bin("shoal-executor"))
+        .args([
+            "--orchestrator",
+            address,
+            "--executor-id",
+            id,
+            "--slots",
+            slots,
+        ])
+        .arg("--work-dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn executor")
+}
+
+/// Waits until `count` jobs have been acknowledged.
+async fn wait_acked(acked: &AtomicUsize, count: usize) {
+    let deadline = tokio::time::Instant::now() + common::TIMEOUT * 4;
+    while acked.load(Ordering::SeqCst) < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "submissions stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_jobs_survive_two_orchestrator_kills() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("orchestrator");
+    let port = free_port();
+    let address = format!("http://127.0.0.1:{port}");
+    let mut orchestrator = start_orchestrator(&data, port).await;
+    let _executor = start_executor(&address, &dir.path().join("executor"), "steady", "8");
+
+    let mut storage = StorageServiceClient::new(channel(&address));
+    let program = shoal::transfer::upload_path(
+        &mut storage,
+        std::path::Path::new(&path("examples/hello/hello.wasm")),
+        None,
+    )
+    .await
+    .expect("upload")
+    .cid;
+
+    // Concurrent clients submit, retrying whatever fails (the orchestrator may be down);
+    // a job counts once the orchestrator acknowledged it.
+    let acked = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let (address, program, acked) = (address.clone(), program.clone(), acked.clone());
+        clients.push(tokio::spawn(async move {
+            let mut jobs = JobServiceClient::new(channel(&address));
+            let mut mine = BTreeMap::new();
+            for n in (client..JOBS).step_by(CLIENTS) {
+                let spec = JobSpec {
+                    program: program.clone(),
+                    args: vec![format!("job-{n}")],
+                    ..Default::default()
+                };
+                loop {
+                    match jobs
+                        .submit_job(SubmitJobRequest {
+                            spec: Some(spec.clone()),
+                        })
+                        .await
+                    {
+                        Ok(response) => {
+                            let job = response.into_inner().job.expect("job");
+                            mine.insert(job.id, n);
+                            acked.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            }
+            mine
+        }));
+    }
+
+    for kill_at in [JOBS / 4, JOBS * 2 / 3] {
+        wait_acked(&acked, kill_at).await;
+        orchestrator.kill().await.expect("kill -9 the orchestrator");
+        orchestrator.wait().await.expect("reaped");
+        orchestrator = start_orchestrator(&data, port).await;
+    }
+    let mut submitted = BTreeMap::new();
+    for client in clients {
+        submitted.extend(client.await.expect("client"));
+    }
+    assert_eq!(
+        submitted.len(),
+        JOBS,
+        "every submission was acknowledged once"
+    );
+
+    // Every acknowledged job completes, once, with its own output.
+    let mut jobs = JobServiceClient::new(channel(&address));
+    let deadline = tokio::time::Instant::now() + common::TIMEOUT * 6;
+    let mut pending: HashSet<String> = submitted.keys().cloned().collect();
+    while !pending.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} jobs never finished",
+            pending.len()
+        );
+        let mut done = Vec::new();
+        for id in pending.iter().take(200) {
+            let job = jobs
+                .get_job(shoal::proto::GetJobRequest { job_id: id.clone() })
+                .await
+                .expect("every acknowledged job is known")
+                .into_inner()
+                .job
+                .expect("job");
+            if job.state().is_terminal() {
+                assert_eq!(job.state(), JobState::Completed, "{job:?}");
+                done.push(id.clone());
+            }
+        }
+        for id in &done {
+            pending.remove(id);
+        }
+        if done.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for (id, n) in &submitted {
+        let executions = jobs
+            .list_executions(ListExecutionsRequest { job_id: id.clone() })
+            .await
+            .expect("executions")
+            .into_inner()
+            .executions;
+        let completed = executions
+            .iter()
+            .filter(|e| e.state() == ExecutionState::Completed)
+            .count();
+        assert_eq!(completed, 1, "job {id}: {executions:?}");
+        let stream = jobs
+            .download_results(DownloadResultsRequest {
+                job_id: id.clone(),
+                path: "stdout".into(),
+            })
+            .await
+            .expect("results")
+            .into_inner();
+        let stdout = shoal::transfer::download_bytes(stream, 1 << 20)
+            .await
+            .expect("stdout");
+        let stdout = String::from_utf8_lossy(&stdout);
+        assert!(
+            stdout.contains(&format!("arg[1]=job-{n}\n")),
+            "job {id}: {stdout}"
+        );
+    }
+}
+
+/// Follows a job's logs until `line` appears: the program is running.
+async fn wait_for_output(address: &str, job: &str, line: &str) -> Child {
+    let mut follower = Command::new(bin("shoal"))
+        .args(["job", "logs", "-f", job])
+        .env("SHOAL_ORCHESTRATOR", address)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn follower");
+    let mut stdout = tokio::io::BufReader::new(follower.stdout.take().expect("stdout"));
+    common::wait_for_line(&mut stdout, line).await;
+    common::drain(stdout);
+    follower
+}
+
+/// (executor, state, failure kind) of each execution of a job, in order.
+async fn executions_of(address: &str, job: &str) -> Vec<(String, String, String)> {
+    let out = common::shoal(address, &["job", "executions", job, "--output", "json"])
+        .await
+        .success()
+        .json();
+    out.as_array()
+        .expect("array")
+        .iter()
+        .map(|e| {
+            let field = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            (
+                field(&e["executorId"]),
+                field(&e["state"]),
+                field(&e["failure"]["kind"]),
+            )
+        })
+        .collect()
+}
+
+async fn submit(address: &str, args: &[&str]) -> String {
+    let mut full = vec!["wasm", "run", "--id-only"];
+    full.extend_from_slice(args);
+    common::shoal(address, &full)
+        .await
+        .success()
+        .stdout
+        .trim()
+        .to_owned()
+}
+
+async fn wait_terminal(address: &str, job: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    loop {
+        let job = common::shoal(address, &["job", "describe", job, "--output", "json"])
+            .await
+            .success()
+            .json();
+        let state = common::state(&job);
+        if ["COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"]
+            .iter()
+            .any(|s| state.ends_with(s))
+        {
+            return job;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never finished: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An executor killed with SIGKILL mid-job: after its lease the job runs on another.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_executors_job_finishes_elsewhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let address = format!("http://127.0.0.1:{port}");
+    let _orchestrator = common::start_orchestrator_with(
+        &dir.path().join("o"),
+        port,
+        &["--lease", "2s", "--heartbeat-interval", "500ms"],
+    )
+    .await;
+    let mut doomed = start_executor(&address, &dir.path().join("doomed"), "doomed", "1");
+    common::wait_connected(&address).await;
+    let id = submit(&address, &[&path("tests/fixtures/ticker.wasm"), "3"]).await;
+    let _follower = wait_for_output(&address, &id, "tick 0").await;
+    doomed.kill().await.expect("kill -9 the executor");
+    let _rescuer = start_executor(&address, &dir.path().join("rescuer"), "rescuer", "1");
+    let job = wait_terminal(&address, &id).await;
+    assert_eq!(common::state(&job), "JOB_STATE_COMPLETED", "{job}");
+    let runs = executions_of(&address, &id).await;
+    assert_eq!(
+        runs,
+        [
+            (
+                "doomed".into(),
+                "EXECUTION_STATE_FAILED".into(),
+                "FAILURE_KIND_EXECUTOR_LOST".into()
+            ),
+            (
+                "rescuer".into(),
+                "EXECUTION_STATE_COMPLETED".into(),
+                String::new()
+            ),
+        ]
+    );
+}
+
+/// A TCP proxy that can cut every connection through it at once.
+async fn cutting_proxy(upstream: u16) -> (u16, tokio::sync::watch::Sender<u64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let (cut, cuts) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let mut cuts = cuts.clone();
+            cuts.mark_unchanged();
+            tokio::spawn(async move {
+                let Ok(mut outbound) =
+                    tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    return;
+                };
+                // Dropping both sockets mid-stream is the cut.
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = cuts.changed() => {}
+                }
+            });
+        }
+    });
+    (port, cut)
+}
+
+/// An executor whose connection is cut mid-job reconnects, reports the execution still
+/// running, and the job completes once, on the same execution.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_connection_recovers_without_duplicates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let address = format!("http://127.0.0.1:{port}");
+    let _orchestrator = common::start_orchestrator_with(
+        &dir.path().join("o"),
+        port,
+        &["--lease", "10s", "--heartbeat-interval", "500ms"],
+    )
+    .await;
+    let (proxy_port, cut) = cutting_proxy(port).await;
+    let _executor = start_executor(
+        &format!("http://127.0.0.1:{proxy_port}"),
+        &dir.path().join("e"),
+        "behind-proxy",
+        "2",
+    );
+    common::wait_connected(&address).await;
+    let id = submit(&address, &[&path("tests/fixtures/ticker.wasm"), "4"]).await;
+    let _follower = wait_for_output(&address, &id, "tick 0").await;
+    let connected_at = || async {
+        let node = common::shoal(
+            &address,
+            &["node", "describe", "behind-proxy", "--output", "json"],
+        )
+        .await
+        .success()
+        .json();
+        node["connectedAt"].as_str().unwrap_or_default().to_owned()
+    };
+    let before = connected_at().await;
+    cut.send_modify(|n| *n += 1);
+    // The cut is real: the executor comes back on a new stream.
+    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    while connected_at().await == before {
+        assert!(tokio::time::Instant::now() < deadline, "never reconnected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let job = wait_terminal(&address, &id).await;
+    assert_eq!(common::state(&job), "JOB_STATE_COMPLETED", "{job}");
+    let runs = executions_of(&address, &id).await;
+    assert_eq!(
+        runs,
+        [(
+            "behind-proxy".into(),
+            "EXECUTION_STATE_COMPLETED".into(),
+            String::new()
+        )],
+        "one execution, completed once"
+    );
+    let logs = common::shoal(&address, &["job", "logs", &id])
+        .await
+        .success();
+    for tick in 0..4 {
+        assert_eq!(
+            logs.stdout.matches(&format!("tick {tick}\n")).count(),
+            1,
+            "log lines are neither lost nor doubled: {}",
+            logs.stdout
+        );
+    }
+}
