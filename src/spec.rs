@@ -535,10 +535,11 @@ fn validate_args_env(spec: &JobSpec) -> Result<(), Error> {
     let env: HashMap<_, _> = spec.env.iter().collect();
     for (name, value) in env {
         let field = format!("env[{name}]");
-        if name.is_empty() || name.contains('=') || name.contains('\0') || name.len() > 256 {
+        let bad_char = |c: char| c == '=' || c.is_control() || c.is_whitespace();
+        if name.is_empty() || name.len() > 256 || name.chars().any(bad_char) {
             return Err(Error::invalid_spec(
                 field,
-                "a variable name must be 1-256 bytes without '=' or NUL",
+                "a variable name must be 1-256 bytes without '=', whitespace or control characters",
             ));
         }
         if name.starts_with(RESERVED_ENV_PREFIX) {
@@ -749,6 +750,12 @@ retry: {{max_attempts: 2, retry_on: [executor_lost, trap]}}
                     s.env.insert("A=B".into(), "x".into());
                 }),
             ),
+            (
+                "env[A B]",
+                Box::new(|s| {
+                    s.env.insert("A B".into(), "x".into());
+                }),
+            ),
             ("args[1]", Box::new(|s| s.args[1] = "a\0b".into())),
             ("args", Box::new(|s| s.args = vec!["x".repeat(1000); 2000])),
             (
@@ -843,5 +850,160 @@ retry: {{max_attempts: 2, retry_on: [executor_lost, trap]}}
         );
         assert_eq!(parse_failure_kind("unspecified"), None);
         assert_eq!(parse_failure_kind("bogus"), None);
+    }
+
+    /// A tiny deterministic generator, so the property tests below need no extra crate.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+        /// Strings that stress validation: empty, huge, NUL, '..', '/', '=', unicode.
+        fn text(&mut self) -> String {
+            const PIECES: &[&str] = &[
+                "",
+                "/",
+                "..",
+                ".",
+                "a",
+                "=",
+                "\0",
+                "\u{7f}",
+                " ",
+                "é",
+                "日本",
+                "SHOAL_",
+                "x/y",
+                "/inputs",
+                "/outputs",
+                "s3://b/k",
+                "http://h/x",
+                "bafk",
+                "*",
+                "in (a,b)",
+                "!k",
+                "5s",
+                "-1",
+                "512MiB",
+                "k=v",
+                "\n",
+            ];
+            let mut out = String::new();
+            for _ in 0..self.below(6) {
+                out.push_str(PIECES[self.below(PIECES.len() as u64) as usize]);
+            }
+            if self.below(50) == 0 {
+                out.push_str(&"z".repeat(self.below(5000) as usize));
+            }
+            out
+        }
+    }
+
+    /// Validation never panics on arbitrary specs, and what it accepts stays valid once
+    /// defaults are applied (so executors never see a spec the orchestrator would refuse).
+    #[test]
+    fn validation_never_panics_and_accepts_consistently() {
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let mut spec = JobSpec {
+                program: if rng.below(3) == 0 {
+                    rng.text()
+                } else {
+                    "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4".into()
+                },
+                entrypoint: if rng.below(2) == 0 {
+                    rng.text()
+                } else {
+                    String::new()
+                },
+                ..Default::default()
+            };
+            for _ in 0..rng.below(4) {
+                spec.args.push(rng.text());
+            }
+            for _ in 0..rng.below(4) {
+                spec.env.insert(rng.text(), rng.text());
+            }
+            for _ in 0..rng.below(4) {
+                spec.inputs.push(InputSpec {
+                    source: rng.text(),
+                    target: rng.text(),
+                    s3: None,
+                });
+            }
+            for _ in 0..rng.below(3) {
+                spec.outputs.push(OutputSpec {
+                    name: rng.text(),
+                    path: rng.text(),
+                });
+            }
+            for _ in 0..rng.below(3) {
+                spec.constraints.push(rng.text());
+            }
+            if rng.below(2) == 0 {
+                spec.publisher = rng.text();
+            }
+            if rng.below(3) == 0 {
+                spec.resources = Some(Resources {
+                    memory_bytes: rng.next() >> rng.below(64),
+                });
+            }
+            if validate(&spec).is_ok() {
+                accepted += 1;
+                apply_defaults(
+                    &mut spec,
+                    SpecDefaults {
+                        timeout: Duration::from_secs(60),
+                        queue_timeout: Duration::from_secs(60),
+                    },
+                );
+                validate(&spec).unwrap_or_else(|e| panic!("defaults broke {spec:?}: {e}"));
+            }
+        }
+        assert!(
+            accepted > 20,
+            "the generator must also produce valid specs ({accepted})"
+        );
+    }
+
+    /// Arbitrary YAML-ish text never panics the spec parser.
+    #[test]
+    fn spec_documents_never_panic_the_parser() {
+        let mut rng = Rng(0xfeed_0042);
+        let keys = [
+            "program",
+            "args",
+            "env",
+            "inputs",
+            "outputs",
+            "timeout",
+            "resources",
+            "retry",
+            "s3",
+            "memory",
+            "- ",
+            ": ",
+            "{",
+            "[",
+            "\n  ",
+        ];
+        for _ in 0..5_000 {
+            let mut text = String::new();
+            for _ in 0..rng.below(20) {
+                text.push_str(keys[rng.below(keys.len() as u64) as usize]);
+                text.push_str(&rng.text());
+            }
+            if let Ok(doc) = SpecDocument::from_yaml(&text) {
+                let _ = doc.to_proto();
+            }
+        }
     }
 }

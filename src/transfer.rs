@@ -409,4 +409,64 @@ mod tests {
             ]
         );
     }
+
+    /// Arbitrary download streams (entries with hostile paths, wrong sizes, data in the
+    /// wrong place) never panic the decoder and never write outside the destination.
+    #[tokio::test]
+    async fn download_streams_never_panic_or_escape() {
+        use crate::proto::{DownloadResponse, Entry, download_response};
+        let mut state = 0x0dd_ba11_u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n.max(1)
+        };
+        const PATHS: &[&str] = &[
+            "",
+            "a",
+            "a/b",
+            "../x",
+            "/etc/x",
+            "a/../../x",
+            "b//c",
+            "c\\d",
+            "a/b/c",
+        ];
+        let outer = tempfile::tempdir().expect("tempdir");
+        for round in 0..500 {
+            let dest = outer.path().join(format!("d{round}")).join("dest");
+            std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+            let mut items = Vec::new();
+            for _ in 0..next(8) {
+                let item = if next(2) == 0 {
+                    download_response::Item::Entry(Entry {
+                        path: PATHS[next(PATHS.len() as u64) as usize].into(),
+                        kind: next(4) as i32,
+                        size: next(40),
+                    })
+                } else {
+                    download_response::Item::Data(vec![b'x'; next(30) as usize].into())
+                };
+                items.push(Ok(DownloadResponse { item: Some(item) }));
+            }
+            if next(5) == 0 {
+                items.push(Ok(DownloadResponse { item: None }));
+            }
+            let _ = download_to(futures::stream::iter(items), &dest).await;
+            // Nothing may appear beside `dest` inside its own scratch directory.
+            let beside: Vec<_> = std::fs::read_dir(dest.parent().expect("parent"))
+                .expect("list")
+                .map(|e| e.expect("entry").file_name())
+                .filter(|n| n != "dest")
+                .collect();
+            assert!(beside.is_empty(), "round {round} wrote {beside:?}");
+        }
+        let escaped: Vec<_> = std::fs::read_dir(outer.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('d'))
+            .collect();
+        assert!(escaped.is_empty(), "{escaped:?}");
+    }
 }

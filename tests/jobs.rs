@@ -453,6 +453,26 @@ async fn bad_specs_are_rejected_with_the_field() {
             "resources.memory",
         ),
         (
+            vec![hello.clone(), "-e".into(), "BAD NAME=x".into()],
+            "env[BAD NAME]",
+        ),
+        (
+            vec![
+                hello.clone(),
+                "-i".into(),
+                format!("{}:/in/x", input.display()),
+                "-i".into(),
+                format!("{}:/in/x", input.display()),
+            ],
+            "inputs[1].target",
+        ),
+        (
+            std::iter::once(hello.clone())
+                .chain((0..5000).map(|i| i.to_string()))
+                .collect(),
+            "invalid args",
+        ),
+        (
             vec!["/no/such/program.wasm".into()],
             "neither an existing local path",
         ),
@@ -618,4 +638,57 @@ async fn guest_has_no_sockets() {
     let program = wat(stack.dir.path(), "netprobe");
     let out = stack.shoal(&["wasm", "run", &program]).await;
     assert_eq!(out.code, 104, "4 descriptors, none a socket: {out:?}");
+}
+
+/// A guest cannot reach host files: not by climbing out with "..", not by an absolute
+/// path, not through a symlink it plants; and the planted link is not published.
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_cannot_escape_its_mounts() {
+    let stack = Devstack::start(&[]).await;
+    let program = wat(stack.dir.path(), "escape");
+    let id = stack.submit(&[&program]).await;
+    let job = stack
+        .wait_job(&id, "a terminal state", |j| {
+            state(j).ends_with("COMPLETED") || state(j).ends_with("FAILED")
+        })
+        .await;
+    assert_eq!(state(&job), "JOB_STATE_COMPLETED", "{job}");
+    assert_eq!(
+        job["result"]["exitCode"].as_i64().unwrap_or(0),
+        0,
+        "an escape worked: {job}"
+    );
+    let results = stack.scratch("results");
+    stack
+        .shoal(&["job", "get", &id, &results.to_string_lossy()])
+        .await
+        .success();
+    let outputs: Vec<_> = std::fs::read_dir(results.join("outputs"))
+        .expect("outputs")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(outputs.is_empty(), "the symlink was published: {outputs:?}");
+}
+
+/// Thousands of output files are published and come back whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn thousands_of_output_files_are_published() {
+    let stack = Devstack::start(&[]).await;
+    let program = wat(stack.dir.path(), "manyfiles");
+    let results = stack.scratch("results");
+    stack
+        .shoal(&[
+            "wasm",
+            "run",
+            &program,
+            "--download",
+            &results.to_string_lossy(),
+        ])
+        .await
+        .success();
+    let count = std::fs::read_dir(results.join("outputs"))
+        .expect("outputs")
+        .count();
+    assert_eq!(count, 3000);
+    assert!(results.join("outputs/f2999").is_file());
 }
