@@ -692,3 +692,29 @@ async fn thousands_of_output_files_are_published() {
     assert_eq!(count, 3000);
     assert!(results.join("outputs/f2999").is_file());
 }
+
+/// A guest filling the disk is stopped while it runs, fails as OUTPUT_LIMIT, and the
+/// executor goes on serving other jobs.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_output_quota_stops_a_disk_filler() {
+    let stack = Devstack::start(&["--executors", "1", "--max-output", "8MiB"]).await;
+    let program = wat(stack.dir.path(), "diskfill");
+    let out = stack.shoal(&["wasm", "run", &program]).await;
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(
+        out.stderr.contains("FAILED: OUTPUT_LIMIT"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("more than the limit of 8.0 MiB"),
+        "{}",
+        out.stderr
+    );
+    let hello = path("examples/hello/hello.wasm");
+    let out = stack
+        .shoal(&["wasm", "run", &hello, "after"])
+        .await
+        .success();
+    assert!(out.stdout.contains("arg[1]=after"), "{}", out.stdout);
+}

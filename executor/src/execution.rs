@@ -312,6 +312,14 @@ async fn execute_in(
         wake,
         forwarding.clone(),
     ));
+    // The output quota is watched while the program runs, so a guest filling the disk is
+    // stopped early rather than found out afterwards.
+    let run_cancel = cancel.child_token();
+    let over_quota = tokio::spawn(watch_output_quota(
+        results_dir.clone(),
+        ctx.config.max_output_bytes,
+        run_cancel.clone(),
+    ));
     let outcome = ctx
         .runtime
         .run(
@@ -323,12 +331,18 @@ async fn execute_in(
                 preopens,
                 memory_limit,
                 timeout,
-                cancel: cancel.clone(),
+                cancel: run_cancel.clone(),
                 stdout: stdout.clone(),
                 stderr: stderr.clone(),
             },
         )
         .await;
+    run_cancel.cancel(); // ends the quota watcher
+    let over_quota = over_quota.await.ok().flatten();
+    let outcome = match over_quota {
+        Some(over) => RunOutcome::Failed(Failure::new(FailureKind::OutputLimit, over)),
+        None => outcome,
+    };
     forwarding.cancel();
     let _ = forwarder.await;
     let _ = stdout.flush();
@@ -374,10 +388,15 @@ async fn execute_in(
             output_over_limit(&results_dir, ctx.config.max_output_bytes).await
         {
             failure = Some(Failure::new(FailureKind::OutputLimit, over));
-            // Keep only the logs: the outputs are over the limit.
-            for output in &spec.outputs {
-                let _ = tokio::fs::remove_dir_all(results_dir.join(&output.name)).await;
-            }
+        }
+    }
+    if failure
+        .as_ref()
+        .is_some_and(|f| f.kind() == FailureKind::OutputLimit)
+    {
+        // Keep only the logs: the outputs are over the limit.
+        for output in &spec.outputs {
+            let _ = tokio::fs::remove_dir_all(results_dir.join(&output.name)).await;
         }
     }
     match publish(ctx, assign, &spec, &results_dir, &mut result).await {
@@ -441,6 +460,28 @@ async fn publish(
         "results published to S3"
     );
     Ok(())
+}
+
+/// Checks the result tree's size a few times a second while the program runs; past
+/// `limit`, stops the run and says by how much. Returns None if the run ended within it.
+async fn watch_output_quota(
+    results_dir: PathBuf,
+    limit: u64,
+    run: CancellationToken,
+) -> Option<String> {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = run.cancelled() => return None,
+            _ = tick.tick() => {}
+        }
+        if let Some(over) = output_over_limit(&results_dir, limit).await {
+            tracing::warn!(%over, "stopping a program over its output quota");
+            run.cancel();
+            return Some(over);
+        }
+    }
 }
 
 /// Describes by how much the result tree exceeds `limit`, if it does.

@@ -21,8 +21,23 @@ use tokio::sync::mpsc;
 use crate::error::{Error, Result};
 use crate::store::{Snapshot, Write};
 
-/// Where messages for one connected executor go (its Connect response stream).
-pub type ExecutorSender = mpsc::Sender<Result<OrchestratorMessage, tonic::Status>>;
+/// Where messages for one connected executor go (its Connect response stream), and the
+/// switch that ends that stream if it stays full (a stuck executor is disconnected; its
+/// reconnection reconciles what it missed).
+#[derive(Debug, Clone)]
+pub struct ExecutorSender {
+    pub tx: mpsc::Sender<Result<OrchestratorMessage, tonic::Status>>,
+    pub stuck: tokio_util::sync::CancellationToken,
+}
+
+impl ExecutorSender {
+    pub fn new(tx: mpsc::Sender<Result<OrchestratorMessage, tonic::Status>>) -> Self {
+        ExecutorSender {
+            tx,
+            stuck: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+}
 
 /// Timing and defaults the state machine needs.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +46,8 @@ pub struct ClusterConfig {
     /// An executor silent (or disconnected) for this long is lost.
     pub lease: Duration,
     pub defaults: SpecDefaults,
+    /// Most jobs waiting in the queue; submissions past it get RESOURCE_EXHAUSTED.
+    pub max_queued: usize,
 }
 
 /// What a batch of transitions wants done once it is durable.
@@ -262,6 +279,12 @@ impl Cluster {
     /// Accepts a validated spec: the job is QUEUED.
     pub fn submit(&mut self, mut spec: JobSpec, now: SystemTime) -> Result<Job> {
         spec::validate(&spec)?;
+        if self.queue.len() >= self.config.max_queued {
+            return Err(Error::ResourceExhausted(format!(
+                "the queue is full ({} jobs waiting); try again later",
+                self.queue.len()
+            )));
+        }
         spec::apply_defaults(&mut spec, self.config.defaults);
         let id = shoal::ids::JobId::new().to_string();
         let job = Job {
@@ -983,6 +1006,7 @@ mod tests {
                     timeout: Duration::from_secs(60),
                     queue_timeout: Duration::from_secs(3600),
                 },
+                max_queued: 100,
             },
             Instant::now(),
         )
@@ -1016,7 +1040,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        c.register(register, tx, SystemTime::now(), Instant::now())
+        c.register(register, ExecutorSender::new(tx), SystemTime::now(), Instant::now())
             .expect("register");
         rx
     }
@@ -1220,7 +1244,7 @@ mod tests {
             running_execution_ids: vec![placed[0].1.clone(), "unknown-execution".into()],
             ..Default::default()
         };
-        c.register(register, tx, now, Instant::now())
+        c.register(register, ExecutorSender::new(tx), now, Instant::now())
             .expect("register");
         assert_eq!(c.job(&kept).expect("job").state(), JobState::Scheduled);
         assert_eq!(c.job(&lost).expect("job").state(), JobState::Queued);
@@ -1322,5 +1346,20 @@ mod tests {
                 (6, bytes::Bytes::from_static(b"world"))
             ]
         );
+    }
+
+    /// Past the queue bound, submissions are refused as RESOURCE_EXHAUSTED; a job leaving
+    /// the queue makes room again.
+    #[test]
+    fn a_full_queue_refuses_submissions() {
+        let mut c = cluster();
+        c.config.max_queued = 2;
+        let now = SystemTime::now();
+        let first = c.submit(spec(), now).expect("room");
+        c.submit(spec(), now).expect("room");
+        let refused = c.submit(spec(), now).expect_err("full");
+        assert!(matches!(refused, Error::ResourceExhausted(_)), "{refused:?}");
+        c.cancel(&first.id, "make room", now).expect("cancel");
+        c.submit(spec(), now).expect("room again");
     }
 }

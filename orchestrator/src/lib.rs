@@ -52,6 +52,9 @@ pub struct Config {
     pub default_queue_timeout: Duration,
     #[command(flatten)]
     pub s3: shoal::s3::S3Defaults,
+    /// Most jobs waiting for an executor; past it SubmitJob answers RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SHOAL_MAX_QUEUED_JOBS", default_value_t = 100_000)]
+    pub max_queued_jobs: usize,
     /// Largest upload (total file bytes) the content store accepts.
     #[arg(long, env = "SHOAL_MAX_UPLOAD", default_value = "16GiB", value_parser = shoal::units::parse_size)]
     pub max_upload_bytes: u64,
@@ -95,6 +98,7 @@ impl Config {
             default_timeout: Duration::from_secs(3600),
             default_queue_timeout: Duration::from_secs(24 * 3600),
             max_upload_bytes: 16 << 30,
+            max_queued_jobs: 100_000,
             s3: shoal::s3::S3Defaults::aws(),
             ipfs_gateways: Vec::new(),
             content_store: None,
@@ -198,12 +202,14 @@ impl Orchestrator {
         for (sender, message) in effects.messages {
             // A closed stream is fine: the executor's loss is handled by the lease. A stream
             // that stays full is stuck; waiting forever would stall every caller behind it,
-            // so the message is dropped and the stuck stream left to its keepalive.
-            match tokio::time::timeout(EXECUTOR_SEND_TIMEOUT, sender.send(Ok(message))).await {
-                Ok(_) => {}
-                Err(_) => tracing::error!(
-                    "an executor stream stayed full for {EXECUTOR_SEND_TIMEOUT:?}; message dropped"
-                ),
+            // so the stream is ended: the executor reconnects, and registration reconciles
+            // what it missed (an assignment it never got is retried as EXECUTOR_LOST).
+            let sent = tokio::time::timeout(EXECUTOR_SEND_TIMEOUT, sender.tx.send(Ok(message)));
+            if sent.await.is_err() {
+                tracing::error!(
+                    "an executor stream stayed full for {EXECUTOR_SEND_TIMEOUT:?}; disconnecting it"
+                );
+                sender.stuck.cancel();
             }
         }
         if !effects.events.is_empty() {
@@ -331,6 +337,7 @@ pub async fn open(config: Config, shutdown: CancellationToken) -> Result<Arc<Orc
                 timeout: config.default_timeout,
                 queue_timeout: config.default_queue_timeout,
             },
+            max_queued: config.max_queued_jobs,
         },
         Instant::now(),
     );

@@ -32,6 +32,9 @@ pub struct DevstackArgs {
     /// Most stdout (and stderr) each execution keeps, e.g. 64MiB.
     #[arg(long, default_value = "64MiB", value_parser = shoal::units::parse_size)]
     pub log_cap: u64,
+    /// Most bytes of outputs and logs each execution may publish, e.g. 10GiB.
+    #[arg(long, default_value = "10GiB", value_parser = shoal::units::parse_size)]
+    pub max_output: u64,
     /// Most input bytes each execution may fetch, e.g. 10GiB.
     #[arg(long, default_value = "10GiB", value_parser = shoal::units::parse_size)]
     pub max_input: u64,
@@ -106,6 +109,7 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
         config.slots = args.slots;
         config.log_cap = args.log_cap;
         config.max_input_bytes = args.max_input;
+        config.max_output_bytes = args.max_output;
         config.staging_timeout = args.staging_timeout;
         // The orchestrator stops with the devstack, so waiting for executions gains nothing.
         config.drain_timeout = Duration::ZERO;

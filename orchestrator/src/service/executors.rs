@@ -76,8 +76,8 @@ impl ExecutorService for ExecutorApi {
         }))
         .map_err(|_| Status::internal("cannot queue the handshake"))?;
         let executor_id = register.executor_id.clone();
-        let sender = tx.clone();
-        drop(tx);
+        let sender = crate::cluster::ExecutorSender::new(tx);
+        let stuck = sender.stuck.clone();
         let generation = self
             .0
             .apply(|c| c.register(register, sender, SystemTime::now(), Instant::now()))
@@ -85,12 +85,14 @@ impl ExecutorService for ExecutorApi {
         tracing::info!(executor_id, generation, "executor connected");
 
         let orchestrator = self.0.clone();
+        let inbound_stuck = stuck.clone();
         self.0.spawn(async move {
             let shutdown = orchestrator.shutdown_token().clone();
             loop {
                 let message = tokio::select! {
                     message = inbound.message() => message,
                     _ = shutdown.cancelled() => break,
+                    _ = inbound_stuck.cancelled() => break,
                 };
                 match message {
                     Ok(Some(message)) => {
@@ -122,7 +124,9 @@ impl ExecutorService for ExecutorApi {
 
         let shutdown = self.0.shutdown_token().clone().cancelled_owned();
         Ok(Response::new(Box::pin(
-            ReceiverStream::new(rx).take_until(shutdown),
+            ReceiverStream::new(rx)
+                .take_until(shutdown)
+                .take_until(stuck.cancelled_owned()),
         )))
     }
 }
