@@ -219,3 +219,62 @@ async fn sigterm_drains_an_executor() {
         "{runs}"
     );
 }
+
+/// SIGTERM on the orchestrator: it stops cleanly (exit 0, store closed), and a restart on
+/// the same data directory has every job as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_the_orchestrator_gracefully() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("orchestrator");
+    let port = free_port();
+    let address = format!("http://127.0.0.1:{port}");
+    let mut orchestrator = start_orchestrator(&data, port).await;
+    let _executor = start_executor(&address, &dir.path().join("e"), "2m").await;
+    wait_connected(&address).await;
+    let hello = path("examples/hello/hello.wasm");
+    shoal(&address, &["wasm", "run", &hello, "before"])
+        .await
+        .success();
+    let queued_behind_a_constraint = shoal(
+        &address,
+        &["wasm", "run", "--id-only", &hello, "-s", "zone=nowhere"],
+    )
+    .await
+    .success()
+    .stdout
+    .trim()
+    .to_owned();
+    sigterm(&orchestrator);
+    let status = tokio::time::timeout(common::TIMEOUT, orchestrator.wait())
+        .await
+        .expect("the orchestrator exits on SIGTERM")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+    let _orchestrator = start_orchestrator(&data, port).await;
+    let jobs = shoal(&address, &["job", "list", "--output", "json"])
+        .await
+        .success()
+        .json();
+    let states: Vec<&str> = jobs
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|j| j["state"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(states.len(), 2, "{jobs}");
+    assert!(states.contains(&"JOB_STATE_COMPLETED"), "{jobs}");
+    let queued = shoal(
+        &address,
+        &[
+            "job",
+            "describe",
+            &queued_behind_a_constraint,
+            "--output",
+            "json",
+        ],
+    )
+    .await
+    .success()
+    .json();
+    assert_eq!(state(&queued), "JOB_STATE_QUEUED", "{queued}");
+}

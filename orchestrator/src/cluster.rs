@@ -1040,8 +1040,13 @@ mod tests {
             }),
             ..Default::default()
         };
-        c.register(register, ExecutorSender::new(tx), SystemTime::now(), Instant::now())
-            .expect("register");
+        c.register(
+            register,
+            ExecutorSender::new(tx),
+            SystemTime::now(),
+            Instant::now(),
+        )
+        .expect("register");
         rx
     }
 
@@ -1358,7 +1363,10 @@ mod tests {
         let first = c.submit(spec(), now).expect("room");
         c.submit(spec(), now).expect("room");
         let refused = c.submit(spec(), now).expect_err("full");
-        assert!(matches!(refused, Error::ResourceExhausted(_)), "{refused:?}");
+        assert!(
+            matches!(refused, Error::ResourceExhausted(_)),
+            "{refused:?}"
+        );
         c.cancel(&first.id, "make room", now).expect("cancel");
         c.submit(spec(), now).expect("room again");
     }

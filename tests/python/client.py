@@ -110,6 +110,32 @@ def main():
         assert "inputs[0].target" in error.details(), error.details()
         print(f"bad spec: {error.code().name}: {error.details()}")
 
+    # An oversized request (a 20 MB spec, past the 16 MiB message cap) is refused whole.
+    try:
+        huge = types_pb2.JobSpec(program=uploaded.cid, args=["x" * (20 * 1024 * 1024)])
+        jobs.SubmitJob(job_service_pb2.SubmitJobRequest(spec=huge), timeout=30)
+        sys.exit("an oversized spec was accepted")
+    except grpc.RpcError as error:
+        # tonic's answer for a message past the server's decoding limit.
+        assert error.code() == grpc.StatusCode.OUT_OF_RANGE, (error.code(), error.details())
+        assert "message length too large" in error.details(), error.details()
+        print(f"oversized spec: {error.code().name}: {error.details()}")
+
+    # Bytes that are not a protobuf message at all are refused, and the server lives on.
+    garbage = channel.unary_unary(
+        "/shoal.v1.JobService/SubmitJob",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    try:
+        garbage(b"\xff\xff\xff\xff\x0f not protobuf", timeout=30)
+        sys.exit("garbage was accepted")
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.INTERNAL, (error.code(), error.details())
+        print(f"garbage request: {error.code().name}: {error.details()}")
+    alive = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=30)
+    assert alive.status == health_pb2.HealthCheckResponse.SERVING, alive
+
     # The executor protocol checks its version and its handshake.
     executors = executor_service_pb2_grpc.ExecutorServiceStub(channel)
     for first, expected in [
