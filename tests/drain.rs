@@ -7,42 +7,7 @@ mod common;
 use std::process::Stdio;
 
 use common::{Devstack, bin, free_port, path, shoal, start_orchestrator, state, wait_connected};
-use tokio::io::BufReader;
 use tokio::process::{Child, Command};
-
-/// Waits until `job logs -f` prints `line`: the program is running.
-async fn wait_for_output(address: &str, job: &str, line: &str) -> Child {
-    let mut follower = Command::new(bin("shoal"))
-        .args(["job", "logs", "-f", job])
-        .env("SHOAL_ORCHESTRATOR", address)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn follower");
-    let mut stdout = BufReader::new(follower.stdout.take().expect("stdout"));
-    common::wait_for_line(&mut stdout, line).await;
-    common::drain(stdout);
-    follower
-}
-
-/// The executors a job's executions ran on, in order, with their end states.
-async fn executions(address: &str, job: &str) -> Vec<(String, String)> {
-    let out = shoal(address, &["job", "executions", job, "--output", "json"])
-        .await
-        .success()
-        .json();
-    out.as_array()
-        .expect("array")
-        .iter()
-        .map(|e| {
-            (
-                e["executorId"].as_str().unwrap_or_default().to_owned(),
-                e["state"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
-}
 
 /// A cordoned executor gets no work; a drain stops what runs past the grace period and the
 /// job is retried on another executor; uncordon lets work in again.
@@ -61,9 +26,9 @@ async fn cordon_uncordon_and_drain() {
         listed.stdout
     );
     let id = stack.submit(&[&ticker, "600"]).await;
-    let _follower = wait_for_output(&stack.address, &id, "tick 0").await;
+    let _follower = common::follow_until(&stack.address, &id, "tick 0").await;
     assert_eq!(
-        executions(&stack.address, &id).await[0].0,
+        common::executions_of(&stack.address, &id).await[0].0,
         "devstack-1",
         "the cordoned executor got work"
     );
@@ -97,12 +62,16 @@ async fn cordon_uncordon_and_drain() {
         .shoal(&["node", "uncordon", "devstack-0"])
         .await
         .success();
-    let _follower = wait_for_output(&stack.address, &id, "tick 0").await;
-    let runs = executions(&stack.address, &id).await;
+    let _follower = common::follow_until(&stack.address, &id, "tick 0").await;
+    let runs = common::executions_of(&stack.address, &id).await;
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert_eq!(
         runs[0],
-        ("devstack-1".into(), "EXECUTION_STATE_FAILED".into())
+        (
+            "devstack-1".into(),
+            "EXECUTION_STATE_FAILED".into(),
+            "FAILURE_KIND_EXECUTOR_LOST".into()
+        )
     );
     assert_eq!(runs[1].0, "devstack-0");
     stack.shoal(&["job", "stop", &id]).await.success();
@@ -157,7 +126,7 @@ async fn sigterm_drains_an_executor() {
         .stdout
         .trim()
         .to_owned();
-    let _follower = wait_for_output(&address, &id, "tick 0").await;
+    let _follower = common::follow_until(&address, &id, "tick 0").await;
     sigterm(&executor);
     let deadline = tokio::time::Instant::now() + common::TIMEOUT;
     loop {
@@ -197,7 +166,7 @@ async fn sigterm_drains_an_executor() {
         .stdout
         .trim()
         .to_owned();
-    let _follower = wait_for_output(&address, &id, "tick 0").await;
+    let _follower = common::follow_until(&address, &id, "tick 0").await;
     sigterm(&executor);
     let status = tokio::time::timeout(common::TIMEOUT, executor.wait())
         .await

@@ -198,42 +198,6 @@ async fn acknowledged_jobs_survive_two_orchestrator_kills() {
     }
 }
 
-/// Follows a job's logs until `line` appears: the program is running.
-async fn wait_for_output(address: &str, job: &str, line: &str) -> Child {
-    let mut follower = Command::new(bin("shoal"))
-        .args(["job", "logs", "-f", job])
-        .env("SHOAL_ORCHESTRATOR", address)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn follower");
-    let mut stdout = tokio::io::BufReader::new(follower.stdout.take().expect("stdout"));
-    common::wait_for_line(&mut stdout, line).await;
-    common::drain(stdout);
-    follower
-}
-
-/// (executor, state, failure kind) of each execution of a job, in order.
-async fn executions_of(address: &str, job: &str) -> Vec<(String, String, String)> {
-    let out = common::shoal(address, &["job", "executions", job, "--output", "json"])
-        .await
-        .success()
-        .json();
-    out.as_array()
-        .expect("array")
-        .iter()
-        .map(|e| {
-            let field = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
-            (
-                field(&e["executorId"]),
-                field(&e["state"]),
-                field(&e["failure"]["kind"]),
-            )
-        })
-        .collect()
-}
-
 async fn submit(address: &str, args: &[&str]) -> String {
     let mut full = vec!["wasm", "run", "--id-only"];
     full.extend_from_slice(args);
@@ -282,12 +246,12 @@ async fn a_killed_executors_job_finishes_elsewhere() {
     let mut doomed = start_executor(&address, &dir.path().join("doomed"), "doomed", "1");
     common::wait_connected(&address).await;
     let id = submit(&address, &[&path("tests/fixtures/ticker.wasm"), "3"]).await;
-    let _follower = wait_for_output(&address, &id, "tick 0").await;
+    let _follower = common::follow_until(&address, &id, "tick 0").await;
     doomed.kill().await.expect("kill -9 the executor");
     let _rescuer = start_executor(&address, &dir.path().join("rescuer"), "rescuer", "1");
     let job = wait_terminal(&address, &id).await;
     assert_eq!(common::state(&job), "JOB_STATE_COMPLETED", "{job}");
-    let runs = executions_of(&address, &id).await;
+    let runs = common::executions_of(&address, &id).await;
     assert_eq!(
         runs,
         [
@@ -355,7 +319,7 @@ async fn a_cut_connection_recovers_without_duplicates() {
     );
     common::wait_connected(&address).await;
     let id = submit(&address, &[&path("tests/fixtures/ticker.wasm"), "4"]).await;
-    let _follower = wait_for_output(&address, &id, "tick 0").await;
+    let _follower = common::follow_until(&address, &id, "tick 0").await;
     let connected_at = || async {
         let node = common::shoal(
             &address,
@@ -376,7 +340,7 @@ async fn a_cut_connection_recovers_without_duplicates() {
     }
     let job = wait_terminal(&address, &id).await;
     assert_eq!(common::state(&job), "JOB_STATE_COMPLETED", "{job}");
-    let runs = executions_of(&address, &id).await;
+    let runs = common::executions_of(&address, &id).await;
     assert_eq!(
         runs,
         [(

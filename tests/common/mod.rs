@@ -325,3 +325,40 @@ pub async fn wait_connected(address: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Follows a job's logs (`job logs -f`) until `line` appears, so the program is known to be
+/// running; the follower is returned to keep it alive (or drop it).
+pub async fn follow_until(address: &str, job: &str, line: &str) -> Child {
+    let mut follower = Command::new(bin("shoal"))
+        .args(["job", "logs", "-f", job])
+        .env("SHOAL_ORCHESTRATOR", address)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn follower");
+    let mut stdout = BufReader::new(follower.stdout.take().expect("stdout"));
+    wait_for_line(&mut stdout, line).await;
+    drain(stdout);
+    follower
+}
+
+/// (executor, state, failure kind) of each of a job's executions, in order.
+pub async fn executions_of(address: &str, job: &str) -> Vec<(String, String, String)> {
+    let out = shoal(address, &["job", "executions", job, "--output", "json"])
+        .await
+        .success()
+        .json();
+    out.as_array()
+        .expect("array")
+        .iter()
+        .map(|e| {
+            let field = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            (
+                field(&e["executorId"]),
+                field(&e["state"]),
+                field(&e["failure"]["kind"]),
+            )
+        })
+        .collect()
+}

@@ -11,15 +11,13 @@
 //                                 Helia's trustless-gateway block broker, which verifies
 //                                 every block against its CID
 import { createServer } from 'node:http'
-import { readdir, readFile, stat } from 'node:fs/promises'
-import { basename, join } from 'node:path'
+import { basename } from 'node:path'
 import { createHeliaLight } from 'helia'
 import { trustlessGatewayBlockBroker } from '@helia/trustless-gateway-client'
 import { fallbackRouter } from '@helia/fallback-router'
 import { unixfs } from '@helia/unixfs'
 import { CID } from 'multiformats/cid'
-import { fixedSize } from 'ipfs-unixfs-importer/chunker'
-import { balanced } from 'ipfs-unixfs-importer/layout'
+import { entries, importOptions } from './layout.mjs'
 
 const upstream = process.argv[2]
 // The upstream gateway is the one provider of every block. Helia (7.1) waits forever when
@@ -33,26 +31,6 @@ const helia = await createHeliaLight({
     : []
 }).start()
 const fs = unixfs(helia)
-
-const importOptions = {
-  cidVersion: 1,
-  rawLeaves: true,
-  reduceSingleLeafToSelf: true,
-  chunker: fixedSize({ chunkSize: 262144 }),
-  layout: balanced({ maxChildrenPerNode: 174 }),
-  wrapWithDirectory: false
-}
-
-async function * entries (root, prefix) {
-  const info = await stat(root)
-  if (info.isDirectory()) {
-    const names = (await readdir(root)).sort()
-    if (names.length === 0) yield { path: prefix }
-    for (const name of names) yield * entries(join(root, name), `${prefix}/${name}`)
-  } else {
-    yield { path: prefix, content: await readFile(root) }
-  }
-}
 
 async function add (path) {
   const name = basename(path)
