@@ -4,10 +4,8 @@
 
 mod common;
 
-use std::process::Stdio;
-
-use common::{Devstack, bin, free_port, path, shoal, start_orchestrator, state, wait_connected};
-use tokio::process::{Child, Command};
+use common::{Devstack, free_port, path, shoal, start_orchestrator, state, wait_connected};
+use tokio::process::Child;
 
 /// A cordoned executor gets no work; a drain stops what runs past the grace period and the
 /// job is retried on another executor; uncordon lets work in again.
@@ -86,19 +84,6 @@ async fn cordon_uncordon_and_drain() {
     );
 }
 
-async fn start_executor(address: &str, dir: &std::path::Path, drain_timeout: &str) -> Child {
-    Command::new(bin("shoal-executor"))
-        .args(["--orchestrator", address, "--executor-id", "drainee"])
-        .args(["--drain-timeout", drain_timeout, "--work-dir"])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn executor")
-}
-
 fn sigterm(child: &Child) {
     let pid = child.id().expect("running") as i32;
     let status = std::process::Command::new("kill")
@@ -118,7 +103,12 @@ async fn sigterm_drains_an_executor() {
     let _orchestrator = start_orchestrator(&dir.path().join("orchestrator"), port).await;
     let ticker = path("tests/fixtures/ticker.wasm");
 
-    let mut executor = start_executor(&address, &dir.path().join("e1"), "2m").await;
+    let mut executor = common::start_executor(
+        &address,
+        &dir.path().join("e1"),
+        "drainee",
+        &["--drain-timeout", "2m"],
+    );
     wait_connected(&address).await;
     let id = shoal(&address, &["wasm", "run", "--id-only", &ticker, "3"])
         .await
@@ -158,7 +148,12 @@ async fn sigterm_drains_an_executor() {
     assert_eq!(state(&job), "JOB_STATE_COMPLETED", "{job}");
 
     // A drain timeout shorter than the job: the job goes back to the queue.
-    let mut executor = start_executor(&address, &dir.path().join("e2"), "1s").await;
+    let mut executor = common::start_executor(
+        &address,
+        &dir.path().join("e2"),
+        "drainee",
+        &["--drain-timeout", "1s"],
+    );
     wait_connected(&address).await;
     let id = shoal(&address, &["wasm", "run", "--id-only", &ticker, "600"])
         .await
@@ -198,7 +193,7 @@ async fn sigterm_stops_the_orchestrator_gracefully() {
     let port = free_port();
     let address = format!("http://127.0.0.1:{port}");
     let mut orchestrator = start_orchestrator(&data, port).await;
-    let _executor = start_executor(&address, &dir.path().join("e"), "2m").await;
+    let _executor = common::start_executor(&address, &dir.path().join("e"), "drainee", &[]);
     wait_connected(&address).await;
     let hello = path("examples/hello/hello.wasm");
     shoal(&address, &["wasm", "run", &hello, "before"])

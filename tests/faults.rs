@@ -6,12 +6,11 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{bin, free_port, path, start_orchestrator};
+use common::{free_port, path, start_orchestrator};
 use shoal::auth::{AuthChannel, BearerToken};
 use shoal::proto::job_service_client::JobServiceClient;
 use shoal::proto::storage_service_client::StorageServiceClient;
@@ -19,7 +18,6 @@ use shoal::proto::{
     DownloadResultsRequest, ExecutionState, JobSpec, JobState, ListExecutionsRequest,
     SubmitJobRequest,
 };
-use tokio::process::{Child, Command};
 
 const JOBS: usize = 500;
 const CLIENTS: usize = 5;
@@ -31,26 +29,6 @@ fn channel(address: &str) -> AuthChannel {
         .timeout(Duration::from_secs(30))
         .connect_lazy();
     AuthChannel::new(channel, BearerToken::default())
-}
-
-fn start_executor(address: &str, dir: &std::path::Path, id: &str, slots: &str) -> Child {
-    Command::new(bin("shoal-executor"))
-        .args([
-            "--orchestrator",
-            address,
-            "--executor-id",
-            id,
-            "--slots",
-            slots,
-        ])
-        .arg("--work-dir")
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn executor")
 }
 
 /// Waits until `count` jobs have been acknowledged.
@@ -72,7 +50,12 @@ async fn acknowledged_jobs_survive_two_orchestrator_kills() {
     let port = free_port();
     let address = format!("http://127.0.0.1:{port}");
     let mut orchestrator = start_orchestrator(&data, port).await;
-    let _executor = start_executor(&address, &dir.path().join("executor"), "steady", "8");
+    let _executor = common::start_executor(
+        &address,
+        &dir.path().join("executor"),
+        "steady",
+        &["--slots", "8"],
+    );
 
     let mut storage = StorageServiceClient::new(channel(&address));
     let program = shoal::transfer::upload_path(
@@ -243,12 +226,22 @@ async fn a_killed_executors_job_finishes_elsewhere() {
         &["--lease", "2s", "--heartbeat-interval", "500ms"],
     )
     .await;
-    let mut doomed = start_executor(&address, &dir.path().join("doomed"), "doomed", "1");
+    let mut doomed = common::start_executor(
+        &address,
+        &dir.path().join("doomed"),
+        "doomed",
+        &["--slots", "1"],
+    );
     common::wait_connected(&address).await;
     let id = submit(&address, &[&path("tests/fixtures/ticker.wasm"), "3"]).await;
     let _follower = common::follow_until(&address, &id, "tick 0").await;
     doomed.kill().await.expect("kill -9 the executor");
-    let _rescuer = start_executor(&address, &dir.path().join("rescuer"), "rescuer", "1");
+    let _rescuer = common::start_executor(
+        &address,
+        &dir.path().join("rescuer"),
+        "rescuer",
+        &["--slots", "1"],
+    );
     let job = wait_terminal(&address, &id).await;
     assert_eq!(common::state(&job), "JOB_STATE_COMPLETED", "{job}");
     let runs = common::executions_of(&address, &id).await;
@@ -311,11 +304,11 @@ async fn a_cut_connection_recovers_without_duplicates() {
     )
     .await;
     let (proxy_port, cut) = cutting_proxy(port).await;
-    let _executor = start_executor(
+    let _executor = common::start_executor(
         &format!("http://127.0.0.1:{proxy_port}"),
         &dir.path().join("e"),
         "behind-proxy",
-        "2",
+        &["--slots", "2"],
     );
     common::wait_connected(&address).await;
     let id = submit(&address, &[&path("tests/fixtures/ticker.wasm"), "4"]).await;

@@ -3,10 +3,7 @@
 
 mod common;
 
-use std::process::Stdio;
-
-use common::{bin, free_port, path, shoal, start_orchestrator, state, wait_connected};
-use tokio::process::Command;
+use common::{free_port, path, shoal, start_orchestrator, state, wait_connected};
 
 /// After `kill -9` and a restart, finished jobs keep their results, queued jobs stay
 /// queued, a job that was running when the orchestrator died completes once, and the
@@ -18,23 +15,12 @@ async fn orchestrator_restart_keeps_jobs() {
     let port = free_port();
     let address = format!("http://127.0.0.1:{port}");
     let mut orchestrator = start_orchestrator(&data, port).await;
-    let _executor = Command::new(bin("shoal-executor"))
-        .args([
-            "--orchestrator",
-            &address,
-            "--executor-id",
-            "restart-test",
-            "--label",
-            "zone=a",
-            "--work-dir",
-        ])
-        .arg(dir.path().join("executor"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn executor");
+    let _executor = common::start_executor(
+        &address,
+        &dir.path().join("executor"),
+        "restart-test",
+        &["--label", "zone=a"],
+    );
     wait_connected(&address).await;
 
     let hello = path("examples/hello/hello.wasm");

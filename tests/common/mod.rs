@@ -362,3 +362,18 @@ pub async fn executions_of(address: &str, job: &str) -> Vec<(String, String, Str
         })
         .collect()
 }
+
+/// Starts `shoal-executor` as `id` against `address`, working in `dir`, with extra flags;
+/// its output is discarded.
+pub fn start_executor(address: &str, dir: &Path, id: &str, extra: &[&str]) -> Child {
+    Command::new(bin("shoal-executor"))
+        .args(["--orchestrator", address, "--executor-id", id, "--work-dir"])
+        .arg(dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn executor")
+}
