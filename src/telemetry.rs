@@ -34,7 +34,10 @@ pub fn init(format: LogFormat, default_directives: &str) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_directives));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A failed log write is reported with eprintln!, which panics when stderr itself is
+        // gone (a closed pipe): losing a log line must never take a daemon down.
+        .log_internal_errors(false);
     let _already_set = match format {
         LogFormat::Pretty => builder.compact().try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -355,3 +355,41 @@ async fn a_cut_connection_recovers_without_duplicates() {
         );
     }
 }
+
+/// An executor whose log pipe is closed (its log collector died) keeps working: a failed
+/// log write must not take the daemon down.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_executor_outlives_its_log_pipe() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let address = format!("http://127.0.0.1:{port}");
+    let _orchestrator = start_orchestrator(&dir.path().join("o"), port).await;
+    let mut executor = tokio::process::Command::new(common::bin("shoal-executor"))
+        .args([
+            "--orchestrator",
+            &address,
+            "--executor-id",
+            "mute",
+            "--work-dir",
+        ])
+        .arg(dir.path().join("e"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn executor");
+    drop(executor.stderr.take()); // the collector is gone before the first line
+    common::wait_connected(&address).await;
+    let out = common::shoal(
+        &address,
+        &["wasm", "run", &path("examples/hello/hello.wasm"), "mute"],
+    )
+    .await
+    .success();
+    assert!(out.stdout.contains("arg[1]=mute"), "{}", out.stdout);
+    assert!(
+        executor.try_wait().expect("status").is_none(),
+        "the executor died"
+    );
+}
