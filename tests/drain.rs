@@ -110,32 +110,14 @@ async fn sigterm_drains_an_executor() {
         &["--drain-timeout", "2m"],
     );
     wait_connected(&address).await;
-    let id = shoal(&address, &["wasm", "run", "--id-only", &ticker, "3"])
-        .await
-        .success()
-        .stdout
-        .trim()
-        .to_owned();
+    let id = common::submit(&address, &[&ticker, "3"]).await;
     let _follower = common::follow_until(&address, &id, "tick 0").await;
     sigterm(&executor);
-    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
-    loop {
-        let node = shoal(
-            &address,
-            &["node", "describe", "drainee", "--output", "json"],
-        )
-        .await
-        .success()
-        .json();
-        if node["state"] == "NODE_STATE_DRAINING" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never DRAINING: {node}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let describe = ["node", "describe", "drainee", "--output", "json"];
+    common::poll_json(&address, &describe, "a DRAINING executor", |node| {
+        node["state"] == "NODE_STATE_DRAINING"
+    })
+    .await;
     let status = tokio::time::timeout(common::TIMEOUT, executor.wait())
         .await
         .expect("the executor exits after its drain")
@@ -155,12 +137,7 @@ async fn sigterm_drains_an_executor() {
         &["--drain-timeout", "1s"],
     );
     wait_connected(&address).await;
-    let id = shoal(&address, &["wasm", "run", "--id-only", &ticker, "600"])
-        .await
-        .success()
-        .stdout
-        .trim()
-        .to_owned();
+    let id = common::submit(&address, &[&ticker, "600"]).await;
     let _follower = common::follow_until(&address, &id, "tick 0").await;
     sigterm(&executor);
     let status = tokio::time::timeout(common::TIMEOUT, executor.wait())

@@ -181,39 +181,6 @@ async fn acknowledged_jobs_survive_two_orchestrator_kills() {
     }
 }
 
-async fn submit(address: &str, args: &[&str]) -> String {
-    let mut full = vec!["wasm", "run", "--id-only"];
-    full.extend_from_slice(args);
-    common::shoal(address, &full)
-        .await
-        .success()
-        .stdout
-        .trim()
-        .to_owned()
-}
-
-async fn wait_terminal(address: &str, job: &str) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
-    loop {
-        let job = common::shoal(address, &["job", "describe", job, "--output", "json"])
-            .await
-            .success()
-            .json();
-        let state = common::state(&job);
-        if ["COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"]
-            .iter()
-            .any(|s| state.ends_with(s))
-        {
-            return job;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never finished: {job}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// An executor killed with SIGKILL mid-job: after its lease the job runs on another.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_executors_job_finishes_elsewhere() {
@@ -233,7 +200,7 @@ async fn a_killed_executors_job_finishes_elsewhere() {
         &["--slots", "1"],
     );
     common::wait_connected(&address).await;
-    let id = submit(&address, &[&path("tests/fixtures/ticker.wasm"), "3"]).await;
+    let id = common::submit(&address, &[&path("tests/fixtures/ticker.wasm"), "3"]).await;
     let _follower = common::follow_until(&address, &id, "tick 0").await;
     doomed.kill().await.expect("kill -9 the executor");
     let _rescuer = common::start_executor(
@@ -242,7 +209,7 @@ async fn a_killed_executors_job_finishes_elsewhere() {
         "rescuer",
         &["--slots", "1"],
     );
-    let job = wait_terminal(&address, &id).await;
+    let job = common::wait_terminal(&address, &id).await;
     assert_eq!(common::state(&job), "JOB_STATE_COMPLETED", "{job}");
     let runs = common::executions_of(&address, &id).await;
     assert_eq!(
@@ -311,7 +278,7 @@ async fn a_cut_connection_recovers_without_duplicates() {
         &["--slots", "2"],
     );
     common::wait_connected(&address).await;
-    let id = submit(&address, &[&path("tests/fixtures/ticker.wasm"), "4"]).await;
+    let id = common::submit(&address, &[&path("tests/fixtures/ticker.wasm"), "4"]).await;
     let _follower = common::follow_until(&address, &id, "tick 0").await;
     let connected_at = || async {
         let node = common::shoal(
@@ -331,7 +298,7 @@ async fn a_cut_connection_recovers_without_duplicates() {
         assert!(tokio::time::Instant::now() < deadline, "never reconnected");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let job = wait_terminal(&address, &id).await;
+    let job = common::wait_terminal(&address, &id).await;
     assert_eq!(common::state(&job), "JOB_STATE_COMPLETED", "{job}");
     let runs = common::executions_of(&address, &id).await;
     assert_eq!(

@@ -61,13 +61,7 @@ fn reassemble(cid: &ContentId, blocks: &HashMap<ContentId, Vec<u8>>, out: &mut V
 #[tokio::test(flavor = "multi_thread")]
 async fn gateway_serves_verifiable_blocks_and_cars() {
     let stack = Devstack::start(&["--gateway-listen", "127.0.0.1:0"]).await;
-    let gateway = stack
-        .banner
-        .lines()
-        .find_map(|l| l.strip_prefix("IPFS gateway at "))
-        .expect("gateway line")
-        .trim()
-        .to_owned();
+    let gateway = stack.gateway_url();
     let tree = stack.scratch("tree");
     std::fs::create_dir_all(tree.join("sub")).expect("mkdir");
     let big = pseudo_random(700_000, 3);

@@ -131,14 +131,7 @@ async fn tampering_proxy(upstream: String, tamper: Arc<AtomicBool>) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn data_put_resolves_through_helia() {
     let stack = Devstack::start(&["--gateway-listen", "127.0.0.1:0"]).await;
-    let gateway = stack
-        .banner
-        .lines()
-        .find_map(|l| l.strip_prefix("IPFS gateway at "))
-        .expect("gateway line")
-        .trim()
-        .trim_end_matches("/ipfs/")
-        .to_owned();
+    let gateway = stack.gateway_url().trim_end_matches("/ipfs/").to_owned();
     let helia = Helia::start(Some(&gateway)).await;
 
     let tree = stack.scratch("tree");

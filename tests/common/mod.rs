@@ -213,9 +213,18 @@ impl Devstack {
 
     /// Submits `args` to `wasm run --id-only` and returns the job id.
     pub async fn submit(&self, args: &[&str]) -> String {
-        let mut full = vec!["wasm", "run", "--id-only"];
-        full.extend_from_slice(args);
-        self.shoal(&full).await.success().stdout.trim().to_owned()
+        submit(&self.address, args).await
+    }
+
+    /// The trustless gateway's address, `http://HOST:PORT/ipfs/`, from the banner of a
+    /// devstack started with `--gateway-listen`.
+    pub fn gateway_url(&self) -> String {
+        self.banner
+            .lines()
+            .find_map(|l| l.strip_prefix("IPFS gateway at "))
+            .expect("a gateway line in the banner (--gateway-listen)")
+            .trim()
+            .to_owned()
     }
 
     /// The job as JSON (`job describe --output json`).
@@ -234,18 +243,8 @@ impl Devstack {
         what: &str,
         done: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
-        loop {
-            let job = self.job(id).await;
-            if done(&job) {
-                return job;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "job {id} never reached {what}: {job}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let args = ["job", "describe", id, "--output", "json"];
+        poll_json(&self.address, &args, &format!("job {id}: {what}"), done).await
     }
 
     /// Stops the devstack with SIGKILL.
@@ -376,4 +375,54 @@ pub fn start_executor(address: &str, dir: &Path, id: &str, extra: &[&str]) -> Ch
         .kill_on_drop(true)
         .spawn()
         .expect("spawn executor")
+}
+
+/// Submits `args` to `wasm run --id-only` against `address`; returns the job id.
+pub async fn submit(address: &str, args: &[&str]) -> String {
+    let mut full = vec!["wasm", "run", "--id-only"];
+    full.extend_from_slice(args);
+    shoal(address, &full)
+        .await
+        .success()
+        .stdout
+        .trim()
+        .to_owned()
+}
+
+/// Runs a CLI query with JSON output until `done` holds for its answer (state changes are
+/// events the CLI can only observe by asking); fails after the timeout, naming `what`.
+pub async fn poll_json(
+    address: &str,
+    args: &[&str],
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let answer = shoal(address, args).await.success().json();
+        if done(&answer) {
+            return answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reached {what}: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the job at `address` is in a terminal state; returns it.
+pub async fn wait_terminal(address: &str, job: &str) -> serde_json::Value {
+    let args = ["job", "describe", job, "--output", "json"];
+    poll_json(
+        address,
+        &args,
+        &format!("job {job}: a terminal state"),
+        |j| {
+            ["COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"]
+                .iter()
+                .any(|s| state(j).ends_with(s))
+        },
+    )
+    .await
 }
