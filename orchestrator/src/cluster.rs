@@ -7,6 +7,7 @@
 //! orchestrator ever acts on a state that is not yet durable.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
 use std::time::{Duration, Instant, SystemTime};
 
 use shoal::proto::{
@@ -420,46 +421,95 @@ impl Cluster {
 
     /// Places queued jobs, oldest first, on connected executors with a free slot, enough
     /// memory and matching labels; fails jobs past their queue timeout; records for every
-    /// job left waiting why it waits.
+    /// job left waiting why it waits. This full pass runs on every sweep tick.
     pub fn schedule(&mut self, now: SystemTime) {
-        let queued: Vec<String> = self.queue.iter().cloned().collect();
-        for job_id in queued {
+        self.schedule_pass(now, true);
+    }
+
+    /// Places what fits after a change (a submission, a freed slot, a new executor): like
+    /// [`schedule`](Self::schedule), but once no executor has a free slot the rest of the
+    /// queue is left for the next full pass, so a deep queue costs nothing per completion.
+    pub fn schedule_placements(&mut self, now: SystemTime) {
+        self.schedule_pass(now, false);
+    }
+
+    /// Free slots on executors that take work.
+    fn free_slots(&self) -> u64 {
+        self.nodes
+            .values()
+            .filter(|n| {
+                n.link.is_some() && n.node.state() == NodeState::Connected && !n.node.cordoned
+            })
+            .map(|n| {
+                let capacity = n.node.capacity.unwrap_or_default().slots;
+                u64::from(capacity.saturating_sub(self.allocated(n).slots))
+            })
+            .sum()
+    }
+
+    fn schedule_pass(&mut self, now: SystemTime, full: bool) {
+        let mut unplaceable: HashMap<(Vec<String>, u64), String> = HashMap::new();
+        let mut free_slots = self.free_slots();
+        let mut cursor: Option<String> = None;
+        loop {
+            let next = match &cursor {
+                None => self.queue.iter().next(),
+                Some(after) => self
+                    .queue
+                    .range::<str, _>((Bound::Excluded(after.as_str()), Bound::Unbounded))
+                    .next(),
+            };
+            let Some(job_id) = next.cloned() else { break };
+            cursor = Some(job_id.clone());
             let Some(entry) = self.jobs.get(&job_id) else {
                 self.queue.remove(&job_id);
                 continue;
             };
-            let job = &entry.job;
-            let spec = job.spec.clone().unwrap_or_default();
-            match self.placement(&spec) {
-                Ok(executor_id) => self.assign(&job_id, &executor_id, now),
-                Err(reason) => {
-                    let queue_timeout = spec
-                        .queue_timeout
-                        .and_then(|d| Duration::try_from(d).ok())
-                        .unwrap_or(self.config.defaults.queue_timeout);
-                    let waited = now.duration_since(entry.queued_since).unwrap_or_default();
-                    if waited >= queue_timeout {
-                        self.queue.remove(&job_id);
-                        let message = format!(
-                            "not scheduled within the queue timeout of {}: {reason}",
-                            shoal::units::format_duration(queue_timeout)
-                        );
-                        let failure = Failure::new(FailureKind::QueueTimeout, message.clone());
-                        self.set_job_state(
-                            &job_id,
-                            JobState::TimedOut,
-                            message,
-                            Some(failure),
-                            None,
-                            now,
-                        );
-                    } else if job.status_message != reason {
-                        // Not an event, but persisted so `describe` says why the job waits.
-                        if let Some(entry) = self.jobs.get_mut(&job_id) {
-                            entry.job.status_message = reason;
-                            self.effects.writes.push(Write::Job(entry.job.clone()));
-                        }
-                    }
+            let spec = entry.job.spec.as_ref();
+            let shape = (
+                spec.map(|s| s.constraints.clone()).unwrap_or_default(),
+                job_memory(&entry.job),
+            );
+            let placed = match unplaceable.get(&shape) {
+                Some(reason) => Err(reason.clone()),
+                None => self.placement(spec.unwrap_or(&JobSpec::default())),
+            };
+            let reason = match placed {
+                Ok(executor_id) => {
+                    self.assign(&job_id, &executor_id, now);
+                    free_slots = free_slots.saturating_sub(1);
+                    continue;
+                }
+                Err(_) if !full && free_slots == 0 => break,
+                Err(reason) => reason,
+            };
+            let queue_timeout = spec
+                .and_then(|s| s.queue_timeout)
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or(self.config.defaults.queue_timeout);
+            let waited = now.duration_since(entry.queued_since).unwrap_or_default();
+            let stale_reason = entry.job.status_message != reason;
+            unplaceable.entry(shape).or_insert_with(|| reason.clone());
+            if waited >= queue_timeout {
+                self.queue.remove(&job_id);
+                let message = format!(
+                    "not scheduled within the queue timeout of {}: {reason}",
+                    shoal::units::format_duration(queue_timeout)
+                );
+                let failure = Failure::new(FailureKind::QueueTimeout, message.clone());
+                self.set_job_state(
+                    &job_id,
+                    JobState::TimedOut,
+                    message,
+                    Some(failure),
+                    None,
+                    now,
+                );
+            } else if stale_reason {
+                // Not an event, but persisted so `describe` says why the job waits.
+                if let Some(entry) = self.jobs.get_mut(&job_id) {
+                    entry.job.status_message = reason;
+                    self.effects.writes.push(Write::Job(entry.job.clone()));
                 }
             }
         }
@@ -1129,6 +1179,42 @@ mod tests {
 
     /// Constraints pick matching executors; an unsatisfiable one is named, and the job
     /// times out in the queue.
+    /// The pass run after every change places what fits and stops once the fleet is
+    /// full, leaving the rest of the queue (and why it waits) to the periodic full pass.
+    #[test]
+    fn placement_passes_stop_when_the_fleet_is_full() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 1, &[]);
+        let now = SystemTime::now();
+        let jobs: Vec<String> = (0..3)
+            .map(|_| c.submit(spec(), now).expect("submit").id)
+            .collect();
+        c.take_effects();
+        c.schedule_placements(now);
+        let placed = assignments(&mut c);
+        assert_eq!(placed.len(), 1);
+        assert_eq!(placed[0].0, jobs[0]);
+        for waiting in &jobs[1..] {
+            let job = c.job(waiting).expect("job");
+            assert_eq!(job.state(), JobState::Queued);
+            assert!(
+                !job.status_message.contains("free slot"),
+                "a placement pass looked past a full fleet: {}",
+                job.status_message
+            );
+        }
+        c.schedule(now);
+        assert!(assignments(&mut c).is_empty());
+        for waiting in &jobs[1..] {
+            let job = c.job(waiting).expect("job");
+            assert!(
+                job.status_message.contains("free slot"),
+                "{}",
+                job.status_message
+            );
+        }
+    }
+
     #[test]
     fn constraints_match_or_are_explained() {
         let mut c = cluster();

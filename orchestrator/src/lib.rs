@@ -405,10 +405,13 @@ pub async fn run_with_gateway(
     served
 }
 
-/// Places queued jobs whenever capacity or the queue changes, and once a second checks
-/// leases and queue timeouts.
+/// Places queued jobs whenever capacity or the queue changes, and checks leases and queue
+/// timeouts every half heartbeat (at most every second), so a lost executor's work is
+/// re-dispatched within half a heartbeat of its lease running out (B10).
 async fn scheduler_loop(orchestrator: Arc<Orchestrator>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let sweep_every = (orchestrator.config.heartbeat_interval / 2)
+        .clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(sweep_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let sweep = tokio::select! {
@@ -421,8 +424,10 @@ async fn scheduler_loop(orchestrator: Arc<Orchestrator>) {
                 let now = SystemTime::now();
                 if sweep {
                     cluster.sweep(now, Instant::now());
+                    cluster.schedule(now);
+                } else {
+                    cluster.schedule_placements(now);
                 }
-                cluster.schedule(now);
                 Ok(())
             })
             .await;
