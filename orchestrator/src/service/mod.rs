@@ -13,9 +13,9 @@ use shoal::proto::job_service_server::JobServiceServer;
 use shoal::proto::node_service_server::NodeServiceServer;
 use shoal::proto::storage_service_server::StorageServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::Orchestrator;
@@ -99,7 +99,12 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             auth.clone(),
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        // Without TCP_NODELAY a small response waits for the client's delayed ACK: 40 ms
+        // added to every unary call (B3 measured it).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.cancelled_owned(),
+        )
         .await
         .map_err(|e| Error::io("serving gRPC", std::io::Error::other(e)))
 }
