@@ -7,6 +7,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::{StreamExt as _, TryStreamExt as _};
 
 use crate::proto::{EntryKind, S3Options};
 use crate::source::{S3Selection, S3Source, glob_matches};
@@ -45,6 +48,11 @@ impl S3Defaults {
         }
     }
 }
+
+/// Objects of one prefix input fetched at once.
+const PARALLEL_GETS: usize = 16;
+/// Write buffer per downloaded object.
+const WRITE_BUFFER: usize = 1 << 20;
 
 /// S3 clients by (endpoint, region, path style), built once each.
 pub struct S3Fetcher {
@@ -256,7 +264,8 @@ impl S3Fetcher {
         let client = self.client(options).await;
         if !listing.directory {
             let object = &listing.objects[0];
-            let bytes = get_object(&client, bucket, object, dest, max_bytes).await?;
+            let budget = AtomicU64::new(max_bytes);
+            let bytes = get_object(&client, bucket, object, dest, &budget).await?;
             return Ok(S3Fetched {
                 bytes,
                 directory: false,
@@ -270,17 +279,28 @@ impl S3Fetcher {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        let mut written = 0u64;
-        for object in &listing.objects {
-            written += get_object(
-                &client,
-                bucket,
-                object,
-                &dest.join(&object.relative),
-                max_bytes - written,
-            )
+        // Small objects are dominated by round trips, so several are fetched at once; the
+        // budget is shared, so together they still cannot exceed the input limit.
+        let budget = AtomicU64::new(max_bytes);
+        // Built up front rather than in a `map` closure: a closure over these borrows
+        // makes the future not provably Send (rust-lang/rust#102211).
+        let gets: Vec<_> = listing
+            .objects
+            .iter()
+            .map(|object| {
+                get_object(
+                    &client,
+                    bucket,
+                    object,
+                    dest.join(&object.relative),
+                    &budget,
+                )
+            })
+            .collect();
+        let fetches = futures::stream::iter(gets).buffer_unordered(PARALLEL_GETS);
+        let written: u64 = fetches
+            .try_fold(0u64, |sum, bytes| async move { Ok(sum + bytes) })
             .await?;
-        }
         Ok(S3Fetched {
             bytes: written,
             directory: true,
@@ -551,9 +571,11 @@ async fn get_object(
     client: &aws_sdk_s3::Client,
     bucket: &str,
     object: &ListedObject,
-    dest: &Path,
-    max_bytes: u64,
+    dest: impl AsRef<Path>,
+    budget: &AtomicU64,
 ) -> Result<u64, String> {
+    let dest = dest.as_ref();
+    let max_bytes = budget.load(Ordering::Relaxed);
     let key = &object.key;
     let mut answer = client
         .get_object()
@@ -582,16 +604,24 @@ async fn get_object(
             .await
             .map_err(|e| e.to_string())?;
     }
-    let mut file = tokio::fs::File::create(dest)
+    let file = tokio::fs::File::create(dest)
         .await
         .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+    // The body arrives in pieces of a few KiB; a large buffer turns them into few large
+    // writes (each tokio file write is a trip to the blocking pool).
+    let mut file = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
     let mut written = 0u64;
     while let Some(chunk) = answer.body.next().await {
         let chunk = chunk.map_err(|e| {
             format!("reading s3://{bucket}/{key} broke off after {written} bytes: {e}")
         })?;
         written += chunk.len() as u64;
-        if written > max_bytes {
+        let within_budget = budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(chunk.len() as u64)
+            })
+            .is_ok();
+        if !within_budget {
             return Err(format!(
                 "s3://{bucket}/{key} is more than the input limit of {max_bytes} bytes"
             ));

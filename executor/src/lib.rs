@@ -153,7 +153,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let config = Arc::new(config);
     std::fs::create_dir_all(config.work_dir.join("executions"))
         .map_err(|e| Error::io(format!("creating {}", config.work_dir.display()), e))?;
-    let runtime = runtime::Runtime::new(&config.work_dir.join("modules"))?;
+    // One live guest per slot; the margin costs only address space and keeps a pool
+    // miscount from ever failing a job.
+    let allocation = runtime::Allocation::Pooling {
+        instances: config.slots.saturating_mul(2).max(4),
+    };
+    let runtime = runtime::Runtime::new(&config.work_dir.join("modules"), allocation)?;
     let bearer = config.security.bearer().map_err(Error::Config)?;
     let channel = config
         .security

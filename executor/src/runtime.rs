@@ -109,6 +109,38 @@ pub enum RunOutcome {
     Failed(Failure),
 }
 
+/// How guest instances get their memory, tables and stacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// mmap and munmap per instance: no up-front reservation (tests, tools).
+    OnDemand,
+    /// Slots reserved once and reused, with copy-on-write memory images: instantiation
+    /// costs microseconds instead of a round of mmap/mprotect/munmap calls. Room for
+    /// `instances` live guests at a time (the executor's slots, plus a margin for runs
+    /// that are ending).
+    Pooling { instances: u32 },
+}
+
+/// The pool's shape. Each memory slot reserves the wasm32 address space (4 GiB plus
+/// guards) of virtual memory, not RAM; guests keep their per-job limit through
+/// [`GuestLimits`]. Per-module counts are generous so that multi-memory or multi-table
+/// modules still instantiate.
+fn pooling_config(instances: u32) -> wasmtime::PoolingAllocationConfig {
+    let mut pool = wasmtime::PoolingAllocationConfig::new();
+    pool.total_core_instances(instances)
+        .total_stacks(instances)
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(instances.saturating_mul(2))
+        .max_memories_per_module(2)
+        .max_tables_per_module(4)
+        .table_elements(MAX_TABLE_ELEMENTS)
+        // Below this, resetting a memory for reuse is a memset rather than an madvise:
+        // cheaper for the small guests that dominate job counts.
+        .linear_memory_keep_resident(1 << 20)
+        .table_keep_resident(1 << 16);
+    pool
+}
+
 /// A module compiled and linked against WASI, ready to instantiate.
 pub type Program = InstancePre<Guest>;
 
@@ -131,12 +163,17 @@ impl Drop for Runtime {
 impl Runtime {
     /// Sets up the engine (async, epoch interruption, no threads) and starts the epoch
     /// ticker; compiled modules are cached under `cache_dir`.
-    pub fn new(cache_dir: &Path) -> Result<Arc<Self>> {
+    pub fn new(cache_dir: &Path, allocation: Allocation) -> Result<Arc<Self>> {
         let mut config = wasmtime::Config::new();
         // wasmtime is built without its `threads` feature, so shared memories and atomics
         // wait/notify are rejected at compile time: guests are single-threaded.
         config.epoch_interruption(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        if let Allocation::Pooling { instances } = allocation {
+            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(
+                pooling_config(instances),
+            ));
+        }
         let engine = Engine::new(&config).map_err(|e| Error::Runtime(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |guest: &mut Guest| &mut guest.wasi)
