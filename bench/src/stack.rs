@@ -230,19 +230,13 @@ impl Stack {
     /// Starts an executor named `id` with `args`.
     pub fn add_executor(&mut self, id: &str, args: &[&str]) -> anyhow::Result<()> {
         let work = self.executor_root.join(format!("executor-{id}"));
-        let child = Command::new(binary("shoal-executor")?)
+        let mut command = Command::new(binary("shoal-executor")?);
+        command
             .args(["--orchestrator", &self.address, "--executor-id", id])
             .arg("--work-dir")
             .arg(&work)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting an executor")?;
-        self.executors.push(child);
+            .args(args);
+        self.executors.push(spawn_quiet(command, "an executor")?);
         Ok(())
     }
 
@@ -272,18 +266,26 @@ impl Stack {
 }
 
 fn spawn_orchestrator(dir: &Path, port: u16, args: &[&str]) -> anyhow::Result<Child> {
-    Command::new(binary("shoal-orchestrator")?)
+    let mut command = Command::new(binary("shoal-orchestrator")?);
+    command
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(dir.join("orchestrator"))
-        .args(args)
+        .args(args);
+    spawn_quiet(command, "the orchestrator")
+}
+
+/// Starts a daemon with warnings-only logging and no output (its log would cost time in a
+/// benchmark), killed when its handle is dropped.
+fn spawn_quiet(mut command: Command, what: &str) -> anyhow::Result<Child> {
+    command
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .context("starting the orchestrator")
+        .with_context(|| format!("starting {what}"))
 }
 
 /// Resident memory (bytes) and user+system CPU time of a process, from /proc.
