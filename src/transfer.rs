@@ -24,6 +24,20 @@ use crate::{Error, Result};
 /// Size of the data chunks sent in either direction.
 pub const CHUNK_SIZE: usize = 256 * 1024;
 
+/// Most bytes of blocks an executor sends with a completion instead of uploading the result
+/// tree (`ExecutionFinished.result_blocks`): typical results (a few lines of stdout, empty
+/// stderr, `exitCode`) are far below it.
+pub const MAX_INLINE_RESULT_BYTES: usize = 64 * 1024;
+
+/// HTTP/2 receive window of one stream, on the orchestrator and on every client of it. A
+/// stream can have at most this much unacknowledged data in flight, so it caps one transfer
+/// at window / round trip: hyper's defaults (1 MiB on a server, 2 MiB on a client) allow
+/// 100-200 MB/s across a 10 ms link. 16 MiB allows 1.6 GB/s there; it is a limit, not an
+/// allocation (docs/PERFORMANCE.md, B5 over a slow link).
+pub const HTTP2_STREAM_WINDOW: u32 = 16 << 20;
+/// HTTP/2 receive window of a whole connection, shared by its streams.
+pub const HTTP2_CONNECTION_WINDOW: u32 = 32 << 20;
+
 /// Checks a path inside a transferred tree: relative, '/'-separated, no empty, `.` or `..`
 /// segment, no NUL or backslash. The empty path is the root.
 pub fn check_tree_path(path: &str) -> Result<()> {

@@ -318,6 +318,69 @@ pub fn directory(entries: &mut [(String, Link)]) -> (Block, Link) {
     )
 }
 
+/// The directories of a tree being built, by path ("" is the root), each with the named
+/// links of the entries already finished in it.
+pub type Directories = std::collections::BTreeMap<String, Vec<(String, Link)>>;
+
+/// Builds the node of every directory in `directories`, deepest first, linking each into
+/// its parent; returns the nodes in that order (children before parents) and the root's
+/// link, None if `directories` has no root.
+pub fn close_directories(mut directories: Directories) -> (Vec<Block>, Option<Link>) {
+    let mut paths: Vec<String> = directories.keys().cloned().collect();
+    paths.sort_by_key(|p| std::cmp::Reverse(depth(p)));
+    let mut blocks = Vec::with_capacity(paths.len());
+    for path in paths {
+        let mut entries = directories.remove(&path).unwrap_or_default();
+        let (block, link) = directory(&mut entries);
+        blocks.push(block);
+        if path.is_empty() {
+            return (blocks, Some(link));
+        }
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+        if let Some(entries) = directories.get_mut(parent) {
+            entries.push((name.to_owned(), link));
+        }
+    }
+    (blocks, None)
+}
+
+/// How many directories deep `path` is ("" is the root, at 0).
+fn depth(path: &str) -> usize {
+    if path.is_empty() {
+        0
+    } else {
+        path.matches('/').count() + 1
+    }
+}
+
+/// Builds a small directory tree held in memory: `entries` are paths below the root
+/// (relative, '/'-separated, parents before children) with a file's bytes, or None for a
+/// directory. Returns every block, children before parents, and the root's link; the CID
+/// is the one an upload of the same tree gets.
+pub fn directory_tree(entries: Vec<(String, Option<Bytes>)>) -> (Vec<Block>, Link) {
+    let mut directories = Directories::new();
+    directories.insert(String::new(), Vec::new());
+    let mut blocks = Vec::new();
+    for (path, content) in entries {
+        let Some(content) = content else {
+            directories.insert(path, Vec::new());
+            continue;
+        };
+        let mut builder = FileBuilder::new();
+        blocks.extend(builder.write(&content));
+        let (rest, link) = builder.finish();
+        blocks.extend(rest);
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+        directories
+            .entry(parent.to_owned())
+            .or_default()
+            .push((name.to_owned(), link));
+    }
+    let (nodes, root) = close_directories(directories);
+    blocks.extend(nodes);
+    (blocks, root.expect("the root directory is always present"))
+}
+
 /// The root link of `bytes` as one file (all blocks discarded); for tests and tools.
 pub fn file_cid(bytes: &[u8], raw_leaves: bool) -> ContentId {
     let mut builder = FileBuilder::with_raw_leaves(raw_leaves);

@@ -22,6 +22,8 @@ use crate::execution::{ExecutionContext, execute};
 
 /// Reports of finished executions kept for resending in the next Register.
 const RECENT_FINISHED: usize = 1024;
+/// Bytes of reports resent in one Register (the orchestrator takes messages up to 16 MiB).
+const RESEND_BUDGET: usize = 8 << 20;
 /// Ids of executions cancelled before their assignment arrived.
 const CANCELLED_TOMBSTONES: usize = 1024;
 
@@ -92,6 +94,30 @@ pub async fn run(
     }
 }
 
+/// The recently finished reports to resend in a Register, newest first, up to
+/// [`RESEND_BUDGET`] bytes: reports can carry their result trees, and the Register must stay
+/// under the orchestrator's message limit. A report left out is not lost work: its
+/// execution is then neither running nor reported, so the orchestrator runs the job again.
+fn recent_reports(executions: &SharedExecutions) -> Vec<ExecutionFinished> {
+    use prost::Message as _;
+    let executions = lock(executions);
+    let mut budget = RESEND_BUDGET;
+    let mut reports: Vec<ExecutionFinished> = executions
+        .recent_finished
+        .iter()
+        .rev()
+        .take_while(|report| {
+            let size = report.encoded_len();
+            let fits = size <= budget;
+            budget = budget.saturating_sub(size);
+            fits
+        })
+        .cloned()
+        .collect();
+    reports.reverse();
+    reports
+}
+
 async fn session(
     connection: &mut Connection,
     uplink: &mut mpsc::Receiver<ExecutorMessage>,
@@ -113,11 +139,7 @@ async fn session(
         running_execution_ids: running_ids(&connection.executions),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         // Reports that may have been lost with the previous stream; applied once upstream.
-        recently_finished: lock(&connection.executions)
-            .recent_finished
-            .iter()
-            .cloned()
-            .collect(),
+        recently_finished: recent_reports(&connection.executions),
     };
     send(&tx, executor_message::Message::Register(register)).await?;
     let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
@@ -216,6 +238,7 @@ fn handle(connection: &Connection, message: shoal::proto::OrchestratorMessage) {
                             state: failure.kind().execution_state() as i32,
                             result: None,
                             failure: Some(failure),
+                            result_blocks: Vec::new(),
                         })
                         .await;
                 });

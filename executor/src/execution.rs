@@ -12,9 +12,11 @@ use std::time::Duration;
 use shoal::auth::AuthChannel;
 use shoal::proto::storage_service_client::StorageServiceClient;
 use shoal::proto::{
-    Assign, ExecutionFinished, ExecutionLog, ExecutionResult, ExecutionState, ExecutionUpdate,
-    ExecutorMessage, Failure, FailureKind, JobSpec, LogChunk, LogStream, executor_message,
+    Assign, ContentBlock, EntryKind, ExecutionFinished, ExecutionLog, ExecutionResult,
+    ExecutionState, ExecutionUpdate, ExecutorMessage, Failure, FailureKind, JobSpec, LogChunk,
+    LogStream, executor_message,
 };
+use shoal::transfer::MAX_INLINE_RESULT_BYTES;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -131,6 +133,7 @@ fn finished(
         state: failure.kind().execution_state() as i32,
         result,
         failure: Some(failure),
+        result_blocks: Vec::new(),
     }
 }
 
@@ -146,15 +149,24 @@ async fn execute_in(
 
     let inputs_dir = scratch.join("inputs");
     let results_dir = scratch.join("results");
-    for dir in [&inputs_dir, &results_dir] {
-        if let Err(e) = tokio::fs::create_dir_all(dir).await {
-            let failure = Failure::new(
-                FailureKind::Internal,
-                format!("cannot create {}: {e}", dir.display()),
-            );
-            return finished(id, failure, None);
-        }
+    if let Err(e) = tokio::fs::create_dir_all(&results_dir).await {
+        let failure = Failure::new(
+            FailureKind::Internal,
+            format!("cannot create {}: {e}", results_dir.display()),
+        );
+        return finished(id, failure, None);
     }
+    // `inputs/` is made only when something is downloaded into it: a job with a cached
+    // program and no inputs creates no inode for it (inode churn is most of an executor's
+    // filesystem cost per job, docs/PERFORMANCE.md B2).
+    let make_inputs_dir = || async {
+        tokio::fs::create_dir_all(&inputs_dir).await.map_err(|e| {
+            Failure::new(
+                FailureKind::Internal,
+                format!("cannot create {}: {e}", inputs_dir.display()),
+            )
+        })
+    };
 
     // Staging has its own time limit; it does not count against the run timeout.
     let staging = async {
@@ -171,6 +183,7 @@ async fn execute_in(
                 match ctx.runtime.cached(&key) {
                     Some(program) => program,
                     None => {
+                        make_inputs_dir().await?;
                         let bytes =
                             staging::fetch_program(&mut storage, &ctx.ipfs(), &cid, &inputs_dir)
                                 .await?;
@@ -190,6 +203,7 @@ async fn execute_in(
                     return Err(failure("a program must be a single object".into()));
                 }
                 let max = ctx.config.max_input_bytes.min(staging::MAX_PROGRAM_BYTES);
+                make_inputs_dir().await?;
                 ctx.s3.fetch(&s3, None, &path, max).await.map_err(failure)?;
                 let bytes = tokio::fs::read(&path)
                     .await
@@ -201,6 +215,7 @@ async fn execute_in(
                 }
             }
             Source::Http(http) => {
+                make_inputs_dir().await?;
                 let bytes = staging::fetch_url_program(
                     &ctx.http,
                     &http,
@@ -216,6 +231,9 @@ async fn execute_in(
                 }
             }
         };
+        if !spec.inputs.is_empty() {
+            make_inputs_dir().await?;
+        }
         let inputs = staging::stage_inputs(ctx, &spec.inputs, &inputs_dir).await?;
         Ok::<_, Failure>((program, inputs))
     };
@@ -399,34 +417,78 @@ async fn execute_in(
             let _ = tokio::fs::remove_dir_all(results_dir.join(&output.name)).await;
         }
     }
-    match publish(ctx, assign, &spec, &results_dir, &mut result).await {
-        Ok(()) => {}
+    let result_blocks = match publish(ctx, assign, &spec, &results_dir, &mut result).await {
+        Ok(blocks) => blocks,
         Err(message) => {
             let failure = failure.unwrap_or_else(|| Failure::new(FailureKind::Publish, message));
             return finished(id, failure, Some(result));
         }
-    }
-    match failure {
+    };
+    let mut report = match failure {
         None => ExecutionFinished {
             execution_id: id.to_owned(),
             state: ExecutionState::Completed as i32,
             result: Some(result),
             failure: None,
+            result_blocks: Vec::new(),
         },
         Some(failure) => finished(id, failure, Some(result)),
-    }
+    };
+    report.result_blocks = result_blocks;
+    report
+}
+
+/// The result tree as blocks (children before parents, the root last) when it is small
+/// enough to travel with the completion; None when it must be uploaded.
+async fn small_result_tree(results_dir: &Path) -> Option<Vec<ContentBlock>> {
+    let results_dir = results_dir.to_owned();
+    let build = move || {
+        let entries = shoal::transfer::walk(&results_dir).ok()?;
+        let file_bytes: u64 = entries.iter().map(|e| e.size).sum();
+        if file_bytes > MAX_INLINE_RESULT_BYTES as u64 {
+            return None;
+        }
+        let mut contents = Vec::with_capacity(entries.len());
+        for entry in entries.into_iter().skip(1) {
+            let content = match entry.kind {
+                EntryKind::File => Some(bytes::Bytes::from(std::fs::read(&entry.absolute).ok()?)),
+                _ => None,
+            };
+            contents.push((entry.relative, content));
+        }
+        let (blocks, _root) = shoal::unixfs::directory_tree(contents);
+        let total: usize = blocks.iter().map(|b| b.data.len()).sum();
+        (total <= MAX_INLINE_RESULT_BYTES).then(|| {
+            blocks
+                .into_iter()
+                .map(|b| ContentBlock {
+                    cid: b.cid.to_string(),
+                    data: b.data,
+                })
+                .collect()
+        })
+    };
+    tokio::task::spawn_blocking(build).await.ok().flatten()
 }
 
 /// Ships the result tree to the job's publisher and records where in `result`: the
-/// orchestrator's store (a result CID) or an S3 prefix.
+/// orchestrator's store (a result CID) or an S3 prefix. A small tree bound for the store is
+/// not uploaded but returned as blocks, to go with the completion report in one message and
+/// one commit (B2, B3 in docs/PERFORMANCE.md).
 async fn publish(
     ctx: &ExecutionContext,
     assign: &Assign,
     spec: &JobSpec,
     results_dir: &Path,
     result: &mut ExecutionResult,
-) -> Result<(), String> {
+) -> Result<Vec<ContentBlock>, String> {
     if spec.publisher.is_empty() || spec.publisher == "default" {
+        if let Some(blocks) = small_result_tree(results_dir).await
+            && let Some(root) = blocks.last()
+        {
+            result.result_cid = root.cid.clone();
+            return Ok(blocks);
+        }
         let upload = || {
             let mut storage = ctx.storage.clone();
             async move { shoal::transfer::upload_path(&mut storage, results_dir, None).await }
@@ -440,7 +502,7 @@ async fn publish(
         .await
         .map_err(|e| format!("cannot upload the results: {e}"))?;
         result.result_cid = response.cid;
-        return Ok(());
+        return Ok(Vec::new());
     }
     let publisher = S3Location::parse(&spec.publisher)?;
     let prefix = publisher.execution_prefix(&assign.job_id, &assign.execution_id);
@@ -459,7 +521,7 @@ async fn publish(
         bytes = uploaded.bytes,
         "results published to S3"
     );
-    Ok(())
+    Ok(Vec::new())
 }
 
 /// Checks the result tree's size a few times a second while the program runs; past

@@ -2,8 +2,14 @@
 //! bucket (the scale-out option: the orchestrator's disk then holds only its job database,
 //! and the store can grow with the bucket). Both keep a block under its CID, and both make
 //! a block visible only once it is complete, so "the block exists" means "the block is
-//! whole": a local block is written to a temporary file, fsynced and renamed into place; an
-//! S3 object appears atomically when its PUT succeeds.
+//! whole": a local block is written to a temporary file, fsynced and renamed into place (and
+//! the rename made durable with an fsync of its directory); an S3 object appears atomically
+//! when its PUT succeeds.
+//!
+//! Small local blocks (up to [`SMALL_BLOCK_MAX`]: directory nodes, the `stdout`, `stderr`
+//! and `exitCode` of most results) go into the job database instead, where they share the
+//! store's group commit: a file per block cost a create, two fsyncs and an inode each, which
+//! was most of the orchestrator's work per job (docs/PERFORMANCE.md, B2).
 
 use std::path::{Path, PathBuf};
 
@@ -14,12 +20,38 @@ use shoal::cid::ContentId;
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, Result};
+use crate::store::{Commit, Store, Write};
+
+/// Largest block a local store keeps in its database rather than in a file of its own.
+pub const SMALL_BLOCK_MAX: usize = 64 * 1024;
+
+/// A block handed to the store: durable once [`wait`](Self::wait) returns. Small blocks
+/// are only queued for the next group commit, so an upload can hand over many and wait
+/// once; commits are applied in order, so a parent queued after its children never lands
+/// without them.
+#[must_use = "a block is only known to be stored once its put is awaited"]
+pub struct PendingPut(Option<Commit>);
+
+impl PendingPut {
+    /// Waits until the block is durable.
+    pub async fn wait(self) -> Result<()> {
+        match self.0 {
+            Some(commit) => commit.wait().await,
+            None => Ok(()),
+        }
+    }
+}
 
 /// A block backend.
 #[derive(Debug, Clone)]
 pub enum BlockStore {
-    /// Files under `blocks/<last two characters of the CID>/<CID>`.
-    Local { blocks: PathBuf, tmp: PathBuf },
+    /// Files under `blocks/<last two characters of the CID>/<CID>`, and the small blocks in
+    /// the job database.
+    Local {
+        blocks: PathBuf,
+        tmp: PathBuf,
+        small: Store,
+    },
     /// Objects `<prefix>blocks/<CID>` in `bucket`.
     S3 {
         client: aws_sdk_s3::Client,
@@ -29,9 +61,10 @@ pub enum BlockStore {
 }
 
 impl BlockStore {
-    /// A local directory of blocks; `tmp` (same file system) holds blocks being written.
-    pub fn local(blocks: PathBuf, tmp: PathBuf) -> Self {
-        BlockStore::Local { blocks, tmp }
+    /// A local directory of blocks; `tmp` (same file system) holds blocks being written and
+    /// `small` takes the small ones.
+    pub fn local(blocks: PathBuf, tmp: PathBuf, small: Store) -> Self {
+        BlockStore::Local { blocks, tmp, small }
     }
 
     fn block_path(blocks: &Path, cid: &ContentId) -> PathBuf {
@@ -75,7 +108,10 @@ impl BlockStore {
     /// The size of the block `cid`, or None if it is not stored.
     pub async fn size(&self, cid: &ContentId) -> Result<Option<u64>> {
         match self {
-            BlockStore::Local { blocks, .. } => {
+            BlockStore::Local { blocks, small, .. } => {
+                if let Some(block) = small.block(&cid.to_string())? {
+                    return Ok(Some(block.len() as u64));
+                }
                 match tokio::fs::metadata(Self::block_path(blocks, cid)).await {
                     Ok(meta) => Ok(Some(meta.len())),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -101,16 +137,21 @@ impl BlockStore {
     pub async fn get(&self, cid: &ContentId) -> Result<Bytes> {
         let missing = || Error::NotFound(format!("{cid} is not in the store"));
         match self {
-            BlockStore::Local { blocks, .. } => tokio::fs::read(Self::block_path(blocks, cid))
-                .await
-                .map(Bytes::from)
-                .map_err(|error| {
-                    if error.kind() == std::io::ErrorKind::NotFound {
-                        missing()
-                    } else {
-                        Error::io(format!("reading {cid}"), error)
-                    }
-                }),
+            BlockStore::Local { blocks, small, .. } => {
+                if let Some(block) = small.block(&cid.to_string())? {
+                    return Ok(block);
+                }
+                tokio::fs::read(Self::block_path(blocks, cid))
+                    .await
+                    .map(Bytes::from)
+                    .map_err(|error| {
+                        if error.kind() == std::io::ErrorKind::NotFound {
+                            missing()
+                        } else {
+                            Error::io(format!("reading {cid}"), error)
+                        }
+                    })
+            }
             BlockStore::S3 {
                 client,
                 bucket,
@@ -132,29 +173,77 @@ impl BlockStore {
         }
     }
 
-    /// Stores one block (idempotent: a stored block is left alone).
-    pub async fn put(&self, cid: &ContentId, data: &Bytes) -> Result<()> {
-        if self.size(cid).await?.is_some() {
-            return Ok(());
+    /// Stores `blocks` (children before parents) as part of a caller's commit: a local
+    /// store returns their writes, for the caller to queue in the same batch as the records
+    /// that refer to them; an S3 store puts them now and returns nothing. Every block must
+    /// be at most [`SMALL_BLOCK_MAX`] bytes.
+    pub async fn writes_for(&self, blocks: &[(ContentId, Bytes)]) -> Result<Vec<Write>> {
+        if let Some((cid, data)) = blocks.iter().find(|(_, d)| d.len() > SMALL_BLOCK_MAX) {
+            return Err(Error::InvalidArgument(format!(
+                "block {cid} holds {} bytes, more than the {SMALL_BLOCK_MAX} a commit takes",
+                data.len()
+            )));
         }
         match self {
-            BlockStore::Local { blocks, tmp } => {
+            BlockStore::Local { .. } => Ok(blocks
+                .iter()
+                .map(|(cid, data)| Write::Block {
+                    cid: cid.to_string(),
+                    data: data.clone(),
+                })
+                .collect()),
+            BlockStore::S3 { .. } => {
+                for (cid, data) in blocks {
+                    self.put(cid, data).await?;
+                }
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Stores one block (idempotent: a stored block is left alone) and waits until it is
+    /// durable.
+    pub async fn put(&self, cid: &ContentId, data: &Bytes) -> Result<()> {
+        self.put_queued(cid, data).await?.wait().await
+    }
+
+    /// Stores one block, but leaves a small local block queued for the next group commit:
+    /// the caller waits on the returned [`PendingPut`] before telling anyone the block (or
+    /// a DAG holding it) exists.
+    pub async fn put_queued(&self, cid: &ContentId, data: &Bytes) -> Result<PendingPut> {
+        if self.size(cid).await?.is_some() {
+            return Ok(PendingPut(None));
+        }
+        match self {
+            BlockStore::Local { small, .. } if data.len() <= SMALL_BLOCK_MAX => {
+                let write = Write::Block {
+                    cid: cid.to_string(),
+                    data: data.clone(),
+                };
+                Ok(PendingPut(Some(small.queue(vec![write]).await?)))
+            }
+            BlockStore::Local { blocks, tmp, .. } => {
                 let dest = Self::block_path(blocks, cid);
                 let temp = tmp.join(uuid::Uuid::now_v7().to_string());
                 let write = async {
                     let mut file = tokio::fs::File::create(&temp).await?;
                     file.write_all(data).await?;
                     file.sync_data().await?;
-                    if let Some(parent) = dest.parent() {
-                        tokio::fs::create_dir_all(parent).await?;
+                    let shard = dest.parent().unwrap_or(blocks);
+                    if tokio::fs::metadata(shard).await.is_err() {
+                        tokio::fs::create_dir_all(shard).await?;
+                        sync_dir(blocks).await?;
                     }
-                    tokio::fs::rename(&temp, &dest).await
+                    tokio::fs::rename(&temp, &dest).await?;
+                    // Without this the rename can be lost in a power cut after the block
+                    // was reported stored.
+                    sync_dir(shard).await
                 };
                 if let Err(error) = write.await {
                     let _ = tokio::fs::remove_file(&temp).await;
                     return Err(Error::io(format!("storing block {cid}"), error));
                 }
-                Ok(())
+                Ok(PendingPut(None))
             }
             BlockStore::S3 {
                 client,
@@ -170,10 +259,18 @@ impl BlockStore {
                     .send()
                     .await
                     .map_err(|e| s3_error("storing", bucket, &key, &e))?;
-                Ok(())
+                Ok(PendingPut(None))
             }
         }
     }
+}
+
+/// Makes the entries of directory `dir` durable (a rename or create inside it).
+async fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 fn s3_error<E, R>(

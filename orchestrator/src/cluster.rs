@@ -1129,12 +1129,14 @@ mod tests {
                 state: ExecutionState::Completed as i32,
                 result: Some(ExecutionResult::default()),
                 failure: None,
+                result_blocks: Vec::new(),
             },
             Some(kind) => ExecutionFinished {
                 execution_id: execution_id.into(),
                 state: kind.execution_state() as i32,
                 result: None,
                 failure: Some(Failure::new(kind, "boom")),
+                result_blocks: Vec::new(),
             },
         };
         c.execution_finished(executor, finished, SystemTime::now());

@@ -7,16 +7,15 @@
 //! once, and a parent block is stored only after its children, so a stored root means a
 //! whole DAG.
 
-use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use shoal::cid::{ContentId, DAG_PB};
+use shoal::cid::{ContentId, DAG_PB, RAW};
 use shoal::ipfs::GatewayFetcher;
 use shoal::proto::{
-    DirectoryEntry, DownloadResponse, Entry, EntryKind, StatResponse, UploadRequest,
+    ContentBlock, DirectoryEntry, DownloadResponse, Entry, EntryKind, StatResponse, UploadRequest,
     UploadResponse, download_response, upload_request,
 };
 use shoal::transfer::check_tree_path;
@@ -24,7 +23,8 @@ use shoal::unixfs::{self, Block, FileBuilder, Link, NodeType};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::blocks::BlockStore;
+use crate::blocks::{BlockStore, PendingPut};
+use crate::store::{Store, Write};
 
 /// File blocks read ahead of the one being sent by a download.
 const READ_AHEAD_BLOCKS: usize = 4;
@@ -55,17 +55,19 @@ pub struct ContentStore {
 }
 
 impl ContentStore {
-    /// Opens the store under `dir`, creating it if needed. Uploads over `max_upload_bytes`
-    /// of file content are refused.
-    pub fn open(dir: &Path, max_upload_bytes: u64) -> Result<Self> {
-        Self::open_with(dir, None, max_upload_bytes)
+    /// Opens the store under `dir`, creating it if needed, with its small blocks in
+    /// `database`. Uploads over `max_upload_bytes` of file content are refused.
+    pub fn open(dir: &Path, database: Store, max_upload_bytes: u64) -> Result<Self> {
+        Self::open_with(dir, None, database, max_upload_bytes)
     }
 
     /// Opens the store with its blocks in `s3` (a client, bucket and key prefix) if given,
-    /// else under `dir`, which holds the scratch space either way.
+    /// else under `dir` and in `database` (the small ones); `dir` holds the scratch space
+    /// either way.
     pub fn open_with(
         dir: &Path,
         s3: Option<(aws_sdk_s3::Client, String, String)>,
+        database: Store,
         max_upload_bytes: u64,
     ) -> Result<Self> {
         let blocks = dir.join("blocks");
@@ -86,7 +88,7 @@ impl ContentStore {
                 bucket,
                 prefix,
             },
-            None => BlockStore::local(blocks, tmp.clone()),
+            None => BlockStore::local(blocks, tmp.clone(), database),
         };
         Ok(ContentStore {
             blocks,
@@ -178,6 +180,53 @@ impl ContentStore {
             self.put_block(&Block { cid, data }).await?;
             Ok(fetched)
         })
+    }
+
+    /// Checks a result tree an executor sent with a completion (`result_blocks`) and
+    /// returns the writes that store it, to be committed with the completion (an S3 store
+    /// gets the blocks at once). Every block must match its CID, the last must be `root`,
+    /// and every link must point at a block sent or already stored: a stored root always
+    /// means a whole DAG.
+    pub async fn inline_tree(&self, root: &str, blocks: &[ContentBlock]) -> Result<Vec<Write>> {
+        let bad = |m: String| Error::InvalidArgument(format!("result tree {root:?}: {m}"));
+        let total: usize = blocks.iter().map(|b| b.data.len()).sum();
+        if total > shoal::transfer::MAX_INLINE_RESULT_BYTES {
+            return Err(bad(format!(
+                "{total} bytes of blocks; at most {} may come with a completion",
+                shoal::transfer::MAX_INLINE_RESULT_BYTES
+            )));
+        }
+        let mut checked = Vec::with_capacity(blocks.len());
+        for block in blocks {
+            let cid: ContentId = block
+                .cid
+                .parse()
+                .map_err(|e| bad(format!("block {:?}: {e}", block.cid)))?;
+            if cid.codec() != RAW && cid.codec() != DAG_PB {
+                return Err(bad(format!("block {cid} is neither raw nor dag-pb")));
+            }
+            if ContentId::of_block(cid.codec(), &block.data) != cid {
+                return Err(bad(format!("block {cid} does not match its bytes")));
+            }
+            checked.push((cid, block.data.clone()));
+        }
+        match checked.last() {
+            Some((last, _)) if last.to_string() == root => {}
+            _ => return Err(bad("the last block is not the root".into())),
+        }
+        let sent: HashSet<ContentId> = checked.iter().map(|(cid, _)| *cid).collect();
+        for (cid, data) in checked.iter().filter(|(cid, _)| !cid.is_raw()) {
+            let (node, _) = unixfs::decode_node(data).map_err(|e| bad(format!("{cid}: {e}")))?;
+            for link in &node.links {
+                let child = unixfs::link_cid(link).map_err(|e| bad(format!("{cid}: {e}")))?;
+                if !sent.contains(&child) && !self.contains(&child).await {
+                    return Err(bad(format!(
+                        "{cid} links to {child}, which is neither sent nor stored"
+                    )));
+                }
+            }
+        }
+        self.blocks.writes_for(&checked).await
     }
 
     /// A fresh path in the store's scratch directory, for data on its way in.
@@ -464,11 +513,37 @@ struct Upload<'a> {
     store: &'a ContentStore,
     root: Option<EntryKind>,
     /// Entries of each declared directory, by directory path.
-    directories: BTreeMap<String, Vec<(String, Link)>>,
+    directories: unixfs::Directories,
     names: HashSet<String>,
     current: Option<IncomingFile>,
     total: u64,
     root_file: Option<Link>,
+    /// Blocks queued for the store's next commit, waited for before the CID is returned.
+    pending: Vec<PendingPut>,
+}
+
+/// Blocks an upload leaves queued before it waits for them (bounds its memory).
+const MAX_PENDING_BLOCKS: usize = 1024;
+
+/// Hands `block` to the store and remembers it in `pending` until it is waited for.
+async fn queue_block(
+    store: &ContentStore,
+    pending: &mut Vec<PendingPut>,
+    block: &Block,
+) -> Result<()> {
+    pending.push(store.blocks.put_queued(&block.cid, &block.data).await?);
+    if pending.len() >= MAX_PENDING_BLOCKS {
+        wait_all(pending).await?;
+    }
+    Ok(())
+}
+
+/// Waits until every block in `pending` is durable; each commit's own result counts.
+async fn wait_all(pending: &mut Vec<PendingPut>) -> Result<()> {
+    for put in pending.drain(..) {
+        put.wait().await?;
+    }
+    Ok(())
 }
 
 fn malformed(message: String) -> Error {
@@ -480,11 +555,12 @@ impl<'a> Upload<'a> {
         Upload {
             store,
             root: None,
-            directories: BTreeMap::new(),
+            directories: unixfs::Directories::new(),
             names: HashSet::new(),
             current: None,
             total: 0,
             root_file: None,
+            pending: Vec::new(),
         }
     }
 
@@ -509,6 +585,7 @@ impl<'a> Upload<'a> {
                 .ok_or_else(|| malformed("the file upload was not finished".into()))?,
             Some(_) => self.build_directories().await?,
         };
+        wait_all(&mut self.pending).await?;
         Ok(UploadResponse {
             cid: root.cid.to_string(),
             size: self.total,
@@ -584,7 +661,7 @@ impl<'a> Upload<'a> {
         current.written += data.len() as u64;
         self.total += data.len() as u64;
         for block in current.builder.write(data) {
-            self.store.put_block(&block).await?;
+            queue_block(self.store, &mut self.pending, &block).await?;
         }
         Ok(())
     }
@@ -601,7 +678,7 @@ impl<'a> Upload<'a> {
         }
         let (blocks, link) = current.builder.finish();
         for block in &blocks {
-            self.store.put_block(block).await?;
+            queue_block(self.store, &mut self.pending, block).await?;
         }
         if current.path.is_empty() {
             self.root_file = Some(link);
@@ -616,27 +693,11 @@ impl<'a> Upload<'a> {
 
     /// Stores every directory node, deepest first, and returns the root's link.
     async fn build_directories(&mut self) -> Result<Link> {
-        let mut paths: Vec<String> = self.directories.keys().cloned().collect();
-        paths.sort_by_key(|p| {
-            std::cmp::Reverse(if p.is_empty() {
-                0
-            } else {
-                p.matches('/').count() + 1
-            })
-        });
-        for path in paths {
-            let mut entries = self.directories.remove(&path).unwrap_or_default();
-            let (block, link) = unixfs::directory(&mut entries);
-            self.store.put_block(&block).await?;
-            if path.is_empty() {
-                return Ok(link);
-            }
-            let (parent, name) = split_path(&path);
-            if let Some(entries) = self.directories.get_mut(parent) {
-                entries.push((name.to_owned(), link));
-            }
+        let (nodes, root) = unixfs::close_directories(std::mem::take(&mut self.directories));
+        for node in &nodes {
+            queue_block(self.store, &mut self.pending, node).await?;
         }
-        Err(Error::Store("the root directory was lost".into()))
+        root.ok_or_else(|| Error::Store("the root directory was lost".into()))
     }
 }
 
@@ -668,6 +729,12 @@ mod tests {
         })
     }
 
+    /// A content store under `dir` with its small blocks in a database beside it.
+    fn open_store(dir: &Path, max_upload_bytes: u64) -> ContentStore {
+        let (database, _) = Store::open(&dir.join("state.redb")).expect("open the database");
+        ContentStore::open(&dir.join("content"), database, max_upload_bytes).expect("open")
+    }
+
     async fn put(
         store: &ContentStore,
         items: Vec<Result<UploadRequest, tonic::Status>>,
@@ -679,7 +746,7 @@ mod tests {
     #[tokio::test]
     async fn tree_round_trip() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = ContentStore::open(dir.path(), 1 << 30).expect("open");
+        let store = open_store(dir.path(), 1 << 30);
         let items = || {
             vec![
                 entry("", EntryKind::Directory, 0),
@@ -720,7 +787,7 @@ mod tests {
     #[tokio::test]
     async fn large_files_and_offsets() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = ContentStore::open(dir.path(), 1 << 30).expect("open");
+        let store = open_store(dir.path(), 1 << 30);
         let bytes: Vec<u8> = (0..700_000u32).map(|i| (i % 253) as u8).collect();
         let mut items = vec![entry("", EntryKind::File, bytes.len() as u64)];
         items.extend(bytes.chunks(100_000).map(data));
@@ -744,11 +811,110 @@ mod tests {
         assert!(store.download(&cid, "", 700_001).await.is_err());
     }
 
+    /// Blocks up to SMALL_BLOCK_MAX go into the database, bigger ones into files, and both
+    /// kinds are there after the database is closed and opened again.
+    #[tokio::test]
+    async fn small_blocks_live_in_the_database_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database_path = dir.path().join("state.redb");
+        let content_dir = dir.path().join("content");
+        // 300,000 bytes: one full 256 KiB leaf (a file) and a 37,856-byte tail (small).
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let items = vec![
+            entry("", EntryKind::Directory, 0),
+            entry("big", EntryKind::File, big.len() as u64),
+            data(&big),
+            entry("small", EntryKind::File, 5),
+            data(b"hello"),
+        ];
+        let cid = {
+            let (database, _) = Store::open(&database_path).expect("open the database");
+            let store = ContentStore::open(&content_dir, database.clone(), 1 << 30).expect("open");
+            let response = put(&store, items).await.expect("upload");
+            drop(store);
+            database.close().await;
+            response.cid
+        };
+        let mut block_files = 0;
+        for shard in std::fs::read_dir(content_dir.join("blocks")).expect("blocks") {
+            for block in std::fs::read_dir(shard.expect("shard").path()).expect("shard") {
+                let size = block.expect("block").metadata().expect("metadata").len();
+                assert!(
+                    size as usize > crate::blocks::SMALL_BLOCK_MAX,
+                    "{size}-byte file"
+                );
+                block_files += 1;
+            }
+        }
+        assert_eq!(block_files, 1, "only the full leaf is a file");
+
+        let (database, _) = Store::open(&database_path).expect("reopen the database");
+        let store = ContentStore::open(&content_dir, database, 1 << 30).expect("reopen");
+        let cid: ContentId = cid.parse().expect("cid");
+        let out = tempfile::tempdir().expect("tempdir");
+        let stream = store.download(&cid, "", 0).await.expect("download");
+        shoal::transfer::download_to(stream, &out.path().join("tree"))
+            .await
+            .expect("write");
+        assert_eq!(
+            std::fs::read(out.path().join("tree/big")).expect("big"),
+            big
+        );
+        assert_eq!(
+            std::fs::read(out.path().join("tree/small")).expect("small"),
+            b"hello"
+        );
+    }
+
+    /// A tree built in memory (what an executor sends with a completion) gets the CID an
+    /// upload of the same tree gets, and its blocks pass `inline_tree`.
+    #[tokio::test]
+    async fn trees_built_in_memory_match_uploads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_store(dir.path(), 1 << 30);
+        let uploaded = put(
+            &store,
+            vec![
+                entry("", EntryKind::Directory, 0),
+                entry("exitCode", EntryKind::File, 1),
+                data(b"0"),
+                entry("outputs", EntryKind::Directory, 0),
+                entry("outputs/a.txt", EntryKind::File, 3),
+                data(b"abc"),
+                entry("stdout", EntryKind::File, 6),
+                data(b"hello\n"),
+            ],
+        )
+        .await
+        .expect("upload");
+        let file =
+            |path: &str, bytes: &'static [u8]| (path.to_owned(), Some(Bytes::from_static(bytes)));
+        let (blocks, root) = unixfs::directory_tree(vec![
+            file("exitCode", b"0"),
+            ("outputs".to_owned(), None),
+            file("outputs/a.txt", b"abc"),
+            file("stdout", b"hello\n"),
+        ]);
+        assert_eq!(root.cid.to_string(), uploaded.cid);
+        let sent: Vec<ContentBlock> = blocks
+            .into_iter()
+            .map(|b| ContentBlock {
+                cid: b.cid.to_string(),
+                data: b.data,
+            })
+            .collect();
+        let writes = store
+            .inline_tree(&uploaded.cid, &sent)
+            .await
+            .expect("sound");
+        assert_eq!(writes.len(), sent.len());
+    }
+
     /// Malformed upload streams are refused with a reason, and leave no blob behind.
     #[tokio::test]
     async fn malformed_uploads_are_rejected() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = ContentStore::open(dir.path(), 10).expect("open");
+        let store = open_store(dir.path(), 10);
         let cases = vec![
             ("no entries", vec![]),
             ("data first", vec![data(b"x")]),
@@ -787,7 +953,7 @@ mod tests {
         for (name, items) in cases {
             assert!(put(&store, items).await.is_err(), "{name}");
         }
-        let leftovers = std::fs::read_dir(dir.path().join("tmp"))
+        let leftovers = std::fs::read_dir(dir.path().join("content/tmp"))
             .expect("tmp")
             .count();
         assert_eq!(leftovers, 0);

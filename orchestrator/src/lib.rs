@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::{Cluster, ClusterConfig, Effects};
 use crate::content::ContentStore;
 use crate::error::Result;
-use crate::store::{Commit, Store};
+use crate::store::{Commit, Store, Write};
 
 /// How long a message may wait for room in an executor's stream.
 const EXECUTOR_SEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -147,20 +147,31 @@ impl Orchestrator {
     /// Runs `transition` on the cluster state and returns once its writes are durable and
     /// its messages sent.
     pub async fn apply<T>(&self, transition: impl FnOnce(&mut Cluster) -> Result<T>) -> Result<T> {
-        let (value, staged) = self.stage(transition).await?;
+        self.apply_with(Vec::new(), transition).await
+    }
+
+    /// Like [`apply`](Self::apply), with `writes` (e.g. the blocks of result trees sent with
+    /// completions) committed atomically with the transition's own.
+    pub async fn apply_with<T>(
+        &self,
+        writes: Vec<Write>,
+        transition: impl FnOnce(&mut Cluster) -> Result<T>,
+    ) -> Result<T> {
+        let (value, staged) = self.stage(writes, transition).await?;
         self.complete(staged).await?;
         value
     }
 
-    /// Like [`apply`](Self::apply), but the caller does not wait for the disk; effects
-    /// still happen only after the commit. Used for the executor stream, whose order is
-    /// kept by the store's FIFO writes.
+    /// Like [`apply_with`](Self::apply_with), but the caller does not wait for the disk;
+    /// effects still happen only after the commit. Used for the executor stream, whose
+    /// order is kept by the store's FIFO writes.
     pub async fn apply_detached(
         self: &Arc<Self>,
+        writes: Vec<Write>,
         transition: impl FnOnce(&mut Cluster),
     ) -> Result<()> {
         let (_, staged) = self
-            .stage(|cluster| {
+            .stage(writes, |cluster| {
                 transition(cluster);
                 Ok(())
             })
@@ -176,11 +187,17 @@ impl Orchestrator {
 
     async fn stage<T>(
         &self,
+        mut writes: Vec<Write>,
         transition: impl FnOnce(&mut Cluster) -> Result<T>,
     ) -> Result<(Result<T>, Staged)> {
         let mut cluster = self.cluster.lock().await;
         let value = transition(&mut cluster);
         let mut effects = cluster.take_effects();
+        // The caller's writes go first: records may refer to them, never the reverse.
+        if !writes.is_empty() {
+            writes.append(&mut effects.writes);
+            effects.writes = writes;
+        }
         // Queued while the lock is held, so the store sees writes in state-change order.
         let commit = if effects.writes.is_empty() {
             None
@@ -318,6 +335,7 @@ pub async fn open(config: Config, shutdown: CancellationToken) -> Result<Arc<Orc
     let content = ContentStore::open_with(
         &config.data_dir.join("content"),
         content_bucket,
+        store.clone(),
         config.max_upload_bytes,
     )?;
     content.blocks().check().await?;
@@ -399,7 +417,13 @@ pub async fn run_with_gateway(
     orchestrator.tasks.close();
     orchestrator.tasks.wait().await;
     match Arc::try_unwrap(orchestrator) {
-        Ok(orchestrator) => orchestrator.store.close().await,
+        Ok(orchestrator) => {
+            // The content store holds a handle too: every handle must be gone for the
+            // writer to finish.
+            let store = orchestrator.store.clone();
+            drop(orchestrator);
+            store.close().await
+        }
         Err(_) => tracing::warn!("state still referenced at shutdown; the store closes on exit"),
     }
     served

@@ -1,5 +1,5 @@
-//! The durable store: jobs, executions, job events (state changes and log chunks) and nodes,
-//! in one redb database in the data directory.
+//! The durable store: jobs, executions, job events (state changes and log chunks), nodes and
+//! the content store's small blocks, in one redb database in the data directory.
 //!
 //! All writes go through one writer thread that commits whatever has queued up in a single
 //! fsynced transaction (group commit), so concurrent submitters share fsyncs. A caller gets
@@ -20,6 +20,9 @@ const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const EXECUTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("executions");
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+/// Content-store blocks small enough to share a commit with the job records (see
+/// `crate::blocks`), keyed by CID.
+const BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("blocks");
 
 /// Batches waiting for the writer. Bounded: when the disk falls behind, submitters wait.
 const WRITE_QUEUE: usize = 1024;
@@ -33,6 +36,7 @@ pub enum Write {
     Execution(Execution),
     Event { job_id: String, event: JobEvent },
     Node(Node),
+    Block { cid: String, data: bytes::Bytes },
 }
 
 struct Batch {
@@ -91,6 +95,7 @@ impl Store {
             tx.open_table(EXECUTIONS)?;
             tx.open_table(EVENTS)?;
             tx.open_table(NODES)?;
+            tx.open_table(BLOCKS)?;
             tx.commit()?;
         }
         let snapshot = load(&db)?;
@@ -134,6 +139,16 @@ impl Store {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+    }
+
+    /// A small block stored with [`Write::Block`], if there is one under `cid`. Called
+    /// inline from async code: a point lookup in a B-tree whose upper levels stay cached.
+    pub fn block(&self, cid: &str) -> Result<Option<bytes::Bytes>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(BLOCKS)?;
+        Ok(table
+            .get(cid)?
+            .map(|value| bytes::Bytes::copy_from_slice(value.value())))
     }
 
     /// Up to `limit` events of a job with sequence numbers from `from`, in order.
@@ -212,6 +227,7 @@ fn write_batches(db: &Database, batches: &[Batch]) -> Result<()> {
         let mut executions = tx.open_table(EXECUTIONS)?;
         let mut events = tx.open_table(EVENTS)?;
         let mut nodes = tx.open_table(NODES)?;
+        let mut blocks = tx.open_table(BLOCKS)?;
         // One encode buffer for the whole batch: with a thousand records per commit, an
         // allocation per record is a measurable share of the writer's time (B4).
         let mut buf = Vec::with_capacity(4096);
@@ -233,6 +249,9 @@ fn write_batches(db: &Database, batches: &[Batch]) -> Result<()> {
                 Write::Node(node) => {
                     node.encode_raw(&mut buf);
                     nodes.insert(node.id.as_str(), buf.as_slice())?;
+                }
+                Write::Block { cid, data } => {
+                    blocks.insert(cid.as_str(), data.as_ref())?;
                 }
             }
         }

@@ -8,22 +8,26 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use shoal::proto::executor_service_server::ExecutorService;
 use shoal::proto::{
-    ExecutorMessage, OrchestratorMessage, ProtocolVersion, Registered, executor_message,
-    orchestrator_message,
+    ExecutionFinished, ExecutorMessage, Failure, FailureKind, OrchestratorMessage, ProtocolVersion,
+    Registered, executor_message, orchestrator_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::Orchestrator;
+use crate::store::Write;
 
 /// Messages queued towards one executor before senders wait.
 const DOWNSTREAM_QUEUE: usize = 256;
 /// How long a new stream may take to send its `Register`.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most already-received messages applied in one cluster transition (one lock, one batch
+/// for the store) when an executor reports faster than they are applied.
+const MAX_MESSAGES_PER_APPLY: usize = 128;
 
 /// ExecutorService implementation.
 #[derive(Debug, Clone)]
@@ -76,11 +80,18 @@ impl ExecutorService for ExecutorApi {
         }))
         .map_err(|_| Status::internal("cannot queue the handshake"))?;
         let executor_id = register.executor_id.clone();
+        let mut register = register;
+        let mut writes = Vec::new();
+        for finished in &mut register.recently_finished {
+            writes.extend(take_result_tree(&self.0, &executor_id, finished).await?);
+        }
         let sender = crate::cluster::ExecutorSender::new(tx);
         let stuck = sender.stuck.clone();
         let generation = self
             .0
-            .apply(|c| c.register(register, sender, SystemTime::now(), Instant::now()))
+            .apply_with(writes, |c| {
+                c.register(register, sender, SystemTime::now(), Instant::now())
+            })
             .await?;
         tracing::info!(executor_id, generation, "executor connected");
 
@@ -96,11 +107,34 @@ impl ExecutorService for ExecutorApi {
                 };
                 match message {
                     Ok(Some(message)) => {
+                        // Completion batching: whatever else this executor has already
+                        // sent (updates, log chunks, finished reports of other executions)
+                        // is applied together with this message.
+                        let mut batch = vec![message];
+                        let mut ended = None;
+                        while batch.len() < MAX_MESSAGES_PER_APPLY {
+                            match inbound.message().now_or_never() {
+                                Some(Ok(Some(next))) => batch.push(next),
+                                Some(other) => {
+                                    ended = Some(other);
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
                         if let Err(error) =
-                            handle(&orchestrator, &executor_id, generation, message).await
+                            handle(&orchestrator, &executor_id, generation, batch).await
                         {
                             tracing::warn!(executor_id, %error, "dropping the executor stream");
                             break;
+                        }
+                        match ended {
+                            None => {}
+                            Some(Ok(_)) => break,
+                            Some(Err(status)) => {
+                                tracing::info!(executor_id, %status, "executor stream failed");
+                                break;
+                            }
                         }
                     }
                     Ok(None) => break,
@@ -131,36 +165,86 @@ impl ExecutorService for ExecutorApi {
     }
 }
 
+/// Applies messages received from one executor, in order, in one cluster transition.
 async fn handle(
     orchestrator: &Arc<Orchestrator>,
     executor_id: &str,
     generation: u64,
-    message: ExecutorMessage,
+    messages: Vec<ExecutorMessage>,
 ) -> crate::error::Result<()> {
     use executor_message::Message;
+    let mut messages = messages;
+    let mut writes = Vec::new();
+    for message in &mut messages {
+        if let Some(Message::Finished(finished)) = &mut message.message {
+            writes.extend(take_result_tree(orchestrator, executor_id, finished).await?);
+        }
+    }
     let now = SystemTime::now();
-    let Some(message) = message.message else {
-        return Ok(());
-    };
     orchestrator
-        .apply_detached(|c| {
+        .apply_detached(writes, |c| {
             c.touch(executor_id, generation, now, Instant::now());
-            match message {
-                Message::Register(_) => {
-                    tracing::warn!(executor_id, "ignoring a second Register on one stream");
-                }
-                Message::Heartbeat(_) => {}
-                Message::Update(update) => {
-                    c.execution_update(executor_id, &update.execution_id, update.state(), now);
-                }
-                Message::Log(log) => {
-                    if let Some(chunk) = log.chunk {
-                        c.execution_log(executor_id, chunk, now);
+            for message in messages.into_iter().filter_map(|m| m.message) {
+                match message {
+                    Message::Register(_) => {
+                        tracing::warn!(executor_id, "ignoring a second Register on one stream");
                     }
+                    Message::Heartbeat(_) => {}
+                    Message::Update(update) => {
+                        c.execution_update(executor_id, &update.execution_id, update.state(), now);
+                    }
+                    Message::Log(log) => {
+                        if let Some(chunk) = log.chunk {
+                            c.execution_log(executor_id, chunk, now);
+                        }
+                    }
+                    Message::Finished(finished) => c.execution_finished(executor_id, finished, now),
+                    Message::Draining(_) => c.draining(executor_id, generation),
                 }
-                Message::Finished(finished) => c.execution_finished(executor_id, finished, now),
-                Message::Draining(_) => c.draining(executor_id, generation),
             }
         })
         .await
+}
+
+/// Takes the result tree sent with `finished` (if any) and returns the writes that store it,
+/// for the same commit as the completion. A tree that fails the checks turns the report into
+/// a publish failure: the job then fails with the reason rather than pointing at blocks the
+/// store does not hold. Other errors (the store itself failing) end the stream; the executor
+/// resends the report when it reconnects.
+async fn take_result_tree(
+    orchestrator: &Orchestrator,
+    executor_id: &str,
+    finished: &mut ExecutionFinished,
+) -> crate::error::Result<Vec<Write>> {
+    let blocks = std::mem::take(&mut finished.result_blocks);
+    if blocks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let root = finished
+        .result
+        .as_ref()
+        .map(|r| r.result_cid.clone())
+        .unwrap_or_default();
+    match orchestrator.content().inline_tree(&root, &blocks).await {
+        Ok(writes) => Ok(writes),
+        Err(crate::error::Error::InvalidArgument(reason)) => {
+            tracing::warn!(
+                executor_id,
+                execution_id = finished.execution_id,
+                reason,
+                "rejecting a malformed result tree"
+            );
+            if let Some(result) = &mut finished.result {
+                result.result_cid.clear();
+            }
+            let failure = Failure::new(
+                FailureKind::Publish,
+                format!("the executor sent a malformed result: {reason}"),
+            );
+            finished.state = failure.kind().execution_state() as i32;
+            finished.failure = Some(failure);
+            Ok(Vec::new())
+        }
+        Err(error) => Err(error),
+    }
 }
