@@ -254,7 +254,9 @@ impl ClientSecurity {
     /// An endpoint for `address` (http:// or https://) with these TLS settings.
     pub fn endpoint(&self, address: &str) -> Result<Endpoint, String> {
         let mut endpoint = Endpoint::from_shared(address.to_owned())
-            .map_err(|e| format!("orchestrator address {address:?}: {e}"))?;
+            .map_err(|e| format!("orchestrator address {address:?}: {e}"))?
+            .initial_stream_window_size(crate::transfer::HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(crate::transfer::HTTP2_CONNECTION_WINDOW);
         if address.starts_with("https://") {
             let mut tls = ClientTlsConfig::new().with_webpki_roots();
             if let Some(ca) = &self.tls_ca {

@@ -11,6 +11,7 @@
 
 mod cluster;
 mod durability;
+mod relay;
 mod runtime;
 mod s3;
 mod stack;

@@ -28,16 +28,29 @@ pub struct Clients {
 }
 
 impl Clients {
+    /// Clients with Shoal's own connection settings (those of the CLI and executors).
     pub async fn connect(address: &str) -> anyhow::Result<Clients> {
-        let security = ClientSecurity::default();
-        let channel = security
+        let endpoint = ClientSecurity::default()
             .endpoint(address)
-            .map_err(anyhow::Error::msg)?
+            .map_err(anyhow::Error::msg)?;
+        Self::connect_endpoint(endpoint).await
+    }
+
+    /// Clients with tonic's and hyper's default HTTP/2 settings, as a baseline.
+    pub async fn connect_with_http2_defaults(address: &str) -> anyhow::Result<Clients> {
+        Self::connect_endpoint(tonic::transport::Endpoint::from_shared(address.to_owned())?).await
+    }
+
+    async fn connect_endpoint(endpoint: tonic::transport::Endpoint) -> anyhow::Result<Clients> {
+        let address = endpoint.uri().to_string();
+        let channel = endpoint
             .tcp_nodelay(true)
             .connect()
             .await
             .with_context(|| format!("connecting to {address}"))?;
-        let bearer = security.bearer().map_err(anyhow::Error::msg)?;
+        let bearer = ClientSecurity::default()
+            .bearer()
+            .map_err(anyhow::Error::msg)?;
         let channel = AuthChannel::new(channel, bearer);
         Ok(Clients {
             jobs: JobServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20),
@@ -94,6 +107,37 @@ impl Clients {
                     return Ok((change.state(), log_bytes));
                 }
                 _ => {}
+            }
+        }
+        bail!("the event stream of {job_id} ended before the job did")
+    }
+
+    /// Follows a job to its end; returns each state it entered with the orchestrator's
+    /// time of the change.
+    pub async fn watch_states(
+        &mut self,
+        job_id: &str,
+    ) -> anyhow::Result<Vec<(JobState, std::time::SystemTime)>> {
+        let mut events = self
+            .jobs
+            .watch_job(WatchJobRequest {
+                job_id: job_id.to_owned(),
+                from_sequence: 0,
+                states_only: true,
+            })
+            .await?
+            .into_inner();
+        let mut states = Vec::new();
+        while let Some(event) = events.message().await? {
+            let time = event
+                .time
+                .and_then(|t| std::time::SystemTime::try_from(t).ok())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            if let Some(job_event::Event::StateChange(change)) = event.event {
+                states.push((change.state(), time));
+                if change.state().is_terminal() {
+                    return Ok(states);
+                }
             }
         }
         bail!("the event stream of {job_id} ended before the job did")

@@ -70,6 +70,9 @@ pub async fn serve(
     }
     server
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        // Sized for artifact uploads across a real network, not just loopback.
+        .initial_stream_window_size(shoal::transfer::HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(shoal::transfer::HTTP2_CONNECTION_WINDOW)
         .layer(tower::util::MapRequestLayer::new(
             |mut request: http::Request<tonic::body::Body>| {
                 let path = shoal::auth::CallPath(request.uri().path().to_owned());
