@@ -630,6 +630,35 @@ async fn stdout_is_capped_and_truncation_recorded() {
     );
 }
 
+/// Output past what the executor keeps in memory (64 KiB) spills to a file, and the
+/// results hold all of it: stdout (100 KiB, uploaded as a file) and stderr (kept in memory)
+/// alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_output_spills_and_is_published_whole() {
+    let stack = Devstack::start(&[]).await;
+    let program = wat(stack.dir.path(), "flood");
+    let id = stack.submit(&[&program]).await;
+    let job = common::wait_terminal(&stack.address, &id).await;
+    assert_eq!(state(&job), "JOB_STATE_COMPLETED", "{job}");
+    let results = stack.scratch("results");
+    stack
+        .shoal(&["job", "get", &id, &results.to_string_lossy()])
+        .await
+        .success();
+    assert_eq!(
+        std::fs::read(results.join("stdout")).expect("stdout"),
+        vec![b'x'; 100 * 1024]
+    );
+    assert_eq!(
+        std::fs::read_to_string(results.join("stderr")).expect("stderr"),
+        "done\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(results.join("exitCode")).expect("exitCode"),
+        "0"
+    );
+}
+
 /// The guest has no sockets: of all its descriptors, none is a socket, and it has exactly
 /// stdin, stdout, stderr and its one output directory.
 #[tokio::test(flavor = "multi_thread")]

@@ -26,8 +26,8 @@ async fn run_once(
     std::fs::create_dir_all(dir.join("outputs"))?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let started = Instant::now();
-    let stdout = Capture::create(&dir.join("stdout"), 1 << 20, wake.clone())?;
-    let stderr = Capture::create(&dir.join("stderr"), 1 << 20, wake)?;
+    let stdout = Capture::new(&dir.join("stdout"), 1 << 20, wake.clone());
+    let stderr = Capture::new(&dir.join("stderr"), 1 << 20, wake);
     let outcome = runtime
         .run(
             program,

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use shoal::auth::AuthChannel;
 use shoal::proto::storage_service_client::StorageServiceClient;
 use shoal::proto::{
@@ -277,29 +278,16 @@ async fn execute_in(
     }
 
     let wake = Arc::new(Notify::new());
-    let captures = Capture::create(
+    let stdout = Capture::new(
         &results_dir.join("stdout"),
         ctx.config.log_cap,
         wake.clone(),
-    )
-    .and_then(|out| {
-        Capture::create(
-            &results_dir.join("stderr"),
-            ctx.config.log_cap,
-            wake.clone(),
-        )
-        .map(|err| (out, err))
-    });
-    let (stdout, stderr) = match captures {
-        Ok(captures) => captures,
-        Err(e) => {
-            return finished(
-                id,
-                Failure::new(FailureKind::Internal, format!("cannot capture output: {e}")),
-                None,
-            );
-        }
-    };
+    );
+    let stderr = Capture::new(
+        &results_dir.join("stderr"),
+        ctx.config.log_cap,
+        wake.clone(),
+    );
 
     let mut env: Vec<(String, String)> = spec
         .env
@@ -363,8 +351,6 @@ async fn execute_in(
     };
     forwarding.cancel();
     let _ = forwarder.await;
-    let _ = stdout.flush();
-    let _ = stderr.flush();
     tracing::info!(execution_id = id, ?outcome, "program ended");
 
     if matches!(&outcome, RunOutcome::Failed(f) if f.kind() == FailureKind::Cancelled) {
@@ -394,16 +380,19 @@ async fn execute_in(
         }
         RunOutcome::Failed(failure) => Some(failure),
     };
+    // The result files held in memory: `exitCode`, and the logs that never spilled.
+    let mut in_memory: Vec<(String, Bytes)> = Vec::new();
     if failure.is_none() {
-        if let Err(e) =
-            tokio::fs::write(results_dir.join("exitCode"), result.exit_code.to_string()).await
-        {
-            failure = Some(Failure::new(
-                FailureKind::Publish,
-                format!("cannot write exitCode: {e}"),
-            ));
-        } else if let Some(over) =
-            output_over_limit(&results_dir, ctx.config.max_output_bytes).await
+        in_memory.push(("exitCode".into(), result.exit_code.to_string().into()));
+    }
+    for (name, capture) in [("stdout", &stdout), ("stderr", &stderr)] {
+        if let Some(kept) = capture.kept_in_memory() {
+            in_memory.push((name.into(), kept));
+        }
+    }
+    if failure.is_none() {
+        let held: u64 = in_memory.iter().map(|(_, b)| b.len() as u64).sum();
+        if let Some(over) = output_over_limit(&results_dir, held, ctx.config.max_output_bytes).await
         {
             failure = Some(Failure::new(FailureKind::OutputLimit, over));
         }
@@ -417,7 +406,9 @@ async fn execute_in(
             let _ = tokio::fs::remove_dir_all(results_dir.join(&output.name)).await;
         }
     }
-    let result_blocks = match publish(ctx, assign, &spec, &results_dir, &mut result).await {
+    let result_blocks = match publish(ctx, assign, &spec, &results_dir, in_memory, &mut result)
+        .await
+    {
         Ok(blocks) => blocks,
         Err(message) => {
             let failure = failure.unwrap_or_else(|| Failure::new(FailureKind::Publish, message));
@@ -438,20 +429,29 @@ async fn execute_in(
     report
 }
 
-/// The result tree as blocks (children before parents, the root last) when it is small
-/// enough to travel with the completion; None when it must be uploaded.
-async fn small_result_tree(results_dir: &Path) -> Option<Vec<ContentBlock>> {
+/// The result tree — the files in `results_dir` plus `in_memory` at its top — as blocks
+/// (children before parents, the root last) when it is small enough to travel with the
+/// completion; None when it must be uploaded.
+async fn small_result_tree(
+    results_dir: &Path,
+    in_memory: &[(String, Bytes)],
+) -> Option<Vec<ContentBlock>> {
     let results_dir = results_dir.to_owned();
+    let in_memory = in_memory.to_vec();
     let build = move || {
         let entries = shoal::transfer::walk(&results_dir).ok()?;
-        let file_bytes: u64 = entries.iter().map(|e| e.size).sum();
+        let file_bytes: u64 = entries.iter().map(|e| e.size).sum::<u64>()
+            + in_memory.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
         if file_bytes > MAX_INLINE_RESULT_BYTES as u64 {
             return None;
         }
-        let mut contents = Vec::with_capacity(entries.len());
+        let mut contents: Vec<(String, Option<Bytes>)> = in_memory
+            .into_iter()
+            .map(|(name, bytes)| (name, Some(bytes)))
+            .collect();
         for entry in entries.into_iter().skip(1) {
             let content = match entry.kind {
-                EntryKind::File => Some(bytes::Bytes::from(std::fs::read(&entry.absolute).ok()?)),
+                EntryKind::File => Some(Bytes::from(std::fs::read(&entry.absolute).ok()?)),
                 _ => None,
             };
             contents.push((entry.relative, content));
@@ -480,15 +480,24 @@ async fn publish(
     assign: &Assign,
     spec: &JobSpec,
     results_dir: &Path,
+    in_memory: Vec<(String, Bytes)>,
     result: &mut ExecutionResult,
 ) -> Result<Vec<ContentBlock>, String> {
-    if spec.publisher.is_empty() || spec.publisher == "default" {
-        if let Some(blocks) = small_result_tree(results_dir).await
-            && let Some(root) = blocks.last()
-        {
-            result.result_cid = root.cid.clone();
-            return Ok(blocks);
-        }
+    let to_store = spec.publisher.is_empty() || spec.publisher == "default";
+    if to_store
+        && let Some(blocks) = small_result_tree(results_dir, &in_memory).await
+        && let Some(root) = blocks.last()
+    {
+        result.result_cid = root.cid.clone();
+        return Ok(blocks);
+    }
+    // The publishers below ship a directory: put the files held in memory into it.
+    for (name, bytes) in &in_memory {
+        tokio::fs::write(results_dir.join(name), bytes)
+            .await
+            .map_err(|e| format!("cannot write {name}: {e}"))?;
+    }
+    if to_store {
         let upload = || {
             let mut storage = ctx.storage.clone();
             async move { shoal::transfer::upload_path(&mut storage, results_dir, None).await }
@@ -538,7 +547,8 @@ async fn watch_output_quota(
             _ = run.cancelled() => return None,
             _ = tick.tick() => {}
         }
-        if let Some(over) = output_over_limit(&results_dir, limit).await {
+        // Logs held in memory (at most IN_MEMORY_MAX per stream) are counted at the end.
+        if let Some(over) = output_over_limit(&results_dir, 0, limit).await {
             tracing::warn!(%over, "stopping a program over its output quota");
             run.cancel();
             return Some(over);
@@ -546,14 +556,15 @@ async fn watch_output_quota(
     }
 }
 
-/// Describes by how much the result tree exceeds `limit`, if it does.
-async fn output_over_limit(results_dir: &Path, limit: u64) -> Option<String> {
+/// Describes by how much the result tree (the files in `results_dir`, and `held` bytes of
+/// it kept in memory) exceeds `limit`, if it does.
+async fn output_over_limit(results_dir: &Path, held: u64, limit: u64) -> Option<String> {
     let dir: PathBuf = results_dir.to_owned();
     let entries = tokio::task::spawn_blocking(move || shoal::transfer::walk(&dir))
         .await
         .ok()?
         .ok()?;
-    let total: u64 = entries.iter().map(|e| e.size).sum();
+    let total: u64 = held + entries.iter().map(|e| e.size).sum::<u64>();
     (total > limit).then(|| {
         format!(
             "the outputs and logs take {}, more than the limit of {}",
