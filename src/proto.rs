@@ -109,3 +109,32 @@ pub fn timestamp(time: std::time::SystemTime) -> prost_types::Timestamp {
 pub fn now() -> prost_types::Timestamp {
     timestamp(std::time::SystemTime::now())
 }
+
+impl ExecutorMessage {
+    /// The message's type, e.g. `heartbeat` (for logs and metrics).
+    pub fn type_name(&self) -> &'static str {
+        use executor_message::Message;
+        match &self.message {
+            Some(Message::Register(_)) => "register",
+            Some(Message::Heartbeat(_)) => "heartbeat",
+            Some(Message::Update(_)) => "update",
+            Some(Message::Log(_)) => "log",
+            Some(Message::Finished(_)) => "finished",
+            Some(Message::Draining(_)) => "draining",
+            None => "empty",
+        }
+    }
+}
+
+impl OrchestratorMessage {
+    /// The message's type, e.g. `assign` (for logs and metrics).
+    pub fn type_name(&self) -> &'static str {
+        use orchestrator_message::Message;
+        match &self.message {
+            Some(Message::Registered(_)) => "registered",
+            Some(Message::Assign(_)) => "assign",
+            Some(Message::Cancel(_)) => "cancel",
+            None => "empty",
+        }
+    }
+}

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::{Error, Result};
 use crate::execution::{ExecutionContext, execute};
+use crate::metrics::Metrics;
 
 /// Reports of finished executions kept for resending in the next Register.
 const RECENT_FINISHED: usize = 1024;
@@ -82,7 +83,9 @@ pub async fn run(
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let executor_id = connection.context.config.executor_id.clone();
     while !shutdown.is_cancelled() {
-        match session(&mut connection, &mut uplink, &shutdown, &mut backoff).await {
+        let ended = session(&mut connection, &mut uplink, &shutdown, &mut backoff).await;
+        connection.context.metrics.connected.set(0);
+        match ended {
             Ok(()) => tracing::info!(executor_id, "stream to the orchestrator ended"),
             Err(error) => tracing::warn!(executor_id, %error, "orchestrator unreachable"),
         }
@@ -141,7 +144,8 @@ async fn session(
         // Reports that may have been lost with the previous stream; applied once upstream.
         recently_finished: recent_reports(&connection.executions),
     };
-    send(&tx, executor_message::Message::Register(register)).await?;
+    let metrics = connection.context.metrics.clone();
+    send(&tx, &metrics, executor_message::Message::Register(register)).await?;
     let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
     let heartbeat_interval = match inbound.message().await? {
         Some(message) => match message.message {
@@ -164,6 +168,8 @@ async fn session(
         None => return Err(Error::Protocol("the stream ended before Registered".into())),
     };
     backoff.reset();
+    metrics.message("received", "registered");
+    metrics.connected.set(1);
     tracing::info!(
         executor_id = config.executor_id,
         "registered with the orchestrator"
@@ -176,25 +182,26 @@ async fn session(
     loop {
         tokio::select! {
             message = inbound.message() => match message? {
-                Some(message) => handle(connection, message),
+                Some(message) => {
+                    metrics.message("received", message.type_name());
+                    handle(connection, message);
+                }
                 None => return Ok(()),
             },
-            Some(message) = uplink.recv() => {
-                tx.send(message).await.map_err(|_| Error::Protocol("the stream closed".into()))?;
-            }
+            Some(message) = uplink.recv() => forward(&tx, &metrics, message).await?,
             _ = heartbeat.tick() => {
                 let running_execution_ids = running_ids(&connection.executions);
-                send(&tx, executor_message::Message::Heartbeat(Heartbeat { running_execution_ids })).await?;
+                send(&tx, &metrics, executor_message::Message::Heartbeat(Heartbeat { running_execution_ids })).await?;
             }
             Ok(()) = connection.draining.changed() => {
                 if *connection.draining.borrow_and_update() {
-                    send(&tx, executor_message::Message::Draining(Default::default())).await?;
+                    send(&tx, &metrics, executor_message::Message::Draining(Default::default())).await?;
                 }
             }
             _ = shutdown.cancelled() => {
                 // The drain is over: every report is queued; send them before leaving.
                 while let Ok(message) = uplink.try_recv() {
-                    tx.send(message).await.map_err(|_| Error::Protocol("the stream closed".into()))?;
+                    forward(&tx, &metrics, message).await?;
                 }
                 drop(tx);
                 // Wait for the orchestrator to end the stream, so nothing queued is cut off.
@@ -210,13 +217,25 @@ async fn session(
 
 async fn send(
     tx: &mpsc::Sender<ExecutorMessage>,
+    metrics: &Metrics,
     message: executor_message::Message,
 ) -> Result<()> {
-    tx.send(ExecutorMessage {
+    let message = ExecutorMessage {
         message: Some(message),
-    })
-    .await
-    .map_err(|_| Error::Protocol("the stream closed".into()))
+    };
+    forward(tx, metrics, message).await
+}
+
+/// Puts `message` on the stream, counting it.
+async fn forward(
+    tx: &mpsc::Sender<ExecutorMessage>,
+    metrics: &Metrics,
+    message: ExecutorMessage,
+) -> Result<()> {
+    metrics.message("sent", message.type_name());
+    tx.send(message)
+        .await
+        .map_err(|_| Error::Protocol("the stream closed".into()))
 }
 
 fn handle(connection: &Connection, message: shoal::proto::OrchestratorMessage) {
@@ -265,7 +284,10 @@ fn handle(connection: &Connection, message: shoal::proto::OrchestratorMessage) {
             let context = connection.context.clone();
             let executions = connection.executions.clone();
             connection.tasks.spawn(async move {
+                let started = std::time::Instant::now();
+                context.metrics.running.inc();
                 let mut finished = execute(&context, assign, cancel).await;
+                context.metrics.running.dec();
                 {
                     // Remembered before it leaves `running`, so a Register sent at any
                     // moment reports the execution either as running or as finished —
@@ -288,6 +310,9 @@ fn handle(connection: &Connection, message: shoal::proto::OrchestratorMessage) {
                     }
                     executions.running.remove(&execution_id);
                 }
+                context
+                    .metrics
+                    .finished(finished.state(), started.elapsed());
                 context.uplink.send_finished(finished).await;
             });
         }

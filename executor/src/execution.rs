@@ -27,7 +27,7 @@ use shoal::source::{S3Location, Source};
 use crate::Config;
 use crate::capture::Capture;
 use crate::retry;
-use crate::runtime::{Preopen, RunOutcome, RunRequest, Runtime};
+use crate::runtime::{Preopen, Program, RunOutcome, RunRequest, Runtime};
 use crate::staging;
 
 /// Messages from executions to the orchestrator, forwarded by the connection whenever one
@@ -77,6 +77,7 @@ pub struct ExecutionContext {
     pub ipfs: std::sync::RwLock<Arc<shoal::ipfs::GatewayFetcher>>,
     pub config: Arc<Config>,
     pub uplink: Uplink,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl ExecutionContext {
@@ -104,6 +105,40 @@ impl ExecutionContext {
             }
             Err(error) => tracing::warn!(%error, "cannot set up the IPFS gateway client"),
         }
+    }
+}
+
+/// The compiled program `key` if the module cache has it, counting the lookup.
+fn cached_program(ctx: &ExecutionContext, key: &str) -> Option<Program> {
+    let program = ctx.runtime.cached(key);
+    let result = if program.is_some() { "hit" } else { "miss" };
+    ctx.metrics
+        .module_cache
+        .get_or_create(&[("result", result)])
+        .inc();
+    program
+}
+
+/// Compiles a program that was just fetched (counted as staged bytes).
+async fn compile_program(
+    ctx: &ExecutionContext,
+    key: &str,
+    bytes: Vec<u8>,
+) -> Result<Program, Failure> {
+    ctx.metrics
+        .staged_bytes
+        .get_or_create(&[("source", "program")])
+        .inc_by(bytes.len() as u64);
+    ctx.runtime.compile(key, bytes).await
+}
+
+/// The program downloaded by URL or from S3: cached by what was downloaded, never by where
+/// from, as the content behind a URL or key can change.
+async fn program_from_download(ctx: &ExecutionContext, bytes: Vec<u8>) -> Result<Program, Failure> {
+    let key = ContentId::of_block(RAW, &bytes).to_string();
+    match cached_program(ctx, &key) {
+        Some(program) => Ok(program),
+        None => compile_program(ctx, &key, bytes).await,
     }
 }
 
@@ -181,14 +216,14 @@ async fn execute_in(
         let program = match source {
             Source::Cid(cid) => {
                 let key = cid.to_string();
-                match ctx.runtime.cached(&key) {
+                match cached_program(ctx, &key) {
                     Some(program) => program,
                     None => {
                         make_inputs_dir().await?;
                         let bytes =
                             staging::fetch_program(&mut storage, &ctx.ipfs(), &cid, &inputs_dir)
                                 .await?;
-                        ctx.runtime.compile(&key, bytes).await?
+                        compile_program(ctx, &key, bytes).await?
                     }
                 }
             }
@@ -209,11 +244,7 @@ async fn execute_in(
                 let bytes = tokio::fs::read(&path)
                     .await
                     .map_err(|e| failure(format!("cannot read the download: {e}")))?;
-                let key = ContentId::of_block(RAW, &bytes).to_string();
-                match ctx.runtime.cached(&key) {
-                    Some(program) => program,
-                    None => ctx.runtime.compile(&key, bytes).await?,
-                }
+                program_from_download(ctx, bytes).await?
             }
             Source::Http(http) => {
                 make_inputs_dir().await?;
@@ -224,12 +255,7 @@ async fn execute_in(
                     ctx.config.max_input_bytes,
                 )
                 .await?;
-                // Cached by what was downloaded, never by the URL: its content can change.
-                let key = ContentId::of_block(RAW, &bytes).to_string();
-                match ctx.runtime.cached(&key) {
-                    Some(program) => program,
-                    None => ctx.runtime.compile(&key, bytes).await?,
-                }
+                program_from_download(ctx, bytes).await?
             }
         };
         if !spec.inputs.is_empty() {

@@ -11,6 +11,7 @@ pub mod capture;
 pub mod connection;
 pub mod error;
 pub mod execution;
+pub mod metrics;
 pub mod retry;
 pub mod runtime;
 pub mod staging;
@@ -78,6 +79,10 @@ pub struct Config {
     /// they are stopped and handed back to the orchestrator to run elsewhere.
     #[arg(long, env = "SHOAL_DRAIN_TIMEOUT", default_value = "5m", value_parser = shoal::units::parse_duration)]
     pub drain_timeout: Duration,
+    /// Address to serve Prometheus metrics on (`GET /metrics`), e.g. `0.0.0.0:9091`; off
+    /// if unset.
+    #[arg(long, env = "SHOAL_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Which hosts URL inputs and programs may come from.
     #[command(flatten)]
     pub urls: shoal::fetch::UrlPolicyArgs,
@@ -122,6 +127,7 @@ impl Config {
             drain_timeout: Duration::from_secs(300),
             security: Default::default(),
             urls: Default::default(),
+            metrics_listen: None,
         }
     }
 
@@ -150,6 +156,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     if config.slots == 0 {
         return Err(Error::Config("slots must be at least 1".into()));
     }
+    let metrics_listener = match &config.metrics_listen {
+        Some(address) => Some(shoal::metrics::bind(address).await.map_err(Error::Config)?),
+        None => None,
+    };
     let config = Arc::new(config);
     std::fs::create_dir_all(config.work_dir.join("executions"))
         .map_err(|e| Error::io(format!("creating {}", config.work_dir.display()), e))?;
@@ -180,6 +190,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let cache = cache::InputCache::new(&config.work_dir.join("inputs"), config.input_cache_bytes)
         .map_err(|e| Error::io("preparing the input cache", e))?;
     let s3 = shoal::s3::S3Fetcher::new(config.s3.clone());
+    let metrics = Arc::new(metrics::Metrics::new());
     let context = Arc::new(execution::ExecutionContext {
         runtime,
         storage,
@@ -192,6 +203,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         )),
         config: config.clone(),
         uplink,
+        metrics: metrics.clone(),
     });
     let executions = connection::SharedExecutions::default();
     let tasks = TaskTracker::new();
@@ -230,6 +242,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             stop.cancel();
         })
     };
+    if let Some(listener) = metrics_listener {
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(%address, "metrics listening");
+        }
+        let render = move || {
+            let metrics = metrics.clone();
+            async move { metrics.encode() }
+        };
+        // Up until the drain is over, so the drain itself can be watched.
+        tokio::spawn(shoal::metrics::serve(listener, render, stop.clone()));
+    }
     connection::run(connection, uplink_rx, stop).await;
     let _ = drain.await;
     tracing::info!(executor_id = config.executor_id, "executor stopped");

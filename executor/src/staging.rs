@@ -135,6 +135,15 @@ pub async fn stage_inputs(
         }
         .map_err(name)?;
         staged_bytes += fetched.size;
+        let kind = match &source {
+            Source::Http(_) => "url",
+            Source::Cid(_) => "cid",
+            Source::S3(_) => "s3",
+        };
+        ctx.metrics
+            .staged_bytes
+            .get_or_create(&[("source", kind)])
+            .inc_by(fetched.size);
         if fetched.directory {
             let mut host = fetched.path.clone();
             if fetched.pin.is_none() {

@@ -20,6 +20,7 @@ use shoal::spec::{self, SpecDefaults};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
+use crate::metrics::{self, Metrics};
 use crate::store::{Snapshot, Write};
 
 /// Where messages for one connected executor go (its Connect response stream), and the
@@ -91,6 +92,7 @@ pub struct Cluster {
     log_offsets: HashMap<(String, i32), u64>,
     next_generation: u64,
     effects: Effects,
+    metrics: std::sync::Arc<Metrics>,
 }
 
 impl Cluster {
@@ -107,6 +109,7 @@ impl Cluster {
             log_offsets: HashMap::new(),
             next_generation: 1,
             effects: Effects::default(),
+            metrics: std::sync::Arc::new(Metrics::new()),
         };
         let sequences: HashMap<_, _> = snapshot.last_sequences.into_iter().collect();
         for job in snapshot.jobs {
@@ -159,6 +162,36 @@ impl Cluster {
         }
         cluster.effects.schedule = true;
         cluster
+    }
+
+    /// The metrics this state machine updates.
+    pub fn metrics(&self) -> std::sync::Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Sets the gauges that describe the present state, for a scrape.
+    pub fn refresh_metrics(&self) {
+        let mut by_state: HashMap<JobState, i64> = HashMap::new();
+        for entry in self.jobs.values() {
+            *by_state.entry(entry.job.state()).or_default() += 1;
+        }
+        for state in (1..=8).filter_map(|n| JobState::try_from(n).ok()) {
+            let count = by_state.get(&state).copied().unwrap_or(0);
+            self.metrics
+                .jobs
+                .get_or_create(&metrics::job_state(state))
+                .set(count);
+        }
+        self.metrics.queue_depth.set(self.queue.len() as i64);
+        let connected = self
+            .nodes
+            .values()
+            .filter(|n| n.link.is_some() && n.node.state() == NodeState::Connected)
+            .count();
+        self.metrics.executors_connected.set(connected as i64);
+        self.metrics
+            .executor_slots_free
+            .set(i64::try_from(self.free_slots()).unwrap_or(i64::MAX));
     }
 
     /// Takes the effects recorded since the last call.
@@ -305,6 +338,7 @@ impl Cluster {
         );
         self.set_job_state(&id, JobState::Queued, "queued".into(), None, None, now);
         self.queue.insert(id.clone());
+        self.metrics.jobs_submitted.inc();
         self.effects.schedule = true;
         Ok(self.job(&id)?.clone())
     }
@@ -366,6 +400,12 @@ impl Cluster {
         let job = &mut entry.job;
         job.state = state as i32;
         job.updated_at = Some(shoal::proto::timestamp(now));
+        if state.is_terminal() {
+            self.metrics
+                .jobs_finished
+                .get_or_create(&metrics::job_state(state))
+                .inc();
+        }
         if state == JobState::Queued {
             entry.queued_since = now;
             job.failure = None;
@@ -589,6 +629,10 @@ impl Cluster {
         };
         entry.job.attempts += 1;
         let attempt = entry.job.attempts;
+        let waited = now.duration_since(entry.queued_since).unwrap_or_default();
+        self.metrics
+            .scheduling_latency
+            .observe(waited.as_secs_f64());
         let execution_id = shoal::ids::ExecutionId::new().to_string();
         entry.job.execution_id = execution_id.clone();
         let spec = entry.job.spec.clone();
@@ -962,6 +1006,18 @@ impl Cluster {
         };
         execution.state = state as i32;
         execution.finished_at = Some(shoal::proto::timestamp(now));
+        let assigned = execution
+            .created_at
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .unwrap_or(now);
+        self.metrics
+            .execution_duration
+            .get_or_create(&metrics::execution_state(state))
+            .observe(
+                now.duration_since(assigned)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+            );
         if failure.is_some() {
             execution.failure = failure;
         }

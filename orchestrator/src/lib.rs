@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod content;
 pub mod error;
 pub mod gateway;
+pub mod metrics;
 pub mod service;
 pub mod store;
 
@@ -86,6 +87,10 @@ pub struct Config {
     /// one, jobs may name CIDs the store does not hold: executors fetch and verify them.
     #[arg(long = "ipfs-gateway", env = "SHOAL_IPFS_GATEWAYS", value_delimiter = ',', value_parser = shoal::ipfs::parse_gateway)]
     pub ipfs_gateways: Vec<url::Url>,
+    /// Address to serve Prometheus metrics on (`GET /metrics`), e.g. `0.0.0.0:9090`; off
+    /// if unset.
+    #[arg(long, env = "SHOAL_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 impl Config {
@@ -107,6 +112,7 @@ impl Config {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            metrics_listen: None,
         }
     }
 }
@@ -124,6 +130,7 @@ pub struct Orchestrator {
     ipfs: shoal::ipfs::GatewayFetcher,
     /// Latest committed event sequence per watched job.
     watchers: std::sync::Mutex<HashMap<String, watch::Sender<u64>>>,
+    metrics: Arc<metrics::Metrics>,
     schedule: Notify,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -221,6 +228,7 @@ impl Orchestrator {
             // that stays full is stuck; waiting forever would stall every caller behind it,
             // so the stream is ended: the executor reconnects, and registration reconciles
             // what it missed (an assignment it never got is retried as EXECUTOR_LOST).
+            self.metrics.message("sent", message.type_name());
             let sent = tokio::time::timeout(EXECUTOR_SEND_TIMEOUT, sender.tx.send(Ok(message)));
             if sent.await.is_err() {
                 tracing::error!(
@@ -267,6 +275,17 @@ impl Orchestrator {
         {
             watchers.remove(job_id);
         }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
+    }
+
+    /// The metrics in the OpenMetrics text format, with the state gauges up to date.
+    pub async fn render_metrics(&self) -> String {
+        self.cluster.lock().await.refresh_metrics();
+        self.metrics.encode()
     }
 
     /// The durable store.
@@ -367,6 +386,7 @@ pub async fn open(config: Config, shutdown: CancellationToken) -> Result<Arc<Orc
     let ipfs = shoal::ipfs::GatewayFetcher::new(config.ipfs_gateways.clone()).map_err(|e| {
         error::Error::InvalidArgument(format!("cannot set up the IPFS gateway client: {e}"))
     })?;
+    let metrics = cluster.metrics();
     Ok(Arc::new(Orchestrator {
         config,
         cluster: Mutex::new(cluster),
@@ -376,6 +396,7 @@ pub async fn open(config: Config, shutdown: CancellationToken) -> Result<Arc<Orc
         s3,
         ipfs,
         watchers: std::sync::Mutex::new(HashMap::new()),
+        metrics,
         schedule: Notify::new(),
         shutdown,
         tasks: TaskTracker::new(),
@@ -395,7 +416,26 @@ pub async fn run_with_gateway(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let metrics_listener = match &config.metrics_listen {
+        Some(address) => Some(
+            shoal::metrics::bind(address)
+                .await
+                .map_err(error::Error::InvalidArgument)?,
+        ),
+        None => None,
+    };
     let orchestrator = open(config, shutdown.clone()).await?;
+    if let Some(listener) = metrics_listener {
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(%address, "metrics listening");
+        }
+        let this = orchestrator.clone();
+        let render = move || {
+            let this = this.clone();
+            async move { this.render_metrics().await }
+        };
+        orchestrator.spawn(shoal::metrics::serve(listener, render, shutdown.clone()));
+    }
     let address = listener
         .local_addr()
         .map_err(|e| error::Error::io("listener", e))?;

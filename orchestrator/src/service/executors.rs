@@ -66,6 +66,9 @@ impl ExecutorService for ExecutorApi {
                 ProtocolVersion::V1 as u32
             )));
         }
+        let metrics = self.0.metrics();
+        metrics.message("received", "register");
+        metrics.message("sent", "registered");
         let config = self.0.config();
         let (tx, rx) = mpsc::channel(DOWNSTREAM_QUEUE);
         let registered = Registered {
@@ -175,6 +178,11 @@ async fn handle(
     use executor_message::Message;
     let mut messages = messages;
     let mut writes = Vec::new();
+    for message in &messages {
+        orchestrator
+            .metrics()
+            .message("received", message.type_name());
+    }
     for message in &mut messages {
         if let Some(Message::Finished(finished)) = &mut message.message {
             writes.extend(take_result_tree(orchestrator, executor_id, finished).await?);

@@ -1,0 +1,189 @@
+//! Both daemons' Prometheus endpoints (`--metrics-listen`), scraped after real jobs: every
+//! metric family the operations docs name is there, with the values the jobs imply.
+
+mod common;
+
+use common::{free_port, path, start_executor, start_orchestrator_with, wait_connected};
+
+/// Scrapes `address`'s `/metrics` and checks the content type.
+async fn scrape(address: &str) -> String {
+    let response = reqwest::get(format!("http://{address}/metrics"))
+        .await
+        .expect("scrape");
+    assert!(response.status().is_success(), "{response:?}");
+    let content_type = response.headers()["content-type"].to_str().expect("ascii");
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    response.text().await.expect("body")
+}
+
+/// The value of the series written exactly as `series` (name and labels).
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_daemons_export_their_metrics() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let address = format!("http://127.0.0.1:{port}");
+    let orchestrator_metrics = format!("127.0.0.1:{}", free_port());
+    let executor_metrics = format!("127.0.0.1:{}", free_port());
+    let _orchestrator = start_orchestrator_with(
+        &scratch.path().join("data"),
+        port,
+        &["--metrics-listen", &orchestrator_metrics],
+    )
+    .await;
+    let _executor = start_executor(
+        &address,
+        &scratch.path().join("executor"),
+        "metered",
+        &["--metrics-listen", &executor_metrics],
+    );
+    wait_connected(&address).await;
+
+    // Two jobs with the same program and a 1,000-byte input: one compile, one cache hit.
+    let input = scratch.path().join("input.txt");
+    std::fs::write(&input, "x".repeat(999) + "\n").expect("input");
+    let input_arg = format!("{}:/inputs/input.txt", input.display());
+    for _ in 0..2 {
+        common::shoal(
+            &address,
+            &[
+                "wasm",
+                "run",
+                &path("examples/wordcount/wordcount.wasm"),
+                "-i",
+                &input_arg,
+            ],
+        )
+        .await
+        .success();
+    }
+
+    let text = scrape(&orchestrator_metrics).await;
+    assert_eq!(value(&text, "shoal_jobs{state=\"completed\"}"), 2.0);
+    assert_eq!(value(&text, "shoal_jobs{state=\"queued\"}"), 0.0);
+    assert_eq!(value(&text, "shoal_queue_depth"), 0.0);
+    assert_eq!(value(&text, "shoal_executors_connected"), 1.0);
+    assert!(value(&text, "shoal_executor_slots_free") >= 1.0);
+    assert_eq!(value(&text, "shoal_jobs_submitted_total"), 2.0);
+    assert_eq!(
+        value(&text, "shoal_jobs_finished_total{state=\"completed\"}"),
+        2.0
+    );
+    assert_eq!(value(&text, "shoal_scheduling_latency_seconds_count"), 2.0);
+    assert_eq!(
+        value(
+            &text,
+            "shoal_execution_duration_seconds_count{state=\"completed\"}"
+        ),
+        2.0
+    );
+    let stream = "shoal_executor_stream_messages_total";
+    assert_eq!(
+        value(
+            &text,
+            &format!("{stream}{{direction=\"sent\",type=\"assign\"}}")
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("{stream}{{direction=\"received\",type=\"finished\"}}")
+        ),
+        2.0
+    );
+
+    let text = scrape(&executor_metrics).await;
+    assert_eq!(
+        value(
+            &text,
+            "shoal_executor_executions_total{state=\"completed\"}"
+        ),
+        2.0
+    );
+    assert_eq!(value(&text, "shoal_executor_executions_running"), 0.0);
+    assert_eq!(
+        value(
+            &text,
+            "shoal_executor_execution_duration_seconds_count{state=\"completed\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(&text, "shoal_executor_module_cache_total{result=\"miss\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "shoal_executor_module_cache_total{result=\"hit\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "shoal_executor_staged_bytes_total{source=\"cid\"}"),
+        2000.0
+    );
+    assert!(
+        value(
+            &text,
+            "shoal_executor_staged_bytes_total{source=\"program\"}"
+        ) > 1000.0
+    );
+    assert_eq!(value(&text, "shoal_executor_connected"), 1.0);
+    assert_eq!(
+        value(
+            &text,
+            "shoal_executor_stream_messages_total{direction=\"sent\",type=\"finished\"}"
+        ),
+        2.0
+    );
+}
+
+/// A metrics address that cannot be bound stops either daemon at start with the flag named.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_metrics_address_is_refused_at_start() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    for (binary, args) in [
+        (
+            "shoal-orchestrator",
+            vec![
+                "--listen".to_owned(),
+                format!("127.0.0.1:{port}"),
+                "--data-dir".to_owned(),
+                scratch.path().join("data").display().to_string(),
+            ],
+        ),
+        (
+            "shoal-executor",
+            vec![
+                "--work-dir".to_owned(),
+                scratch.path().join("work").display().to_string(),
+            ],
+        ),
+    ] {
+        let output = tokio::time::timeout(
+            common::TIMEOUT,
+            tokio::process::Command::new(common::bin(binary))
+                .args(&args)
+                .args(["--metrics-listen", "not an address"])
+                .output(),
+        )
+        .await
+        .expect("exits")
+        .expect("runs");
+        assert!(!output.status.success(), "{binary} started");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("--metrics-listen not an address"),
+            "{binary}: {stderr}"
+        );
+    }
+}
