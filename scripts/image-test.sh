@@ -44,7 +44,12 @@ output=$("${cli[@]}" wasm run /examples/hello/hello.wasm -e HELLO=container imag
 echo "$output"
 grep -q "HELLO=container" <<<"$output" || { echo "the job's output is missing"; podman logs "$orchestrator"; podman logs "$executor"; exit 1; }
 grep -q "arg\[1\]=image" <<<"$output" || { echo "the job's arguments are missing"; exit 1; }
-curl -fsS "http://127.0.0.1:$metrics/metrics" | grep -q 'shoal_jobs_finished_total{state="completed"} 1' \
+# What the chart's `helm test` pod does: the image's CLI, configured by environment, runs the
+# chart's test program.
+helm_test=$("${run[@]}" --rm -v "$PWD/charts/shoal/files:/test:ro" \
+    -e SHOAL_ORCHESTRATOR="http://127.0.0.1:$port" "$image" shoal wasm run /test/hello.wasm 2>/dev/null)
+[[ "$helm_test" == "hello from helm test" ]] || { echo "the helm test program printed: $helm_test"; exit 1; }
+curl -fsS "http://127.0.0.1:$metrics/metrics" | grep -q 'shoal_jobs_finished_total{state="completed"} 2' \
     || { echo "the orchestrator's metrics do not show the job"; exit 1; }
 
 # SIGTERM stops both gracefully (exit 0), the executor after draining.

@@ -2,7 +2,8 @@
 # Runs the whole test suite: unit tests beside the code, and end-to-end tests in tests/
 # that drive the real binaries against real peers (a Python gRPC client, grpcurl,
 # SeaweedFS for S3, a Helia IPFS node and its UnixFS importer, Debian's ipfs_cid), then the
-# container image: built with podman and run as an orchestrator and an executor container.
+# Helm chart (scripts/chart-test.py) and the container image (built with podman and run as
+# an orchestrator and an executor container).
 # Installs the peers it needs first (pip and apt), so it works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,9 @@ cargo test --workspace "$@" 2>&1 | tee "$log"
 # which is often an empty doc-test run).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+
+echo "==> the Helm chart: lint, render and validate every scenario; flags and env against the binaries"
+python3 scripts/chart-test.py
 
 echo "==> the container image (podman): build it, run a job through its containers"
 scripts/image-test.sh

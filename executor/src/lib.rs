@@ -131,6 +131,15 @@ impl Config {
         }
     }
 
+    /// Checks what can be checked without starting: labels and slots.
+    pub fn check(&self) -> Result<()> {
+        self.labels()?;
+        if self.slots == 0 {
+            return Err(Error::Config("slots must be at least 1".into()));
+        }
+        Ok(())
+    }
+
     /// The labels as a map; malformed ones are a configuration error.
     pub fn labels(&self) -> Result<HashMap<String, String>> {
         self.label
@@ -152,10 +161,7 @@ impl Config {
 /// takes no new work, lets running executions finish within the drain timeout, stops the
 /// rest (reported as lost, so they run elsewhere), and leaves once every report is sent.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
-    config.labels()?;
-    if config.slots == 0 {
-        return Err(Error::Config("slots must be at least 1".into()));
-    }
+    config.check()?;
     let metrics_listener = match &config.metrics_listen {
         Some(address) => Some(shoal::metrics::bind(address).await.map_err(Error::Config)?),
         None => None,

@@ -1,5 +1,7 @@
 //! `shoal-executor`: parses its configuration, sets up logging and runs.
 
+use std::io::Write as _;
+
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -10,6 +12,10 @@ struct Cli {
     /// Log format: pretty or json.
     #[arg(long, env = "SHOAL_LOG_FORMAT", default_value = "pretty")]
     log_format: shoal::telemetry::LogFormat,
+    /// Check the settings (flags and environment) and exit: 0 if the daemon would start
+    /// with them, 2 with the reason if not. Nothing is bound, opened or created.
+    #[arg(long)]
+    check_config: bool,
     #[command(flatten)]
     config: shoal_executor::Config,
 }
@@ -17,6 +23,12 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.check_config {
+        cli.config.check()?;
+        // A closed stdout (e.g. piped into `head`) is not an error of the configuration.
+        let _ = writeln!(std::io::stdout(), "configuration ok: {:#?}", cli.config);
+        return Ok(());
+    }
     shoal::telemetry::init(cli.log_format, "info");
     let shutdown = CancellationToken::new();
     shoal::shutdown::cancel_on_signal(shutdown.clone());

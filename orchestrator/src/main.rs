@@ -1,5 +1,7 @@
 //! `shoal-orchestrator`: parses its configuration, sets up logging, binds and runs.
 
+use std::io::Write as _;
+
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +18,10 @@ struct Cli {
     /// Log format: pretty or json.
     #[arg(long, env = "SHOAL_LOG_FORMAT", default_value = "pretty")]
     log_format: shoal::telemetry::LogFormat,
+    /// Check the settings (flags and environment) and exit: 0 if the daemon would start
+    /// with them, 2 with the reason if not. Nothing is bound, opened or created.
+    #[arg(long)]
+    check_config: bool,
     #[command(flatten)]
     config: shoal_orchestrator::Config,
 }
@@ -23,6 +29,11 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.check_config {
+        // A closed stdout (e.g. piped into `head`) is not an error of the configuration.
+        let _ = writeln!(std::io::stdout(), "configuration ok: {:#?}", cli.config);
+        return Ok(());
+    }
     shoal::telemetry::init(cli.log_format, "info");
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await

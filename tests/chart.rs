@@ -1,0 +1,33 @@
+//! The Helm chart's `helm test` program (charts/shoal/files/hello.wasm) is its source
+//! compiled, and it runs: a job of it completes with the line the test pod expects.
+//! (Rendering, linting and validating the chart is scripts/chart-test.py.)
+
+mod common;
+
+use common::{Devstack, root};
+
+#[test]
+fn the_helm_test_program_is_its_source_compiled() {
+    let files = root().join("charts/shoal/files");
+    let compiled = wat::parse_file(files.join("hello.wat")).expect("hello.wat compiles");
+    let path = files.join("hello.wasm");
+    if std::env::var_os("SHOAL_UPDATE_CHART_PROGRAM").is_some() {
+        std::fs::write(&path, &compiled).expect("write hello.wasm");
+    }
+    let committed = std::fs::read(&path).expect("hello.wasm");
+    assert!(
+        committed == compiled,
+        "charts/shoal/files/hello.wasm is stale: run `SHOAL_UPDATE_CHART_PROGRAM=1 cargo test --test chart`"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_helm_test_program_runs() {
+    let stack = Devstack::start(&[]).await;
+    let program = root().join("charts/shoal/files/hello.wasm");
+    let out = stack
+        .shoal(&["wasm", "run", &program.to_string_lossy()])
+        .await
+        .success();
+    assert_eq!(out.stdout, "hello from helm test\n");
+}
