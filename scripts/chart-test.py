@@ -33,9 +33,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHART = os.path.join(ROOT, "charts", "shoal")
 BINARIES = os.path.join(ROOT, "target", "debug")
 KUBERNETES = "1.31.0"
-# Environment the chart may set that no Shoal flag reads: logging, and the standard AWS
-# credentials the S3 client picks up itself.
-FOREIGN_ENV = {"RUST_LOG", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+# Environment the chart may set that no Shoal flag reads: logging, the standard AWS
+# credentials the S3 client picks up itself, the standard OpenTelemetry settings (checked
+# by --check-config all the same), and the pod fields those refer to.
+FOREIGN_ENV = {
+    "RUST_LOG", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_RESOURCE_ATTRIBUTES", "POD_NAME", "POD_NAMESPACE",
+}
 SEVERITY_WARNING = 2
 
 failures = []
@@ -158,6 +163,8 @@ def main():
         {"orchestrator": {"contentStore": "http://not-s3"}},
         {"orchestrator": {"persistance": {"enabled": False}}},  # a typo
         {"logFormat": "xml"},
+        {"tracing": {"otlpEndpoint": "collector:4317"}},  # no scheme: the exporter refuses it
+        {"tracing": {"sampleRatio": 2}},
     ]:
         errors = helm_python.lint(CHART, bad, strict=True).get("errors", [])
         if not errors:

@@ -183,23 +183,26 @@ impl Interceptor for Authorizer {
 #[derive(Debug, Clone)]
 pub struct CallPath(pub String);
 
-/// Adds `authorization: Bearer TOKEN` to every call, when there is a token.
+/// Adds to every call `authorization: Bearer TOKEN`, when there is a token, and the W3C
+/// trace context of the span the call is made in, when traces are on (the interceptor runs
+/// in the caller's task, so the current span is the caller's).
 #[derive(Debug, Clone, Default)]
-pub struct BearerToken(Option<MetadataValue<Ascii>>);
+pub struct CallerMetadata(Option<MetadataValue<Ascii>>);
 
-impl Interceptor for BearerToken {
+impl Interceptor for CallerMetadata {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(value) = &self.0 {
             request
                 .metadata_mut()
                 .insert("authorization", value.clone());
         }
+        crate::telemetry::inject_current(request.metadata_mut());
         Ok(request)
     }
 }
 
-/// A channel to the orchestrator that carries the caller's token.
-pub type AuthChannel = tonic::service::interceptor::InterceptedService<Channel, BearerToken>;
+/// A channel to the orchestrator that carries the caller's token and trace context.
+pub type AuthChannel = tonic::service::interceptor::InterceptedService<Channel, CallerMetadata>;
 
 /// How a client (the CLI, an executor) proves itself to the orchestrator and checks the
 /// orchestrator's certificate.
@@ -229,8 +232,8 @@ pub struct ClientSecurity {
 }
 
 impl ClientSecurity {
-    /// The token interceptor.
-    pub fn bearer(&self) -> Result<BearerToken, String> {
+    /// The interceptor that carries the token (and the trace context) on every call.
+    pub fn bearer(&self) -> Result<CallerMetadata, String> {
         let token = match (&self.token, &self.token_file) {
             (Some(token), _) => Some(token.trim().to_owned()),
             (None, Some(path)) => Some(
@@ -248,7 +251,7 @@ impl ClientSecurity {
                     .map_err(|_| "the token must be printable ASCII".to_owned())
             })
             .transpose()?;
-        Ok(BearerToken(value))
+        Ok(CallerMetadata(value))
     }
 
     /// An endpoint for `address` (http:// or https://) with these TLS settings.

@@ -24,6 +24,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The logging or OpenTelemetry settings are unusable.
+    #[error("telemetry settings: {0}")]
+    Telemetry(String),
     /// A gRPC call failed.
     #[error("{}", .0.message())]
     Rpc(#[from] tonic::Status),
@@ -57,7 +60,7 @@ impl From<Error> for tonic::Status {
             | Error::SpecSyntax(_)
             | Error::InvalidCid { .. }
             | Error::MalformedTransfer(_) => tonic::Status::invalid_argument(error.to_string()),
-            Error::Io { .. } => tonic::Status::internal(error.to_string()),
+            Error::Io { .. } | Error::Telemetry(_) => tonic::Status::internal(error.to_string()),
             Error::Rpc(status) => status,
         }
     }

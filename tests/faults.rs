@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{free_port, path, start_orchestrator};
-use shoal::auth::{AuthChannel, BearerToken};
+use shoal::auth::{AuthChannel, CallerMetadata};
 use shoal::proto::job_service_client::JobServiceClient;
 use shoal::proto::storage_service_client::StorageServiceClient;
 use shoal::proto::{
@@ -28,7 +28,7 @@ fn channel(address: &str) -> AuthChannel {
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(30))
         .connect_lazy();
-    AuthChannel::new(channel, BearerToken::default())
+    AuthChannel::new(channel, CallerMetadata::default())
 }
 
 /// Waits until `count` jobs have been acknowledged.

@@ -127,7 +127,7 @@ pub async fn s1(args: &Args, _dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
     let now = SystemTime::now();
     let started = Instant::now();
     for _ in 0..queued {
-        cluster.submit(bench_spec(), now)?;
+        cluster.submit(bench_spec(), Default::default(), now)?;
     }
     let submit_each = started.elapsed() / queued as u32;
     // The first pass fills every slot and records why the rest wait; later passes are

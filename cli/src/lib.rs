@@ -10,6 +10,7 @@ pub mod commands;
 pub mod output;
 
 use clap::{Parser, Subcommand};
+use tracing::Instrument as _;
 
 /// Exit code when a waited-for job did not complete.
 pub const EXIT_JOB_NOT_COMPLETED: u8 = 125;
@@ -57,12 +58,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         address: cli.orchestrator,
         security: cli.security,
     };
-    match cli.command {
-        Command::Wasm(command) => commands::wasm::run(&target, command).await,
-        Command::Job(command) => commands::job::run(&target, command).await,
-        Command::Node(command) => commands::node::run(&target, command).await.map(|()| 0),
-        Command::Data(command) => commands::data::run(&target, command).await.map(|()| 0),
-        Command::Devstack(args) => commands::devstack::run(args).await.map(|()| 0),
+    // A command that talks to the orchestrator is the root span of its trace: a job it
+    // submits is traced from here through the orchestrator to the executor. The devstack
+    // is a server, not a command to trace.
+    let command = match cli.command {
+        Command::Devstack(args) => return commands::devstack::run(args).await.map(|()| 0),
+        command => command,
+    };
+    let span = tracing::info_span!(
+        "command",
+        otel.name = command_name(&command),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+    );
+    let outcome = async {
+        match command {
+            Command::Wasm(command) => commands::wasm::run(&target, command).await,
+            Command::Job(command) => commands::job::run(&target, command).await,
+            Command::Node(command) => commands::node::run(&target, command).await.map(|()| 0),
+            Command::Data(command) => commands::data::run(&target, command).await.map(|()| 0),
+            Command::Devstack(args) => commands::devstack::run(args).await.map(|()| 0),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    if !matches!(outcome, Ok(0)) {
+        span.record("otel.status_code", "ERROR");
+    }
+    outcome
+}
+
+/// The span name of a command, e.g. `shoal wasm run`.
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Wasm(_) => "shoal wasm run",
+        Command::Job(command) => command.name(),
+        Command::Node(_) => "shoal node",
+        Command::Data(_) => "shoal data",
+        Command::Devstack(_) => "shoal devstack",
     }
 }
 

@@ -6,12 +6,24 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = shoal_cli::Cli::parse();
-    shoal::telemetry::init(shoal::telemetry::LogFormat::Pretty, "warn");
-    match shoal_cli::run(cli).await {
+    let options = shoal::telemetry::Options {
+        format: shoal::telemetry::LogFormat::Pretty,
+        default_directives: "warn",
+        service_name: "shoal-cli",
+        process_fields: Vec::new(),
+    };
+    // Unusable trace settings must not stop anyone from using the CLI: it runs untraced.
+    let telemetry = shoal::telemetry::init(options.clone()).unwrap_or_else(|error| {
+        eprintln!("Warning: {error}; traces are off");
+        shoal::telemetry::init_untraced(options)
+    });
+    let code = match shoal_cli::run(cli).await {
         Ok(code) => std::process::ExitCode::from(code),
         Err(error) => {
             eprintln!("Error: {}", shoal_cli::describe_error(&error));
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }

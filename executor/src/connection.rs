@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::error::{Error, Result};
 use crate::execution::{ExecutionContext, execute};
@@ -280,10 +281,22 @@ fn handle(connection: &Connection, message: shoal::proto::OrchestratorMessage) {
                     .running
                     .insert(execution_id.clone(), cancel.clone());
             }
-            tracing::info!(execution_id, job_id = assign.job_id, "execution assigned");
+            // The execution's span: its log lines carry job_id and execution_id, and as a
+            // trace span it is the child of the orchestrator's scheduling span.
+            let span = tracing::info_span!(
+                "execute",
+                job_id = assign.job_id,
+                execution_id,
+                attempt = assign.attempt,
+                otel.status_code = tracing::field::Empty,
+                otel.status_message = tracing::field::Empty,
+            );
+            shoal::telemetry::set_parent_from_map(&span, &assign.trace_context);
+            span.in_scope(|| tracing::info!("execution assigned"));
             let context = connection.context.clone();
             let executions = connection.executions.clone();
-            connection.tasks.spawn(async move {
+            let task_span = span.clone();
+            let task = async move {
                 let started = std::time::Instant::now();
                 context.metrics.running.inc();
                 let mut finished = execute(&context, assign, cancel).await;
@@ -313,8 +326,13 @@ fn handle(connection: &Connection, message: shoal::proto::OrchestratorMessage) {
                 context
                     .metrics
                     .finished(finished.state(), started.elapsed());
+                if let Some(failure) = &finished.failure {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("otel.status_message", failure.message.as_str());
+                }
                 context.uplink.send_finished(finished).await;
-            });
+            };
+            connection.tasks.spawn(task.instrument(task_span));
         }
         Some(orchestrator_message::Message::Cancel(cancel)) => {
             let mut executions = lock(&connection.executions);

@@ -20,6 +20,7 @@ use shoal::proto::{
 use shoal::transfer::MAX_INLINE_RESULT_BYTES;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use shoal::cid::{ContentId, RAW};
 use shoal::source::{S3Location, Source};
@@ -129,7 +130,8 @@ async fn compile_program(
         .staged_bytes
         .get_or_create(&[("source", "program")])
         .inc_by(bytes.len() as u64);
-    ctx.runtime.compile(key, bytes).await
+    let span = tracing::info_span!("compile", module_bytes = bytes.len() as u64);
+    ctx.runtime.compile(key, bytes).instrument(span).await
 }
 
 /// The program downloaded by URL or from S3: cached by what was downloaded, never by where
@@ -154,7 +156,7 @@ pub async fn execute(
     if let Err(error) = tokio::fs::remove_dir_all(&scratch).await
         && error.kind() != std::io::ErrorKind::NotFound
     {
-        tracing::warn!(execution_id, %error, "cannot remove the scratch directory");
+        tracing::warn!(%error, "cannot remove the scratch directory");
     }
     finished
 }
@@ -264,6 +266,7 @@ async fn execute_in(
         let inputs = staging::stage_inputs(ctx, &spec.inputs, &inputs_dir).await?;
         Ok::<_, Failure>((program, inputs))
     };
+    let staging = staging.instrument(tracing::info_span!("stage"));
     let staged = tokio::select! {
         staged = tokio::time::timeout(ctx.config.staging_timeout, staging) => staged,
         _ = cancel.cancelled() => {
@@ -347,11 +350,14 @@ async fn execute_in(
     // The output quota is watched while the program runs, so a guest filling the disk is
     // stopped early rather than found out afterwards.
     let run_cancel = cancel.child_token();
-    let over_quota = tokio::spawn(watch_output_quota(
-        results_dir.clone(),
-        ctx.config.max_output_bytes,
-        run_cancel.clone(),
-    ));
+    let over_quota = tokio::spawn(
+        watch_output_quota(
+            results_dir.clone(),
+            ctx.config.max_output_bytes,
+            run_cancel.clone(),
+        )
+        .in_current_span(),
+    );
     let outcome = ctx
         .runtime
         .run(
@@ -368,6 +374,7 @@ async fn execute_in(
                 stderr: stderr.clone(),
             },
         )
+        .instrument(tracing::info_span!("run"))
         .await;
     run_cancel.cancel(); // ends the quota watcher
     let over_quota = over_quota.await.ok().flatten();
@@ -377,7 +384,7 @@ async fn execute_in(
     };
     forwarding.cancel();
     let _ = forwarder.await;
-    tracing::info!(execution_id = id, ?outcome, "program ended");
+    tracing::info!(?outcome, "program ended");
 
     if matches!(&outcome, RunOutcome::Failed(f) if f.kind() == FailureKind::Cancelled) {
         return finished(
@@ -433,6 +440,7 @@ async fn execute_in(
         }
     }
     let result_blocks = match publish(ctx, assign, &spec, &results_dir, in_memory, &mut result)
+        .instrument(tracing::info_span!("publish"))
         .await
     {
         Ok(blocks) => blocks,
@@ -550,7 +558,6 @@ async fn publish(
     result.published_to = format!("s3://{}/{prefix}", publisher.bucket);
     result.published_s3 = Some(ctx.s3.effective(options));
     tracing::info!(
-        execution_id = assign.execution_id,
         to = result.published_to,
         objects = uploaded.objects,
         bytes = uploaded.bytes,

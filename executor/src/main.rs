@@ -1,4 +1,4 @@
-//! `shoal-executor`: parses its configuration, sets up logging and runs.
+//! `shoal-executor`: parses its configuration, sets up logs and traces, and runs.
 
 use std::io::Write as _;
 
@@ -25,13 +25,20 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if cli.check_config {
         cli.config.check()?;
+        shoal::telemetry::traces_requested()?;
         // A closed stdout (e.g. piped into `head`) is not an error of the configuration.
         let _ = writeln!(std::io::stdout(), "configuration ok: {:#?}", cli.config);
         return Ok(());
     }
-    shoal::telemetry::init(cli.log_format, "info");
+    let telemetry = shoal::telemetry::init(shoal::telemetry::Options {
+        format: cli.log_format,
+        default_directives: "info",
+        service_name: "shoal-executor",
+        process_fields: vec![("executor_id", cli.config.executor_id.clone())],
+    })?;
     let shutdown = CancellationToken::new();
     shoal::shutdown::cancel_on_signal(shutdown.clone());
-    shoal_executor::run(cli.config, shutdown).await?;
-    Ok(())
+    let result = shoal_executor::run(cli.config, shutdown).await;
+    telemetry.shutdown().await;
+    Ok(result?)
 }

@@ -232,7 +232,9 @@ impl Runtime {
     pub async fn compile(self: &Arc<Self>, cid: &str, bytes: Vec<u8>) -> Result<Program, Failure> {
         let this = self.clone();
         let cid = cid.to_owned();
-        tokio::task::spawn_blocking(move || this.compile_blocking(&cid, &bytes))
+        // The caller's span (compile, within the execution's) goes along to the thread.
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| this.compile_blocking(&cid, &bytes)))
             .await
             .map_err(|e| {
                 Failure::new(

@@ -311,7 +311,13 @@ impl Cluster {
     // ---- job transitions ----
 
     /// Accepts a validated spec: the job is QUEUED.
-    pub fn submit(&mut self, mut spec: JobSpec, now: SystemTime) -> Result<Job> {
+    /// `trace_context` is the W3C context of the job's trace (empty when traces are off).
+    pub fn submit(
+        &mut self,
+        mut spec: JobSpec,
+        trace_context: HashMap<String, String>,
+        now: SystemTime,
+    ) -> Result<Job> {
         spec::validate(&spec)?;
         if self.queue.len() >= self.config.max_queued {
             return Err(Error::ResourceExhausted(format!(
@@ -326,6 +332,7 @@ impl Cluster {
             spec: Some(spec),
             state: JobState::Unspecified as i32,
             created_at: Some(shoal::proto::timestamp(now)),
+            trace_context,
             ..Default::default()
         };
         self.jobs.insert(
@@ -636,6 +643,22 @@ impl Cluster {
         let execution_id = shoal::ids::ExecutionId::new().to_string();
         entry.job.execution_id = execution_id.clone();
         let spec = entry.job.spec.clone();
+        // The placement, as a span of the job's trace and the parent of the execution's
+        // spans on the executor. Only for traced jobs: an untraced one logs nothing here.
+        let trace_context = if entry.job.trace_context.is_empty() {
+            HashMap::new()
+        } else {
+            let span = tracing::info_span!(
+                "schedule",
+                job_id,
+                execution_id,
+                executor_id,
+                attempt,
+                queue_wait_ms = waited.as_millis() as u64,
+            );
+            shoal::telemetry::set_parent_from_map(&span, &entry.job.trace_context);
+            shoal::telemetry::context_map(&span)
+        };
         let execution = Execution {
             id: execution_id.clone(),
             job_id: job_id.to_owned(),
@@ -649,6 +672,13 @@ impl Cluster {
             .writes
             .push(Write::Execution(execution.clone()));
         self.executions.insert(execution_id.clone(), execution);
+        tracing::info!(
+            job_id,
+            execution_id,
+            executor_id,
+            attempt,
+            "execution assigned"
+        );
         if let Some(node) = self.nodes.get_mut(executor_id) {
             node.node.running_execution_ids.push(execution_id.clone());
         }
@@ -667,6 +697,7 @@ impl Cluster {
                 job_id: job_id.to_owned(),
                 spec,
                 attempt,
+                trace_context,
             }),
         );
     }
@@ -1025,6 +1056,13 @@ impl Cluster {
             execution.result = result;
         }
         let executor_id = execution.executor_id.clone();
+        tracing::info!(
+            job_id = execution.job_id,
+            execution_id,
+            executor_id,
+            state = state.as_str_name(),
+            "execution ended"
+        );
         self.effects
             .writes
             .push(Write::Execution(execution.clone()));
@@ -1207,7 +1245,7 @@ mod tests {
         let _b = connect(&mut c, "b", 1, &[]);
         let now = SystemTime::now();
         let jobs: Vec<String> = (0..3)
-            .map(|_| c.submit(spec(), now).expect("submit").id)
+            .map(|_| c.submit(spec(), HashMap::new(), now).expect("submit").id)
             .collect();
         c.take_effects();
         c.schedule(now);
@@ -1245,7 +1283,7 @@ mod tests {
         let _a = connect(&mut c, "a", 1, &[]);
         let now = SystemTime::now();
         let jobs: Vec<String> = (0..3)
-            .map(|_| c.submit(spec(), now).expect("submit").id)
+            .map(|_| c.submit(spec(), HashMap::new(), now).expect("submit").id)
             .collect();
         c.take_effects();
         c.schedule_placements(now);
@@ -1287,8 +1325,11 @@ mod tests {
             seconds: 5,
             nanos: 0,
         });
-        let us = c.submit(wants_us, now).expect("submit").id;
-        let mars = c.submit(wants_mars, now).expect("submit").id;
+        let us = c.submit(wants_us, HashMap::new(), now).expect("submit").id;
+        let mars = c
+            .submit(wants_mars, HashMap::new(), now)
+            .expect("submit")
+            .id;
         c.schedule(now);
         let placed = assignments(&mut c);
         assert_eq!(placed.len(), 1);
@@ -1314,7 +1355,7 @@ mod tests {
         let mut c = cluster();
         let _a = connect(&mut c, "a", 1, &[]);
         let now = SystemTime::now();
-        let job = c.submit(spec(), now).expect("submit").id;
+        let job = c.submit(spec(), HashMap::new(), now).expect("submit").id;
         c.schedule(now);
         let first = assignments(&mut c)[0].1.clone();
         c.disconnected("a", 1, Instant::now());
@@ -1351,7 +1392,7 @@ mod tests {
         let _a = connect(&mut c, "a", 1, &[]);
         let _b = connect(&mut c, "b", 1, &[]);
         let now = SystemTime::now();
-        let job = c.submit(spec(), now).expect("submit").id;
+        let job = c.submit(spec(), HashMap::new(), now).expect("submit").id;
         c.schedule(now);
         let execution = assignments(&mut c)[0].1.clone();
         let owner = executor_of(&c, &execution);
@@ -1377,8 +1418,8 @@ mod tests {
         let mut c = cluster();
         let _a = connect(&mut c, "a", 2, &[]);
         let now = SystemTime::now();
-        let kept = c.submit(spec(), now).expect("submit").id;
-        let lost = c.submit(spec(), now).expect("submit").id;
+        let kept = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        let lost = c.submit(spec(), HashMap::new(), now).expect("submit").id;
         c.schedule(now);
         let placed = assignments(&mut c);
         c.disconnected("a", 1, Instant::now());
@@ -1415,7 +1456,7 @@ mod tests {
     fn cancel_rules() {
         let mut c = cluster();
         let now = SystemTime::now();
-        let queued = c.submit(spec(), now).expect("submit").id;
+        let queued = c.submit(spec(), HashMap::new(), now).expect("submit").id;
         assert_eq!(
             c.cancel(&queued, "", now).expect("cancel").state(),
             JobState::Cancelled
@@ -1425,7 +1466,7 @@ mod tests {
             Err(Error::FailedPrecondition(_))
         ));
         let _a = connect(&mut c, "a", 1, &[]);
-        let running = c.submit(spec(), now).expect("submit").id;
+        let running = c.submit(spec(), HashMap::new(), now).expect("submit").id;
         c.schedule(now);
         let execution = assignments(&mut c)[0].1.clone();
         c.cancel(&running, "enough", now).expect("cancel");
@@ -1449,7 +1490,7 @@ mod tests {
         huge.resources = Some(Resources {
             memory_bytes: 8 << 30,
         });
-        let job = c.submit(huge, now).expect("submit").id;
+        let job = c.submit(huge, HashMap::new(), now).expect("submit").id;
         c.schedule(now);
         assert!(assignments(&mut c).is_empty());
         let message = &c.job(&job).expect("job").status_message;
@@ -1462,7 +1503,7 @@ mod tests {
         let mut c = cluster();
         let _a = connect(&mut c, "a", 1, &[]);
         let now = SystemTime::now();
-        let job = c.submit(spec(), now).expect("submit").id;
+        let job = c.submit(spec(), HashMap::new(), now).expect("submit").id;
         c.schedule(now);
         let execution = assignments(&mut c)[0].1.clone();
         let chunk = |offset: u64, data: &'static [u8]| LogChunk {
@@ -1504,14 +1545,14 @@ mod tests {
         let mut c = cluster();
         c.config.max_queued = 2;
         let now = SystemTime::now();
-        let first = c.submit(spec(), now).expect("room");
-        c.submit(spec(), now).expect("room");
-        let refused = c.submit(spec(), now).expect_err("full");
+        let first = c.submit(spec(), HashMap::new(), now).expect("room");
+        c.submit(spec(), HashMap::new(), now).expect("room");
+        let refused = c.submit(spec(), HashMap::new(), now).expect_err("full");
         assert!(
             matches!(refused, Error::ResourceExhausted(_)),
             "{refused:?}"
         );
         c.cancel(&first.id, "make room", now).expect("cancel");
-        c.submit(spec(), now).expect("room again");
+        c.submit(spec(), HashMap::new(), now).expect("room again");
     }
 }

@@ -1,4 +1,4 @@
-//! `shoal-orchestrator`: parses its configuration, sets up logging, binds and runs.
+//! `shoal-orchestrator`: parses its configuration, sets up logs and traces, binds and runs.
 
 use std::io::Write as _;
 
@@ -30,11 +30,17 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if cli.check_config {
+        shoal::telemetry::traces_requested()?;
         // A closed stdout (e.g. piped into `head`) is not an error of the configuration.
         let _ = writeln!(std::io::stdout(), "configuration ok: {:#?}", cli.config);
         return Ok(());
     }
-    shoal::telemetry::init(cli.log_format, "info");
+    let telemetry = shoal::telemetry::init(shoal::telemetry::Options {
+        format: cli.log_format,
+        default_directives: "info",
+        service_name: "shoal-orchestrator",
+        process_fields: Vec::new(),
+    })?;
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cli.listen))?;
@@ -48,6 +54,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     shoal::shutdown::cancel_on_signal(shutdown.clone());
-    shoal_orchestrator::run_with_gateway(listener, gateway, cli.config, shutdown).await?;
-    Ok(())
+    let result =
+        shoal_orchestrator::run_with_gateway(listener, gateway, cli.config, shutdown).await;
+    telemetry.shutdown().await;
+    Ok(result?)
 }

@@ -87,3 +87,33 @@ app.kubernetes.io/component: {{ .component }}
 {{- else }}{{ fail (printf "cannot read the duration %q: use a number with s, m or h" $d) }}
 {{- end }}
 {{- end }}
+
+{{- /*
+OpenTelemetry settings of both daemons (ConfigMap data), when tracing is on.
+*/ -}}
+{{- define "shoal.tracingConfig" -}}
+{{- if .Values.tracing.otlpEndpoint }}
+OTEL_EXPORTER_OTLP_ENDPOINT: {{ .Values.tracing.otlpEndpoint | quote }}
+OTEL_TRACES_SAMPLER: parentbased_traceidratio
+OTEL_TRACES_SAMPLER_ARG: {{ .Values.tracing.sampleRatio | quote }}
+{{- end }}
+{{- end }}
+
+{{- /*
+The pod's identity as OpenTelemetry resource attributes (container env), when tracing is
+on: spans name the pod and namespace they came from.
+*/ -}}
+{{- define "shoal.tracingEnv" -}}
+{{- if .Values.tracing.otlpEndpoint }}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: "service.instance.id=$(POD_NAME),k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)"
+{{- end }}
+{{- end }}

@@ -116,6 +116,7 @@ pub async fn run(target: &Target, command: DataCommand) -> anyhow::Result<()> {
 
 /// Uploads a local file or directory and returns its CID, with a progress bar on stderr
 /// when `progress` is set, stderr is a terminal and the upload is at least 1 MiB.
+#[tracing::instrument(name = "upload", skip_all, fields(path = %path.display()))]
 pub async fn upload(
     storage: &mut StorageServiceClient<AuthChannel>,
     path: &Path,

@@ -13,6 +13,7 @@ use shoal::proto::{
     ListJobsRequest, LogStream, SubmitJobRequest, WatchJobRequest, job_event,
 };
 use shoal::spec::SpecDocument;
+use tracing::Instrument as _;
 
 use crate::EXIT_JOB_NOT_COMPLETED;
 use crate::client::{Clients, Target, connect};
@@ -92,6 +93,21 @@ pub struct WaitArgs {
     /// When the job ends, download its results into this directory.
     #[arg(long)]
     pub download: Option<PathBuf>,
+}
+
+impl JobCommand {
+    /// The command line's name, e.g. `shoal job run` (the name of its trace span).
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobCommand::Run { .. } => "shoal job run",
+            JobCommand::List { .. } => "shoal job list",
+            JobCommand::Describe { .. } => "shoal job describe",
+            JobCommand::Logs { .. } => "shoal job logs",
+            JobCommand::Get { .. } => "shoal job get",
+            JobCommand::Stop { .. } => "shoal job stop",
+            JobCommand::Executions { .. } => "shoal job executions",
+        }
+    }
 }
 
 pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
@@ -301,6 +317,7 @@ pub async fn submit_and_wait(
     let job = clients
         .jobs
         .submit_job(SubmitJobRequest { spec: Some(spec) })
+        .instrument(tracing::info_span!("submit", otel.kind = "client"))
         .await?
         .into_inner()
         .job

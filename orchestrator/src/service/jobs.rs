@@ -15,6 +15,7 @@ use shoal::proto::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use super::storage::DownloadStream;
 use super::{cid, job_id};
@@ -33,19 +34,13 @@ impl JobApi {
     pub fn new(orchestrator: Arc<Orchestrator>) -> Self {
         JobApi(orchestrator)
     }
-}
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
-type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl JobService for JobApi {
-    async fn submit_job(
+    /// Validates and accepts a job: it is QUEUED once this returns.
+    async fn submit(
         &self,
-        request: Request<SubmitJobRequest>,
+        request: SubmitJobRequest,
     ) -> Result<Response<SubmitJobResponse>, Status> {
         let spec = request
-            .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: is required"))?;
         shoal::spec::validate(&spec).map_err(Error::from)?;
@@ -70,9 +65,52 @@ impl JobService for JobApi {
                 )));
             }
         }
-        let job = self.0.apply(|c| c.submit(spec, SystemTime::now())).await?;
+        let trace_context = shoal::telemetry::context_map(&tracing::Span::current());
+        let job = self
+            .0
+            .apply(|c| c.submit(spec, trace_context, SystemTime::now()))
+            .await?;
         tracing::info!(job_id = %job.id, "job accepted");
         Ok(Response::new(SubmitJobResponse { job: Some(job) }))
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
+type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl JobService for JobApi {
+    async fn submit_job(
+        &self,
+        request: Request<SubmitJobRequest>,
+    ) -> Result<Response<SubmitJobResponse>, Status> {
+        // The job's trace starts here, under the caller's span when it sent one; the span's
+        // context is stored with the job so scheduling, possibly after a restart, and the
+        // executor's spans join the same trace.
+        let span = tracing::info_span!(
+            "submit",
+            otel.kind = "server",
+            job_id = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_message = tracing::field::Empty,
+        );
+        shoal::telemetry::set_parent(&span, shoal::telemetry::remote_parent(request.metadata()));
+        let submitted = self
+            .submit(request.into_inner())
+            .instrument(span.clone())
+            .await;
+        match &submitted {
+            Ok(response) => {
+                if let Some(job) = &response.get_ref().job {
+                    span.record("job_id", job.id.as_str());
+                }
+            }
+            Err(status) => {
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_message", status.message());
+            }
+        }
+        submitted
     }
 
     async fn get_job(
