@@ -12,7 +12,10 @@ use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use common::{TIMEOUT, bin, free_port, path, wait_connected, wait_for_line};
+use common::{
+    Lines, TIMEOUT, bin, free_port, path, start_executor_logged, start_orchestrator_logged,
+    wait_connected,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -20,8 +23,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
 /// A span as the receiver got it.
@@ -143,22 +144,8 @@ fn otel_env(endpoint: &str) -> Vec<(String, String)> {
     ]
 }
 
-/// Collects a child's stderr lines in the background.
-fn collect_lines(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let sink = lines.clone();
-    tokio::spawn(async move {
-        let mut line = String::new();
-        while stderr.read_line(&mut line).await.unwrap_or(0) > 0 {
-            sink.lock().expect("lock").push(std::mem::take(&mut line));
-        }
-    });
-    lines
-}
-
 /// Waits for the JSON log line whose `message` is `message` and whose `job_id` is `job`.
-async fn log_line(lines: &Mutex<Vec<String>>, message: &str, job: &str) -> serde_json::Value {
+async fn log_line(lines: &Lines, message: &str, job: &str) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
         let found = lines.lock().expect("lock").iter().find_map(|line| {
@@ -187,46 +174,15 @@ async fn one_job_is_one_trace_across_cli_orchestrator_and_executor() {
     let port = free_port();
     let address = format!("http://127.0.0.1:{port}");
 
-    let mut orchestrator = Command::new(bin("shoal-orchestrator"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--log-format",
-            "json",
-        ])
-        .arg("--data-dir")
-        .arg(scratch.path().join("data"))
-        .envs(env.iter().cloned())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn orchestrator");
-    let mut orchestrator_stderr = BufReader::new(orchestrator.stderr.take().expect("stderr"));
-    wait_for_line(&mut orchestrator_stderr, "orchestrator listening").await;
-    let orchestrator_lines = Arc::new(Mutex::new(Vec::new()));
-    {
-        let sink = orchestrator_lines.clone();
-        tokio::spawn(async move {
-            let mut line = String::new();
-            while orchestrator_stderr.read_line(&mut line).await.unwrap_or(0) > 0 {
-                sink.lock().expect("lock").push(std::mem::take(&mut line));
-            }
-        });
-    }
-    let mut executor = Command::new(bin("shoal-executor"))
-        .args(["--orchestrator", &address, "--executor-id", "traced"])
-        .args(["--log-format", "json", "--work-dir"])
-        .arg(scratch.path().join("executor"))
-        .envs(env.iter().cloned())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn executor");
-    let executor_lines = collect_lines(&mut executor);
+    let (_orchestrator, orchestrator_lines) =
+        start_orchestrator_logged(&scratch.path().join("data"), port, &[], &env).await;
+    let (_executor, executor_lines) = start_executor_logged(
+        &address,
+        &scratch.path().join("executor"),
+        "traced",
+        &[],
+        &env,
+    );
     wait_connected(&address).await;
 
     let run = common::shoal_with_env(

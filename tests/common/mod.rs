@@ -292,11 +292,43 @@ pub async fn start_orchestrator(data: &std::path::Path, port: u16) -> Child {
 
 /// Starts `shoal-orchestrator` with extra flags (which come last, so they win).
 pub async fn start_orchestrator_with(data: &std::path::Path, port: u16, extra: &[&str]) -> Child {
+    start_orchestrator_logged(data, port, extra, &[]).await.0
+}
+
+/// Log lines a daemon wrote, collected in the background.
+pub type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Collects the lines of a child's stream in the background (so it never blocks on a full
+/// pipe) and returns them.
+pub fn collect<R>(mut reader: BufReader<R>) -> Lines
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    let lines = Lines::default();
+    let sink = lines.clone();
+    tokio::spawn(async move {
+        let mut line = String::new();
+        while reader.read_line(&mut line).await.unwrap_or(0) > 0 {
+            sink.lock().expect("lock").push(std::mem::take(&mut line));
+        }
+    });
+    lines
+}
+
+/// Starts `shoal-orchestrator` with extra flags and environment; returns once it listens,
+/// with the JSON log lines it writes from then on.
+pub async fn start_orchestrator_logged(
+    data: &std::path::Path,
+    port: u16,
+    extra: &[&str],
+    env: &[(String, String)],
+) -> (Child, Lines) {
     let mut child = Command::new(bin("shoal-orchestrator"))
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(data)
         .args(["--log-format", "json"])
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -305,8 +337,8 @@ pub async fn start_orchestrator_with(data: &std::path::Path, port: u16, extra: &
         .expect("spawn orchestrator");
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
     wait_for_line(&mut stderr, "orchestrator listening").await;
-    drain(stderr);
-    child
+    let lines = collect(stderr);
+    (child, lines)
 }
 
 /// Waits until an executor is connected to the orchestrator at `address`.
@@ -365,16 +397,41 @@ pub async fn executions_of(address: &str, job: &str) -> Vec<(String, String, Str
 /// Starts `shoal-executor` as `id` against `address`, working in `dir`, with extra flags;
 /// its output is discarded.
 pub fn start_executor(address: &str, dir: &Path, id: &str, extra: &[&str]) -> Child {
-    Command::new(bin("shoal-executor"))
+    executor_command(address, dir, id, extra)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn executor")
+}
+
+/// Starts `shoal-executor` like [`start_executor`], with environment, logging JSON; returns
+/// its log lines.
+pub fn start_executor_logged(
+    address: &str,
+    dir: &Path,
+    id: &str,
+    extra: &[&str],
+    env: &[(String, String)],
+) -> (Child, Lines) {
+    let mut child = executor_command(address, dir, id, extra)
+        .args(["--log-format", "json"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn executor");
+    let lines = collect(BufReader::new(child.stderr.take().expect("stderr")));
+    (child, lines)
+}
+
+fn executor_command(address: &str, dir: &Path, id: &str, extra: &[&str]) -> Command {
+    let mut command = Command::new(bin("shoal-executor"));
+    command
         .args(["--orchestrator", address, "--executor-id", id, "--work-dir"])
         .arg(dir)
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn executor")
+        .kill_on_drop(true);
+    command
 }
 
 /// Submits `args` to `wasm run --id-only` against `address`; returns the job id.
