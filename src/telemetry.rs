@@ -82,11 +82,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are exported.
-    pub fn traces_exported(&self) -> bool {
-        self.tracer_provider.is_some()
-    }
-
     /// Exports the spans still buffered (waiting at most a few seconds for the collector)
     /// and stops the exporter. Call it last, inside the runtime: the exporter's connection
     /// lives on it.
@@ -105,12 +100,7 @@ impl Telemetry {
 /// Shoal exports OTLP over gRPC only; anything else is refused rather than ignored, so a
 /// misconfigured collector address is found at startup.
 pub fn traces_requested() -> Result<bool> {
-    let var = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
-    };
+    let var = env_var;
     let invalid = |message: String| Error::Telemetry(message);
     if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return Ok(false);
@@ -146,6 +136,14 @@ pub fn traces_requested() -> Result<bool> {
         )));
     }
     Ok(true)
+}
+
+/// An environment variable's trimmed value; unset and blank are the same.
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
 }
 
 /// Installs logging, and trace export when the environment asks for it. Must run inside
@@ -200,6 +198,16 @@ fn install(options: Options, tracer_provider: Option<SdkTracerProvider>) -> Tele
         .with(logs)
         .with(traces)
         .try_init();
+    if tracer_provider.is_some() {
+        let endpoint = [
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ]
+        .into_iter()
+        .find_map(env_var)
+        .unwrap_or_else(|| "http://localhost:4317".into());
+        tracing::info!(endpoint, "exporting traces over OTLP/gRPC");
+    }
     Telemetry { tracer_provider }
 }
 
