@@ -89,7 +89,7 @@ impl Clients {
         &mut self,
         job_id: &str,
         states_only: bool,
-    ) -> anyhow::Result<(JobState, u64)> {
+    ) -> anyhow::Result<(JobState, u64, Option<Instant>)> {
         let mut events = self
             .jobs
             .watch_job(WatchJobRequest {
@@ -100,11 +100,15 @@ impl Clients {
             .await?
             .into_inner();
         let mut log_bytes = 0;
+        let mut last_log = None;
         while let Some(event) = events.message().await? {
             match event.event {
-                Some(job_event::Event::Log(chunk)) => log_bytes += chunk.data.len() as u64,
+                Some(job_event::Event::Log(chunk)) => {
+                    log_bytes += chunk.data.len() as u64;
+                    last_log = Some(Instant::now());
+                }
                 Some(job_event::Event::StateChange(change)) if change.state().is_terminal() => {
-                    return Ok((change.state(), log_bytes));
+                    return Ok((change.state(), log_bytes, last_log));
                 }
                 _ => {}
             }
