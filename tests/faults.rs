@@ -229,6 +229,76 @@ async fn a_killed_executors_job_finishes_elsewhere() {
     );
 }
 
+/// Two executor processes given one id: the second is refused, and both it and the
+/// orchestrator say why, instead of taking the first one's stream and failing its
+/// execution as lost; once the first is gone, the second has the id and runs the next job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_executor_with_the_same_id_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let address = format!("http://127.0.0.1:{port}");
+    let (_orchestrator, orchestrator_log) = common::start_orchestrator_logged(
+        &dir.path().join("o"),
+        port,
+        &["--lease", "2s", "--heartbeat-interval", "500ms"],
+        &[],
+    )
+    .await;
+    let mut first = common::start_executor(
+        &address,
+        &dir.path().join("first"),
+        "twin",
+        &["--slots", "1"],
+    );
+    common::wait_connected(&address).await;
+    let id = common::submit(&address, &[&path("tests/fixtures/ticker.wasm"), "3"]).await;
+    let _follower = common::follow_until(&address, &id, "tick 0").await;
+
+    let (_second, second_log) = common::start_executor_logged(
+        &address,
+        &dir.path().join("second"),
+        "twin",
+        &["--slots", "1"],
+        &[],
+    );
+    let refusal = common::json_log_line(&second_log, "about the refusal", |line| {
+        line["message"] == "the orchestrator refused this executor: its id is in use"
+    })
+    .await;
+    assert_eq!(refusal["level"], "ERROR", "{refusal}");
+    assert!(
+        refusal["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("twin") && e.contains("--executor-id")),
+        "{refusal}"
+    );
+    common::json_log_line(&orchestrator_log, "\"executor refused\"", |line| {
+        line["message"] == "executor refused" && line["executor_id"] == "twin"
+    })
+    .await;
+
+    let job = common::wait_terminal(&address, &id).await;
+    assert_eq!(common::state(&job), "JOB_STATE_COMPLETED", "{job}");
+    assert_eq!(
+        common::executions_of(&address, &id).await,
+        [(
+            "twin".into(),
+            "EXECUTION_STATE_COMPLETED".into(),
+            String::new()
+        )],
+        "the first executor's execution was not disturbed"
+    );
+
+    first.kill().await.expect("kill the first executor");
+    common::json_log_line(&second_log, "about registering", |line| {
+        line["message"] == "registered with the orchestrator"
+    })
+    .await;
+    let next = common::submit(&address, &[&path("tests/fixtures/ticker.wasm"), "1"]).await;
+    let job = common::wait_terminal(&address, &next).await;
+    assert_eq!(common::state(&job), "JOB_STATE_COMPLETED", "{job}");
+}
+
 /// A TCP proxy that can cut every connection through it at once.
 async fn cutting_proxy(upstream: u16) -> (u16, tokio::sync::watch::Sender<u64>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -146,23 +146,10 @@ fn otel_env(endpoint: &str) -> Vec<(String, String)> {
 
 /// Waits for the JSON log line whose `message` is `message` and whose `job_id` is `job`.
 async fn log_line(lines: &Lines, message: &str, job: &str) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let found = lines.lock().expect("lock").iter().find_map(|line| {
-            let value: serde_json::Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line}"));
-            (value["message"] == message && value["job_id"] == job).then_some(value)
-        });
-        if let Some(value) = found {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {message:?} line for job {job} in {:#?}",
-            lines.lock().expect("lock")
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    common::json_log_line(lines, &format!("{message:?} for job {job}"), |line| {
+        line["message"] == message && line["job_id"] == job
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -83,11 +83,29 @@ pub async fn run(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let executor_id = connection.context.config.executor_id.clone();
+    // Tells this process apart from another one registering the same executor id.
+    let instance_id = uuid::Uuid::now_v7().to_string();
     while !shutdown.is_cancelled() {
-        let ended = session(&mut connection, &mut uplink, &shutdown, &mut backoff).await;
+        let ended = session(
+            &mut connection,
+            &instance_id,
+            &mut uplink,
+            &shutdown,
+            &mut backoff,
+        )
+        .await;
         connection.context.metrics.connected.set(0);
         match ended {
             Ok(()) => tracing::info!(executor_id, "stream to the orchestrator ended"),
+            // Not fatal: the other process may be a previous run of this one whose stream
+            // the orchestrator has not yet seen end. Retried like any refusal.
+            Err(Error::Rpc(status)) if status.code() == tonic::Code::AlreadyExists => {
+                tracing::error!(
+                    executor_id,
+                    error = status.message(),
+                    "the orchestrator refused this executor: its id is in use"
+                )
+            }
             Err(error) => tracing::warn!(executor_id, %error, "orchestrator unreachable"),
         }
         let delay = backoff.next_delay();
@@ -124,6 +142,7 @@ fn recent_reports(executions: &SharedExecutions) -> Vec<ExecutionFinished> {
 
 async fn session(
     connection: &mut Connection,
+    instance_id: &str,
     uplink: &mut mpsc::Receiver<ExecutorMessage>,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
@@ -144,6 +163,7 @@ async fn session(
         version: env!("CARGO_PKG_VERSION").to_owned(),
         // Reports that may have been lost with the previous stream; applied once upstream.
         recently_finished: recent_reports(&connection.executions),
+        instance_id: instance_id.to_owned(),
     };
     let metrics = connection.context.metrics.clone();
     send(&tx, &metrics, executor_message::Message::Register(register)).await?;

@@ -72,6 +72,8 @@ struct JobEntry {
 struct NodeLink {
     generation: u64,
     sender: ExecutorSender,
+    /// The executor process that registered this stream (`Register.instance_id`).
+    instance_id: String,
 }
 
 struct NodeEntry {
@@ -723,6 +725,20 @@ impl Cluster {
             shoal::selector::label_key(key).map_err(Error::InvalidArgument)?;
             shoal::selector::label_value(value).map_err(Error::InvalidArgument)?;
         }
+        // Another process with the same id must not take over a live stream: each would
+        // fail the other's executions as lost on every reconnect. The same process
+        // registering again (its old stream not yet noticed broken) replaces it.
+        if let Some(node) = self.nodes.get(&register.executor_id)
+            && let Some(link) = &node.link
+            && link.instance_id != register.instance_id
+        {
+            return Err(Error::AlreadyExists(format!(
+                "executor id {} is already connected from another executor process; every \
+                 executor needs its own id (--executor-id). This one is refused until that \
+                 stream ends or sends nothing for the lease ({:?})",
+                register.executor_id, self.config.lease
+            )));
+        }
         let generation = self.next_generation;
         self.next_generation += 1;
         let id = register.executor_id.clone();
@@ -747,7 +763,11 @@ impl Cluster {
         entry.node.version = register.version;
         entry.node.connected_at = Some(shoal::proto::timestamp(now));
         entry.node.last_heartbeat = Some(shoal::proto::timestamp(now));
-        entry.link = Some(NodeLink { generation, sender });
+        entry.link = Some(NodeLink {
+            generation,
+            sender,
+            instance_id: register.instance_id,
+        });
         entry.last_seen = instant;
         self.effects.writes.push(Write::Node(entry.node.clone()));
 
@@ -1448,6 +1468,71 @@ mod tests {
             })
             .collect();
         assert_eq!(cancels, ["unknown-execution"]);
+    }
+
+    /// A Register for executor `twin` from the process `instance`, with one slot.
+    fn twin(c: &mut Cluster, instance: &str, running: &[String]) -> Result<u64> {
+        let (tx, _rx) = mpsc::channel(8);
+        let register = Register {
+            executor_id: "twin".into(),
+            protocol_version: 1,
+            instance_id: instance.into(),
+            capacity: Some(Capacity {
+                slots: 1,
+                memory_bytes: 4 << 30,
+            }),
+            running_execution_ids: running.to_vec(),
+            ..Default::default()
+        };
+        c.register(
+            register,
+            ExecutorSender::new(tx),
+            SystemTime::now(),
+            Instant::now(),
+        )
+    }
+
+    /// Two processes with one executor id: the second is refused while the first's stream
+    /// is live, and the first keeps its execution; the first process may replace its own
+    /// stale stream; once that stream ends, another process may have the id.
+    #[test]
+    fn an_executor_id_in_use_by_another_process_is_refused() {
+        let mut c = cluster();
+        let first = twin(&mut c, "first", &[]).expect("first");
+        let now = SystemTime::now();
+        let job = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        c.schedule(now);
+        let placed = assignments(&mut c);
+        assert_eq!(placed.len(), 1);
+
+        let refused = twin(&mut c, "second", &[]).expect_err("a second process");
+        assert!(
+            matches!(&refused, Error::AlreadyExists(m) if m.contains("twin") && m.contains("--executor-id")),
+            "{refused}"
+        );
+        assert!(
+            c.take_effects().writes.is_empty(),
+            "a refusal changes nothing"
+        );
+        assert_eq!(c.job(&job).expect("job").state(), JobState::Scheduled);
+        assert_eq!(c.running_on("twin"), 1);
+
+        let replaced = twin(&mut c, "first", &[placed[0].1.clone()]).expect("same process");
+        assert!(replaced > first);
+        assert_eq!(c.job(&job).expect("job").state(), JobState::Scheduled);
+
+        c.disconnected("twin", replaced, Instant::now());
+        twin(&mut c, "second", &[]).expect("the id is free once the stream ended");
+    }
+
+    /// A stream silent for a lease no longer holds its executor id.
+    #[test]
+    fn an_executor_id_is_free_after_a_lease_of_silence() {
+        let mut c = cluster();
+        twin(&mut c, "first", &[]).expect("first");
+        twin(&mut c, "second", &[]).expect_err("the first is live");
+        c.sweep(SystemTime::now(), Instant::now() + Duration::from_secs(11));
+        twin(&mut c, "second", &[]).expect("the first was lost");
     }
 
     /// Cancelling a queued job ends it; a terminal job cannot be cancelled; a running one

@@ -12,6 +12,9 @@ pub enum Error {
     /// The request is valid but the object is not in a state that allows it.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The thing to create exists already (an executor id connected from another process).
+    #[error("{0}")]
+    AlreadyExists(String),
     /// A bound was reached; the client should back off and retry.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -72,6 +75,7 @@ impl From<Error> for tonic::Status {
             Error::Core(e) => e.into(),
             Error::NotFound(m) => Status::not_found(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::AlreadyExists(m) => Status::already_exists(m),
             Error::ResourceExhausted(m) => Status::resource_exhausted(m),
             Error::InvalidArgument(m) => Status::invalid_argument(m),
             Error::ShuttingDown => Status::unavailable(error.to_string()),

@@ -315,6 +315,32 @@ where
     lines
 }
 
+/// Waits for the first of the JSON log lines collected in `lines` that `wanted` accepts
+/// (`what` names it in the failure); every line must be JSON.
+pub async fn json_log_line(
+    lines: &Lines,
+    what: &str,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let found = lines.lock().expect("lock").iter().find_map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line}"));
+            wanted(&value).then_some(value)
+        });
+        if let Some(value) = found {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no log line {what} in {:#?}",
+            lines.lock().expect("lock")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Starts `shoal-orchestrator` with extra flags and environment; returns once it listens,
 /// with the JSON log lines it writes from then on.
 pub async fn start_orchestrator_logged(

@@ -68,7 +68,6 @@ impl ExecutorService for ExecutorApi {
         }
         let metrics = self.0.metrics();
         metrics.message("received", "register");
-        metrics.message("sent", "registered");
         let config = self.0.config();
         let (tx, rx) = mpsc::channel(DOWNSTREAM_QUEUE);
         let registered = Registered {
@@ -95,7 +94,9 @@ impl ExecutorService for ExecutorApi {
             .apply_with(writes, |c| {
                 c.register(register, sender, SystemTime::now(), Instant::now())
             })
-            .await?;
+            .await
+            .inspect_err(|error| tracing::warn!(executor_id, %error, "executor refused"))?;
+        metrics.message("sent", "registered");
         tracing::info!(executor_id, generation, "executor connected");
 
         let orchestrator = self.0.clone();
