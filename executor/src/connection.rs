@@ -38,6 +38,26 @@ pub struct Executions {
     drained: HashMap<String, Duration>,
     cancelled_early: VecDeque<String>,
     recent_finished: VecDeque<ExecutionFinished>,
+    /// Encoded size of `recent_finished`, kept within [`RESEND_BUDGET`]: more could never be
+    /// resent, and reports carry result trees of up to 64 KiB.
+    recent_finished_bytes: usize,
+}
+
+impl Executions {
+    /// Remembers a finished report for resending, forgetting the oldest past the bounds.
+    fn remember_finished(&mut self, finished: ExecutionFinished) {
+        use prost::Message as _;
+        self.recent_finished_bytes += finished.encoded_len();
+        self.recent_finished.push_back(finished);
+        while self.recent_finished.len() > RECENT_FINISHED
+            || self.recent_finished_bytes > RESEND_BUDGET
+        {
+            let Some(oldest) = self.recent_finished.pop_front() else {
+                break;
+            };
+            self.recent_finished_bytes -= oldest.encoded_len();
+        }
+    }
 }
 
 /// Shared handle to [`Executions`].
@@ -337,10 +357,7 @@ fn handle(connection: &Connection, message: shoal::proto::OrchestratorMessage) {
                         finished.state = failure.kind().execution_state() as i32;
                         finished.failure = Some(failure);
                     }
-                    executions.recent_finished.push_back(finished.clone());
-                    if executions.recent_finished.len() > RECENT_FINISHED {
-                        executions.recent_finished.pop_front();
-                    }
+                    executions.remember_finished(finished.clone());
                     executions.running.remove(&execution_id);
                 }
                 context
@@ -427,5 +444,43 @@ mod tests {
         }
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+
+    /// Finished reports are kept within the resend budget and the count bound, newest
+    /// first out of memory last; all that are kept fit one resend.
+    #[test]
+    fn finished_reports_are_bounded_by_bytes_and_count() {
+        let report = |i: usize, size: usize| ExecutionFinished {
+            execution_id: format!("e{i}"),
+            result_blocks: vec![shoal::proto::ContentBlock {
+                cid: String::new(),
+                data: bytes::Bytes::from(vec![0; size]),
+            }],
+            ..Default::default()
+        };
+        let executions = SharedExecutions::default();
+        for i in 0..300 {
+            lock(&executions).remember_finished(report(i, 64 * 1024));
+        }
+        {
+            let executions = lock(&executions);
+            assert!(executions.recent_finished_bytes <= RESEND_BUDGET);
+            let kept = executions.recent_finished.len();
+            assert!((100..300).contains(&kept), "{kept} reports kept");
+            assert_eq!(
+                executions
+                    .recent_finished
+                    .back()
+                    .map(|r| r.execution_id.as_str()),
+                Some("e299")
+            );
+        }
+        let kept = lock(&executions).recent_finished.len();
+        assert_eq!(recent_reports(&executions).len(), kept);
+
+        for i in 0..2 * RECENT_FINISHED {
+            lock(&executions).remember_finished(report(i, 0));
+        }
+        assert_eq!(lock(&executions).recent_finished.len(), RECENT_FINISHED);
     }
 }
