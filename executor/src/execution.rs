@@ -79,6 +79,8 @@ pub struct ExecutionContext {
     pub config: Arc<Config>,
     pub uplink: Uplink,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Scratch directories, reused when an execution leaves nothing in them.
+    pub scratch: crate::scratch::ScratchPool,
 }
 
 impl ExecutionContext {
@@ -150,14 +152,14 @@ pub async fn execute(
     assign: Assign,
     cancel: CancellationToken,
 ) -> ExecutionFinished {
-    let execution_id = assign.execution_id.clone();
-    let scratch = ctx.config.work_dir.join("executions").join(&execution_id);
+    let outputs: Vec<String> = assign
+        .spec
+        .iter()
+        .flat_map(|spec| spec.outputs.iter().map(|o| o.name.clone()))
+        .collect();
+    let scratch = ctx.scratch.acquire(&outputs).await;
     let finished = execute_in(ctx, &assign, &scratch, &cancel).await;
-    if let Err(error) = tokio::fs::remove_dir_all(&scratch).await
-        && error.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(%error, "cannot remove the scratch directory");
-    }
+    ctx.scratch.release(scratch).await;
     finished
 }
 

@@ -14,6 +14,7 @@ pub mod execution;
 pub mod metrics;
 pub mod retry;
 pub mod runtime;
+pub mod scratch;
 pub mod staging;
 
 use std::collections::HashMap;
@@ -210,6 +211,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         config: config.clone(),
         uplink,
         metrics: metrics.clone(),
+        scratch: scratch::ScratchPool::new(
+            config.work_dir.join("executions"),
+            config.slots.max(1) as usize,
+        ),
     });
     let executions = connection::SharedExecutions::default();
     let tasks = TaskTracker::new();

@@ -1,0 +1,207 @@
+//! Scratch directories for executions, reused when an execution leaves nothing behind.
+//!
+//! An execution works in a directory of its own under `work_dir/executions`: `results/`
+//! (what is published), with one directory per declared output, and `inputs/` when
+//! anything was downloaded. Making and deleting those directories was most of an
+//! executor's filesystem cost per job (docs/PERFORMANCE.md, B2 and B3: on ext4 every new
+//! inode scans the recently freed ones), and most jobs write nothing there but their
+//! logs, which stay in memory. So a directory whose execution left only empty output
+//! directories in `results/` goes back to a pool and is handed to a later execution as
+//! it is; anything else (a file, a link, a non-empty directory, `inputs/`) and the
+//! directory is deleted as before. A reused directory therefore never holds a byte of an
+//! earlier job: only empty directories, which [`ScratchPool::acquire`] trims to the new
+//! job's outputs.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Clean scratch directories kept for reuse.
+pub struct ScratchPool {
+    root: PathBuf,
+    /// Names new directories apart from those of other executor processes sharing the
+    /// work directory, and of earlier runs (whose leftovers are not touched).
+    prefix: String,
+    next: AtomicU64,
+    free: Mutex<Vec<PathBuf>>,
+    keep: usize,
+}
+
+impl ScratchPool {
+    /// A pool of directories under `root` (which must exist), keeping at most `keep`.
+    pub fn new(root: PathBuf, keep: usize) -> Self {
+        ScratchPool {
+            root,
+            prefix: uuid::Uuid::now_v7().simple().to_string(),
+            next: AtomicU64::new(0),
+            free: Mutex::new(Vec::new()),
+            keep,
+        }
+    }
+
+    /// A scratch directory for an execution with these outputs: a clean one from the pool
+    /// (its `results/` holding no entries but empty directories named in `outputs`), or
+    /// the path of a new one, not yet made.
+    pub async fn acquire(&self, outputs: &[String]) -> PathBuf {
+        let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if let Some(scratch) = reused {
+            let outputs = outputs.to_vec();
+            let trimmed = scratch.clone();
+            let ok = tokio::task::spawn_blocking(move || trim(&trimmed.join("results"), &outputs))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if ok {
+                return scratch;
+            }
+            // Could not trim it: delete it, and start afresh.
+            remove(scratch).await;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.root.join(format!("{}-{n}", self.prefix))
+    }
+
+    /// Gives a directory back after its execution ended: pooled when clean, deleted
+    /// otherwise (or when the pool is full).
+    pub async fn release(&self, scratch: PathBuf) {
+        let checked = scratch.clone();
+        let clean = tokio::task::spawn_blocking(move || is_clean(&checked))
+            .await
+            .unwrap_or(false);
+        if clean {
+            let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+            if free.len() < self.keep {
+                free.push(scratch);
+                return;
+            }
+        }
+        remove(scratch).await;
+    }
+}
+
+async fn remove(scratch: PathBuf) {
+    if let Err(error) = tokio::fs::remove_dir_all(&scratch).await
+        && error.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(%error, path = %scratch.display(), "cannot remove a scratch directory");
+    }
+}
+
+/// Whether `scratch` holds nothing but `results/` with empty directories in it.
+fn is_clean(scratch: &Path) -> bool {
+    let only_results = || -> io::Result<bool> {
+        for entry in std::fs::read_dir(scratch)? {
+            let entry = entry?;
+            // `file_type` does not follow links: a link is never taken for a directory.
+            if entry.file_name() != "results" || !entry.file_type()?.is_dir() {
+                return Ok(false);
+            }
+        }
+        for entry in std::fs::read_dir(scratch.join("results"))? {
+            let entry = entry?;
+            if !entry.file_type()?.is_dir() || std::fs::read_dir(entry.path())?.next().is_some() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    only_results().unwrap_or(false)
+}
+
+/// Removes the (empty) directories in `results` that are not among `outputs`.
+fn trim(results: &Path, outputs: &[String]) -> io::Result<()> {
+    for entry in std::fs::read_dir(results)? {
+        let entry = entry?;
+        if !outputs
+            .iter()
+            .any(|o| *o == entry.file_name().to_string_lossy())
+        {
+            // `remove_dir` fails on a non-empty directory, which a clean one cannot be.
+            std::fs::remove_dir(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Makes `scratch/results/<output>` for each output, like an execution does.
+    fn lay_out(scratch: &Path, outputs: &[&str]) {
+        for output in outputs {
+            std::fs::create_dir_all(scratch.join("results").join(output)).expect("mkdir");
+        }
+        std::fs::create_dir_all(scratch.join("results")).expect("mkdir");
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A directory left with only empty output directories is handed out again, trimmed
+    /// to the next job's outputs; the pool keeps no more than its bound.
+    #[tokio::test]
+    async fn clean_directories_are_reused_and_trimmed() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let pool = ScratchPool::new(root.path().to_owned(), 1);
+        let first = pool.acquire(&["outputs".into()]).await;
+        assert!(!first.exists(), "a new directory is made by the execution");
+        lay_out(&first, &["outputs", "extra"]);
+        pool.release(first.clone()).await;
+
+        let again = pool.acquire(&["outputs".into(), "more".into()]).await;
+        assert_eq!(again, first);
+        assert_eq!(names(&again.join("results")), ["outputs"]);
+
+        let other = pool.acquire(&[]).await;
+        assert_ne!(other, first);
+        lay_out(&other, &[]);
+        pool.release(again.clone()).await;
+        pool.release(other.clone()).await;
+        assert!(again.exists());
+        assert!(
+            !other.exists(),
+            "past the bound, a clean directory is deleted"
+        );
+    }
+
+    /// Anything an execution left behind (a file, a link, a non-empty output, inputs/)
+    /// gets the directory deleted, never reused.
+    #[tokio::test]
+    async fn directories_with_leftovers_are_deleted() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let pool = ScratchPool::new(root.path().to_owned(), 8);
+        type Leave = fn(&Path);
+        let leftovers: [(&str, Leave); 5] = [
+            ("a file in an output", |s| {
+                std::fs::write(s.join("results/outputs/out.txt"), "x").expect("write")
+            }),
+            ("a directory in an output", |s| {
+                std::fs::create_dir(s.join("results/outputs/sub")).expect("mkdir")
+            }),
+            ("a spilled log", |s| {
+                std::fs::write(s.join("results/stdout"), "x").expect("write")
+            }),
+            ("inputs", |s| {
+                std::fs::create_dir(s.join("inputs")).expect("mkdir")
+            }),
+            ("a link to a directory", |s| {
+                std::os::unix::fs::symlink("/", s.join("results/root")).expect("symlink")
+            }),
+        ];
+        for (what, leave) in leftovers {
+            let scratch = pool.acquire(&["outputs".into()]).await;
+            lay_out(&scratch, &["outputs"]);
+            leave(&scratch);
+            pool.release(scratch.clone()).await;
+            assert!(!scratch.exists(), "with {what}, the directory is deleted");
+        }
+        assert!(pool.free.lock().expect("lock").is_empty());
+    }
+}
