@@ -110,6 +110,10 @@ async fn sigterm_drains_an_executor() {
         &["--drain-timeout", "2m"],
     );
     wait_connected(&address).await;
+    // The first run fetches the program into its scratch directory, which is then deleted;
+    // the next, from the module cache, leaves a clean one that is kept for reuse.
+    let warm_up = common::submit(&address, &[&ticker, "0"]).await;
+    common::wait_terminal(&address, &warm_up).await;
     let id = common::submit(&address, &[&ticker, "3"]).await;
     let _follower = common::follow_until(&address, &id, "tick 0").await;
     sigterm(&executor);
@@ -128,6 +132,12 @@ async fn sigterm_drains_an_executor() {
         .success()
         .json();
     assert_eq!(state(&job), "JOB_STATE_COMPLETED", "{job}");
+    // Its scratch directory (kept for reuse after the job) went with the executor.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("e1/executions"))
+        .expect("the executions directory")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "scratch directories left behind: {left:?}");
 
     // A drain timeout shorter than the job: the job goes back to the queue.
     let mut executor = common::start_executor(

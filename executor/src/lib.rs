@@ -226,7 +226,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         "executor starting"
     );
     let connection = connection::Connection {
-        context,
+        context: context.clone(),
         executions: executions.clone(),
         tasks: tasks.clone(),
         channel,
@@ -266,6 +266,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     }
     connection::run(connection, uplink_rx, stop).await;
     let _ = drain.await;
+    context.scratch.clear().await;
     tracing::info!(executor_id = config.executor_id, "executor stopped");
     Ok(())
 }

@@ -77,6 +77,14 @@ impl ScratchPool {
         }
         remove(scratch).await;
     }
+
+    /// Deletes the pooled directories, when the executor stops.
+    pub async fn clear(&self) {
+        let free = std::mem::take(&mut *self.free.lock().unwrap_or_else(|p| p.into_inner()));
+        for scratch in free {
+            remove(scratch).await;
+        }
+    }
 }
 
 async fn remove(scratch: PathBuf) {
@@ -168,6 +176,11 @@ mod tests {
         assert!(
             !other.exists(),
             "past the bound, a clean directory is deleted"
+        );
+        pool.clear().await;
+        assert!(
+            !again.exists(),
+            "a stopping executor leaves no directory behind"
         );
     }
 
