@@ -35,7 +35,8 @@ impl JobApi {
         JobApi(orchestrator)
     }
 
-    /// Validates and accepts a job: it is QUEUED once this returns.
+    /// Validates and accepts a job: it is QUEUED once this returns, or already SCHEDULED
+    /// when it was placed in the same commit (nothing else waited).
     async fn submit(
         &self,
         request: SubmitJobRequest,
@@ -68,7 +69,12 @@ impl JobApi {
         let trace_context = shoal::telemetry::context_map(&tracing::Span::current());
         let job = self
             .0
-            .apply(|c| c.submit(spec, trace_context, SystemTime::now()))
+            .apply(|c| {
+                let now = SystemTime::now();
+                let id = c.submit(spec, trace_context, now)?.id;
+                c.place_if_first(&id, now);
+                Ok(c.job(&id)?.clone())
+            })
             .await?;
         tracing::info!(job_id = %job.id, "job accepted");
         Ok(Response::new(SubmitJobResponse { job: Some(job) }))
