@@ -339,7 +339,7 @@ fn handle(connection: &Connection, message: shoal::proto::OrchestratorMessage) {
             let task = async move {
                 let started = std::time::Instant::now();
                 context.metrics.running.inc();
-                let mut finished = execute(&context, assign, cancel).await;
+                let (mut finished, scratch) = execute(&context, assign, cancel).await;
                 context.metrics.running.dec();
                 {
                     // Remembered before it leaves `running`, so a Register sent at any
@@ -368,6 +368,9 @@ fn handle(connection: &Connection, message: shoal::proto::OrchestratorMessage) {
                     span.record("otel.status_message", failure.message.as_str());
                 }
                 context.uplink.send_finished(finished).await;
+                if let Some(scratch) = scratch {
+                    context.scratch.release(scratch).await;
+                }
             };
             connection.tasks.spawn(task.instrument(task_span));
         }

@@ -146,21 +146,34 @@ async fn program_from_download(ctx: &ExecutionContext, bytes: Vec<u8>) -> Result
     }
 }
 
-/// Runs one execution and returns its report (also sent through the uplink by the caller).
+/// Runs one execution and returns its report (for the caller to send through the uplink)
+/// and the scratch directory it used, for the caller to give back to the pool once the
+/// report is on its way: checking the directory is then off the report's path.
 pub async fn execute(
     ctx: &ExecutionContext,
     assign: Assign,
     cancel: CancellationToken,
-) -> ExecutionFinished {
+) -> (ExecutionFinished, Option<PathBuf>) {
+    let id = assign.execution_id.as_str();
+    // Said first, so the orchestrator's record of it overlaps the work below.
+    ctx.uplink.state(id, ExecutionState::Staging).await;
     let outputs: Vec<String> = assign
         .spec
         .iter()
         .flat_map(|spec| spec.outputs.iter().map(|o| o.name.clone()))
         .collect();
-    let scratch = ctx.scratch.acquire(&outputs).await;
-    let finished = execute_in(ctx, &assign, &scratch, &cancel).await;
-    ctx.scratch.release(scratch).await;
-    finished
+    let scratch = match ctx.scratch.acquire(&outputs).await {
+        Ok(scratch) => scratch,
+        Err(e) => {
+            let failure = Failure::new(
+                FailureKind::Internal,
+                format!("cannot make a scratch directory for the execution: {e}"),
+            );
+            return (finished(id, failure, None), None);
+        }
+    };
+    let report = execute_in(ctx, &assign, &scratch, &cancel).await;
+    (report, Some(scratch))
 }
 
 fn finished(
@@ -185,17 +198,9 @@ async fn execute_in(
 ) -> ExecutionFinished {
     let id = assign.execution_id.as_str();
     let spec = assign.spec.clone().unwrap_or_default();
-    ctx.uplink.state(id, ExecutionState::Staging).await;
-
+    // `results/` and the output directories inside it are already there (`ScratchPool`).
     let inputs_dir = scratch.join("inputs");
     let results_dir = scratch.join("results");
-    if let Err(e) = tokio::fs::create_dir_all(&results_dir).await {
-        let failure = Failure::new(
-            FailureKind::Internal,
-            format!("cannot create {}: {e}", results_dir.display()),
-        );
-        return finished(id, failure, None);
-    }
     // `inputs/` is made only when something is downloaded into it: a job with a cached
     // program and no inputs creates no inode for it (inode churn is most of an executor's
     // filesystem cost per job, docs/PERFORMANCE.md B2).
@@ -293,16 +298,8 @@ async fn execute_in(
 
     let mut preopens = inputs.preopens.clone();
     for output in &spec.outputs {
-        let host = results_dir.join(&output.name);
-        if let Err(e) = tokio::fs::create_dir_all(&host).await {
-            let failure = Failure::new(
-                FailureKind::Internal,
-                format!("cannot create output {}: {e}", output.name),
-            );
-            return finished(id, failure, None);
-        }
         preopens.push(Preopen {
-            host,
+            host: results_dir.join(&output.name),
             guest: output.path.clone(),
             writable: true,
         });
@@ -425,12 +422,12 @@ async fn execute_in(
             in_memory.push((name.into(), kept));
         }
     }
-    if failure.is_none() {
-        let held: u64 = in_memory.iter().map(|(_, b)| b.len() as u64).sum();
-        if let Some(over) = output_over_limit(&results_dir, held, ctx.config.max_output_bytes).await
-        {
-            failure = Some(Failure::new(FailureKind::OutputLimit, over));
-        }
+    let to_store = spec.publisher.is_empty() || spec.publisher == "default";
+    let mut survey = survey_results(&results_dir, &in_memory, to_store).await;
+    if failure.is_none()
+        && let Some(over) = over_limit(survey.total_bytes, ctx.config.max_output_bytes)
+    {
+        failure = Some(Failure::new(FailureKind::OutputLimit, over));
     }
     if failure
         .as_ref()
@@ -440,11 +437,20 @@ async fn execute_in(
         for output in &spec.outputs {
             let _ = tokio::fs::remove_dir_all(results_dir.join(&output.name)).await;
         }
+        survey = survey_results(&results_dir, &in_memory, to_store).await;
     }
-    let result_blocks = match publish(ctx, assign, &spec, &results_dir, in_memory, &mut result)
-        .instrument(tracing::info_span!("publish"))
-        .await
-    {
+    let published = publish(
+        ctx,
+        assign,
+        &spec,
+        &results_dir,
+        in_memory,
+        survey,
+        &mut result,
+    )
+    .instrument(tracing::info_span!("publish"))
+    .await;
+    let result_blocks = match published {
         Ok(blocks) => blocks,
         Err(message) => {
             let failure = failure.unwrap_or_else(|| Failure::new(FailureKind::Publish, message));
@@ -465,46 +471,103 @@ async fn execute_in(
     report
 }
 
-/// The result tree — the files in `results_dir` plus `in_memory` at its top — as blocks
-/// (children before parents, the root last) when it is small enough to travel with the
-/// completion; None when it must be uploaded.
-async fn small_result_tree(
+/// What the result tree holds once the program ended.
+struct Survey {
+    /// Bytes of the files in `results/` plus those held in memory.
+    total_bytes: u64,
+    /// The tree as blocks (children before parents, the root last) when it is bound for
+    /// the orchestrator's store and small enough to travel with the completion.
+    small_tree: Option<Vec<ContentBlock>>,
+}
+
+/// Sizes the result tree (the files in `results_dir`, plus `in_memory` at its top) and,
+/// when `to_store` and it is small, builds its blocks. A tree that cannot be read is
+/// reported as having no size and no blocks: publishing then finds out what is wrong.
+///
+/// Most programs write no file: `results/` then holds only empty output directories,
+/// which is checked right here (a few metadata calls answered from the kernel's caches,
+/// as in `ScratchPool::acquire`), and the tree is built from memory. Otherwise the walk
+/// and the reads go to the blocking pool.
+async fn survey_results(
     results_dir: &Path,
     in_memory: &[(String, Bytes)],
-) -> Option<Vec<ContentBlock>> {
+    to_store: bool,
+) -> Survey {
+    let in_memory_bytes: u64 = in_memory.iter().map(|(_, b)| b.len() as u64).sum();
+    let small = move |total: u64| to_store && total <= MAX_INLINE_RESULT_BYTES as u64;
+    let contents = |in_memory: &[(String, Bytes)]| -> Vec<(String, Option<Bytes>)> {
+        in_memory
+            .iter()
+            .map(|(name, bytes)| (name.clone(), Some(bytes.clone())))
+            .collect()
+    };
+    if let Some(directories) = crate::scratch::empty_directories(results_dir) {
+        let mut contents = contents(in_memory);
+        contents.extend(directories.into_iter().map(|name| (name, None)));
+        return Survey {
+            total_bytes: in_memory_bytes,
+            small_tree: small(in_memory_bytes)
+                .then(|| tree_blocks(contents))
+                .flatten(),
+        };
+    }
     let results_dir = results_dir.to_owned();
-    let in_memory = in_memory.to_vec();
-    let build = move || {
-        let entries = shoal::transfer::walk(&results_dir).ok()?;
-        let file_bytes: u64 = entries.iter().map(|e| e.size).sum::<u64>()
-            + in_memory.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
-        if file_bytes > MAX_INLINE_RESULT_BYTES as u64 {
-            return None;
+    let mut contents = contents(in_memory);
+    let survey = move || {
+        let Ok(entries) = shoal::transfer::walk(&results_dir) else {
+            return Survey {
+                total_bytes: 0,
+                small_tree: None,
+            };
+        };
+        let total_bytes = entries.iter().map(|e| e.size).sum::<u64>() + in_memory_bytes;
+        if !small(total_bytes) {
+            return Survey {
+                total_bytes,
+                small_tree: None,
+            };
         }
-        let mut contents: Vec<(String, Option<Bytes>)> = in_memory
-            .into_iter()
-            .map(|(name, bytes)| (name, Some(bytes)))
-            .collect();
         for entry in entries.into_iter().skip(1) {
             let content = match entry.kind {
-                EntryKind::File => Some(Bytes::from(std::fs::read(&entry.absolute).ok()?)),
+                EntryKind::File => match std::fs::read(&entry.absolute) {
+                    Ok(bytes) => Some(Bytes::from(bytes)),
+                    Err(_) => {
+                        return Survey {
+                            total_bytes,
+                            small_tree: None,
+                        };
+                    }
+                },
                 _ => None,
             };
             contents.push((entry.relative, content));
         }
-        let (blocks, _root) = shoal::unixfs::directory_tree(contents);
-        let total: usize = blocks.iter().map(|b| b.data.len()).sum();
-        (total <= MAX_INLINE_RESULT_BYTES).then(|| {
-            blocks
-                .into_iter()
-                .map(|b| ContentBlock {
-                    cid: b.cid.to_string(),
-                    data: b.data,
-                })
-                .collect()
-        })
+        Survey {
+            total_bytes,
+            small_tree: tree_blocks(contents),
+        }
     };
-    tokio::task::spawn_blocking(build).await.ok().flatten()
+    tokio::task::spawn_blocking(survey).await.unwrap_or(Survey {
+        total_bytes: 0,
+        small_tree: None,
+    })
+}
+
+/// The blocks of a tree of `contents` (relative paths; bytes for files, None for
+/// directories), children before parents and the root last, if they total at most
+/// [`MAX_INLINE_RESULT_BYTES`].
+fn tree_blocks(contents: Vec<(String, Option<Bytes>)>) -> Option<Vec<ContentBlock>> {
+    let (blocks, _root) = shoal::unixfs::directory_tree(contents);
+    let total: usize = blocks.iter().map(|b| b.data.len()).sum();
+    (total <= MAX_INLINE_RESULT_BYTES).then(|| {
+        blocks
+            .into_iter()
+            .map(|b| ContentBlock {
+                cid: b.cid.to_string(),
+                data: b.data,
+            })
+            .collect()
+    })
 }
 
 /// Ships the result tree to the job's publisher and records where in `result`: the
@@ -517,11 +580,12 @@ async fn publish(
     spec: &JobSpec,
     results_dir: &Path,
     in_memory: Vec<(String, Bytes)>,
+    survey: Survey,
     result: &mut ExecutionResult,
 ) -> Result<Vec<ContentBlock>, String> {
     let to_store = spec.publisher.is_empty() || spec.publisher == "default";
     if to_store
-        && let Some(blocks) = small_result_tree(results_dir, &in_memory).await
+        && let Some(blocks) = survey.small_tree
         && let Some(root) = blocks.last()
     {
         result.result_cid = root.cid.clone();
@@ -575,7 +639,10 @@ async fn watch_output_quota(
     limit: u64,
     run: CancellationToken,
 ) -> Option<String> {
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    // The first look is one period in, not at once: most programs are done by then, and
+    // a walk while they run competes with them for the cores.
+    let period = Duration::from_millis(200);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -583,7 +650,13 @@ async fn watch_output_quota(
             _ = tick.tick() => {}
         }
         // Logs held in memory (at most IN_MEMORY_MAX per stream) are counted at the end.
-        if let Some(over) = output_over_limit(&results_dir, 0, limit).await {
+        let dir = results_dir.clone();
+        let Ok(Ok(entries)) =
+            tokio::task::spawn_blocking(move || shoal::transfer::walk(&dir)).await
+        else {
+            continue;
+        };
+        if let Some(over) = over_limit(entries.iter().map(|e| e.size).sum(), limit) {
             tracing::warn!(%over, "stopping a program over its output quota");
             run.cancel();
             return Some(over);
@@ -591,15 +664,8 @@ async fn watch_output_quota(
     }
 }
 
-/// Describes by how much the result tree (the files in `results_dir`, and `held` bytes of
-/// it kept in memory) exceeds `limit`, if it does.
-async fn output_over_limit(results_dir: &Path, held: u64, limit: u64) -> Option<String> {
-    let dir: PathBuf = results_dir.to_owned();
-    let entries = tokio::task::spawn_blocking(move || shoal::transfer::walk(&dir))
-        .await
-        .ok()?
-        .ok()?;
-    let total: u64 = held + entries.iter().map(|e| e.size).sum::<u64>();
+/// Describes by how much `total` bytes of results exceed `limit`, if they do.
+fn over_limit(total: u64, limit: u64) -> Option<String> {
     (total > limit).then(|| {
         format!(
             "the outputs and logs take {}, more than the limit of {}",

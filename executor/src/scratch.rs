@@ -40,25 +40,38 @@ impl ScratchPool {
         }
     }
 
-    /// A scratch directory for an execution with these outputs: a clean one from the pool
-    /// (its `results/` holding no entries but empty directories named in `outputs`), or
-    /// the path of a new one, not yet made.
-    pub async fn acquire(&self, outputs: &[String]) -> PathBuf {
+    /// A scratch directory laid out for an execution with these outputs: `results/` with
+    /// one empty directory per output. A clean one comes from the pool, trimmed to these
+    /// outputs, else a new one is made. On an error, nothing is left behind.
+    ///
+    /// A pooled directory is trimmed right here, not in the blocking pool: it holds a few
+    /// empty directories this process used a moment ago, so that is a handful of metadata
+    /// calls answered from the kernel's caches, microseconds against the 100-300 us of a
+    /// round trip through the blocking pool on a busy machine (B3, docs/PERFORMANCE.md).
+    /// Making a new directory allocates inodes on disk, and goes to the blocking pool.
+    pub async fn acquire(&self, outputs: &[String]) -> io::Result<PathBuf> {
         let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
         if let Some(scratch) = reused {
-            let outputs = outputs.to_vec();
-            let trimmed = scratch.clone();
-            let ok = tokio::task::spawn_blocking(move || trim(&trimmed.join("results"), &outputs))
-                .await
-                .is_ok_and(|r| r.is_ok());
-            if ok {
-                return scratch;
+            if trim(&scratch.join("results"), outputs).is_ok()
+                && make_outputs(&scratch, outputs).is_ok()
+            {
+                return Ok(scratch);
             }
-            // Could not trim it: delete it, and start afresh.
+            // Could not reuse it: delete it, and start afresh.
             remove(scratch).await;
         }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        self.root.join(format!("{}-{n}", self.prefix))
+        let fresh = self.root.join(format!(
+            "{}-{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        ));
+        let outputs = outputs.to_vec();
+        tokio::task::spawn_blocking(move || {
+            make_outputs(&fresh, &outputs).inspect_err(|_| remove_blocking(&fresh))?;
+            Ok(fresh)
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     /// Gives a directory back after its execution ended: pooled when clean, deleted
@@ -88,11 +101,28 @@ impl ScratchPool {
 }
 
 async fn remove(scratch: PathBuf) {
-    if let Err(error) = tokio::fs::remove_dir_all(&scratch).await
+    let _ = tokio::task::spawn_blocking(move || remove_blocking(&scratch)).await;
+}
+
+fn remove_blocking(scratch: &Path) {
+    if let Err(error) = std::fs::remove_dir_all(scratch)
         && error.kind() != io::ErrorKind::NotFound
     {
         tracing::warn!(%error, path = %scratch.display(), "cannot remove a scratch directory");
     }
+}
+
+/// Makes `scratch/results/OUTPUT` for each output (and so `results/`), where missing.
+fn make_outputs(scratch: &Path, outputs: &[String]) -> io::Result<()> {
+    let results = scratch.join("results");
+    std::fs::create_dir_all(&results)?;
+    for output in outputs {
+        match std::fs::create_dir(results.join(output)) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Whether `scratch` holds nothing but `results/` with empty directories in it.
@@ -105,15 +135,25 @@ fn is_clean(scratch: &Path) -> bool {
                 return Ok(false);
             }
         }
-        for entry in std::fs::read_dir(scratch.join("results"))? {
-            let entry = entry?;
-            if !entry.file_type()?.is_dir() || std::fs::read_dir(entry.path())?.next().is_some() {
-                return Ok(false);
-            }
-        }
         Ok(true)
     };
-    only_results().unwrap_or(false)
+    only_results().unwrap_or(false) && empty_directories(&scratch.join("results")).is_some()
+}
+
+/// The names in `results` if it holds nothing but empty directories (what an execution
+/// that wrote no file leaves there); None if it holds anything else or cannot be read.
+pub fn empty_directories(results: &Path) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(results).ok()? {
+        let entry = entry.ok()?;
+        let empty_dir = entry.file_type().ok()?.is_dir()
+            && std::fs::read_dir(entry.path()).ok()?.next().is_none();
+        if !empty_dir {
+            return None;
+        }
+        names.push(entry.file_name().into_string().ok()?);
+    }
+    Some(names)
 }
 
 /// Removes the (empty) directories in `results` that are not among `outputs`.
@@ -158,18 +198,22 @@ mod tests {
     async fn clean_directories_are_reused_and_trimmed() {
         let root = tempfile::tempdir().expect("tempdir");
         let pool = ScratchPool::new(root.path().to_owned(), 1);
-        let first = pool.acquire(&["outputs".into()]).await;
-        assert!(!first.exists(), "a new directory is made by the execution");
-        lay_out(&first, &["outputs", "extra"]);
+        let first = pool.acquire(&["outputs".into()]).await.expect("acquire");
+        assert_eq!(names(&first), ["results"]);
+        assert_eq!(names(&first.join("results")), ["outputs"]);
+        lay_out(&first, &["extra"]);
         pool.release(first.clone()).await;
 
-        let again = pool.acquire(&["outputs".into(), "more".into()]).await;
+        let again = pool
+            .acquire(&["outputs".into(), "more".into()])
+            .await
+            .expect("acquire");
         assert_eq!(again, first);
-        assert_eq!(names(&again.join("results")), ["outputs"]);
+        assert_eq!(names(&again.join("results")), ["more", "outputs"]);
 
-        let other = pool.acquire(&[]).await;
+        let other = pool.acquire(&[]).await.expect("acquire");
         assert_ne!(other, first);
-        lay_out(&other, &[]);
+        assert!(names(&other.join("results")).is_empty());
         pool.release(again.clone()).await;
         pool.release(other.clone()).await;
         assert!(again.exists());
@@ -182,6 +226,20 @@ mod tests {
             !again.exists(),
             "a stopping executor leaves no directory behind"
         );
+    }
+
+    /// A work directory where no directory can be made gives an error, not a panic.
+    #[tokio::test]
+    async fn an_unusable_work_directory_is_an_error() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let file = root.path().join("not-a-directory");
+        std::fs::write(&file, "x").expect("write");
+        let pool = ScratchPool::new(file, 1);
+        let error = pool
+            .acquire(&["outputs".into()])
+            .await
+            .expect_err("a directory under a file");
+        assert_eq!(error.kind(), io::ErrorKind::NotADirectory, "{error}");
     }
 
     /// Anything an execution left behind (a file, a link, a non-empty output, inputs/)
@@ -209,8 +267,7 @@ mod tests {
             }),
         ];
         for (what, leave) in leftovers {
-            let scratch = pool.acquire(&["outputs".into()]).await;
-            lay_out(&scratch, &["outputs"]);
+            let scratch = pool.acquire(&["outputs".into()]).await.expect("acquire");
             leave(&scratch);
             pool.release(scratch.clone()).await;
             assert!(!scratch.exists(), "with {what}, the directory is deleted");
