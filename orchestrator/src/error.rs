@@ -65,6 +65,7 @@ store_error!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
+    redb::SetDurabilityError,
     prost::DecodeError
 );
 

@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod service;
 pub mod store;
+pub mod wal;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -164,21 +165,23 @@ impl Orchestrator {
         writes: Vec<Write>,
         transition: impl FnOnce(&mut Cluster) -> Result<T>,
     ) -> Result<T> {
-        let (value, staged) = self.stage(writes, transition).await?;
+        let (value, staged) = self.stage(writes, false, transition).await?;
         self.complete(staged).await?;
         value
     }
 
     /// Like [`apply_with`](Self::apply_with), but the caller does not wait for the disk;
     /// effects still happen only after the commit. Used for the executor stream, whose
-    /// order is kept by the store's FIFO writes.
+    /// order is kept by the store's FIFO writes. With `deferrable` (progress reports), the
+    /// commit may wait briefly to share a later one ([`store::DEFER_AT_MOST`]).
     pub async fn apply_detached(
         self: &Arc<Self>,
         writes: Vec<Write>,
+        deferrable: bool,
         transition: impl FnOnce(&mut Cluster),
     ) -> Result<()> {
         let (_, staged) = self
-            .stage(writes, |cluster| {
+            .stage(writes, deferrable, |cluster| {
                 transition(cluster);
                 Ok(())
             })
@@ -195,6 +198,7 @@ impl Orchestrator {
     async fn stage<T>(
         &self,
         mut writes: Vec<Write>,
+        deferrable: bool,
         transition: impl FnOnce(&mut Cluster) -> Result<T>,
     ) -> Result<(Result<T>, Staged)> {
         let mut cluster = self.cluster.lock().await;
@@ -206,14 +210,11 @@ impl Orchestrator {
             effects.writes = writes;
         }
         // Queued while the lock is held, so the store sees writes in state-change order.
-        let commit = if effects.writes.is_empty() {
-            None
-        } else {
-            Some(
-                self.store
-                    .queue(std::mem::take(&mut effects.writes))
-                    .await?,
-            )
+        let writes = std::mem::take(&mut effects.writes);
+        let commit = match (writes.is_empty(), deferrable) {
+            (true, _) => None,
+            (false, false) => Some(self.store.queue(writes).await?),
+            (false, true) => Some(self.store.queue_deferrable(writes).await?),
         };
         Ok((value, Staged { commit, effects }))
     }

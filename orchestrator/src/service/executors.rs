@@ -189,9 +189,18 @@ async fn handle(
             writes.extend(take_result_tree(orchestrator, executor_id, finished).await?);
         }
     }
+    // Progress reports (states before the end, log chunks) are waited for by no one: their
+    // commit may be deferred to share the next one. A finished report, a drain or a
+    // registration is committed at once.
+    let deferrable = messages.iter().all(|m| {
+        matches!(
+            m.message,
+            Some(Message::Heartbeat(_) | Message::Update(_) | Message::Log(_))
+        )
+    });
     let now = SystemTime::now();
     orchestrator
-        .apply_detached(writes, |c| {
+        .apply_detached(writes, deferrable, |c| {
             c.touch(executor_id, generation, now, Instant::now());
             for message in messages.into_iter().filter_map(|m| m.message) {
                 match message {
