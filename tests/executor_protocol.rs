@@ -24,13 +24,7 @@ fn result_tree(stdout: &str) -> Vec<ContentBlock> {
         file("stderr", ""),
         file("stdout", stdout),
     ]);
-    blocks
-        .into_iter()
-        .map(|b| ContentBlock {
-            cid: b.cid.to_string(),
-            data: b.data,
-        })
-        .collect()
+    blocks.into_iter().map(ContentBlock::from).collect()
 }
 
 /// The root of a tree from [`result_tree`]: its last block.

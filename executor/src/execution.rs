@@ -559,15 +559,7 @@ async fn survey_results(
 fn tree_blocks(contents: Vec<(String, Option<Bytes>)>) -> Option<Vec<ContentBlock>> {
     let (blocks, _root) = shoal::unixfs::directory_tree(contents);
     let total: usize = blocks.iter().map(|b| b.data.len()).sum();
-    (total <= MAX_INLINE_RESULT_BYTES).then(|| {
-        blocks
-            .into_iter()
-            .map(|b| ContentBlock {
-                cid: b.cid.to_string(),
-                data: b.data,
-            })
-            .collect()
-    })
+    (total <= MAX_INLINE_RESULT_BYTES).then(|| blocks.into_iter().map(ContentBlock::from).collect())
 }
 
 /// Ships the result tree to the job's publisher and records where in `result`: the

@@ -896,13 +896,7 @@ mod tests {
             file("stdout", b"hello\n"),
         ]);
         assert_eq!(root.cid.to_string(), uploaded.cid);
-        let sent: Vec<ContentBlock> = blocks
-            .into_iter()
-            .map(|b| ContentBlock {
-                cid: b.cid.to_string(),
-                data: b.data,
-            })
-            .collect();
+        let sent: Vec<ContentBlock> = blocks.into_iter().map(ContentBlock::from).collect();
         let writes = store
             .inline_tree(&uploaded.cid, &sent)
             .await

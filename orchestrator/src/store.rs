@@ -385,6 +385,11 @@ mod tests {
     use super::*;
     use shoal::proto::{JobState, job_event};
 
+    async fn commit(store: &Store, writes: Vec<Write>) {
+        let commit = store.queue(writes).await.expect("queue");
+        commit.wait().await.expect("commit");
+    }
+
     /// What was committed is there after reopening, and events come back in order.
     #[tokio::test]
     async fn committed_writes_survive_reopen() {
@@ -408,13 +413,7 @@ mod tests {
             });
             let mut writes = vec![Write::Job(job)];
             writes.extend(events);
-            store
-                .queue(writes)
-                .await
-                .expect("queue")
-                .wait()
-                .await
-                .expect("commit");
+            commit(&store, writes).await;
             let events = store.events("j1", 2, 10).await.expect("events");
             assert_eq!(
                 events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
@@ -442,13 +441,7 @@ mod tests {
                 cid: format!("b{i}"),
                 data: bytes::Bytes::from(vec![i as u8; 1000]),
             });
-            store
-                .queue(writes)
-                .await
-                .expect("queue")
-                .wait()
-                .await
-                .expect("commit");
+            commit(&store, writes).await;
         }
         let crashed = dir.path().join("crashed");
         std::fs::create_dir(&crashed).expect("mkdir");
