@@ -7,7 +7,9 @@
 //! then is it applied to redb, in a commit that is not synced ([`redb::Durability::None`]).
 //! Every [`CHECKPOINT_BYTES`] of log, and when the store closes, a synced redb commit makes
 //! everything applied so far durable in the database itself and the log starts again
-//! empty. After a crash, redb opens at its last synced commit and the frames in the log
+//! empty. A group of [`DIRECT_BYTES`] or more (log chunks, mostly) skips the log: writing
+//! its bytes twice would cost more than the sync it saves, so it goes into a synced redb
+//! commit, which is a checkpoint too. After a crash, redb opens at its last synced commit and the frames in the log
 //! are applied again: every write puts a whole record under its key, so applying a frame
 //! twice leaves what applying it once does.
 //!
@@ -26,6 +28,9 @@ use crate::error::{Error, Result};
 
 /// Log size past which the writer checkpoints (a synced redb commit, then an empty log).
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// Group size from which the writer skips the log: it applies the group to the database
+/// in a synced commit (which makes everything before it durable too) and empties the log.
+pub const DIRECT_BYTES: usize = 512 << 10;
 /// Frame size past which the writer starts another frame for the rest of a group.
 pub const FRAME_TARGET: usize = 64 << 20;
 const FRAME_HEADER: usize = 8;
