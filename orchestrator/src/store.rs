@@ -120,17 +120,9 @@ impl Store {
         if !frames.is_empty() {
             // Writes acknowledged since the last checkpoint: into the database, durably,
             // before anything is read from it.
-            let tx = db.begin_write()?;
-            for frame in &frames {
-                apply_rows(&tx, &wal::rows(frame)?)?;
-            }
-            tx.commit()?;
-            tracing::info!(
-                frames = frames.len(),
-                bytes = wal.len(),
-                "applied the write-ahead log"
-            );
-            wal.clear()?;
+            let bytes = wal.len();
+            commit_directly(&db, &mut wal, &frames)?;
+            tracing::info!(frames = frames.len(), bytes, "applied the write-ahead log");
         }
         let snapshot = load(&db)?;
         let (writer, queue) = mpsc::channel(WRITE_QUEUE);
@@ -304,22 +296,19 @@ fn commit_frames(db: &Database, wal: &mut Wal, frames: &[Vec<u8>]) -> Result<()>
     let mut tx = db.begin_write()?;
     // Durable already, in the log: the sync comes with the next checkpoint.
     tx.set_durability(Durability::None)?;
-    for frame in frames {
-        apply_rows(&tx, &wal::rows(frame)?)?;
-    }
+    apply_frames(&tx, frames)?;
     tx.commit()?;
     Ok(())
 }
 
-/// Applies a large group to the database in a synced commit, which makes everything
-/// applied before it durable too, and empties the log: past [`wal::DIRECT_BYTES`],
-/// writing the bytes twice (log, then database) costs more than the scattered pages'
-/// sync saves (B5's logs, docs/PERFORMANCE.md).
+/// Applies frames to the database in a synced commit, which makes everything applied
+/// before it durable too, and empties the log. For a large group: past
+/// [`wal::DIRECT_BYTES`], writing the bytes twice (log, then database) costs more than the
+/// scattered pages' sync saves (B5's logs, docs/PERFORMANCE.md); and for the log itself
+/// at start-up.
 fn commit_directly(db: &Database, wal: &mut Wal, frames: &[Vec<u8>]) -> Result<()> {
     let tx = db.begin_write()?;
-    for frame in frames {
-        apply_rows(&tx, &wal::rows(frame)?)?;
-    }
+    apply_frames(&tx, frames)?;
     tx.commit()?;
     if !wal.is_empty() {
         wal.clear()?;
@@ -381,6 +370,14 @@ fn encode_frames(batches: &[Batch]) -> Vec<Vec<u8>> {
         frames.push(frame.finish());
     }
     frames
+}
+
+/// Puts the rows of `frames` into their tables, in order.
+fn apply_frames(tx: &redb::WriteTransaction, frames: &[Vec<u8>]) -> Result<()> {
+    for frame in frames {
+        apply_rows(tx, &wal::rows(frame)?)?;
+    }
+    Ok(())
 }
 
 /// Puts `rows` into their tables.
@@ -471,10 +468,7 @@ mod tests {
             std::fs::copy(dir.path().join(name), crashed.join(name)).expect("copy");
         }
         assert!(
-            std::fs::metadata(crashed.join("state.wal"))
-                .expect("stat")
-                .len()
-                > 0,
+            file_len(&crashed.join("state.wal")) > 0,
             "the writes are in the log, not yet checkpointed"
         );
         store.close().await;
@@ -485,20 +479,10 @@ mod tests {
             recovered.block("b19").expect("block").as_deref(),
             Some(&[19u8; 1000][..])
         );
-        assert_eq!(
-            std::fs::metadata(crashed.join("state.wal"))
-                .expect("stat")
-                .len(),
-            0
-        );
+        assert_eq!(file_len(&crashed.join("state.wal")), 0);
         recovered.close().await;
         // A clean close checkpoints: the original's log is empty too.
-        assert_eq!(
-            std::fs::metadata(dir.path().join("state.wal"))
-                .expect("stat")
-                .len(),
-            0
-        );
+        assert_eq!(file_len(&dir.path().join("state.wal")), 0);
     }
 
     /// A group past the direct-commit size goes straight into a synced database commit,
@@ -510,11 +494,7 @@ mod tests {
         let path = dir.path().join("state.redb");
         let (store, _) = Store::open(&path).expect("open");
         commit(&store, job("small")).await;
-        let wal_len = || {
-            std::fs::metadata(dir.path().join("state.wal"))
-                .expect("stat")
-                .len()
-        };
+        let wal_len = || file_len(&dir.path().join("state.wal"));
         assert!(wal_len() > 0, "a small group goes to the log");
         let big = Write::Block {
             cid: "big".into(),
@@ -534,6 +514,10 @@ mod tests {
             Some(wal::DIRECT_BYTES)
         );
         recovered.close().await;
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        std::fs::metadata(path).expect("stat").len()
     }
 
     fn job(id: &str) -> Vec<Write> {

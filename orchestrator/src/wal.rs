@@ -9,9 +9,9 @@
 //! everything applied so far durable in the database itself and the log starts again
 //! empty. A group of [`DIRECT_BYTES`] or more (log chunks, mostly) skips the log: writing
 //! its bytes twice would cost more than the sync it saves, so it goes into a synced redb
-//! commit, which is a checkpoint too. After a crash, redb opens at its last synced commit and the frames in the log
-//! are applied again: every write puts a whole record under its key, so applying a frame
-//! twice leaves what applying it once does.
+//! commit, which is a checkpoint too. After a crash, redb opens at its last synced commit
+//! and the frames in the log are applied again: every write puts a whole record under its
+//! key, so applying a frame twice leaves what applying it once does.
 //!
 //! A frame is `[payload length: u32 LE][CRC-32 of the payload: u32 LE][payload]`; the
 //! payload is a sequence of rows, `[table: u8][key length: u32 LE][key][sequence: u64 LE,
