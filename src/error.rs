@@ -17,8 +17,13 @@ pub enum Error {
     /// A transfer stream broke its framing rules.
     #[error("malformed transfer: {0}")]
     MalformedTransfer(String),
-    /// A local file could not be read or written.
-    #[error("{path}: {source}")]
+    /// A directory tree is larger than a walk of it accepts (too deep, too many entries,
+    /// a path too long); the message says which, briefly.
+    #[error("the tree is too large to handle: {0}")]
+    TreeTooLarge(String),
+    /// A local file could not be read or written. The path is shortened in the message:
+    /// a guest can make paths of any length.
+    #[error("{}: {source}", crate::local_tree::shorten(path.as_os_str(), 240))]
     Io {
         path: PathBuf,
         #[source]
@@ -59,7 +64,8 @@ impl From<Error> for tonic::Status {
             Error::InvalidSpec { .. }
             | Error::SpecSyntax(_)
             | Error::InvalidCid { .. }
-            | Error::MalformedTransfer(_) => tonic::Status::invalid_argument(error.to_string()),
+            | Error::MalformedTransfer(_)
+            | Error::TreeTooLarge(_) => tonic::Status::invalid_argument(error.to_string()),
             Error::Io { .. } | Error::Telemetry(_) => tonic::Status::internal(error.to_string()),
             Error::Rpc(status) => status,
         }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod fetch;
 pub mod ids;
 pub mod ipfs;
+pub mod local_tree;
 pub mod metrics;
 pub mod proto;
 pub mod s3;

@@ -370,10 +370,11 @@ impl S3Fetcher {
         prefix: &str,
         options: Option<&S3Options>,
         root: &Path,
+        bounds: crate::local_tree::TreeBounds,
     ) -> Result<S3Uploaded, String> {
         let client = self.client(options).await;
         let owned = root.to_owned();
-        let entries = tokio::task::spawn_blocking(move || crate::transfer::walk(&owned))
+        let entries = tokio::task::spawn_blocking(move || crate::local_tree::walk(&owned, bounds))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;

@@ -10,10 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::auth::AuthChannel;
+pub use crate::local_tree::{LocalEntry, TreeBounds};
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::local_tree::walk;
 use crate::proto::storage_service_client::StorageServiceClient;
 use crate::proto::{
     DownloadResponse, Entry, EntryKind, UploadRequest, UploadResponse, download_response,
@@ -57,91 +59,12 @@ pub fn check_tree_path(path: &str) -> Result<()> {
     Ok(())
 }
 
-/// One file or directory found by [`walk`], with its path relative to the root.
-#[derive(Debug, Clone)]
-pub struct LocalEntry {
-    pub relative: String,
-    pub absolute: PathBuf,
-    pub kind: EntryKind,
-    pub size: u64,
-}
-
-/// Lists a file, or a directory tree depth-first with names sorted, parents before children.
-/// Symbolic links and special files are skipped (and logged), never followed.
-pub fn walk(root: &Path) -> Result<Vec<LocalEntry>> {
-    let meta = std::fs::symlink_metadata(root).map_err(|e| Error::io(root, e))?;
-    let mut entries = Vec::new();
-    if meta.is_file() {
-        entries.push(LocalEntry {
-            relative: String::new(),
-            absolute: root.to_owned(),
-            kind: EntryKind::File,
-            size: meta.len(),
-        });
-        return Ok(entries);
-    }
-    if !meta.is_dir() {
-        return Err(Error::io(
-            root,
-            std::io::Error::other("not a regular file or directory"),
-        ));
-    }
-    entries.push(LocalEntry {
-        relative: String::new(),
-        absolute: root.to_owned(),
-        kind: EntryKind::Directory,
-        size: 0,
-    });
-    walk_dir(root, "", &mut entries)?;
-    Ok(entries)
-}
-
-fn walk_dir(dir: &Path, prefix: &str, entries: &mut Vec<LocalEntry>) -> Result<()> {
-    let mut children: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .collect::<std::io::Result<_>>()
-        .map_err(|e| Error::io(dir, e))?;
-    children.sort_by_key(|c| c.file_name());
-    for child in children {
-        let path = child.path();
-        let Some(name) = child.file_name().to_str().map(str::to_owned) else {
-            tracing::warn!(path = %path.display(), "skipping a name that is not UTF-8");
-            continue;
-        };
-        let relative = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
-        if meta.is_dir() {
-            entries.push(LocalEntry {
-                relative: relative.clone(),
-                absolute: path.clone(),
-                kind: EntryKind::Directory,
-                size: 0,
-            });
-            walk_dir(&path, &relative, entries)?;
-        } else if meta.is_file() {
-            entries.push(LocalEntry {
-                relative,
-                absolute: path,
-                kind: EntryKind::File,
-                size: meta.len(),
-            });
-        } else {
-            tracing::warn!(path = %path.display(), "skipping a symbolic link or special file");
-        }
-    }
-    Ok(())
-}
-
 /// The upload framing of a local file or tree, produced by a background task (for a server
 /// that stores local data itself). A read error ends the stream early; the receiver then
 /// reports a short file.
 pub async fn local_upload_stream(root: &Path) -> Result<ReceiverStream<UploadRequest>> {
     let owned = root.to_owned();
-    let entries = tokio::task::spawn_blocking(move || walk(&owned))
+    let entries = tokio::task::spawn_blocking(move || walk(&owned, TreeBounds::LOCAL))
         .await
         .map_err(|e| Error::io(root, std::io::Error::other(e)))??;
     let (tx, rx) = tokio::sync::mpsc::channel::<UploadRequest>(8);
@@ -153,16 +76,17 @@ pub async fn local_upload_stream(root: &Path) -> Result<ReceiverStream<UploadReq
     Ok(ReceiverStream::new(rx))
 }
 
-/// Uploads a local file or directory tree and returns its CID. `progress`, if given, counts
-/// file bytes as they are sent.
+/// Uploads a local file or directory tree, refused past `bounds`, and returns its CID.
+/// `progress`, if given, counts file bytes as they are sent.
 pub async fn upload_path(
     client: &mut StorageServiceClient<AuthChannel>,
     root: &Path,
+    bounds: TreeBounds,
     progress: Option<Arc<AtomicU64>>,
 ) -> Result<UploadResponse> {
     let entries = {
         let owned = root.to_owned();
-        tokio::task::spawn_blocking(move || walk(&owned))
+        tokio::task::spawn_blocking(move || walk(&owned, bounds))
             .await
             .map_err(|e| Error::io(root, std::io::Error::other(e)))??
     };
@@ -397,31 +321,6 @@ mod tests {
         for bad in ["/abs", "a/../b", "..", "./a", "a//b", "a/", "a\\b", "a\0b"] {
             assert!(check_tree_path(bad).is_err(), "{bad}");
         }
-    }
-
-    /// A walk lists parents before children, sorted, and skips symlinks.
-    #[test]
-    fn walk_orders_and_skips_links() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir_all(dir.path().join("b/c")).expect("mkdir");
-        std::fs::write(dir.path().join("b/c/f.txt"), b"x").expect("write");
-        std::fs::write(dir.path().join("a.txt"), b"hello").expect("write");
-        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).expect("symlink");
-        let names: Vec<_> = walk(dir.path())
-            .expect("walk")
-            .into_iter()
-            .map(|e| (e.relative, e.kind, e.size))
-            .collect();
-        assert_eq!(
-            names,
-            vec![
-                (String::new(), EntryKind::Directory, 0),
-                ("a.txt".into(), EntryKind::File, 5),
-                ("b".into(), EntryKind::Directory, 0),
-                ("b/c".into(), EntryKind::Directory, 0),
-                ("b/c/f.txt".into(), EntryKind::File, 1),
-            ]
-        );
     }
 
     /// Arbitrary download streams (entries with hostile paths, wrong sizes, data in the

@@ -61,6 +61,7 @@ async fn acknowledged_jobs_survive_two_orchestrator_kills() {
     let program = shoal::transfer::upload_path(
         &mut storage,
         std::path::Path::new(&path("examples/hello/hello.wasm")),
+        shoal::transfer::TreeBounds::LOCAL,
         None,
     )
     .await

@@ -747,3 +747,34 @@ async fn an_output_quota_stops_a_disk_filler() {
         .success();
     assert!(out.stdout.contains("arg[1]=after"), "{}", out.stdout);
 }
+
+/// A guest nesting 3,000 directories by descriptor (deeper than any path may be) neither
+/// crashes the executor with a stack overflow nor fails with a path echoed back: the run is
+/// stopped as OUTPUT_LIMIT with a short reason, the tree is deleted, and the same executor
+/// runs the next job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_nesting_thousands_of_directories_fails_alone() {
+    let stack = Devstack::start(&["--executors", "1"]).await;
+    let program = wat(stack.dir.path(), "deepdirs");
+    let out = stack.shoal(&["wasm", "run", &program]).await;
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(
+        out.stderr.contains("FAILED: OUTPUT_LIMIT"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("more than 128 directories deep"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("d/d/d/d/d"), "{}", out.stderr);
+    let hello = path("examples/hello/hello.wasm");
+    let out = stack
+        .shoal(&["wasm", "run", &hello, "after"])
+        .await
+        .success();
+    assert!(out.stdout.contains("arg[1]=after"), "{}", out.stdout);
+    let nodes = stack.shoal(&["node", "list"]).await.success();
+    assert!(!nodes.stdout.contains("DISCONNECTED"), "{}", nodes.stdout);
+}

@@ -61,9 +61,14 @@ impl Clients {
 
     /// Uploads a file or directory into the orchestrator's content store; returns its CID.
     pub async fn put(&mut self, path: &Path) -> anyhow::Result<String> {
-        let response = shoal::transfer::upload_path(&mut self.storage, path, None)
-            .await
-            .with_context(|| format!("uploading {}", path.display()))?;
+        let response = shoal::transfer::upload_path(
+            &mut self.storage,
+            path,
+            shoal::transfer::TreeBounds::LOCAL,
+            None,
+        )
+        .await
+        .with_context(|| format!("uploading {}", path.display()))?;
         Ok(response.cid)
     }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use shoal::auth::AuthChannel;
+use shoal::local_tree::TreeBounds;
 use shoal::proto::storage_service_client::StorageServiceClient;
 use shoal::proto::{
     Assign, ContentBlock, EntryKind, ExecutionFinished, ExecutionLog, ExecutionResult,
@@ -424,19 +425,31 @@ async fn execute_in(
     }
     let to_store = spec.publisher.is_empty() || spec.publisher == "default";
     let mut survey = survey_results(&results_dir, &in_memory, to_store).await;
-    if failure.is_none()
-        && let Some(over) = over_limit(survey.total_bytes, ctx.config.max_output_bytes)
-    {
-        failure = Some(Failure::new(FailureKind::OutputLimit, over));
+    if failure.is_none() {
+        let over = match &survey.too_large {
+            Some(reason) => Some(format!("the outputs are too large to publish: {reason}")),
+            None => over_limit(survey.total_bytes, ctx.config.max_output_bytes),
+        };
+        failure = over.map(|over| Failure::new(FailureKind::OutputLimit, over));
     }
     if failure
         .as_ref()
         .is_some_and(|f| f.kind() == FailureKind::OutputLimit)
     {
         // Keep only the logs: the outputs are over the limit.
-        for output in &spec.outputs {
-            let _ = tokio::fs::remove_dir_all(results_dir.join(&output.name)).await;
-        }
+        let outputs: Vec<PathBuf> = spec
+            .outputs
+            .iter()
+            .map(|o| results_dir.join(&o.name))
+            .collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for output in outputs {
+                if let Err(error) = shoal::local_tree::remove(&output) {
+                    tracing::warn!(%error, "cannot remove outputs over the limit");
+                }
+            }
+        })
+        .await;
         survey = survey_results(&results_dir, &in_memory, to_store).await;
     }
     let published = publish(
@@ -475,6 +488,9 @@ async fn execute_in(
 struct Survey {
     /// Bytes of the files in `results/` plus those held in memory.
     total_bytes: u64,
+    /// Why the tree is past the bounds of a guest's tree (too deep, too many entries), if
+    /// it is: then it is not published.
+    too_large: Option<String>,
     /// The tree as blocks (children before parents, the root last) when it is bound for
     /// the orchestrator's store and small enough to travel with the completion.
     small_tree: Option<Vec<ContentBlock>>,
@@ -506,6 +522,7 @@ async fn survey_results(
         contents.extend(directories.into_iter().map(|name| (name, None)));
         return Survey {
             total_bytes: in_memory_bytes,
+            too_large: None,
             small_tree: small(in_memory_bytes)
                 .then(|| tree_blocks(contents))
                 .flatten(),
@@ -514,16 +531,28 @@ async fn survey_results(
     let results_dir = results_dir.to_owned();
     let mut contents = contents(in_memory);
     let survey = move || {
-        let Ok(entries) = shoal::transfer::walk(&results_dir) else {
-            return Survey {
-                total_bytes: 0,
-                small_tree: None,
-            };
+        let entries = match shoal::local_tree::walk(&results_dir, TreeBounds::GUEST) {
+            Ok(entries) => entries,
+            Err(shoal::Error::TreeTooLarge(reason)) => {
+                return Survey {
+                    total_bytes: 0,
+                    too_large: Some(reason),
+                    small_tree: None,
+                };
+            }
+            Err(_) => {
+                return Survey {
+                    total_bytes: 0,
+                    too_large: None,
+                    small_tree: None,
+                };
+            }
         };
         let total_bytes = entries.iter().map(|e| e.size).sum::<u64>() + in_memory_bytes;
         if !small(total_bytes) {
             return Survey {
                 total_bytes,
+                too_large: None,
                 small_tree: None,
             };
         }
@@ -534,6 +563,7 @@ async fn survey_results(
                     Err(_) => {
                         return Survey {
                             total_bytes,
+                            too_large: None,
                             small_tree: None,
                         };
                     }
@@ -544,11 +574,13 @@ async fn survey_results(
         }
         Survey {
             total_bytes,
+            too_large: None,
             small_tree: tree_blocks(contents),
         }
     };
     tokio::task::spawn_blocking(survey).await.unwrap_or(Survey {
         total_bytes: 0,
+        too_large: None,
         small_tree: None,
     })
 }
@@ -592,7 +624,10 @@ async fn publish(
     if to_store {
         let upload = || {
             let mut storage = ctx.storage.clone();
-            async move { shoal::transfer::upload_path(&mut storage, results_dir, None).await }
+            async move {
+                shoal::transfer::upload_path(&mut storage, results_dir, TreeBounds::GUEST, None)
+                    .await
+            }
         };
         let response = retry::store_call(
             "uploading results",
@@ -610,7 +645,13 @@ async fn publish(
     let options = spec.publisher_s3.as_ref();
     let uploaded = ctx
         .s3
-        .upload_tree(&publisher.bucket, &prefix, options, results_dir)
+        .upload_tree(
+            &publisher.bucket,
+            &prefix,
+            options,
+            results_dir,
+            TreeBounds::GUEST,
+        )
         .await
         .map_err(|e| format!("cannot publish the results to S3: {e}"))?;
     result.published_to = format!("s3://{}/{prefix}", publisher.bucket);
@@ -643,12 +684,18 @@ async fn watch_output_quota(
         }
         // Logs held in memory (at most IN_MEMORY_MAX per stream) are counted at the end.
         let dir = results_dir.clone();
-        let Ok(Ok(entries)) =
-            tokio::task::spawn_blocking(move || shoal::transfer::walk(&dir)).await
-        else {
-            continue;
+        let walked =
+            tokio::task::spawn_blocking(move || shoal::local_tree::walk(&dir, TreeBounds::GUEST))
+                .await;
+        let over = match walked {
+            Ok(Ok(entries)) => over_limit(entries.iter().map(|e| e.size).sum(), limit),
+            Ok(Err(shoal::Error::TreeTooLarge(reason))) => {
+                Some(format!("the outputs are too large to publish: {reason}"))
+            }
+            // Unreadable for a moment (the guest is still writing): look again next time.
+            _ => None,
         };
-        if let Some(over) = over_limit(entries.iter().map(|e| e.size).sum(), limit) {
+        if let Some(over) = over {
             tracing::warn!(%over, "stopping a program over its output quota");
             run.cancel();
             return Some(over);

@@ -430,11 +430,7 @@ async fn fetch_s3(
 
 /// Removes what a failed fetch left behind.
 fn remove_partial(path: &Path) {
-    let _ = if path.is_dir() {
-        std::fs::remove_dir_all(path)
-    } else {
-        std::fs::remove_file(path)
-    };
+    let _ = shoal::local_tree::remove(path);
 }
 
 /// Where a file input mounted at `target` goes on the host: inside the directory shared by

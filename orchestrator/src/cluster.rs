@@ -1135,6 +1135,25 @@ impl Cluster {
         if !current {
             return;
         }
+        if failure.kind() == FailureKind::ExecutorLost
+            && let Some(entry) = self.jobs.get_mut(&job_id)
+        {
+            entry.job.executor_losses = entry.job.executor_losses.saturating_add(1);
+            // A job whose every attempt took its executor down (a guest that crashes the
+            // executor, say) must not be carried on across the fleet: the budget is spent,
+            // and the job's failure says what happened on every attempt.
+            let losses = entry.job.executor_losses;
+            if !failure.retryable && losses >= 2 && losses >= attempts {
+                failure = Failure::new(
+                    FailureKind::ExecutorsLost,
+                    format!(
+                        "every attempt ({losses} of {losses}) lost its executor; the job may \
+                         be what brings them down (last: {})",
+                        failure.message
+                    ),
+                );
+            }
+        }
         if failure.retryable {
             let message = format!(
                 "retrying after {} (attempt {} of {max_attempts} failed)",
@@ -1463,6 +1482,31 @@ mod tests {
             job.failure.as_ref().map(|f| (f.kind(), f.retryable)),
             Some((FailureKind::Trap, false))
         );
+    }
+
+    /// A job that loses its executor on every attempt (a guest that crashes executors) is
+    /// not carried across the fleet forever: at the retry budget it fails EXECUTORS_LOST,
+    /// counting its losses, and no further execution is placed.
+    #[test]
+    fn a_job_that_keeps_losing_its_executors_stops_at_the_budget() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 1, &[]);
+        let now = SystemTime::now();
+        let job = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        for attempt in 1..=3 {
+            c.schedule(now);
+            let placed = assignments(&mut c);
+            assert_eq!(placed.len(), 1, "attempt {attempt} is placed");
+            assert_eq!(c.evict("a", "the executor crashed", now), 1);
+        }
+        let failed = c.job(&job).expect("job");
+        assert_eq!(failed.state(), JobState::Failed);
+        assert_eq!(failed.executor_losses, 3);
+        let failure = failed.failure.as_ref().expect("failure");
+        assert_eq!(failure.kind(), FailureKind::ExecutorsLost);
+        assert!(failure.message.contains("3 of 3"), "{}", failure.message);
+        c.schedule(now);
+        assert!(assignments(&mut c).is_empty(), "nothing more is placed");
     }
 
     /// A report is applied once, however often it arrives, and only from the executor that

@@ -31,6 +31,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A write could not be committed (a full or failing disk): nothing of it was
+    /// applied, and the call may be retried once the store writes again.
+    #[error("the store cannot write: {0}")]
+    StoreUnavailable(String),
+    /// The write-ahead log is damaged or missing; the message says where and what to do.
+    #[error("{0}")]
+    LogDamaged(crate::wal::LogDamage),
     /// The orchestrator is shutting down.
     #[error("the orchestrator is shutting down")]
     ShuttingDown,
@@ -79,8 +86,10 @@ impl From<Error> for tonic::Status {
             Error::AlreadyExists(m) => Status::already_exists(m),
             Error::ResourceExhausted(m) => Status::resource_exhausted(m),
             Error::InvalidArgument(m) => Status::invalid_argument(m),
-            Error::ShuttingDown => Status::unavailable(error.to_string()),
-            Error::Store(_) | Error::Io { .. } => {
+            Error::ShuttingDown | Error::StoreUnavailable(_) => {
+                Status::unavailable(error.to_string())
+            }
+            Error::Store(_) | Error::Io { .. } | Error::LogDamaged(_) => {
                 tracing::error!(%error, "internal error");
                 Status::internal(error.to_string())
             }

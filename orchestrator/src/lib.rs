@@ -92,6 +92,13 @@ pub struct Config {
     /// if unset.
     #[arg(long, env = "SHOAL_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Start even though the write-ahead log `state.wal` is damaged or missing: keep the
+    /// intact frames before the damage, move the damaged log aside as
+    /// `state.wal.damaged-<unix time>`, and go on without the writes after it (they are
+    /// logged as lost). Without it the orchestrator refuses to start on such a log and
+    /// changes nothing. Use it once, after taking a copy of the data directory.
+    #[arg(long, env = "SHOAL_RECOVER_WAL")]
+    pub recover_wal: bool,
 }
 
 impl Config {
@@ -114,6 +121,7 @@ impl Config {
             tls_key: None,
             tls_client_ca: None,
             metrics_listen: None,
+            recover_wal: false,
         }
     }
 }
@@ -342,7 +350,12 @@ impl Orchestrator {
 pub async fn open(config: Config, shutdown: CancellationToken) -> Result<Arc<Orchestrator>> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| error::Error::io(format!("creating {}", config.data_dir.display()), e))?;
-    let (store, snapshot) = Store::open(&config.data_dir.join("state.redb"))?;
+    let recovery = if config.recover_wal {
+        wal::Recovery::MoveAside
+    } else {
+        wal::Recovery::Refuse
+    };
+    let (store, snapshot) = Store::open_with(&config.data_dir.join("state.redb"), recovery)?;
     let s3 = shoal::s3::S3Fetcher::new(config.s3.clone());
     let content_bucket = match &config.content_store {
         Some(location) => Some((

@@ -35,6 +35,9 @@ const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// Content-store blocks small enough to share a commit with the job records (see
 /// `crate::blocks`), keyed by CID.
 const BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("blocks");
+/// Facts about the store itself: `wal_id`, the id of the write-ahead log this database
+/// goes with (so a missing or foreign log is noticed).
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Batches waiting for the writer. Bounded: when the disk falls behind, submitters wait.
 const WRITE_QUEUE: usize = 1024;
@@ -94,7 +97,7 @@ impl Commit {
     pub async fn wait(self) -> Result<()> {
         match self.0.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(Error::Store(message)),
+            Ok(Err(message)) => Err(Error::StoreUnavailable(message)),
             Err(_) => Err(Error::ShuttingDown),
         }
     }
@@ -105,8 +108,14 @@ impl Store {
     /// the extension `wal`), applies what the log holds, and starts the writer thread,
     /// which ends when every `Store` handle is dropped.
     pub fn open(path: &Path) -> Result<(Store, Snapshot)> {
+        Store::open_with(path, wal::Recovery::Refuse)
+    }
+
+    /// [`open`](Self::open), saying what to do if the write-ahead log is damaged or
+    /// missing (by default: refuse, with [`Error::LogDamaged`]).
+    pub fn open_with(path: &Path, recovery: wal::Recovery) -> Result<(Store, Snapshot)> {
         let db = Arc::new(Database::create(path)?);
-        {
+        let expected_wal = {
             // Create the tables so that readers never see them missing.
             let tx = db.begin_write()?;
             tx.open_table(JOBS)?;
@@ -114,9 +123,18 @@ impl Store {
             tx.open_table(EVENTS)?;
             tx.open_table(NODES)?;
             tx.open_table(BLOCKS)?;
+            let id = tx.open_table(META)?.get("wal_id")?.map(|v| v.value());
+            tx.commit()?;
+            id
+        };
+        let (mut wal, frames) = Wal::open(&path.with_extension("wal"), expected_wal, recovery)?;
+        if expected_wal != Some(wal.id()) {
+            // A new log (new database, or recovery): record it, durably, before any frame
+            // can be written to it.
+            let tx = db.begin_write()?;
+            tx.open_table(META)?.insert("wal_id", wal.id())?;
             tx.commit()?;
         }
-        let (mut wal, frames) = Wal::open(&path.with_extension("wal"))?;
         if !frames.is_empty() {
             // Writes acknowledged since the last checkpoint: into the database, durably,
             // before anything is read from it.
@@ -404,6 +422,8 @@ mod tests {
     use super::*;
     use shoal::proto::{JobState, job_event};
 
+    const EMPTY_LOG: u64 = wal::FILE_HEADER as u64;
+
     async fn commit(store: &Store, writes: Vec<Write>) {
         let commit = store.queue(writes).await.expect("queue");
         commit.wait().await.expect("commit");
@@ -468,7 +488,7 @@ mod tests {
             std::fs::copy(dir.path().join(name), crashed.join(name)).expect("copy");
         }
         assert!(
-            file_len(&crashed.join("state.wal")) > 0,
+            file_len(&crashed.join("state.wal")) > EMPTY_LOG,
             "the writes are in the log, not yet checkpointed"
         );
         store.close().await;
@@ -479,10 +499,55 @@ mod tests {
             recovered.block("b19").expect("block").as_deref(),
             Some(&[19u8; 1000][..])
         );
-        assert_eq!(file_len(&crashed.join("state.wal")), 0);
+        assert_eq!(file_len(&crashed.join("state.wal")), EMPTY_LOG);
         recovered.close().await;
         // A clean close checkpoints: the original's log is empty too.
-        assert_eq!(file_len(&dir.path().join("state.wal")), 0);
+        assert_eq!(file_len(&dir.path().join("state.wal")), EMPTY_LOG);
+    }
+
+    /// A database whose write-ahead log is missing, or damaged in the middle, is refused
+    /// with the reason instead of opening without the acknowledged writes in the log;
+    /// recovery opens it with the frames before the damage.
+    #[tokio::test]
+    async fn a_database_without_its_whole_log_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.redb");
+        let (store, _) = Store::open(&path).expect("open");
+        for i in 0..3 {
+            commit(&store, job(&format!("j{i}"))).await;
+        }
+        let crashed = dir.path().join("crashed");
+        std::fs::create_dir(&crashed).expect("mkdir");
+        std::fs::copy(&path, crashed.join("state.redb")).expect("copy");
+        let log = std::fs::read(path.with_extension("wal")).expect("read the log");
+        store.close().await;
+
+        let refused = Store::open(&crashed.join("state.redb"))
+            .expect_err("refused");
+        assert!(refused.to_string().contains("is missing"), "{refused}");
+        // The second of three frames damaged: the third must not be dropped silently.
+        let mut damaged = log.clone();
+        let middle = wal::FILE_HEADER + (log.len() - wal::FILE_HEADER) / 2;
+        damaged[middle] ^= 1;
+        std::fs::write(crashed.join("state.wal"), &damaged).expect("write");
+        let refused = Store::open(&crashed.join("state.redb"))
+            .expect_err("refused");
+        assert!(matches!(refused, Error::LogDamaged(_)), "{refused}");
+        assert_eq!(
+            std::fs::read(crashed.join("state.wal")).expect("read"),
+            damaged
+        );
+        let (recovered, snapshot) =
+            Store::open_with(&crashed.join("state.redb"), wal::Recovery::MoveAside)
+                .expect("recover");
+        assert_eq!(
+            snapshot.jobs.len(),
+            1,
+            "the frame before the damage is kept"
+        );
+        recovered.close().await;
+        let (_, snapshot) = Store::open(&crashed.join("state.redb")).expect("reopen");
+        assert_eq!(snapshot.jobs.len(), 1);
     }
 
     /// A group past the direct-commit size goes straight into a synced database commit,
@@ -495,17 +560,18 @@ mod tests {
         let (store, _) = Store::open(&path).expect("open");
         commit(&store, job("small")).await;
         let wal_len = || file_len(&dir.path().join("state.wal"));
-        assert!(wal_len() > 0, "a small group goes to the log");
+        assert!(wal_len() > EMPTY_LOG, "a small group goes to the log");
         let big = Write::Block {
             cid: "big".into(),
             data: bytes::Bytes::from(vec![7; wal::DIRECT_BYTES]),
         };
         commit(&store, vec![big]).await;
-        assert_eq!(wal_len(), 0, "the large group checkpointed the log");
+        assert_eq!(wal_len(), EMPTY_LOG, "the large group checkpointed the log");
 
         let crashed = dir.path().join("crashed");
         std::fs::create_dir(&crashed).expect("mkdir");
         std::fs::copy(&path, crashed.join("state.redb")).expect("copy");
+        std::fs::copy(path.with_extension("wal"), crashed.join("state.wal")).expect("copy");
         store.close().await;
         let (recovered, snapshot) = Store::open(&crashed.join("state.redb")).expect("recover");
         assert_eq!(snapshot.jobs.len(), 1);

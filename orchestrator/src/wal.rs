@@ -13,14 +13,27 @@
 //! and the frames in the log are applied again: every write puts a whole record under its
 //! key, so applying a frame twice leaves what applying it once does.
 //!
-//! A frame is `[payload length: u32 LE][CRC-32 of the payload: u32 LE][payload]`; the
-//! payload is a sequence of rows, `[table: u8][key length: u32 LE][key][sequence: u64 LE,
-//! events only][value length: u32 LE][value]`. A frame cut short by a crash, or whose
-//! checksum fails, ends the log: it was never acknowledged, since acknowledgement waits
-//! for its sync.
+//! The file starts with a header, `SHOALWAL` and the log's id (u64 LE); the database
+//! records the id of its log, so a log that is missing, or that belongs to another
+//! database, is reported instead of silently ignored. Then come frames, each
+//! `[payload length: u32 LE][CRC-32 of the payload: u32 LE][CRC-32 of those 8 bytes: u32
+//! LE][payload]`; the payload is a sequence of rows, `[table: u8][key length: u32 LE][key]
+//! [sequence: u64 LE, events only][value length: u32 LE][value]`.
+//!
+//! Reading it back tells a torn tail from damage. A crash in the middle of an append
+//! leaves at most its last frame incomplete: cut short by the end of the file, or with
+//! bytes that never reached the disk (zeros, or a payload that fails its checksum and
+//! ends exactly at the end of the file). That frame was never acknowledged (an
+//! acknowledgement waits for the sync) and is cut off. Anything else that fails a
+//! checksum — a frame followed by more data, a damaged frame header — is corruption:
+//! [`Wal::open`] refuses it with the offset and what to do ([`LogDamage`]), and leaves the
+//! file as it is. [`Recovery::MoveAside`] is the explicit way on: the damaged log is
+//! renamed aside, the frames before the damage are kept, and what was lost is logged.
+//! (A byte flipped in the very last frame looks like a torn write, and is dropped with
+//! a warning naming its offset: nothing can tell the two apart.)
 
 use std::fs::File;
-use std::io::{self, Read as _};
+use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
@@ -33,7 +46,10 @@ pub const CHECKPOINT_BYTES: u64 = 64 << 20;
 pub const DIRECT_BYTES: usize = 512 << 10;
 /// Frame size past which the writer starts another frame for the rest of a group.
 pub const FRAME_TARGET: usize = 64 << 20;
-const FRAME_HEADER: usize = 8;
+const FRAME_HEADER: usize = 12;
+/// The file header: magic, then the log's id. An empty log is this long.
+pub const FILE_HEADER: usize = 16;
+const MAGIC: &[u8; 8] = b"SHOALWAL";
 
 /// The tables a row can go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +123,8 @@ impl FrameBuilder {
         let crc = crc32fast::hash(payload);
         self.bytes[..4].copy_from_slice(&length.to_le_bytes());
         self.bytes[4..8].copy_from_slice(&crc.to_le_bytes());
+        let header_crc = crc32fast::hash(&self.bytes[..8]);
+        self.bytes[8..12].copy_from_slice(&header_crc.to_le_bytes());
         self.bytes
     }
 }
@@ -124,7 +142,7 @@ pub fn rows(frame: &[u8]) -> Result<Vec<Row<'_>>> {
         Ok(head)
     };
     let mut rows = Vec::new();
-    let u32_at = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or_default()) as usize;
+    let u32_at = |b: &[u8]| u32_at(b) as usize;
     loop {
         let Ok(table) = take(1) else { break };
         let table = match table[0] {
@@ -154,59 +172,276 @@ pub fn rows(frame: &[u8]) -> Result<Vec<Row<'_>>> {
     Ok(rows)
 }
 
+/// What to do with a damaged or missing log at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Recovery {
+    /// Refuse to start ([`Error::LogDamaged`]), leaving every file as it is.
+    #[default]
+    Refuse,
+    /// Keep the frames before the damage, move the damaged log aside (`state.wal.damaged-
+    /// <unix time>`), start a new log, and log what was lost. A missing log is replaced
+    /// by a new one.
+    MoveAside,
+}
+
+/// Where and how a log is damaged; its `Display` says what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogDamage {
+    pub path: PathBuf,
+    /// Byte offset of the first unreadable byte (the frame that fails), if the file exists.
+    pub offset: Option<u64>,
+    /// Frames read intact before it.
+    pub good_frames: usize,
+    /// Bytes from the damage to the end of the file.
+    pub lost_bytes: u64,
+    pub what: String,
+}
+
+impl std::fmt::Display for LogDamage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the write-ahead log {} ", self.path.display())?;
+        match self.offset {
+            Some(offset) => write!(
+                f,
+                "is damaged at byte {offset} (frame {}, after {} intact frames; {} bytes from \
+                 there to the end): {}",
+                self.good_frames + 1,
+                self.good_frames,
+                self.lost_bytes,
+                self.what
+            )?,
+            None => write!(f, "{}", self.what)?,
+        }
+        write!(
+            f,
+            ". Writes acknowledged after that point are in the damaged part. Nothing was \
+             changed. Restore the data directory from a backup, or start once with \
+             --recover-wal to keep what is intact, move the damaged log aside and go on \
+             without the rest"
+        )
+    }
+}
+
 /// The log file.
 pub struct Wal {
     file: File,
     path: PathBuf,
     length: u64,
+    id: u64,
+}
+
+/// What [`scan`] found in a log's bytes after its header.
+struct Scan {
+    frames: Vec<Vec<u8>>,
+    /// End of the last intact frame.
+    end: usize,
+    /// Why the bytes after `end` are damage rather than a torn tail, if they are.
+    damage: Option<String>,
+}
+
+fn u32_at(bytes: &[u8]) -> u32 {
+    u32::from_le_bytes(bytes.try_into().unwrap_or_default())
+}
+
+/// Reads frames from `at` until the end or the first frame that does not check out, and
+/// tells a torn tail (see the module's comment) from damage.
+fn scan(bytes: &[u8], mut at: usize) -> Scan {
+    let mut frames = Vec::new();
+    let damage = loop {
+        let rest = &bytes[at..];
+        if rest.is_empty() {
+            break None;
+        }
+        if rest.iter().all(|b| *b == 0) {
+            break None; // space the file grew by, never written: torn
+        }
+        let Some(header) = rest.get(..FRAME_HEADER) else {
+            break None; // a header cut short by the end of the file: torn
+        };
+        if crc32fast::hash(&header[..8]) != u32_at(&header[8..12]) {
+            break Some("a frame header fails its checksum".to_owned());
+        }
+        let length = u32_at(&header[..4]) as usize;
+        let Some(payload) = rest.get(FRAME_HEADER..FRAME_HEADER + length) else {
+            break None; // cut short by the end of the file: torn
+        };
+        if crc32fast::hash(payload) != u32_at(&header[4..8]) {
+            if FRAME_HEADER + length == rest.len() {
+                tracing::warn!(
+                    offset = at,
+                    bytes = rest.len(),
+                    "the last write-ahead log frame fails its checksum; taking it for a write \
+                     cut short by a crash (never acknowledged) and cutting it off"
+                );
+                break None;
+            }
+            break Some(format!(
+                "a frame of {length} bytes fails its checksum and more data follows it"
+            ));
+        }
+        frames.push(rest[..FRAME_HEADER + length].to_vec());
+        at += FRAME_HEADER + length;
+    };
+    Scan {
+        frames,
+        end: at,
+        damage,
+    }
 }
 
 impl Wal {
-    /// Opens (or creates) the log at `path` and returns it with the complete frames it
-    /// holds, in order. Whatever follows the last complete frame is cut off.
-    pub fn open(path: &Path) -> Result<(Wal, Vec<Vec<u8>>)> {
+    /// Opens the log at `path` for the database whose log id is `expected` (None for a
+    /// database that has none yet: a new one, which gets a new log) and returns it with
+    /// the complete frames it holds, in order. A torn tail is cut off; damage, a missing
+    /// log the database expects, or a log of another database is
+    /// [`Error::LogDamaged`] unless `recovery` says to move it aside. The returned log's
+    /// [`id`](Self::id) is what the database must record.
+    pub fn open(
+        path: &Path,
+        expected: Option<u64>,
+        recovery: Recovery,
+    ) -> Result<(Wal, Vec<Vec<u8>>)> {
         let context = |what: &str| format!("{what} {}", path.display());
-        let mut file = File::options()
+        let damage =
+            |offset: Option<u64>, good_frames: usize, lost_bytes: u64, what: String| LogDamage {
+                path: path.to_owned(),
+                offset,
+                good_frames,
+                lost_bytes,
+                what,
+            };
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(context("reading"), e)),
+        };
+        let (frames, problem) = match (&bytes, expected) {
+            (None, None) => (Vec::new(), None),
+            (None, Some(id)) => (
+                Vec::new(),
+                Some(damage(
+                    None,
+                    0,
+                    0,
+                    format!("is missing, but the database expects its log (id {id:016x})"),
+                )),
+            ),
+            (Some(bytes), _) if bytes.is_empty() && expected.is_none() => (Vec::new(), None),
+            (Some(bytes), _) => {
+                let header_ok = bytes.len() >= FILE_HEADER && &bytes[..8] == MAGIC;
+                let id = header_ok
+                    .then(|| u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default()));
+                if !header_ok {
+                    let what = "does not start with a Shoal log header (damaged, or written by an \
+                                incompatible version)";
+                    (
+                        Vec::new(),
+                        Some(damage(Some(0), 0, bytes.len() as u64, what.into())),
+                    )
+                } else if expected.is_some() && id != expected {
+                    let what = format!(
+                        "belongs to another database (log id {:016x}, the database expects {:016x})",
+                        id.unwrap_or_default(),
+                        expected.unwrap_or_default()
+                    );
+                    (Vec::new(), Some(damage(None, 0, 0, what)))
+                } else {
+                    let scan = scan(bytes, FILE_HEADER);
+                    let lost = (bytes.len() - scan.end) as u64;
+                    let problem = scan
+                        .damage
+                        .map(|what| damage(Some(scan.end as u64), scan.frames.len(), lost, what));
+                    if problem.is_none() && lost > 0 {
+                        tracing::warn!(
+                            path = %path.display(),
+                            offset = scan.end,
+                            bytes = lost,
+                            "cutting off an incomplete write-ahead log frame (a write that was never acknowledged)"
+                        );
+                        let file = File::options()
+                            .write(true)
+                            .open(path)
+                            .map_err(|e| Error::io(context("opening"), e))?;
+                        file.set_len(scan.end as u64)
+                            .and_then(|()| file.sync_all())
+                            .map_err(|e| Error::io(context("truncating"), e))?;
+                    }
+                    let keep_id = problem.is_none().then_some(id).flatten();
+                    if let Some(id) = keep_id {
+                        let wal = Wal::reopen(path, id, scan.end as u64)?;
+                        return Ok((wal, scan.frames));
+                    }
+                    (scan.frames, problem)
+                }
+            }
+        };
+        if let Some(problem) = problem {
+            if recovery == Recovery::Refuse {
+                return Err(Error::LogDamaged(problem));
+            }
+            if bytes.is_some() {
+                let aside = path.with_extension(format!(
+                    "wal.damaged-{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs()
+                ));
+                std::fs::rename(path, &aside).map_err(|e| Error::io(context("moving aside"), e))?;
+                tracing::error!(
+                    damage = %problem,
+                    kept_frames = frames.len(),
+                    moved_to = %aside.display(),
+                    "recovering: the damaged write-ahead log was moved aside; the intact frames \
+                     before the damage are applied, the writes after it are lost"
+                );
+            } else {
+                tracing::error!(
+                    damage = %problem,
+                    "recovering: starting a new write-ahead log; writes acknowledged since the \
+                     last checkpoint are lost"
+                );
+            }
+        }
+        let wal = Wal::create(path)?;
+        Ok((wal, frames))
+    }
+
+    /// Starts a new, empty log with a new id (replacing what is at `path`), durably.
+    fn create(path: &Path) -> Result<Wal> {
+        let context = |what: &str| format!("{what} {}", path.display());
+        let id = uuid::Uuid::now_v7().as_u64_pair().1 | 1;
+        let temp = path.with_extension("wal.new");
+        let mut header = MAGIC.to_vec();
+        header.extend_from_slice(&id.to_le_bytes());
+        std::fs::write(&temp, &header)
+            .and_then(|()| File::open(&temp)?.sync_all())
+            .and_then(|()| std::fs::rename(&temp, path))
+            .and_then(|()| match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+                _ => Ok(()),
+            })
+            .map_err(|e| Error::io(context("creating"), e))?;
+        Wal::reopen(path, id, FILE_HEADER as u64)
+    }
+
+    fn reopen(path: &Path, id: u64, length: u64) -> Result<Wal> {
+        let file = File::options()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(false)
             .open(path)
-            .map_err(|e| Error::io(context("opening"), e))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| Error::io(context("reading"), e))?;
-        let mut frames = Vec::new();
-        let mut at = 0;
-        while let Some(header) = bytes.get(at..at + FRAME_HEADER) {
-            let length = u32::from_le_bytes(header[..4].try_into().unwrap_or_default()) as usize;
-            let crc = u32::from_le_bytes(header[4..].try_into().unwrap_or_default());
-            let end = at + FRAME_HEADER + length;
-            let Some(payload) = bytes.get(at + FRAME_HEADER..end) else {
-                break;
-            };
-            if crc32fast::hash(payload) != crc {
-                break;
-            }
-            frames.push(bytes[at..end].to_vec());
-            at = end;
-        }
-        if at < bytes.len() {
-            tracing::warn!(
-                path = %path.display(),
-                bytes = bytes.len() - at,
-                "cutting off an incomplete write-ahead log frame (a write that was never acknowledged)"
-            );
-            file.set_len(at as u64)
-                .and_then(|()| file.sync_all())
-                .map_err(|e| Error::io(context("truncating"), e))?;
-        }
-        let wal = Wal {
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        Ok(Wal {
             file,
             path: path.to_owned(),
-            length: at as u64,
-        };
-        Ok((wal, frames))
+            length,
+            id,
+        })
+    }
+
+    /// The log's id, which the database records.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Appends frames and waits until they are on disk (one sync for all).
@@ -225,16 +460,17 @@ impl Wal {
 
     /// Whether the log holds no frame.
     pub fn is_empty(&self) -> bool {
-        self.length == 0
+        self.length <= FILE_HEADER as u64
     }
 
-    /// Empties the log, once everything in it is durable in the database.
+    /// Empties the log (its header stays), once everything in it is durable in the
+    /// database.
     pub fn clear(&mut self) -> Result<()> {
         self.file
-            .set_len(0)
+            .set_len(FILE_HEADER as u64)
             .and_then(|()| self.file.sync_all())
             .map_err(|e| Error::io(format!("emptying {}", self.path.display()), e))?;
-        self.length = 0;
+        self.length = FILE_HEADER as u64;
         Ok(())
     }
 }
@@ -251,6 +487,18 @@ mod tests {
         builder.finish()
     }
 
+    fn job_frame(key: &str) -> Vec<u8> {
+        frame(&[(Table::Jobs, key, 0, b"job")])
+    }
+
+    /// A log holding `frames`, written as the store writes them; returns its id.
+    fn written(path: &Path, frames: &[Vec<u8>]) -> u64 {
+        let (mut wal, old) = Wal::open(path, None, Recovery::Refuse).expect("open");
+        assert!(old.is_empty());
+        wal.append(frames).expect("append");
+        wal.id()
+    }
+
     /// Rows come back as written; frames survive reopening, and a torn last frame (a crash
     /// in the middle of an append) is cut off without losing the frames before it.
     #[test]
@@ -262,19 +510,33 @@ mod tests {
             (Table::Events, "j1", 7, b"event"),
         ]);
         let second = frame(&[(Table::Blocks, "bafy", 0, &[0; 100])]);
-        {
-            let (mut wal, frames) = Wal::open(&path).expect("open");
-            assert!(frames.is_empty());
-            wal.append(&[first.clone(), second.clone()])
-                .expect("append");
-            // Half of a third frame, as a crash during its write leaves it.
-            let third = frame(&[(Table::Nodes, "e1", 0, b"node")]);
-            wal.append(&[third[..third.len() / 2].to_vec()])
-                .expect("append");
-        }
-        let (wal, frames) = Wal::open(&path).expect("reopen");
-        assert_eq!(frames, [first.clone(), second]);
+        let third = frame(&[(Table::Nodes, "e1", 0, b"node")]);
+        // Half of a third frame, as a crash during its write leaves it.
+        let id = written(
+            &path,
+            &[
+                first.clone(),
+                second.clone(),
+                third[..third.len() / 2].to_vec(),
+            ],
+        );
+        let (wal, frames) = Wal::open(&path, Some(id), Recovery::Refuse).expect("reopen");
+        assert_eq!(frames, [first.clone(), second.clone()]);
+        assert_eq!(wal.id(), id);
         assert_eq!(wal.len(), std::fs::metadata(&path).expect("stat").len());
+        drop(wal);
+        // Space the file grew by but that was never written (zeros) is torn too, and so is
+        // a last frame whose payload never reached the disk.
+        let mut unwritten = third.clone();
+        unwritten[FRAME_HEADER..].fill(0);
+        for tail in [vec![0u8; 300], unwritten] {
+            let (mut wal, _) = Wal::open(&path, Some(id), Recovery::Refuse).expect("open");
+            wal.append(&[tail]).expect("append");
+            drop(wal);
+            let (_, frames) = Wal::open(&path, Some(id), Recovery::Refuse).expect("reopen");
+            assert_eq!(frames, [first.clone(), second.clone()]);
+        }
+        let frames = frames_of(&path, id);
         let rows = rows(&frames[0]).expect("rows");
         assert_eq!(
             rows,
@@ -295,27 +557,96 @@ mod tests {
         );
     }
 
-    /// A frame whose bytes changed after it was written fails its checksum and ends the
-    /// log; a malformed payload is an error, not a panic.
+    fn frames_of(path: &Path, id: u64) -> Vec<Vec<u8>> {
+        Wal::open(path, Some(id), Recovery::Refuse).expect("open").1
+    }
+
+    /// One flipped byte in a frame that more frames follow is damage, not a torn tail:
+    /// the log is refused with the offset, and left exactly as it was. Recovery keeps the
+    /// frames before the damage and moves the damaged log aside.
     #[test]
-    fn a_corrupt_frame_ends_the_log() {
+    fn a_flipped_byte_mid_log_is_refused_then_recovered_explicitly() {
+        for flip_in_header in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("state.wal");
+            let good = job_frame("j1");
+            let mut bad = job_frame("j2");
+            let at = if flip_in_header { 1 } else { bad.len() - 1 };
+            bad[at] ^= 0x40;
+            let id = written(
+                &path,
+                &[good.clone(), bad, job_frame("j3"), job_frame("j4")],
+            );
+            let before = std::fs::read(&path).expect("read");
+            let error = match Wal::open(&path, Some(id), Recovery::Refuse) {
+                Err(error) => error,
+                Ok(_) => panic!("a damaged log was accepted"),
+            };
+            let Error::LogDamaged(damage) = &error else {
+                panic!("{error}")
+            };
+            let offset = (FILE_HEADER + good.len()) as u64;
+            assert_eq!(damage.offset, Some(offset));
+            assert_eq!(damage.good_frames, 1);
+            let message = error.to_string();
+            assert!(message.contains(&format!("at byte {offset}")), "{message}");
+            assert!(message.contains("--recover-wal"), "{message}");
+            assert_eq!(
+                std::fs::read(&path).expect("read"),
+                before,
+                "left as it was"
+            );
+
+            let (wal, frames) = Wal::open(&path, Some(id), Recovery::MoveAside).expect("recover");
+            assert_eq!(frames, [good]);
+            assert!(wal.is_empty());
+            let aside: Vec<_> = std::fs::read_dir(dir.path())
+                .expect("ls")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with("state.wal.damaged-"))
+                .collect();
+            assert_eq!(aside.len(), 1);
+            assert_eq!(
+                std::fs::read(dir.path().join(&aside[0])).expect("read"),
+                before
+            );
+            // The new log is used from then on: its id is the one to record.
+            drop(wal);
+            let (new, _) = Wal::open(&path, None, Recovery::Refuse).expect("reopen");
+            assert!(Wal::open(&path, Some(new.id()), Recovery::Refuse).is_ok());
+        }
+    }
+
+    /// A database that expects a log finds it missing, or finds another database's log:
+    /// both are refused, never taken for an empty log.
+    #[test]
+    fn a_missing_or_foreign_log_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("state.wal");
-        let good = frame(&[(Table::Jobs, "j1", 0, b"job")]);
-        let mut bad = frame(&[(Table::Jobs, "j2", 0, b"job")]);
-        let last = bad.len() - 1;
-        bad[last] ^= 0xff;
-        {
-            let (mut wal, _) = Wal::open(&path).expect("open");
-            wal.append(&[good.clone(), bad]).expect("append");
-        }
-        let (_, frames) = Wal::open(&path).expect("reopen");
-        assert_eq!(frames, [good]);
+        let id = written(&path, &[job_frame("j1")]);
+        std::fs::remove_file(&path).expect("rm");
+        let error = Wal::open(&path, Some(id), Recovery::Refuse)
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("is missing"), "{error}");
+        let other = written(&path, &[job_frame("j1")]);
+        assert_ne!(other, id);
+        let error = Wal::open(&path, Some(id), Recovery::Refuse)
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("another database"), "{error}");
+        std::fs::remove_file(&path).expect("rm");
+        let (wal, frames) = Wal::open(&path, Some(id), Recovery::MoveAside).expect("recover");
+        assert!(frames.is_empty() && wal.is_empty());
+    }
 
+    /// A payload whose rows lie about their lengths is an error, not a panic.
+    #[test]
+    fn a_malformed_payload_is_an_error() {
         let mut lying = FrameBuilder::default();
         lying.row(Table::Jobs, "j", 0, |b| b.extend_from_slice(b"x"));
         let mut lying = lying.finish();
-        lying[9] = 200; // the key length, past the end
+        lying[FRAME_HEADER + 1] = 200; // the key length, past the end
         assert!(rows(&lying).is_err());
     }
 }

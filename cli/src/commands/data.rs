@@ -124,17 +124,25 @@ pub async fn upload(
 ) -> anyhow::Result<String> {
     let total: u64 = {
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || shoal::transfer::walk(&path))
-            .await??
-            .iter()
-            .map(|e| e.size)
-            .sum()
+        tokio::task::spawn_blocking(move || {
+            shoal::local_tree::walk(&path, shoal::local_tree::TreeBounds::LOCAL)
+        })
+        .await??
+        .iter()
+        .map(|e| e.size)
+        .sum()
     };
     let sent = Arc::new(AtomicU64::new(0));
     let bar = progress
         .then(|| ProgressBar::start(format!("uploading {}", path.display()), total, sent.clone()))
         .flatten();
-    let result = shoal::transfer::upload_path(storage, path, Some(sent)).await;
+    let result = shoal::transfer::upload_path(
+        storage,
+        path,
+        shoal::transfer::TreeBounds::LOCAL,
+        Some(sent),
+    )
+    .await;
     drop(bar);
     let response = result.with_context(|| format!("cannot upload {}", path.display()))?;
     Ok(response.cid)

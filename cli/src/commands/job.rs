@@ -544,11 +544,13 @@ async fn download_from_s3(
     };
     let files = if fetched.directory {
         let owned = dest.to_owned();
-        tokio::task::spawn_blocking(move || shoal::transfer::walk(&owned))
-            .await??
-            .iter()
-            .filter(|e| e.kind == shoal::proto::EntryKind::File)
-            .count() as u64
+        tokio::task::spawn_blocking(move || {
+            shoal::local_tree::walk(&owned, shoal::local_tree::TreeBounds::LOCAL)
+        })
+        .await??
+        .iter()
+        .filter(|e| e.kind == shoal::proto::EntryKind::File)
+        .count() as u64
     } else {
         1
     };

@@ -146,10 +146,7 @@ async fn store_fetched(
             "cannot copy {source}: {reason}"
         ))),
     };
-    let _ = if temp.is_dir() {
-        tokio::fs::remove_dir_all(temp).await
-    } else {
-        tokio::fs::remove_file(temp).await
-    };
+    let owned = temp.to_owned();
+    let _ = tokio::task::spawn_blocking(move || shoal::local_tree::remove(&owned)).await;
     stored
 }
