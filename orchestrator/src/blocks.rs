@@ -17,7 +17,6 @@ use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use shoal::cid::ContentId;
-use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, Result};
 use crate::store::{Commit, Store, Write};
@@ -211,38 +210,32 @@ impl BlockStore {
     /// the caller waits on the returned [`PendingPut`] before telling anyone the block (or
     /// a DAG holding it) exists.
     pub async fn put_queued(&self, cid: &ContentId, data: &Bytes) -> Result<PendingPut> {
-        if self.size(cid).await?.is_some() {
-            return Ok(PendingPut(None));
-        }
         match self {
-            BlockStore::Local { small, .. } if data.len() <= SMALL_BLOCK_MAX => {
-                let write = Write::Block {
-                    cid: cid.to_string(),
-                    data: data.clone(),
-                };
-                Ok(PendingPut(Some(small.queue(vec![write]).await?)))
-            }
-            BlockStore::Local { blocks, tmp, .. } => {
-                let dest = Self::block_path(blocks, cid);
-                let temp = tmp.join(uuid::Uuid::now_v7().to_string());
-                let write = async {
-                    let mut file = tokio::fs::File::create(&temp).await?;
-                    file.write_all(data).await?;
-                    file.sync_data().await?;
-                    let shard = dest.parent().unwrap_or(blocks);
-                    if tokio::fs::metadata(shard).await.is_err() {
-                        tokio::fs::create_dir_all(shard).await?;
-                        sync_dir(blocks).await?;
+            BlockStore::Local { blocks, tmp, small } => {
+                let key = cid.to_string();
+                if data.len() <= SMALL_BLOCK_MAX {
+                    match small.block(&key)? {
+                        Some(held) if cid.verifies(&held) => return Ok(PendingPut(None)),
+                        Some(held) => tracing::warn!(
+                            cid = key,
+                            bytes = held.len(),
+                            "replacing a stored block that does not match its CID"
+                        ),
+                        None => {}
                     }
-                    tokio::fs::rename(&temp, &dest).await?;
-                    // Without this the rename can be lost in a power cut after the block
-                    // was reported stored.
-                    sync_dir(shard).await
-                };
-                if let Err(error) = write.await {
-                    let _ = tokio::fs::remove_file(&temp).await;
-                    return Err(Error::io(format!("storing block {cid}"), error));
+                    let write = Write::Block {
+                        cid: key,
+                        data: data.clone(),
+                    };
+                    return Ok(PendingPut(Some(small.queue(vec![write]).await?)));
                 }
+                let (blocks, tmp, cid, data) = (blocks.clone(), tmp.clone(), *cid, data.clone());
+                tokio::task::spawn_blocking(move || write_block_file(&blocks, &tmp, &cid, &data))
+                    .await
+                    .map_err(|e| {
+                        Error::io(format!("storing block {key}"), std::io::Error::other(e))
+                    })?
+                    .map_err(|e| Error::io(format!("storing block {key}"), e))?;
                 Ok(PendingPut(None))
             }
             BlockStore::S3 {
@@ -250,6 +243,18 @@ impl BlockStore {
                 bucket,
                 prefix,
             } => {
+                // A PUT is atomic: an object under the CID's key is whole, unless someone
+                // else wrote it. Its length is checked; a wrong one is replaced.
+                if let Some(size) = self.size(cid).await? {
+                    if size == data.len() as u64 {
+                        return Ok(PendingPut(None));
+                    }
+                    tracing::warn!(
+                        cid = %cid,
+                        size,
+                        "replacing a stored block whose length does not match"
+                    );
+                }
                 let key = Self::key(prefix, cid);
                 client
                     .put_object()
@@ -265,12 +270,60 @@ impl BlockStore {
     }
 }
 
-/// Makes the entries of directory `dir` durable (a rename or create inside it).
-async fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    let dir = dir.to_owned();
-    tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
-        .await
-        .map_err(std::io::Error::other)?
+/// Writes the block file for `cid` durably, unless an intact one is there: written to a
+/// temporary file with every error checked (std's blocking calls: tokio's `File` reports
+/// a failed buffered write only on a later call, so `sync_data` after a write that hit a
+/// full disk could succeed and an empty file be renamed into place), synced, read back and
+/// checked against the CID, then renamed into place and the rename synced. A file already
+/// under the CID whose length or hash is wrong (from a crash of an older version, or a
+/// damaged disk) is replaced.
+fn write_block_file(
+    blocks: &Path,
+    tmp: &Path,
+    cid: &ContentId,
+    data: &[u8],
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dest = BlockStore::block_path(blocks, cid);
+    match std::fs::read(&dest) {
+        Ok(held) if held.len() == data.len() && cid.verifies(&held) => return Ok(()),
+        Ok(held) => tracing::warn!(
+            cid = %cid,
+            bytes = held.len(),
+            "replacing a stored block that does not match its CID"
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let temp = tmp.join(uuid::Uuid::now_v7().to_string());
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(data)?;
+        file.sync_data()?;
+        drop(file);
+        let written = std::fs::read(&temp)?;
+        if written.len() != data.len() || !cid.verifies(&written) {
+            return Err(std::io::Error::other(format!(
+                "the written file holds {} bytes that do not match the block ({} bytes)",
+                written.len(),
+                data.len()
+            )));
+        }
+        let shard = dest.parent().unwrap_or(blocks);
+        if !shard.is_dir() {
+            std::fs::create_dir_all(shard)?;
+            std::fs::File::open(blocks)?.sync_all()?;
+        }
+        std::fs::rename(&temp, &dest)?;
+        // Without this the rename can be lost in a power cut after the block was reported
+        // stored.
+        std::fs::File::open(shard)?.sync_all()
+    };
+    let result = write();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
 }
 
 fn s3_error<E, R>(

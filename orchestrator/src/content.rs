@@ -811,6 +811,75 @@ mod tests {
         assert!(store.download(&cid, "", 700_001).await.is_err());
     }
 
+    /// Every block file under the content directory, with its length.
+    fn block_files(content: &Path) -> Vec<(PathBuf, u64)> {
+        shoal::local_tree::walk(
+            &content.join("blocks"),
+            shoal::local_tree::TreeBounds::LOCAL,
+        )
+        .expect("walk")
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .map(|e| (e.absolute, e.size))
+        .collect()
+    }
+
+    /// On a real full disk (a tmpfs), an upload that cannot store its blocks fails and
+    /// leaves no empty or partial block under any CID; once there is room again the same
+    /// upload succeeds and reads back whole. A block file damaged later (cut to 0 bytes) is
+    /// replaced by the next upload of the same data instead of being trusted for good.
+    #[tokio::test]
+    async fn a_full_disk_never_leaves_a_broken_block() {
+        let disk = crate::testing::SmallDisk::mount("1m");
+        let database = tempfile::tempdir().expect("tempdir");
+        let (db, _) = Store::open(&database.path().join("state.redb")).expect("open");
+        let content = disk.path().join("content");
+        let store = ContentStore::open(&content, db, 1 << 30).expect("open");
+        let bytes: Vec<u8> = (0..700_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let upload = || {
+            let mut items = vec![entry("", EntryKind::File, bytes.len() as u64)];
+            items.extend(bytes.chunks(100_000).map(data));
+            items
+        };
+        let filler = disk.fill_leaving(300 << 10);
+        let error = put(&store, upload()).await.expect_err("the disk is full");
+        assert!(error.to_string().contains("No space left"), "{error}");
+        let broken: Vec<_> = block_files(&content)
+            .into_iter()
+            .filter(|(path, size)| {
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                let cid: ContentId = name.parse().expect("a block file is named by its CID");
+                std::fs::read(path).map_or(true, |b| b.len() as u64 != *size || !cid.verifies(&b))
+            })
+            .collect();
+        assert!(broken.is_empty(), "broken blocks: {broken:?}");
+
+        std::fs::remove_file(&filler).expect("free the disk");
+        let response = put(&store, upload()).await.expect("upload with room");
+        let cid: ContentId = response.cid.parse().expect("cid");
+        let read = |store: &ContentStore| {
+            let store = store.clone();
+            async move {
+                let stream = store.download(&cid, "", 0).await.expect("download");
+                shoal::transfer::download_bytes(stream, 1 << 30)
+                    .await
+                    .expect("bytes")
+            }
+        };
+        assert_eq!(read(&store).await, bytes);
+
+        let (damaged, _) = block_files(&content)
+            .into_iter()
+            .next()
+            .expect("a block file");
+        std::fs::write(&damaged, b"").expect("damage a block");
+        put(&store, upload()).await.expect("upload again");
+        assert_eq!(read(&store).await, bytes, "the damaged block was replaced");
+    }
+
     /// Blocks up to SMALL_BLOCK_MAX go into the database, bigger ones into files, and both
     /// kinds are there after the database is closed and opened again.
     #[tokio::test]

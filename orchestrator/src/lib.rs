@@ -14,6 +14,8 @@ pub mod gateway;
 pub mod metrics;
 pub mod service;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod wal;
 
 use std::collections::HashMap;

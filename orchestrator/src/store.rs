@@ -522,16 +522,14 @@ mod tests {
         let log = std::fs::read(path.with_extension("wal")).expect("read the log");
         store.close().await;
 
-        let refused = Store::open(&crashed.join("state.redb"))
-            .expect_err("refused");
+        let refused = Store::open(&crashed.join("state.redb")).expect_err("refused");
         assert!(refused.to_string().contains("is missing"), "{refused}");
         // The second of three frames damaged: the third must not be dropped silently.
         let mut damaged = log.clone();
         let middle = wal::FILE_HEADER + (log.len() - wal::FILE_HEADER) / 2;
         damaged[middle] ^= 1;
         std::fs::write(crashed.join("state.wal"), &damaged).expect("write");
-        let refused = Store::open(&crashed.join("state.redb"))
-            .expect_err("refused");
+        let refused = Store::open(&crashed.join("state.redb")).expect_err("refused");
         assert!(matches!(refused, Error::LogDamaged(_)), "{refused}");
         assert_eq!(
             std::fs::read(crashed.join("state.wal")).expect("read"),
