@@ -166,6 +166,23 @@ impl Cluster {
         cluster
     }
 
+    /// Replaces the state with what the store holds, after commits failed (a full disk):
+    /// the transitions whose writes were lost are forgotten with them, so no executor slot
+    /// stays held by an assignment that was never sent. Every executor stream is ended:
+    /// reports sent on them may have been lost with the failed commits, and registering
+    /// again (with the executions still running and the recent finished reports) is the
+    /// reconciliation that recovers them. Until then executors count as disconnected, with
+    /// a lease to come back, as after a restart.
+    pub fn reload(&mut self, snapshot: Snapshot, now: Instant) {
+        for link in self.nodes.values().filter_map(|n| n.link.as_ref()) {
+            link.sender.stuck.cancel();
+        }
+        let mut fresh = Cluster::restore(snapshot, self.config, now);
+        fresh.metrics = self.metrics.clone();
+        fresh.next_generation = self.next_generation;
+        *self = fresh;
+    }
+
     /// The metrics this state machine updates.
     pub fn metrics(&self) -> std::sync::Arc<Metrics> {
         self.metrics.clone()

@@ -102,14 +102,11 @@ impl ContentStore {
         &self.blocks
     }
 
-    /// Whether the block `cid` is stored (for a DAG, its root). A backend error counts as
-    /// absent, and is logged.
-    pub async fn contains(&self, cid: &ContentId) -> bool {
-        self.blocks
-            .size(cid)
-            .await
-            .inspect_err(|error| tracing::warn!(%cid, %error, "cannot look up a block"))
-            .is_ok_and(|size| size.is_some())
+    /// Whether the block `cid` is stored (for a DAG, its root). A backend that cannot
+    /// answer is an error, never taken for "absent" (which would tell a client to upload
+    /// data the store holds).
+    pub async fn contains(&self, cid: &ContentId) -> Result<bool> {
+        Ok(self.blocks.size(cid).await?.is_some())
     }
 
     /// Stores one block (idempotent).
@@ -156,7 +153,7 @@ impl ContentStore {
         depth: usize,
     ) -> futures::future::BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
-            if self.contains(&cid).await {
+            if self.contains(&cid).await? {
                 return Ok(0);
             }
             if depth > MAX_PIN_DEPTH {
@@ -219,7 +216,7 @@ impl ContentStore {
             let (node, _) = unixfs::decode_node(data).map_err(|e| bad(format!("{cid}: {e}")))?;
             for link in &node.links {
                 let child = unixfs::link_cid(link).map_err(|e| bad(format!("{cid}: {e}")))?;
-                if !sent.contains(&child) && !self.contains(&child).await {
+                if !sent.contains(&child) && !self.contains(&child).await? {
                     return Err(bad(format!(
                         "{cid} links to {child}, which is neither sent nor stored"
                     )));

@@ -89,6 +89,15 @@ impl From<Error> for tonic::Status {
             Error::ShuttingDown | Error::StoreUnavailable(_) => {
                 Status::unavailable(error.to_string())
             }
+            Error::Io { ref source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                // A full disk: retryable once space is freed.
+                Status::unavailable(error.to_string())
+            }
             Error::Store(_) | Error::Io { .. } | Error::LogDamaged(_) => {
                 tracing::error!(%error, "internal error");
                 Status::internal(error.to_string())

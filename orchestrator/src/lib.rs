@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod service;
 pub mod store;
 #[cfg(test)]
+#[path = "../../tests/common/small_disk.rs"]
 mod testing;
 pub mod wal;
 
@@ -142,6 +143,9 @@ pub struct Orchestrator {
     /// Latest committed event sequence per watched job.
     watchers: std::sync::Mutex<HashMap<String, watch::Sender<u64>>>,
     metrics: Arc<metrics::Metrics>,
+    /// Whether the store writes (false from a failed commit until the store writes again
+    /// and the state was reloaded from it; see `store_watchdog`).
+    store_writes: watch::Sender<bool>,
     schedule: Notify,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -212,6 +216,15 @@ impl Orchestrator {
         transition: impl FnOnce(&mut Cluster) -> Result<T>,
     ) -> Result<(Result<T>, Staged)> {
         let mut cluster = self.cluster.lock().await;
+        if !*self.store_writes.borrow() {
+            // The state in memory may hold transitions whose writes failed; nothing is
+            // built on it until it has been reloaded from the store.
+            return Err(error::Error::StoreUnavailable(
+                "a commit failed (is the disk full?); the orchestrator takes writes again once \
+                 the store does"
+                    .into(),
+            ));
+        }
         let value = transition(&mut cluster);
         let mut effects = cluster.take_effects();
         // The caller's writes go first: records may refer to them, never the reverse.
@@ -230,8 +243,17 @@ impl Orchestrator {
     }
 
     async fn complete(&self, staged: Staged) -> Result<()> {
-        if let Some(commit) = staged.commit {
-            commit.wait().await?;
+        if let Some(commit) = staged.commit
+            && let Err(error) = commit.wait().await
+        {
+            if matches!(error, error::Error::StoreUnavailable(_)) {
+                // The transition is in memory but not on disk, and its effects (an
+                // assignment holding a slot, say) must not stay: the watchdog reloads
+                // the state once the store writes again.
+                self.store_writes
+                    .send_if_modified(|writes| std::mem::replace(writes, false));
+            }
+            return Err(error);
         }
         let effects = staged.effects;
         for (sender, message) in effects.messages {
@@ -266,6 +288,11 @@ impl Orchestrator {
             self.schedule.notify_one();
         }
         Ok(())
+    }
+
+    /// Whether the store writes now (false while it fails: health says NOT_SERVING).
+    pub fn store_writes(&self) -> watch::Receiver<bool> {
+        self.store_writes.subscribe()
     }
 
     /// A receiver that changes whenever new events of `job_id` are durable.
@@ -413,6 +440,7 @@ pub async fn open(config: Config, shutdown: CancellationToken) -> Result<Arc<Orc
         ipfs,
         watchers: std::sync::Mutex::new(HashMap::new()),
         metrics,
+        store_writes: watch::channel(true).0,
         schedule: Notify::new(),
         shutdown,
         tasks: TaskTracker::new(),
@@ -468,6 +496,7 @@ pub async fn run_with_gateway(
     }
 
     orchestrator.spawn(scheduler_loop(orchestrator.clone()));
+    orchestrator.spawn(store_watchdog(orchestrator.clone()));
     let served = service::serve(orchestrator.clone(), listener, shutdown.clone()).await;
     shutdown.cancel();
     orchestrator.tasks.close();
@@ -483,6 +512,54 @@ pub async fn run_with_gateway(
         Err(_) => tracing::warn!("state still referenced at shutdown; the store closes on exit"),
     }
     served
+}
+
+/// After a failed commit: probes the store until it writes again (a full disk freed), then
+/// reloads the state from it — forgetting the transitions whose writes were lost, with the
+/// executor slots their unsent assignments held — and takes work again. Without this the
+/// queue stayed wedged until a restart.
+async fn store_watchdog(orchestrator: Arc<Orchestrator>) {
+    let mut writes = orchestrator.store_writes();
+    let shutdown = orchestrator.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = writes.wait_for(|ok| !ok) => if changed.is_err() { return },
+        }
+        tracing::error!("a store commit failed: refusing writes until the store writes again");
+        let mut delay = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
+            let probe = async {
+                orchestrator
+                    .store
+                    .queue(vec![Write::Probe])
+                    .await?
+                    .wait()
+                    .await?;
+                orchestrator.store.snapshot().await
+            };
+            let snapshot = match probe.await {
+                Ok(snapshot) => snapshot,
+                Err(error) => {
+                    tracing::warn!(%error, "the store does not write yet");
+                    continue;
+                }
+            };
+            let mut cluster = orchestrator.cluster.lock().await;
+            cluster.reload(snapshot, Instant::now());
+            drop(cluster.take_effects());
+            orchestrator.store_writes.send_replace(true);
+            drop(cluster);
+            orchestrator.schedule.notify_one();
+            tracing::info!("the store writes again; state reloaded from it");
+            break;
+        }
+    }
 }
 
 /// Places queued jobs whenever capacity or the queue changes, and checks leases and queue

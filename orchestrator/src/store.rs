@@ -35,9 +35,13 @@ const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// Content-store blocks small enough to share a commit with the job records (see
 /// `crate::blocks`), keyed by CID.
 const BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("blocks");
-/// Facts about the store itself: `wal_id`, the id of the write-ahead log this database
-/// goes with (so a missing or foreign log is noticed).
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Facts about the store itself: `wal_id` (u64 LE), the id of the write-ahead log this
+/// database goes with (so a missing or foreign log is noticed); `probe`, written to find
+/// out whether the store writes again after a failure.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Bytes of a probe write: more than a page, so it needs room the disk must really have
+/// (a write into the unused end of a file's last page succeeds on a full disk).
+const PROBE_BYTES: usize = 64 << 10;
 
 /// Batches waiting for the writer. Bounded: when the disk falls behind, submitters wait.
 const WRITE_QUEUE: usize = 1024;
@@ -52,9 +56,18 @@ pub const DEFER_AT_MOST: Duration = Duration::from_millis(5);
 pub enum Write {
     Job(Job),
     Execution(Execution),
-    Event { job_id: String, event: JobEvent },
+    Event {
+        job_id: String,
+        event: JobEvent,
+    },
     Node(Node),
-    Block { cid: String, data: bytes::Bytes },
+    Block {
+        cid: String,
+        data: bytes::Bytes,
+    },
+    /// A write of no meaning (in the store's own table), to find out whether the store
+    /// writes again after a failure.
+    Probe,
 }
 
 struct Batch {
@@ -74,10 +87,15 @@ pub struct Snapshot {
     pub last_sequences: Vec<(String, u64)>,
 }
 
+/// The open database, shared by the writer and readers. None while the writer reopens it
+/// after a failed commit (redb refuses every operation after an I/O error until it is
+/// opened again).
+type SharedDatabase = Arc<std::sync::RwLock<Option<Arc<Database>>>>;
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: SharedDatabase,
     writer: mpsc::Sender<Batch>,
     writer_thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
@@ -114,37 +132,15 @@ impl Store {
     /// [`open`](Self::open), saying what to do if the write-ahead log is damaged or
     /// missing (by default: refuse, with [`Error::LogDamaged`]).
     pub fn open_with(path: &Path, recovery: wal::Recovery) -> Result<(Store, Snapshot)> {
-        let db = Arc::new(Database::create(path)?);
-        let expected_wal = {
-            // Create the tables so that readers never see them missing.
-            let tx = db.begin_write()?;
-            tx.open_table(JOBS)?;
-            tx.open_table(EXECUTIONS)?;
-            tx.open_table(EVENTS)?;
-            tx.open_table(NODES)?;
-            tx.open_table(BLOCKS)?;
-            let id = tx.open_table(META)?.get("wal_id")?.map(|v| v.value());
-            tx.commit()?;
-            id
-        };
-        let (mut wal, frames) = Wal::open(&path.with_extension("wal"), expected_wal, recovery)?;
-        if expected_wal != Some(wal.id()) {
-            // A new log (new database, or recovery): record it, durably, before any frame
-            // can be written to it.
-            let tx = db.begin_write()?;
-            tx.open_table(META)?.insert("wal_id", wal.id())?;
-            tx.commit()?;
-        }
-        if !frames.is_empty() {
-            // Writes acknowledged since the last checkpoint: into the database, durably,
-            // before anything is read from it.
-            let bytes = wal.len();
-            commit_directly(&db, &mut wal, &frames)?;
-            tracing::info!(frames = frames.len(), bytes, "applied the write-ahead log");
-        }
+        let (db, wal) = open_database(path, recovery)?;
+        let db = Arc::new(db);
         let snapshot = load(&db)?;
         let (writer, queue) = mpsc::channel(WRITE_QUEUE);
-        let writer_db = db.clone();
+        let db: SharedDatabase = Arc::new(std::sync::RwLock::new(Some(db)));
+        let writer_db = Writer {
+            shared: db.clone(),
+            path: path.to_owned(),
+        };
         // The writer's own runtime, only to wait for the queue with a time limit.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -152,7 +148,7 @@ impl Store {
             .map_err(|e| Error::io("starting the store writer", e))?;
         let thread = std::thread::Builder::new()
             .name("shoal-store-writer".into())
-            .spawn(move || runtime.block_on(write_loop(&writer_db, wal, queue)))
+            .spawn(move || runtime.block_on(write_loop(writer_db, wal, queue)))
             .map_err(|e| Error::io("starting the store writer", e))?;
         let writer_thread = Arc::new(std::sync::Mutex::new(Some(thread)));
         Ok((
@@ -207,7 +203,7 @@ impl Store {
     /// A small block stored with [`Write::Block`], if there is one under `cid`. Called
     /// inline from async code: a point lookup in a B-tree whose upper levels stay cached.
     pub fn block(&self, cid: &str) -> Result<Option<bytes::Bytes>> {
-        let tx = self.db.begin_read()?;
+        let tx = self.database()?.begin_read()?;
         let table = tx.open_table(BLOCKS)?;
         Ok(table
             .get(cid)?
@@ -216,7 +212,7 @@ impl Store {
 
     /// Up to `limit` events of a job with sequence numbers from `from`, in order.
     pub async fn events(&self, job_id: &str, from: u64, limit: usize) -> Result<Vec<JobEvent>> {
-        let db = self.db.clone();
+        let db = self.database()?;
         let job_id = job_id.to_owned();
         tokio::task::spawn_blocking(move || -> Result<Vec<JobEvent>> {
             let tx = db.begin_read()?;
@@ -233,6 +229,108 @@ impl Store {
         })
         .await
         .map_err(|e| Error::Store(e.to_string()))?
+    }
+}
+
+impl Store {
+    /// The database, unless the writer is reopening it after a failed commit.
+    fn database(&self) -> Result<Arc<Database>> {
+        self.db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                Error::StoreUnavailable("the database is being reopened after a write error".into())
+            })
+    }
+
+    /// Everything in the store, as at start-up: what the orchestrator reloads its state
+    /// from after commits failed (their transitions must be forgotten with them).
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        let db = self.database()?;
+        tokio::task::spawn_blocking(move || load(&db))
+            .await
+            .map_err(|e| Error::Store(e.to_string()))?
+    }
+}
+
+/// Opens (or creates) the database and its write-ahead log and applies what the log
+/// holds; at start-up, and again after a failed commit.
+fn open_database(path: &Path, recovery: wal::Recovery) -> Result<(Database, Wal)> {
+    let db = Database::create(path)?;
+    let expected_wal = {
+        // Create the tables so that readers never see them missing.
+        let tx = db.begin_write()?;
+        tx.open_table(JOBS)?;
+        tx.open_table(EXECUTIONS)?;
+        tx.open_table(EVENTS)?;
+        tx.open_table(NODES)?;
+        tx.open_table(BLOCKS)?;
+        let id = tx
+            .open_table(META)?
+            .get("wal_id")?
+            .and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes));
+        tx.commit()?;
+        id
+    };
+    let (mut wal, frames) = Wal::open(&path.with_extension("wal"), expected_wal, recovery)?;
+    if expected_wal != Some(wal.id()) {
+        // A new log (new database, or recovery): record it, durably, before any frame
+        // can be written to it.
+        let tx = db.begin_write()?;
+        tx.open_table(META)?
+            .insert("wal_id", &wal.id().to_le_bytes()[..])?;
+        tx.commit()?;
+    }
+    if !frames.is_empty() {
+        // Writes acknowledged since the last checkpoint: into the database, durably,
+        // before anything is read from it.
+        let bytes = wal.len();
+        commit_directly(&db, &mut wal, &frames)?;
+        tracing::info!(frames = frames.len(), bytes, "applied the write-ahead log");
+    }
+    Ok((db, wal))
+}
+
+/// The writer thread's hold on the database.
+struct Writer {
+    shared: SharedDatabase,
+    path: std::path::PathBuf,
+}
+
+impl Writer {
+    fn database(&self) -> Option<Arc<Database>> {
+        self.shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Closes the database and opens it again with its log, as at start-up: after an I/O
+    /// error redb refuses every operation until then, and its commits since the last
+    /// checkpoint (not synced) are gone from it, so the log is applied again. Readers get
+    /// UNAVAILABLE meanwhile. On failure (the disk is still full, say) the database stays
+    /// closed and the next batch tries again.
+    fn reopen(&self, wal: Wal) -> Result<Wal> {
+        let old = self
+            .shared
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(wal);
+        if let Some(old) = old {
+            // Readers hold the database only for the length of one read.
+            let weak = Arc::downgrade(&old);
+            drop(old);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while weak.strong_count() > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let (db, wal) = open_database(&self.path, wal::Recovery::Refuse)?;
+        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
+        tracing::info!("the store was reopened after a write error and writes again");
+        Ok(wal)
     }
 }
 
@@ -263,7 +361,9 @@ fn load(db: &Database) -> Result<Snapshot> {
     Ok(snapshot)
 }
 
-async fn write_loop(db: &Arc<Database>, mut wal: Wal, mut queue: mpsc::Receiver<Batch>) {
+async fn write_loop(writer: Writer, wal: Wal, mut queue: mpsc::Receiver<Batch>) {
+    // None after a failed commit, until the database is reopened.
+    let mut wal = Some(wal);
     while let Some(first) = queue.recv().await {
         // Group commit: everything that queued up while the last fsync ran goes in this one.
         let mut batches = vec![first];
@@ -283,40 +383,111 @@ async fn write_loop(db: &Arc<Database>, mut wal: Wal, mut queue: mpsc::Receiver<
                 }
             }
         }
-        let frames = encode_frames(&batches);
-        let bytes: usize = frames.iter().map(Vec::len).sum();
-        let mut result = if bytes >= wal::DIRECT_BYTES {
-            commit_directly(db, &mut wal, &frames)
-        } else {
-            commit_frames(db, &mut wal, &frames)
-        }
-        .map_err(|e| e.to_string());
-        if result.is_ok() && wal.len() >= wal::CHECKPOINT_BYTES {
-            result = checkpoint(db, &mut wal).map_err(|e| e.to_string());
-        }
-        if let Err(error) = &result {
-            tracing::error!(%error, "store commit failed");
-        }
+        let result = match (wal.take(), writer.database()) {
+            (Some(mut log), Some(db)) => {
+                let result = commit_group(&db, &mut log, &batches);
+                drop(db);
+                wal = Some(log);
+                if let Err(error) = &result {
+                    tracing::error!(%error, "store commit failed");
+                    // redb refuses everything after an I/O error: reopen before the next.
+                    wal = wal.take().and_then(|log| reopen(&writer, log));
+                }
+                result
+            }
+            (log, _) => {
+                // Closed by an earlier failure: try to open it again first.
+                let reopened = match log {
+                    Some(log) => reopen(&writer, log),
+                    None => match open_database(&writer.path, wal::Recovery::Refuse) {
+                        Ok((db, log)) => {
+                            *writer.shared.write().unwrap_or_else(|p| p.into_inner()) =
+                                Some(Arc::new(db));
+                            Some(log)
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "the store cannot be reopened yet");
+                            None
+                        }
+                    },
+                };
+                match (reopened, writer.database()) {
+                    (Some(mut log), Some(db)) => {
+                        let result = commit_group(&db, &mut log, &batches);
+                        wal = Some(log);
+                        result
+                    }
+                    (log, _) => {
+                        wal = log;
+                        Err(
+                            "the store cannot write (it is being reopened after a write error)"
+                                .to_owned(),
+                        )
+                    }
+                }
+            }
+        };
         for batch in batches {
             let _receiver_gone = batch.done.send(result.clone());
         }
     }
-    if let Err(error) = checkpoint(db, &mut wal) {
+    if let (Some(mut log), Some(db)) = (wal, writer.database())
+        && let Err(error) = checkpoint(&db, &mut log)
+    {
         tracing::error!(%error, "the store's last checkpoint failed; the log is applied at the next start");
     }
+}
+
+/// Reopens the database after a failure; None (logged) if that fails too.
+fn reopen(writer: &Writer, wal: Wal) -> Option<Wal> {
+    match writer.reopen(wal) {
+        Ok(wal) => Some(wal),
+        Err(error) => {
+            tracing::error!(%error, "the store cannot be reopened yet");
+            None
+        }
+    }
+}
+
+/// Commits one group: through the log, or for a large one directly; then checkpoints if
+/// the log has grown past its bound.
+fn commit_group(db: &Database, wal: &mut Wal, batches: &[Batch]) -> Result<(), String> {
+    let frames = encode_frames(batches);
+    let bytes: usize = frames.iter().map(Vec::len).sum();
+    let mut result = if bytes >= wal::DIRECT_BYTES {
+        commit_directly(db, wal, &frames)
+    } else {
+        commit_frames(db, wal, &frames)
+    }
+    .map_err(|e| e.to_string());
+    if result.is_ok() && wal.len() >= wal::CHECKPOINT_BYTES {
+        result = checkpoint(db, wal).map_err(|e| e.to_string());
+    }
+    result
 }
 
 /// Makes frames durable in the log (one sync), then applies them to the database in one
 /// commit without a sync.
 fn commit_frames(db: &Database, wal: &mut Wal, frames: &[Vec<u8>]) -> Result<()> {
+    let before = wal.len();
     wal.append(frames)
         .map_err(|e| Error::io("appending to the write-ahead log", e))?;
-    let mut tx = db.begin_write()?;
-    // Durable already, in the log: the sync comes with the next checkpoint.
-    tx.set_durability(Durability::None)?;
-    apply_frames(&tx, frames)?;
-    tx.commit()?;
-    Ok(())
+    let applied = (|| -> Result<()> {
+        let mut tx = db.begin_write()?;
+        // Durable already, in the log: the sync comes with the next checkpoint.
+        tx.set_durability(Durability::None)?;
+        apply_frames(&tx, frames)?;
+        tx.commit()?;
+        Ok(())
+    })();
+    if applied.is_err() {
+        // The waiters are told it failed: take it out of the log too, so a later start
+        // does not apply what nobody was told is stored.
+        if let Err(error) = wal.truncate(before) {
+            tracing::error!(%error, "cannot take a failed group out of the write-ahead log; it may be applied at the next start");
+        }
+    }
+    applied
 }
 
 /// Applies frames to the database in a synced commit, which makes everything applied
@@ -378,6 +549,9 @@ fn encode_frames(batches: &[Batch]) -> Vec<Vec<u8>> {
                 Write::Block { cid, data } => {
                     frame.row(Table::Blocks, cid, 0, |b| b.extend_from_slice(data))
                 }
+                Write::Probe => frame.row(Table::Meta, "probe", 0, |b| {
+                    b.resize(b.len() + PROBE_BYTES, 0)
+                }),
             }
         }
         if frame.len() >= wal::FRAME_TARGET {
@@ -405,14 +579,16 @@ fn apply_rows(tx: &redb::WriteTransaction, rows: &[wal::Row<'_>]) -> Result<()> 
     let mut events = tx.open_table(EVENTS)?;
     let mut nodes = tx.open_table(NODES)?;
     let mut blocks = tx.open_table(BLOCKS)?;
+    let mut meta = tx.open_table(META)?;
     for row in rows {
         match row.table {
-            Table::Jobs => jobs.insert(row.key, row.value)?,
-            Table::Executions => executions.insert(row.key, row.value)?,
-            Table::Events => events.insert((row.key, row.sequence), row.value)?,
-            Table::Nodes => nodes.insert(row.key, row.value)?,
-            Table::Blocks => blocks.insert(row.key, row.value)?,
-        };
+            Table::Jobs => drop(jobs.insert(row.key, row.value)?),
+            Table::Executions => drop(executions.insert(row.key, row.value)?),
+            Table::Events => drop(events.insert((row.key, row.sequence), row.value)?),
+            Table::Nodes => drop(nodes.insert(row.key, row.value)?),
+            Table::Blocks => drop(blocks.insert(row.key, row.value)?),
+            Table::Meta => drop(meta.insert(row.key, row.value)?),
+        }
     }
     Ok(())
 }
@@ -546,6 +722,55 @@ mod tests {
         recovered.close().await;
         let (_, snapshot) = Store::open(&crashed.join("state.redb")).expect("reopen");
         assert_eq!(snapshot.jobs.len(), 1);
+    }
+
+    /// On a real full disk a commit fails (its waiter is told, nothing of it is applied),
+    /// and once there is room again the same store commits again without a restart; the
+    /// failed write is not resurrected by a later start-up.
+    #[tokio::test]
+    async fn a_full_disk_fails_commits_until_there_is_room_again() {
+        let disk = crate::testing::SmallDisk::mount("4m");
+        let path = disk.path().join("state.redb");
+        let (store, _) = Store::open(&path).expect("open");
+        commit(&store, job("before")).await;
+        let filler = disk.fill_leaving(0);
+        let big = |id: &str| {
+            vec![Write::Job(Job {
+                id: id.into(),
+                status_message: "x".repeat(if id.ends_with("d") { 600_000 } else { 200_000 }),
+                ..Default::default()
+            })]
+        };
+        let mut failed = 0;
+        // Through the log, and (past DIRECT_BYTES) straight into the database.
+        for i in 0..6 {
+            let id = format!("lost{i}{}", if i % 2 == 0 { "" } else { "d" });
+            let result = store.queue(big(&id)).await.expect("queue").wait().await;
+            if let Err(error) = result {
+                assert!(matches!(error, Error::StoreUnavailable(_)), "{error}");
+                failed += 1;
+            }
+        }
+        assert!(failed > 0, "no commit failed on a full disk");
+        std::fs::remove_file(&filler).expect("free the disk");
+        commit(&store, job("after")).await;
+        commit(&store, big("big-after")).await;
+        commit(&store, big("big-afterd")).await;
+        store.close().await;
+        let (_, snapshot) = Store::open(&path).expect("reopen");
+        let mut ids: Vec<_> = snapshot.jobs.iter().map(|j| j.id.as_str()).collect();
+        ids.sort();
+        assert!(
+            ids.contains(&"before")
+                && ids.contains(&"after")
+                && ids.contains(&"big-after")
+                && ids.contains(&"big-afterd"),
+            "{ids:?}"
+        );
+        assert!(
+            ids.iter().filter(|id| id.starts_with("lost")).count() <= 6 - failed,
+            "{ids:?}"
+        );
     }
 
     /// A group past the direct-commit size goes straight into a synced database commit,

@@ -59,6 +59,8 @@ pub enum Table {
     Events = 2,
     Nodes = 3,
     Blocks = 4,
+    /// Facts about the store itself (a probe write after a failure).
+    Meta = 5,
 }
 
 /// One row: a table, a key (plus a sequence number for events) and the value's bytes.
@@ -151,6 +153,7 @@ pub fn rows(frame: &[u8]) -> Result<Vec<Row<'_>>> {
             2 => Table::Events,
             3 => Table::Nodes,
             4 => Table::Blocks,
+            5 => Table::Meta,
             _ => return Err(malformed()),
         };
         let key_length = u32_at(take(4)?);
@@ -444,13 +447,40 @@ impl Wal {
         self.id
     }
 
-    /// Appends frames and waits until they are on disk (one sync for all).
+    /// Appends frames and waits until they are on disk (one sync for all). On an error
+    /// (a full disk) the log is cut back to where it was, so no part of the failed frames
+    /// stays behind to be taken for damage (or applied) later.
     pub fn append(&mut self, frames: &[Vec<u8>]) -> io::Result<()> {
-        for frame in frames {
-            self.file.write_all_at(frame, self.length)?;
-            self.length += frame.len() as u64;
+        let before = self.length;
+        let mut at = before;
+        let written = frames
+            .iter()
+            .try_for_each(|frame| {
+                self.file.write_all_at(frame, at)?;
+                at += frame.len() as u64;
+                Ok(())
+            })
+            .and_then(|()| self.file.sync_data());
+        match written {
+            Ok(()) => {
+                self.length = at;
+                Ok(())
+            }
+            Err(error) => {
+                if let Err(cut) = self.truncate(before) {
+                    tracing::error!(error = %cut, "cannot cut a failed append out of the write-ahead log");
+                }
+                Err(error)
+            }
         }
-        self.file.sync_data()
+    }
+
+    /// Cuts the log back to `length` bytes (the end of an earlier append), durably.
+    pub fn truncate(&mut self, length: u64) -> io::Result<()> {
+        self.file.set_len(length)?;
+        self.file.sync_all()?;
+        self.length = length;
+        Ok(())
     }
 
     /// Bytes in the log.

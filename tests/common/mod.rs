@@ -11,6 +11,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod small_disk;
+
 /// Generous upper bound for anything a test waits for.
 pub const TIMEOUT: Duration = Duration::from_secs(120);
 

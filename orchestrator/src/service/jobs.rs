@@ -59,7 +59,7 @@ impl JobApi {
         for (field, source) in sources {
             if let Ok(Source::Cid(cid)) = source.parse::<Source>()
                 && !gateways
-                && !content.contains(&cid).await
+                && !content.contains(&cid).await.map_err(Status::from)?
             {
                 return Err(Status::not_found(format!(
                     "{field}: {source} is not in the store and no IPFS gateway is configured; upload it first"

@@ -42,6 +42,38 @@ pub async fn serve(
     health_reporter
         .set_serving::<ExecutorServiceServer<ExecutorApi>>()
         .await;
+    // Health follows the store: NOT_SERVING while it cannot write (a full disk), so
+    // probes and load balancers see it.
+    let mut writes = orchestrator.store_writes();
+    let reporter = health_reporter.clone();
+    let health_shutdown = shutdown.clone();
+    orchestrator.spawn(async move {
+        use tonic_health::ServingStatus;
+        loop {
+            let status = if *writes.borrow_and_update() {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            reporter
+                .set_service_status(
+                    <JobServiceServer<JobApi> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
+            reporter
+                .set_service_status(
+                    <ExecutorServiceServer<ExecutorApi> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
+            tokio::select! {
+                _ = health_shutdown.cancelled() => return,
+                changed = writes.changed() => if changed.is_err() { return },
+            }
+        }
+    });
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(shoal::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -1,4 +1,5 @@
-//! Test helpers: a real, small filesystem to fill up, for the full-disk tests.
+//! A real, small filesystem to fill up, for the full-disk tests (shared by the end-to-end
+//! tests and the orchestrator's unit tests, which include this file by path).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
