@@ -12,7 +12,7 @@ pub enum Error {
     #[error("cannot parse job spec: {0}")]
     SpecSyntax(String),
     /// A string is not a valid content id.
-    #[error("invalid content id {input:?}: {reason}")]
+    #[error("invalid content id {:?}: {reason}", excerpt(input, 100))]
     InvalidCid { input: String, reason: String },
     /// A transfer stream broke its framing rules.
     #[error("malformed transfer: {0}")]
@@ -37,6 +37,28 @@ pub enum Error {
     Rpc(#[from] tonic::Status),
 }
 
+/// Longest message a gRPC status carries: statuses travel in HTTP/2 headers, and one that
+/// echoed a 1 MB field would break the response itself instead of saying what is wrong.
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// At most `max` bytes of `text` (cut at a character boundary, `…` marking a cut), for
+/// messages that quote what a client or peer sent.
+pub fn excerpt(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// A status whose message is cut to [`MAX_STATUS_MESSAGE`].
+pub fn bounded_status(code: tonic::Code, message: impl AsRef<str>) -> tonic::Status {
+    tonic::Status::new(code, excerpt(message.as_ref(), MAX_STATUS_MESSAGE))
+}
+
 /// Result with the core crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -58,16 +80,24 @@ impl Error {
     }
 }
 
-impl From<Error> for tonic::Status {
-    fn from(error: Error) -> Self {
-        match error {
+impl Error {
+    /// The gRPC status for this error, its message cut to [`MAX_STATUS_MESSAGE`].
+    pub fn status(&self) -> tonic::Status {
+        let code = match self {
             Error::InvalidSpec { .. }
             | Error::SpecSyntax(_)
             | Error::InvalidCid { .. }
             | Error::MalformedTransfer(_)
-            | Error::TreeTooLarge(_) => tonic::Status::invalid_argument(error.to_string()),
-            Error::Io { .. } | Error::Telemetry(_) => tonic::Status::internal(error.to_string()),
-            Error::Rpc(status) => status,
-        }
+            | Error::TreeTooLarge(_) => tonic::Code::InvalidArgument,
+            Error::Io { .. } | Error::Telemetry(_) => tonic::Code::Internal,
+            Error::Rpc(status) => return status.clone(),
+        };
+        bounded_status(code, self.to_string())
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        error.status()
     }
 }

@@ -3,7 +3,9 @@
 //! size cap, and the optional `#sha256=` pin checked before the file is used.
 //!
 //! Where a URL may lead is policed ([`UrlPolicy`]): cloud metadata addresses are refused
-//! unless allowed, and an allowlist of hosts and networks can fence fetches in. The check
+//! unless allowed; loopback addresses (this machine: the daemon's own ports, its sidecars)
+//! are refused unless an `--allow-url` entry names them; the orchestrator also refuses its
+//! own listeners; and an allowlist of hosts and networks can fence fetches in. The check
 //! runs on the URL, on every redirect, and on the addresses a host name resolves to, so
 //! neither a redirect nor a DNS answer can smuggle a fetch past it.
 
@@ -47,7 +49,8 @@ enum Attempt {
 pub struct UrlPolicyArgs {
     /// Only fetch URLs on these hosts: a host name, `*.example.com`, or a network such as
     /// 10.0.0.0/8 or 2001:db8::/32 (repeatable, or comma-separated). Default: any host
-    /// except cloud metadata addresses.
+    /// except cloud metadata and loopback addresses. Loopback (127.0.0.0/8, ::1,
+    /// `localhost`) is fetched from only when an entry names it, e.g. `127.0.0.1`.
     #[arg(long = "allow-url", env = "SHOAL_ALLOW_URLS", value_delimiter = ',')]
     pub allow_url: Vec<String>,
     /// Allow fetching from cloud metadata addresses (169.254.0.0/16, fe80::/10,
@@ -70,6 +73,9 @@ enum Rule {
 pub struct UrlPolicy {
     allow: Vec<Rule>,
     allow_metadata: bool,
+    /// The process's own listeners (the orchestrator's gRPC, metrics and gateway ports),
+    /// never fetched from, whatever the allowlist says.
+    own: Vec<SocketAddr>,
 }
 
 impl UrlPolicy {
@@ -84,7 +90,33 @@ impl UrlPolicy {
         Ok(UrlPolicy {
             allow,
             allow_metadata: args.allow_metadata_urls,
+            own: Vec::new(),
         })
+    }
+
+    /// Also refuses these listeners of this process: a URL to one of them would have the
+    /// daemon fetch its own answers (its metrics page, say) into the store.
+    pub fn refusing_own(mut self, listeners: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.own.extend(listeners);
+        self
+    }
+
+    /// Whether `ip:port` may be one of this process's own listeners: the same address, or
+    /// any loopback or private address for a listener bound to all interfaces (those are
+    /// where its own interfaces live; a public address of the host is not caught).
+    fn is_own(&self, ip: IpAddr, port: u16) -> bool {
+        let ip = canonical(ip);
+        self.own.iter().any(|own| {
+            own.port() == port
+                && (ip == canonical(own.ip())
+                    || is_loopback(ip)
+                    || (own.ip().is_unspecified() && is_private(ip)))
+        })
+    }
+
+    /// Whether an allowlist entry names `ip` (or its host) itself, as loopback needs.
+    fn explicitly_allowed(&self, ip: IpAddr, host: Option<&str>) -> bool {
+        host.is_some_and(|h| self.host_allowed(h)) || self.ip_allowed(ip)
     }
 
     fn host_allowed(&self, host: &str) -> bool {
@@ -110,6 +142,12 @@ impl UrlPolicy {
                 "{ip} is a cloud metadata address; fetching from it is refused (--allow-metadata-urls permits it)"
             ));
         }
+        if is_loopback(ip) && !self.explicitly_allowed(ip, host) {
+            return Err(format!(
+                "{ip} is a loopback address (this machine); fetching from it is refused unless \
+                 --allow-url names it"
+            ));
+        }
         if self.allow.is_empty()
             || host.is_some_and(|h| self.host_allowed(h))
             || self.ip_allowed(ip)
@@ -125,6 +163,29 @@ impl UrlPolicy {
     /// Checks a URL before it is requested (or followed as a redirect). Host names are
     /// checked again, address by address, when they resolve.
     pub fn check_url(&self, url: &url::Url) -> Result<(), String> {
+        let port = url.port_or_known_default().unwrap_or(0);
+        let own = |ip: IpAddr| {
+            if self.is_own(ip, port) {
+                Err(format!(
+                    "{ip}:{port} is one of this daemon's own listeners; fetching from it is refused"
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match url.host() {
+            Some(url::Host::Ipv4(ip)) => own(IpAddr::V4(ip))?,
+            Some(url::Host::Ipv6(ip)) => own(IpAddr::V6(ip))?,
+            Some(url::Host::Domain(name)) if self.own.iter().any(|o| o.port() == port) => {
+                // Where a name on one of our ports leads is only known once it resolves,
+                // and the resolver does not see ports: refused outright.
+                return Err(format!(
+                    "{name}:{port} may be one of this daemon's own listeners; fetching from a \
+                     host name on that port is refused"
+                ));
+            }
+            _ => {}
+        }
         match url.host() {
             Some(url::Host::Ipv4(ip)) => self.check_ip(IpAddr::V4(ip), None),
             Some(url::Host::Ipv6(ip)) => self.check_ip(IpAddr::V6(ip), None),
@@ -143,6 +204,28 @@ impl UrlPolicy {
 }
 
 const METADATA_HOSTS: &[&str] = &["metadata.google.internal", "metadata", "instance-data"];
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// This machine: 127.0.0.0/8, ::1, and the unspecified address (which connects here).
+fn is_loopback(ip: IpAddr) -> bool {
+    let ip = canonical(ip);
+    ip.is_loopback() || ip.is_unspecified()
+}
+
+/// RFC 1918 networks, and IPv6 unique local addresses (fc00::/7).
+fn is_private(ip: IpAddr) -> bool {
+    match canonical(ip) {
+        IpAddr::V4(v4) => v4.is_private(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
 
 /// Link-local addresses (AWS, GCP and Azure metadata live at 169.254.169.254), AWS's IPv6
 /// metadata address, and Alibaba Cloud's.
@@ -433,6 +516,58 @@ mod tests {
             allow_metadata_urls: false,
         })
         .expect("valid")
+    }
+
+    /// Loopback is refused unless an entry names it; a daemon's own listeners are refused
+    /// whatever the allowlist says, on their address, on loopback and (when bound to all
+    /// interfaces) on private addresses; other ports are not.
+    #[test]
+    fn loopback_and_own_listeners_are_refused() {
+        let url = |u: &str| url::Url::parse(u).expect("url");
+        let open = policy(&[]);
+        for ip in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "::1",
+            "0.0.0.0",
+            "::ffff:127.0.0.1",
+        ] {
+            let refused = open.check_ip(ip.parse().expect("ip"), Some("localhost"));
+            assert!(refused.is_err_and(|e| e.contains("loopback")), "{ip}");
+        }
+        let local = policy(&["127.0.0.1"]);
+        assert!(
+            local
+                .check_ip("127.0.0.1".parse().expect("ip"), None)
+                .is_ok()
+        );
+        assert!(
+            local
+                .check_ip("127.0.0.2".parse().expect("ip"), None)
+                .is_err()
+        );
+        let named = policy(&["localhost"]);
+        assert!(
+            named
+                .check_ip("::1".parse().expect("ip"), Some("localhost"))
+                .is_ok()
+        );
+
+        let own = policy(&["127.0.0.1", "10.0.0.0/8"]).refusing_own([
+            "0.0.0.0:7000".parse().expect("addr"),
+            "127.0.0.1:9090".parse().expect("addr"),
+        ]);
+        for refused in [
+            "http://127.0.0.1:9090/metrics",
+            "http://127.0.0.1:7000/",
+            "http://10.1.2.3:7000/",
+            "http://[::1]:7000/",
+            "http://orchestrator.internal:7000/",
+        ] {
+            assert!(own.check_url(&url(refused)).is_err(), "{refused}");
+        }
+        assert!(own.check_url(&url("http://127.0.0.1:8080/data")).is_ok());
+        assert!(own.check_url(&url("http://10.1.2.3:9090/data")).is_ok());
     }
 
     #[test]

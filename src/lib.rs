@@ -12,6 +12,7 @@ pub mod ids;
 pub mod ipfs;
 pub mod local_tree;
 pub mod metrics;
+pub mod panics;
 pub mod proto;
 pub mod s3;
 pub mod selector;

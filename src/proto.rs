@@ -144,6 +144,7 @@ impl OrchestratorMessage {
             Some(Message::Registered(_)) => "registered",
             Some(Message::Assign(_)) => "assign",
             Some(Message::Cancel(_)) => "cancel",
+            Some(Message::Acknowledged(_)) => "acknowledged",
             None => "empty",
         }
     }

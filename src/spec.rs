@@ -48,6 +48,12 @@ pub mod limits {
     pub const MAX_ATTEMPTS: u32 = 10;
     /// Smallest memory limit: one wasm page.
     pub const MIN_MEMORY_BYTES: u64 = 64 * 1024;
+    /// Largest memory limit: a 32-bit WebAssembly memory cannot grow past 4 GiB.
+    pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
+    /// Longest run or queue timeout: a year.
+    pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+    /// Longest free text a client sets (a cancellation reason).
+    pub const MAX_REASON_BYTES: usize = 1024;
 }
 
 /// A job spec as users write it in YAML or JSON (`shoal job run spec.yaml`).
@@ -396,6 +402,13 @@ pub fn validate(spec: &JobSpec) -> Result<(), Error> {
     }
     // Every mount, as (field path, guest path), for the overlap check.
     let mut mounts: Vec<(String, String)> = Vec::new();
+    if spec.outputs.is_empty() {
+        // The default output is mounted too: an input must not land on or under it.
+        mounts.push((
+            "outputs (the default /outputs)".into(),
+            DEFAULT_OUTPUT_PATH.into(),
+        ));
+    }
     for (i, input) in spec.inputs.iter().enumerate() {
         input.source.parse::<Source>().map_err(|e| {
             Error::invalid_spec(
@@ -440,11 +453,12 @@ pub fn validate(spec: &JobSpec) -> Result<(), Error> {
 
     if let Some(resources) = &spec.resources
         && resources.memory_bytes != 0
-        && resources.memory_bytes < limits::MIN_MEMORY_BYTES
+        && !(limits::MIN_MEMORY_BYTES..=limits::MAX_MEMORY_BYTES).contains(&resources.memory_bytes)
     {
         return Err(Error::invalid_spec(
             "resources.memory_bytes",
-            "must be at least 64 KiB (one WebAssembly page)",
+            "must be from 64 KiB (one WebAssembly page) to 4 GiB (the most a 32-bit \
+             WebAssembly memory holds)",
         ));
     }
     for (field, duration) in [
@@ -452,10 +466,7 @@ pub fn validate(spec: &JobSpec) -> Result<(), Error> {
         ("queue_timeout", &spec.queue_timeout),
     ] {
         if let Some(d) = duration {
-            match Duration::try_from(*d) {
-                Ok(d) if !d.is_zero() => {}
-                _ => return Err(Error::invalid_spec(field, "must be a positive duration")),
-            }
+            check_duration(field, d)?;
         }
     }
     if spec.constraints.len() > limits::MAX_SELECTORS {
@@ -613,6 +624,26 @@ fn validate_output_name(name: &str) -> Result<(), String> {
 
 /// No two mounts may be the same path or nest inside one another: the guest would see only
 /// one of them, and which one depends on the runtime.
+/// A duration as a client sent it: normalised (nanos below a second, never negative),
+/// positive, and at most [`limits::MAX_TIMEOUT`]. Checked on the raw fields, since a
+/// stored `{seconds: 1, nanos: 2e9}` could not be shown back as a duration.
+fn check_duration(field: &str, d: &prost_types::Duration) -> Result<(), Error> {
+    let normal = d.seconds >= 0 && (0..1_000_000_000).contains(&d.nanos);
+    let positive = d.seconds > 0 || d.nanos > 0;
+    let bounded = d.seconds < limits::MAX_TIMEOUT.as_secs() as i64;
+    if normal && positive && bounded {
+        return Ok(());
+    }
+    Err(Error::invalid_spec(
+        field,
+        format!(
+            "must be a positive duration of at most {} (seconds and nanos normalised, nanos \
+             below 1e9)",
+            crate::units::format_duration(limits::MAX_TIMEOUT)
+        ),
+    ))
+}
+
 fn check_overlaps(mounts: &[(String, String)]) -> Result<(), Error> {
     for (i, (field_a, a)) in mounts.iter().enumerate() {
         for (field_b, b) in &mounts[i + 1..] {
@@ -763,8 +794,50 @@ retry: {{max_attempts: 2, retry_on: [executor_lost, trap]}}
                 Box::new(|s| s.resources = Some(Resources { memory_bytes: 10 })),
             ),
             (
+                "resources.memory_bytes",
+                Box::new(|s| {
+                    s.resources = Some(Resources {
+                        memory_bytes: (4 << 30) + 1,
+                    })
+                }),
+            ),
+            (
                 "timeout",
                 Box::new(|s| s.timeout = Some(prost_types::Duration::default())),
+            ),
+            (
+                "timeout",
+                Box::new(|s| {
+                    s.timeout = Some(prost_types::Duration {
+                        seconds: 1,
+                        nanos: 1_000_000_000,
+                    })
+                }),
+            ),
+            (
+                "queue_timeout",
+                Box::new(|s| {
+                    s.queue_timeout = Some(prost_types::Duration {
+                        seconds: i64::MAX,
+                        nanos: 0,
+                    })
+                }),
+            ),
+            (
+                "queue_timeout",
+                Box::new(|s| {
+                    s.queue_timeout = Some(prost_types::Duration {
+                        seconds: -1,
+                        nanos: 500,
+                    })
+                }),
+            ),
+            (
+                "inputs[0].target",
+                Box::new(|s| {
+                    s.outputs.clear();
+                    s.inputs[0].target = "/outputs/data".into();
+                }),
             ),
             (
                 "constraints[0]",

@@ -1,7 +1,9 @@
-//! The executor protocol spoken by a hand-driven executor: a result tree sent with a
-//! completion (`ExecutionFinished.result_blocks`) is stored and served when it is sound, and
-//! fails the job with the reason when it is not, never leaving a result that points at
-//! blocks the store lacks.
+//! The executor protocol spoken by hand-driven executors, as a lying or broken one would:
+//! a result tree sent with a completion (`ExecutionFinished.result_blocks`) is stored and
+//! served when it is sound, and fails the job with the reason when it is not, never leaving
+//! a result that points at blocks the store lacks; an executor that heartbeats but never
+//! acts loses its assignments; hostile registrations and reports are refused or dropped, and
+//! thousands of generated hostile messages leave the orchestrator healthy.
 
 mod common;
 
@@ -12,9 +14,61 @@ use common::{free_port, start_orchestrator, submit, wait_terminal};
 use shoal::proto::executor_service_client::ExecutorServiceClient;
 use shoal::proto::{
     Capacity, ContentBlock, ExecutionFinished, ExecutionResult, ExecutionState, ExecutorMessage,
-    Register, executor_message, orchestrator_message,
+    OrchestratorMessage, Register, executor_message, orchestrator_message,
 };
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+
+/// A hand-driven executor: registers `id` with `slots` slots and returns its uplink and the
+/// orchestrator's messages after `Registered`, or the status the registration got.
+async fn hand_executor(
+    address: &str,
+    id: &str,
+    slots: u32,
+) -> Result<
+    (
+        mpsc::Sender<ExecutorMessage>,
+        tonic::Streaming<OrchestratorMessage>,
+    ),
+    tonic::Status,
+> {
+    let channel = tonic::transport::Endpoint::from_shared(address.to_owned())
+        .expect("address")
+        .connect()
+        .await
+        .expect("connect");
+    let (uplink, rx) = mpsc::channel(64);
+    uplink
+        .send(message(executor_message::Message::Register(Register {
+            executor_id: id.into(),
+            protocol_version: 1,
+            capacity: Some(Capacity {
+                slots,
+                memory_bytes: 1 << 30,
+            }),
+            instance_id: id.into(),
+            ..Default::default()
+        })))
+        .await
+        .expect("register");
+    let mut inbound = ExecutorServiceClient::new(channel)
+        .connect(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let first = inbound.message().await?.expect("an answer");
+    assert!(matches!(
+        first.message,
+        Some(orchestrator_message::Message::Registered(_))
+    ));
+    Ok((uplink, inbound))
+}
+
+fn message(message: executor_message::Message) -> ExecutorMessage {
+    ExecutorMessage {
+        message: Some(message),
+        sequence: 0,
+    }
+}
 
 /// The blocks of a result tree with `stdout`, an empty `stderr` and `exitCode` 0.
 fn result_tree(stdout: &str) -> Vec<ContentBlock> {
@@ -45,6 +99,7 @@ fn completed(execution_id: String, (root, blocks): (String, Vec<ContentBlock>)) 
             failure: None,
             result_blocks: blocks,
         })),
+        sequence: 0,
     }
 }
 
@@ -56,36 +111,9 @@ async fn result_trees_sent_with_completions_are_checked_and_stored() {
     let _orchestrator = start_orchestrator(&scratch.path().join("data"), port).await;
 
     // A hand-driven executor with one slot.
-    let channel = tonic::transport::Endpoint::from_shared(address.clone())
-        .expect("address")
-        .connect()
+    let (uplink, mut inbound) = hand_executor(&address, "by-hand", 1)
         .await
-        .expect("connect");
-    let (uplink, rx) = tokio::sync::mpsc::channel(16);
-    uplink
-        .send(ExecutorMessage {
-            message: Some(executor_message::Message::Register(Register {
-                executor_id: "by-hand".into(),
-                protocol_version: 1,
-                capacity: Some(Capacity {
-                    slots: 1,
-                    memory_bytes: 1 << 30,
-                }),
-                ..Default::default()
-            })),
-        })
-        .await
-        .expect("register");
-    let mut inbound = ExecutorServiceClient::new(channel)
-        .connect(ReceiverStream::new(rx))
-        .await
-        .expect("connect stream")
-        .into_inner();
-    let first = inbound.message().await.expect("handshake").expect("answer");
-    assert!(matches!(
-        first.message,
-        Some(orchestrator_message::Message::Registered(_))
-    ));
+        .expect("registered");
     // Answers each assignment with the next (root, blocks) queued; ends with the stream.
     let (answers, mut answer_rx) = tokio::sync::mpsc::channel::<(String, Vec<ContentBlock>)>(4);
     let responder = tokio::spawn(async move {
@@ -136,7 +164,19 @@ async fn result_trees_sent_with_completions_are_checked_and_stored() {
     let root_first = (root, root_first);
     let oversized = result_tree(&"x".repeat(shoal::transfer::MAX_INLINE_RESULT_BYTES + 1));
     let oversized = (root_of(&oversized), oversized);
+    // A completion naming a result that was never uploaded, or no CID at all.
+    let unstored = (
+        result_tree("never uploaded\n")
+            .last()
+            .expect("root")
+            .cid
+            .clone(),
+        Vec::new(),
+    );
+    let not_a_cid = ("bafy\0not-a-cid".to_owned(), Vec::new());
     for (answer, reason) in [
+        (unstored, "is not in the store"),
+        (not_a_cid, "is not a CID"),
         (tampered, "does not match its bytes"),
         (missing_child, "neither sent nor stored"),
         (root_first, "the last block is not the root"),
@@ -157,4 +197,302 @@ async fn result_trees_sent_with_completions_are_checked_and_stored() {
         assert!(message.contains(reason), "{reason:?} not in {message:?}");
     }
     responder.abort();
+}
+
+/// An executor that heartbeats but never acts on its assignments (100 jobs held SCHEDULED
+/// for good, before): each assignment is taken back after the acknowledgement timeout —
+/// cancelled on the executor, failed EXECUTOR_LOST and retried — until the retry budget
+/// is spent and the job fails EXECUTORS_LOST, saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_executor_that_never_acts_loses_its_assignments() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let address = format!("http://127.0.0.1:{port}");
+    let _orchestrator = common::start_orchestrator_with(
+        &scratch.path().join("data"),
+        port,
+        &[
+            "--assign-ack-timeout",
+            "1s",
+            "--heartbeat-interval",
+            "500ms",
+        ],
+    )
+    .await;
+    let (uplink, mut inbound) = hand_executor(&address, "silent", 4)
+        .await
+        .expect("registered");
+    let heartbeats = tokio::spawn(async move {
+        loop {
+            let beat = message(executor_message::Message::Heartbeat(Default::default()));
+            if uplink.send(beat).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let program = common::wat(scratch.path(), "trap");
+    let job = submit(&address, &[&program]).await;
+    let done = wait_terminal(&address, &job).await;
+    assert_eq!(common::state(&done), "JOB_STATE_FAILED", "{done}");
+    assert_eq!(
+        common::failure_kind(&done),
+        "FAILURE_KIND_EXECUTORS_LOST",
+        "{done}"
+    );
+    assert_eq!(done["executorLosses"], 3, "{done}");
+    let executions = common::executions_of(&address, &job).await;
+    assert_eq!(executions.len(), 3, "{executions:?}");
+    // The executor was told to drop each assignment it sat on.
+    let mut assigned = 0;
+    let mut cancelled = 0;
+    while cancelled < 3 {
+        let next = tokio::time::timeout(common::TIMEOUT, inbound.message())
+            .await
+            .expect("a message")
+            .expect("the stream")
+            .expect("open");
+        match next.message {
+            Some(orchestrator_message::Message::Assign(_)) => assigned += 1,
+            Some(orchestrator_message::Message::Cancel(_)) => cancelled += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(assigned, 3);
+    heartbeats.abort();
+}
+
+/// Registrations a lying executor might send are refused with INVALID_ARGUMENT and a short
+/// message: a capacity past the orchestrator's bound, ids that would forge listings.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_registrations_are_refused() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let address = format!("http://127.0.0.1:{port}");
+    let _orchestrator = start_orchestrator(&scratch.path().join("data"), port).await;
+    let greedy = hand_executor(&address, "greedy", 1_000_000)
+        .await
+        .expect_err("a million slots");
+    assert_eq!(greedy.code(), tonic::Code::InvalidArgument, "{greedy:?}");
+    assert!(greedy.message().contains("at most 256 slots"), "{greedy:?}");
+    let long = "x".repeat(100_000);
+    for id in ["a\nEXECUTOR CONNECTED", "a\0b", "../etc", long.as_str()] {
+        let refused = hand_executor(&address, id, 1).await.expect_err(id);
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().len() < 400, "{}", refused.message().len());
+    }
+    let nodes = common::shoal(&address, &["node", "list"]).await.success();
+    assert!(
+        !nodes.stdout.contains("greedy") && !nodes.stdout.contains("EXECUTOR"),
+        "{}",
+        nodes.stdout
+    );
+}
+
+/// A small deterministic generator for hostile messages.
+struct Chaos(u64);
+
+impl Chaos {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// A number from the edges peers lie with: 0, 1, small, huge, MAX and around it.
+    fn number(&mut self) -> u64 {
+        match self.below(6) {
+            0 => 0,
+            1 => u64::MAX - self.below(3),
+            2 => u64::MAX / 2 + self.below(1000),
+            3 => self.below(1 << 32),
+            _ => self.below(100),
+        }
+    }
+
+    fn text(&mut self, ids: &[String]) -> String {
+        match self.below(5) {
+            0 | 4 if !ids.is_empty() => ids[self.below(ids.len() as u64) as usize].clone(),
+            1 => "\0\n/..\u{202e}".repeat(self.below(50) as usize),
+            2 => "x".repeat(self.below(70_000) as usize),
+            3 => String::new(),
+            _ => format!("bafkrei{}", self.next()),
+        }
+    }
+
+    fn bytes(&mut self) -> Bytes {
+        let len = self.below(3000) as usize;
+        Bytes::from(common::pseudo_random(len, self.next()))
+    }
+
+    /// One generated message, often about an execution that is really assigned (`ids`).
+    fn message(&mut self, ids: &[String]) -> ExecutorMessage {
+        use executor_message::Message;
+        let execution_id = self.text(ids);
+        let state = match self.below(3) {
+            0 => self.next() as i32,
+            _ => self.below(10) as i32,
+        };
+        let body = match self.below(8) {
+            0 => Some(Message::Heartbeat(shoal::proto::Heartbeat {
+                running_execution_ids: (0..self.below(4)).map(|_| self.text(ids)).collect(),
+                last_report_sequence: self.number(),
+            })),
+            1 => Some(Message::Update(shoal::proto::ExecutionUpdate {
+                execution_id,
+                state,
+            })),
+            2 | 3 => Some(Message::Log(shoal::proto::ExecutionLog {
+                chunk: Some(shoal::proto::LogChunk {
+                    execution_id,
+                    stream: self.below(4) as i32,
+                    offset: self.number(),
+                    data: self.bytes(),
+                }),
+            })),
+            4 | 5 => Some(Message::Finished(ExecutionFinished {
+                execution_id,
+                state,
+                result: (self.below(2) == 0).then(|| ExecutionResult {
+                    exit_code: self.next() as i32,
+                    result_cid: self.text(ids),
+                    stdout_bytes: self.number(),
+                    published_to: if self.below(4) == 0 {
+                        self.text(&[])
+                    } else {
+                        String::new()
+                    },
+                    ..Default::default()
+                }),
+                failure: (self.below(2) == 0).then(|| shoal::proto::Failure {
+                    kind: self.next() as i32,
+                    message: self.text(&[]),
+                    retryable: true,
+                }),
+                result_blocks: (0..self.below(4))
+                    .map(|_| ContentBlock {
+                        cid: self.text(&[]),
+                        data: self.bytes(),
+                    })
+                    .collect(),
+            })),
+            6 => Some(Message::Draining(Default::default())),
+            _ => match self.below(2) {
+                0 => None,
+                _ => Some(Message::Register(Register {
+                    executor_id: self.text(&[]),
+                    ..Default::default()
+                })),
+            },
+        };
+        ExecutorMessage {
+            message: body,
+            sequence: self.number(),
+        }
+    }
+}
+
+/// Generated hostile executors: 80 streams, each registering and then sending 60 messages
+/// built from lies (numbers at u64::MAX, ids with NUL and newline, states and kinds out of
+/// range, 70 KB strings, garbage result trees, reports on executions that others run).
+/// Afterwards the orchestrator is healthy and panicked nowhere, every acknowledged job is
+/// still there, and a real executor runs a new job to completion.
+#[tokio::test(flavor = "multi_thread")]
+async fn generated_hostile_executors_leave_the_orchestrator_healthy() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let address = format!("http://127.0.0.1:{port}");
+    let (_orchestrator, logs) = common::start_orchestrator_logged(
+        &scratch.path().join("data"),
+        port,
+        &[
+            "--assign-ack-timeout",
+            "1s",
+            "--lease",
+            "1s",
+            "--heartbeat-interval",
+            "500ms",
+        ],
+        &[],
+    )
+    .await;
+    let program = common::wat(scratch.path(), "trap");
+    let mut jobs = Vec::new();
+    for _ in 0..20 {
+        jobs.push(submit(&address, &[&program]).await);
+    }
+    let mut chaos = Chaos(0x5eed_cafe_f00d);
+    let mut assigned: Vec<String> = jobs.clone();
+    for stream in 0..80 {
+        let id = format!("hostile-{}", stream % 7);
+        let Ok((uplink, mut inbound)) = hand_executor(&address, &id, 2).await else {
+            continue; // refused (e.g. the id is still connected): fine
+        };
+        // Mostly lies about this stream's own assignments, which it may report on: the
+        // first (if any job waits) is waited for.
+        let mut mine: Vec<String> = Vec::new();
+        if let Ok(Ok(Some(first))) =
+            tokio::time::timeout(Duration::from_millis(100), inbound.message()).await
+            && let Some(orchestrator_message::Message::Assign(assign)) = first.message
+        {
+            mine.push(assign.execution_id.clone());
+            assigned.push(assign.execution_id);
+        }
+        for _ in 0..60 {
+            while let Some(Some(Ok(Some(message)))) =
+                futures::FutureExt::now_or_never(inbound.message()).map(Some)
+            {
+                if let Some(orchestrator_message::Message::Assign(assign)) = message.message {
+                    mine.push(assign.execution_id.clone());
+                    assigned.push(assign.execution_id);
+                }
+            }
+            let ids = if chaos.below(4) == 0 || mine.is_empty() {
+                &assigned
+            } else {
+                &mine
+            };
+            let lie = chaos.message(ids);
+            if uplink.send(lie).await.is_err() {
+                break;
+            }
+        }
+        drop(uplink);
+        // The orchestrator may end the stream; either way it answers.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(Some(_)) = inbound.message().await {}
+        })
+        .await;
+    }
+
+    let health = common::shoal(&address, &["node", "list"]).await;
+    assert_eq!(health.code, 0, "{health:?}");
+    for job in &jobs {
+        common::shoal(&address, &["job", "describe", job])
+            .await
+            .success();
+    }
+    let executor = scratch.path().join("executor");
+    let _real = common::start_executor(&address, &executor, "real", &["--label", "fuzz=real"]);
+    let hello = common::path("examples/hello/hello.wasm");
+    let out = common::shoal(
+        &address,
+        &["wasm", "run", "-s", "fuzz=real", &hello, "still"],
+    )
+    .await
+    .success();
+    assert!(out.stdout.contains("arg[1]=still"), "{out:?}");
+    let panicked: Vec<String> = logs
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|line| line.contains("panicked"))
+        .cloned()
+        .collect();
+    assert!(panicked.is_empty(), "{panicked:?}");
 }

@@ -15,8 +15,8 @@ use shoal::auth::{AuthChannel, CallerMetadata};
 use shoal::proto::job_service_client::JobServiceClient;
 use shoal::proto::storage_service_client::StorageServiceClient;
 use shoal::proto::{
-    DownloadResultsRequest, ExecutionState, JobSpec, JobState, ListExecutionsRequest,
-    SubmitJobRequest,
+    DownloadResultsRequest, ExecutionState, GetLogsRequest, JobSpec, JobState,
+    ListExecutionsRequest, LogStream, SubmitJobRequest,
 };
 
 const JOBS: usize = 500;
@@ -83,10 +83,14 @@ async fn acknowledged_jobs_survive_two_orchestrator_kills() {
                     args: vec![format!("job-{n}")],
                     ..Default::default()
                 };
+                // One key per job: a retry of a submission whose answer was lost (the
+                // orchestrator died after its commit) returns that job, not a second one.
+                let key = format!("faults-{n}");
                 loop {
                     match jobs
                         .submit_job(SubmitJobRequest {
                             spec: Some(spec.clone()),
+                            idempotency_key: key.clone(),
                         })
                         .await
                     {
@@ -119,6 +123,27 @@ async fn acknowledged_jobs_survive_two_orchestrator_kills() {
         JOBS,
         "every submission was acknowledged once"
     );
+    // And stored once: no retry created a duplicate.
+    let mut listing = JobServiceClient::new(channel(&address));
+    let mut stored = 0;
+    let mut page_token = String::new();
+    loop {
+        let page = listing
+            .list_jobs(shoal::proto::ListJobsRequest {
+                page_size: 1000,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        stored += page.jobs.len();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(stored, JOBS, "every job was stored once");
 
     // Every acknowledged job completes, once, with its own output.
     let mut jobs = JobServiceClient::new(channel(&address));
@@ -178,6 +203,27 @@ async fn acknowledged_jobs_survive_two_orchestrator_kills() {
         assert!(
             stdout.contains(&format!("arg[1]=job-{n}\n")),
             "job {id}: {stdout}"
+        );
+        // Its live log too: chunks whose commit a kill cut off are resent by the executor
+        // until they are acknowledged.
+        let mut chunks = jobs
+            .get_logs(GetLogsRequest {
+                job_id: id.clone(),
+                execution_id: String::new(),
+            })
+            .await
+            .expect("logs")
+            .into_inner();
+        let mut logged = Vec::new();
+        while let Some(chunk) = chunks.message().await.expect("log chunk") {
+            if chunk.stream == LogStream::Stdout as i32 {
+                logged.extend_from_slice(&chunk.data);
+            }
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&logged),
+            stdout,
+            "job {id}: the logged stdout is the stored stdout"
         );
     }
 }

@@ -131,7 +131,16 @@ fn sha256_hex(bytes: &[u8]) -> String {
 async fn url_inputs_are_fetched_verified_and_failures_named() {
     let hits = Arc::new(Hits::default());
     let base = serve(hits.clone()).await;
-    let stack = Devstack::start(&["--max-input", "1MiB", "--staging-timeout", "3s"]).await;
+    // The test's server is on loopback, which only an explicit allowance opens.
+    let stack = Devstack::start(&[
+        "--max-input",
+        "1MiB",
+        "--staging-timeout",
+        "3s",
+        "--allow-url",
+        "127.0.0.1",
+    ])
+    .await;
     let copytree = path("tests/fixtures/copytree.wasm");
 
     // A URL input, pinned by its checksum, lands read-only at its target.
@@ -239,7 +248,7 @@ async fn url_inputs_are_fetched_verified_and_failures_named() {
 async fn cached_inputs_are_not_downloaded_again() {
     let hits = Arc::new(Hits::default());
     let base = serve(hits.clone()).await;
-    let stack = Devstack::start(&["--executors", "1"]).await;
+    let stack = Devstack::start(&["--executors", "1", "--allow-url", "127.0.0.1"]).await;
     let input = stack.scratch("tree");
     std::fs::create_dir_all(input.join("sub")).expect("mkdir");
     std::fs::write(input.join("sub/x.txt"), b"cached\n").expect("write");
@@ -353,14 +362,52 @@ async fn url_policy_refuses_metadata_and_unlisted_hosts() {
             out.stderr
         );
     }
-    // The orchestrator's CopyFromUrl follows the same policy.
-    let out = stack
-        .shoal(&["data", "cp", "http://169.254.169.254/latest/meta-data/"])
-        .await;
-    assert_eq!(out.code, 1, "{out:?}");
-    assert!(
-        out.stderr.contains("cloud metadata address"),
-        "{}",
-        out.stderr
-    );
+    // The orchestrator's CopyFromUrl follows the same policy, and never fetches from its
+    // own listeners, whatever the allowlist says (127.0.0.1 is allowed here).
+    let own = format!("{}/", stack.address);
+    for (url, reason) in [
+        (
+            "http://169.254.169.254/latest/meta-data/",
+            "cloud metadata address",
+        ),
+        (own.as_str(), "one of this daemon's own listeners"),
+    ] {
+        let out = stack.shoal(&["data", "cp", url]).await;
+        assert_eq!(out.code, 1, "{out:?}");
+        assert!(out.stderr.contains(reason), "{url}: {}", out.stderr);
+    }
+}
+
+/// By default loopback is refused to URL inputs and to CopyFromUrl, by address or by a
+/// name that resolves to it: a client cannot make a daemon fetch from the machine it runs
+/// on (its metrics page, a sidecar). `--allow-url 127.0.0.1` opens it, as tests do.
+#[tokio::test(flavor = "multi_thread")]
+async fn loopback_is_refused_unless_allowed() {
+    let base = serve(Arc::new(Hits::default())).await;
+    let stack = Devstack::start(&["--executors", "1"]).await;
+    let copytree = path("tests/fixtures/copytree.wasm");
+    let by_name = base.replace("127.0.0.1", "localhost");
+    for url in [format!("{base}/data.txt"), format!("{by_name}/data.txt")] {
+        let out = stack
+            .shoal(&["wasm", "run", &copytree, "-i", &format!("{url}:/inputs/x")])
+            .await;
+        assert_eq!(out.code, 125, "{url}: {out:?}");
+        assert!(
+            out.stderr.contains("FAILED: STAGING"),
+            "{url}: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("loopback address"),
+            "{url}: {}",
+            out.stderr
+        );
+        let out = stack.shoal(&["data", "cp", &url]).await;
+        assert_eq!(out.code, 1, "{url}: {out:?}");
+        assert!(
+            out.stderr.contains("loopback address"),
+            "{url}: {}",
+            out.stderr
+        );
+    }
 }

@@ -264,6 +264,7 @@ async fn a_full_disk_refuses_work_then_recovers_by_itself() {
                     args: vec![arg.clone()],
                     ..Default::default()
                 }),
+                idempotency_key: String::new(),
             })
             .await;
         match submitted {

@@ -478,7 +478,10 @@ async fn simulated_executor(
         .await?;
     let mut client = ExecutorServiceClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let message = |m| ExecutorMessage { message: Some(m) };
+    let message = |m| ExecutorMessage {
+        message: Some(m),
+        sequence: 0,
+    };
     tx.send(message(executor_message::Message::Register(Register {
         executor_id: id,
         protocol_version: 1,

@@ -102,6 +102,7 @@ pub async fn s1(args: &Args, _dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
                 queue_timeout: Duration::from_secs(24 * 3600),
             },
             max_queued: queued + 1,
+            ..Default::default()
         },
         Instant::now(),
     );

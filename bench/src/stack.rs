@@ -82,7 +82,10 @@ impl Clients {
         };
         let response = self
             .jobs
-            .submit_job(SubmitJobRequest { spec: Some(spec) })
+            .submit_job(SubmitJobRequest {
+                spec: Some(spec),
+                idempotency_key: String::new(),
+            })
             .await?
             .into_inner();
         Ok(response.job.context("SubmitJob answered no job")?.id)

@@ -28,6 +28,70 @@ const RECENT_FINISHED: usize = 1024;
 const RESEND_BUDGET: usize = 8 << 20;
 /// Ids of executions cancelled before their assignment arrived.
 const CANCELLED_TOMBSTONES: usize = 1024;
+/// Bytes of sent reports kept until the orchestrator acknowledges them.
+const UNACKNOWLEDGED_BUDGET: usize = 32 << 20;
+
+/// Reports sent but not yet acknowledged as durable by the orchestrator, sent again in
+/// order on the next stream: a report lost with a broken stream, or with an orchestrator
+/// killed before its commit, is not lost (resending is safe, reports apply idempotently).
+/// Bounded by bytes: past [`UNACKNOWLEDGED_BUDGET`] the oldest are forgotten, and said so.
+#[derive(Default)]
+pub struct Unacknowledged {
+    reports: VecDeque<ExecutorMessage>,
+    bytes: usize,
+}
+
+impl Unacknowledged {
+    /// Keeps a report just sent; returns the executions whose finished report had to be
+    /// forgotten to stay in the budget (a Register then carries it among the recent ones).
+    fn keep(&mut self, report: &ExecutorMessage) -> Vec<String> {
+        use prost::Message as _;
+        if report.sequence == 0 {
+            return Vec::new();
+        }
+        self.bytes += report.encoded_len();
+        self.reports.push_back(report.clone());
+        let mut forgotten = Vec::new();
+        while self.bytes > UNACKNOWLEDGED_BUDGET
+            && let Some(oldest) = self.reports.pop_front()
+        {
+            self.bytes -= oldest.encoded_len();
+            forgotten.push(oldest);
+        }
+        if !forgotten.is_empty() {
+            tracing::warn!(
+                forgotten = forgotten.len(),
+                "more unacknowledged reports than the resend budget; the oldest cannot be resent"
+            );
+        }
+        finished_ids(forgotten)
+    }
+
+    /// Forgets the reports up to `through`; returns the executions whose finished report
+    /// is now acknowledged.
+    fn acknowledged(&mut self, through: u64) -> Vec<String> {
+        use prost::Message as _;
+        let mut done = Vec::new();
+        while self.reports.front().is_some_and(|r| r.sequence <= through)
+            && let Some(report) = self.reports.pop_front()
+        {
+            self.bytes -= report.encoded_len();
+            done.push(report);
+        }
+        finished_ids(done)
+    }
+}
+
+/// The executions that `reports` say ended.
+fn finished_ids(reports: Vec<ExecutorMessage>) -> Vec<String> {
+    reports
+        .into_iter()
+        .filter_map(|report| match report.message {
+            Some(executor_message::Message::Finished(f)) => Some(f.execution_id),
+            _ => None,
+        })
+        .collect()
+}
 
 /// Executions in flight and recently finished, shared by the connection and the executions.
 #[derive(Default)]
@@ -37,6 +101,10 @@ pub struct Executions {
     /// orchestrator runs them elsewhere.
     drained: HashMap<String, Duration>,
     cancelled_early: VecDeque<String>,
+    /// Executions that ended but whose finished report the orchestrator has not yet
+    /// acknowledged (it may still be queued, or be resent): a Register counts them as
+    /// running, so their reports arrive in order behind their log chunks.
+    settling: std::collections::HashSet<String>,
     recent_finished: VecDeque<ExecutionFinished>,
     /// Encoded size of `recent_finished`, kept within [`RESEND_BUDGET`]: more could never be
     /// resent, and reports carry result trees of up to 64 KiB.
@@ -67,6 +135,16 @@ fn lock(executions: &SharedExecutions) -> std::sync::MutexGuard<'_, Executions> 
     executions.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// These executions' finished reports need no resending in order any more.
+fn settled(executions: &SharedExecutions, ids: Vec<String>) {
+    if !ids.is_empty() {
+        let mut executions = lock(executions);
+        for id in ids {
+            executions.settling.remove(&id);
+        }
+    }
+}
+
 /// Ids of the executions running now.
 pub fn running_ids(executions: &SharedExecutions) -> Vec<String> {
     lock(executions).running.keys().cloned().collect()
@@ -92,6 +170,8 @@ pub struct Connection {
     pub channel: shoal::auth::AuthChannel,
     /// Set once the executor drains: no new work, and the orchestrator is told.
     pub draining: tokio::sync::watch::Receiver<bool>,
+    /// Reports to send again if the stream breaks before they are acknowledged.
+    pub unacknowledged: Unacknowledged,
 }
 
 /// Dials and serves the orchestrator until `shutdown` (the end of a drain), reconnecting
@@ -171,6 +251,18 @@ async fn session(
     let mut client = ExecutorServiceClient::new(connection.channel.clone())
         .max_decoding_message_size(16 * 1024 * 1024);
     let (tx, rx) = mpsc::channel::<ExecutorMessage>(256);
+    // Executions whose finished report is not acknowledged are resent right after the
+    // handshake, in order behind their log chunks: until then they count as running here,
+    // so the orchestrator keeps them (and their chunks) instead of applying an early copy
+    // of the report first and dropping the chunks of an execution already ended.
+    let (running_execution_ids, recently_finished) = {
+        let settling = lock(&connection.executions).settling.clone();
+        let mut running = running_ids(&connection.executions);
+        running.extend(settling.iter().cloned());
+        let mut recent = recent_reports(&connection.executions);
+        recent.retain(|report| !settling.contains(&report.execution_id));
+        (running, recent)
+    };
     let register = Register {
         executor_id: config.executor_id.clone(),
         protocol_version: ProtocolVersion::V1 as u32,
@@ -179,10 +271,10 @@ async fn session(
             slots: config.slots,
             memory_bytes: config.memory_bytes,
         }),
-        running_execution_ids: running_ids(&connection.executions),
+        running_execution_ids,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         // Reports that may have been lost with the previous stream; applied once upstream.
-        recently_finished: recent_reports(&connection.executions),
+        recently_finished,
         instance_id: instance_id.to_owned(),
     };
     let metrics = connection.context.metrics.clone();
@@ -217,6 +309,14 @@ async fn session(
     );
     // A drain outlives reconnections: say so again on every new stream.
     connection.draining.mark_changed();
+    // Reports the last stream may have lost, oldest first, before any new one.
+    let resend: Vec<ExecutorMessage> = connection.unacknowledged.reports.iter().cloned().collect();
+    if !resend.is_empty() {
+        tracing::info!(reports = resend.len(), "resending unacknowledged reports");
+    }
+    for report in resend {
+        forward(&tx, &metrics, report).await?;
+    }
 
     let mut heartbeat = tokio::time::interval(heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -229,10 +329,18 @@ async fn session(
                 }
                 None => return Ok(()),
             },
-            Some(message) = uplink.recv() => forward(&tx, &metrics, message).await?,
+            Some(message) = uplink.recv() => {
+                let forgotten = connection.unacknowledged.keep(&message);
+                settled(&connection.executions, forgotten);
+                forward(&tx, &metrics, message).await?
+            }
             _ = heartbeat.tick() => {
+                // The list first, then the number: a report queued before an execution
+                // left the list has a number at most this one.
                 let running_execution_ids = running_ids(&connection.executions);
-                send(&tx, &metrics, executor_message::Message::Heartbeat(Heartbeat { running_execution_ids })).await?;
+                let last_report_sequence = connection.context.uplink.last_sequence();
+                let heartbeat = Heartbeat { running_execution_ids, last_report_sequence };
+                send(&tx, &metrics, executor_message::Message::Heartbeat(heartbeat)).await?;
             }
             Ok(()) = connection.draining.changed() => {
                 if *connection.draining.borrow_and_update() {
@@ -242,6 +350,8 @@ async fn session(
             _ = shutdown.cancelled() => {
                 // The drain is over: every report is queued; send them before leaving.
                 while let Ok(message) = uplink.try_recv() {
+                    let forgotten = connection.unacknowledged.keep(&message);
+                    settled(&connection.executions, forgotten);
                     forward(&tx, &metrics, message).await?;
                 }
                 drop(tx);
@@ -263,6 +373,7 @@ async fn send(
 ) -> Result<()> {
     let message = ExecutorMessage {
         message: Some(message),
+        sequence: 0,
     };
     forward(tx, metrics, message).await
 }
@@ -279,7 +390,7 @@ async fn forward(
         .map_err(|_| Error::Protocol("the stream closed".into()))
 }
 
-fn handle(connection: &Connection, message: shoal::proto::OrchestratorMessage) {
+fn handle(connection: &mut Connection, message: shoal::proto::OrchestratorMessage) {
     match message.message {
         Some(orchestrator_message::Message::Assign(assign)) => {
             let execution_id = assign.execution_id.clone();
@@ -339,7 +450,8 @@ fn handle(connection: &Connection, message: shoal::proto::OrchestratorMessage) {
             let task = async move {
                 let started = std::time::Instant::now();
                 context.metrics.running.inc();
-                let (mut finished, scratch) = execute(&context, assign, cancel).await;
+                let (mut finished, scratch) =
+                    run_isolated(&execution_id, execute(&context, assign, cancel)).await;
                 context.metrics.running.dec();
                 {
                     // Remembered before it leaves `running`, so a Register sent at any
@@ -358,7 +470,7 @@ fn handle(connection: &Connection, message: shoal::proto::OrchestratorMessage) {
                         finished.failure = Some(failure);
                     }
                     executions.remember_finished(finished.clone());
-                    executions.running.remove(&execution_id);
+                    executions.settling.insert(execution_id.clone());
                 }
                 context
                     .metrics
@@ -368,6 +480,9 @@ fn handle(connection: &Connection, message: shoal::proto::OrchestratorMessage) {
                     span.record("otel.status_message", failure.message.as_str());
                 }
                 context.uplink.send_finished(finished).await;
+                // Only now does it leave `running`: a heartbeat that no longer lists it
+                // quotes a report number at least that of this report (see Heartbeat).
+                lock(&executions).running.remove(&execution_id);
                 if let Some(scratch) = scratch {
                     context.scratch.release(scratch).await;
                 }
@@ -393,8 +508,43 @@ fn handle(connection: &Connection, message: shoal::proto::OrchestratorMessage) {
                 }
             }
         }
+        Some(orchestrator_message::Message::Acknowledged(acknowledged)) => {
+            let done = connection
+                .unacknowledged
+                .acknowledged(acknowledged.sequence);
+            settled(&connection.executions, done);
+        }
         Some(orchestrator_message::Message::Registered(_)) | None => {
             tracing::warn!("unexpected message from the orchestrator ignored");
+        }
+    }
+}
+
+/// Runs one execution's work; a panic in it (a bug) fails only that execution, as
+/// INTERNAL with the panic's message, so it is reported and its slot freed instead of
+/// being held by a report that never comes.
+async fn run_isolated<F>(
+    execution_id: &str,
+    work: F,
+) -> (ExecutionFinished, Option<std::path::PathBuf>)
+where
+    F: std::future::Future<Output = (ExecutionFinished, Option<std::path::PathBuf>)>,
+{
+    match shoal::panics::catch_panic(work).await {
+        Ok(done) => done,
+        Err(panic) => {
+            let failure = Failure::new(
+                FailureKind::Internal,
+                format!("the executor hit a bug running this execution: {panic}"),
+            );
+            let finished = ExecutionFinished {
+                execution_id: execution_id.to_owned(),
+                state: failure.kind().execution_state() as i32,
+                result: None,
+                failure: Some(failure),
+                result_blocks: Vec::new(),
+            };
+            (finished, None)
         }
     }
 }
@@ -439,6 +589,22 @@ mod tests {
     use super::*;
 
     /// Delays grow, stay under the cap, and start small again after a reset.
+    /// A panic inside an execution's work fails that execution as INTERNAL, with the
+    /// panic's message, instead of leaving it unreported.
+    #[tokio::test]
+    async fn a_panicking_execution_fails_alone() {
+        let (finished, scratch) = run_isolated("e1", async {
+            let empty: Vec<(ExecutionFinished, Option<std::path::PathBuf>)> = Vec::new();
+            empty.into_iter().next().expect("a bug")
+        })
+        .await;
+        assert!(scratch.is_none());
+        assert_eq!(finished.execution_id, "e1");
+        let failure = finished.failure.expect("failure");
+        assert_eq!(failure.kind(), FailureKind::Internal);
+        assert!(failure.message.contains("a bug"), "{}", failure.message);
+    }
+
     #[test]
     fn backoff_is_capped_and_resets() {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));

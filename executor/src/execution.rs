@@ -34,23 +34,47 @@ use crate::staging;
 
 /// Messages from executions to the orchestrator, forwarded by the connection whenever one
 /// is up. Bounded: a long disconnection pauses log forwarding, never the guests.
+///
+/// Every report gets the next sequence number as it is queued, under one lock, so numbers
+/// follow queue order: the orchestrator acknowledges "everything up to N", and a heartbeat
+/// quotes the last number queued before it listed the running executions.
 #[derive(Clone)]
-pub struct Uplink(mpsc::Sender<ExecutorMessage>);
+pub struct Uplink {
+    tx: mpsc::Sender<ExecutorMessage>,
+    next: Arc<tokio::sync::Mutex<u64>>,
+    last: Arc<std::sync::atomic::AtomicU64>,
+}
 
 impl Uplink {
     /// An uplink and the receiver the connection drains.
     pub fn new(capacity: usize) -> (Self, mpsc::Receiver<ExecutorMessage>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (Uplink(tx), rx)
+        let uplink = Uplink {
+            tx,
+            next: Arc::default(),
+            last: Arc::default(),
+        };
+        (uplink, rx)
     }
 
     async fn send(&self, message: executor_message::Message) {
+        let mut next = self.next.lock().await;
+        *next += 1;
+        let sequence = *next;
         let _ = self
-            .0
+            .tx
             .send(ExecutorMessage {
                 message: Some(message),
+                sequence,
             })
             .await;
+        self.last
+            .store(sequence, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The sequence number of the last report queued.
+    pub fn last_sequence(&self) -> u64 {
+        self.last.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Reports a finished execution.

@@ -231,6 +231,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         tasks: tasks.clone(),
         channel,
         draining,
+        unacknowledged: Default::default(),
     };
     let drain = {
         let (executions, tasks, stop) = (executions.clone(), tasks.clone(), stop.clone());

@@ -50,6 +50,36 @@ pub struct ClusterConfig {
     pub defaults: SpecDefaults,
     /// Most jobs waiting in the queue; submissions past it get RESOURCE_EXHAUSTED.
     pub max_queued: usize,
+    /// An assignment the executor has not acknowledged (reported on) within this long is
+    /// taken back: cancelled there, failed EXECUTOR_LOST and retried under the job's policy.
+    pub ack_timeout: Duration,
+    /// The most an executor may claim in `Register.capacity`; a registration claiming
+    /// more is refused (a lying executor would otherwise draw every job to itself).
+    pub max_capacity: Capacity,
+    /// The most log bytes kept per execution and stream (stdout, stderr); chunks past it are
+    /// dropped, whatever the executor sends.
+    pub max_log_bytes: u64,
+}
+
+impl Default for ClusterConfig {
+    /// The orchestrator's defaults.
+    fn default() -> Self {
+        ClusterConfig {
+            heartbeat_interval: Duration::from_secs(2),
+            lease: Duration::from_secs(10),
+            defaults: SpecDefaults {
+                timeout: Duration::from_secs(3600),
+                queue_timeout: Duration::from_secs(24 * 3600),
+            },
+            max_queued: 100_000,
+            ack_timeout: Duration::from_secs(5),
+            max_capacity: Capacity {
+                slots: 256,
+                memory_bytes: 1 << 40,
+            },
+            max_log_bytes: 64 << 20,
+        }
+    }
 }
 
 /// What a batch of transitions wants done once it is durable.
@@ -74,6 +104,8 @@ struct NodeLink {
     sender: ExecutorSender,
     /// The executor process that registered this stream (`Register.instance_id`).
     instance_id: String,
+    /// The highest report sequence number received on this stream.
+    received_through: u64,
 }
 
 struct NodeEntry {
@@ -92,6 +124,11 @@ pub struct Cluster {
     nodes: BTreeMap<String, NodeEntry>,
     /// Next expected log offset per (execution, stream), to drop resent chunks.
     log_offsets: HashMap<(String, i32), u64>,
+    /// Assignments sent but not yet acknowledged by their executor, and when they were
+    /// made (see [`ClusterConfig::ack_timeout`]).
+    unacknowledged: HashMap<String, SystemTime>,
+    /// Job ids by the idempotency key they were submitted with.
+    idempotency_keys: HashMap<String, String>,
     next_generation: u64,
     effects: Effects,
     metrics: std::sync::Arc<Metrics>,
@@ -108,7 +145,9 @@ impl Cluster {
             executions: HashMap::new(),
             queue: BTreeSet::new(),
             nodes: BTreeMap::new(),
-            log_offsets: HashMap::new(),
+            log_offsets: snapshot.log_ends.into_iter().collect(),
+            unacknowledged: HashMap::new(),
+            idempotency_keys: HashMap::new(),
             next_generation: 1,
             effects: Effects::default(),
             metrics: std::sync::Arc::new(Metrics::new()),
@@ -117,6 +156,11 @@ impl Cluster {
         for job in snapshot.jobs {
             if job.state() == JobState::Queued {
                 cluster.queue.insert(job.id.clone());
+            }
+            if !job.idempotency_key.is_empty() {
+                cluster
+                    .idempotency_keys
+                    .insert(job.idempotency_key.clone(), job.id.clone());
             }
             let queued_since = job
                 .updated_at
@@ -333,11 +377,36 @@ impl Cluster {
     /// `trace_context` is the W3C context of the job's trace (empty when traces are off).
     pub fn submit(
         &mut self,
-        mut spec: JobSpec,
+        spec: JobSpec,
         trace_context: HashMap<String, String>,
         now: SystemTime,
     ) -> Result<Job> {
+        self.submit_once(spec, "", trace_context, now)
+            .map(|(job, _)| job)
+    }
+
+    /// Like [`submit`](Self::submit), with the client's idempotency key (empty for none):
+    /// a key already used returns its job instead (`false`: not new); with a different
+    /// spec it is refused.
+    pub fn submit_once(
+        &mut self,
+        mut spec: JobSpec,
+        idempotency_key: &str,
+        trace_context: HashMap<String, String>,
+        now: SystemTime,
+    ) -> Result<(Job, bool)> {
         spec::validate(&spec)?;
+        if let Some(id) = self.idempotency_keys.get(idempotency_key) {
+            let existing = self.job(id)?.clone();
+            let mut defaulted = spec.clone();
+            spec::apply_defaults(&mut defaulted, self.config.defaults);
+            if existing.spec.as_ref() != Some(&defaulted) {
+                return Err(Error::AlreadyExists(format!(
+                    "idempotency_key was used for job {id}, with a different spec"
+                )));
+            }
+            return Ok((existing, false));
+        }
         if self.queue.len() >= self.config.max_queued {
             return Err(Error::ResourceExhausted(format!(
                 "the queue is full ({} jobs waiting); try again later",
@@ -345,6 +414,23 @@ impl Cluster {
             )));
         }
         spec::apply_defaults(&mut spec, self.config.defaults);
+        let memory = spec.resources.map(|r| r.memory_bytes).unwrap_or(0);
+        let largest = self
+            .nodes
+            .values()
+            .filter_map(|n| n.node.capacity.map(|c| c.memory_bytes))
+            .max();
+        if let Some(largest) = largest
+            && memory > largest
+        {
+            // Known executors could never take it: say so now, not after the queue timeout.
+            return Err(Error::InvalidArgument(format!(
+                "resources.memory_bytes: {} is more than any executor offers (the largest \
+                 offers {})",
+                shoal::units::format_size(memory),
+                shoal::units::format_size(largest)
+            )));
+        }
         let id = shoal::ids::JobId::new().to_string();
         let job = Job {
             id: id.clone(),
@@ -352,8 +438,13 @@ impl Cluster {
             state: JobState::Unspecified as i32,
             created_at: Some(shoal::proto::timestamp(now)),
             trace_context,
+            idempotency_key: idempotency_key.to_owned(),
             ..Default::default()
         };
+        if !idempotency_key.is_empty() {
+            self.idempotency_keys
+                .insert(idempotency_key.to_owned(), id.clone());
+        }
         self.jobs.insert(
             id.clone(),
             JobEntry {
@@ -366,7 +457,7 @@ impl Cluster {
         self.queue.insert(id.clone());
         self.metrics.jobs_submitted.inc();
         self.effects.schedule = true;
-        Ok(self.job(&id)?.clone())
+        Ok((self.job(&id)?.clone(), true))
     }
 
     /// Places a just-submitted job in the submitting transition when no other job waits, so
@@ -712,6 +803,7 @@ impl Cluster {
         if let Some(node) = self.nodes.get_mut(executor_id) {
             node.node.running_execution_ids.push(execution_id.clone());
         }
+        self.unacknowledged.insert(execution_id.clone(), now);
         self.set_job_state(
             job_id,
             JobState::Scheduled,
@@ -744,10 +836,23 @@ impl Cluster {
         now: SystemTime,
         instant: Instant,
     ) -> Result<u64> {
-        if register.executor_id.is_empty() || register.executor_id.len() > 253 {
+        check_executor_id(&register.executor_id)?;
+        if register.version.len() > 64 || register.instance_id.len() > 64 {
             return Err(Error::InvalidArgument(
-                "register.executor_id must be 1-253 characters".into(),
+                "register.version and register.instance_id must be at most 64 bytes".into(),
             ));
+        }
+        let claimed = register.capacity.unwrap_or_default();
+        let bound = self.config.max_capacity;
+        if claimed.slots > bound.slots || claimed.memory_bytes > bound.memory_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "register.capacity claims {} slots and {} of memory; this orchestrator takes at \
+                 most {} slots and {} per executor (--max-executor-slots, --max-executor-memory)",
+                claimed.slots,
+                shoal::units::format_size(claimed.memory_bytes),
+                bound.slots,
+                shoal::units::format_size(bound.memory_bytes)
+            )));
         }
         for (key, value) in &register.labels {
             shoal::selector::label_key(key).map_err(Error::InvalidArgument)?;
@@ -795,6 +900,7 @@ impl Cluster {
             generation,
             sender,
             instance_id: register.instance_id,
+            received_through: 0,
         });
         entry.last_seen = instant;
         self.effects.writes.push(Write::Node(entry.node.clone()));
@@ -815,6 +921,8 @@ impl Cluster {
             );
         }
         for execution_id in &reported {
+            // Reporting it running proves the assignment arrived.
+            self.unacknowledged.remove(execution_id);
             let wanted = self.executions.get(execution_id).is_some_and(|e| {
                 e.executor_id == id && !e.state().is_terminal() && self.is_current(e)
             });
@@ -923,8 +1031,10 @@ impl Cluster {
         running.len()
     }
 
-    /// Fails the executions of executors not heard from within a lease.
+    /// Fails the executions of executors not heard from within a lease, and takes back
+    /// assignments not acknowledged within the acknowledgement timeout.
     pub fn sweep(&mut self, now: SystemTime, instant: Instant) {
+        self.take_back_unacknowledged(now);
         let lease = self.config.lease;
         let lost: Vec<(String, Vec<String>)> = self
             .nodes
@@ -955,6 +1065,139 @@ impl Cluster {
         }
     }
 
+    /// Assignments whose executor said nothing about them within the acknowledgement
+    /// timeout (an executor that heartbeats but never acts would hold them SCHEDULED, and
+    /// its slots, forever): cancelled there, failed EXECUTOR_LOST, retried by policy.
+    fn take_back_unacknowledged(&mut self, now: SystemTime) {
+        let timeout = self.config.ack_timeout;
+        let overdue: Vec<String> = self
+            .unacknowledged
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at).is_ok_and(|d| d > timeout))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for execution_id in overdue {
+            self.unacknowledged.remove(&execution_id);
+            let Some(execution) = self.executions.get(&execution_id) else {
+                continue;
+            };
+            if execution.state() != ExecutionState::Scheduled {
+                continue;
+            }
+            let executor_id = execution.executor_id.clone();
+            tracing::warn!(
+                execution_id,
+                executor_id,
+                "an assignment was not acknowledged in time; taking it back"
+            );
+            self.send_to(
+                &executor_id,
+                orchestrator_message::Message::Cancel(shoal::proto::Cancel {
+                    execution_id: execution_id.clone(),
+                    reason: "not acknowledged in time; assigned elsewhere".into(),
+                }),
+            );
+            self.fail_execution(
+                &execution_id,
+                Failure::new(
+                    FailureKind::ExecutorLost,
+                    format!(
+                        "executor {executor_id} did not acknowledge the assignment within {}",
+                        shoal::units::format_duration(timeout)
+                    ),
+                ),
+                now,
+            );
+        }
+    }
+
+    /// A report with this sequence number arrived on the executor's stream (0: not a
+    /// report).
+    pub fn report_received(&mut self, executor_id: &str, generation: u64, sequence: u64) {
+        if let Some(link) = self
+            .live_node(executor_id, generation)
+            .and_then(|n| n.link.as_mut())
+        {
+            link.received_through = link.received_through.max(sequence);
+        }
+    }
+
+    /// Tells the executor that every report received so far is durable (sent after the
+    /// commit, like every message). Returns nothing: an executor without a live stream
+    /// hears it on no stream.
+    pub fn acknowledge_reports(&mut self, executor_id: &str, generation: u64) {
+        let Some(through) = self
+            .live_node(executor_id, generation)
+            .and_then(|n| n.link.as_ref())
+            .map(|l| l.received_through)
+        else {
+            return;
+        };
+        if through > 0 {
+            self.send_to(
+                executor_id,
+                orchestrator_message::Message::Acknowledged(shoal::proto::Acknowledged {
+                    sequence: through,
+                }),
+            );
+        }
+    }
+
+    /// A heartbeat: reconciles what the executor says it runs with what this state says it
+    /// runs, once every report sent before the list was taken has arrived (see
+    /// `Heartbeat.last_report_sequence`). An acknowledged execution it no longer runs is
+    /// failed EXECUTOR_LOST; one it runs that nobody wants is cancelled.
+    pub fn heartbeat(
+        &mut self,
+        executor_id: &str,
+        generation: u64,
+        heartbeat: &shoal::proto::Heartbeat,
+        now: SystemTime,
+    ) {
+        let Some(node) = self.live_node(executor_id, generation) else {
+            return;
+        };
+        let caught_up = node
+            .link
+            .as_ref()
+            .is_some_and(|l| l.received_through >= heartbeat.last_report_sequence);
+        if !caught_up {
+            return;
+        }
+        let listed: HashSet<&String> = heartbeat.running_execution_ids.iter().collect();
+        let expected = node.node.running_execution_ids.clone();
+        for execution_id in &heartbeat.running_execution_ids {
+            self.unacknowledged.remove(execution_id);
+        }
+        for execution_id in expected.iter().filter(|id| !listed.contains(id)) {
+            if self.unacknowledged.contains_key(execution_id) {
+                continue; // its Assign may still be on the way
+            }
+            self.fail_execution(
+                execution_id,
+                Failure::new(
+                    FailureKind::ExecutorLost,
+                    format!("executor {executor_id} no longer runs this execution"),
+                ),
+                now,
+            );
+        }
+        for execution_id in &heartbeat.running_execution_ids {
+            let wanted = self.executions.get(execution_id).is_some_and(|e| {
+                e.executor_id == executor_id && !e.state().is_terminal() && self.is_current(e)
+            });
+            if !wanted {
+                self.send_to(
+                    executor_id,
+                    orchestrator_message::Message::Cancel(shoal::proto::Cancel {
+                        execution_id: execution_id.clone(),
+                        reason: "the orchestrator no longer expects this execution".into(),
+                    }),
+                );
+            }
+        }
+    }
+
     fn owned_execution(&self, executor_id: &str, execution_id: &str) -> Option<&Execution> {
         self.executions
             .get(execution_id)
@@ -975,8 +1218,14 @@ impl Cluster {
         let Some(execution) = self.owned_execution(executor_id, execution_id) else {
             return;
         };
+        // A resent report (after a reconnect) may be older than what arrived since: states
+        // only move forward.
+        if state as i32 <= execution.state {
+            return;
+        }
         let current = self.is_current(execution);
         let job_id = execution.job_id.clone();
+        self.unacknowledged.remove(execution_id);
         let Some(execution) = self.executions.get_mut(execution_id) else {
             return;
         };
@@ -1004,10 +1253,34 @@ impl Cluster {
             return;
         };
         let job_id = execution.job_id.clone();
+        self.unacknowledged.remove(&chunk.execution_id);
         let key = (chunk.execution_id.clone(), chunk.stream);
         let expected = self.log_offsets.get(&key).copied().unwrap_or(0);
-        let end = chunk.offset + chunk.data.len() as u64;
+        // Peer-supplied numbers: an offset near u64::MAX must not overflow, and no
+        // execution may store more log than the bound, whatever its executor says.
+        let Some(end) = chunk.offset.checked_add(chunk.data.len() as u64) else {
+            tracing::warn!(
+                executor_id,
+                execution_id = chunk.execution_id,
+                offset = chunk.offset,
+                "dropping a log chunk with an impossible offset"
+            );
+            return;
+        };
         if end <= expected || chunk.data.is_empty() {
+            return;
+        }
+        if end > self.config.max_log_bytes {
+            if expected < self.config.max_log_bytes {
+                tracing::warn!(
+                    executor_id,
+                    execution_id = chunk.execution_id,
+                    limit = self.config.max_log_bytes,
+                    "dropping log chunks past the per-execution bound"
+                );
+                // Remember the bound as reached, so this is said once.
+                self.log_offsets.insert(key, self.config.max_log_bytes);
+            }
             return;
         }
         let mut chunk = chunk;
@@ -1031,6 +1304,15 @@ impl Cluster {
             return;
         };
         let execution_id = execution.id.clone();
+        self.unacknowledged.remove(&execution_id);
+        // Peer-supplied text, stored and shown in listings: bounded.
+        let mut finished = finished;
+        if let Some(failure) = &mut finished.failure {
+            failure.message = shoal::error::excerpt(&failure.message, MAX_REPORTED_TEXT);
+        }
+        if let Some(result) = &mut finished.result {
+            result.published_to = shoal::error::excerpt(&result.published_to, MAX_REPORTED_TEXT);
+        }
         match finished.state() {
             ExecutionState::Completed => {
                 let result = finished.result.unwrap_or_default();
@@ -1192,6 +1474,29 @@ impl Cluster {
     }
 }
 
+/// Most bytes of text an executor's report may store (a failure message, a publish
+/// location); the rest is cut.
+const MAX_REPORTED_TEXT: usize = 4096;
+
+/// Executor ids name executors in listings, logs and metrics: 1-253 characters of letters,
+/// digits, `.`, `_` and `-` (a host name fits), so no id can carry a NUL, a newline or a
+/// `/` into them (a forged row in `node list`, say).
+fn check_executor_id(id: &str) -> Result<()> {
+    let fine = !id.is_empty()
+        && id.len() <= 253
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if fine {
+        return Ok(());
+    }
+    let shown: String = id.chars().take(64).collect();
+    Err(Error::InvalidArgument(format!(
+        "register.executor_id {shown:?} must be 1-253 characters of letters, digits, '.', '_' \
+         and '-'"
+    )))
+}
+
 fn job_memory(job: &Job) -> u64 {
     job.spec
         .as_ref()
@@ -1218,6 +1523,7 @@ mod tests {
                     queue_timeout: Duration::from_secs(3600),
                 },
                 max_queued: 100,
+                ..Default::default()
             },
             Instant::now(),
         )
@@ -1526,6 +1832,214 @@ mod tests {
         assert!(assignments(&mut c).is_empty(), "nothing more is placed");
     }
 
+    /// Messages of a kind among the effects, for one executor's stream.
+    fn cancels(c: &mut Cluster) -> Vec<String> {
+        c.take_effects()
+            .messages
+            .iter()
+            .filter_map(|(_, m)| match &m.message {
+                Some(orchestrator_message::Message::Cancel(cancel)) => {
+                    Some(cancel.execution_id.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// An executor that takes an assignment and never reports on it (it may heartbeat all
+    /// it likes) has it taken back after the acknowledgement timeout: cancelled there,
+    /// failed EXECUTOR_LOST and requeued. One that acknowledges in time keeps it.
+    #[test]
+    fn an_unacknowledged_assignment_is_taken_back() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 2, &[]);
+        let now = SystemTime::now();
+        let silent = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        let acked = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        c.schedule(now);
+        let placed = assignments(&mut c);
+        assert_eq!(placed.len(), 2);
+        let execution_of = |job: &str| {
+            placed
+                .iter()
+                .find(|(j, _)| j == job)
+                .map(|(_, e)| e.clone())
+                .expect("placed")
+        };
+        c.execution_update("a", &execution_of(&acked), ExecutionState::Staging, now);
+        // Heartbeats alone acknowledge nothing they do not list.
+        let heartbeat = shoal::proto::Heartbeat {
+            running_execution_ids: vec![execution_of(&acked)],
+            last_report_sequence: 0,
+        };
+        c.heartbeat("a", 1, &heartbeat, now);
+        c.take_effects();
+        c.sweep(now + Duration::from_secs(4), Instant::now());
+        assert_eq!(
+            c.job(&silent).expect("job").state(),
+            JobState::Scheduled,
+            "within the timeout"
+        );
+        c.sweep(now + Duration::from_secs(6), Instant::now());
+        assert_eq!(cancels(&mut c), [execution_of(&silent)]);
+        let lost = c.execution(&execution_of(&silent)).expect("execution");
+        assert_eq!(
+            lost.failure.as_ref().map(|f| f.kind()),
+            Some(FailureKind::ExecutorLost)
+        );
+        assert!(
+            lost.failure
+                .as_ref()
+                .is_some_and(|f| f.message.contains("acknowledge"))
+        );
+        assert_eq!(c.job(&silent).expect("job").state(), JobState::Queued);
+        assert_eq!(c.job(&acked).expect("job").state(), JobState::Staging);
+    }
+
+    /// A heartbeat that no longer lists an acknowledged execution fails it as lost — but
+    /// only once every report sent before the list has arrived (its finished report may be
+    /// on the way); one it lists that nobody wants is cancelled.
+    #[test]
+    fn heartbeats_are_reconciled_once_reports_caught_up() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 2, &[]);
+        let now = SystemTime::now();
+        let job = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        c.schedule(now);
+        let execution = assignments(&mut c)[0].1.clone();
+        c.report_received("a", 1, 1);
+        c.execution_update("a", &execution, ExecutionState::Running, now);
+        let ahead = shoal::proto::Heartbeat {
+            running_execution_ids: vec!["nobody-wants-this".into()],
+            last_report_sequence: 2,
+        };
+        c.heartbeat("a", 1, &ahead, now);
+        assert_eq!(
+            c.job(&job).expect("job").state(),
+            JobState::Running,
+            "report 2 not yet here"
+        );
+        assert!(cancels(&mut c).is_empty());
+        c.report_received("a", 1, 2);
+        c.heartbeat("a", 1, &ahead, now);
+        assert_eq!(cancels(&mut c), ["nobody-wants-this"]);
+        let execution = c.execution(&execution).expect("execution");
+        assert_eq!(execution.state(), ExecutionState::Failed);
+        assert!(
+            execution
+                .failure
+                .as_ref()
+                .is_some_and(|f| f.message.contains("no longer runs"))
+        );
+        assert_eq!(
+            c.job(&job).expect("job").state(),
+            JobState::Queued,
+            "retried"
+        );
+    }
+
+    /// What an executor claims and calls itself is checked: capacity past the configured
+    /// bound, and ids that could forge listings (NUL, newline, '/') are refused.
+    #[test]
+    fn registrations_are_bounded() {
+        let mut c = cluster();
+        let register = |id: &str, slots: u32| Register {
+            executor_id: id.into(),
+            protocol_version: 1,
+            capacity: Some(Capacity {
+                slots,
+                memory_bytes: 1 << 30,
+            }),
+            ..Default::default()
+        };
+        let (tx, _rx) = mpsc::channel(4);
+        let mut try_register = |r: Register| {
+            c.register(
+                r,
+                ExecutorSender::new(tx.clone()),
+                SystemTime::now(),
+                Instant::now(),
+            )
+        };
+        let error = try_register(register("greedy", 1_000_000)).expect_err("too many slots");
+        assert!(error.to_string().contains("at most 256 slots"), "{error}");
+        for bad in ["", "a\0b", "a\nCONNECTED", "a/b", &"x".repeat(254)] {
+            let error = try_register(register(bad, 1)).expect_err(bad);
+            assert!(error.to_string().len() < 300, "{error}");
+        }
+        try_register(register("node-1.zone_a", 256)).expect("a fine registration");
+    }
+
+    /// Log chunks are peer-supplied numbers: an offset near u64::MAX does not overflow,
+    /// and past the per-execution bound chunks are dropped; a resent state older than the
+    /// execution's does not move it back.
+    #[test]
+    fn hostile_reports_change_nothing_they_should_not() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 1, &[]);
+        let now = SystemTime::now();
+        let job = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        c.schedule(now);
+        let execution = assignments(&mut c)[0].1.clone();
+        c.execution_update("a", &execution, ExecutionState::Running, now);
+        c.execution_update("a", &execution, ExecutionState::Staging, now);
+        assert_eq!(
+            c.execution(&execution).expect("e").state(),
+            ExecutionState::Running
+        );
+        let chunk = |offset: u64, len: usize| LogChunk {
+            execution_id: execution.clone(),
+            stream: shoal::proto::LogStream::Stdout as i32,
+            offset,
+            data: vec![b'x'; len].into(),
+        };
+        c.take_effects();
+        c.execution_log("a", chunk(0, 10), now);
+        assert_eq!(c.take_effects().events.len(), 1);
+        c.execution_log("a", chunk(u64::MAX - 1, 10), now);
+        c.execution_log("a", chunk((64 << 20) - 5, 10), now);
+        c.execution_log("a", chunk(64 << 20, 10), now);
+        assert!(c.take_effects().events.is_empty(), "nothing more stored");
+        assert_eq!(c.job(&job).expect("job").state(), JobState::Running);
+    }
+
+    /// A submission with an idempotency key already used returns that job, even after a
+    /// restart (the key is stored with the job); the same key with another spec is refused.
+    #[test]
+    fn idempotency_keys_return_the_same_job() {
+        let mut c = cluster();
+        let now = SystemTime::now();
+        let (first, new) = c
+            .submit_once(spec(), "k1", HashMap::new(), now)
+            .expect("submit");
+        assert!(new);
+        let (again, new) = c
+            .submit_once(spec(), "k1", HashMap::new(), now)
+            .expect("again");
+        assert!(!new);
+        assert_eq!(again.id, first.id);
+        let mut other = spec();
+        other.args = vec!["different".into()];
+        let refused = c
+            .submit_once(other, "k1", HashMap::new(), now)
+            .expect_err("another spec");
+        assert!(matches!(refused, Error::AlreadyExists(_)), "{refused}");
+        let snapshot = Snapshot {
+            jobs: vec![c.job(&first.id).expect("job").clone()],
+            ..Default::default()
+        };
+        let mut restored = Cluster::restore(snapshot, c.config, Instant::now());
+        let (after, new) = restored
+            .submit_once(spec(), "k1", HashMap::new(), now)
+            .expect("after");
+        assert!(!new);
+        assert_eq!(after.id, first.id);
+        let (unkeyed, _) = restored
+            .submit_once(spec(), "", HashMap::new(), now)
+            .expect("no key");
+        assert_ne!(unkeyed.id, first.id);
+    }
+
     /// A report is applied once, however often it arrives, and only from the executor that
     /// owns the execution.
     #[test]
@@ -1693,15 +2207,53 @@ mod tests {
         let mut c = cluster();
         let _a = connect(&mut c, "a", 4, &[]);
         let now = SystemTime::now();
-        let mut huge = spec();
-        huge.resources = Some(Resources {
-            memory_bytes: 8 << 30,
+        let mut big = spec();
+        big.resources = Some(Resources {
+            memory_bytes: 3 << 30,
         });
-        let job = c.submit(huge, HashMap::new(), now).expect("submit").id;
+        let _first = c
+            .submit(big.clone(), HashMap::new(), now)
+            .expect("submit")
+            .id;
+        let second = c.submit(big, HashMap::new(), now).expect("submit").id;
         c.schedule(now);
-        assert!(assignments(&mut c).is_empty());
-        let message = &c.job(&job).expect("job").status_message;
-        assert!(message.contains("needs 8.0 GiB"), "{message}");
+        assert_eq!(assignments(&mut c).len(), 1, "4 GiB hold one 3 GiB job");
+        assert_eq!(c.job(&second).expect("job").state(), JobState::Queued);
+    }
+
+    /// A job needing more memory than any known executor offers is refused at submit,
+    /// naming the largest offer, instead of waiting out its queue timeout.
+    #[test]
+    fn memory_beyond_every_executor_is_refused_at_submit() {
+        let mut c = cluster();
+        let (tx, _rx) = mpsc::channel(4);
+        let small = Register {
+            executor_id: "small".into(),
+            protocol_version: 1,
+            capacity: Some(Capacity {
+                slots: 1,
+                memory_bytes: 1 << 30,
+            }),
+            ..Default::default()
+        };
+        c.register(
+            small,
+            ExecutorSender::new(tx),
+            SystemTime::now(),
+            Instant::now(),
+        )
+        .expect("register");
+        let mut big = spec();
+        big.resources = Some(Resources {
+            memory_bytes: 2 << 30,
+        });
+        let refused = c
+            .submit(big, HashMap::new(), SystemTime::now())
+            .expect_err("too big");
+        assert!(
+            refused.to_string().contains("the largest offers 1.0 GiB"),
+            "{refused}"
+        );
     }
 
     /// Log chunks that were already received are dropped, partial overlaps trimmed.

@@ -77,31 +77,32 @@ store_error!(
 );
 
 impl From<Error> for tonic::Status {
+    /// The one mapping from the orchestrator's errors to gRPC statuses; every message is
+    /// cut to `shoal::error::MAX_STATUS_MESSAGE`.
     fn from(error: Error) -> Self {
-        use tonic::Status;
-        match error {
-            Error::Core(e) => e.into(),
-            Error::NotFound(m) => Status::not_found(m),
-            Error::FailedPrecondition(m) => Status::failed_precondition(m),
-            Error::AlreadyExists(m) => Status::already_exists(m),
-            Error::ResourceExhausted(m) => Status::resource_exhausted(m),
-            Error::InvalidArgument(m) => Status::invalid_argument(m),
-            Error::ShuttingDown | Error::StoreUnavailable(_) => {
-                Status::unavailable(error.to_string())
-            }
-            Error::Io { ref source, .. }
+        use tonic::Code;
+        let code = match &error {
+            Error::Core(core) => return core.status(),
+            Error::NotFound(_) => Code::NotFound,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::ShuttingDown | Error::StoreUnavailable(_) => Code::Unavailable,
+            // A full disk: retryable once space is freed.
+            Error::Io { source, .. }
                 if matches!(
                     source.kind(),
                     std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
                 ) =>
             {
-                // A full disk: retryable once space is freed.
-                Status::unavailable(error.to_string())
+                Code::Unavailable
             }
             Error::Store(_) | Error::Io { .. } | Error::LogDamaged(_) => {
                 tracing::error!(%error, "internal error");
-                Status::internal(error.to_string())
+                Code::Internal
             }
-        }
+        };
+        shoal::error::bounded_status(code, error.to_string())
     }
 }

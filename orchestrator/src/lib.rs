@@ -95,6 +95,21 @@ pub struct Config {
     /// if unset.
     #[arg(long, env = "SHOAL_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// An assignment its executor has not acknowledged (reported on) within this long is
+    /// taken back: cancelled there, failed EXECUTOR_LOST and retried under the job's policy.
+    #[arg(long, env = "SHOAL_ASSIGN_ACK_TIMEOUT", default_value = "5s", value_parser = shoal::units::parse_duration)]
+    pub assign_ack_timeout: Duration,
+    /// The most slots one executor may offer; a registration claiming more is refused.
+    #[arg(long, env = "SHOAL_MAX_EXECUTOR_SLOTS", default_value_t = 256)]
+    pub max_executor_slots: u32,
+    /// The most guest memory one executor may offer; a registration claiming more is
+    /// refused.
+    #[arg(long, env = "SHOAL_MAX_EXECUTOR_MEMORY", default_value = "1TiB", value_parser = shoal::units::parse_size)]
+    pub max_executor_memory: u64,
+    /// The most log bytes kept per execution and stream (stdout, stderr); an executor
+    /// sending more has the rest dropped. Match it to the executors' `--log-cap`.
+    #[arg(long, env = "SHOAL_MAX_LOG_PER_EXECUTION", default_value = "64MiB", value_parser = shoal::units::parse_size)]
+    pub max_log_per_execution: u64,
     /// Start even though the write-ahead log `state.wal` is damaged or missing: keep the
     /// intact frames before the damage, move the damaged log aside as
     /// `state.wal.damaged-<unix time>`, and go on without the writes after it (they are
@@ -125,6 +140,10 @@ impl Config {
             tls_client_ca: None,
             metrics_listen: None,
             recover_wal: false,
+            assign_ack_timeout: Duration::from_secs(5),
+            max_executor_slots: 256,
+            max_executor_memory: 1 << 40,
+            max_log_per_execution: 64 << 20,
         }
     }
 }
@@ -376,7 +395,12 @@ impl Orchestrator {
 }
 
 /// Opens the data directory and restores the orchestrator's state.
-pub async fn open(config: Config, shutdown: CancellationToken) -> Result<Arc<Orchestrator>> {
+/// `own` are the orchestrator's listening addresses, which `CopyFromUrl` never fetches from.
+pub async fn open(
+    config: Config,
+    own: Vec<std::net::SocketAddr>,
+    shutdown: CancellationToken,
+) -> Result<Arc<Orchestrator>> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| error::Error::io(format!("creating {}", config.data_dir.display()), e))?;
     let recovery = if config.recover_wal {
@@ -418,11 +442,18 @@ pub async fn open(config: Config, shutdown: CancellationToken) -> Result<Arc<Orc
                 queue_timeout: config.default_queue_timeout,
             },
             max_queued: config.max_queued_jobs,
+            ack_timeout: config.assign_ack_timeout,
+            max_capacity: shoal::proto::Capacity {
+                slots: config.max_executor_slots,
+                memory_bytes: config.max_executor_memory,
+            },
+            max_log_bytes: config.max_log_per_execution,
         },
         Instant::now(),
     );
-    let policy =
-        shoal::fetch::UrlPolicy::new(&config.urls).map_err(error::Error::InvalidArgument)?;
+    let policy = shoal::fetch::UrlPolicy::new(&config.urls)
+        .map_err(error::Error::InvalidArgument)?
+        .refusing_own(own);
     let http = shoal::fetch::HttpFetcher::new(5, 3, policy).map_err(|e| {
         error::Error::InvalidArgument(format!("cannot set up the HTTP client: {e}"))
     })?;
@@ -468,7 +499,12 @@ pub async fn run_with_gateway(
         ),
         None => None,
     };
-    let orchestrator = open(config, shutdown.clone()).await?;
+    let own = [Some(&listener), gateway.as_ref(), metrics_listener.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let orchestrator = open(config, own, shutdown.clone()).await?;
     if let Some(listener) = metrics_listener {
         if let Ok(address) = listener.local_addr() {
             tracing::info!(%address, "metrics listening");

@@ -16,6 +16,7 @@
 //! (waking watchers) still wait for the commit, so no one sees a state that is not on
 //! disk; a deferred write reaches watchers at most that much later.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +86,9 @@ pub struct Snapshot {
     pub nodes: Vec<Node>,
     /// The last event sequence number of each job.
     pub last_sequences: Vec<(String, u64)>,
+    /// For executions not yet ended: where each of their log streams ends in the stored
+    /// events, so a chunk an executor resends after a restart is not stored twice.
+    pub log_ends: Vec<((String, i32), u64)>,
 }
 
 /// The open database, shared by the writer and readers. None while the writer reopens it
@@ -358,6 +362,27 @@ fn load(db: &Database) -> Result<Snapshot> {
             .unwrap_or(0);
         snapshot.last_sequences.push((job.id.clone(), last));
     }
+    // Only executions still going can get chunks; the events of their jobs are read.
+    let going: HashSet<(&str, &str)> = snapshot
+        .executions
+        .iter()
+        .filter(|e| !e.state().is_terminal())
+        .map(|e| (e.job_id.as_str(), e.id.as_str()))
+        .collect();
+    let mut ends: HashMap<(String, i32), u64> = HashMap::new();
+    for job_id in going.iter().map(|(job, _)| *job).collect::<HashSet<_>>() {
+        for entry in events.range((job_id, 0)..=(job_id, u64::MAX))? {
+            let event = JobEvent::decode(entry?.1.value())?;
+            if let Some(shoal::proto::job_event::Event::Log(chunk)) = event.event
+                && going.contains(&(job_id, chunk.execution_id.as_str()))
+            {
+                let end = chunk.offset.saturating_add(chunk.data.len() as u64);
+                let slot = ends.entry((chunk.execution_id, chunk.stream)).or_default();
+                *slot = (*slot).max(end);
+            }
+        }
+    }
+    snapshot.log_ends = ends.into_iter().collect();
     Ok(snapshot)
 }
 

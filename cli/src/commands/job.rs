@@ -314,14 +314,9 @@ pub async fn submit_and_wait(
     spec: JobSpec,
     wait: &WaitArgs,
 ) -> anyhow::Result<u8> {
-    let job = clients
-        .jobs
-        .submit_job(SubmitJobRequest { spec: Some(spec) })
+    let job = submit(clients, spec)
         .instrument(tracing::info_span!("submit", otel.kind = "client"))
-        .await?
-        .into_inner()
-        .job
-        .context("the orchestrator returned no job")?;
+        .await?;
     if wait.id_only {
         println!("{}", job.id);
         return Ok(0);
@@ -416,6 +411,41 @@ pub async fn watch(clients: &mut Clients, job_id: &str, logs: bool) -> anyhow::R
             bail!("lost the watch on job {job_id}");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Submits `spec` under an idempotency key of this invocation's own, retrying for up to
+/// about a minute while the orchestrator is unreachable or answers UNAVAILABLE (a restart,
+/// a full disk): the key makes a retry of a submission that did land return that job
+/// instead of a second one.
+async fn submit(clients: &mut Clients, spec: JobSpec) -> anyhow::Result<Job> {
+    let request = SubmitJobRequest {
+        spec: Some(spec),
+        idempotency_key: uuid::Uuid::now_v7().to_string(),
+    };
+    let mut delay = Duration::from_millis(200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match clients.jobs.submit_job(request.clone()).await {
+            Ok(response) => {
+                return response
+                    .into_inner()
+                    .job
+                    .context("the orchestrator returned no job");
+            }
+            Err(status)
+                if status.code() == tonic::Code::Unavailable
+                    && tokio::time::Instant::now() + delay < deadline =>
+            {
+                tracing::warn!(
+                    error = status.message(),
+                    "the orchestrator is unavailable; retrying the submission"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(status) => return Err(status.into()),
+        }
     }
 }
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::{FutureExt, Stream, StreamExt};
 use shoal::proto::executor_service_server::ExecutorService;
 use shoal::proto::{
-    ExecutionFinished, ExecutorMessage, Failure, FailureKind, OrchestratorMessage, ProtocolVersion,
-    Registered, executor_message, orchestrator_message,
+    ExecutionFinished, ExecutionState, ExecutorMessage, Failure, FailureKind, OrchestratorMessage,
+    ProtocolVersion, Registered, executor_message, orchestrator_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -60,11 +60,14 @@ impl ExecutorService for ExecutorApi {
             ));
         };
         if register.protocol_version != ProtocolVersion::V1 as u32 {
-            return Err(Status::failed_precondition(format!(
-                "protocol version {} is not supported; this orchestrator speaks {}",
-                register.protocol_version,
-                ProtocolVersion::V1 as u32
-            )));
+            return Err(shoal::error::bounded_status(
+                tonic::Code::FailedPrecondition,
+                format!(
+                    "protocol version {} is not supported; this orchestrator speaks {}",
+                    register.protocol_version,
+                    ProtocolVersion::V1 as u32
+                ),
+            ));
         }
         let metrics = self.0.metrics();
         metrics.message("received", "register");
@@ -103,50 +106,58 @@ impl ExecutorService for ExecutorApi {
         let inbound_stuck = stuck.clone();
         self.0.spawn(async move {
             let shutdown = orchestrator.shutdown_token().clone();
-            loop {
-                let message = tokio::select! {
-                    message = inbound.message() => message,
-                    _ = shutdown.cancelled() => break,
-                    _ = inbound_stuck.cancelled() => break,
-                };
-                match message {
-                    Ok(Some(message)) => {
-                        // Completion batching: whatever else this executor has already
-                        // sent (updates, log chunks, finished reports of other executions)
-                        // is applied together with this message.
-                        let mut batch = vec![message];
-                        let mut ended = None;
-                        while batch.len() < MAX_MESSAGES_PER_APPLY {
-                            match inbound.message().now_or_never() {
-                                Some(Ok(Some(next))) => batch.push(next),
-                                Some(other) => {
-                                    ended = Some(other);
-                                    break;
+            // A panic while handling this stream (a bug) ends only this stream; its end is
+            // still recorded below, so its executions get their lease as for any break.
+            let served = shoal::panics::catch_panic(async {
+                loop {
+                    let message = tokio::select! {
+                        message = inbound.message() => message,
+                        _ = shutdown.cancelled() => break,
+                        _ = inbound_stuck.cancelled() => break,
+                    };
+                    match message {
+                        Ok(Some(message)) => {
+                            // Completion batching: whatever else this executor has already
+                            // sent (updates, log chunks, finished reports of other executions)
+                            // is applied together with this message.
+                            let mut batch = vec![message];
+                            let mut ended = None;
+                            while batch.len() < MAX_MESSAGES_PER_APPLY {
+                                match inbound.message().now_or_never() {
+                                    Some(Ok(Some(next))) => batch.push(next),
+                                    Some(other) => {
+                                        ended = Some(other);
+                                        break;
+                                    }
+                                    None => break,
                                 }
-                                None => break,
                             }
-                        }
-                        if let Err(error) =
-                            handle(&orchestrator, &executor_id, generation, batch).await
-                        {
-                            tracing::warn!(executor_id, %error, "dropping the executor stream");
-                            break;
-                        }
-                        match ended {
-                            None => {}
-                            Some(Ok(_)) => break,
-                            Some(Err(status)) => {
-                                tracing::info!(executor_id, %status, "executor stream failed");
+                            if let Err(error) =
+                                handle(&orchestrator, &executor_id, generation, batch).await
+                            {
+                                tracing::warn!(executor_id, %error, "dropping the executor stream");
                                 break;
                             }
+                            match ended {
+                                None => {}
+                                Some(Ok(_)) => break,
+                                Some(Err(status)) => {
+                                    tracing::info!(executor_id, %status, "executor stream failed");
+                                    break;
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(status) => {
+                            tracing::info!(executor_id, %status, "executor stream failed");
+                            break;
                         }
                     }
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::info!(executor_id, %status, "executor stream failed");
-                        break;
-                    }
                 }
+            })
+            .await;
+            if served.is_err() {
+                inbound_stuck.cancel();
             }
             let result = orchestrator
                 .apply(|c| {
@@ -202,12 +213,17 @@ async fn handle(
     orchestrator
         .apply_detached(writes, deferrable, |c| {
             c.touch(executor_id, generation, now, Instant::now());
-            for message in messages.into_iter().filter_map(|m| m.message) {
+            let reports = messages.iter().any(|m| m.sequence > 0);
+            for ExecutorMessage { message, sequence } in messages {
+                c.report_received(executor_id, generation, sequence);
+                let Some(message) = message else { continue };
                 match message {
                     Message::Register(_) => {
                         tracing::warn!(executor_id, "ignoring a second Register on one stream");
                     }
-                    Message::Heartbeat(_) => {}
+                    Message::Heartbeat(heartbeat) => {
+                        c.heartbeat(executor_id, generation, &heartbeat, now);
+                    }
                     Message::Update(update) => {
                         c.execution_update(executor_id, &update.execution_id, update.state(), now);
                     }
@@ -219,6 +235,10 @@ async fn handle(
                     Message::Finished(finished) => c.execution_finished(executor_id, finished, now),
                     Message::Draining(_) => c.draining(executor_id, generation),
                 }
+            }
+            // Sent once this batch is durable: the executor may then forget its reports.
+            if reports {
+                c.acknowledge_reports(executor_id, generation);
             }
         })
         .await
@@ -236,6 +256,23 @@ async fn take_result_tree(
 ) -> crate::error::Result<Vec<Write>> {
     let blocks = std::mem::take(&mut finished.result_blocks);
     if blocks.is_empty() {
+        // Uploaded earlier (or published to S3): a completion must name a result the
+        // store holds, or a job would complete pointing at nothing.
+        let result = finished.result.as_ref();
+        let published = result.is_some_and(|r| !r.published_to.is_empty());
+        if finished.state() == ExecutionState::Completed && !published {
+            let cid: String = result
+                .map(|r| r.result_cid.chars().take(128).collect())
+                .unwrap_or_default();
+            let problem = match cid.parse::<shoal::cid::ContentId>() {
+                Err(_) => Some(format!("its result CID {cid:?} is not a CID")),
+                Ok(cid) => (!orchestrator.content().contains(&cid).await?)
+                    .then(|| format!("its result {cid} is not in the store")),
+            };
+            if let Some(problem) = problem {
+                reject_result(executor_id, finished, problem);
+            }
+        }
         return Ok(Vec::new());
     }
     let root = finished
@@ -246,23 +283,28 @@ async fn take_result_tree(
     match orchestrator.content().inline_tree(&root, &blocks).await {
         Ok(writes) => Ok(writes),
         Err(crate::error::Error::InvalidArgument(reason)) => {
-            tracing::warn!(
-                executor_id,
-                execution_id = finished.execution_id,
-                reason,
-                "rejecting a malformed result tree"
-            );
-            if let Some(result) = &mut finished.result {
-                result.result_cid.clear();
-            }
-            let failure = Failure::new(
-                FailureKind::Publish,
-                format!("the executor sent a malformed result: {reason}"),
-            );
-            finished.state = failure.kind().execution_state() as i32;
-            finished.failure = Some(failure);
+            reject_result(executor_id, finished, reason);
             Ok(Vec::new())
         }
         Err(error) => Err(error),
     }
+}
+
+/// Turns a completion whose result cannot be trusted into a PUBLISH failure, saying why.
+fn reject_result(executor_id: &str, finished: &mut ExecutionFinished, reason: String) {
+    tracing::warn!(
+        executor_id,
+        execution_id = finished.execution_id,
+        reason,
+        "rejecting a result"
+    );
+    if let Some(result) = &mut finished.result {
+        result.result_cid.clear();
+    }
+    let failure = Failure::new(
+        FailureKind::Publish,
+        format!("the executor sent a malformed result: {reason}"),
+    );
+    finished.state = failure.kind().execution_state() as i32;
+    finished.failure = Some(failure);
 }

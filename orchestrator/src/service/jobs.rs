@@ -41,9 +41,11 @@ impl JobApi {
         &self,
         request: SubmitJobRequest,
     ) -> Result<Response<SubmitJobResponse>, Status> {
-        let spec = request
-            .spec
-            .ok_or_else(|| Status::invalid_argument("spec: is required"))?;
+        let SubmitJobRequest {
+            spec,
+            idempotency_key: key,
+        } = request;
+        let spec = spec.ok_or_else(|| Status::invalid_argument("spec: is required"))?;
         shoal::spec::validate(&spec).map_err(Error::from)?;
         // Every CID the job names must already be stored, or it could never run (URLs are
         // fetched by the executor) — unless IPFS gateways are configured, which executors
@@ -61,19 +63,30 @@ impl JobApi {
                 && !gateways
                 && !content.contains(&cid).await.map_err(Status::from)?
             {
-                return Err(Status::not_found(format!(
-                    "{field}: {source} is not in the store and no IPFS gateway is configured; upload it first"
-                )));
+                return Err(shoal::error::bounded_status(
+                    tonic::Code::NotFound,
+                    format!(
+                        "{field}: {source} is not in the store and no IPFS gateway is configured; upload it first"
+                    ),
+                ));
             }
+        }
+        let key_ok = key.len() <= 128 && key.bytes().all(|b| b.is_ascii_graphic());
+        if !key_ok {
+            return Err(Status::invalid_argument(
+                "idempotency_key: at most 128 printable ASCII characters, no spaces",
+            ));
         }
         let trace_context = shoal::telemetry::context_map(&tracing::Span::current());
         let job = self
             .0
             .apply(|c| {
                 let now = SystemTime::now();
-                let id = c.submit(spec, trace_context, now)?.id;
-                c.place_if_first(&id, now);
-                Ok(c.job(&id)?.clone())
+                let (job, new) = c.submit_once(spec, &key, trace_context, now)?;
+                if new {
+                    c.place_if_first(&job.id, now);
+                }
+                Ok(c.job(&job.id)?.clone())
             })
             .await?;
         tracing::info!(job_id = %job.id, "job accepted");
@@ -151,6 +164,12 @@ impl JobService for JobApi {
     ) -> Result<Response<CancelJobResponse>, Status> {
         let request = request.into_inner();
         let id = job_id(&request.job_id)?;
+        if request.reason.len() > shoal::spec::limits::MAX_REASON_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "reason: at most {} bytes (it is stored with the job and shown in listings)",
+                shoal::spec::limits::MAX_REASON_BYTES
+            )));
+        }
         let job = self
             .0
             .apply(|c| c.cancel(&id, &request.reason, SystemTime::now()))
@@ -263,15 +282,23 @@ impl JobService for JobApi {
             .await?
             .unwrap_or_default();
         if !result.published_to.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "job {id}'s results were published to {}, not to this store; fetch them from \
+            return Err(shoal::error::bounded_status(
+                tonic::Code::FailedPrecondition,
+                format!(
+                    "job {id}'s results were published to {}, not to this store; fetch them from \
                  there (`shoal job get` does)",
-                result.published_to
-            )));
+                    result.published_to
+                ),
+            ));
         }
         let result_cid = Some(result.result_cid)
             .filter(|cid| !cid.is_empty())
-            .ok_or_else(|| Status::failed_precondition(format!("job {id} has no results (yet)")))?;
+            .ok_or_else(|| {
+                shoal::error::bounded_status(
+                    tonic::Code::FailedPrecondition,
+                    format!("job {id} has no results (yet)"),
+                )
+            })?;
         let cid = cid("result_cid", &result_cid)?;
         let stream = self.0.content().download(&cid, &request.path, 0).await?;
         Ok(Response::new(Box::pin(stream)))

@@ -165,7 +165,10 @@ fn tls_config(config: &crate::Config) -> Result<Option<ServerTlsConfig>> {
 fn job_id(text: &str) -> Result<String> {
     text.parse::<shoal::ids::JobId>()
         .map(|id| id.to_string())
-        .map_err(|_| Error::InvalidArgument(format!("job_id {text:?} is not a valid job id")))
+        .map_err(|_| {
+            let shown = shoal::error::excerpt(text, 64);
+            Error::InvalidArgument(format!("job_id {shown:?} is not a valid job id"))
+        })
 }
 
 /// Parses a CID from a request, naming the field when it is malformed.

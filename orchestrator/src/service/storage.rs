@@ -64,9 +64,10 @@ impl StorageService for StorageApi {
     ) -> Result<Response<UploadResponse>, Status> {
         let url = request.into_inner().url;
         let Ok(Source::Http(source)) = url.parse::<Source>() else {
-            return Err(Status::invalid_argument(format!(
-                "url: {url:?} is not an http(s) URL"
-            )));
+            return Err(shoal::error::bounded_status(
+                tonic::Code::InvalidArgument,
+                format!("url: {url:?} is not an http(s) URL"),
+            ));
         };
         let content = self.0.content();
         let temp = content.temp_path();
@@ -83,10 +84,10 @@ impl StorageService for StorageApi {
     ) -> Result<Response<UploadResponse>, Status> {
         let request = request.into_inner();
         let Ok(Source::S3(source)) = request.source.parse::<Source>() else {
-            return Err(Status::invalid_argument(format!(
-                "source: {:?} is not an s3:// source",
-                request.source
-            )));
+            return Err(shoal::error::bounded_status(
+                tonic::Code::InvalidArgument,
+                format!("source: {:?} is not an s3:// source", request.source),
+            ));
         };
         let content = self.0.content();
         let temp = content.temp_path();
@@ -109,9 +110,10 @@ impl StorageService for StorageApi {
             .pin(&cid, self.0.ipfs())
             .await
             .map_err(|e| match e {
-                crate::error::Error::FailedPrecondition(reason) => {
-                    Status::failed_precondition(format!("cannot pin {cid}: {reason}"))
-                }
+                crate::error::Error::FailedPrecondition(reason) => shoal::error::bounded_status(
+                    tonic::Code::FailedPrecondition,
+                    format!("cannot pin {cid}: {reason}"),
+                ),
                 other => other.into(),
             })?;
         let size = content.stat(&cid, "").await?.size;
@@ -142,9 +144,10 @@ async fn store_fetched(
 ) -> Result<UploadResponse, Status> {
     let stored = match fetched {
         Ok(()) => content.put_path(temp).await.map_err(Status::from),
-        Err(reason) => Err(Status::failed_precondition(format!(
-            "cannot copy {source}: {reason}"
-        ))),
+        Err(reason) => Err(shoal::error::bounded_status(
+            tonic::Code::FailedPrecondition,
+            format!("cannot copy {source}: {reason}"),
+        )),
     };
     let owned = temp.to_owned();
     let _ = tokio::task::spawn_blocking(move || shoal::local_tree::remove(&owned)).await;
