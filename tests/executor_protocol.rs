@@ -496,3 +496,253 @@ async fn generated_hostile_executors_leave_the_orchestrator_healthy() {
         .collect();
     assert!(panicked.is_empty(), "{panicked:?}");
 }
+
+/// Generated hostile client requests: 1,500 calls across the job, storage and node
+/// services with lies in every field (durations with 2e9 nanos or i64::MAX seconds, memory
+/// at u64::MAX, 70 KB and 1 MB strings, NUL and newline in ids, states out of range, paths
+/// climbing out). Every answer is a precise status — never INTERNAL or UNKNOWN, never a
+/// message over 1 KiB echoing the input — and afterwards the orchestrator is healthy, a job
+/// acknowledged before is intact, and every stored job can still be listed and shown.
+#[tokio::test(flavor = "multi_thread")]
+async fn generated_hostile_requests_get_precise_answers() {
+    use shoal::proto::job_service_client::JobServiceClient;
+    use shoal::proto::node_service_client::NodeServiceClient;
+    use shoal::proto::storage_service_client::StorageServiceClient;
+    use shoal::proto::*;
+
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let address = format!("http://127.0.0.1:{port}");
+    let (_orchestrator, logs) =
+        common::start_orchestrator_logged(&scratch.path().join("data"), port, &[], &[]).await;
+    let program = common::wat(scratch.path(), "trap");
+    let before = submit(&address, &[&program]).await;
+    let program_cid = common::shoal(&address, &["job", "describe", &before, "--output", "json"])
+        .await
+        .success()
+        .json()["spec"]["program"]
+        .as_str()
+        .expect("program")
+        .to_owned();
+    let channel = tonic::transport::Endpoint::from_shared(address.clone())
+        .expect("address")
+        .connect()
+        .await
+        .expect("connect");
+    let mut jobs = JobServiceClient::new(channel.clone()).max_decoding_message_size(16 << 20);
+    let mut storage = StorageServiceClient::new(channel.clone());
+    let mut nodes = NodeServiceClient::new(channel);
+    let mut chaos = Chaos(0xfee1_dead_beef);
+    let real = [program_cid.clone(), before.clone()];
+    let check = |what: &str, status: Option<tonic::Status>| {
+        let Some(status) = status else { return };
+        assert!(
+            !matches!(status.code(), tonic::Code::Internal | tonic::Code::Unknown),
+            "{what}: {status:?}"
+        );
+        assert!(
+            status.message().len() <= 1100,
+            "{what}: a {}-byte message",
+            status.message().len()
+        );
+    };
+    for round in 0..1500u32 {
+        let duration = |chaos: &mut Chaos| {
+            (chaos.below(3) > 0).then(|| prost_types::Duration {
+                seconds: match chaos.below(4) {
+                    0 => i64::MAX,
+                    1 => -(chaos.below(10) as i64),
+                    _ => chaos.below(100_000) as i64,
+                },
+                nanos: match chaos.below(3) {
+                    0 => 2_000_000_000,
+                    1 => -5,
+                    _ => chaos.below(1_000_000_000) as i32,
+                },
+            })
+        };
+        let text = |chaos: &mut Chaos| {
+            if chaos.below(20) == 0 {
+                "y".repeat(1 << 20)
+            } else {
+                chaos.text(&real)
+            }
+        };
+        match round % 8 {
+            0 | 1 => {
+                // A sound spec with one or two fields turned into lies, so that lies in
+                // any one field reach the checks behind the others.
+                let mut spec = JobSpec {
+                    program: program_cid.clone(),
+                    ..Default::default()
+                };
+                for _ in 0..=chaos.below(2) {
+                    match chaos.below(12) {
+                        0 => spec.name = text(&mut chaos),
+                        1 => spec.program = text(&mut chaos),
+                        2 => spec.entrypoint = text(&mut chaos),
+                        3 => spec.args = (0..chaos.below(4)).map(|_| text(&mut chaos)).collect(),
+                        4 => {
+                            spec.env = (0..chaos.below(3))
+                                .map(|_| (text(&mut chaos), text(&mut chaos)))
+                                .collect()
+                        }
+                        5 => {
+                            let targets = ["/inputs/a", "/outputs/x", "/../etc", "rel", "/outputs"];
+                            spec.inputs = (0..=chaos.below(2))
+                                .map(|_| InputSpec {
+                                    source: program_cid.clone(),
+                                    target: targets[chaos.below(5) as usize].into(),
+                                    ..Default::default()
+                                })
+                                .collect()
+                        }
+                        6 => {
+                            spec.resources = Some(Resources {
+                                memory_bytes: chaos.number(),
+                            })
+                        }
+                        7 => spec.timeout = duration(&mut chaos),
+                        8 => spec.queue_timeout = duration(&mut chaos),
+                        9 => spec.constraints = vec![text(&mut chaos)],
+                        10 => {
+                            spec.retry = Some(RetryPolicy {
+                                max_attempts: chaos.number() as u32,
+                                retry_on: (0..chaos.below(3))
+                                    .map(|_| chaos.next() as i32)
+                                    .collect(),
+                            })
+                        }
+                        _ => spec.labels = [(text(&mut chaos), text(&mut chaos))].into(),
+                    }
+                }
+                let request = SubmitJobRequest {
+                    spec: (chaos.below(10) > 0).then_some(spec),
+                    idempotency_key: text(&mut chaos),
+                };
+                check("SubmitJob", jobs.submit_job(request).await.err());
+            }
+            2 => {
+                let request = CancelJobRequest {
+                    job_id: if chaos.below(2) == 0 {
+                        before.clone()
+                    } else {
+                        text(&mut chaos)
+                    },
+                    reason: text(&mut chaos),
+                };
+                check("CancelJob", jobs.cancel_job(request).await.err());
+            }
+            3 => {
+                let request = ListJobsRequest {
+                    states: (0..chaos.below(3)).map(|_| chaos.next() as i32).collect(),
+                    labels: (0..chaos.below(2))
+                        .map(|_| (text(&mut chaos), text(&mut chaos)))
+                        .collect(),
+                    page_size: chaos.number() as u32,
+                    page_token: text(&mut chaos),
+                };
+                check("ListJobs", jobs.list_jobs(request).await.err());
+            }
+            4 => {
+                let job_id = text(&mut chaos);
+                check(
+                    "GetJob",
+                    jobs.get_job(GetJobRequest {
+                        job_id: job_id.clone(),
+                    })
+                    .await
+                    .err(),
+                );
+                let logs = GetLogsRequest {
+                    job_id,
+                    execution_id: text(&mut chaos),
+                };
+                check("GetLogs", jobs.get_logs(logs).await.err());
+            }
+            5 => {
+                let cid = if chaos.below(2) == 0 {
+                    program_cid.clone()
+                } else {
+                    text(&mut chaos)
+                };
+                let request = DownloadRequest {
+                    cid,
+                    path: text(&mut chaos),
+                    offset: chaos.number(),
+                };
+                check("Download", storage.download(request).await.err());
+                check(
+                    "Stat",
+                    storage
+                        .stat(StatRequest {
+                            cid: text(&mut chaos),
+                            path: text(&mut chaos),
+                        })
+                        .await
+                        .err(),
+                );
+            }
+            6 => {
+                // Only URLs refused before any connection: no traffic leaves the machine.
+                let url = [
+                    "http://127.0.0.1:1/x",
+                    "http://169.254.169.254/",
+                    "ftp://x",
+                    "http://[::1]:2/",
+                ][chaos.below(4) as usize]
+                    .to_owned();
+                let url = if chaos.below(3) == 0 {
+                    text(&mut chaos)
+                } else {
+                    url
+                };
+                check(
+                    "CopyFromUrl",
+                    storage
+                        .copy_from_url(CopyFromUrlRequest { url })
+                        .await
+                        .err(),
+                );
+            }
+            _ => {
+                let id = text(&mut chaos);
+                check(
+                    "GetNode",
+                    nodes
+                        .get_node(GetNodeRequest {
+                            node_id: id.clone(),
+                        })
+                        .await
+                        .err(),
+                );
+                check(
+                    "Cordon",
+                    nodes.cordon(CordonRequest { node_id: id }).await.err(),
+                );
+            }
+        }
+    }
+    let health = common::shoal(&address, &["node", "list"]).await;
+    assert_eq!(health.code, 0, "{health:?}");
+    let described = common::shoal(&address, &["job", "describe", &before, "--output", "json"])
+        .await
+        .success();
+    assert!(described.stdout.contains(&program_cid));
+    // Every stored job can still be shown (a stored 2e9-nanos duration could not be).
+    let listed = common::shoal(
+        &address,
+        &["job", "list", "--limit", "1000", "--output", "json"],
+    )
+    .await
+    .success();
+    assert!(listed.stdout.contains(&before));
+    let panicked: Vec<String> = logs
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|line| line.contains("panicked"))
+        .cloned()
+        .collect();
+    assert!(panicked.is_empty(), "{panicked:?}");
+}

@@ -111,8 +111,18 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
         ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
         ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
     ];
-    let stack =
-        Devstack::start_with_env(&["--s3-endpoint", ENDPOINT, "--s3-path-style"], &creds).await;
+    // A URL input comes from the test's own server on loopback: allowed explicitly.
+    let stack = Devstack::start_with_env(
+        &[
+            "--s3-endpoint",
+            ENDPOINT,
+            "--s3-path-style",
+            "--allow-url",
+            "127.0.0.1",
+        ],
+        &creds,
+    )
+    .await;
     let copytree = path("tests/fixtures/copytree.wasm");
     let results = stack.scratch("results");
     let s3_flags = [

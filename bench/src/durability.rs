@@ -95,12 +95,6 @@ pub async fn s1(args: &Args, _dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
     let mut cluster = Cluster::restore(
         Snapshot::default(),
         ClusterConfig {
-            heartbeat_interval: Duration::from_secs(2),
-            lease: Duration::from_secs(10),
-            defaults: SpecDefaults {
-                timeout: Duration::from_secs(3600),
-                queue_timeout: Duration::from_secs(24 * 3600),
-            },
             max_queued: queued + 1,
             ..Default::default()
         },

@@ -34,7 +34,7 @@ const UNACKNOWLEDGED_BUDGET: usize = 32 << 20;
 /// Reports sent but not yet acknowledged as durable by the orchestrator, sent again in
 /// order on the next stream: a report lost with a broken stream, or with an orchestrator
 /// killed before its commit, is not lost (resending is safe, reports apply idempotently).
-/// Bounded by bytes: past [`UNACKNOWLEDGED_BUDGET`] the oldest are forgotten, and said so.
+/// Bounded by bytes: past 32 MiB the oldest are forgotten, and said so.
 #[derive(Default)]
 pub struct Unacknowledged {
     reports: VecDeque<ExecutorMessage>,

@@ -239,13 +239,9 @@ impl Store {
 impl Store {
     /// The database, unless the writer is reopening it after a failed commit.
     fn database(&self) -> Result<Arc<Database>> {
-        self.db
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| {
-                Error::StoreUnavailable("the database is being reopened after a write error".into())
-            })
+        current(&self.db).ok_or_else(|| {
+            Error::StoreUnavailable("the database is being reopened after a write error".into())
+        })
     }
 
     /// Everything in the store, as at start-up: what the orchestrator reloads its state
@@ -256,6 +252,11 @@ impl Store {
             .await
             .map_err(|e| Error::Store(e.to_string()))?
     }
+}
+
+/// The open database, if it is not being reopened.
+fn current(shared: &SharedDatabase) -> Option<Arc<Database>> {
+    shared.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// Opens (or creates) the database and its write-ahead log and applies what the log
@@ -304,10 +305,7 @@ struct Writer {
 
 impl Writer {
     fn database(&self) -> Option<Arc<Database>> {
-        self.shared
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        current(&self.shared)
     }
 
     /// Closes the database and opens it again with its log, as at start-up: after an I/O
