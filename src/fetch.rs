@@ -114,9 +114,13 @@ impl UrlPolicy {
         })
     }
 
-    /// Whether an allowlist entry names `ip` (or its host) itself, as loopback needs.
+    /// Whether an allowlist entry names loopback itself, as loopback needs: a network
+    /// holding `ip`, or the host `localhost`. A rule for other names does not count (a
+    /// DNS answer for `x.example.com` pointing at 127.0.0.1 must not open loopback).
     fn explicitly_allowed(&self, ip: IpAddr, host: Option<&str>) -> bool {
-        host.is_some_and(|h| self.host_allowed(h)) || self.ip_allowed(ip)
+        let localhost =
+            host.is_some_and(|h| h.trim_end_matches('.').eq_ignore_ascii_case("localhost"));
+        self.ip_allowed(ip) || (localhost && self.allow.contains(&Rule::Host("localhost".into())))
     }
 
     fn host_allowed(&self, host: &str) -> bool {
@@ -552,6 +556,12 @@ mod tests {
                 .check_ip("::1".parse().expect("ip"), Some("localhost"))
                 .is_ok()
         );
+        // A rule for another name does not open loopback, whatever that name resolves to.
+        let suffix = policy(&["*.example.com", "rebind.example.org"]);
+        for host in ["x.example.com", "rebind.example.org"] {
+            let refused = suffix.check_ip("127.0.0.1".parse().expect("ip"), Some(host));
+            assert!(refused.is_err(), "{host}");
+        }
 
         let own = policy(&["127.0.0.1", "10.0.0.0/8"]).refusing_own([
             "0.0.0.0:7000".parse().expect("addr"),

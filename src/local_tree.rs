@@ -94,7 +94,13 @@ pub fn walk(root: &Path, bounds: TreeBounds) -> Result<Vec<LocalEntry>> {
         size: 0,
     }];
     let fd = open_dir(CWD, root).map_err(|e| Error::io(root, e.into()))?;
-    let mut stack = vec![list(fd, String::new(), root)?];
+    let mut stack = vec![list(
+        fd,
+        String::new(),
+        root,
+        bounds.max_entries,
+        bounds.max_entries,
+    )?];
     loop {
         let depth = stack.len();
         let Some(level) = stack.last_mut() else {
@@ -145,7 +151,8 @@ pub fn walk(root: &Path, bounds: TreeBounds) -> Result<Vec<LocalEntry>> {
                 EntryKind::Directory,
                 0,
             )?;
-            let level = list(fd, relative, root)?;
+            let budget = bounds.max_entries.saturating_sub(entries.len() - 1);
+            let level = list(fd, relative, root, budget, bounds.max_entries)?;
             stack.push(level);
         } else if kind == FileType::RegularFile {
             let size = u64::try_from(stat.st_size).unwrap_or(0);
@@ -191,23 +198,26 @@ fn open_dir<P: rustix::path::Arg>(dir: impl AsFd, name: P) -> rustix::io::Result
     )
 }
 
-/// The names in a directory (without `.` and `..`), sorted, last first.
-fn names_in(fd: &OwnedFd) -> rustix::io::Result<Vec<CString>> {
-    let mut dir = Dir::read_from(fd)?;
+/// Lists a directory (without `.` and `..`), names sorted, last first; more than `limit`
+/// names (what is left of the tree's `bound`) is [`Error::TreeTooLarge`] (so a directory of millions of empty files, which
+/// costs nothing against an output quota, costs no memory either).
+fn list(fd: OwnedFd, relative: String, root: &Path, limit: usize, bound: usize) -> Result<Level> {
+    let io = |e: rustix::io::Errno| Error::io(root.join(&relative), e.into());
+    let mut dir = Dir::read_from(&fd).map_err(io)?;
     let mut names = Vec::new();
     while let Some(entry) = dir.read() {
-        let entry = entry?;
+        let entry = entry.map_err(io)?;
         let name = entry.file_name();
         if name != c"." && name != c".." {
+            if names.len() >= limit {
+                return Err(Error::TreeTooLarge(format!(
+                    "it has more than {bound} files and directories"
+                )));
+            }
             names.push(name.to_owned());
         }
     }
     names.sort_unstable_by(|a, b| b.cmp(a));
-    Ok(names)
-}
-
-fn list(fd: OwnedFd, relative: String, root: &Path) -> Result<Level> {
-    let names = names_in(&fd).map_err(|e| Error::io(root.join(&relative), e.into()))?;
     Ok(Level {
         fd,
         relative,
@@ -219,12 +229,54 @@ fn list(fd: OwnedFd, relative: String, root: &Path) -> Result<Level> {
 /// top, so a tree of any depth is deleted with at most this many descriptors open.
 const REMOVE_MAX_OPEN: usize = 32;
 
-/// Deletes `root` and everything under it, however deep, never following a link. A
-/// missing `root` is not an error.
+/// A directory being deleted: its descriptor, its name in the level above (None for the
+/// top), and the subdirectories in it still to delete.
+struct Doomed {
+    fd: OwnedFd,
+    name: Option<CString>,
+    subdirectories: Vec<CString>,
+}
+
+/// Opens a directory for deletion: everything in it that is not a directory is unlinked
+/// while it is listed (so a directory of millions of files costs no memory), and its
+/// subdirectories are returned for later.
+fn doomed(fd: OwnedFd, name: Option<CString>) -> std::io::Result<Doomed> {
+    let mut subdirectories = Vec::new();
+    let mut dir = Dir::read_from(&fd)?;
+    while let Some(entry) = dir.read() {
+        let entry = entry?;
+        let child = entry.file_name();
+        if child == c"." || child == c".." {
+            continue;
+        }
+        let kind = match entry.file_type() {
+            FileType::Unknown => match rustix::fs::statat(&fd, child, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => FileType::from_raw_mode(stat.st_mode),
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(e.into()),
+            },
+            known => known,
+        };
+        if kind == FileType::Directory {
+            subdirectories.push(child.to_owned());
+        } else {
+            ignore_missing(rustix::fs::unlinkat(&fd, child, AtFlags::empty()))?;
+        }
+    }
+    Ok(Doomed {
+        fd,
+        name,
+        subdirectories,
+    })
+}
+
+/// Deletes `root` and everything under it, however deep or wide, never following a link.
+/// A missing `root` is not an error.
 ///
-/// Directories deeper than a few levels are moved up beside the top of the tree (a
-/// rename within one directory tree, so within one filesystem) and deleted from there,
-/// so neither the stack, the open descriptors nor any path grows with the tree's depth.
+/// Directories deeper than a few levels are moved up into the top of the tree (a rename
+/// within one directory tree, so within one filesystem) under a name no guest can guess,
+/// and deleted from there, so neither the stack, the open descriptors nor any path grows
+/// with the tree's depth; each directory is listed once.
 pub fn remove(root: &Path) -> std::io::Result<()> {
     let meta = match std::fs::symlink_metadata(root) {
         Ok(meta) => meta,
@@ -234,59 +286,51 @@ pub fn remove(root: &Path) -> std::io::Result<()> {
     if !meta.is_dir() {
         return std::fs::remove_file(root);
     }
-    let top = open_dir(CWD, root)?;
-    let mut moved: u64 = 0;
-    // Each level: its descriptor, and its name in the level above (None for the top).
-    let mut stack: Vec<(OwnedFd, Option<CString>)> = vec![(top, None)];
-    while let Some((fd, _)) = stack.last() {
-        // Delete what is not a directory; find one directory to go into.
-        let mut descend = None;
-        for name in names_in(fd)? {
-            let stat = match rustix::fs::statat(fd, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(stat) => stat,
+    let mut stack = vec![doomed(open_dir(CWD, root)?, None)?];
+    loop {
+        let depth = stack.len();
+        let Some(level) = stack.last_mut() else {
+            break;
+        };
+        let Some(name) = level.subdirectories.pop() else {
+            // Empty now: delete it from its parent (the top by its path).
+            let done = stack.pop().expect("a level is on the stack");
+            drop(done.fd);
+            match (stack.last(), done.name) {
+                (Some(parent), Some(name)) => ignore_missing(rustix::fs::unlinkat(
+                    &parent.fd,
+                    name.as_c_str(),
+                    AtFlags::REMOVEDIR,
+                ))?,
+                _ => match std::fs::remove_dir(root) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                },
+            }
+            continue;
+        };
+        if depth < REMOVE_MAX_OPEN {
+            let child = match open_dir(&level.fd, name.as_c_str()) {
+                Ok(child) => child,
                 Err(rustix::io::Errno::NOENT) => continue,
                 Err(e) => return Err(e.into()),
             };
-            if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
-                ignore_missing(rustix::fs::unlinkat(fd, name.as_c_str(), AtFlags::empty()))?;
-            } else if descend.is_none() {
-                descend = Some(name);
-            }
-        }
-        match descend {
-            Some(name) if stack.len() < REMOVE_MAX_OPEN => match open_dir(fd, name.as_c_str()) {
-                Ok(child) => stack.push((child, Some(name))),
-                Err(rustix::io::Errno::NOENT) => {}
-                Err(e) => return Err(e.into()),
-            },
-            Some(name) => {
-                // Too deep to go on holding descriptors: move this directory up into the
-                // top of the tree under a fresh name and carry on from there later.
-                moved += 1;
-                let flat = CString::new(format!(".shoal-removing-{moved}"))
-                    .map_err(std::io::Error::other)?;
-                ignore_missing(rustix::fs::renameat(
-                    fd,
-                    name.as_c_str(),
-                    &stack[0].0,
-                    flat.as_c_str(),
-                ))?;
-            }
-            None => {
-                // Empty now: delete it from its parent (the top from its path).
-                let (_, name) = stack.pop().expect("a level was on the stack");
-                match (stack.last(), name) {
-                    (Some((parent, _)), Some(name)) => ignore_missing(rustix::fs::unlinkat(
-                        parent,
-                        name.as_c_str(),
-                        AtFlags::REMOVEDIR,
-                    ))?,
-                    _ => match std::fs::remove_dir(root) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                        _ => {}
-                    },
-                }
-            }
+            let next = doomed(child, Some(name))?;
+            stack.push(next);
+        } else {
+            // Too deep to go on holding descriptors: move it up into the top, to be
+            // deleted from there.
+            let flat = CString::new(format!(".shoal-removing-{}", uuid::Uuid::now_v7().simple()))
+                .map_err(std::io::Error::other)?;
+            let (top, rest) = stack.split_at_mut(1);
+            let from = rest.last().map_or(&top[0].fd, |l| &l.fd);
+            ignore_missing(rustix::fs::renameat(
+                from,
+                name.as_c_str(),
+                &top[0].fd,
+                flat.as_c_str(),
+            ))?;
+            top[0].subdirectories.push(flat);
         }
     }
     Ok(())
@@ -429,6 +473,23 @@ mod tests {
         let error = walk(long.path(), TreeBounds::GUEST).expect_err("too long");
         assert!(error.to_string().contains("path longer than"), "{error}");
         remove(long.path()).expect("remove");
+    }
+
+    /// A tree deeper than the descriptors `remove` holds, beside names a guest planted to
+    /// collide with the ones `remove` moves deep directories to, is deleted completely.
+    #[test]
+    fn remove_survives_planted_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("results");
+        std::fs::create_dir_all(root.join(".shoal-removing-1/x")).expect("mkdir");
+        std::fs::create_dir_all(root.join(".shoal-removing-2")).expect("mkdir");
+        std::fs::write(root.join(".shoal-removing-2/f"), "x").expect("write");
+        nest(&root, 100);
+        for i in 0..50 {
+            std::fs::write(root.join(format!("file-{i}")), "x").expect("write");
+        }
+        remove(&root).expect("remove");
+        assert!(!root.exists());
     }
 
     /// Removing keeps to the tree: a link inside it to a directory outside is deleted as

@@ -39,6 +39,8 @@ const UNACKNOWLEDGED_BUDGET: usize = 32 << 20;
 pub struct Unacknowledged {
     reports: VecDeque<ExecutorMessage>,
     bytes: usize,
+    /// The highest sequence number acknowledged so far.
+    through: u64,
 }
 
 impl Unacknowledged {
@@ -71,6 +73,7 @@ impl Unacknowledged {
     /// is now acknowledged.
     fn acknowledged(&mut self, through: u64) -> Vec<String> {
         use prost::Message as _;
+        self.through = self.through.max(through);
         let mut done = Vec::new();
         while self.reports.front().is_some_and(|r| r.sequence <= through)
             && let Some(report) = self.reports.pop_front()
@@ -276,6 +279,7 @@ async fn session(
         // Reports that may have been lost with the previous stream; applied once upstream.
         recently_finished,
         instance_id: instance_id.to_owned(),
+        acknowledged_through: connection.unacknowledged.through,
     };
     let metrics = connection.context.metrics.clone();
     send(&tx, &metrics, executor_message::Message::Register(register)).await?;

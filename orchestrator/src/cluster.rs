@@ -900,7 +900,9 @@ impl Cluster {
             generation,
             sender,
             instance_id: register.instance_id,
-            received_through: 0,
+            // Reports up to here were acknowledged on an earlier stream: they count as
+            // arrived (heartbeats quote the process's numbers, not the stream's).
+            received_through: register.acknowledged_through,
         });
         entry.last_seen = instant;
         self.effects.writes.push(Write::Node(entry.node.clone()));
@@ -1070,10 +1072,18 @@ impl Cluster {
     /// its slots, forever): cancelled there, failed EXECUTOR_LOST, retried by policy.
     fn take_back_unacknowledged(&mut self, now: SystemTime) {
         let timeout = self.config.ack_timeout;
+        // Only executors with a live stream: one that is disconnected gets its lease, and
+        // registering again reconciles what it runs.
         let overdue: Vec<String> = self
             .unacknowledged
             .iter()
             .filter(|(_, at)| now.duration_since(**at).is_ok_and(|d| d > timeout))
+            .filter(|(id, _)| {
+                self.executions
+                    .get(*id)
+                    .and_then(|e| self.nodes.get(&e.executor_id))
+                    .is_some_and(|n| n.link.is_some())
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for execution_id in overdue {

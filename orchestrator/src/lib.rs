@@ -253,7 +253,15 @@ impl Orchestrator {
         }
         // Queued while the lock is held, so the store sees writes in state-change order.
         let writes = std::mem::take(&mut effects.writes);
-        let commit = match (writes.is_empty(), deferrable) {
+        // An acknowledgement tells an executor to forget reports: it must wait for every
+        // commit queued before it, even when this transition writes nothing itself.
+        let acknowledges = effects.messages.iter().any(|(_, m)| {
+            matches!(
+                m.message,
+                Some(shoal::proto::orchestrator_message::Message::Acknowledged(_))
+            )
+        });
+        let commit = match (writes.is_empty() && !acknowledges, deferrable) {
             (true, _) => None,
             (false, false) => Some(self.store.queue(writes).await?),
             (false, true) => Some(self.store.queue_deferrable(writes).await?),

@@ -271,29 +271,58 @@ fn open_database(path: &Path, recovery: wal::Recovery) -> Result<(Database, Wal)
         tx.open_table(EVENTS)?;
         tx.open_table(NODES)?;
         tx.open_table(BLOCKS)?;
-        let id = tx
-            .open_table(META)?
-            .get("wal_id")?
-            .and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes));
+        let meta = tx.open_table(META)?;
+        let number = |key: &str| -> Result<Option<u64>> {
+            Ok(meta
+                .get(key)?
+                .and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes)))
+        };
+        let numbers = (number("wal_id")?, number("wal_applied")?.unwrap_or(0));
+        drop(meta);
         tx.commit()?;
-        id
+        numbers
     };
-    let (mut wal, frames) = Wal::open(&path.with_extension("wal"), expected_wal, recovery)?;
-    if expected_wal != Some(wal.id()) {
-        // A new log (new database, or recovery): record it, durably, before any frame
-        // can be written to it.
+    let (expected_wal, applied) = expected_wal;
+    let log_path = path.with_extension("wal");
+    let (opened, frames) = Wal::open(&log_path, expected_wal, recovery)?;
+    let id = match &opened {
+        wal::Opened::Log(wal) => wal.id(),
+        wal::Opened::Replace { id } => *id,
+    };
+    // Frames a synced commit already covers are not applied again (see `crate::wal`).
+    let newest = frames
+        .iter()
+        .map(|f| wal::frame_sequence(f))
+        .max()
+        .unwrap_or(0);
+    let through = newest.max(applied);
+    let frames: Vec<Vec<u8>> = frames
+        .into_iter()
+        .filter(|f| wal::frame_sequence(f) > applied)
+        .collect();
+    if expected_wal != Some(id) || !frames.is_empty() {
+        // Writes acknowledged since the last checkpoint, and the log's id: into the
+        // database in one synced commit, before anything is read from it (and, when
+        // recovering, before the damaged log is replaced).
         let tx = db.begin_write()?;
-        tx.open_table(META)?
-            .insert("wal_id", &wal.id().to_le_bytes()[..])?;
+        apply_frames(&tx, &frames)?;
+        let mut meta = tx.open_table(META)?;
+        meta.insert("wal_id", &id.to_le_bytes()[..])?;
+        meta.insert("wal_applied", &through.to_le_bytes()[..])?;
+        drop(meta);
         tx.commit()?;
+        if !frames.is_empty() {
+            tracing::info!(frames = frames.len(), "applied the write-ahead log");
+        }
     }
-    if !frames.is_empty() {
-        // Writes acknowledged since the last checkpoint: into the database, durably,
-        // before anything is read from it.
-        let bytes = wal.len();
-        commit_directly(&db, &mut wal, &frames)?;
-        tracing::info!(frames = frames.len(), bytes, "applied the write-ahead log");
-    }
+    let mut wal = match opened {
+        wal::Opened::Log(mut wal) => {
+            empty_log(&mut wal);
+            wal
+        }
+        wal::Opened::Replace { id } => Wal::create(&log_path, id)?,
+    };
+    wal.continue_after(through);
     Ok((db, wal))
 }
 
@@ -385,8 +414,12 @@ fn load(db: &Database) -> Result<Snapshot> {
 }
 
 async fn write_loop(writer: Writer, wal: Wal, mut queue: mpsc::Receiver<Batch>) {
-    // None after a failed commit, until the database is reopened.
+    // None while the database is closed after a failure (until it is reopened).
     let mut wal = Some(wal);
+    // Set by a failed commit: until a probe commits, every other batch is refused, so
+    // nothing built on the lost transition's state reaches the disk (or its effects,
+    // such as acknowledgements, the executors) before the orchestrator has reloaded.
+    let mut failed = false;
     while let Some(first) = queue.recv().await {
         // Group commit: everything that queued up while the last fsync ran goes in this one.
         let mut batches = vec![first];
@@ -406,48 +439,40 @@ async fn write_loop(writer: Writer, wal: Wal, mut queue: mpsc::Receiver<Batch>) 
                 }
             }
         }
-        let result = match (wal.take(), writer.database()) {
-            (Some(mut log), Some(db)) => {
-                let result = commit_group(&db, &mut log, &batches);
-                drop(db);
-                wal = Some(log);
-                if let Err(error) = &result {
-                    tracing::error!(%error, "store commit failed");
-                    // redb refuses everything after an I/O error: reopen before the next.
-                    wal = wal.take().and_then(|log| reopen(&writer, log));
-                }
-                result
+        if failed {
+            let (probes, refused): (Vec<Batch>, Vec<Batch>) =
+                batches.into_iter().partition(Batch::is_probe);
+            for batch in refused {
+                let refusal = "the store failed a write and takes none until it is checked again";
+                let _receiver_gone = batch.done.send(Err(refusal.to_owned()));
             }
-            (log, _) => {
-                // Closed by an earlier failure: try to open it again first.
-                let reopened = match log {
-                    Some(log) => reopen(&writer, log),
-                    None => match open_database(&writer.path, wal::Recovery::Refuse) {
-                        Ok((db, log)) => {
-                            *writer.shared.write().unwrap_or_else(|p| p.into_inner()) =
-                                Some(Arc::new(db));
-                            Some(log)
-                        }
-                        Err(error) => {
-                            tracing::error!(%error, "the store cannot be reopened yet");
-                            None
-                        }
-                    },
-                };
-                match (reopened, writer.database()) {
-                    (Some(mut log), Some(db)) => {
-                        let result = commit_group(&db, &mut log, &batches);
-                        wal = Some(log);
-                        result
-                    }
-                    (log, _) => {
-                        wal = log;
-                        Err(
-                            "the store cannot write (it is being reopened after a write error)"
-                                .to_owned(),
-                        )
-                    }
+            if probes.is_empty() {
+                continue;
+            }
+            batches = probes;
+        }
+        if wal.is_none() || writer.database().is_none() {
+            wal = reopen(&writer, wal.take());
+        }
+        let committed = match (wal.as_mut(), writer.database()) {
+            (Some(log), Some(db)) => commit_group(&db, log, &batches),
+            _ => Err("the store cannot write (it is being reopened after a write error)".into()),
+        };
+        let result = match committed {
+            Ok(reopen_now) => {
+                failed = false;
+                if reopen_now {
+                    // The frames are durable in the log; redb refuses everything after an
+                    // I/O error, so open it again (applying the log) before the next.
+                    wal = reopen(&writer, wal.take());
                 }
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "store commit failed");
+                failed = true;
+                wal = reopen(&writer, wal.take());
+                Err(error)
             }
         };
         for batch in batches {
@@ -461,9 +486,24 @@ async fn write_loop(writer: Writer, wal: Wal, mut queue: mpsc::Receiver<Batch>) 
     }
 }
 
-/// Reopens the database after a failure; None (logged) if that fails too.
-fn reopen(writer: &Writer, wal: Wal) -> Option<Wal> {
-    match writer.reopen(wal) {
+impl Batch {
+    /// Whether this is the watchdog's probe, the one batch taken after a failure.
+    fn is_probe(&self) -> bool {
+        matches!(self.writes.as_slice(), [Write::Probe])
+    }
+}
+
+/// Opens the database again (with its log) after a failure; None (logged) if that fails
+/// too, and the next batch tries again.
+fn reopen(writer: &Writer, wal: Option<Wal>) -> Option<Wal> {
+    let reopened = match wal {
+        Some(wal) => writer.reopen(wal),
+        None => open_database(&writer.path, wal::Recovery::Refuse).map(|(db, wal)| {
+            *writer.shared.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
+            wal
+        }),
+    };
+    match reopened {
         Ok(wal) => Some(wal),
         Err(error) => {
             tracing::error!(%error, "the store cannot be reopened yet");
@@ -473,20 +513,28 @@ fn reopen(writer: &Writer, wal: Wal) -> Option<Wal> {
 }
 
 /// Commits one group: through the log, or for a large one directly; then checkpoints if
-/// the log has grown past its bound.
-fn commit_group(db: &Database, wal: &mut Wal, batches: &[Batch]) -> Result<(), String> {
-    let frames = encode_frames(batches);
+/// the log has grown past its bound. Ok means durable; `Ok(true)` asks for the database
+/// to be reopened first (a checkpoint failed after the group was already durable in the
+/// log). A group with no writes (one that only orders an acknowledgement after what
+/// came before it) needs no I/O.
+fn commit_group(db: &Database, wal: &mut Wal, batches: &[Batch]) -> Result<bool, String> {
+    let frames = encode_frames(batches, wal);
+    if frames.is_empty() {
+        return Ok(false);
+    }
     let bytes: usize = frames.iter().map(Vec::len).sum();
-    let mut result = if bytes >= wal::DIRECT_BYTES {
-        commit_directly(db, wal, &frames)
-    } else {
-        commit_frames(db, wal, &frames)
+    if bytes >= wal::DIRECT_BYTES {
+        commit_directly(db, wal, &frames).map_err(|e| e.to_string())?;
+        return Ok(false);
     }
-    .map_err(|e| e.to_string());
-    if result.is_ok() && wal.len() >= wal::CHECKPOINT_BYTES {
-        result = checkpoint(db, wal).map_err(|e| e.to_string());
+    commit_frames(db, wal, &frames).map_err(|e| e.to_string())?;
+    if wal.len() >= wal::CHECKPOINT_BYTES
+        && let Err(error) = checkpoint(db, wal)
+    {
+        tracing::error!(%error, "a checkpoint failed; the log keeps the writes and is applied again");
+        return Ok(true);
     }
-    result
+    Ok(false)
 }
 
 /// Makes frames durable in the log (one sync), then applies them to the database in one
@@ -521,11 +569,28 @@ fn commit_frames(db: &Database, wal: &mut Wal, frames: &[Vec<u8>]) -> Result<()>
 fn commit_directly(db: &Database, wal: &mut Wal, frames: &[Vec<u8>]) -> Result<()> {
     let tx = db.begin_write()?;
     apply_frames(&tx, frames)?;
+    record_applied(&tx, wal)?;
     tx.commit()?;
-    if !wal.is_empty() {
-        wal.clear()?;
-    }
+    empty_log(wal);
     Ok(())
+}
+
+/// Records in a synced commit that every frame made so far is in the database, so none
+/// of them is applied again at start-up (see `crate::wal`).
+fn record_applied(tx: &redb::WriteTransaction, wal: &Wal) -> Result<()> {
+    tx.open_table(META)?
+        .insert("wal_applied", &wal.last_sequence().to_le_bytes()[..])?;
+    Ok(())
+}
+
+/// Empties the log after a synced commit covered it. If that fails, the frames stay but
+/// are never applied again (the commit recorded them as applied): logged, not fatal.
+fn empty_log(wal: &mut Wal) {
+    if !wal.is_empty()
+        && let Err(error) = wal.clear()
+    {
+        tracing::warn!(%error, "cannot empty the write-ahead log after a checkpoint");
+    }
 }
 
 /// Makes everything applied so far durable in the database (one synced commit) and
@@ -534,8 +599,11 @@ fn checkpoint(db: &Database, wal: &mut Wal) -> Result<()> {
     if wal.is_empty() {
         return Ok(());
     }
-    db.begin_write()?.commit()?;
-    wal.clear()
+    let tx = db.begin_write()?;
+    record_applied(&tx, wal)?;
+    tx.commit()?;
+    empty_log(wal);
+    Ok(())
 }
 
 /// Moves the batches already queued into `batches`, up to [`WRITE_QUEUE`] in all.
@@ -551,7 +619,7 @@ fn take_queued(queue: &mut mpsc::Receiver<Batch>, batches: &mut Vec<Batch>) {
 /// Log frames holding every write of `batches`, in order: values encoded once, then both
 /// logged and put into redb as they are. A new frame starts once one passes
 /// [`wal::FRAME_TARGET`], so no frame outgrows its 32-bit length (a batch is far smaller).
-fn encode_frames(batches: &[Batch]) -> Vec<Vec<u8>> {
+fn encode_frames(batches: &[Batch], wal: &mut Wal) -> Vec<Vec<u8>> {
     let mut frames = Vec::new();
     let mut frame = FrameBuilder::default();
     for batch in batches {
@@ -578,11 +646,11 @@ fn encode_frames(batches: &[Batch]) -> Vec<Vec<u8>> {
             }
         }
         if frame.len() >= wal::FRAME_TARGET {
-            frames.push(std::mem::take(&mut frame).finish());
+            frames.push(std::mem::take(&mut frame).finish(wal.next_sequence()));
         }
     }
     if !frame.is_empty() {
-        frames.push(frame.finish());
+        frames.push(frame.finish(wal.next_sequence()));
     }
     frames
 }
@@ -747,9 +815,10 @@ mod tests {
         assert_eq!(snapshot.jobs.len(), 1);
     }
 
-    /// On a real full disk a commit fails (its waiter is told, nothing of it is applied),
-    /// and once there is room again the same store commits again without a restart; the
-    /// failed write is not resurrected by a later start-up.
+    /// On a real full disk a commit fails (its waiter is told, nothing of it is applied);
+    /// every later write is refused until a probe commits, and once there is room again
+    /// the same store commits again without a restart; the failed write is not resurrected
+    /// by a later start-up.
     #[tokio::test]
     async fn a_full_disk_fails_commits_until_there_is_room_again() {
         let disk = crate::testing::SmallDisk::mount("4m");
@@ -776,6 +845,19 @@ mod tests {
         }
         assert!(failed > 0, "no commit failed on a full disk");
         std::fs::remove_file(&filler).expect("free the disk");
+        // Until a probe commits, nothing else is taken: the orchestrator reloads its
+        // state first (see `store_watchdog`).
+        let refused = store
+            .queue(job("too-early"))
+            .await
+            .expect("queue")
+            .wait()
+            .await;
+        assert!(
+            matches!(refused, Err(Error::StoreUnavailable(_))),
+            "{refused:?}"
+        );
+        commit(&store, vec![Write::Probe]).await;
         commit(&store, job("after")).await;
         commit(&store, big("big-after")).await;
         commit(&store, big("big-afterd")).await;
@@ -783,6 +865,7 @@ mod tests {
         let (_, snapshot) = Store::open(&path).expect("reopen");
         let mut ids: Vec<_> = snapshot.jobs.iter().map(|j| j.id.as_str()).collect();
         ids.sort();
+        assert!(!ids.contains(&"too-early"), "{ids:?}");
         assert!(
             ids.contains(&"before")
                 && ids.contains(&"after")
@@ -794,6 +877,38 @@ mod tests {
             ids.iter().filter(|id| id.starts_with("lost")).count() <= 6 - failed,
             "{ids:?}"
         );
+    }
+
+    /// A crash between a direct commit and the emptying of the log leaves frames older
+    /// than the commit in the log; start-up must not apply them over it (a completion
+    /// would be reverted to the running state the older frame holds).
+    #[tokio::test]
+    async fn frames_older_than_a_synced_commit_are_not_applied_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.redb");
+        let (store, _) = Store::open(&path).expect("open");
+        let state = |message: &str| {
+            Write::Job(Job {
+                id: "j".into(),
+                status_message: message.into(),
+                ..Default::default()
+            })
+        };
+        commit(&store, vec![state("running")]).await;
+        let old_log = std::fs::read(path.with_extension("wal")).expect("read the log");
+        let big = Write::Block {
+            cid: "big".into(),
+            data: bytes::Bytes::from(vec![7; wal::DIRECT_BYTES]),
+        };
+        commit(&store, vec![state("completed"), big]).await;
+        store.close().await;
+        // The database after the direct commit, beside the log from before it.
+        let crashed = dir.path().join("crashed");
+        std::fs::create_dir(&crashed).expect("mkdir");
+        std::fs::copy(&path, crashed.join("state.redb")).expect("copy");
+        std::fs::write(crashed.join("state.wal"), &old_log).expect("write");
+        let (_, snapshot) = Store::open(&crashed.join("state.redb")).expect("open");
+        assert_eq!(snapshot.jobs[0].status_message, "completed");
     }
 
     /// A group past the direct-commit size goes straight into a synced database commit,

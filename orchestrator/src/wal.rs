@@ -17,8 +17,13 @@
 //! records the id of its log, so a log that is missing, or that belongs to another
 //! database, is reported instead of silently ignored. Then come frames, each
 //! `[payload length: u32 LE][CRC-32 of the payload: u32 LE][CRC-32 of those 8 bytes: u32
-//! LE][payload]`; the payload is a sequence of rows, `[table: u8][key length: u32 LE][key]
-//! [sequence: u64 LE, events only][value length: u32 LE][value]`.
+//! LE][payload]`; the payload is the frame's sequence number (u64 LE, one more for every
+//! frame the store makes, logged or not) followed by rows, `[table: u8][key length: u32
+//! LE][key][sequence: u64 LE, events only][value length: u32 LE][value]`. The database
+//! records, in each synced commit, the sequence number of the last frame that commit
+//! covers (`wal_applied`), so start-up applies only the frames after it: a frame older
+//! than a synced commit that overwrote its records (a crash between a direct commit and
+//! the emptying of the log) is never applied over it again.
 //!
 //! Reading it back tells a torn tail from damage. A crash in the middle of an append
 //! leaves at most its last frame incomplete: cut short by the end of the file, or with
@@ -47,6 +52,8 @@ pub const DIRECT_BYTES: usize = 512 << 10;
 /// Frame size past which the writer starts another frame for the rest of a group.
 pub const FRAME_TARGET: usize = 64 << 20;
 const FRAME_HEADER: usize = 12;
+/// The frame's sequence number, at the start of its payload.
+const FRAME_SEQUENCE: usize = 8;
 /// The file header: magic, then the log's id. An empty log is this long.
 pub const FILE_HEADER: usize = 16;
 const MAGIC: &[u8; 8] = b"SHOALWAL";
@@ -80,7 +87,7 @@ pub struct FrameBuilder {
 impl Default for FrameBuilder {
     fn default() -> Self {
         FrameBuilder {
-            bytes: vec![0; FRAME_HEADER],
+            bytes: vec![0; FRAME_HEADER + FRAME_SEQUENCE],
         }
     }
 }
@@ -93,7 +100,7 @@ impl FrameBuilder {
 
     /// Whether no row was added.
     pub fn is_empty(&self) -> bool {
-        self.bytes.len() == FRAME_HEADER
+        self.bytes.len() == FRAME_HEADER + FRAME_SEQUENCE
     }
 
     /// Adds a row whose value `encode` appends to the buffer it is given.
@@ -119,7 +126,9 @@ impl FrameBuilder {
     }
 
     /// The finished frame: header and payload.
-    pub fn finish(mut self) -> Vec<u8> {
+    pub fn finish(mut self, sequence: u64) -> Vec<u8> {
+        self.bytes[FRAME_HEADER..FRAME_HEADER + FRAME_SEQUENCE]
+            .copy_from_slice(&sequence.to_le_bytes());
         let payload = &self.bytes[FRAME_HEADER..];
         let length = payload.len() as u32;
         let crc = crc32fast::hash(payload);
@@ -131,10 +140,19 @@ impl FrameBuilder {
     }
 }
 
+/// A frame's sequence number (0 for a frame too short to have one).
+pub fn frame_sequence(frame: &[u8]) -> u64 {
+    frame
+        .get(FRAME_HEADER..FRAME_HEADER + FRAME_SEQUENCE)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+}
+
 /// The rows of a frame (header included), in order; an error if it is malformed.
 pub fn rows(frame: &[u8]) -> Result<Vec<Row<'_>>> {
     let malformed = || Error::Store("a write-ahead log frame is malformed".into());
-    let mut rest = frame.get(FRAME_HEADER..).ok_or_else(malformed)?;
+    let mut rest = frame
+        .get(FRAME_HEADER + FRAME_SEQUENCE..)
+        .ok_or_else(malformed)?;
     let mut take = |n: usize| -> Result<&[u8]> {
         if rest.len() < n {
             return Err(malformed());
@@ -225,12 +243,29 @@ impl std::fmt::Display for LogDamage {
     }
 }
 
+/// What [`Wal::open`] found.
+pub enum Opened {
+    /// The log, to go on with.
+    Log(Wal),
+    /// Recovery: once the database holds the intact frames and records `id` (in one
+    /// commit), a new empty log with that id replaces the damaged or missing one
+    /// ([`Wal::create`]).
+    Replace { id: u64 },
+}
+
+/// A new log id.
+fn new_id() -> u64 {
+    uuid::Uuid::now_v7().as_u64_pair().1 | 1
+}
+
 /// The log file.
 pub struct Wal {
     file: File,
     path: PathBuf,
     length: u64,
     id: u64,
+    /// The sequence number the next frame gets.
+    next_frame: u64,
 }
 
 /// What [`scan`] found in a log's bytes after its header.
@@ -297,13 +332,13 @@ impl Wal {
     /// database that has none yet: a new one, which gets a new log) and returns it with
     /// the complete frames it holds, in order. A torn tail is cut off; damage, a missing
     /// log the database expects, or a log of another database is
-    /// [`Error::LogDamaged`] unless `recovery` says to move it aside. The returned log's
-    /// [`id`](Self::id) is what the database must record.
+    /// [`Error::LogDamaged`] unless `recovery` says to go on without it
+    /// ([`Opened::Replace`]). The log's id is what the database must record.
     pub fn open(
         path: &Path,
         expected: Option<u64>,
         recovery: Recovery,
-    ) -> Result<(Wal, Vec<Vec<u8>>)> {
+    ) -> Result<(Opened, Vec<Vec<u8>>)> {
         let context = |what: &str| format!("{what} {}", path.display());
         let damage =
             |offset: Option<u64>, good_frames: usize, lost_bytes: u64, what: String| LogDamage {
@@ -372,7 +407,7 @@ impl Wal {
                     let keep_id = problem.is_none().then_some(id).flatten();
                     if let Some(id) = keep_id {
                         let wal = Wal::reopen(path, id, scan.end as u64)?;
-                        return Ok((wal, scan.frames));
+                        return Ok((Opened::Log(wal), scan.frames));
                     }
                     (scan.frames, problem)
                 }
@@ -383,19 +418,25 @@ impl Wal {
                 return Err(Error::LogDamaged(problem));
             }
             if bytes.is_some() {
+                // Copied, not moved: the damaged log stays in place until the database has
+                // taken the intact frames and the new log's id in one commit, so a crash
+                // during recovery loses nothing (run it again).
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
                 let aside = path.with_extension(format!(
-                    "wal.damaged-{}",
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_secs()
+                    "wal.damaged-{}.{:09}",
+                    now.as_secs(),
+                    now.subsec_nanos()
                 ));
-                std::fs::rename(path, &aside).map_err(|e| Error::io(context("moving aside"), e))?;
+                std::fs::copy(path, &aside)
+                    .and_then(|_| File::open(&aside)?.sync_all())
+                    .map_err(|e| Error::io(context("copying aside"), e))?;
                 tracing::error!(
                     damage = %problem,
                     kept_frames = frames.len(),
-                    moved_to = %aside.display(),
-                    "recovering: the damaged write-ahead log was moved aside; the intact frames \
+                    copied_to = %aside.display(),
+                    "recovering: the damaged write-ahead log is kept aside; the intact frames \
                      before the damage are applied, the writes after it are lost"
                 );
             } else {
@@ -405,15 +446,14 @@ impl Wal {
                      last checkpoint are lost"
                 );
             }
+            return Ok((Opened::Replace { id: new_id() }, frames));
         }
-        let wal = Wal::create(path)?;
-        Ok((wal, frames))
+        Ok((Opened::Log(Wal::create(path, new_id())?), frames))
     }
 
-    /// Starts a new, empty log with a new id (replacing what is at `path`), durably.
-    fn create(path: &Path) -> Result<Wal> {
+    /// Starts a new, empty log with id `id` (replacing what is at `path`), durably.
+    pub fn create(path: &Path, id: u64) -> Result<Wal> {
         let context = |what: &str| format!("{what} {}", path.display());
-        let id = uuid::Uuid::now_v7().as_u64_pair().1 | 1;
         let temp = path.with_extension("wal.new");
         let mut header = MAGIC.to_vec();
         header.extend_from_slice(&id.to_le_bytes());
@@ -439,12 +479,31 @@ impl Wal {
             path: path.to_owned(),
             length,
             id,
+            next_frame: 1,
         })
     }
 
     /// The log's id, which the database records.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// A sequence number for the next frame.
+    pub fn next_sequence(&mut self) -> u64 {
+        let sequence = self.next_frame;
+        self.next_frame += 1;
+        sequence
+    }
+
+    /// The sequence number of the last frame made so far (0 before any).
+    pub fn last_sequence(&self) -> u64 {
+        self.next_frame - 1
+    }
+
+    /// Makes later frames number after `sequence` (the highest the database or the log
+    /// already has).
+    pub fn continue_after(&mut self, sequence: u64) {
+        self.next_frame = self.next_frame.max(sequence + 1);
     }
 
     /// Appends frames and waits until they are on disk (one sync for all). On an error
@@ -514,16 +573,30 @@ mod tests {
         for (table, key, sequence, value) in rows {
             builder.row(*table, key, *sequence, |b| b.extend_from_slice(value));
         }
-        builder.finish()
+        builder.finish(1)
     }
 
     fn job_frame(key: &str) -> Vec<u8> {
         frame(&[(Table::Jobs, key, 0, b"job")])
     }
 
+    /// The log an open found, which must be one to go on with.
+    fn log(opened: Opened) -> Wal {
+        match opened {
+            Opened::Log(wal) => wal,
+            Opened::Replace { .. } => panic!("a log to replace"),
+        }
+    }
+
+    /// Opens `path` for a database expecting `expected`, taking the log.
+    fn open(path: &Path, expected: Option<u64>) -> (Wal, Vec<Vec<u8>>) {
+        let (opened, frames) = Wal::open(path, expected, Recovery::Refuse).expect("open");
+        (log(opened), frames)
+    }
+
     /// A log holding `frames`, written as the store writes them; returns its id.
     fn written(path: &Path, frames: &[Vec<u8>]) -> u64 {
-        let (mut wal, old) = Wal::open(path, None, Recovery::Refuse).expect("open");
+        let (mut wal, old) = open(path, None);
         assert!(old.is_empty());
         wal.append(frames).expect("append");
         wal.id()
@@ -550,7 +623,7 @@ mod tests {
                 third[..third.len() / 2].to_vec(),
             ],
         );
-        let (wal, frames) = Wal::open(&path, Some(id), Recovery::Refuse).expect("reopen");
+        let (wal, frames) = open(&path, Some(id));
         assert_eq!(frames, [first.clone(), second.clone()]);
         assert_eq!(wal.id(), id);
         assert_eq!(wal.len(), std::fs::metadata(&path).expect("stat").len());
@@ -560,10 +633,10 @@ mod tests {
         let mut unwritten = third.clone();
         unwritten[FRAME_HEADER..].fill(0);
         for tail in [vec![0u8; 300], unwritten] {
-            let (mut wal, _) = Wal::open(&path, Some(id), Recovery::Refuse).expect("open");
+            let (mut wal, _) = open(&path, Some(id));
             wal.append(&[tail]).expect("append");
             drop(wal);
-            let (_, frames) = Wal::open(&path, Some(id), Recovery::Refuse).expect("reopen");
+            let (_, frames) = open(&path, Some(id));
             assert_eq!(frames, [first.clone(), second.clone()]);
         }
         let frames = frames_of(&path, id);
@@ -588,7 +661,7 @@ mod tests {
     }
 
     fn frames_of(path: &Path, id: u64) -> Vec<Vec<u8>> {
-        Wal::open(path, Some(id), Recovery::Refuse).expect("open").1
+        open(path, Some(id)).1
     }
 
     /// One flipped byte in a frame that more frames follow is damage, not a torn tail:
@@ -627,9 +700,17 @@ mod tests {
                 "left as it was"
             );
 
-            let (wal, frames) = Wal::open(&path, Some(id), Recovery::MoveAside).expect("recover");
+            let (opened, frames) =
+                Wal::open(&path, Some(id), Recovery::MoveAside).expect("recover");
             assert_eq!(frames, [good]);
-            assert!(wal.is_empty());
+            let Opened::Replace { id: new_id } = opened else {
+                panic!("recovery replaces the log")
+            };
+            assert_eq!(
+                std::fs::read(&path).expect("read"),
+                before,
+                "kept until replaced"
+            );
             let aside: Vec<_> = std::fs::read_dir(dir.path())
                 .expect("ls")
                 .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -640,10 +721,12 @@ mod tests {
                 std::fs::read(dir.path().join(&aside[0])).expect("read"),
                 before
             );
-            // The new log is used from then on: its id is the one to record.
+            // Once the database took the frames, the new log replaces the damaged one.
+            let wal = Wal::create(&path, new_id).expect("create");
+            assert!(wal.is_empty());
             drop(wal);
-            let (new, _) = Wal::open(&path, None, Recovery::Refuse).expect("reopen");
-            assert!(Wal::open(&path, Some(new.id()), Recovery::Refuse).is_ok());
+            let (reopened, frames) = open(&path, Some(new_id));
+            assert!(frames.is_empty() && reopened.is_empty());
         }
     }
 
@@ -666,8 +749,8 @@ mod tests {
             .expect("refused");
         assert!(error.to_string().contains("another database"), "{error}");
         std::fs::remove_file(&path).expect("rm");
-        let (wal, frames) = Wal::open(&path, Some(id), Recovery::MoveAside).expect("recover");
-        assert!(frames.is_empty() && wal.is_empty());
+        let (opened, frames) = Wal::open(&path, Some(id), Recovery::MoveAside).expect("recover");
+        assert!(frames.is_empty() && matches!(opened, Opened::Replace { .. }));
     }
 
     /// A payload whose rows lie about their lengths is an error, not a panic.
@@ -675,8 +758,8 @@ mod tests {
     fn a_malformed_payload_is_an_error() {
         let mut lying = FrameBuilder::default();
         lying.row(Table::Jobs, "j", 0, |b| b.extend_from_slice(b"x"));
-        let mut lying = lying.finish();
-        lying[FRAME_HEADER + 1] = 200; // the key length, past the end
+        let mut lying = lying.finish(1);
+        lying[FRAME_HEADER + FRAME_SEQUENCE + 1] = 200; // the key length, past the end
         assert!(rows(&lying).is_err());
     }
 }
