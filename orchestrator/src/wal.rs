@@ -290,6 +290,22 @@ fn scan(bytes: &[u8], mut at: usize) -> Scan {
         if rest.is_empty() {
             break None;
         }
+        // A torn tail is part of one append, and an append is smaller than DIRECT_BYTES
+        // (larger groups skip the log): more than that after the last intact frame is
+        // damage, whatever it looks like.
+        let header_ok = rest.len() >= FRAME_HEADER
+            && crc32fast::hash(&rest[..8]) == u32_at(&rest[8..FRAME_HEADER]);
+        if rest.len() >= DIRECT_BYTES && !header_ok {
+            break Some(format!(
+                "{} unreadable bytes ({}) follow the last intact frame, more than one append writes",
+                rest.len(),
+                if rest.iter().all(|b| *b == 0) {
+                    "zeros"
+                } else {
+                    "not a frame"
+                }
+            ));
+        }
         if rest.iter().all(|b| *b == 0) {
             break None; // space the file grew by, never written: torn
         }
@@ -304,7 +320,7 @@ fn scan(bytes: &[u8], mut at: usize) -> Scan {
             break None; // cut short by the end of the file: torn
         };
         if crc32fast::hash(payload) != u32_at(&header[4..8]) {
-            if FRAME_HEADER + length == rest.len() {
+            if FRAME_HEADER + length == rest.len() && rest.len() < DIRECT_BYTES {
                 tracing::warn!(
                     offset = at,
                     bytes = rest.len(),
@@ -728,6 +744,22 @@ mod tests {
             let (reopened, frames) = open(&path, Some(new_id));
             assert!(frames.is_empty() && reopened.is_empty());
         }
+    }
+
+    /// More unreadable bytes after the last intact frame than one append writes cannot be
+    /// a torn write: a long run of zeros (lost blocks, a sparse copy) is damage.
+    #[test]
+    fn a_long_unreadable_tail_is_damage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.wal");
+        let id = written(&path, &[job_frame("j1"), vec![0; DIRECT_BYTES + 1]]);
+        let error = Wal::open(&path, Some(id), Recovery::Refuse)
+            .err()
+            .expect("refused");
+        assert!(
+            error.to_string().contains("unreadable bytes (zeros)"),
+            "{error}"
+        );
     }
 
     /// A database that expects a log finds it missing, or finds another database's log:
