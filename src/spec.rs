@@ -700,7 +700,7 @@ retry: {{max_attempts: 2, retry_on: [executor_lost, trap]}}
         doc.to_proto().expect("converts")
     }
 
-    /// The YAML of SPEC §3 parses into the protobuf spec with units converted.
+    /// A full spec document in YAML parses into the protobuf spec with units converted.
     #[test]
     fn yaml_document_converts() {
         let spec = valid_spec();

@@ -453,7 +453,7 @@ pub async fn b5(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
             baseline: Some(default_rate),
             ratio: Some(sized_rate / default_rate),
             ratio_unit: "x hyper's default windows",
-            target: "windows sized for artifact streams (no SPEC figure)",
+            target: "windows sized for artifact streams (no target of its own)",
             meets: None,
             details: serde_json::json!({
                 "bytes": slow_bytes,

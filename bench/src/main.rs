@@ -1,4 +1,4 @@
-//! `shoal-bench`: Shoal's benchmarks (SPEC §10, B1-B10, and the scale figures S1-S3), each
+//! `shoal-bench`: Shoal's benchmarks (targets B1-B10 and scale figures S1-S3), each
 //! printing its figure beside a baseline measured in the same run, and the ratio;
 //! `--json FILE` also appends one JSON line per figure with the machine state. `--smoke`
 //! runs tiny sizes (CI runs it so the benchmarks keep working; its figures mean nothing).

@@ -1,5 +1,5 @@
 //! The orchestrator's in-memory view of jobs, executions and executors, and every transition
-//! between their states (SPEC §3).
+//! between their states.
 //!
 //! `Cluster` does no I/O. Each transition records its effects (records to persist, messages
 //! for executors, watchers to wake, whether to run the scheduler); the caller persists them
