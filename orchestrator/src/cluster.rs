@@ -925,12 +925,26 @@ impl Cluster {
         for execution_id in &reported {
             // Reporting it running proves the assignment arrived.
             self.unacknowledged.remove(execution_id);
+        }
+        self.cancel_unwanted(&id, &reported);
+        self.effects.schedule = true;
+        Ok(generation)
+    }
+
+    /// Cancels, on the executor, the executions it says it runs that are not its current
+    /// ones here (ended, superseded by a retry, or unknown).
+    fn cancel_unwanted<'a>(
+        &mut self,
+        executor_id: &str,
+        running: impl IntoIterator<Item = &'a String>,
+    ) {
+        for execution_id in running {
             let wanted = self.executions.get(execution_id).is_some_and(|e| {
-                e.executor_id == id && !e.state().is_terminal() && self.is_current(e)
+                e.executor_id == executor_id && !e.state().is_terminal() && self.is_current(e)
             });
             if !wanted {
                 self.send_to(
-                    &id,
+                    executor_id,
                     orchestrator_message::Message::Cancel(shoal::proto::Cancel {
                         execution_id: execution_id.clone(),
                         reason: "the orchestrator no longer expects this execution".into(),
@@ -938,8 +952,6 @@ impl Cluster {
                 );
             }
         }
-        self.effects.schedule = true;
-        Ok(generation)
     }
 
     fn is_current(&self, execution: &Execution) -> bool {
@@ -1192,20 +1204,7 @@ impl Cluster {
                 now,
             );
         }
-        for execution_id in &heartbeat.running_execution_ids {
-            let wanted = self.executions.get(execution_id).is_some_and(|e| {
-                e.executor_id == executor_id && !e.state().is_terminal() && self.is_current(e)
-            });
-            if !wanted {
-                self.send_to(
-                    executor_id,
-                    orchestrator_message::Message::Cancel(shoal::proto::Cancel {
-                        execution_id: execution_id.clone(),
-                        reason: "the orchestrator no longer expects this execution".into(),
-                    }),
-                );
-            }
-        }
+        self.cancel_unwanted(executor_id, &heartbeat.running_execution_ids);
     }
 
     fn owned_execution(&self, executor_id: &str, execution_id: &str) -> Option<&Execution> {
