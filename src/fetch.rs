@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::retry::{Failed, Retry};
 use crate::source::{HttpSource, hex};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
@@ -35,13 +36,6 @@ pub enum Fetched {
     NotModified,
     /// The body was written: its size, and its strong ETag if the server gave one.
     Body { bytes: u64, etag: Option<String> },
-}
-
-/// Why a fetch attempt failed, and whether another attempt may succeed.
-#[derive(Debug)]
-enum Attempt {
-    Retry(String),
-    Fatal(String),
 }
 
 /// Where URL fetches may go; the flags of both daemons.
@@ -393,21 +387,22 @@ impl HttpFetcher {
         max_bytes: u64,
         if_none_match: Option<&str>,
     ) -> Result<Fetched, String> {
-        let mut attempt = 0;
-        loop {
-            match self.attempt(source, dest, max_bytes, if_none_match).await {
-                Ok(fetched) => return Ok(fetched),
-                Err(Attempt::Retry(reason)) if attempt < self.retries => {
-                    attempt += 1;
-                    let delay = self.first_backoff * 2u32.pow(attempt - 1);
-                    tracing::info!(url = %source.url, attempt, %reason, "retrying a fetch");
-                    tokio::time::sleep(delay.min(Duration::from_secs(10))).await;
-                }
-                Err(Attempt::Retry(reason)) => {
-                    return Err(format!("{reason} (gave up after {} attempts)", attempt + 1));
-                }
-                Err(Attempt::Fatal(reason)) => return Err(reason),
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let retry = Retry::attempts(self.retries.saturating_add(1))
+            .delays(self.first_backoff, Duration::from_secs(10));
+        let fetched = retry
+            .run("fetching a URL", || {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.attempt(source, dest, max_bytes, if_none_match)
+            })
+            .await;
+        match fetched {
+            Ok(fetched) => Ok(fetched),
+            Err(Failed::Transient(reason)) => {
+                let attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
+                Err(format!("{reason} (gave up after {attempts} attempts)"))
             }
+            Err(Failed::Permanent(reason)) => Err(reason),
         }
     }
 
@@ -417,17 +412,19 @@ impl HttpFetcher {
         dest: &Path,
         max_bytes: u64,
         if_none_match: Option<&str>,
-    ) -> Result<Fetched, Attempt> {
-        self.policy.check_url(&source.url).map_err(Attempt::Fatal)?;
+    ) -> Result<Fetched, Failed> {
+        self.policy
+            .check_url(&source.url)
+            .map_err(Failed::Permanent)?;
         let mut request = self.client.get(source.url.clone());
         if let Some(etag) = if_none_match {
             request = request.header(reqwest::header::IF_NONE_MATCH, etag);
         }
         let response = request.send().await.map_err(|e| {
             if e.is_redirect() || is_refusal(&e) {
-                Attempt::Fatal(error_chain(&e))
+                Failed::Permanent(error_chain(&e))
             } else {
-                Attempt::Retry(format!("request failed: {}", error_chain(&e)))
+                Failed::Transient(format!("request failed: {}", error_chain(&e)))
             }
         })?;
         let status = response.status();
@@ -437,15 +434,15 @@ impl HttpFetcher {
         if !status.is_success() {
             let reason = format!("HTTP {status}");
             return Err(if status.is_server_error() || status.as_u16() == 429 {
-                Attempt::Retry(reason)
+                Failed::Transient(reason)
             } else {
-                Attempt::Fatal(reason)
+                Failed::Permanent(reason)
             });
         }
         if let Some(length) = response.content_length()
             && length > max_bytes
         {
-            return Err(Attempt::Fatal(format!(
+            return Err(Failed::Permanent(format!(
                 "the body is {length} bytes, more than the input limit of {max_bytes} bytes"
             )));
         }
@@ -457,21 +454,21 @@ impl HttpFetcher {
             .filter(|v| v.starts_with('"'))
             .map(str::to_owned);
         let io =
-            |e: std::io::Error| Attempt::Fatal(format!("cannot write {}: {e}", dest.display()));
+            |e: std::io::Error| Failed::Permanent(format!("cannot write {}: {e}", dest.display()));
         let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
         let mut hasher = Sha256::new();
         let mut written = 0u64;
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| {
-                Attempt::Retry(format!(
+                Failed::Transient(format!(
                     "the body broke off after {written} bytes: {}",
                     error_chain(&e)
                 ))
             })?;
             written += chunk.len() as u64;
             if written > max_bytes {
-                return Err(Attempt::Fatal(format!(
+                return Err(Failed::Permanent(format!(
                     "the body is more than the input limit of {max_bytes} bytes"
                 )));
             }
@@ -482,7 +479,7 @@ impl HttpFetcher {
         if let Some(expected) = source.sha256 {
             let actual: [u8; 32] = hasher.finalize().into();
             if actual != expected {
-                return Err(Attempt::Fatal(format!(
+                return Err(Failed::Permanent(format!(
                     "sha256 mismatch: expected {}, got {}",
                     hex(&expected),
                     hex(&actual)

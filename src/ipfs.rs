@@ -18,6 +18,7 @@ use url::Url;
 
 use crate::cid::ContentId;
 use crate::fetch::error_chain;
+use crate::retry::{Failed, Retry};
 use crate::transfer::check_tree_path;
 use crate::unixfs::{self, NodeType};
 
@@ -103,44 +104,44 @@ impl GatewayFetcher {
             .join(&format!("ipfs/{cid}"))
             .map_err(|e| e.to_string())?;
         url.set_query(Some("format=raw"));
-        let mut attempt = 1;
-        loop {
-            match self.try_block(&url, cid).await {
-                Err((reason, true)) if attempt < ATTEMPTS => {
-                    tracing::debug!(%url, attempt, %reason, "retrying a block fetch");
-                    tokio::time::sleep(Duration::from_millis(100) * 2u32.pow(attempt)).await;
-                    attempt += 1;
-                }
-                Err((reason, _)) => return Err(reason),
-                Ok(block) => return Ok(block),
-            }
-        }
+        let retry =
+            Retry::attempts(ATTEMPTS).delays(Duration::from_millis(200), Duration::from_secs(2));
+        retry
+            .run("fetching a block from a gateway", || {
+                self.try_block(&url, cid)
+            })
+            .await
+            .map_err(Failed::into_message)
     }
 
     /// One attempt; the error says whether another attempt may succeed.
-    async fn try_block(&self, url: &Url, cid: &ContentId) -> Result<Bytes, (String, bool)> {
+    async fn try_block(&self, url: &Url, cid: &ContentId) -> Result<Bytes, Failed> {
         let response = self
             .client
             .get(url.clone())
             .header(reqwest::header::ACCEPT, "application/vnd.ipld.raw")
             .send()
             .await
-            .map_err(|e| (format!("request failed: {}", error_chain(&e)), true))?;
+            .map_err(|e| Failed::Transient(format!("request failed: {}", error_chain(&e))))?;
         let status = response.status();
         if !status.is_success() {
-            let transient = status.is_server_error() || status.as_u16() == 429;
-            return Err((format!("HTTP {status}"), transient));
+            let reason = format!("HTTP {status}");
+            return Err(if status.is_server_error() || status.as_u16() == 429 {
+                Failed::Transient(reason)
+            } else {
+                Failed::Permanent(reason)
+            });
         }
         let mut block = BytesMut::new();
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| {
                 let reason = format!("the block broke off: {}", error_chain(&e));
-                (reason, true)
+                Failed::Transient(reason)
             })?;
             if block.len() + chunk.len() > MAX_BLOCK_BYTES {
                 let reason = format!("the block is larger than {MAX_BLOCK_BYTES} bytes");
-                return Err((reason, false));
+                return Err(Failed::Permanent(reason));
             }
             block.extend_from_slice(&chunk);
         }
@@ -151,7 +152,7 @@ impl GatewayFetcher {
                 "the {} bytes served do not hash to {cid}: tampered or corrupt data, rejected",
                 block.len()
             );
-            return Err((reason, false));
+            return Err(Failed::Permanent(reason));
         }
         Ok(block)
     }

@@ -14,6 +14,7 @@ pub mod local_tree;
 pub mod metrics;
 pub mod panics;
 pub mod proto;
+pub mod retry;
 pub mod s3;
 pub mod selector;
 pub mod shutdown;

@@ -12,6 +12,7 @@ use shoal::proto::{
     CancelJobRequest, GetJobRequest, GetLogsRequest, Job, JobSpec, JobState, ListExecutionsRequest,
     ListJobsRequest, LogStream, SubmitJobRequest, WatchJobRequest, job_event,
 };
+use shoal::retry::{Retry, Transient as _};
 use shoal::spec::SpecDocument;
 use tracing::Instrument as _;
 
@@ -354,11 +355,19 @@ pub fn exit_code(job: &Job) -> u8 {
     }
 }
 
+/// How long a watch or a submission keeps trying while the orchestrator is unreachable or
+/// answers UNAVAILABLE (a restart, a full disk).
+const OUTAGE_WINDOW: Duration = Duration::from_secs(60);
+const OUTAGE_RETRY: Retry =
+    Retry::window(OUTAGE_WINDOW).delays(Duration::from_millis(200), Duration::from_secs(2));
+
 /// Follows a job until it ends, printing its output live if `logs`; resumes from the last
-/// event seen if the stream breaks (an orchestrator restart, say). Returns the final job.
+/// event seen if the stream breaks (an orchestrator restart, say), giving up after a minute
+/// without an event. Returns the final job.
 pub async fn watch(clients: &mut Clients, job_id: &str, logs: bool) -> anyhow::Result<Job> {
     let mut next = 0;
-    let mut failures = 0;
+    let mut backoff = OUTAGE_RETRY.backoff();
+    let mut last_progress = tokio::time::Instant::now();
     loop {
         let stream = clients
             .jobs
@@ -368,49 +377,51 @@ pub async fn watch(clients: &mut Clients, job_id: &str, logs: bool) -> anyhow::R
                 states_only: !logs,
             })
             .await;
-        let mut stream = match stream {
-            Ok(stream) => stream.into_inner(),
-            Err(status) if is_transient(&status) && failures < 60 => {
-                failures += 1;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+        let broken = match stream {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    let event = match stream.next().await {
+                        None => break None,
+                        Some(Ok(event)) => event,
+                        Some(Err(status)) if status.is_transient() => break Some(status),
+                        Some(Err(status)) => return Err(status.into()),
+                    };
+                    backoff.reset();
+                    last_progress = tokio::time::Instant::now();
+                    next = event.sequence + 1;
+                    match event.event {
+                        Some(job_event::Event::Log(chunk)) => {
+                            if chunk.stream() == LogStream::Stderr {
+                                let _ = std::io::stderr().write_all(&chunk.data);
+                            } else {
+                                let mut stdout = std::io::stdout();
+                                let _ = stdout.write_all(&chunk.data);
+                                let _ = stdout.flush();
+                            }
+                        }
+                        Some(job_event::Event::StateChange(change)) => {
+                            if logs {
+                                eprintln!("[{}] {}", change.state().short_name(), change.message);
+                            }
+                            if change.state().is_terminal() {
+                                return get_job(clients, job_id).await;
+                            }
+                        }
+                        None => {}
+                    }
+                }
             }
+            Err(status) if status.is_transient() => Some(status),
             Err(status) => return Err(status.into()),
         };
-        while let Some(event) = stream.next().await {
-            let event = match event {
-                Ok(event) => event,
-                Err(status) if is_transient(&status) => break,
-                Err(status) => return Err(status.into()),
-            };
-            failures = 0;
-            next = event.sequence + 1;
-            match event.event {
-                Some(job_event::Event::Log(chunk)) => {
-                    if chunk.stream() == LogStream::Stderr {
-                        let _ = std::io::stderr().write_all(&chunk.data);
-                    } else {
-                        let mut stdout = std::io::stdout();
-                        let _ = stdout.write_all(&chunk.data);
-                        let _ = stdout.flush();
-                    }
-                }
-                Some(job_event::Event::StateChange(change)) => {
-                    if logs {
-                        eprintln!("[{}] {}", change.state().short_name(), change.message);
-                    }
-                    if change.state().is_terminal() {
-                        return get_job(clients, job_id).await;
-                    }
-                }
-                None => {}
+        if last_progress.elapsed() > OUTAGE_WINDOW {
+            match broken {
+                Some(status) => bail!("lost the watch on job {job_id}: {}", status.message()),
+                None => bail!("lost the watch on job {job_id}"),
             }
         }
-        failures += 1;
-        if failures > 60 {
-            bail!("lost the watch on job {job_id}");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
@@ -423,37 +434,16 @@ async fn submit(clients: &mut Clients, spec: JobSpec) -> anyhow::Result<Job> {
         spec: Some(spec),
         idempotency_key: uuid::Uuid::now_v7().to_string(),
     };
-    let mut delay = Duration::from_millis(200);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        match clients.jobs.submit_job(request.clone()).await {
-            Ok(response) => {
-                return response
-                    .into_inner()
-                    .job
-                    .context("the orchestrator returned no job");
-            }
-            Err(status)
-                if status.code() == tonic::Code::Unavailable
-                    && tokio::time::Instant::now() + delay < deadline =>
-            {
-                tracing::warn!(
-                    error = status.message(),
-                    "the orchestrator is unavailable; retrying the submission"
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(status) => return Err(status.into()),
-        }
-    }
-}
-
-fn is_transient(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
-    )
+    let response = OUTAGE_RETRY
+        .run("submitting the job", || {
+            let (mut jobs, request) = (clients.jobs.clone(), request.clone());
+            async move { jobs.submit_job(request).await }
+        })
+        .await?;
+    response
+        .into_inner()
+        .job
+        .context("the orchestrator returned no job")
 }
 
 async fn get_job(clients: &mut Clients, job_id: &str) -> anyhow::Result<Job> {
