@@ -3,8 +3,7 @@
 //! dial again with capped exponential backoff and jitter, forever. Losing the orchestrator
 //! is deliberately not fatal: running executions go on, and their reports are resent.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use shoal::proto::executor_service_client::ExecutorServiceClient;
@@ -18,152 +17,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use shoal::retry::Backoff;
+
+use crate::context::ExecutionContext;
 use crate::error::{Error, Result};
-use crate::execution::{ExecutionContext, execute};
+use crate::execution::execute;
 use crate::metrics::Metrics;
-
-/// Reports of finished executions kept for resending in the next Register.
-const RECENT_FINISHED: usize = 1024;
-/// Bytes of reports resent in one Register (the orchestrator takes messages up to 16 MiB).
-const RESEND_BUDGET: usize = 8 << 20;
-/// Ids of executions cancelled before their assignment arrived.
-const CANCELLED_TOMBSTONES: usize = 1024;
-/// Bytes of sent reports kept until the orchestrator acknowledges them.
-const UNACKNOWLEDGED_BUDGET: usize = 32 << 20;
-
-/// Reports sent but not yet acknowledged as durable by the orchestrator, sent again in
-/// order on the next stream: a report lost with a broken stream, or with an orchestrator
-/// killed before its commit, is not lost (resending is safe, reports apply idempotently).
-/// Bounded by bytes: past 32 MiB the oldest are forgotten, and said so.
-#[derive(Default)]
-pub struct Unacknowledged {
-    reports: VecDeque<ExecutorMessage>,
-    bytes: usize,
-    /// The highest sequence number acknowledged so far.
-    through: u64,
-}
-
-impl Unacknowledged {
-    /// Keeps a report just sent; returns the executions whose finished report had to be
-    /// forgotten to stay in the budget (a Register then carries it among the recent ones).
-    fn keep(&mut self, report: &ExecutorMessage) -> Vec<String> {
-        use prost::Message as _;
-        if report.sequence == 0 {
-            return Vec::new();
-        }
-        self.bytes += report.encoded_len();
-        self.reports.push_back(report.clone());
-        let mut forgotten = Vec::new();
-        while self.bytes > UNACKNOWLEDGED_BUDGET
-            && let Some(oldest) = self.reports.pop_front()
-        {
-            self.bytes -= oldest.encoded_len();
-            forgotten.push(oldest);
-        }
-        if !forgotten.is_empty() {
-            tracing::warn!(
-                forgotten = forgotten.len(),
-                "more unacknowledged reports than the resend budget; the oldest cannot be resent"
-            );
-        }
-        finished_ids(forgotten)
-    }
-
-    /// Forgets the reports up to `through`; returns the executions whose finished report
-    /// is now acknowledged.
-    fn acknowledged(&mut self, through: u64) -> Vec<String> {
-        use prost::Message as _;
-        self.through = self.through.max(through);
-        let mut done = Vec::new();
-        while self.reports.front().is_some_and(|r| r.sequence <= through)
-            && let Some(report) = self.reports.pop_front()
-        {
-            self.bytes -= report.encoded_len();
-            done.push(report);
-        }
-        finished_ids(done)
-    }
-}
-
-/// The executions that `reports` say ended.
-fn finished_ids(reports: Vec<ExecutorMessage>) -> Vec<String> {
-    reports
-        .into_iter()
-        .filter_map(|report| match report.message {
-            Some(executor_message::Message::Finished(f)) => Some(f.execution_id),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Executions in flight and recently finished, shared by the connection and the executions.
-#[derive(Default)]
-pub struct Executions {
-    running: HashMap<String, CancellationToken>,
-    /// Executions stopped by a drain timeout: reported as lost, not cancelled, so the
-    /// orchestrator runs them elsewhere.
-    drained: HashMap<String, Duration>,
-    cancelled_early: VecDeque<String>,
-    /// Executions that ended but whose finished report the orchestrator has not yet
-    /// acknowledged (it may still be queued, or be resent): a Register counts them as
-    /// running, so their reports arrive in order behind their log chunks.
-    settling: std::collections::HashSet<String>,
-    recent_finished: VecDeque<ExecutionFinished>,
-    /// Encoded size of `recent_finished`, kept within [`RESEND_BUDGET`]: more could never be
-    /// resent, and reports carry result trees of up to 64 KiB.
-    recent_finished_bytes: usize,
-}
-
-impl Executions {
-    /// Remembers a finished report for resending, forgetting the oldest past the bounds.
-    fn remember_finished(&mut self, finished: ExecutionFinished) {
-        use prost::Message as _;
-        self.recent_finished_bytes += finished.encoded_len();
-        self.recent_finished.push_back(finished);
-        while self.recent_finished.len() > RECENT_FINISHED
-            || self.recent_finished_bytes > RESEND_BUDGET
-        {
-            let Some(oldest) = self.recent_finished.pop_front() else {
-                break;
-            };
-            self.recent_finished_bytes -= oldest.encoded_len();
-        }
-    }
-}
-
-/// Shared handle to [`Executions`].
-pub type SharedExecutions = Arc<Mutex<Executions>>;
-
-fn lock(executions: &SharedExecutions) -> std::sync::MutexGuard<'_, Executions> {
-    executions.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// These executions' finished reports need no resending in order any more.
-fn settled(executions: &SharedExecutions, ids: Vec<String>) {
-    if !ids.is_empty() {
-        let mut executions = lock(executions);
-        for id in ids {
-            executions.settling.remove(&id);
-        }
-    }
-}
-
-/// Ids of the executions running now.
-pub fn running_ids(executions: &SharedExecutions) -> Vec<String> {
-    lock(executions).running.keys().cloned().collect()
-}
-
-/// Stops every running execution because the drain took longer than `drain_timeout`.
-pub fn cancel_all_for_drain(executions: &SharedExecutions, drain_timeout: Duration) {
-    let mut executions = lock(executions);
-    let ids: Vec<String> = executions.running.keys().cloned().collect();
-    for id in ids {
-        executions.drained.insert(id.clone(), drain_timeout);
-        if let Some(token) = executions.running.get(&id) {
-            token.cancel();
-        }
-    }
-}
+use crate::reports::{
+    self, SharedExecutions, Unacknowledged, lock, recent_reports, running_ids, settled,
+};
 
 /// Everything the connection loop works with.
 pub struct Connection {
@@ -217,30 +79,6 @@ pub async fn run(
             _ = shutdown.cancelled() => {}
         }
     }
-}
-
-/// The recently finished reports to resend in a Register, newest first, up to
-/// [`RESEND_BUDGET`] bytes: reports can carry their result trees, and the Register must stay
-/// under the orchestrator's message limit. A report left out is not lost work: its
-/// execution is then neither running nor reported, so the orchestrator runs the job again.
-fn recent_reports(executions: &SharedExecutions) -> Vec<ExecutionFinished> {
-    use prost::Message as _;
-    let executions = lock(executions);
-    let mut budget = RESEND_BUDGET;
-    let mut reports: Vec<ExecutionFinished> = executions
-        .recent_finished
-        .iter()
-        .rev()
-        .take_while(|report| {
-            let size = report.encoded_len();
-            let fits = size <= budget;
-            budget = budget.saturating_sub(size);
-            fits
-        })
-        .cloned()
-        .collect();
-    reports.reverse();
-    reports
 }
 
 async fn session(
@@ -506,7 +344,7 @@ fn handle(connection: &mut Connection, message: shoal::proto::OrchestratorMessag
                 }
                 None => {
                     executions.cancelled_early.push_back(cancel.execution_id);
-                    if executions.cancelled_early.len() > CANCELLED_TOMBSTONES {
+                    if executions.cancelled_early.len() > reports::CANCELLED_TOMBSTONES {
                         executions.cancelled_early.pop_front();
                     }
                 }
@@ -553,46 +391,10 @@ where
     }
 }
 
-/// Capped exponential backoff with full jitter.
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff {
-            base,
-            cap,
-            attempt: 0,
-        }
-    }
-
-    /// Back to the shortest delay (after a successful connection).
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    /// The next delay: uniformly random up to min(cap, base * 2^attempt).
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(16))
-            .min(self.cap);
-        self.attempt = self.attempt.saturating_add(1);
-        // Jitter from the low bits of a fresh UUIDv7's random part: no extra RNG needed.
-        let random = uuid::Uuid::now_v7().as_u64_pair().1;
-        let fraction = (random % 1000) as u32;
-        (ceiling * fraction / 1000).max(Duration::from_millis(10))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Delays grow, stay under the cap, and start small again after a reset.
     /// A panic inside an execution's work fails that execution as INTERNAL, with the
     /// panic's message, instead of leaving it unreported.
     #[tokio::test]
@@ -607,53 +409,5 @@ mod tests {
         let failure = finished.failure.expect("failure");
         assert_eq!(failure.kind(), FailureKind::Internal);
         assert!(failure.message.contains("a bug"), "{}", failure.message);
-    }
-
-    #[test]
-    fn backoff_is_capped_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        for _ in 0..20 {
-            assert!(backoff.next_delay() <= Duration::from_secs(2));
-        }
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_millis(100));
-    }
-
-    /// Finished reports are kept within the resend budget and the count bound, newest
-    /// first out of memory last; all that are kept fit one resend.
-    #[test]
-    fn finished_reports_are_bounded_by_bytes_and_count() {
-        let report = |i: usize, size: usize| ExecutionFinished {
-            execution_id: format!("e{i}"),
-            result_blocks: vec![shoal::proto::ContentBlock {
-                cid: String::new(),
-                data: bytes::Bytes::from(vec![0; size]),
-            }],
-            ..Default::default()
-        };
-        let executions = SharedExecutions::default();
-        for i in 0..300 {
-            lock(&executions).remember_finished(report(i, 64 * 1024));
-        }
-        {
-            let executions = lock(&executions);
-            assert!(executions.recent_finished_bytes <= RESEND_BUDGET);
-            let kept = executions.recent_finished.len();
-            assert!((100..300).contains(&kept), "{kept} reports kept");
-            assert_eq!(
-                executions
-                    .recent_finished
-                    .back()
-                    .map(|r| r.execution_id.as_str()),
-                Some("e299")
-            );
-        }
-        let kept = lock(&executions).recent_finished.len();
-        assert_eq!(recent_reports(&executions).len(), kept);
-
-        for i in 0..2 * RECENT_FINISHED {
-            lock(&executions).remember_finished(report(i, 0));
-        }
-        assert_eq!(lock(&executions).recent_finished.len(), RECENT_FINISHED);
     }
 }

@@ -20,6 +20,8 @@ use wasmtime::{Engine, InstancePre, Linker, Module, ResourceLimiter, Store, Trap
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
+use tracing::Instrument as _;
+
 use crate::capture::Capture;
 use crate::error::{Error, Result};
 
@@ -144,6 +146,13 @@ fn pooling_config(instances: u32) -> wasmtime::PoolingAllocationConfig {
 /// A module compiled and linked against WASI, ready to instantiate.
 pub type Program = InstancePre<Guest>;
 
+/// A program from [`Runtime::get_or_compile`].
+pub struct Compiled {
+    pub program: Program,
+    /// The module's size if it was compiled now; None if it came from the cache.
+    pub compiled_bytes: Option<u64>,
+}
+
 /// The executor's wasmtime engine, linker and module cache.
 pub struct Runtime {
     engine: Engine,
@@ -201,8 +210,35 @@ impl Runtime {
         }))
     }
 
+    /// The program `key` (a content id): from the cache in memory or on disk, or else
+    /// compiled from the bytes `fetch` returns, then cached. Says which it was.
+    pub async fn get_or_compile<F, Fut>(
+        self: &Arc<Self>,
+        key: &str,
+        fetch: F,
+    ) -> Result<Compiled, Failure>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<u8>, Failure>>,
+    {
+        if let Some(program) = self.cached(key) {
+            return Ok(Compiled {
+                program,
+                compiled_bytes: None,
+            });
+        }
+        let bytes = fetch().await?;
+        let size = bytes.len() as u64;
+        let span = tracing::info_span!("compile", module_bytes = size);
+        let program = self.compile(key, bytes).instrument(span).await?;
+        Ok(Compiled {
+            program,
+            compiled_bytes: Some(size),
+        })
+    }
+
     /// The compiled program for `cid` if it is cached in memory or on disk.
-    pub fn cached(&self, cid: &str) -> Option<Program> {
+    fn cached(&self, cid: &str) -> Option<Program> {
         if let Some(program) = self.lock_programs().0.get(cid) {
             return Some(program.clone());
         }
@@ -229,7 +265,7 @@ impl Runtime {
 
     /// Compiles and links `bytes` (the program `cid`), caching the result. An invalid
     /// module or a link error is a structured failure.
-    pub async fn compile(self: &Arc<Self>, cid: &str, bytes: Vec<u8>) -> Result<Program, Failure> {
+    async fn compile(self: &Arc<Self>, cid: &str, bytes: Vec<u8>) -> Result<Program, Failure> {
         let this = self.clone();
         let cid = cid.to_owned();
         // The caller's span (compile, within the execution's) goes along to the thread.

@@ -1,6 +1,6 @@
-//! Staging: fetching a job's program and inputs (from the orchestrator's store, IPFS
-//! gateways, URLs or S3) into the execution's scratch directory, and laying the inputs
-//! out as read-only mounts.
+//! Staging the inputs: fetching each (from the orchestrator's store, IPFS gateways, URLs or
+//! S3, through the input cache) into the execution's scratch directory, and laying them out
+//! as read-only mounts.
 //!
 //! A directory input is mounted as itself at its target. WASI mounts are directories, so a
 //! file input is placed in a directory that is mounted at the target's parent; file inputs
@@ -14,89 +14,17 @@ use shoal::auth::AuthChannel;
 use shoal::cid::ContentId;
 use shoal::proto::S3Options;
 use shoal::proto::storage_service_client::StorageServiceClient;
-use shoal::proto::{DownloadRequest, Failure, FailureKind, InputSpec, StatRequest};
+use shoal::proto::{DownloadRequest, Failure, InputSpec, StatRequest};
 use shoal::s3::S3Fetcher;
 use shoal::source::{HttpSource, S3Source, Source, hex};
 
-use crate::cache::{Cached, InputCache, Pin};
-use crate::execution::ExecutionContext;
-use crate::retry;
-use crate::runtime::Preopen;
 use shoal::fetch::{Fetched, HttpFetcher};
 use shoal::ipfs::GatewayFetcher;
 
-/// Largest program accepted, in bytes.
-pub const MAX_PROGRAM_BYTES: u64 = 1 << 30;
-
-fn staging_failure(message: String) -> Failure {
-    Failure::new(FailureKind::Staging, message)
-}
-
-/// Fetches the program's bytes: from the orchestrator's store, or, if it lacks them, from
-/// the IPFS gateways into `dir`.
-pub async fn fetch_program(
-    storage: &mut StorageServiceClient<AuthChannel>,
-    ipfs: &GatewayFetcher,
-    cid: &ContentId,
-    dir: &Path,
-) -> Result<Vec<u8>, Failure> {
-    let failure = |m: String| staging_failure(format!("program {cid}: {m}"));
-    let request = DownloadRequest {
-        cid: cid.to_string(),
-        path: String::new(),
-        offset: 0,
-    };
-    let download = || {
-        let (mut storage, request) = (storage.clone(), request.clone());
-        async move {
-            let stream = storage.download(request).await?.into_inner();
-            shoal::transfer::download_bytes(stream, MAX_PROGRAM_BYTES).await
-        }
-    };
-    let downloaded = retry::store_call(
-        "fetching the program",
-        retry::STAGING_WINDOW,
-        retry::is_transient_core,
-        download,
-    )
-    .await;
-    match downloaded {
-        Ok(bytes) => Ok(bytes),
-        Err(shoal::Error::Rpc(status))
-            if status.code() == tonic::Code::NotFound && !ipfs.gateways().is_empty() =>
-        {
-            let path = dir.join("program.wasm");
-            let fetched = ipfs
-                .fetch_to(cid, &path, MAX_PROGRAM_BYTES)
-                .await
-                .map_err(failure)?;
-            if fetched.directory {
-                return Err(failure("it is a directory, not a program".into()));
-            }
-            tokio::fs::read(&path)
-                .await
-                .map_err(|e| failure(format!("cannot read the download: {e}")))
-        }
-        Err(error) => Err(failure(error.to_string())),
-    }
-}
-
-/// Fetches a program named by URL into `dir` and returns its bytes.
-pub async fn fetch_url_program(
-    http: &HttpFetcher,
-    source: &HttpSource,
-    dir: &Path,
-    max_bytes: u64,
-) -> Result<Vec<u8>, Failure> {
-    let path = dir.join("program.wasm");
-    let failure = |m: String| staging_failure(format!("program {}: {m}", source.url));
-    http.fetch(source, &path, max_bytes.min(MAX_PROGRAM_BYTES), None)
-        .await
-        .map_err(failure)?;
-    tokio::fs::read(&path)
-        .await
-        .map_err(|e| failure(format!("cannot read the download: {e}")))
-}
+use super::{STAGING_RETRY, staging_failure};
+use crate::context::ExecutionContext;
+use crate::input_cache::{Cached, InputCache, Pin};
+use crate::runtime::Preopen;
 
 /// The mounts of an execution's inputs, and the cache entries they use (released when
 /// this is dropped, after the run).
@@ -301,11 +229,12 @@ async fn fetch_cid(
         cid: cid.to_string(),
         path: String::new(),
     };
-    let stat = retry::store_call("stat", retry::STAGING_WINDOW, retry::is_transient, || {
-        let (mut storage, request) = (storage.clone(), stat_request.clone());
-        async move { storage.stat(request).await }
-    })
-    .await;
+    let stat = STAGING_RETRY
+        .run("stat", || {
+            let (mut storage, request) = (storage.clone(), stat_request.clone());
+            async move { storage.stat(request).await }
+        })
+        .await;
     let stat = match stat {
         Ok(stat) => stat.into_inner(),
         Err(status) if status.code() == tonic::Code::NotFound && !ipfs.gateways().is_empty() => {
@@ -355,17 +284,13 @@ async fn fetch_cid(
             shoal::transfer::download_to(stream, &path).await
         }
     };
-    let summary = retry::store_call(
-        "fetching an input",
-        retry::STAGING_WINDOW,
-        retry::is_transient_core,
-        download,
-    )
-    .await
-    .map_err(|e| {
-        remove_partial(&path);
-        e.to_string()
-    })?;
+    let summary = STAGING_RETRY
+        .run("fetching an input", download)
+        .await
+        .map_err(|e| {
+            remove_partial(&path);
+            e.to_string()
+        })?;
     let pin = cache.insert(
         &key,
         Cached {
