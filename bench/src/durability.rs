@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use shoal::proto::{Capacity, JobSpec, Register};
 use shoal::spec::SpecDefaults;
-use shoal_orchestrator::cluster::{Cluster, ClusterConfig, ExecutorSender};
+use shoal_orchestrator::cluster::{Cluster, ClusterConfig};
 use shoal_orchestrator::store::{Snapshot, Store, Write};
 
 use crate::{Args, Figure, micros, percentile};
@@ -100,10 +100,7 @@ pub async fn s1(args: &Args, _dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
         },
         Instant::now(),
     );
-    let mut receivers = Vec::new();
     for id in ["executor-a", "executor-b"] {
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        receivers.push(rx);
         cluster.register(
             Register {
                 executor_id: id.into(),
@@ -114,7 +111,6 @@ pub async fn s1(args: &Args, _dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
                 }),
                 ..Default::default()
             },
-            ExecutorSender::new(tx),
             SystemTime::now(),
             Instant::now(),
         )?;

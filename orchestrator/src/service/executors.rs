@@ -90,12 +90,16 @@ impl ExecutorService for ExecutorApi {
         for finished in &mut register.recently_finished {
             writes.extend(take_result_tree(&self.0, &executor_id, finished).await?);
         }
-        let sender = crate::cluster::ExecutorSender::new(tx);
-        let stuck = sender.stuck.clone();
+        let stream = crate::links::ExecutorStream::new(tx);
+        let stuck = stream.stuck.clone();
+        let links = self.0.links();
         let generation = self
             .0
             .apply_with(writes, |c| {
-                c.register(register, sender, SystemTime::now(), Instant::now())
+                let generation = c.register(register, SystemTime::now(), Instant::now())?;
+                // Before the commit completes, so the messages register() queued find it.
+                links.insert(&executor_id, generation, stream);
+                Ok(generation)
             })
             .await
             .inspect_err(|error| tracing::warn!(executor_id, %error, "executor refused"))?;
@@ -165,6 +169,7 @@ impl ExecutorService for ExecutorApi {
                     Ok(())
                 })
                 .await;
+            orchestrator.links().remove(&executor_id, generation);
             if let Err(error) = result {
                 tracing::error!(executor_id, %error, "recording the disconnect failed");
             }

@@ -1,0 +1,488 @@
+//! The orchestrator's in-memory view of jobs, executions and executors, and every transition
+//! between their states.
+//!
+//! `Cluster` does no I/O. Each transition records its effects (records to persist, messages
+//! for executors, watchers to wake, whether to run the scheduler); the caller persists them
+//! and only then lets them out (see `Orchestrator::apply`), so nothing outside the
+//! orchestrator ever acts on a state that is not yet durable.
+//!
+//! The transitions are grouped by what they are about: `jobs` (submit, cancel),
+//! `scheduling` (placing queued jobs, queue timeouts, the assignment), `executors`
+//! (register, heartbeat, drain, cordon, the lease sweep, acknowledgements) and
+//! `executions` (the executors' reports, and how an execution's end decides its job's).
+//! This file holds the state itself, its restore from the store, and the queries.
+
+mod executions;
+mod executors;
+mod jobs;
+mod scheduling;
+#[cfg(test)]
+mod testing;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime};
+
+use shoal::proto::{
+    Capacity, Execution, ExecutionResult, Failure, Job, JobEvent, JobState, ListJobsRequest, Node,
+    NodeState, OrchestratorMessage, StateChange, job_event, orchestrator_message,
+};
+use shoal::spec::SpecDefaults;
+
+use crate::error::{Error, Result};
+use crate::metrics::{self, Metrics};
+use crate::store::{Snapshot, Write};
+
+/// The stream a message is for: an executor, and the generation of its registration (a
+/// message for an earlier stream of the same executor is not delivered on a later one).
+/// The service layer owns the streams themselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub executor_id: String,
+    pub generation: u64,
+}
+
+/// Timing and defaults the state machine needs.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterConfig {
+    pub heartbeat_interval: Duration,
+    /// An executor silent (or disconnected) for this long is lost.
+    pub lease: Duration,
+    pub defaults: SpecDefaults,
+    /// Most jobs waiting in the queue; submissions past it get RESOURCE_EXHAUSTED.
+    pub max_queued: usize,
+    /// An assignment the executor has not acknowledged (reported on) within this long is
+    /// taken back: cancelled there, failed EXECUTOR_LOST and retried under the job's policy.
+    pub ack_timeout: Duration,
+    /// The most an executor may claim in `Register.capacity`; a registration claiming
+    /// more is refused (a lying executor would otherwise draw every job to itself).
+    pub max_capacity: Capacity,
+    /// The most log bytes kept per execution and stream (stdout, stderr); chunks past it are
+    /// dropped, whatever the executor sends.
+    pub max_log_bytes: u64,
+}
+
+impl Default for ClusterConfig {
+    /// The orchestrator's defaults.
+    fn default() -> Self {
+        ClusterConfig {
+            heartbeat_interval: Duration::from_secs(2),
+            lease: Duration::from_secs(10),
+            defaults: SpecDefaults {
+                timeout: Duration::from_secs(3600),
+                queue_timeout: Duration::from_secs(24 * 3600),
+            },
+            max_queued: 100_000,
+            ack_timeout: Duration::from_secs(5),
+            max_capacity: Capacity {
+                slots: 256,
+                memory_bytes: 1 << 40,
+            },
+            max_log_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What a batch of transitions wants done once it is durable.
+#[derive(Default)]
+pub struct Effects {
+    pub writes: Vec<Write>,
+    pub messages: Vec<(Recipient, OrchestratorMessage)>,
+    /// Jobs with new events, and their latest sequence number.
+    pub events: Vec<(String, u64)>,
+    /// Capacity or the queue changed: run the scheduler.
+    pub schedule: bool,
+}
+
+struct JobEntry {
+    job: Job,
+    last_sequence: u64,
+    queued_since: SystemTime,
+}
+
+struct NodeLink {
+    generation: u64,
+    /// The executor process that registered this stream (`Register.instance_id`).
+    instance_id: String,
+    /// The highest report sequence number received on this stream.
+    received_through: u64,
+}
+
+struct NodeEntry {
+    node: Node,
+    link: Option<NodeLink>,
+    last_seen: Instant,
+}
+
+/// All jobs, executions and executors.
+pub struct Cluster {
+    config: ClusterConfig,
+    jobs: BTreeMap<String, JobEntry>,
+    executions: HashMap<String, Execution>,
+    /// Queued job ids; ids are time-ordered, so iteration order is FIFO.
+    queue: BTreeSet<String>,
+    nodes: BTreeMap<String, NodeEntry>,
+    /// Next expected log offset per (execution, stream), to drop resent chunks.
+    log_offsets: HashMap<(String, i32), u64>,
+    /// Assignments sent but not yet acknowledged by their executor, and when they were
+    /// made (see [`ClusterConfig::ack_timeout`]).
+    unacknowledged: HashMap<String, SystemTime>,
+    /// Job ids by the idempotency key they were submitted with.
+    idempotency_keys: HashMap<String, String>,
+    next_generation: u64,
+    effects: Effects,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl Cluster {
+    /// Rebuilds the state from the store after a (re)start. Executors are all disconnected
+    /// until they register again; those that do not come back within a lease lose their
+    /// executions.
+    pub fn restore(snapshot: Snapshot, config: ClusterConfig, now: Instant) -> Self {
+        let mut cluster = Cluster {
+            config,
+            jobs: BTreeMap::new(),
+            executions: HashMap::new(),
+            queue: BTreeSet::new(),
+            nodes: BTreeMap::new(),
+            log_offsets: snapshot.log_ends.into_iter().collect(),
+            unacknowledged: HashMap::new(),
+            idempotency_keys: HashMap::new(),
+            next_generation: 1,
+            effects: Effects::default(),
+            metrics: std::sync::Arc::new(Metrics::new()),
+        };
+        let sequences: HashMap<_, _> = snapshot.last_sequences.into_iter().collect();
+        for job in snapshot.jobs {
+            if job.state() == JobState::Queued {
+                cluster.queue.insert(job.id.clone());
+            }
+            if !job.idempotency_key.is_empty() {
+                cluster
+                    .idempotency_keys
+                    .insert(job.idempotency_key.clone(), job.id.clone());
+            }
+            let queued_since = job
+                .updated_at
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .unwrap_or_else(SystemTime::now);
+            let last_sequence = sequences.get(&job.id).copied().unwrap_or(0);
+            cluster.jobs.insert(
+                job.id.clone(),
+                JobEntry {
+                    job,
+                    last_sequence,
+                    queued_since,
+                },
+            );
+        }
+        for mut node in snapshot.nodes {
+            node.state = NodeState::Disconnected as i32;
+            node.running_execution_ids.clear();
+            cluster.nodes.insert(
+                node.id.clone(),
+                NodeEntry {
+                    node,
+                    link: None,
+                    last_seen: now,
+                },
+            );
+        }
+        for execution in snapshot.executions {
+            if !execution.state().is_terminal() {
+                let entry = cluster
+                    .nodes
+                    .entry(execution.executor_id.clone())
+                    .or_insert_with(|| NodeEntry {
+                        node: Node {
+                            id: execution.executor_id.clone(),
+                            state: NodeState::Disconnected as i32,
+                            ..Default::default()
+                        },
+                        link: None,
+                        last_seen: now,
+                    });
+                entry.node.running_execution_ids.push(execution.id.clone());
+            }
+            cluster.executions.insert(execution.id.clone(), execution);
+        }
+        cluster.effects.schedule = true;
+        cluster
+    }
+
+    /// Replaces the state with what the store holds, after commits failed (a full disk):
+    /// the transitions whose writes were lost are forgotten with them, so no executor slot
+    /// stays held by an assignment that was never sent. The caller must end every executor
+    /// stream: reports sent on them may have been lost with the failed commits, and
+    /// registering again (with the executions still running and the recent finished
+    /// reports) is the reconciliation that recovers them. Until then executors count as
+    /// disconnected, with a lease to come back, as after a restart; generations go on from
+    /// where they were, so no message for an old stream reaches a new one.
+    pub fn reload(&mut self, snapshot: Snapshot, now: Instant) {
+        let mut fresh = Cluster::restore(snapshot, self.config, now);
+        fresh.metrics = self.metrics.clone();
+        fresh.next_generation = self.next_generation;
+        *self = fresh;
+    }
+
+    /// The metrics this state machine updates.
+    pub fn metrics(&self) -> std::sync::Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Sets the gauges that describe the present state, for a scrape.
+    pub fn refresh_metrics(&self) {
+        let mut by_state: HashMap<JobState, i64> = HashMap::new();
+        for entry in self.jobs.values() {
+            *by_state.entry(entry.job.state()).or_default() += 1;
+        }
+        for state in (1..=8).filter_map(|n| JobState::try_from(n).ok()) {
+            let count = by_state.get(&state).copied().unwrap_or(0);
+            self.metrics
+                .jobs
+                .get_or_create(&metrics::job_state(state))
+                .set(count);
+        }
+        self.metrics.queue_depth.set(self.queue.len() as i64);
+        let connected = self
+            .nodes
+            .values()
+            .filter(|n| n.link.is_some() && n.node.state() == NodeState::Connected)
+            .count();
+        self.metrics.executors_connected.set(connected as i64);
+        self.metrics
+            .executor_slots_free
+            .set(i64::try_from(self.free_slots()).unwrap_or(i64::MAX));
+    }
+
+    /// Takes the effects recorded since the last call.
+    pub fn take_effects(&mut self) -> Effects {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// One job.
+    pub fn job(&self, id: &str) -> Result<&Job> {
+        self.jobs
+            .get(id)
+            .map(|e| &e.job)
+            .ok_or_else(|| Error::NotFound(format!("no job {id}")))
+    }
+
+    /// The latest event sequence number of a job.
+    pub fn last_sequence(&self, id: &str) -> Result<u64> {
+        self.jobs
+            .get(id)
+            .map(|e| e.last_sequence)
+            .ok_or_else(|| Error::NotFound(format!("no job {id}")))
+    }
+
+    /// One execution.
+    pub fn execution(&self, id: &str) -> Result<&Execution> {
+        self.executions
+            .get(id)
+            .ok_or_else(|| Error::NotFound(format!("no execution {id}")))
+    }
+
+    /// Jobs newest first, filtered and paginated as `request` says.
+    pub fn list_jobs(&self, request: &ListJobsRequest) -> (Vec<Job>, String) {
+        let page_size = match request.page_size {
+            0 => 100,
+            n => n.min(1000) as usize,
+        };
+        let states: HashSet<i32> = request.states.iter().copied().collect();
+        let range = if request.page_token.is_empty() {
+            self.jobs.range::<String, _>(..)
+        } else {
+            self.jobs.range::<String, _>(..request.page_token.clone())
+        };
+        let mut jobs = Vec::new();
+        let mut next = String::new();
+        for entry in range.rev().map(|(_, entry)| entry) {
+            let job = &entry.job;
+            if !states.is_empty() && !states.contains(&job.state) {
+                continue;
+            }
+            if !request
+                .labels
+                .iter()
+                .all(|(k, v)| job.spec.as_ref().and_then(|s| s.labels.get(k)) == Some(v))
+            {
+                continue;
+            }
+            if jobs.len() == page_size {
+                // There is at least one more match: the next page starts after this one.
+                next = jobs.last().map(|j: &Job| j.id.clone()).unwrap_or_default();
+                break;
+            }
+            jobs.push(job.clone());
+        }
+        (jobs, next)
+    }
+
+    /// Every execution of a job, oldest first.
+    pub fn executions_of(&self, job_id: &str) -> Result<Vec<Execution>> {
+        self.job(job_id)?;
+        let mut executions: Vec<_> = self
+            .executions
+            .values()
+            .filter(|e| e.job_id == job_id)
+            .cloned()
+            .collect();
+        executions.sort_by_key(|e| e.attempt);
+        Ok(executions)
+    }
+
+    /// Every known executor, connected ones first.
+    pub fn nodes(&self) -> Vec<Node> {
+        let mut nodes: Vec<_> = self.nodes.values().map(|e| self.node_view(e)).collect();
+        nodes.sort_by_key(|n| (n.state != NodeState::Connected as i32, n.id.clone()));
+        nodes
+    }
+
+    /// One executor.
+    pub fn node(&self, id: &str) -> Result<Node> {
+        self.nodes
+            .get(id)
+            .map(|e| self.node_view(e))
+            .ok_or_else(|| Error::NotFound(format!("no executor {id}")))
+    }
+
+    fn node_view(&self, entry: &NodeEntry) -> Node {
+        let mut node = entry.node.clone();
+        node.allocated = Some(self.allocated(entry));
+        node
+    }
+
+    fn allocated(&self, entry: &NodeEntry) -> Capacity {
+        let mut allocated = Capacity::default();
+        for id in &entry.node.running_execution_ids {
+            allocated.slots += 1;
+            allocated.memory_bytes += self
+                .executions
+                .get(id)
+                .and_then(|e| self.jobs.get(&e.job_id))
+                .map(|j| job_memory(&j.job))
+                .unwrap_or(0);
+        }
+        allocated
+    }
+
+    /// Appends a state-change event and persists the job.
+    fn set_job_state(
+        &mut self,
+        job_id: &str,
+        state: JobState,
+        message: String,
+        failure: Option<Failure>,
+        result: Option<ExecutionResult>,
+        now: SystemTime,
+    ) {
+        let Some(entry) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        let job = &mut entry.job;
+        job.state = state as i32;
+        job.updated_at = Some(shoal::proto::timestamp(now));
+        if state.is_terminal() {
+            self.metrics
+                .jobs_finished
+                .get_or_create(&metrics::job_state(state))
+                .inc();
+        }
+        if state == JobState::Queued {
+            entry.queued_since = now;
+            job.failure = None;
+        }
+        if failure.is_some() {
+            job.failure = failure.clone();
+        }
+        if result.is_some() {
+            job.result = result.clone();
+        }
+        job.status_message = message.clone();
+        let change = StateChange {
+            state: state as i32,
+            execution_id: job.execution_id.clone(),
+            message,
+            failure,
+            result,
+        };
+        let job = job.clone();
+        self.effects.writes.push(Write::Job(job));
+        self.push_event(job_id, job_event::Event::StateChange(change), now);
+    }
+
+    fn push_event(&mut self, job_id: &str, event: job_event::Event, now: SystemTime) {
+        let Some(entry) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        entry.last_sequence += 1;
+        let sequence = entry.last_sequence;
+        self.effects.writes.push(Write::Event {
+            job_id: job_id.to_owned(),
+            event: JobEvent {
+                sequence,
+                time: Some(shoal::proto::timestamp(now)),
+                event: Some(event),
+            },
+        });
+        self.effects.events.push((job_id.to_owned(), sequence));
+    }
+
+    fn send_to(&mut self, executor_id: &str, message: orchestrator_message::Message) {
+        if let Some(link) = self.nodes.get(executor_id).and_then(|n| n.link.as_ref()) {
+            let recipient = Recipient {
+                executor_id: executor_id.to_owned(),
+                generation: link.generation,
+            };
+            self.effects.messages.push((
+                recipient,
+                OrchestratorMessage {
+                    message: Some(message),
+                },
+            ));
+        }
+    }
+
+    fn is_current(&self, execution: &Execution) -> bool {
+        self.jobs
+            .get(&execution.job_id)
+            .is_some_and(|j| j.job.execution_id == execution.id && !j.job.state().is_terminal())
+    }
+
+    fn live_node(&mut self, executor_id: &str, generation: u64) -> Option<&mut NodeEntry> {
+        self.nodes
+            .get_mut(executor_id)
+            .filter(|n| n.link.as_ref().is_some_and(|l| l.generation == generation))
+    }
+}
+
+/// Most bytes of text an executor's report may store (a failure message, a publish
+/// location); the rest is cut.
+const MAX_REPORTED_TEXT: usize = 4096;
+
+/// Executor ids name executors in listings, logs and metrics: 1-253 characters of letters,
+/// digits, `.`, `_` and `-` (a host name fits), so no id can carry a NUL, a newline or a
+/// `/` into them (a forged row in `node list`, say).
+fn check_executor_id(id: &str) -> Result<()> {
+    let fine = !id.is_empty()
+        && id.len() <= 253
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if fine {
+        return Ok(());
+    }
+    let shown: String = id.chars().take(64).collect();
+    Err(Error::InvalidArgument(format!(
+        "register.executor_id {shown:?} must be 1-253 characters of letters, digits, '.', '_' \
+         and '-'"
+    )))
+}
+
+fn job_memory(job: &Job) -> u64 {
+    job.spec
+        .as_ref()
+        .and_then(|s| s.resources)
+        .map(|r| r.memory_bytes)
+        .unwrap_or(0)
+}

@@ -1,0 +1,445 @@
+//! Scheduling: placing queued jobs, oldest first, on connected executors with a free slot,
+//! enough memory and matching labels; failing jobs past their queue timeout; recording why
+//! a job waits; and the assignment itself (the execution record and the `Assign` message).
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::time::{Duration, SystemTime};
+
+use shoal::proto::{
+    Execution, ExecutionState, Failure, FailureKind, JobSpec, JobState, NodeState,
+    orchestrator_message,
+};
+use shoal::selector::Selector;
+
+use super::*;
+use crate::store::Write;
+
+impl Cluster {
+    /// Places queued jobs, oldest first, on connected executors with a free slot, enough
+    /// memory and matching labels; fails jobs past their queue timeout; records for every
+    /// job left waiting why it waits. This full pass runs on every sweep tick.
+    pub fn schedule(&mut self, now: SystemTime) {
+        self.schedule_pass(now, true);
+    }
+
+    /// Places what fits after a change (a submission, a freed slot, a new executor): like
+    /// [`schedule`](Self::schedule), but once no executor has a free slot the rest of the
+    /// queue is left for the next full pass, so a deep queue costs nothing per completion.
+    pub fn schedule_placements(&mut self, now: SystemTime) {
+        self.schedule_pass(now, false);
+    }
+
+    /// Free slots on executors that take work.
+    pub(super) fn free_slots(&self) -> u64 {
+        self.nodes
+            .values()
+            .filter(|n| {
+                n.link.is_some() && n.node.state() == NodeState::Connected && !n.node.cordoned
+            })
+            .map(|n| {
+                let capacity = n.node.capacity.unwrap_or_default().slots;
+                u64::from(capacity.saturating_sub(self.allocated(n).slots))
+            })
+            .sum()
+    }
+
+    pub(super) fn schedule_pass(&mut self, now: SystemTime, full: bool) {
+        let mut unplaceable: HashMap<(Vec<String>, u64), String> = HashMap::new();
+        let mut free_slots = self.free_slots();
+        let mut cursor: Option<String> = None;
+        loop {
+            let next = match &cursor {
+                None => self.queue.iter().next(),
+                Some(after) => self
+                    .queue
+                    .range::<str, _>((Bound::Excluded(after.as_str()), Bound::Unbounded))
+                    .next(),
+            };
+            let Some(job_id) = next.cloned() else { break };
+            cursor = Some(job_id.clone());
+            let Some(entry) = self.jobs.get(&job_id) else {
+                self.queue.remove(&job_id);
+                continue;
+            };
+            let spec = entry.job.spec.as_ref();
+            let shape = (
+                spec.map(|s| s.constraints.clone()).unwrap_or_default(),
+                job_memory(&entry.job),
+            );
+            let placed = match unplaceable.get(&shape) {
+                Some(reason) => Err(reason.clone()),
+                None => self.placement(spec.unwrap_or(&JobSpec::default())),
+            };
+            let reason = match placed {
+                Ok(executor_id) => {
+                    self.assign(&job_id, &executor_id, now);
+                    free_slots = free_slots.saturating_sub(1);
+                    continue;
+                }
+                Err(_) if !full && free_slots == 0 => break,
+                Err(reason) => reason,
+            };
+            let queue_timeout = spec
+                .and_then(|s| s.queue_timeout)
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or(self.config.defaults.queue_timeout);
+            let waited = now.duration_since(entry.queued_since).unwrap_or_default();
+            let stale_reason = entry.job.status_message != reason;
+            unplaceable.entry(shape).or_insert_with(|| reason.clone());
+            if waited >= queue_timeout {
+                self.queue.remove(&job_id);
+                let message = format!(
+                    "not scheduled within the queue timeout of {}: {reason}",
+                    shoal::units::format_duration(queue_timeout)
+                );
+                let failure = Failure::new(FailureKind::QueueTimeout, message.clone());
+                self.set_job_state(
+                    &job_id,
+                    JobState::TimedOut,
+                    message,
+                    Some(failure),
+                    None,
+                    now,
+                );
+            } else if stale_reason {
+                // Not an event, but persisted so `describe` says why the job waits.
+                if let Some(entry) = self.jobs.get_mut(&job_id) {
+                    entry.job.status_message = reason;
+                    self.effects.writes.push(Write::Job(entry.job.clone()));
+                }
+            }
+        }
+    }
+
+    /// The executor to run `spec` on, or why there is none. Among fitting executors, the
+    /// one with the most free slots wins, which spreads work across the fleet.
+    pub(super) fn placement(&self, spec: &JobSpec) -> std::result::Result<String, String> {
+        let selector = Selector::parse(&spec.constraints, "constraints").unwrap_or_default();
+        let memory = spec.resources.map(|r| r.memory_bytes).unwrap_or(0);
+        let live: Vec<&NodeEntry> = self
+            .nodes
+            .values()
+            .filter(|n| n.link.is_some() && n.node.state() == NodeState::Connected)
+            .collect();
+        let connected: Vec<&NodeEntry> =
+            live.iter().copied().filter(|n| !n.node.cordoned).collect();
+        if connected.is_empty() {
+            if !live.is_empty() {
+                return Err(format!(
+                    "waiting for an executor: all {} connected are cordoned",
+                    live.len()
+                ));
+            }
+            return Err("waiting for an executor to connect: none is connected".into());
+        }
+        let mut unmet: BTreeMap<String, usize> = BTreeMap::new();
+        let mut best: Option<(u32, &NodeEntry)> = None;
+        let mut too_small = 0;
+        let mut largest = 0;
+        for entry in &connected {
+            if let Some(requirement) = selector.first_unmet(&entry.node.labels) {
+                *unmet.entry(requirement.to_string()).or_default() += 1;
+                continue;
+            }
+            let capacity = entry.node.capacity.unwrap_or_default();
+            largest = largest.max(capacity.memory_bytes);
+            if capacity.memory_bytes < memory {
+                too_small += 1;
+                continue;
+            }
+            let allocated = self.allocated(entry);
+            let free_slots = capacity.slots.saturating_sub(allocated.slots);
+            let free_memory = capacity.memory_bytes.saturating_sub(allocated.memory_bytes);
+            if free_slots > 0 && free_memory >= memory && best.is_none_or(|(s, _)| free_slots > s) {
+                best = Some((free_slots, entry));
+            }
+        }
+        if let Some((_, entry)) = best {
+            return Ok(entry.node.id.clone());
+        }
+        let total = connected.len();
+        if unmet.values().sum::<usize>() == total {
+            let detail = unmet
+                .iter()
+                .map(|(req, n)| format!("`{req}` is not met by {n} of them"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(format!(
+                "no connected executor satisfies the constraints ({total} connected): {detail}"
+            ));
+        }
+        if too_small + unmet.values().sum::<usize>() == total {
+            return Err(format!(
+                "the job needs {} of memory; the largest matching executor offers {}",
+                shoal::units::format_size(memory),
+                shoal::units::format_size(largest)
+            ));
+        }
+        Err("waiting for a free slot on a matching executor".into())
+    }
+
+    pub(super) fn assign(&mut self, job_id: &str, executor_id: &str, now: SystemTime) {
+        self.queue.remove(job_id);
+        let Some(entry) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        entry.job.attempts += 1;
+        let attempt = entry.job.attempts;
+        let waited = now.duration_since(entry.queued_since).unwrap_or_default();
+        self.metrics
+            .scheduling_latency
+            .observe(waited.as_secs_f64());
+        let execution_id = shoal::ids::ExecutionId::new().to_string();
+        entry.job.execution_id = execution_id.clone();
+        let spec = entry.job.spec.clone();
+        // The placement, as a span of the job's trace and the parent of the execution's
+        // spans on the executor. Only for traced jobs: an untraced one logs nothing here.
+        let trace_context = if entry.job.trace_context.is_empty() {
+            HashMap::new()
+        } else {
+            let span = tracing::info_span!(
+                "schedule",
+                job_id,
+                execution_id,
+                executor_id,
+                attempt,
+                queue_wait_ms = waited.as_millis() as u64,
+            );
+            shoal::telemetry::set_parent_from_map(&span, &entry.job.trace_context);
+            shoal::telemetry::context_map(&span)
+        };
+        let execution = Execution {
+            id: execution_id.clone(),
+            job_id: job_id.to_owned(),
+            executor_id: executor_id.to_owned(),
+            attempt,
+            state: ExecutionState::Scheduled as i32,
+            created_at: Some(shoal::proto::timestamp(now)),
+            ..Default::default()
+        };
+        self.effects
+            .writes
+            .push(Write::Execution(execution.clone()));
+        self.executions.insert(execution_id.clone(), execution);
+        tracing::info!(
+            job_id,
+            execution_id,
+            executor_id,
+            attempt,
+            "execution assigned"
+        );
+        if let Some(node) = self.nodes.get_mut(executor_id) {
+            node.node.running_execution_ids.push(execution_id.clone());
+        }
+        self.unacknowledged.insert(execution_id.clone(), now);
+        self.set_job_state(
+            job_id,
+            JobState::Scheduled,
+            format!("assigned to executor {executor_id} (attempt {attempt})"),
+            None,
+            None,
+            now,
+        );
+        self.send_to(
+            executor_id,
+            orchestrator_message::Message::Assign(shoal::proto::Assign {
+                execution_id,
+                job_id: job_id.to_owned(),
+                spec,
+                attempt,
+                trace_context,
+            }),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+    use shoal::proto::Resources;
+
+    /// Jobs are placed oldest first, spread over executors, and one that fits nowhere
+    /// waits with a reason.
+    #[test]
+    fn fifo_placement_spreads_and_explains() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 1, &[]);
+        let _b = connect(&mut c, "b", 1, &[]);
+        let now = SystemTime::now();
+        let jobs: Vec<String> = (0..3)
+            .map(|_| c.submit(spec(), HashMap::new(), now).expect("submit").id)
+            .collect();
+        c.take_effects();
+        c.schedule(now);
+        let placed = assignments(&mut c);
+        assert_eq!(
+            placed.iter().map(|(j, _)| j.clone()).collect::<Vec<_>>(),
+            jobs[..2]
+        );
+        let mut executors: Vec<_> = placed.iter().map(|(_, e)| executor_of(&c, e)).collect();
+        executors.sort();
+        assert_eq!(executors, ["a", "b"]);
+        let waiting = c.job(&jobs[2]).expect("job");
+        assert_eq!(waiting.state(), JobState::Queued);
+        assert!(
+            waiting.status_message.contains("free slot"),
+            "{}",
+            waiting.status_message
+        );
+        // Capacity freed by a completion goes to the waiting job.
+        let (_, execution) = &placed[0];
+        let executor = executor_of(&c, execution);
+        finish(&mut c, &executor, execution, None);
+        c.schedule(now);
+        assert_eq!(assignments(&mut c).len(), 1);
+        assert_eq!(c.job(&jobs[0]).expect("job").state(), JobState::Completed);
+    }
+
+    /// Constraints pick matching executors; an unsatisfiable one is named, and the job
+    /// times out in the queue.
+    /// A job submitted to an empty queue is placed in the submitting transition, its
+    /// records and its assignment among the same effects; one submitted behind a waiting
+    /// job is left to the scheduler's pass.
+    #[test]
+    fn a_job_submitted_to_an_empty_queue_is_placed_at_once() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 2, &[("zone", "a")]);
+        let now = SystemTime::now();
+        let first = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        c.place_if_first(&first, now);
+        assert_eq!(c.job(&first).expect("job").state(), JobState::Scheduled);
+        let effects = c.take_effects();
+        assert!(
+            effects
+                .writes
+                .iter()
+                .any(|w| matches!(w, Write::Execution(_))),
+            "the execution record is among the submitting transition's writes"
+        );
+        let assigned = effects
+            .messages
+            .iter()
+            .filter(|(_, m)| matches!(m.message, Some(orchestrator_message::Message::Assign(_))))
+            .count();
+        assert_eq!(assigned, 1);
+
+        // A job no executor satisfies waits (with its reason); one behind it is not placed
+        // by its submission, although a slot is free, but by the next pass.
+        let mut unsatisfiable = spec();
+        unsatisfiable.constraints = vec!["zone=b".into()];
+        let waiting = c
+            .submit(unsatisfiable, HashMap::new(), now)
+            .expect("submit")
+            .id;
+        c.place_if_first(&waiting, now);
+        assert!(
+            c.job(&waiting)
+                .expect("job")
+                .status_message
+                .contains("zone=b")
+        );
+        let second = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        c.place_if_first(&second, now);
+        assert!(assignments(&mut c).is_empty());
+        assert_eq!(c.job(&second).expect("job").state(), JobState::Queued);
+        c.schedule_placements(now);
+        assert_eq!(assignments(&mut c).len(), 1);
+        assert_eq!(c.job(&second).expect("job").state(), JobState::Scheduled);
+    }
+
+    /// The pass run after every change places what fits and stops once the fleet is
+    /// full, leaving the rest of the queue (and why it waits) to the periodic full pass.
+    #[test]
+    fn placement_passes_stop_when_the_fleet_is_full() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 1, &[]);
+        let now = SystemTime::now();
+        let jobs: Vec<String> = (0..3)
+            .map(|_| c.submit(spec(), HashMap::new(), now).expect("submit").id)
+            .collect();
+        c.take_effects();
+        c.schedule_placements(now);
+        let placed = assignments(&mut c);
+        assert_eq!(placed.len(), 1);
+        assert_eq!(placed[0].0, jobs[0]);
+        for waiting in &jobs[1..] {
+            let job = c.job(waiting).expect("job");
+            assert_eq!(job.state(), JobState::Queued);
+            assert!(
+                !job.status_message.contains("free slot"),
+                "a placement pass looked past a full fleet: {}",
+                job.status_message
+            );
+        }
+        c.schedule(now);
+        assert!(assignments(&mut c).is_empty());
+        for waiting in &jobs[1..] {
+            let job = c.job(waiting).expect("job");
+            assert!(
+                job.status_message.contains("free slot"),
+                "{}",
+                job.status_message
+            );
+        }
+    }
+
+    #[test]
+    fn constraints_match_or_are_explained() {
+        let mut c = cluster();
+        let _eu = connect(&mut c, "eu", 2, &[("region", "eu")]);
+        let _us = connect(&mut c, "us", 2, &[("region", "us")]);
+        let now = SystemTime::now();
+        let mut wants_us = spec();
+        wants_us.constraints = vec!["region=us".into()];
+        let mut wants_mars = spec();
+        wants_mars.constraints = vec!["region in (mars)".into()];
+        wants_mars.queue_timeout = Some(prost_types::Duration {
+            seconds: 5,
+            nanos: 0,
+        });
+        let us = c.submit(wants_us, HashMap::new(), now).expect("submit").id;
+        let mars = c
+            .submit(wants_mars, HashMap::new(), now)
+            .expect("submit")
+            .id;
+        c.schedule(now);
+        let placed = assignments(&mut c);
+        assert_eq!(placed.len(), 1);
+        assert_eq!(placed[0].0, us);
+        assert_eq!(executor_of(&c, &placed[0].1), "us");
+        let message = &c.job(&mars).expect("job").status_message;
+        assert!(
+            message.contains("`region in (mars)` is not met by 2 of them"),
+            "{message}"
+        );
+        c.schedule(now + Duration::from_secs(6));
+        let job = c.job(&mars).expect("job");
+        assert_eq!(job.state(), JobState::TimedOut);
+        assert_eq!(
+            job.failure.as_ref().map(|f| f.kind()),
+            Some(FailureKind::QueueTimeout)
+        );
+    }
+
+    /// Memory requests count against executor memory.
+    #[test]
+    fn memory_is_a_placement_constraint() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 4, &[]);
+        let now = SystemTime::now();
+        let mut big = spec();
+        big.resources = Some(Resources {
+            memory_bytes: 3 << 30,
+        });
+        let _first = c
+            .submit(big.clone(), HashMap::new(), now)
+            .expect("submit")
+            .id;
+        let second = c.submit(big, HashMap::new(), now).expect("submit").id;
+        c.schedule(now);
+        assert_eq!(assignments(&mut c).len(), 1, "4 GiB hold one 3 GiB job");
+        assert_eq!(c.job(&second).expect("job").state(), JobState::Queued);
+    }
+}

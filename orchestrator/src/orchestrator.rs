@@ -1,0 +1,426 @@
+//! The state behind every service, and the rule it keeps: a transition's effects (messages
+//! to executors, watchers woken, the scheduler nudged) happen only once its writes are
+//! durable ([`Orchestrator::apply`]). Also the store watchdog, which reloads the state once
+//! the store writes again after a failed commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::{Cluster, ClusterConfig, Effects};
+use crate::config::Config;
+use crate::content::ContentStore;
+use crate::error::{self, Result};
+use crate::links::Links;
+use crate::metrics;
+use crate::store::{Commit, Store, Write};
+use crate::wal;
+
+/// How long a message may wait for room in an executor's stream.
+const EXECUTOR_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The shared state behind every service.
+pub struct Orchestrator {
+    pub(crate) config: Config,
+    pub(crate) cluster: Mutex<Cluster>,
+    pub(crate) store: Store,
+    content: ContentStore,
+    /// Fetchers for CopyFromUrl and CopyFromS3.
+    http: shoal::fetch::HttpFetcher,
+    s3: shoal::s3::S3Fetcher,
+    /// Fetcher for CIDs the store lacks (Pin), from `--ipfs-gateway`.
+    ipfs: shoal::ipfs::GatewayFetcher,
+    /// Latest committed event sequence per watched job.
+    watchers: std::sync::Mutex<HashMap<String, watch::Sender<u64>>>,
+    metrics: Arc<metrics::Metrics>,
+    /// The executors' streams, which the cluster's messages are delivered on.
+    links: Links,
+    /// Whether the store writes (false from a failed commit until the store writes again
+    /// and the state was reloaded from it; see `store_watchdog`).
+    store_writes: watch::Sender<bool>,
+    pub(crate) schedule: Notify,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Orchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// A transition's writes, queued for commit, and what to do once they are durable.
+struct Pending {
+    commit: Option<Commit>,
+    effects: Effects,
+}
+
+impl Orchestrator {
+    /// Runs `transition` on the cluster state and returns once its writes are durable and
+    /// its messages sent.
+    pub async fn apply<T>(&self, transition: impl FnOnce(&mut Cluster) -> Result<T>) -> Result<T> {
+        self.apply_with(Vec::new(), transition).await
+    }
+
+    /// Like [`apply`](Self::apply), with `writes` (e.g. the blocks of result trees sent with
+    /// completions) committed atomically with the transition's own.
+    pub async fn apply_with<T>(
+        &self,
+        writes: Vec<Write>,
+        transition: impl FnOnce(&mut Cluster) -> Result<T>,
+    ) -> Result<T> {
+        let (value, pending) = self.transition(writes, false, transition).await?;
+        self.complete(pending).await?;
+        value
+    }
+
+    /// Like [`apply_with`](Self::apply_with), but the caller does not wait for the disk;
+    /// effects still happen only after the commit. Used for the executor stream, whose
+    /// order is kept by the store's FIFO writes. With `deferrable` (progress reports), the
+    /// commit may wait briefly to share a later one ([`crate::store::DEFER_AT_MOST`]).
+    pub async fn apply_detached(
+        self: &Arc<Self>,
+        writes: Vec<Write>,
+        deferrable: bool,
+        transition: impl FnOnce(&mut Cluster),
+    ) -> Result<()> {
+        let (_, pending) = self
+            .transition(writes, deferrable, |cluster| {
+                transition(cluster);
+                Ok(())
+            })
+            .await?;
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            if let Err(error) = this.complete(pending).await {
+                tracing::error!(%error, "committing executor updates failed");
+            }
+        });
+        Ok(())
+    }
+
+    /// Runs `transition` under the cluster lock and queues its writes (after `writes`) for
+    /// commit, in state-change order.
+    async fn transition<T>(
+        &self,
+        mut writes: Vec<Write>,
+        deferrable: bool,
+        transition: impl FnOnce(&mut Cluster) -> Result<T>,
+    ) -> Result<(Result<T>, Pending)> {
+        let mut cluster = self.cluster.lock().await;
+        if !*self.store_writes.borrow() {
+            // The state in memory may hold transitions whose writes failed; nothing is
+            // built on it until it has been reloaded from the store.
+            return Err(error::Error::StoreUnavailable(
+                "a commit failed (is the disk full?); the orchestrator takes writes again once \
+                 the store does"
+                    .into(),
+            ));
+        }
+        let value = transition(&mut cluster);
+        let mut effects = cluster.take_effects();
+        // The caller's writes go first: records may refer to them, never the reverse.
+        if !writes.is_empty() {
+            writes.append(&mut effects.writes);
+            effects.writes = writes;
+        }
+        // Queued while the lock is held, so the store sees writes in state-change order.
+        let writes = std::mem::take(&mut effects.writes);
+        // An acknowledgement tells an executor to forget reports: it must wait for every
+        // commit queued before it, even when this transition writes nothing itself.
+        let acknowledges = effects.messages.iter().any(|(_, m)| {
+            matches!(
+                m.message,
+                Some(shoal::proto::orchestrator_message::Message::Acknowledged(_))
+            )
+        });
+        let commit = match (writes.is_empty() && !acknowledges, deferrable) {
+            (true, _) => None,
+            (false, false) => Some(self.store.queue(writes).await?),
+            (false, true) => Some(self.store.queue_deferrable(writes).await?),
+        };
+        Ok((value, Pending { commit, effects }))
+    }
+
+    /// Waits for `pending`'s commit, then lets its effects out: messages to executors,
+    /// watchers woken, the scheduler nudged.
+    async fn complete(&self, pending: Pending) -> Result<()> {
+        if let Some(commit) = pending.commit
+            && let Err(error) = commit.wait().await
+        {
+            if matches!(error, error::Error::StoreUnavailable(_)) {
+                // The transition is in memory but not on disk, and its effects (an
+                // assignment holding a slot, say) must not stay: the watchdog reloads
+                // the state once the store writes again.
+                self.store_writes
+                    .send_if_modified(|writes| std::mem::replace(writes, false));
+            }
+            return Err(error);
+        }
+        let effects = pending.effects;
+        for (recipient, message) in effects.messages {
+            let Some(stream) = self.links.get(&recipient) else {
+                continue; // that stream ended: its executor is reconciled when it registers
+            };
+            // A closed stream is fine: the executor's loss is handled by the lease. A stream
+            // that stays full is stuck; waiting forever would stall every caller behind it,
+            // so the stream is ended: the executor reconnects, and registration reconciles
+            // what it missed (an assignment it never got is retried as EXECUTOR_LOST).
+            self.metrics.message("sent", message.type_name());
+            let sent = tokio::time::timeout(EXECUTOR_SEND_TIMEOUT, stream.tx.send(Ok(message)));
+            if sent.await.is_err() {
+                tracing::error!(
+                    "an executor stream stayed full for {EXECUTOR_SEND_TIMEOUT:?}; disconnecting it"
+                );
+                stream.stuck.cancel();
+            }
+        }
+        if !effects.events.is_empty() {
+            let watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+            for (job_id, sequence) in effects.events {
+                if let Some(sender) = watchers.get(&job_id) {
+                    sender.send_if_modified(|latest| {
+                        let newer = sequence > *latest;
+                        if newer {
+                            *latest = sequence;
+                        }
+                        newer
+                    });
+                }
+            }
+        }
+        if effects.schedule {
+            self.schedule.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Whether the store writes now (false while it fails: health says NOT_SERVING).
+    pub fn store_writes(&self) -> watch::Receiver<bool> {
+        self.store_writes.subscribe()
+    }
+
+    /// A receiver that changes whenever new events of `job_id` are durable.
+    pub fn subscribe(&self, job_id: &str) -> watch::Receiver<u64> {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        watchers
+            .entry(job_id.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Drops the watch channel of `job_id` if nobody listens any more.
+    pub fn unsubscribe(&self, job_id: &str) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if watchers
+            .get(job_id)
+            .is_some_and(|s| s.receiver_count() == 0)
+        {
+            watchers.remove(job_id);
+        }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
+    }
+
+    /// The metrics in the OpenMetrics text format, with the state gauges up to date.
+    pub async fn render_metrics(&self) -> String {
+        self.cluster.lock().await.refresh_metrics();
+        self.metrics.encode()
+    }
+
+    /// The durable store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The content store.
+    pub fn content(&self) -> &ContentStore {
+        &self.content
+    }
+
+    /// The URL fetcher.
+    pub fn http(&self) -> &shoal::fetch::HttpFetcher {
+        &self.http
+    }
+
+    /// The S3 fetcher.
+    pub fn s3(&self) -> &shoal::s3::S3Fetcher {
+        &self.s3
+    }
+
+    /// The IPFS gateway fetcher (with no gateways when none is configured).
+    pub fn ipfs(&self) -> &shoal::ipfs::GatewayFetcher {
+        &self.ipfs
+    }
+
+    /// The executors' open streams.
+    pub fn links(&self) -> &Links {
+        &self.links
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Cancelled when the orchestrator shuts down; long-lived streams end with it.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Read access to the cluster state.
+    pub async fn read<T>(&self, f: impl FnOnce(&Cluster) -> T) -> T {
+        f(&*self.cluster.lock().await)
+    }
+
+    /// Tracks a background task so shutdown waits for it.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+}
+
+/// Opens the data directory and restores the orchestrator's state.
+/// `own` are the orchestrator's listening addresses, which `CopyFromUrl` never fetches from.
+pub async fn open(
+    config: Config,
+    own: Vec<std::net::SocketAddr>,
+    shutdown: CancellationToken,
+) -> Result<Arc<Orchestrator>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| error::Error::io(format!("creating {}", config.data_dir.display()), e))?;
+    let recovery = if config.recover_wal {
+        wal::Recovery::MoveAside
+    } else {
+        wal::Recovery::Refuse
+    };
+    let (store, snapshot) = Store::open_with(&config.data_dir.join("state.redb"), recovery)?;
+    let s3 = shoal::s3::S3Fetcher::new(config.s3.clone());
+    let content_bucket = match &config.content_store {
+        Some(location) => Some((
+            s3.client(None).await,
+            location.bucket.clone(),
+            location.prefix.clone(),
+        )),
+        None => None,
+    };
+    let content = ContentStore::open_with(
+        &config.data_dir.join("content"),
+        content_bucket,
+        store.clone(),
+        config.max_upload_bytes,
+    )?;
+    content.blocks().check().await?;
+    tracing::info!(
+        jobs = snapshot.jobs.len(),
+        executions = snapshot.executions.len(),
+        data_dir = %config.data_dir.display(),
+        blocks = content.blocks().location(),
+        "state restored"
+    );
+    let cluster = Cluster::restore(
+        snapshot,
+        ClusterConfig {
+            heartbeat_interval: config.heartbeat_interval,
+            lease: config.lease,
+            defaults: shoal::spec::SpecDefaults {
+                timeout: config.default_timeout,
+                queue_timeout: config.default_queue_timeout,
+            },
+            max_queued: config.max_queued_jobs,
+            ack_timeout: config.assign_ack_timeout,
+            max_capacity: shoal::proto::Capacity {
+                slots: config.max_executor_slots,
+                memory_bytes: config.max_executor_memory,
+            },
+            max_log_bytes: config.max_log_per_execution,
+        },
+        Instant::now(),
+    );
+    let policy = shoal::fetch::UrlPolicy::new(&config.urls)
+        .map_err(error::Error::InvalidArgument)?
+        .refusing_own(own);
+    let http = shoal::fetch::HttpFetcher::new(5, 3, policy).map_err(|e| {
+        error::Error::InvalidArgument(format!("cannot set up the HTTP client: {e}"))
+    })?;
+    let ipfs = shoal::ipfs::GatewayFetcher::new(config.ipfs_gateways.clone()).map_err(|e| {
+        error::Error::InvalidArgument(format!("cannot set up the IPFS gateway client: {e}"))
+    })?;
+    let metrics = cluster.metrics();
+    Ok(Arc::new(Orchestrator {
+        config,
+        cluster: Mutex::new(cluster),
+        store,
+        content,
+        http,
+        s3,
+        ipfs,
+        watchers: std::sync::Mutex::new(HashMap::new()),
+        metrics,
+        links: Links::default(),
+        store_writes: watch::channel(true).0,
+        schedule: Notify::new(),
+        shutdown,
+        tasks: TaskTracker::new(),
+    }))
+}
+
+/// After a failed commit: probes the store until it writes again (a full disk freed), then
+/// reloads the state from it — forgetting the transitions whose writes were lost, with the
+/// executor slots their unsent assignments held — and takes work again. Without this the
+/// queue stayed wedged until a restart.
+pub(crate) async fn store_watchdog(orchestrator: Arc<Orchestrator>) {
+    let mut writes = orchestrator.store_writes();
+    let shutdown = orchestrator.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = writes.wait_for(|ok| !ok) => if changed.is_err() { return },
+        }
+        tracing::error!("a store commit failed: refusing writes until the store writes again");
+        let mut delay = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
+            let probe = async {
+                orchestrator
+                    .store
+                    .queue(vec![Write::Probe])
+                    .await?
+                    .wait()
+                    .await?;
+                orchestrator.store.snapshot().await
+            };
+            let snapshot = match probe.await {
+                Ok(snapshot) => snapshot,
+                Err(error) => {
+                    tracing::warn!(%error, "the store does not write yet");
+                    continue;
+                }
+            };
+            let mut cluster = orchestrator.cluster.lock().await;
+            cluster.reload(snapshot, Instant::now());
+            orchestrator.links.end_all();
+            drop(cluster.take_effects());
+            orchestrator.store_writes.send_replace(true);
+            drop(cluster);
+            orchestrator.schedule.notify_one();
+            tracing::info!("the store writes again; state reloaded from it");
+            break;
+        }
+    }
+}
