@@ -23,7 +23,7 @@ pub enum Error {
     TreeTooLarge(String),
     /// A local file could not be read or written. The path is shortened in the message:
     /// a guest can make paths of any length.
-    #[error("{}: {source}", crate::local_tree::shorten(path.as_os_str(), 240))]
+    #[error("{}: {source}", shorten(path.as_os_str(), 240))]
     Io {
         path: PathBuf,
         #[source]
@@ -52,6 +52,19 @@ pub fn excerpt(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
+}
+
+/// A path shortened for a message: at most about `max` bytes, its start and end kept.
+pub fn shorten(path: &std::ffi::OsStr, max: usize) -> String {
+    use std::os::unix::ffi::OsStrExt as _;
+    let text = String::from_utf8_lossy(path.as_bytes());
+    if text.len() <= max {
+        return text.into_owned();
+    }
+    let half = max / 2;
+    let start = text.floor_char_boundary(half);
+    let end = text.ceil_char_boundary(text.len() - half);
+    format!("{}…{}", &text[..start], &text[end..])
 }
 
 /// A status whose message is cut to [`MAX_STATUS_MESSAGE`].

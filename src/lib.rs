@@ -1,28 +1,34 @@
-//! Shoal's shared core: the `shoal.v1` protocol, ids, content ids, job-spec parsing and
-//! validation, label selectors, file-tree transfer over the storage API, and telemetry setup.
+//! Shoal's shared core, grouped by purpose:
+//!
+//! - [`protocol`]: the `shoal.v1` protobuf and gRPC code ([`proto`]) and the ids it carries
+//!   ([`ids`]). This is all a gRPC client needs: with `default-features = false` the crate
+//!   is only this (and [`error`]), without the fetchers, servers and telemetry below.
+//! - [`content`]: content addressing (CIDs, UnixFS trees) and moving trees between disk and
+//!   the storage API.
+//! - [`spec`]: job specs (the YAML/JSON document, defaults, validation), label selectors,
+//!   program and input sources, sizes and durations.
+//! - [`data`]: the data sources inputs and programs come from: HTTP(S) URLs, S3 and IPFS
+//!   gateways.
+//! - [`net`]: gRPC channels with tokens and TLS, and the one retry with backoff.
+//! - [`daemon`]: what every process needs: logs and traces, the metrics endpoint, the panic
+//!   hook and signal handling.
 //!
 //! The daemons (`shoal-orchestrator`, `shoal-executor`) and the `shoal` CLI all build on this
 //! crate; it has no knowledge of wasmtime or of the orchestrator's store.
 
-pub mod auth;
-pub mod cid;
 pub mod error;
-pub mod fetch;
-pub mod ids;
-pub mod ipfs;
-pub mod local_tree;
-pub mod metrics;
-pub mod panics;
-pub mod proto;
-pub mod retry;
-pub mod s3;
-pub mod selector;
-pub mod shutdown;
-pub mod source;
+pub mod protocol;
+
+#[cfg(feature = "full")]
+pub mod content;
+#[cfg(feature = "full")]
+pub mod daemon;
+#[cfg(feature = "full")]
+pub mod data;
+#[cfg(feature = "full")]
+pub mod net;
+#[cfg(feature = "full")]
 pub mod spec;
-pub mod telemetry;
-pub mod transfer;
-pub mod units;
-pub mod unixfs;
 
 pub use error::{Error, Result};
+pub use protocol::{ids, proto};

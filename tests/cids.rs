@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use shoal::unixfs::{CHUNK_SIZE, MAX_LINKS, file_cid};
+use shoal::content::unixfs::{CHUNK_SIZE, MAX_LINKS, file_cid};
 
 fn oracle(bytes: &[u8]) -> String {
     let dir = tempfile::tempdir().expect("tempdir");

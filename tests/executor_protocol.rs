@@ -73,7 +73,7 @@ fn message(message: executor_message::Message) -> ExecutorMessage {
 /// The blocks of a result tree with `stdout`, an empty `stderr` and `exitCode` 0.
 fn result_tree(stdout: &str) -> Vec<ContentBlock> {
     let file = |name: &str, data: &str| (name.to_owned(), Some(Bytes::from(data.to_owned())));
-    let (blocks, _) = shoal::unixfs::directory_tree(vec![
+    let (blocks, _) = shoal::content::unixfs::directory_tree(vec![
         file("exitCode", "0"),
         file("stderr", ""),
         file("stdout", stdout),
@@ -162,7 +162,7 @@ async fn result_trees_sent_with_completions_are_checked_and_stored() {
     let root = root_of(&root_first);
     root_first.rotate_right(1);
     let root_first = (root, root_first);
-    let oversized = result_tree(&"x".repeat(shoal::transfer::MAX_INLINE_RESULT_BYTES + 1));
+    let oversized = result_tree(&"x".repeat(shoal::content::transfer::MAX_INLINE_RESULT_BYTES + 1));
     let oversized = (root_of(&oversized), oversized);
     // A completion naming a result that was never uploaded, or no CID at all.
     let unstored = (

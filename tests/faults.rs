@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{free_port, path, start_orchestrator};
-use shoal::auth::{AuthChannel, CallerMetadata};
+use shoal::net::auth::{AuthChannel, CallerMetadata};
 use shoal::proto::job_service_client::JobServiceClient;
 use shoal::proto::storage_service_client::StorageServiceClient;
 use shoal::proto::{
@@ -58,10 +58,10 @@ async fn acknowledged_jobs_survive_two_orchestrator_kills() {
     );
 
     let mut storage = StorageServiceClient::new(channel(&address));
-    let program = shoal::transfer::upload_path(
+    let program = shoal::content::transfer::upload_path(
         &mut storage,
         std::path::Path::new(&path("examples/hello/hello.wasm")),
-        shoal::transfer::TreeBounds::LOCAL,
+        shoal::content::transfer::TreeBounds::LOCAL,
         None,
     )
     .await
@@ -196,7 +196,7 @@ async fn acknowledged_jobs_survive_two_orchestrator_kills() {
             .await
             .expect("results")
             .into_inner();
-        let stdout = shoal::transfer::download_bytes(stream, 1 << 20)
+        let stdout = shoal::content::transfer::download_bytes(stream, 1 << 20)
             .await
             .expect("stdout");
         let stdout = String::from_utf8_lossy(&stdout);

@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::{Devstack, pseudo_random};
-use shoal::cid::{ContentId, DAG_PB};
+use shoal::content::cid::{ContentId, DAG_PB};
 
 fn read_varint(bytes: &[u8], at: &mut usize) -> u64 {
     let (mut value, mut shift) = (0u64, 0);
@@ -52,9 +52,13 @@ fn reassemble(cid: &ContentId, blocks: &HashMap<ContentId, Vec<u8>>, out: &mut V
         out.extend_from_slice(block);
         return;
     }
-    let (node, _) = shoal::unixfs::decode_node(block).expect("dag-pb");
+    let (node, _) = shoal::content::unixfs::decode_node(block).expect("dag-pb");
     for link in &node.links {
-        reassemble(&shoal::unixfs::link_cid(link).expect("link"), blocks, out);
+        reassemble(
+            &shoal::content::unixfs::link_cid(link).expect("link"),
+            blocks,
+            out,
+        );
     }
 }
 
@@ -74,7 +78,7 @@ async fn gateway_serves_verifiable_blocks_and_cars() {
         .stdout
         .trim()
         .to_owned();
-    let file_cid: ContentId = shoal::unixfs::file_cid(&big, true);
+    let file_cid: ContentId = shoal::content::unixfs::file_cid(&big, true);
     let http = reqwest::Client::new();
     let get = |url: String| {
         let http = http.clone();

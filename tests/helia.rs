@@ -271,7 +271,8 @@ async fn jobs_read_cids_from_helia_and_tampering_is_caught() {
     );
 
     // A CID that no gateway holds: a STAGING failure naming the input and the answer.
-    let nowhere = shoal::cid::ContentId::of_block(shoal::cid::RAW, b"held by nobody");
+    let nowhere =
+        shoal::content::cid::ContentId::of_block(shoal::content::cid::RAW, b"held by nobody");
     let id = stack
         .submit(&[
             &path("tests/fixtures/copytree.wasm"),

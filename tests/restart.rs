@@ -6,7 +6,7 @@ mod common;
 
 use common::small_disk::SmallDisk;
 use common::{bin, free_port, path, shoal, start_orchestrator, state, wait_connected};
-use shoal::auth::{AuthChannel, CallerMetadata};
+use shoal::net::auth::{AuthChannel, CallerMetadata};
 use shoal::proto::job_service_client::JobServiceClient;
 use shoal::proto::{JobSpec, SubmitJobRequest};
 use tonic_health::pb::HealthCheckRequest;

@@ -353,7 +353,7 @@ pub async fn b5(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
 
     // The baseline: bare tonic, same chunk size, same loopback.
     let port = free_port()?;
-    let chunk = Bytes::from(vec![b'x'; shoal::transfer::CHUNK_SIZE]);
+    let chunk = Bytes::from(vec![b'x'; shoal::content::transfer::CHUNK_SIZE]);
     let bare = |total: u64| {
         StorageServiceServer::new(BareDownloads {
             chunk: chunk.clone(),
@@ -458,8 +458,8 @@ pub async fn b5(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
             details: serde_json::json!({
                 "bytes": slow_bytes,
                 "round_trip_ms": (2 * SLOW_LINK_ONE_WAY).as_millis() as u64,
-                "stream_window": shoal::transfer::HTTP2_STREAM_WINDOW,
-                "connection_window": shoal::transfer::HTTP2_CONNECTION_WINDOW,
+                "stream_window": shoal::net::HTTP2_STREAM_WINDOW,
+                "connection_window": shoal::net::HTTP2_CONNECTION_WINDOW,
                 "baseline": "the same download with tonic's and hyper's default HTTP/2 settings (2 MiB stream window)",
             }),
         },

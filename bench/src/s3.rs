@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use shoal::s3::{S3Defaults, S3Fetcher};
-use shoal::source::S3Source;
+use shoal::data::s3::{S3Defaults, S3Fetcher};
+use shoal::spec::source::S3Source;
 
 use crate::{Args, Figure};
 

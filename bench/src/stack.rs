@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use shoal::auth::{AuthChannel, ClientSecurity};
+use shoal::net::auth::{AuthChannel, ClientSecurity};
 use shoal::proto::job_service_client::JobServiceClient;
 use shoal::proto::node_service_client::NodeServiceClient;
 use shoal::proto::storage_service_client::StorageServiceClient;
@@ -61,10 +61,10 @@ impl Clients {
 
     /// Uploads a file or directory into the orchestrator's content store; returns its CID.
     pub async fn put(&mut self, path: &Path) -> anyhow::Result<String> {
-        let response = shoal::transfer::upload_path(
+        let response = shoal::content::transfer::upload_path(
             &mut self.storage,
             path,
-            shoal::transfer::TreeBounds::LOCAL,
+            shoal::content::transfer::TreeBounds::LOCAL,
             None,
         )
         .await

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use shoal::auth::AuthChannel;
+use shoal::net::auth::AuthChannel;
 use shoal::proto::job_service_client::JobServiceClient;
 use shoal::proto::node_service_client::NodeServiceClient;
 use shoal::proto::storage_service_client::StorageServiceClient;
@@ -24,7 +24,7 @@ pub struct Clients {
 pub struct Target {
     /// `http(s)://host:port`; a bare `host:port` means http.
     pub address: String,
-    pub security: shoal::auth::ClientSecurity,
+    pub security: shoal::net::auth::ClientSecurity,
 }
 
 impl Target {

@@ -28,7 +28,7 @@ pub struct Cli {
     )]
     pub orchestrator: String,
     #[command(flatten)]
-    pub security: shoal::auth::ClientSecurity,
+    pub security: shoal::net::auth::ClientSecurity,
     #[command(subcommand)]
     pub command: Command,
 }

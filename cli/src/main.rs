@@ -6,16 +6,16 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = shoal_cli::Cli::parse();
-    let options = shoal::telemetry::Options {
-        format: shoal::telemetry::LogFormat::Pretty,
+    let options = shoal::daemon::telemetry::Options {
+        format: shoal::daemon::telemetry::LogFormat::Pretty,
         default_directives: "warn",
         service_name: "shoal-cli",
         process_fields: Vec::new(),
     };
     // Unusable trace settings must not stop anyone from using the CLI: it runs untraced.
-    let telemetry = shoal::telemetry::init(options.clone()).unwrap_or_else(|error| {
+    let telemetry = shoal::daemon::telemetry::init(options.clone()).unwrap_or_else(|error| {
         eprintln!("Warning: {error}; traces are off");
-        shoal::telemetry::init_untraced(options)
+        shoal::daemon::telemetry::init_untraced(options)
     });
     let code = match shoal_cli::run(cli).await {
         Ok(code) => std::process::ExitCode::from(code),

@@ -26,22 +26,22 @@ pub struct Config {
     #[arg(long, env = "SHOAL_SLOTS", default_value_t = default_slots())]
     pub slots: u32,
     /// Guest memory offered to all running executions together.
-    #[arg(long = "memory", env = "SHOAL_MEMORY", default_value = "8GiB", value_parser = shoal::units::parse_size)]
+    #[arg(long = "memory", env = "SHOAL_MEMORY", default_value = "8GiB", value_parser = shoal::spec::units::parse_size)]
     pub memory_bytes: u64,
     /// Scratch space for executions and the compiled-module cache.
     #[arg(long, env = "SHOAL_WORK_DIR", default_value = "./shoal-executor")]
     pub work_dir: PathBuf,
     /// Most stdout (and, separately, stderr) kept per execution; the rest is dropped.
-    #[arg(long, env = "SHOAL_LOG_CAP", default_value = "64MiB", value_parser = shoal::units::parse_size)]
+    #[arg(long, env = "SHOAL_LOG_CAP", default_value = "64MiB", value_parser = shoal::spec::units::parse_size)]
     pub log_cap: u64,
     /// Most bytes of outputs and logs an execution may publish.
-    #[arg(long, env = "SHOAL_MAX_OUTPUT", default_value = "10GiB", value_parser = shoal::units::parse_size)]
+    #[arg(long, env = "SHOAL_MAX_OUTPUT", default_value = "10GiB", value_parser = shoal::spec::units::parse_size)]
     pub max_output_bytes: u64,
     /// Disk space for cached inputs (by CID, or by URL and strong ETag); 0 disables it.
-    #[arg(long, env = "SHOAL_INPUT_CACHE", default_value = "10GiB", value_parser = shoal::units::parse_size)]
+    #[arg(long, env = "SHOAL_INPUT_CACHE", default_value = "10GiB", value_parser = shoal::spec::units::parse_size)]
     pub input_cache_bytes: u64,
     /// Most bytes of inputs (and of a fetched program) per execution.
-    #[arg(long = "max-input", env = "SHOAL_MAX_INPUT", default_value = "10GiB", value_parser = shoal::units::parse_size)]
+    #[arg(long = "max-input", env = "SHOAL_MAX_INPUT", default_value = "10GiB", value_parser = shoal::spec::units::parse_size)]
     pub max_input_bytes: u64,
     /// Redirects followed when fetching a URL.
     #[arg(long, env = "SHOAL_HTTP_MAX_REDIRECTS", default_value_t = 5)]
@@ -50,13 +50,13 @@ pub struct Config {
     #[arg(long, env = "SHOAL_HTTP_RETRIES", default_value_t = 3)]
     pub http_retries: u32,
     #[command(flatten)]
-    pub s3: shoal::s3::S3Defaults,
+    pub s3: shoal::data::s3::S3Defaults,
     /// Time allowed for fetching a program and its inputs (not counted in the run timeout).
-    #[arg(long, env = "SHOAL_STAGING_TIMEOUT", default_value = "10m", value_parser = shoal::units::parse_duration)]
+    #[arg(long, env = "SHOAL_STAGING_TIMEOUT", default_value = "10m", value_parser = shoal::spec::units::parse_duration)]
     pub staging_timeout: Duration,
     /// On SIGTERM, how long running executions may go on (no new work is taken) before
     /// they are stopped and handed back to the orchestrator to run elsewhere.
-    #[arg(long, env = "SHOAL_DRAIN_TIMEOUT", default_value = "5m", value_parser = shoal::units::parse_duration)]
+    #[arg(long, env = "SHOAL_DRAIN_TIMEOUT", default_value = "5m", value_parser = shoal::spec::units::parse_duration)]
     pub drain_timeout: Duration,
     /// Address to serve Prometheus metrics on (`GET /metrics`), e.g. `0.0.0.0:9091`; off
     /// if unset.
@@ -64,10 +64,10 @@ pub struct Config {
     pub metrics_listen: Option<String>,
     /// Which hosts URL inputs and programs may come from.
     #[command(flatten)]
-    pub urls: shoal::fetch::UrlPolicyArgs,
+    pub urls: shoal::data::http::UrlPolicyArgs,
     /// Token and TLS settings for reaching the orchestrator.
     #[command(flatten)]
-    pub security: shoal::auth::ClientSecurity,
+    pub security: shoal::net::auth::ClientSecurity,
 }
 
 fn default_executor_id() -> String {
@@ -101,7 +101,7 @@ impl Config {
             input_cache_bytes: 10 << 30,
             http_max_redirects: 5,
             http_retries: 3,
-            s3: shoal::s3::S3Defaults::aws(),
+            s3: shoal::data::s3::S3Defaults::aws(),
             staging_timeout: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(300),
             security: Default::default(),
@@ -128,8 +128,8 @@ impl Config {
                 let (key, value) = label
                     .split_once('=')
                     .ok_or_else(|| Error::Config(format!("label {label:?} must be KEY=VALUE")))?;
-                let key = shoal::selector::label_key(key).map_err(Error::Config)?;
-                let value = shoal::selector::label_value(value).map_err(Error::Config)?;
+                let key = shoal::spec::selector::label_key(key).map_err(Error::Config)?;
+                let value = shoal::spec::selector::label_value(value).map_err(Error::Config)?;
                 Ok((key, value))
             })
             .collect()

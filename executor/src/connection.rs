@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use shoal::retry::Backoff;
+use shoal::net::retry::Backoff;
 
 use crate::context::ExecutionContext;
 use crate::error::{Error, Result};
@@ -32,7 +32,7 @@ pub struct Connection {
     pub context: Arc<ExecutionContext>,
     pub executions: SharedExecutions,
     pub tasks: TaskTracker,
-    pub channel: shoal::auth::AuthChannel,
+    pub channel: shoal::net::auth::AuthChannel,
     /// Set once the executor drains: no new work, and the orchestrator is told.
     pub draining: tokio::sync::watch::Receiver<bool>,
     /// Reports to send again if the stream breaks before they are acknowledged.
@@ -284,7 +284,7 @@ fn handle(connection: &mut Connection, message: shoal::proto::OrchestratorMessag
                 otel.status_code = tracing::field::Empty,
                 otel.status_message = tracing::field::Empty,
             );
-            shoal::telemetry::set_parent_from_map(&span, &assign.trace_context);
+            shoal::daemon::telemetry::set_parent_from_map(&span, &assign.trace_context);
             span.in_scope(|| tracing::info!("execution assigned"));
             let context = connection.context.clone();
             let executions = connection.executions.clone();
@@ -305,7 +305,7 @@ fn handle(connection: &mut Connection, message: shoal::proto::OrchestratorMessag
                             FailureKind::ExecutorLost,
                             format!(
                                 "the executor shut down and its drain timeout ({}) ran out first",
-                                shoal::units::format_duration(timeout)
+                                shoal::spec::units::format_duration(timeout)
                             ),
                         );
                         finished.state = failure.kind().execution_state() as i32;
@@ -372,7 +372,7 @@ async fn run_isolated<F>(
 where
     F: std::future::Future<Output = (ExecutionFinished, Option<std::path::PathBuf>)>,
 {
-    match shoal::panics::catch_panic(work).await {
+    match shoal::daemon::panics::catch_panic(work).await {
         Ok(done) => done,
         Err(panic) => {
             let failure = Failure::new(

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use shoal::auth::AuthChannel;
+use shoal::net::auth::AuthChannel;
 use shoal::proto::storage_service_client::StorageServiceClient;
 use shoal::proto::{
     ExecutionFinished, ExecutionState, ExecutionUpdate, ExecutorMessage, executor_message,
@@ -81,11 +81,11 @@ impl Uplink {
 pub struct ExecutionContext {
     pub runtime: Arc<Runtime>,
     pub storage: StorageServiceClient<AuthChannel>,
-    pub http: shoal::fetch::HttpFetcher,
+    pub http: shoal::data::http::HttpFetcher,
     pub cache: Arc<InputCache>,
-    pub s3: shoal::s3::S3Fetcher,
+    pub s3: shoal::data::s3::S3Fetcher,
     /// The orchestrator's IPFS gateways, as its latest `Registered` named them.
-    pub ipfs: std::sync::RwLock<Arc<shoal::ipfs::GatewayFetcher>>,
+    pub ipfs: std::sync::RwLock<Arc<shoal::data::ipfs::GatewayFetcher>>,
     pub config: Arc<Config>,
     pub uplink: Uplink,
     pub metrics: Arc<Metrics>,
@@ -95,7 +95,7 @@ pub struct ExecutionContext {
 
 impl ExecutionContext {
     /// The IPFS gateway fetcher for CIDs the orchestrator's store lacks.
-    pub fn ipfs(&self) -> Arc<shoal::ipfs::GatewayFetcher> {
+    pub fn ipfs(&self) -> Arc<shoal::data::ipfs::GatewayFetcher> {
         self.ipfs.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -104,7 +104,7 @@ impl ExecutionContext {
         let gateways: Vec<_> = gateways
             .iter()
             .filter_map(|g| {
-                shoal::ipfs::parse_gateway(g)
+                shoal::data::ipfs::parse_gateway(g)
                     .inspect_err(|error| tracing::warn!(%error, "ignoring an IPFS gateway"))
                     .ok()
             })
@@ -112,7 +112,7 @@ impl ExecutionContext {
         if gateways == self.ipfs().gateways() {
             return;
         }
-        match shoal::ipfs::GatewayFetcher::new(gateways) {
+        match shoal::data::ipfs::GatewayFetcher::new(gateways) {
             Ok(fetcher) => {
                 *self.ipfs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fetcher)
             }

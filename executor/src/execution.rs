@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal::local_tree::TreeBounds;
+use shoal::content::local_tree::TreeBounds;
 use shoal::proto::{
     Assign, ExecutionFinished, ExecutionLog, ExecutionResult, ExecutionState, Failure, FailureKind,
     JobSpec, LogChunk, LogStream, executor_message,
@@ -232,9 +232,10 @@ async fn watch_output_quota(
         }
         // Logs held in memory (at most IN_MEMORY_MAX per stream) are counted at the end.
         let dir = results_dir.clone();
-        let walked =
-            tokio::task::spawn_blocking(move || shoal::local_tree::walk(&dir, TreeBounds::GUEST))
-                .await;
+        let walked = tokio::task::spawn_blocking(move || {
+            shoal::content::local_tree::walk(&dir, TreeBounds::GUEST)
+        })
+        .await;
         let over = match walked {
             Ok(Ok(entries)) => over_limit(entries.iter().map(|e| e.size).sum(), limit),
             Ok(Err(shoal::Error::TreeTooLarge(reason))) => {

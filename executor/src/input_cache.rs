@@ -66,7 +66,7 @@ impl InputCache {
     /// A cache of at most `capacity` bytes under `root`, which is emptied first (entries
     /// are not remembered across restarts). A capacity of 0 caches nothing.
     pub fn new(root: &Path, capacity: u64) -> std::io::Result<Arc<Self>> {
-        shoal::local_tree::remove(root)?;
+        shoal::content::local_tree::remove(root)?;
         std::fs::create_dir_all(root)?;
         Ok(Arc::new(InputCache {
             root: root.to_owned(),
@@ -164,7 +164,7 @@ impl InputCache {
 }
 
 fn remove_path(path: &Path) {
-    let result = shoal::local_tree::remove(path);
+    let result = shoal::content::local_tree::remove(path);
     if let Err(error) = result
         && error.kind() != std::io::ErrorKind::NotFound
     {

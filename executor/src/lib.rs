@@ -39,7 +39,11 @@ use crate::error::{Error, Result};
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     config.check()?;
     let metrics_listener = match &config.metrics_listen {
-        Some(address) => Some(shoal::metrics::bind(address).await.map_err(Error::Config)?),
+        Some(address) => Some(
+            shoal::daemon::metrics::bind(address)
+                .await
+                .map_err(Error::Config)?,
+        ),
         None => None,
     };
     let config = Arc::new(config);
@@ -61,18 +65,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_while_idle(true)
         .connect_lazy();
-    let channel = shoal::auth::AuthChannel::new(channel, bearer);
+    let channel = shoal::net::auth::AuthChannel::new(channel, bearer);
     let storage =
         StorageServiceClient::new(channel.clone()).max_decoding_message_size(16 * 1024 * 1024);
     let (uplink, uplink_rx) = context::Uplink::new(1024);
-    let policy = shoal::fetch::UrlPolicy::new(&config.urls).map_err(Error::Config)?;
+    let policy = shoal::data::http::UrlPolicy::new(&config.urls).map_err(Error::Config)?;
     let http =
-        shoal::fetch::HttpFetcher::new(config.http_max_redirects, config.http_retries, policy)
+        shoal::data::http::HttpFetcher::new(config.http_max_redirects, config.http_retries, policy)
             .map_err(|e| Error::Config(format!("cannot set up the HTTP client: {e}")))?;
     let cache =
         input_cache::InputCache::new(&config.work_dir.join("inputs"), config.input_cache_bytes)
             .map_err(|e| Error::io("preparing the input cache", e))?;
-    let s3 = shoal::s3::S3Fetcher::new(config.s3.clone());
+    let s3 = shoal::data::s3::S3Fetcher::new(config.s3.clone());
     let metrics = Arc::new(metrics::Metrics::new());
     let context = Arc::new(context::ExecutionContext {
         runtime,
@@ -81,7 +85,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         cache,
         s3,
         ipfs: std::sync::RwLock::new(Arc::new(
-            shoal::ipfs::GatewayFetcher::new(Vec::new())
+            shoal::data::ipfs::GatewayFetcher::new(Vec::new())
                 .map_err(|e| Error::Config(format!("cannot set up the IPFS client: {e}")))?,
         )),
         config: config.clone(),
@@ -139,7 +143,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             async move { metrics.encode() }
         };
         // Up until the drain is over, so the drain itself can be watched.
-        tokio::spawn(shoal::metrics::serve(listener, render, stop.clone()));
+        tokio::spawn(shoal::daemon::metrics::serve(
+            listener,
+            render,
+            stop.clone(),
+        ));
     }
     connection::run(connection, uplink_rx, stop).await;
     let _ = drain.await;

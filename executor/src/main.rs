@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     /// Log format: pretty or json.
     #[arg(long, env = "SHOAL_LOG_FORMAT", default_value = "pretty")]
-    log_format: shoal::telemetry::LogFormat,
+    log_format: shoal::daemon::telemetry::LogFormat,
     /// Check the settings (flags and environment) and exit: 0 if the daemon would start
     /// with them, 2 with the reason if not. Nothing is bound, opened or created.
     #[arg(long)]
@@ -25,19 +25,19 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if cli.check_config {
         cli.config.check()?;
-        shoal::telemetry::traces_requested()?;
+        shoal::daemon::telemetry::traces_requested()?;
         // A closed stdout (e.g. piped into `head`) is not an error of the configuration.
         let _ = writeln!(std::io::stdout(), "configuration ok: {:#?}", cli.config);
         return Ok(());
     }
-    let telemetry = shoal::telemetry::init(shoal::telemetry::Options {
+    let telemetry = shoal::daemon::telemetry::init(shoal::daemon::telemetry::Options {
         format: cli.log_format,
         default_directives: "info",
         service_name: "shoal-executor",
         process_fields: vec![("executor_id", cli.config.executor_id.clone())],
     })?;
     let shutdown = CancellationToken::new();
-    shoal::shutdown::cancel_on_signal(shutdown.clone());
+    shoal::daemon::shutdown::cancel_on_signal(shutdown.clone());
     let result = shoal_executor::run(cli.config, shutdown).await;
     telemetry.shutdown().await;
     Ok(result?)

@@ -1,4 +1,4 @@
-//! The executor's Prometheus metrics, served by `shoal::metrics` on `--metrics-listen`.
+//! The executor's Prometheus metrics, served by `shoal::daemon::metrics` on `--metrics-listen`.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -37,7 +37,7 @@ impl Default for Metrics {
 }
 
 fn duration_histogram() -> Histogram {
-    Histogram::new(shoal::metrics::duration_buckets())
+    Histogram::new(shoal::daemon::metrics::duration_buckets())
 }
 
 impl Metrics {
@@ -93,7 +93,7 @@ impl Metrics {
 
     /// The registry in the OpenMetrics text format.
     pub fn encode(&self) -> String {
-        shoal::metrics::encode(&self.registry)
+        shoal::daemon::metrics::encode(&self.registry)
     }
 
     /// Counts one stream message.

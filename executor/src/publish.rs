@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use shoal::local_tree::TreeBounds;
+use shoal::content::local_tree::TreeBounds;
+use shoal::content::transfer::MAX_INLINE_RESULT_BYTES;
+use shoal::net::retry::Retry;
 use shoal::proto::{
     Assign, ContentBlock, EntryKind, ExecutionResult, Failure, FailureKind, JobSpec,
 };
-use shoal::retry::Retry;
-use shoal::source::S3Location;
-use shoal::transfer::MAX_INLINE_RESULT_BYTES;
+use shoal::spec::source::S3Location;
 use tracing::Instrument as _;
 
 use crate::capture::Capture;
@@ -107,7 +107,7 @@ pub async fn publish_results(
             .collect();
         let _ = tokio::task::spawn_blocking(move || {
             for output in outputs {
-                if let Err(error) = shoal::local_tree::remove(&output) {
+                if let Err(error) = shoal::content::local_tree::remove(&output) {
                     tracing::warn!(%error, "cannot remove outputs over the limit");
                 }
             }
@@ -187,7 +187,7 @@ async fn survey_results(
     let results_dir = results_dir.to_owned();
     let mut contents = contents(in_memory);
     let survey = move || {
-        let entries = match shoal::local_tree::walk(&results_dir, TreeBounds::GUEST) {
+        let entries = match shoal::content::local_tree::walk(&results_dir, TreeBounds::GUEST) {
             Ok(entries) => entries,
             Err(shoal::Error::TreeTooLarge(reason)) => {
                 return Survey {
@@ -245,7 +245,7 @@ async fn survey_results(
 /// directories), children before parents and the root last, if they total at most
 /// [`MAX_INLINE_RESULT_BYTES`].
 fn tree_blocks(contents: Vec<(String, Option<Bytes>)>) -> Option<Vec<ContentBlock>> {
-    let (blocks, _root) = shoal::unixfs::directory_tree(contents);
+    let (blocks, _root) = shoal::content::unixfs::directory_tree(contents);
     let total: usize = blocks.iter().map(|b| b.data.len()).sum();
     (total <= MAX_INLINE_RESULT_BYTES).then(|| blocks.into_iter().map(ContentBlock::from).collect())
 }
@@ -281,8 +281,13 @@ async fn ship(
         let upload = || {
             let mut storage = ctx.storage.clone();
             async move {
-                shoal::transfer::upload_path(&mut storage, results_dir, TreeBounds::GUEST, None)
-                    .await
+                shoal::content::transfer::upload_path(
+                    &mut storage,
+                    results_dir,
+                    TreeBounds::GUEST,
+                    None,
+                )
+                .await
             }
         };
         let response = PUBLISH_RETRY
@@ -322,8 +327,8 @@ pub(crate) fn over_limit(total: u64, limit: u64) -> Option<String> {
     (total > limit).then(|| {
         format!(
             "the outputs and logs take {}, more than the limit of {}",
-            shoal::units::format_size(total),
-            shoal::units::format_size(limit)
+            shoal::spec::units::format_size(total),
+            shoal::spec::units::format_size(limit)
         )
     })
 }

@@ -418,7 +418,7 @@ impl Runtime {
             _ = tokio::time::sleep(request.timeout) => {
                 return Ok(RunOutcome::Failed(Failure::new(
                     FailureKind::Timeout,
-                    format!("the program ran longer than its timeout of {}", shoal::units::format_duration(request.timeout)),
+                    format!("the program ran longer than its timeout of {}", shoal::spec::units::format_duration(request.timeout)),
                 )));
             }
         };

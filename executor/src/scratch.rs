@@ -106,7 +106,7 @@ async fn remove(scratch: PathBuf) {
 
 fn remove_blocking(scratch: &Path) {
     // A guest decides the shape of what it leaves: `remove` copes with any depth.
-    if let Err(error) = shoal::local_tree::remove(scratch) {
+    if let Err(error) = shoal::content::local_tree::remove(scratch) {
         tracing::warn!(%error, path = %scratch.display(), "cannot remove a scratch directory");
     }
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
-use shoal::cid::ContentId;
+use shoal::content::cid::ContentId;
 
 use crate::error::{Error, Result};
 use crate::store::{Commit, Store, Write};
@@ -89,7 +89,7 @@ impl BlockStore {
                 .map_err(|e| {
                     Error::InvalidArgument(format!(
                         "content store s3://{bucket}: {}",
-                        shoal::s3::describe(&e)
+                        shoal::data::s3::describe(&e)
                     ))
                 })?;
         }
@@ -336,6 +336,6 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    let reason = shoal::s3::describe(error);
+    let reason = shoal::data::s3::describe(error);
     Error::Store(format!("{what} s3://{bucket}/{key}: {reason}"))
 }

@@ -10,24 +10,24 @@ pub struct Config {
     #[arg(long, env = "SHOAL_DATA_DIR", default_value = "./shoal-data")]
     pub data_dir: PathBuf,
     /// How often executors send heartbeats.
-    #[arg(long, env = "SHOAL_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = shoal::units::parse_duration)]
+    #[arg(long, env = "SHOAL_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = shoal::spec::units::parse_duration)]
     pub heartbeat_interval: Duration,
     /// An executor silent for this long is lost and its executions are retried elsewhere.
-    #[arg(long, env = "SHOAL_LEASE", default_value = "10s", value_parser = shoal::units::parse_duration)]
+    #[arg(long, env = "SHOAL_LEASE", default_value = "10s", value_parser = shoal::spec::units::parse_duration)]
     pub lease: Duration,
     /// Run timeout for jobs whose spec names none.
-    #[arg(long, env = "SHOAL_DEFAULT_TIMEOUT", default_value = "1h", value_parser = shoal::units::parse_duration)]
+    #[arg(long, env = "SHOAL_DEFAULT_TIMEOUT", default_value = "1h", value_parser = shoal::spec::units::parse_duration)]
     pub default_timeout: Duration,
     /// Queue timeout for jobs whose spec names none.
-    #[arg(long, env = "SHOAL_DEFAULT_QUEUE_TIMEOUT", default_value = "24h", value_parser = shoal::units::parse_duration)]
+    #[arg(long, env = "SHOAL_DEFAULT_QUEUE_TIMEOUT", default_value = "24h", value_parser = shoal::spec::units::parse_duration)]
     pub default_queue_timeout: Duration,
     #[command(flatten)]
-    pub s3: shoal::s3::S3Defaults,
+    pub s3: shoal::data::s3::S3Defaults,
     /// Most jobs waiting for an executor; past it SubmitJob answers RESOURCE_EXHAUSTED.
     #[arg(long, env = "SHOAL_MAX_QUEUED_JOBS", default_value_t = 100_000)]
     pub max_queued_jobs: usize,
     /// Largest upload (total file bytes) the content store accepts.
-    #[arg(long, env = "SHOAL_MAX_UPLOAD", default_value = "16GiB", value_parser = shoal::units::parse_size)]
+    #[arg(long, env = "SHOAL_MAX_UPLOAD", default_value = "16GiB", value_parser = shoal::spec::units::parse_size)]
     pub max_upload_bytes: u64,
     /// Bearer tokens and their roles, one `ROLE TOKEN` per line (roles client, executor,
     /// admin). Without it every caller may do everything: a development setup.
@@ -46,16 +46,16 @@ pub struct Config {
     pub tls_client_ca: Option<PathBuf>,
     /// Which hosts `CopyFromUrl` may fetch from.
     #[command(flatten)]
-    pub urls: shoal::fetch::UrlPolicyArgs,
+    pub urls: shoal::data::http::UrlPolicyArgs,
     /// Where the content store keeps its blocks: `s3://bucket/prefix` for an S3 bucket
     /// (reached with the `--s3-*` settings and the standard AWS credentials), or unset for
     /// `DATA_DIR/content`.
-    #[arg(long, env = "SHOAL_CONTENT_STORE", value_parser = shoal::source::S3Location::parse)]
-    pub content_store: Option<shoal::source::S3Location>,
+    #[arg(long, env = "SHOAL_CONTENT_STORE", value_parser = shoal::spec::source::S3Location::parse)]
+    pub content_store: Option<shoal::spec::source::S3Location>,
     /// An IPFS trustless gateway (`http(s)://host[:port]`) to fetch CIDs the store lacks
     /// from; repeat the flag (or separate with commas) for several, asked in order. With
     /// one, jobs may name CIDs the store does not hold: executors fetch and verify them.
-    #[arg(long = "ipfs-gateway", env = "SHOAL_IPFS_GATEWAYS", value_delimiter = ',', value_parser = shoal::ipfs::parse_gateway)]
+    #[arg(long = "ipfs-gateway", env = "SHOAL_IPFS_GATEWAYS", value_delimiter = ',', value_parser = shoal::data::ipfs::parse_gateway)]
     pub ipfs_gateways: Vec<url::Url>,
     /// Address to serve Prometheus metrics on (`GET /metrics`), e.g. `0.0.0.0:9090`; off
     /// if unset.
@@ -63,18 +63,18 @@ pub struct Config {
     pub metrics_listen: Option<String>,
     /// An assignment its executor has not acknowledged (reported on) within this long is
     /// taken back: cancelled there, failed EXECUTOR_LOST and retried under the job's policy.
-    #[arg(long, env = "SHOAL_ASSIGN_ACK_TIMEOUT", default_value = "5s", value_parser = shoal::units::parse_duration)]
+    #[arg(long, env = "SHOAL_ASSIGN_ACK_TIMEOUT", default_value = "5s", value_parser = shoal::spec::units::parse_duration)]
     pub assign_ack_timeout: Duration,
     /// The most slots one executor may offer; a registration claiming more is refused.
     #[arg(long, env = "SHOAL_MAX_EXECUTOR_SLOTS", default_value_t = 256)]
     pub max_executor_slots: u32,
     /// The most guest memory one executor may offer; a registration claiming more is
     /// refused.
-    #[arg(long, env = "SHOAL_MAX_EXECUTOR_MEMORY", default_value = "1TiB", value_parser = shoal::units::parse_size)]
+    #[arg(long, env = "SHOAL_MAX_EXECUTOR_MEMORY", default_value = "1TiB", value_parser = shoal::spec::units::parse_size)]
     pub max_executor_memory: u64,
     /// The most log bytes kept per execution and stream (stdout, stderr); an executor
     /// sending more has the rest dropped. Match it to the executors' `--log-cap`.
-    #[arg(long, env = "SHOAL_MAX_LOG_PER_EXECUTION", default_value = "64MiB", value_parser = shoal::units::parse_size)]
+    #[arg(long, env = "SHOAL_MAX_LOG_PER_EXECUTION", default_value = "64MiB", value_parser = shoal::spec::units::parse_size)]
     pub max_log_per_execution: u64,
     /// Start even though the write-ahead log `state.wal` is damaged or missing: keep the
     /// intact frames before the damage, move the damaged log aside as
@@ -96,7 +96,7 @@ impl Config {
             default_queue_timeout: Duration::from_secs(24 * 3600),
             max_upload_bytes: 16 << 30,
             max_queued_jobs: 100_000,
-            s3: shoal::s3::S3Defaults::aws(),
+            s3: shoal::data::s3::S3Defaults::aws(),
             ipfs_gateways: Vec::new(),
             content_store: None,
             tokens_file: None,

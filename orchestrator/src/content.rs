@@ -1,5 +1,5 @@
 //! The content store: programs, input data and results as UnixFS blocks, addressed by CID
-//! exactly as IPFS addresses them (see `shoal::unixfs`), in a local directory or an S3
+//! exactly as IPFS addresses them (see `shoal::content::unixfs`), in a local directory or an S3
 //! bucket (`crate::blocks`).
 //!
 //! A file is its DAG of 256 KiB raw leaves under dag-pb nodes; a directory is a dag-pb node
@@ -12,14 +12,14 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use shoal::cid::{ContentId, DAG_PB, RAW};
-use shoal::ipfs::GatewayFetcher;
+use shoal::content::cid::{ContentId, DAG_PB, RAW};
+use shoal::content::transfer::check_tree_path;
+use shoal::content::unixfs::{self, Block, FileBuilder, Link, NodeType};
+use shoal::data::ipfs::GatewayFetcher;
 use shoal::proto::{
     ContentBlock, DirectoryEntry, DownloadResponse, Entry, EntryKind, StatResponse, UploadRequest,
     UploadResponse, download_response, upload_request,
 };
-use shoal::transfer::check_tree_path;
-use shoal::unixfs::{self, Block, FileBuilder, Link, NodeType};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -134,7 +134,7 @@ impl ContentStore {
 
     /// Stores a local file or tree (fetched by the orchestrator itself) and returns its CID.
     pub async fn put_path(&self, path: &Path) -> Result<UploadResponse> {
-        let stream = shoal::transfer::local_upload_stream(path).await?;
+        let stream = shoal::content::transfer::local_upload_stream(path).await?;
         self.put(stream.map(Ok)).await
     }
 
@@ -187,10 +187,10 @@ impl ContentStore {
     pub async fn inline_tree(&self, root: &str, blocks: &[ContentBlock]) -> Result<Vec<Write>> {
         let bad = |m: String| Error::InvalidArgument(format!("result tree {root:?}: {m}"));
         let total: usize = blocks.iter().map(|b| b.data.len()).sum();
-        if total > shoal::transfer::MAX_INLINE_RESULT_BYTES {
+        if total > shoal::content::transfer::MAX_INLINE_RESULT_BYTES {
             return Err(bad(format!(
                 "{total} bytes of blocks; at most {} may come with a completion",
-                shoal::transfer::MAX_INLINE_RESULT_BYTES
+                shoal::content::transfer::MAX_INLINE_RESULT_BYTES
             )));
         }
         let mut checked = Vec::with_capacity(blocks.len());
@@ -767,7 +767,7 @@ mod tests {
         assert_eq!(names, vec!["a.txt", "sub"]);
         let out = tempfile::tempdir().expect("tempdir");
         let stream = store.download(&cid, "", 0).await.expect("download");
-        shoal::transfer::download_to(stream, &out.path().join("tree"))
+        shoal::content::transfer::download_to(stream, &out.path().join("tree"))
             .await
             .expect("write");
         assert_eq!(
@@ -791,7 +791,7 @@ mod tests {
         let response = put(&store, items).await.expect("upload");
         assert_eq!(
             response.cid,
-            shoal::unixfs::file_cid(&bytes, true).to_string()
+            shoal::content::unixfs::file_cid(&bytes, true).to_string()
         );
         let cid: ContentId = response.cid.parse().expect("cid");
         assert_eq!(
@@ -800,7 +800,7 @@ mod tests {
         );
         for offset in [0u64, 1, 262_143, 262_144, 300_000, 699_999, 700_000] {
             let stream = store.download(&cid, "", offset).await.expect("download");
-            let got = shoal::transfer::download_bytes(stream, 1 << 30)
+            let got = shoal::content::transfer::download_bytes(stream, 1 << 30)
                 .await
                 .expect("bytes");
             assert_eq!(got, bytes[offset as usize..], "offset {offset}");
@@ -810,9 +810,9 @@ mod tests {
 
     /// Every block file under the content directory, with its length.
     fn block_files(content: &Path) -> Vec<(PathBuf, u64)> {
-        shoal::local_tree::walk(
+        shoal::content::local_tree::walk(
             &content.join("blocks"),
-            shoal::local_tree::TreeBounds::LOCAL,
+            shoal::content::local_tree::TreeBounds::LOCAL,
         )
         .expect("walk")
         .into_iter()
@@ -861,7 +861,7 @@ mod tests {
             let store = store.clone();
             async move {
                 let stream = store.download(&cid, "", 0).await.expect("download");
-                shoal::transfer::download_bytes(stream, 1 << 30)
+                shoal::content::transfer::download_bytes(stream, 1 << 30)
                     .await
                     .expect("bytes")
             }
@@ -919,7 +919,7 @@ mod tests {
         let cid: ContentId = cid.parse().expect("cid");
         let out = tempfile::tempdir().expect("tempdir");
         let stream = store.download(&cid, "", 0).await.expect("download");
-        shoal::transfer::download_to(stream, &out.path().join("tree"))
+        shoal::content::transfer::download_to(stream, &out.path().join("tree"))
             .await
             .expect("write");
         assert_eq!(

@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
-use shoal::cid::{ContentId, DAG_PB};
+use shoal::content::cid::{ContentId, DAG_PB};
 use shoal::proto::{EntryKind, download_response};
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
@@ -169,13 +169,13 @@ async fn write_car(
         if !send(car_block(&current, &block)).await {
             return Ok(());
         }
-        let (node, _) = shoal::unixfs::decode_node(&block)?;
+        let (node, _) = shoal::content::unixfs::decode_node(&block)?;
         let link = node
             .links
             .iter()
             .find(|l| l.name.as_deref() == Some(segment))
             .ok_or_else(|| Error::NotFound(format!("no {segment:?} below {current}")))?;
-        current = shoal::unixfs::link_cid(link)?;
+        current = shoal::content::unixfs::link_cid(link)?;
     }
     let mut seen = std::collections::HashSet::new();
     let mut stack = vec![target];
@@ -185,9 +185,9 @@ async fn write_car(
         }
         let block = content.get_block(&cid).await?;
         if cid.codec() == DAG_PB {
-            let (node, _) = shoal::unixfs::decode_node(&block)?;
+            let (node, _) = shoal::content::unixfs::decode_node(&block)?;
             for link in node.links.iter().rev() {
-                stack.push(shoal::unixfs::link_cid(link)?);
+                stack.push(shoal::content::unixfs::link_cid(link)?);
             }
         }
         if !send(car_block(&cid, &block)).await {

@@ -51,7 +51,7 @@ pub async fn run_with_gateway(
 ) -> Result<()> {
     let metrics_listener = match &config.metrics_listen {
         Some(address) => Some(
-            shoal::metrics::bind(address)
+            shoal::daemon::metrics::bind(address)
                 .await
                 .map_err(error::Error::InvalidArgument)?,
         ),
@@ -72,7 +72,11 @@ pub async fn run_with_gateway(
             let this = this.clone();
             async move { this.render_metrics().await }
         };
-        orchestrator.spawn(shoal::metrics::serve(listener, render, shutdown.clone()));
+        orchestrator.spawn(shoal::daemon::metrics::serve(
+            listener,
+            render,
+            shutdown.clone(),
+        ));
     }
     let address = listener
         .local_addr()

@@ -17,7 +17,7 @@ struct Cli {
     gateway_listen: Option<String>,
     /// Log format: pretty or json.
     #[arg(long, env = "SHOAL_LOG_FORMAT", default_value = "pretty")]
-    log_format: shoal::telemetry::LogFormat,
+    log_format: shoal::daemon::telemetry::LogFormat,
     /// Check the settings (flags and environment) and exit: 0 if the daemon would start
     /// with them, 2 with the reason if not. Nothing is bound, opened or created.
     #[arg(long)]
@@ -30,12 +30,12 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if cli.check_config {
-        shoal::telemetry::traces_requested()?;
+        shoal::daemon::telemetry::traces_requested()?;
         // A closed stdout (e.g. piped into `head`) is not an error of the configuration.
         let _ = writeln!(std::io::stdout(), "configuration ok: {:#?}", cli.config);
         return Ok(());
     }
-    let telemetry = shoal::telemetry::init(shoal::telemetry::Options {
+    let telemetry = shoal::daemon::telemetry::init(shoal::daemon::telemetry::Options {
         format: cli.log_format,
         default_directives: "info",
         service_name: "shoal-orchestrator",
@@ -53,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let shutdown = CancellationToken::new();
-    shoal::shutdown::cancel_on_signal(shutdown.clone());
+    shoal::daemon::shutdown::cancel_on_signal(shutdown.clone());
     let result =
         shoal_orchestrator::run_with_gateway(listener, gateway, cli.config, shutdown).await;
     telemetry.shutdown().await;

@@ -1,4 +1,4 @@
-//! The orchestrator's Prometheus metrics, served by `shoal::metrics` on `--metrics-listen`.
+//! The orchestrator's Prometheus metrics, served by `shoal::daemon::metrics` on `--metrics-listen`.
 //!
 //! Counters and histograms are updated by the cluster state machine as transitions
 //! happen; the gauges describing the present (jobs by state, queue depth, executors) are
@@ -20,7 +20,7 @@ pub type MessageLabels = [(&'static str, &'static str); 2];
 type HistogramFamily = Family<Label, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
-    Histogram::new(shoal::metrics::duration_buckets())
+    Histogram::new(shoal::daemon::metrics::duration_buckets())
 }
 
 /// Every metric the orchestrator exports.
@@ -110,7 +110,7 @@ impl Metrics {
 
     /// The registry in the OpenMetrics text format.
     pub fn encode(&self) -> String {
-        shoal::metrics::encode(&self.registry)
+        shoal::daemon::metrics::encode(&self.registry)
     }
 
     /// Counts one executor-stream message.

@@ -30,10 +30,10 @@ pub struct Orchestrator {
     pub(crate) store: Store,
     content: ContentStore,
     /// Fetchers for CopyFromUrl and CopyFromS3.
-    http: shoal::fetch::HttpFetcher,
-    s3: shoal::s3::S3Fetcher,
+    http: shoal::data::http::HttpFetcher,
+    s3: shoal::data::s3::S3Fetcher,
     /// Fetcher for CIDs the store lacks (Pin), from `--ipfs-gateway`.
-    ipfs: shoal::ipfs::GatewayFetcher,
+    ipfs: shoal::data::ipfs::GatewayFetcher,
     /// Latest committed event sequence per watched job.
     watchers: std::sync::Mutex<HashMap<String, watch::Sender<u64>>>,
     metrics: Arc<metrics::Metrics>,
@@ -248,17 +248,17 @@ impl Orchestrator {
     }
 
     /// The URL fetcher.
-    pub fn http(&self) -> &shoal::fetch::HttpFetcher {
+    pub fn http(&self) -> &shoal::data::http::HttpFetcher {
         &self.http
     }
 
     /// The S3 fetcher.
-    pub fn s3(&self) -> &shoal::s3::S3Fetcher {
+    pub fn s3(&self) -> &shoal::data::s3::S3Fetcher {
         &self.s3
     }
 
     /// The IPFS gateway fetcher (with no gateways when none is configured).
-    pub fn ipfs(&self) -> &shoal::ipfs::GatewayFetcher {
+    pub fn ipfs(&self) -> &shoal::data::ipfs::GatewayFetcher {
         &self.ipfs
     }
 
@@ -306,7 +306,7 @@ pub async fn open(
         wal::Recovery::Refuse
     };
     let (store, snapshot) = Store::open_with(&config.data_dir.join("state.redb"), recovery)?;
-    let s3 = shoal::s3::S3Fetcher::new(config.s3.clone());
+    let s3 = shoal::data::s3::S3Fetcher::new(config.s3.clone());
     let content_bucket = match &config.content_store {
         Some(location) => Some((
             s3.client(None).await,
@@ -348,15 +348,16 @@ pub async fn open(
         },
         Instant::now(),
     );
-    let policy = shoal::fetch::UrlPolicy::new(&config.urls)
+    let policy = shoal::data::http::UrlPolicy::new(&config.urls)
         .map_err(error::Error::InvalidArgument)?
         .refusing_own(own);
-    let http = shoal::fetch::HttpFetcher::new(5, 3, policy).map_err(|e| {
+    let http = shoal::data::http::HttpFetcher::new(5, 3, policy).map_err(|e| {
         error::Error::InvalidArgument(format!("cannot set up the HTTP client: {e}"))
     })?;
-    let ipfs = shoal::ipfs::GatewayFetcher::new(config.ipfs_gateways.clone()).map_err(|e| {
-        error::Error::InvalidArgument(format!("cannot set up the IPFS gateway client: {e}"))
-    })?;
+    let ipfs =
+        shoal::data::ipfs::GatewayFetcher::new(config.ipfs_gateways.clone()).map_err(|e| {
+            error::Error::InvalidArgument(format!("cannot set up the IPFS gateway client: {e}"))
+        })?;
     let metrics = cluster.metrics();
     Ok(Arc::new(Orchestrator {
         config,

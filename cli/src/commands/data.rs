@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use shoal::auth::AuthChannel;
+use shoal::net::auth::AuthChannel;
 use shoal::proto::DownloadRequest;
 use shoal::proto::storage_service_client::StorageServiceClient;
 
@@ -96,7 +96,7 @@ pub async fn run(target: &Target, command: DataCommand) -> anyhow::Result<()> {
             println!("{}", pinned.cid);
             eprintln!(
                 "pinned: {} ({} block(s) fetched from IPFS gateways)",
-                shoal::units::format_size(pinned.size),
+                shoal::spec::units::format_size(pinned.size),
                 pinned.blocks_fetched
             );
         }
@@ -106,7 +106,7 @@ pub async fn run(target: &Target, command: DataCommand) -> anyhow::Result<()> {
             eprintln!(
                 "{} file(s), {} written to {}",
                 summary.files,
-                shoal::units::format_size(summary.bytes),
+                shoal::spec::units::format_size(summary.bytes),
                 dest.display()
             );
         }
@@ -125,7 +125,7 @@ pub async fn upload(
     let total: u64 = {
         let path = path.to_owned();
         tokio::task::spawn_blocking(move || {
-            shoal::local_tree::walk(&path, shoal::local_tree::TreeBounds::LOCAL)
+            shoal::content::local_tree::walk(&path, shoal::content::local_tree::TreeBounds::LOCAL)
         })
         .await??
         .iter()
@@ -136,10 +136,10 @@ pub async fn upload(
     let bar = progress
         .then(|| ProgressBar::start(format!("uploading {}", path.display()), total, sent.clone()))
         .flatten();
-    let result = shoal::transfer::upload_path(
+    let result = shoal::content::transfer::upload_path(
         storage,
         path,
-        shoal::transfer::TreeBounds::LOCAL,
+        shoal::content::transfer::TreeBounds::LOCAL,
         Some(sent),
     )
     .await;
@@ -154,7 +154,7 @@ pub async fn download(
     cid: &str,
     path: &str,
     dest: &Path,
-) -> anyhow::Result<shoal::transfer::DownloadSummary> {
+) -> anyhow::Result<shoal::content::transfer::DownloadSummary> {
     let total = storage
         .stat(shoal::proto::StatRequest {
             cid: cid.to_owned(),
@@ -173,7 +173,8 @@ pub async fn download(
         })
         .await?
         .into_inner();
-    let summary = shoal::transfer::download_to_with_progress(stream, dest, Some(received)).await;
+    let summary =
+        shoal::content::transfer::download_to_with_progress(stream, dest, Some(received)).await;
     drop(bar);
     Ok(summary?)
 }

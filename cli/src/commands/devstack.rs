@@ -30,16 +30,16 @@ pub struct DevstackArgs {
     #[arg(long = "executor-label")]
     pub executor_labels: Vec<String>,
     /// Most stdout (and stderr) each execution keeps, e.g. 64MiB.
-    #[arg(long, default_value = "64MiB", value_parser = shoal::units::parse_size)]
+    #[arg(long, default_value = "64MiB", value_parser = shoal::spec::units::parse_size)]
     pub log_cap: u64,
     /// Most bytes of outputs and logs each execution may publish, e.g. 10GiB.
-    #[arg(long, default_value = "10GiB", value_parser = shoal::units::parse_size)]
+    #[arg(long, default_value = "10GiB", value_parser = shoal::spec::units::parse_size)]
     pub max_output: u64,
     /// Most input bytes each execution may fetch, e.g. 10GiB.
-    #[arg(long, default_value = "10GiB", value_parser = shoal::units::parse_size)]
+    #[arg(long, default_value = "10GiB", value_parser = shoal::spec::units::parse_size)]
     pub max_input: u64,
     /// Time each execution may spend fetching its program and inputs.
-    #[arg(long, default_value = "10m", value_parser = shoal::units::parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = shoal::spec::units::parse_duration)]
     pub staging_timeout: std::time::Duration,
     /// S3 endpoint the orchestrator and executors use where a source names none.
     #[arg(long)]
@@ -48,12 +48,12 @@ pub struct DevstackArgs {
     #[arg(long)]
     pub s3_path_style: bool,
     #[command(flatten)]
-    pub urls: shoal::fetch::UrlPolicyArgs,
+    pub urls: shoal::data::http::UrlPolicyArgs,
     /// Keep the content store's blocks in s3://bucket/prefix instead of the data directory.
-    #[arg(long, value_parser = shoal::source::S3Location::parse)]
-    pub content_store: Option<shoal::source::S3Location>,
+    #[arg(long, value_parser = shoal::spec::source::S3Location::parse)]
+    pub content_store: Option<shoal::spec::source::S3Location>,
     /// An IPFS trustless gateway to fetch CIDs the store lacks from (repeatable).
-    #[arg(long = "ipfs-gateway", value_parser = shoal::ipfs::parse_gateway)]
+    #[arg(long = "ipfs-gateway", value_parser = shoal::data::ipfs::parse_gateway)]
     pub ipfs_gateways: Vec<url::Url>,
     /// Keep state here instead of a temporary directory removed on exit.
     #[arg(long)]
@@ -140,7 +140,7 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
     println!("Press Ctrl-C to stop.");
 
     tokio::select! {
-        _ = shoal::shutdown::signal() => {}
+        _ = shoal::daemon::shutdown::signal() => {}
         Some(result) = tasks.join_next() => {
             shutdown.cancel();
             result??;

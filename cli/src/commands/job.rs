@@ -8,11 +8,11 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use futures::StreamExt;
+use shoal::net::retry::{Retry, Transient as _};
 use shoal::proto::{
     CancelJobRequest, GetJobRequest, GetLogsRequest, Job, JobSpec, JobState, ListExecutionsRequest,
     ListJobsRequest, LogStream, SubmitJobRequest, WatchJobRequest, job_event,
 };
-use shoal::retry::{Retry, Transient as _};
 use shoal::spec::SpecDocument;
 use tracing::Instrument as _;
 
@@ -194,7 +194,7 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
             eprintln!(
                 "{} file(s), {} written to {}",
                 summary.files,
-                shoal::units::format_size(summary.bytes),
+                shoal::spec::units::format_size(summary.bytes),
                 dest.display()
             );
             Ok(0)
@@ -293,12 +293,14 @@ pub async fn resolve_source(
             .unwrap_or_else(|| cid.clone());
         return Ok((cid, name));
     }
-    match source.parse::<shoal::source::Source>() {
-        Ok(shoal::source::Source::Http(http)) => return Ok((source.to_owned(), http.file_name())),
-        Ok(shoal::source::Source::S3(s3)) => return Ok((source.to_owned(), s3.file_name())),
+    match source.parse::<shoal::spec::source::Source>() {
+        Ok(shoal::spec::source::Source::Http(http)) => {
+            return Ok((source.to_owned(), http.file_name()));
+        }
+        Ok(shoal::spec::source::Source::S3(s3)) => return Ok((source.to_owned(), s3.file_name())),
         _ => {}
     }
-    if shoal::cid::looks_like_cid(source) {
+    if shoal::content::cid::looks_like_cid(source) {
         return Ok((
             source.to_owned(),
             source.trim_start_matches("ipfs://").to_owned(),
@@ -486,7 +488,7 @@ async fn download_results(
     job_id: &str,
     path: &str,
     dest: &Path,
-) -> anyhow::Result<shoal::transfer::DownloadSummary> {
+) -> anyhow::Result<shoal::content::transfer::DownloadSummary> {
     if let Some(result) = latest_result(clients, job_id).await?
         && !result.published_to.is_empty()
     {
@@ -500,7 +502,7 @@ async fn download_results(
         })
         .await?
         .into_inner();
-    Ok(shoal::transfer::download_to(stream, dest).await?)
+    Ok(shoal::content::transfer::download_to(stream, dest).await?)
 }
 
 /// The result of the job's latest execution, if it has one (a failed job may still have
@@ -542,14 +544,15 @@ async fn download_from_s3(
     result: &shoal::proto::ExecutionResult,
     path: &str,
     dest: &Path,
-) -> anyhow::Result<shoal::transfer::DownloadSummary> {
-    shoal::transfer::check_tree_path(path)?;
+) -> anyhow::Result<shoal::content::transfer::DownloadSummary> {
+    shoal::content::transfer::check_tree_path(path)?;
     let location = format!("{}{path}", result.published_to);
-    let Ok(shoal::source::Source::S3(mut source)) = location.parse::<shoal::source::Source>()
+    let Ok(shoal::spec::source::Source::S3(mut source)) =
+        location.parse::<shoal::spec::source::Source>()
     else {
         bail!("the job's results are at {location:?}, which is not an s3:// location");
     };
-    let s3 = shoal::s3::S3Fetcher::new(shoal::s3::S3Defaults::aws());
+    let s3 = shoal::data::s3::S3Fetcher::new(shoal::data::s3::S3Defaults::aws());
     let options = result.published_s3.as_ref();
     let fetched = match s3.fetch(&source, options, dest, u64::MAX).await {
         Ok(fetched) => fetched,
@@ -565,7 +568,7 @@ async fn download_from_s3(
     let files = if fetched.directory {
         let owned = dest.to_owned();
         tokio::task::spawn_blocking(move || {
-            shoal::local_tree::walk(&owned, shoal::local_tree::TreeBounds::LOCAL)
+            shoal::content::local_tree::walk(&owned, shoal::content::local_tree::TreeBounds::LOCAL)
         })
         .await??
         .iter()
@@ -574,7 +577,7 @@ async fn download_from_s3(
     } else {
         1
     };
-    Ok(shoal::transfer::DownloadSummary {
+    Ok(shoal::content::transfer::DownloadSummary {
         files,
         bytes: fetched.bytes,
         directory: fetched.directory,

@@ -30,7 +30,7 @@ pub enum NodeCommand {
     Drain {
         id: String,
         /// How long running executions may go on, e.g. 10m (0: stop them at once).
-        #[arg(long, default_value = "5m", value_parser = shoal::units::parse_duration)]
+        #[arg(long, default_value = "5m", value_parser = shoal::spec::units::parse_duration)]
         grace: std::time::Duration,
     },
 }
@@ -91,7 +91,7 @@ pub async fn run(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
         NodeCommand::Drain { id, grace } => {
             eprintln!(
                 "draining {id}: waiting up to {} for its executions",
-                shoal::units::format_duration(grace)
+                shoal::spec::units::format_duration(grace)
             );
             let drained = clients
                 .nodes
@@ -129,8 +129,8 @@ fn row(node: &Node) -> Vec<String> {
         format!("{}/{}", allocated.slots, capacity.slots),
         format!(
             "{}/{}",
-            shoal::units::format_size(allocated.memory_bytes),
-            shoal::units::format_size(capacity.memory_bytes)
+            shoal::spec::units::format_size(allocated.memory_bytes),
+            shoal::spec::units::format_size(capacity.memory_bytes)
         ),
         labels.join(","),
         output::time(&node.last_heartbeat),

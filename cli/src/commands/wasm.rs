@@ -204,17 +204,19 @@ fn parse_input(raw: &str) -> anyhow::Result<InputDocument> {
         anyhow::bail!("--input {raw:?} has no source");
     }
     let target = if target.is_empty() {
-        match source.parse::<shoal::source::Source>() {
-            Ok(shoal::source::Source::Http(http)) => {
+        match source.parse::<shoal::spec::source::Source>() {
+            Ok(shoal::spec::source::Source::Http(http)) => {
                 return Ok(InputDocument {
                     source: source.to_owned(),
                     target: format!("/inputs/{}", http.file_name()),
                     s3: None,
                 });
             }
-            Ok(shoal::source::Source::S3(s3)) => {
+            Ok(shoal::spec::source::Source::S3(s3)) => {
                 let target = match s3.selection() {
-                    shoal::source::S3Selection::Object(_) => format!("/inputs/{}", s3.file_name()),
+                    shoal::spec::source::S3Selection::Object(_) => {
+                        format!("/inputs/{}", s3.file_name())
+                    }
                     _ => "/inputs".to_owned(),
                 };
                 return Ok(InputDocument {

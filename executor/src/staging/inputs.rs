@@ -10,16 +10,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use shoal::auth::AuthChannel;
-use shoal::cid::ContentId;
+use shoal::content::cid::ContentId;
+use shoal::data::s3::S3Fetcher;
+use shoal::net::auth::AuthChannel;
 use shoal::proto::S3Options;
 use shoal::proto::storage_service_client::StorageServiceClient;
 use shoal::proto::{DownloadRequest, Failure, InputSpec, StatRequest};
-use shoal::s3::S3Fetcher;
-use shoal::source::{HttpSource, S3Source, Source, hex};
+use shoal::spec::source::{HttpSource, S3Source, Source, hex};
 
-use shoal::fetch::{Fetched, HttpFetcher};
-use shoal::ipfs::GatewayFetcher;
+use shoal::data::http::{Fetched, HttpFetcher};
+use shoal::data::ipfs::GatewayFetcher;
 
 use super::{STAGING_RETRY, staging_failure};
 use crate::context::ExecutionContext;
@@ -281,7 +281,7 @@ async fn fetch_cid(
             // A broken earlier attempt may have left part of the tree.
             remove_partial(&path);
             let stream = storage.download(request).await?.into_inner();
-            shoal::transfer::download_to(stream, &path).await
+            shoal::content::transfer::download_to(stream, &path).await
         }
     };
     let summary = STAGING_RETRY
@@ -355,7 +355,7 @@ async fn fetch_s3(
 
 /// Removes what a failed fetch left behind.
 fn remove_partial(path: &Path) {
-    let _ = shoal::local_tree::remove(path);
+    let _ = shoal::content::local_tree::remove(path);
 }
 
 /// Where a file input mounted at `target` goes on the host: inside the directory shared by

@@ -13,8 +13,8 @@ mod program;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use shoal::net::retry::Retry;
 use shoal::proto::{Failure, FailureKind, JobSpec};
-use shoal::retry::Retry;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -58,7 +58,7 @@ pub async fn stage(
         staged = tokio::time::timeout(timeout, staging) => staged.unwrap_or_else(|_| {
             Err(staging_failure(format!(
                 "staging took longer than {}",
-                shoal::units::format_duration(timeout)
+                shoal::spec::units::format_duration(timeout)
             )))
         }),
         _ = cancel.cancelled() => Err(Failure::new(FailureKind::Cancelled, "cancelled while staging")),

@@ -5,9 +5,9 @@
 //! cached by the hash of what was downloaded, never by where it came from, as the content
 //! behind a URL or key can change.
 
-use shoal::cid::{ContentId, RAW};
+use shoal::content::cid::{ContentId, RAW};
 use shoal::proto::{DownloadRequest, Failure};
-use shoal::source::{S3Selection, Source};
+use shoal::spec::source::{S3Selection, Source};
 
 use super::{InputsDir, STAGING_RETRY, staging_failure};
 use crate::context::ExecutionContext;
@@ -95,7 +95,7 @@ async fn fetch_by_cid(
         let (mut storage, request) = (ctx.storage.clone(), request.clone());
         async move {
             let stream = storage.download(request).await?.into_inner();
-            shoal::transfer::download_bytes(stream, MAX_PROGRAM_BYTES).await
+            shoal::content::transfer::download_bytes(stream, MAX_PROGRAM_BYTES).await
         }
     };
     let ipfs = ctx.ipfs();

@@ -36,14 +36,14 @@ impl Cluster {
                 "register.capacity claims {} slots and {} of memory; this orchestrator takes at \
                  most {} slots and {} per executor (--max-executor-slots, --max-executor-memory)",
                 claimed.slots,
-                shoal::units::format_size(claimed.memory_bytes),
+                shoal::spec::units::format_size(claimed.memory_bytes),
                 bound.slots,
-                shoal::units::format_size(bound.memory_bytes)
+                shoal::spec::units::format_size(bound.memory_bytes)
             )));
         }
         for (key, value) in &register.labels {
-            shoal::selector::label_key(key).map_err(Error::InvalidArgument)?;
-            shoal::selector::label_value(value).map_err(Error::InvalidArgument)?;
+            shoal::spec::selector::label_key(key).map_err(Error::InvalidArgument)?;
+            shoal::spec::selector::label_value(value).map_err(Error::InvalidArgument)?;
         }
         // Another process with the same id must not take over a live stream: each would
         // fail the other's executions as lost on every reconnect. The same process
@@ -299,7 +299,7 @@ impl Cluster {
                     FailureKind::ExecutorLost,
                     format!(
                         "executor {executor_id} did not acknowledge the assignment within {}",
-                        shoal::units::format_duration(timeout)
+                        shoal::spec::units::format_duration(timeout)
                     ),
                 ),
                 now,

@@ -65,8 +65,8 @@ impl Cluster {
             return Err(Error::InvalidArgument(format!(
                 "resources.memory_bytes: {} is more than any executor offers (the largest \
                  offers {})",
-                shoal::units::format_size(memory),
-                shoal::units::format_size(largest)
+                shoal::spec::units::format_size(memory),
+                shoal::spec::units::format_size(largest)
             )));
         }
         let id = shoal::ids::JobId::new().to_string();

@@ -10,7 +10,7 @@ use shoal::proto::{
     Execution, ExecutionState, Failure, FailureKind, JobSpec, JobState, NodeState,
     orchestrator_message,
 };
-use shoal::selector::Selector;
+use shoal::spec::selector::Selector;
 
 use super::*;
 use crate::store::Write;
@@ -91,7 +91,7 @@ impl Cluster {
                 self.queue.remove(&job_id);
                 let message = format!(
                     "not scheduled within the queue timeout of {}: {reason}",
-                    shoal::units::format_duration(queue_timeout)
+                    shoal::spec::units::format_duration(queue_timeout)
                 );
                 let failure = Failure::new(FailureKind::QueueTimeout, message.clone());
                 self.set_job_state(
@@ -172,8 +172,8 @@ impl Cluster {
         if too_small + unmet.values().sum::<usize>() == total {
             return Err(format!(
                 "the job needs {} of memory; the largest matching executor offers {}",
-                shoal::units::format_size(memory),
-                shoal::units::format_size(largest)
+                shoal::spec::units::format_size(memory),
+                shoal::spec::units::format_size(largest)
             ));
         }
         Err("waiting for a free slot on a matching executor".into())
@@ -206,8 +206,8 @@ impl Cluster {
                 attempt,
                 queue_wait_ms = waited.as_millis() as u64,
             );
-            shoal::telemetry::set_parent_from_map(&span, &entry.job.trace_context);
-            shoal::telemetry::context_map(&span)
+            shoal::daemon::telemetry::set_parent_from_map(&span, &entry.job.trace_context);
+            shoal::daemon::telemetry::context_map(&span)
         };
         let execution = Execution {
             id: execution_id.clone(),

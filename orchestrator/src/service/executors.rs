@@ -112,7 +112,7 @@ impl ExecutorService for ExecutorApi {
             let shutdown = orchestrator.shutdown_token().clone();
             // A panic while handling this stream (a bug) ends only this stream; its end is
             // still recorded below, so its executions get their lease as for any break.
-            let served = shoal::panics::catch_panic(async {
+            let served = shoal::daemon::panics::catch_panic(async {
                 loop {
                     let message = tokio::select! {
                         message = inbound.message() => message,
@@ -269,7 +269,7 @@ async fn take_result_tree(
             let cid: String = result
                 .map(|r| r.result_cid.chars().take(128).collect())
                 .unwrap_or_default();
-            let problem = match cid.parse::<shoal::cid::ContentId>() {
+            let problem = match cid.parse::<shoal::content::cid::ContentId>() {
                 Err(_) => Some(format!("its result CID {cid:?} is not a CID")),
                 Ok(cid) => (!orchestrator.content().contains(&cid).await?)
                     .then(|| format!("its result {cid} is not in the store")),

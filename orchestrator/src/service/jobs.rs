@@ -21,7 +21,7 @@ use super::storage::DownloadStream;
 use super::{cid, job_id};
 use crate::Orchestrator;
 use crate::error::{Error, Result};
-use shoal::source::Source;
+use shoal::spec::source::Source;
 
 /// Events read from the store per round trip.
 const EVENT_PAGE: usize = 256;
@@ -77,7 +77,7 @@ impl JobApi {
                 "idempotency_key: at most 128 printable ASCII characters, no spaces",
             ));
         }
-        let trace_context = shoal::telemetry::context_map(&tracing::Span::current());
+        let trace_context = shoal::daemon::telemetry::context_map(&tracing::Span::current());
         let job = self
             .0
             .apply(|c| {
@@ -113,7 +113,10 @@ impl JobService for JobApi {
             otel.status_code = tracing::field::Empty,
             otel.status_message = tracing::field::Empty,
         );
-        shoal::telemetry::set_parent(&span, shoal::telemetry::remote_parent(request.metadata()));
+        shoal::daemon::telemetry::set_parent(
+            &span,
+            shoal::daemon::telemetry::remote_parent(request.metadata()),
+        );
         let submitted = self
             .submit(request.into_inner())
             .instrument(span.clone())

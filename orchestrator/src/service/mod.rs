@@ -87,13 +87,13 @@ pub async fn serve(
 
     let config = orchestrator.config();
     let tokens = match &config.tokens_file {
-        Some(path) => Some(shoal::auth::Tokens::load(path).map_err(Error::InvalidArgument)?),
+        Some(path) => Some(shoal::net::auth::Tokens::load(path).map_err(Error::InvalidArgument)?),
         None => {
             tracing::warn!("no --tokens-file: every caller may do everything (development only)");
             None
         }
     };
-    let auth = shoal::auth::Authorizer::new(tokens, config.tls_client_ca.is_some());
+    let auth = shoal::net::auth::Authorizer::new(tokens, config.tls_client_ca.is_some());
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls_config(config)? {
         server = server
@@ -103,11 +103,11 @@ pub async fn serve(
     server
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         // Sized for artifact uploads across a real network, not just loopback.
-        .initial_stream_window_size(shoal::transfer::HTTP2_STREAM_WINDOW)
-        .initial_connection_window_size(shoal::transfer::HTTP2_CONNECTION_WINDOW)
+        .initial_stream_window_size(shoal::net::HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(shoal::net::HTTP2_CONNECTION_WINDOW)
         .layer(tower::util::MapRequestLayer::new(
             |mut request: http::Request<tonic::body::Body>| {
-                let path = shoal::auth::CallPath(request.uri().path().to_owned());
+                let path = shoal::net::auth::CallPath(request.uri().path().to_owned());
                 request.extensions_mut().insert(path);
                 request
             },
@@ -151,7 +151,7 @@ fn tls_config(config: &crate::Config) -> Result<Option<ServerTlsConfig>> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
-    let read = |p: &std::path::Path| shoal::auth::read(p).map_err(Error::InvalidArgument);
+    let read = |p: &std::path::Path| shoal::net::auth::read(p).map_err(Error::InvalidArgument);
     let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
     if let Some(ca) = &config.tls_client_ca {
         tls = tls
@@ -172,7 +172,7 @@ fn job_id(text: &str) -> Result<String> {
 }
 
 /// Parses a CID from a request, naming the field when it is malformed.
-fn cid(field: &str, text: &str) -> Result<shoal::cid::ContentId> {
+fn cid(field: &str, text: &str) -> Result<shoal::content::cid::ContentId> {
     text.parse()
         .map_err(|e: shoal::Error| Error::InvalidArgument(format!("{field}: {e}")))
 }

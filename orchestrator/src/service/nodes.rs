@@ -90,7 +90,7 @@ impl NodeService for NodeApi {
         }
         let reason = format!(
             "drained: still running after the {} grace period",
-            shoal::units::format_duration(grace)
+            shoal::spec::units::format_duration(grace)
         );
         let evicted = self
             .0

@@ -11,7 +11,7 @@ use shoal::proto::{
     CopyFromS3Request, CopyFromUrlRequest, DownloadRequest, DownloadResponse, PinRequest,
     PinResponse, StatRequest, StatResponse, UploadRequest, UploadResponse,
 };
-use shoal::source::Source;
+use shoal::spec::source::Source;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::cid;
@@ -150,6 +150,6 @@ async fn store_fetched(
         )),
     };
     let owned = temp.to_owned();
-    let _ = tokio::task::spawn_blocking(move || shoal::local_tree::remove(&owned)).await;
+    let _ = tokio::task::spawn_blocking(move || shoal::content::local_tree::remove(&owned)).await;
     stored
 }

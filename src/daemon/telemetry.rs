@@ -194,7 +194,7 @@ fn install(options: Options, tracer_provider: Option<SdkTracerProvider>) -> Tele
                 metadata.target().starts_with("shoal") && *metadata.level() <= tracing::Level::INFO
             }))
     });
-    crate::panics::log_panics();
+    crate::daemon::panics::log_panics();
     let _already_set = tracing_subscriber::registry()
         .with(logs)
         .with(traces)

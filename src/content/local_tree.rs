@@ -11,9 +11,8 @@
 //! stops at [`TreeBounds`] with [`Error::TreeTooLarge`] and a short reason.
 //! [`remove`] deletes a tree of any depth with a bounded number of open descriptors.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags};
@@ -343,31 +342,7 @@ fn ignore_missing(result: rustix::io::Result<()>) -> std::io::Result<()> {
     }
 }
 
-/// A path shortened for a message: at most `max` bytes, its start and end kept.
-pub fn shorten(path: &OsStr, max: usize) -> String {
-    let text = String::from_utf8_lossy(path.as_bytes());
-    if text.len() <= max {
-        return text.into_owned();
-    }
-    let half = max / 2;
-    let start = floor_char_boundary(&text, half);
-    let end = ceil_char_boundary(&text, text.len() - half);
-    format!("{}…{}", &text[..start], &text[end..])
-}
-
-fn floor_char_boundary(text: &str, mut at: usize) -> usize {
-    while !text.is_char_boundary(at) {
-        at -= 1;
-    }
-    at
-}
-
-fn ceil_char_boundary(text: &str, mut at: usize) -> usize {
-    while !text.is_char_boundary(at) {
-        at += 1;
-    }
-    at
-}
+pub use crate::error::shorten;
 
 #[cfg(test)]
 mod tests {
@@ -512,9 +487,9 @@ mod tests {
     #[test]
     fn long_paths_are_shortened_for_messages() {
         let long = "x/".repeat(2000);
-        let short = shorten(OsStr::new(&long), 100);
+        let short = shorten(std::ffi::OsStr::new(&long), 100);
         assert!(short.len() <= 110, "{short}");
         assert!(short.contains('…'));
-        assert_eq!(shorten(OsStr::new("/a/b"), 100), "/a/b");
+        assert_eq!(shorten(std::ffi::OsStr::new("/a/b"), 100), "/a/b");
     }
 }

@@ -196,7 +196,7 @@ impl Interceptor for CallerMetadata {
                 .metadata_mut()
                 .insert("authorization", value.clone());
         }
-        crate::telemetry::inject_current(request.metadata_mut());
+        crate::daemon::telemetry::inject_current(request.metadata_mut());
         Ok(request)
     }
 }
@@ -258,8 +258,8 @@ impl ClientSecurity {
     pub fn endpoint(&self, address: &str) -> Result<Endpoint, String> {
         let mut endpoint = Endpoint::from_shared(address.to_owned())
             .map_err(|e| format!("orchestrator address {address:?}: {e}"))?
-            .initial_stream_window_size(crate::transfer::HTTP2_STREAM_WINDOW)
-            .initial_connection_window_size(crate::transfer::HTTP2_CONNECTION_WINDOW);
+            .initial_stream_window_size(crate::net::HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(crate::net::HTTP2_CONNECTION_WINDOW);
         if address.starts_with("https://") {
             let mut tls = ClientTlsConfig::new().with_webpki_roots();
             if let Some(ca) = &self.tls_ca {

@@ -110,16 +110,6 @@ pub fn now() -> prost_types::Timestamp {
     timestamp(std::time::SystemTime::now())
 }
 
-/// A UnixFS block as it travels in messages (result trees sent with completions).
-impl From<crate::unixfs::Block> for ContentBlock {
-    fn from(block: crate::unixfs::Block) -> Self {
-        ContentBlock {
-            cid: block.cid.to_string(),
-            data: block.data,
-        }
-    }
-}
-
 impl ExecutorMessage {
     /// The message's type, e.g. `heartbeat` (for logs and metrics).
     pub fn type_name(&self) -> &'static str {

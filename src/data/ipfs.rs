@@ -16,11 +16,11 @@ use futures::future::BoxFuture;
 use tokio::io::AsyncWriteExt;
 use url::Url;
 
-use crate::cid::ContentId;
-use crate::fetch::error_chain;
-use crate::retry::{Failed, Retry};
-use crate::transfer::check_tree_path;
-use crate::unixfs::{self, NodeType};
+use crate::content::cid::ContentId;
+use crate::content::transfer::check_tree_path;
+use crate::content::unixfs::{self, NodeType};
+use crate::data::http::error_chain;
+use crate::net::retry::{Failed, Retry};
 
 /// Largest block accepted from a gateway; IPFS itself limits blocks to 2 MiB for exchange
 /// (UnixFS file chunks are 256 KiB, directory nodes grow with their entry count).

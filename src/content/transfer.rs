@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::auth::AuthChannel;
-pub use crate::local_tree::{LocalEntry, TreeBounds};
+pub use crate::content::local_tree::{LocalEntry, TreeBounds};
+use crate::net::auth::AuthChannel;
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::local_tree::walk;
+use crate::content::local_tree::walk;
 use crate::proto::storage_service_client::StorageServiceClient;
 use crate::proto::{
     DownloadResponse, Entry, EntryKind, UploadRequest, UploadResponse, download_response,
@@ -30,15 +30,6 @@ pub const CHUNK_SIZE: usize = 256 * 1024;
 /// tree (`ExecutionFinished.result_blocks`): typical results (a few lines of stdout, empty
 /// stderr, `exitCode`) are far below it.
 pub const MAX_INLINE_RESULT_BYTES: usize = 64 * 1024;
-
-/// HTTP/2 receive window of one stream, on the orchestrator and on every client of it. A
-/// stream can have at most this much unacknowledged data in flight, so it caps one transfer
-/// at window / round trip: hyper's defaults (1 MiB on a server, 2 MiB on a client) allow
-/// 100-200 MB/s across a 10 ms link. 16 MiB allows 1.6 GB/s there; it is a limit, not an
-/// allocation (docs/PERFORMANCE.md, B5 over a slow link).
-pub const HTTP2_STREAM_WINDOW: u32 = 16 << 20;
-/// HTTP/2 receive window of a whole connection, shared by its streams.
-pub const HTTP2_CONNECTION_WINDOW: u32 = 32 << 20;
 
 /// Checks a path inside a transferred tree: relative, '/'-separated, no empty, `.` or `..`
 /// segment, no NUL or backslash. The empty path is the root.

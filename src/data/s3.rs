@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{StreamExt as _, TryStreamExt as _};
 
+use crate::content::transfer::check_tree_path;
 use crate::proto::{EntryKind, S3Options};
-use crate::source::{S3Selection, S3Source, glob_matches};
-use crate::transfer::check_tree_path;
+use crate::spec::source::{S3Selection, S3Source, glob_matches};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -356,7 +356,7 @@ impl S3Listing {
             hasher.update((directory.len() as u64).to_le_bytes());
             hasher.update(directory.as_bytes());
         }
-        Some(crate::source::hex(&hasher.finalize()))
+        Some(crate::spec::source::hex(&hasher.finalize()))
     }
 }
 
@@ -370,14 +370,15 @@ impl S3Fetcher {
         prefix: &str,
         options: Option<&S3Options>,
         root: &Path,
-        bounds: crate::local_tree::TreeBounds,
+        bounds: crate::content::local_tree::TreeBounds,
     ) -> Result<S3Uploaded, String> {
         let client = self.client(options).await;
         let owned = root.to_owned();
-        let entries = tokio::task::spawn_blocking(move || crate::local_tree::walk(&owned, bounds))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let entries =
+            tokio::task::spawn_blocking(move || crate::content::local_tree::walk(&owned, bounds))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
         let mut uploaded = S3Uploaded::default();
         for (i, entry) in entries.iter().enumerate() {
             let key = format!("{prefix}{}", entry.relative);

@@ -3,19 +3,26 @@
 //!
 //! Validation errors name the field path (`inputs[1].target`) so a client can point at the
 //! exact problem; the orchestrator turns them into INVALID_ARGUMENT.
+//!
+//! Beside it: label selectors ([`selector`]), program and input sources ([`source`]), and
+//! sizes and durations as people write them ([`units`]).
+
+pub mod selector;
+pub mod source;
+pub mod units;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use self::selector::Selector;
+use self::source::{S3Location, Source};
+use self::units::{parse_duration, parse_size};
 use crate::Error;
 use crate::proto::{
     FailureKind, InputSpec, JobSpec, OutputSpec, Resources, RetryPolicy, S3Options,
 };
-use crate::selector::{self, Selector};
-use crate::source::{S3Location, Source};
-use crate::units::{parse_duration, parse_size};
 
 /// Entry point called when a spec names none.
 pub const DEFAULT_ENTRYPOINT: &str = "_start";
@@ -254,7 +261,7 @@ impl SpecDocument {
     pub fn from_proto(spec: &JobSpec) -> Self {
         let duration = |d: &Option<prost_types::Duration>| {
             d.and_then(|d| Duration::try_from(d).ok())
-                .map(crate::units::format_duration)
+                .map(crate::spec::units::format_duration)
         };
         SpecDocument {
             name: spec.name.clone(),
@@ -280,7 +287,7 @@ impl SpecDocument {
                 })
                 .collect(),
             resources: spec.resources.map(|r| ResourcesDocument {
-                memory: Some(crate::units::format_size(r.memory_bytes)),
+                memory: Some(crate::spec::units::format_size(r.memory_bytes)),
             }),
             timeout: duration(&spec.timeout),
             queue_timeout: duration(&spec.queue_timeout),
@@ -639,7 +646,7 @@ fn check_duration(field: &str, d: &prost_types::Duration) -> Result<(), Error> {
         format!(
             "must be a positive duration of at most {} (seconds and nanos normalised, nanos \
              below 1e9)",
-            crate::units::format_duration(limits::MAX_TIMEOUT)
+            crate::spec::units::format_duration(limits::MAX_TIMEOUT)
         ),
     ))
 }

@@ -16,7 +16,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
 use crate::Error;
-use crate::cid::{ContentId, DAG_PB, RAW};
+use crate::content::cid::{ContentId, DAG_PB, RAW};
 
 /// Size of file chunks: kubo's default `size-262144` chunker.
 pub const CHUNK_SIZE: usize = 256 * 1024;
@@ -386,6 +386,16 @@ pub fn file_cid(bytes: &[u8], raw_leaves: bool) -> ContentId {
     let mut builder = FileBuilder::with_raw_leaves(raw_leaves);
     builder.write(bytes);
     builder.finish().1.cid
+}
+
+/// A UnixFS block as it travels in messages (result trees sent with completions).
+impl From<Block> for crate::proto::ContentBlock {
+    fn from(block: Block) -> Self {
+        crate::proto::ContentBlock {
+            cid: block.cid.to_string(),
+            data: block.data,
+        }
+    }
 }
 
 #[cfg(test)]

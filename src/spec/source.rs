@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::Error;
-use crate::cid::ContentId;
+use crate::content::cid::ContentId;
 
 /// A program or input source.
 #[derive(Debug, Clone, PartialEq, Eq)]

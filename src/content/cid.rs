@@ -1,6 +1,6 @@
 //! Content ids: CIDv1 with sha2-256 multihashes, as IPFS makes them.
 //!
-//! Content is laid out as UnixFS, exactly as IPFS does it (see [`crate::unixfs`]): raw
+//! Content is laid out as UnixFS, exactly as IPFS does it (see [`crate::content::unixfs`]): raw
 //! blocks for file chunks, dag-pb nodes for larger files and directories. CIDv0 (`Qm...`)
 //! and `ipfs://` / `/ipfs/` prefixes are accepted on input; ids are always printed as
 //! CIDv1 in base32.

@@ -14,8 +14,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::retry::{Failed, Retry};
-use crate::source::{HttpSource, hex};
+use crate::net::retry::{Failed, Retry};
+use crate::spec::source::{HttpSource, hex};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
