@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use shoal::proto::{Capacity, JobSpec, Register};
-use shoal::spec::SpecDefaults;
+use shoal::spec::{SpecDefaults, ValidSpec};
 use shoal_orchestrator::cluster::{Cluster, ClusterConfig};
 use shoal_orchestrator::store::{Snapshot, Store, Write};
 
@@ -31,7 +31,7 @@ pub async fn b4(args: &Args, dir: PathBuf, fsync_rate: f64) -> anyhow::Result<Ve
                 let job = shoal::proto::Job {
                     id: shoal::ids::JobId::new().to_string(),
                     state: shoal::proto::JobState::Queued as i32,
-                    spec: Some(bench_spec()),
+                    spec: Some(bench_spec().into_spec()),
                     ..Default::default()
                 };
                 let t = Instant::now();
@@ -68,8 +68,8 @@ pub async fn b4(args: &Args, dir: PathBuf, fsync_rate: f64) -> anyhow::Result<Ve
     }])
 }
 
-/// What the benchmarks submit: a job spec as the orchestrator stores it (defaults filled).
-fn bench_spec() -> JobSpec {
+/// What the benchmarks submit, checked and completed as the orchestrator stores it.
+fn bench_spec() -> ValidSpec {
     let mut spec = JobSpec {
         program: "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4".into(),
         program_name: "main.wasm".into(),
@@ -77,14 +77,11 @@ fn bench_spec() -> JobSpec {
         ..Default::default()
     };
     spec.env.insert("MODE".into(), "bench".into());
-    shoal::spec::apply_defaults(
-        &mut spec,
-        SpecDefaults {
-            timeout: Duration::from_secs(3600),
-            queue_timeout: Duration::from_secs(24 * 3600),
-        },
-    );
-    spec
+    let defaults = SpecDefaults {
+        timeout: Duration::from_secs(3600),
+        queue_timeout: Duration::from_secs(24 * 3600),
+    };
+    ValidSpec::accept(spec, defaults).expect("the benchmark's spec is valid")
 }
 
 /// S1: scheduling with 100,000 queued jobs and two connected executors whose slots are all

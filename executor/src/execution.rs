@@ -13,8 +13,9 @@ use std::time::Duration;
 use shoal::content::local_tree::TreeBounds;
 use shoal::proto::{
     Assign, ExecutionFinished, ExecutionLog, ExecutionResult, ExecutionState, Failure, FailureKind,
-    JobSpec, LogChunk, LogStream, executor_message,
+    LogChunk, LogStream, executor_message,
 };
+use shoal::spec::ValidSpec;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -36,11 +37,20 @@ pub async fn execute(
     let id = assign.execution_id.as_str();
     // Said first, so the orchestrator's record of it overlaps the work below.
     ctx.uplink.state(id, ExecutionState::Staging).await;
-    let outputs: Vec<String> = assign
-        .spec
-        .iter()
-        .flat_map(|spec| spec.outputs.iter().map(|o| o.name.clone()))
-        .collect();
+    // Checked where it arrives, once: everything below works with the typed values.
+    let spec = match assign.spec.clone().map(ValidSpec::effective) {
+        Some(Ok(spec)) => spec,
+        Some(Err(error)) => {
+            let message = format!("the assignment's spec is not valid: {error}");
+            let failure = Failure::new(FailureKind::Internal, message);
+            return (finished(id, Some(failure), None), None);
+        }
+        None => {
+            let failure = Failure::new(FailureKind::Internal, "the assignment has no spec");
+            return (finished(id, Some(failure), None), None);
+        }
+    };
+    let outputs: Vec<String> = spec.spec().outputs.iter().map(|o| o.name.clone()).collect();
     let scratch = match ctx.scratch.acquire(&outputs).await {
         Ok(scratch) => scratch,
         Err(e) => {
@@ -51,7 +61,7 @@ pub async fn execute(
             return (finished(id, Some(failure), None), None);
         }
     };
-    let report = execute_in(ctx, &assign, &scratch, &cancel).await;
+    let report = execute_in(ctx, &assign, &spec, &scratch, &cancel).await;
     (report, Some(scratch))
 }
 
@@ -79,27 +89,27 @@ fn finished(
 async fn execute_in(
     ctx: &ExecutionContext,
     assign: &Assign,
+    spec: &ValidSpec,
     scratch: &Path,
     cancel: &CancellationToken,
 ) -> ExecutionFinished {
     let id = assign.execution_id.as_str();
-    let spec = assign.spec.clone().unwrap_or_default();
     // `results/` and the output directories inside it are already there (`ScratchPool`).
     let results_dir = scratch.join("results");
 
-    let staged = match staging::stage(ctx, &spec, scratch, cancel).await {
+    let staged = match staging::stage(ctx, spec, scratch, cancel).await {
         Ok(staged) => staged,
         Err(failure) => return finished(id, Some(failure), None),
     };
 
-    let ran = run(ctx, assign, &spec, staged, &results_dir, cancel).await;
+    let ran = run(ctx, assign, spec, staged, &results_dir, cancel).await;
     if matches!(&ran.outcome, RunOutcome::Failed(f) if f.kind() == FailureKind::Cancelled) {
         let failure = Failure::new(FailureKind::Cancelled, "cancelled while running");
         return finished(id, Some(failure), None);
     }
 
     ctx.uplink.state(id, ExecutionState::Publishing).await;
-    let published = publish::publish_results(ctx, assign, &spec, &results_dir, ran).await;
+    let published = publish::publish_results(ctx, assign, spec, &results_dir, ran).await;
     let mut report = finished(id, published.failure, Some(published.result));
     report.result_blocks = published.blocks;
     report
@@ -110,12 +120,13 @@ async fn execute_in(
 async fn run(
     ctx: &ExecutionContext,
     assign: &Assign,
-    spec: &JobSpec,
+    valid: &ValidSpec,
     staged: Staged,
     results_dir: &Path,
     cancel: &CancellationToken,
 ) -> Ran {
     let id = assign.execution_id.as_str();
+    let spec = valid.spec();
     let mut preopens = staged.inputs.preopens.clone();
     for output in &spec.outputs {
         preopens.push(Preopen {
@@ -147,14 +158,8 @@ async fn run(
     env.push(("SHOAL_EXECUTION_ID".into(), id.to_owned()));
     let mut argv = vec![spec.program_name.clone()];
     argv.extend(spec.args.iter().cloned());
-    let timeout = spec
-        .timeout
-        .and_then(|t| Duration::try_from(t).ok())
-        .unwrap_or(Duration::from_secs(3600));
-    let memory_limit = spec
-        .resources
-        .map(|r| r.memory_bytes)
-        .unwrap_or(shoal::spec::DEFAULT_MEMORY_BYTES);
+    let timeout = valid.timeout();
+    let memory_limit = valid.memory_bytes();
 
     ctx.uplink.state(id, ExecutionState::Running).await;
     let forwarding = CancellationToken::new();

@@ -13,10 +13,8 @@ use bytes::Bytes;
 use shoal::content::local_tree::TreeBounds;
 use shoal::content::transfer::MAX_INLINE_RESULT_BYTES;
 use shoal::net::retry::Retry;
-use shoal::proto::{
-    Assign, ContentBlock, EntryKind, ExecutionResult, Failure, FailureKind, JobSpec,
-};
-use shoal::spec::source::S3Location;
+use shoal::proto::{Assign, ContentBlock, EntryKind, ExecutionResult, Failure, FailureKind};
+use shoal::spec::{Publisher, ValidSpec};
 use tracing::Instrument as _;
 
 use crate::capture::Capture;
@@ -49,7 +47,7 @@ pub struct Published {
 pub async fn publish_results(
     ctx: &ExecutionContext,
     assign: &Assign,
-    spec: &JobSpec,
+    spec: &ValidSpec,
     results_dir: &Path,
     ran: Ran,
 ) -> Published {
@@ -86,7 +84,7 @@ pub async fn publish_results(
             in_memory.push((name.into(), kept));
         }
     }
-    let to_store = spec.publisher.is_empty() || spec.publisher == "default";
+    let to_store = *spec.publisher() == Publisher::Store;
     let mut survey = survey_results(results_dir, &in_memory, to_store).await;
     if failure.is_none() {
         let over = match &survey.too_large {
@@ -101,6 +99,7 @@ pub async fn publish_results(
     {
         // Keep only the logs: the outputs are over the limit.
         let outputs: Vec<PathBuf> = spec
+            .spec()
             .outputs
             .iter()
             .map(|o| results_dir.join(&o.name))
@@ -257,15 +256,13 @@ fn tree_blocks(contents: Vec<(String, Option<Bytes>)>) -> Option<Vec<ContentBloc
 async fn ship(
     ctx: &ExecutionContext,
     assign: &Assign,
-    spec: &JobSpec,
+    spec: &ValidSpec,
     results_dir: &Path,
     in_memory: Vec<(String, Bytes)>,
     survey: Survey,
     result: &mut ExecutionResult,
 ) -> Result<Vec<ContentBlock>, String> {
-    let to_store = spec.publisher.is_empty() || spec.publisher == "default";
-    if to_store
-        && let Some(blocks) = survey.small_tree
+    if let (Publisher::Store, Some(blocks)) = (spec.publisher(), survey.small_tree)
         && let Some(root) = blocks.last()
     {
         result.result_cid = root.cid.clone();
@@ -277,48 +274,50 @@ async fn ship(
             .await
             .map_err(|e| format!("cannot write {name}: {e}"))?;
     }
-    if to_store {
-        let upload = || {
-            let mut storage = ctx.storage.clone();
-            async move {
-                shoal::content::transfer::upload_path(
-                    &mut storage,
+    match spec.publisher() {
+        Publisher::Store => {
+            let upload = || {
+                let mut storage = ctx.storage.clone();
+                async move {
+                    shoal::content::transfer::upload_path(
+                        &mut storage,
+                        results_dir,
+                        TreeBounds::GUEST,
+                        None,
+                    )
+                    .await
+                }
+            };
+            let response = PUBLISH_RETRY
+                .run("uploading results", upload)
+                .await
+                .map_err(|e| format!("cannot upload the results: {e}"))?;
+            result.result_cid = response.cid;
+        }
+        Publisher::S3(publisher) => {
+            let prefix = publisher.execution_prefix(&assign.job_id, &assign.execution_id);
+            let options = spec.spec().publisher_s3.as_ref();
+            let uploaded = ctx
+                .s3
+                .upload_tree(
+                    &publisher.bucket,
+                    &prefix,
+                    options,
                     results_dir,
                     TreeBounds::GUEST,
-                    None,
                 )
                 .await
-            }
-        };
-        let response = PUBLISH_RETRY
-            .run("uploading results", upload)
-            .await
-            .map_err(|e| format!("cannot upload the results: {e}"))?;
-        result.result_cid = response.cid;
-        return Ok(Vec::new());
+                .map_err(|e| format!("cannot publish the results to S3: {e}"))?;
+            result.published_to = format!("s3://{}/{prefix}", publisher.bucket);
+            result.published_s3 = Some(ctx.s3.effective(options));
+            tracing::info!(
+                to = result.published_to,
+                objects = uploaded.objects,
+                bytes = uploaded.bytes,
+                "results published to S3"
+            );
+        }
     }
-    let publisher = S3Location::parse(&spec.publisher)?;
-    let prefix = publisher.execution_prefix(&assign.job_id, &assign.execution_id);
-    let options = spec.publisher_s3.as_ref();
-    let uploaded = ctx
-        .s3
-        .upload_tree(
-            &publisher.bucket,
-            &prefix,
-            options,
-            results_dir,
-            TreeBounds::GUEST,
-        )
-        .await
-        .map_err(|e| format!("cannot publish the results to S3: {e}"))?;
-    result.published_to = format!("s3://{}/{prefix}", publisher.bucket);
-    result.published_s3 = Some(ctx.s3.effective(options));
-    tracing::info!(
-        to = result.published_to,
-        objects = uploaded.objects,
-        bytes = uploaded.bytes,
-        "results published to S3"
-    );
     Ok(Vec::new())
 }
 

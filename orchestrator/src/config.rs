@@ -86,6 +86,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// The defaults a submitted spec is completed with.
+    pub fn spec_defaults(&self) -> shoal::spec::SpecDefaults {
+        shoal::spec::SpecDefaults {
+            timeout: self.default_timeout,
+            queue_timeout: self.default_queue_timeout,
+        }
+    }
+
     /// Defaults with the given data directory (for embedding, e.g. the devstack).
     pub fn with_data_dir(data_dir: PathBuf) -> Self {
         Config {

@@ -334,10 +334,6 @@ pub async fn open(
         ClusterConfig {
             heartbeat_interval: config.heartbeat_interval,
             lease: config.lease,
-            defaults: shoal::spec::SpecDefaults {
-                timeout: config.default_timeout,
-                queue_timeout: config.default_queue_timeout,
-            },
             max_queued: config.max_queued_jobs,
             ack_timeout: config.assign_ack_timeout,
             max_capacity: shoal::proto::Capacity {

@@ -4,12 +4,17 @@
 //! Validation errors name the field path (`inputs[1].target`) so a client can point at the
 //! exact problem; the orchestrator turns them into INVALID_ARGUMENT.
 //!
-//! Beside it: label selectors ([`selector`]), program and input sources ([`source`]), and
-//! sizes and durations as people write them ([`units`]).
+//! [`ValidSpec`] ([`valid`]) is what the rest of the system works with: a spec checked once
+//! where it arrives, completed with the defaults, with its typed values. Beside it: label
+//! selectors ([`selector`]), program and input sources ([`source`]), and sizes and
+//! durations as people write them ([`units`]).
 
 pub mod selector;
 pub mod source;
 pub mod units;
+pub mod valid;
+
+pub use valid::{JobRules, Publisher, ValidSpec};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -327,7 +332,7 @@ pub struct SpecDefaults {
 }
 
 /// Fills in every defaulted field, so executors and clients see the effective spec.
-pub fn apply_defaults(spec: &mut JobSpec, defaults: SpecDefaults) {
+pub(crate) fn apply_defaults(spec: &mut JobSpec, defaults: SpecDefaults) {
     if spec.entrypoint.is_empty() {
         spec.entrypoint = DEFAULT_ENTRYPOINT.to_owned();
     }
@@ -366,7 +371,7 @@ pub fn apply_defaults(spec: &mut JobSpec, defaults: SpecDefaults) {
 
 /// Checks a spec as it arrives at the orchestrator: every field, with its path in the error.
 /// Program and input sources must be CIDs here (the CLI uploads local files first).
-pub fn validate(spec: &JobSpec) -> Result<(), Error> {
+pub(crate) fn validate(spec: &JobSpec) -> Result<(), Error> {
     if spec.program.is_empty() {
         return Err(Error::invalid_spec("program", "is required"));
     }

@@ -10,7 +10,7 @@ use std::fmt;
 use crate::Error;
 
 /// One requirement on a label set.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Requirement {
     /// `k=v` / `k==v`.
     Equals(String, String),
@@ -55,7 +55,7 @@ impl fmt::Display for Requirement {
 }
 
 /// All requirements of a set of constraint strings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Selector(Vec<Requirement>);
 
 impl Selector {

@@ -39,7 +39,7 @@ pub struct StagedInputs {
 /// read-only mounts for them; uncached data is laid out under `dir`.
 pub async fn stage_inputs(
     ctx: &ExecutionContext,
-    inputs: &[InputSpec],
+    inputs: impl Iterator<Item = (&InputSpec, &Source)>,
     dir: &Path,
 ) -> Result<StagedInputs, Failure> {
     let (http, s3, cache) = (&ctx.http, &ctx.s3, &ctx.cache);
@@ -50,11 +50,10 @@ pub async fn stage_inputs(
     let mut staged_bytes = 0u64;
     // Parent guest directory -> host directory holding the file inputs mounted there.
     let mut file_parents: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for (i, input) in inputs.iter().enumerate() {
+    for (i, (input, source)) in inputs.enumerate() {
         let name = |m: String| staging_failure(format!("inputs[{i}] ({}): {m}", input.source));
-        let source: Source = input.source.parse().map_err(|e| name(format!("{e}")))?;
         let remaining = max_bytes.saturating_sub(staged_bytes);
-        let fetched = match &source {
+        let fetched = match source {
             Source::Http(http_source) => fetch_url(http, cache, http_source, remaining).await,
             Source::Cid(cid) => fetch_cid(&mut storage, &ipfs, cache, cid, remaining).await,
             Source::S3(s3_source) => {
@@ -63,7 +62,7 @@ pub async fn stage_inputs(
         }
         .map_err(name)?;
         staged_bytes += fetched.size;
-        let kind = match &source {
+        let kind = match source {
             Source::Http(_) => "url",
             Source::Cid(_) => "cid",
             Source::S3(_) => "s3",

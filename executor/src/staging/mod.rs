@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shoal::net::retry::Retry;
-use shoal::proto::{Failure, FailureKind, JobSpec};
+use shoal::proto::{Failure, FailureKind};
+use shoal::spec::ValidSpec;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -39,17 +40,18 @@ pub struct Staged {
 /// the compile's INVALID_MODULE / LINK_ERROR), or as CANCELLED if `cancel` fires first.
 pub async fn stage(
     ctx: &ExecutionContext,
-    spec: &JobSpec,
+    spec: &ValidSpec,
     scratch: &Path,
     cancel: &CancellationToken,
 ) -> Result<Staged, Failure> {
     let dir = InputsDir(scratch.join("inputs"));
     let staging = async {
-        let program = program::stage_program(ctx, &spec.program, &dir).await?;
-        if !spec.inputs.is_empty() {
+        let name = &spec.spec().program;
+        let program = program::stage_program(ctx, spec.program(), name, &dir).await?;
+        if !spec.spec().inputs.is_empty() {
             dir.create().await?;
         }
-        let inputs = inputs::stage_inputs(ctx, &spec.inputs, &dir.0).await?;
+        let inputs = inputs::stage_inputs(ctx, spec.inputs(), &dir.0).await?;
         Ok(Staged { program, inputs })
     };
     let staging = staging.instrument(tracing::info_span!("stage"));

@@ -16,20 +16,20 @@ use crate::runtime::{Compiled, Program};
 /// Largest program accepted, in bytes.
 pub const MAX_PROGRAM_BYTES: u64 = 1 << 30;
 
-/// The compiled program named by `name` (a CID, URL or S3 object); fetched downloads land
-/// in `dir`.
+/// The compiled program from `source` (a CID, URL or S3 object; `name` as the spec says
+/// it, for messages); fetched downloads land in `dir`.
 pub async fn stage_program(
     ctx: &ExecutionContext,
+    source: &Source,
     name: &str,
     dir: &InputsDir,
 ) -> Result<Program, Failure> {
     let failure = |m: String| staging_failure(format!("program {name}: {m}"));
-    let source: Source = name.parse().map_err(|e| failure(format!("{e}")))?;
     let compiled = match source {
         Source::Cid(cid) => {
             let fetch = || async {
                 let path = dir.create().await?.join("program.wasm");
-                fetch_by_cid(ctx, &cid, &path).await.map_err(failure)
+                fetch_by_cid(ctx, cid, &path).await.map_err(failure)
             };
             ctx.runtime.get_or_compile(&cid.to_string(), fetch).await?
         }
@@ -39,7 +39,7 @@ pub async fn stage_program(
             }
             let path = dir.create().await?.join("program.wasm");
             let max = ctx.config.max_input_bytes.min(MAX_PROGRAM_BYTES);
-            ctx.s3.fetch(&s3, None, &path, max).await.map_err(failure)?;
+            ctx.s3.fetch(s3, None, &path, max).await.map_err(failure)?;
             let bytes = read(&path).await.map_err(failure)?;
             compile_download(ctx, bytes).await?
         }
@@ -47,7 +47,7 @@ pub async fn stage_program(
             let path = dir.create().await?.join("program.wasm");
             let max = ctx.config.max_input_bytes.min(MAX_PROGRAM_BYTES);
             ctx.http
-                .fetch(&http, &path, max, None)
+                .fetch(http, &path, max, None)
                 .await
                 .map_err(failure)?;
             let bytes = read(&path).await.map_err(failure)?;

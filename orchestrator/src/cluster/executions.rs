@@ -241,19 +241,14 @@ impl Cluster {
         }
         let job_id = execution.job_id.clone();
         let current = self.is_current(execution);
-        let (retry_on, max_attempts, attempts) = match self.jobs.get(&job_id) {
-            Some(entry) => {
-                let retry = entry
-                    .job
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.retry.clone())
-                    .unwrap_or_default();
-                (retry.retry_on, retry.max_attempts, entry.job.attempts)
-            }
-            None => (Vec::new(), 0, 0),
+        let (attempts, max_attempts) = match self.jobs.get(&job_id) {
+            Some(entry) => (entry.job.attempts, entry.rules.max_attempts),
+            None => (0, 0),
         };
-        failure.retryable = retry_on.contains(&failure.kind) && attempts < max_attempts;
+        failure.retryable = self
+            .jobs
+            .get(&job_id)
+            .is_some_and(|entry| entry.rules.retries(failure.kind(), attempts));
         let state = failure.kind().execution_state();
         self.end_execution(execution_id, state, Some(failure.clone()), None, now);
         if !current {
@@ -310,7 +305,10 @@ mod tests {
         let mut c = cluster();
         let _a = connect(&mut c, "a", 1, &[]);
         let now = SystemTime::now();
-        let job = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        let job = c
+            .submit(accept(spec()), HashMap::new(), now)
+            .expect("submit")
+            .id;
         c.schedule(now);
         let first = assignments(&mut c)[0].1.clone();
         c.disconnected("a", 1, Instant::now());
@@ -347,7 +345,10 @@ mod tests {
         let mut c = cluster();
         let _a = connect(&mut c, "a", 1, &[]);
         let now = SystemTime::now();
-        let job = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        let job = c
+            .submit(accept(spec()), HashMap::new(), now)
+            .expect("submit")
+            .id;
         for attempt in 1..=3 {
             c.schedule(now);
             let placed = assignments(&mut c);
@@ -372,7 +373,10 @@ mod tests {
         let _a = connect(&mut c, "a", 1, &[]);
         let _b = connect(&mut c, "b", 1, &[]);
         let now = SystemTime::now();
-        let job = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        let job = c
+            .submit(accept(spec()), HashMap::new(), now)
+            .expect("submit")
+            .id;
         c.schedule(now);
         let execution = assignments(&mut c)[0].1.clone();
         let owner = executor_of(&c, &execution);
@@ -399,7 +403,10 @@ mod tests {
         let mut c = cluster();
         let _a = connect(&mut c, "a", 1, &[]);
         let now = SystemTime::now();
-        let job = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        let job = c
+            .submit(accept(spec()), HashMap::new(), now)
+            .expect("submit")
+            .id;
         c.schedule(now);
         let execution = assignments(&mut c)[0].1.clone();
         c.execution_update("a", &execution, ExecutionState::Running, now);
@@ -430,7 +437,10 @@ mod tests {
         let mut c = cluster();
         let _a = connect(&mut c, "a", 1, &[]);
         let now = SystemTime::now();
-        let job = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        let job = c
+            .submit(accept(spec()), HashMap::new(), now)
+            .expect("submit")
+            .id;
         c.schedule(now);
         let execution = assignments(&mut c)[0].1.clone();
         let chunk = |offset: u64, data: &'static [u8]| LogChunk {

@@ -395,8 +395,14 @@ mod tests {
         let mut c = cluster();
         let _a = connect(&mut c, "a", 2, &[]);
         let now = SystemTime::now();
-        let silent = c.submit(spec(), HashMap::new(), now).expect("submit").id;
-        let acked = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        let silent = c
+            .submit(accept(spec()), HashMap::new(), now)
+            .expect("submit")
+            .id;
+        let acked = c
+            .submit(accept(spec()), HashMap::new(), now)
+            .expect("submit")
+            .id;
         c.schedule(now);
         let placed = assignments(&mut c);
         assert_eq!(placed.len(), 2);
@@ -445,7 +451,10 @@ mod tests {
         let mut c = cluster();
         let _a = connect(&mut c, "a", 2, &[]);
         let now = SystemTime::now();
-        let job = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        let job = c
+            .submit(accept(spec()), HashMap::new(), now)
+            .expect("submit")
+            .id;
         c.schedule(now);
         let execution = assignments(&mut c)[0].1.clone();
         c.report_received("a", 1, 1);
@@ -510,8 +519,14 @@ mod tests {
         let mut c = cluster();
         let _a = connect(&mut c, "a", 2, &[]);
         let now = SystemTime::now();
-        let kept = c.submit(spec(), HashMap::new(), now).expect("submit").id;
-        let lost = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        let kept = c
+            .submit(accept(spec()), HashMap::new(), now)
+            .expect("submit")
+            .id;
+        let lost = c
+            .submit(accept(spec()), HashMap::new(), now)
+            .expect("submit")
+            .id;
         c.schedule(now);
         let placed = assignments(&mut c);
         c.disconnected("a", 1, Instant::now());
@@ -548,7 +563,10 @@ mod tests {
         let mut c = cluster();
         let first = twin(&mut c, "first", &[]).expect("first");
         let now = SystemTime::now();
-        let job = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        let job = c
+            .submit(accept(spec()), HashMap::new(), now)
+            .expect("submit")
+            .id;
         c.schedule(now);
         let placed = assignments(&mut c);
         assert_eq!(placed.len(), 1);

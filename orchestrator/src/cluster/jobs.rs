@@ -4,18 +4,18 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use shoal::proto::{Failure, FailureKind, Job, JobSpec, JobState, orchestrator_message};
-use shoal::spec;
+use shoal::proto::{Failure, FailureKind, Job, JobState, orchestrator_message};
+use shoal::spec::ValidSpec;
 
 use super::*;
 use crate::error::{Error, Result};
 
 impl Cluster {
-    /// Accepts a validated spec: the job is QUEUED.
+    /// Accepts a checked and completed spec: the job is QUEUED.
     /// `trace_context` is the W3C context of the job's trace (empty when traces are off).
     pub fn submit(
         &mut self,
-        spec: JobSpec,
+        spec: ValidSpec,
         trace_context: HashMap<String, String>,
         now: SystemTime,
     ) -> Result<Job> {
@@ -28,17 +28,14 @@ impl Cluster {
     /// spec it is refused.
     pub fn submit_once(
         &mut self,
-        mut spec: JobSpec,
+        spec: ValidSpec,
         idempotency_key: &str,
         trace_context: HashMap<String, String>,
         now: SystemTime,
     ) -> Result<(Job, bool)> {
-        spec::validate(&spec)?;
         if let Some(id) = self.idempotency_keys.get(idempotency_key) {
             let existing = self.job(id)?.clone();
-            let mut defaulted = spec.clone();
-            spec::apply_defaults(&mut defaulted, self.config.defaults);
-            if existing.spec.as_ref() != Some(&defaulted) {
+            if existing.spec.as_ref() != Some(spec.spec()) {
                 return Err(Error::AlreadyExists(format!(
                     "idempotency_key was used for job {id}, with a different spec"
                 )));
@@ -51,8 +48,7 @@ impl Cluster {
                 self.queue.len()
             )));
         }
-        spec::apply_defaults(&mut spec, self.config.defaults);
-        let memory = spec.resources.map(|r| r.memory_bytes).unwrap_or(0);
+        let memory = spec.memory_bytes();
         let largest = self
             .nodes
             .values()
@@ -70,9 +66,10 @@ impl Cluster {
             )));
         }
         let id = shoal::ids::JobId::new().to_string();
+        let rules = spec.rules().clone();
         let job = Job {
+            spec: Some(spec.into_spec()),
             id: id.clone(),
-            spec: Some(spec),
             state: JobState::Unspecified as i32,
             created_at: Some(shoal::proto::timestamp(now)),
             trace_context,
@@ -87,6 +84,7 @@ impl Cluster {
             id.clone(),
             JobEntry {
                 job,
+                rules,
                 last_sequence: 0,
                 queued_since: now,
             },
@@ -164,18 +162,18 @@ mod tests {
         let mut c = cluster();
         let now = SystemTime::now();
         let (first, new) = c
-            .submit_once(spec(), "k1", HashMap::new(), now)
+            .submit_once(accept(spec()), "k1", HashMap::new(), now)
             .expect("submit");
         assert!(new);
         let (again, new) = c
-            .submit_once(spec(), "k1", HashMap::new(), now)
+            .submit_once(accept(spec()), "k1", HashMap::new(), now)
             .expect("again");
         assert!(!new);
         assert_eq!(again.id, first.id);
         let mut other = spec();
         other.args = vec!["different".into()];
         let refused = c
-            .submit_once(other, "k1", HashMap::new(), now)
+            .submit_once(accept(other), "k1", HashMap::new(), now)
             .expect_err("another spec");
         assert!(matches!(refused, Error::AlreadyExists(_)), "{refused}");
         let snapshot = Snapshot {
@@ -184,12 +182,12 @@ mod tests {
         };
         let mut restored = Cluster::restore(snapshot, c.config, Instant::now());
         let (after, new) = restored
-            .submit_once(spec(), "k1", HashMap::new(), now)
+            .submit_once(accept(spec()), "k1", HashMap::new(), now)
             .expect("after");
         assert!(!new);
         assert_eq!(after.id, first.id);
         let (unkeyed, _) = restored
-            .submit_once(spec(), "", HashMap::new(), now)
+            .submit_once(accept(spec()), "", HashMap::new(), now)
             .expect("no key");
         assert_ne!(unkeyed.id, first.id);
     }
@@ -200,7 +198,10 @@ mod tests {
     fn cancel_rules() {
         let mut c = cluster();
         let now = SystemTime::now();
-        let queued = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        let queued = c
+            .submit(accept(spec()), HashMap::new(), now)
+            .expect("submit")
+            .id;
         assert_eq!(
             c.cancel(&queued, "", now).expect("cancel").state(),
             JobState::Cancelled
@@ -210,7 +211,10 @@ mod tests {
             Err(Error::FailedPrecondition(_))
         ));
         let _a = connect(&mut c, "a", 1, &[]);
-        let running = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        let running = c
+            .submit(accept(spec()), HashMap::new(), now)
+            .expect("submit")
+            .id;
         c.schedule(now);
         let execution = assignments(&mut c)[0].1.clone();
         c.cancel(&running, "enough", now).expect("cancel");
@@ -245,7 +249,7 @@ mod tests {
             memory_bytes: 2 << 30,
         });
         let refused = c
-            .submit(big, HashMap::new(), SystemTime::now())
+            .submit(accept(big), HashMap::new(), SystemTime::now())
             .expect_err("too big");
         assert!(
             refused.to_string().contains("the largest offers 1.0 GiB"),
@@ -260,14 +264,57 @@ mod tests {
         let mut c = cluster();
         c.config.max_queued = 2;
         let now = SystemTime::now();
-        let first = c.submit(spec(), HashMap::new(), now).expect("room");
-        c.submit(spec(), HashMap::new(), now).expect("room");
-        let refused = c.submit(spec(), HashMap::new(), now).expect_err("full");
+        let first = c.submit(accept(spec()), HashMap::new(), now).expect("room");
+        c.submit(accept(spec()), HashMap::new(), now).expect("room");
+        let refused = c
+            .submit(accept(spec()), HashMap::new(), now)
+            .expect_err("full");
         assert!(
             matches!(refused, Error::ResourceExhausted(_)),
             "{refused:?}"
         );
         c.cancel(&first.id, "make room", now).expect("cancel");
-        c.submit(spec(), HashMap::new(), now).expect("room again");
+        c.submit(accept(spec()), HashMap::new(), now)
+            .expect("room again");
+    }
+
+    /// A queued job whose stored spec no longer passes the checks (they tightened since it
+    /// was accepted) fails at restore, saying why, instead of being scheduled on guesses;
+    /// a finished one is kept as it is.
+    #[test]
+    fn a_stored_job_with_an_unusable_spec_fails_at_restore() {
+        let job = |id: &str, state: JobState| Job {
+            id: id.into(),
+            state: state as i32,
+            spec: Some(JobSpec {
+                program: "not a content id".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let snapshot = Snapshot {
+            jobs: vec![
+                job("queued", JobState::Queued),
+                job("done", JobState::Completed),
+            ],
+            ..Default::default()
+        };
+        let mut c = Cluster::restore(snapshot, ClusterConfig::default(), Instant::now());
+        let queued = c.job("queued").expect("job");
+        assert_eq!(queued.state(), JobState::Failed);
+        let failure = queued.failure.as_ref().expect("failure");
+        assert_eq!(failure.kind(), FailureKind::Internal);
+        assert!(failure.message.contains("program"), "{}", failure.message);
+        assert_eq!(c.job("done").expect("job").state(), JobState::Completed);
+        let written: Vec<_> = c
+            .take_effects()
+            .writes
+            .into_iter()
+            .filter_map(|w| match w {
+                Write::Job(job) => Some(job.id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(written, ["queued"]);
     }
 }

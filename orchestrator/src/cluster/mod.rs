@@ -23,10 +23,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use shoal::proto::{
-    Capacity, Execution, ExecutionResult, Failure, Job, JobEvent, JobState, ListJobsRequest, Node,
-    NodeState, OrchestratorMessage, StateChange, job_event, orchestrator_message,
+    Capacity, Execution, ExecutionResult, Failure, FailureKind, Job, JobEvent, JobState,
+    ListJobsRequest, Node, NodeState, OrchestratorMessage, StateChange, job_event,
+    orchestrator_message,
 };
-use shoal::spec::SpecDefaults;
+use shoal::spec::{JobRules, ValidSpec};
 
 use crate::error::{Error, Result};
 use crate::metrics::{self, Metrics};
@@ -41,13 +42,12 @@ pub struct Recipient {
     pub generation: u64,
 }
 
-/// Timing and defaults the state machine needs.
+/// Timing and bounds the state machine needs.
 #[derive(Debug, Clone, Copy)]
 pub struct ClusterConfig {
     pub heartbeat_interval: Duration,
     /// An executor silent (or disconnected) for this long is lost.
     pub lease: Duration,
-    pub defaults: SpecDefaults,
     /// Most jobs waiting in the queue; submissions past it get RESOURCE_EXHAUSTED.
     pub max_queued: usize,
     /// An assignment the executor has not acknowledged (reported on) within this long is
@@ -67,10 +67,6 @@ impl Default for ClusterConfig {
         ClusterConfig {
             heartbeat_interval: Duration::from_secs(2),
             lease: Duration::from_secs(10),
-            defaults: SpecDefaults {
-                timeout: Duration::from_secs(3600),
-                queue_timeout: Duration::from_secs(24 * 3600),
-            },
             max_queued: 100_000,
             ack_timeout: Duration::from_secs(5),
             max_capacity: Capacity {
@@ -95,6 +91,8 @@ pub struct Effects {
 
 struct JobEntry {
     job: Job,
+    /// The typed values of the job's spec the scheduler and the retry rule use.
+    rules: JobRules,
     last_sequence: u64,
     queued_since: SystemTime,
 }
@@ -152,7 +150,25 @@ impl Cluster {
             metrics: std::sync::Arc::new(Metrics::new()),
         };
         let sequences: HashMap<_, _> = snapshot.last_sequences.into_iter().collect();
+        // Unfinished jobs whose stored spec no longer passes the checks (they tightened
+        // since it was accepted): failed below, saying why, rather than run on guesses.
+        let mut unusable = Vec::new();
         for job in snapshot.jobs {
+            let rules = match job.spec.clone().map(ValidSpec::effective) {
+                Some(Ok(spec)) => spec.rules().clone(),
+                Some(Err(error)) => {
+                    if !job.state().is_terminal() {
+                        unusable.push((job.id.clone(), error.to_string()));
+                    }
+                    JobRules::default()
+                }
+                None => {
+                    if !job.state().is_terminal() {
+                        unusable.push((job.id.clone(), "the job has no spec".to_owned()));
+                    }
+                    JobRules::default()
+                }
+            };
             if job.state() == JobState::Queued {
                 cluster.queue.insert(job.id.clone());
             }
@@ -170,10 +186,18 @@ impl Cluster {
                 job.id.clone(),
                 JobEntry {
                     job,
+                    rules,
                     last_sequence,
                     queued_since,
                 },
             );
+        }
+        for (job_id, reason) in unusable {
+            cluster.queue.remove(&job_id);
+            let message = format!("the stored spec is no longer valid: {reason}");
+            let failure = Failure::new(FailureKind::Internal, message.clone());
+            let now = SystemTime::now();
+            cluster.set_job_state(&job_id, JobState::Failed, message, Some(failure), None, now);
         }
         for mut node in snapshot.nodes {
             node.state = NodeState::Disconnected as i32;
@@ -360,7 +384,7 @@ impl Cluster {
                 .executions
                 .get(id)
                 .and_then(|e| self.jobs.get(&e.job_id))
-                .map(|j| job_memory(&j.job))
+                .map(|j| j.rules.memory_bytes)
                 .unwrap_or(0);
         }
         allocated
@@ -477,12 +501,4 @@ fn check_executor_id(id: &str) -> Result<()> {
         "register.executor_id {shown:?} must be 1-253 characters of letters, digits, '.', '_' \
          and '-'"
     )))
-}
-
-fn job_memory(job: &Job) -> u64 {
-    job.spec
-        .as_ref()
-        .and_then(|s| s.resources)
-        .map(|r| r.memory_bytes)
-        .unwrap_or(0)
 }

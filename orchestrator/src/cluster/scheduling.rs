@@ -4,11 +4,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use shoal::proto::{
-    Execution, ExecutionState, Failure, FailureKind, JobSpec, JobState, NodeState,
-    orchestrator_message,
+    Execution, ExecutionState, Failure, FailureKind, JobState, NodeState, orchestrator_message,
 };
 use shoal::spec::selector::Selector;
 
@@ -45,7 +44,7 @@ impl Cluster {
     }
 
     pub(super) fn schedule_pass(&mut self, now: SystemTime, full: bool) {
-        let mut unplaceable: HashMap<(Vec<String>, u64), String> = HashMap::new();
+        let mut unplaceable: HashMap<(Selector, u64), String> = HashMap::new();
         let mut free_slots = self.free_slots();
         let mut cursor: Option<String> = None;
         loop {
@@ -62,14 +61,11 @@ impl Cluster {
                 self.queue.remove(&job_id);
                 continue;
             };
-            let spec = entry.job.spec.as_ref();
-            let shape = (
-                spec.map(|s| s.constraints.clone()).unwrap_or_default(),
-                job_memory(&entry.job),
-            );
+            // Jobs of one shape are placed alike: once one cannot be, the rest are not tried.
+            let shape = (entry.rules.constraints.clone(), entry.rules.memory_bytes);
             let placed = match unplaceable.get(&shape) {
                 Some(reason) => Err(reason.clone()),
-                None => self.placement(spec.unwrap_or(&JobSpec::default())),
+                None => self.placement(&entry.rules),
             };
             let reason = match placed {
                 Ok(executor_id) => {
@@ -80,10 +76,7 @@ impl Cluster {
                 Err(_) if !full && free_slots == 0 => break,
                 Err(reason) => reason,
             };
-            let queue_timeout = spec
-                .and_then(|s| s.queue_timeout)
-                .and_then(|d| Duration::try_from(d).ok())
-                .unwrap_or(self.config.defaults.queue_timeout);
+            let queue_timeout = entry.rules.queue_timeout;
             let waited = now.duration_since(entry.queued_since).unwrap_or_default();
             let stale_reason = entry.job.status_message != reason;
             unplaceable.entry(shape).or_insert_with(|| reason.clone());
@@ -112,11 +105,10 @@ impl Cluster {
         }
     }
 
-    /// The executor to run `spec` on, or why there is none. Among fitting executors, the
-    /// one with the most free slots wins, which spreads work across the fleet.
-    pub(super) fn placement(&self, spec: &JobSpec) -> std::result::Result<String, String> {
-        let selector = Selector::parse(&spec.constraints, "constraints").unwrap_or_default();
-        let memory = spec.resources.map(|r| r.memory_bytes).unwrap_or(0);
+    /// The executor to run a job with `rules` on, or why there is none. Among fitting
+    /// executors, the one with the most free slots wins, which spreads work across the fleet.
+    pub(super) fn placement(&self, rules: &JobRules) -> std::result::Result<String, String> {
+        let (selector, memory) = (&rules.constraints, rules.memory_bytes);
         let live: Vec<&NodeEntry> = self
             .nodes
             .values()
@@ -269,7 +261,11 @@ mod tests {
         let _b = connect(&mut c, "b", 1, &[]);
         let now = SystemTime::now();
         let jobs: Vec<String> = (0..3)
-            .map(|_| c.submit(spec(), HashMap::new(), now).expect("submit").id)
+            .map(|_| {
+                c.submit(accept(spec()), HashMap::new(), now)
+                    .expect("submit")
+                    .id
+            })
             .collect();
         c.take_effects();
         c.schedule(now);
@@ -307,7 +303,10 @@ mod tests {
         let mut c = cluster();
         let _a = connect(&mut c, "a", 2, &[("zone", "a")]);
         let now = SystemTime::now();
-        let first = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        let first = c
+            .submit(accept(spec()), HashMap::new(), now)
+            .expect("submit")
+            .id;
         c.place_if_first(&first, now);
         assert_eq!(c.job(&first).expect("job").state(), JobState::Scheduled);
         let effects = c.take_effects();
@@ -330,7 +329,7 @@ mod tests {
         let mut unsatisfiable = spec();
         unsatisfiable.constraints = vec!["zone=b".into()];
         let waiting = c
-            .submit(unsatisfiable, HashMap::new(), now)
+            .submit(accept(unsatisfiable), HashMap::new(), now)
             .expect("submit")
             .id;
         c.place_if_first(&waiting, now);
@@ -340,7 +339,10 @@ mod tests {
                 .status_message
                 .contains("zone=b")
         );
-        let second = c.submit(spec(), HashMap::new(), now).expect("submit").id;
+        let second = c
+            .submit(accept(spec()), HashMap::new(), now)
+            .expect("submit")
+            .id;
         c.place_if_first(&second, now);
         assert!(assignments(&mut c).is_empty());
         assert_eq!(c.job(&second).expect("job").state(), JobState::Queued);
@@ -357,7 +359,11 @@ mod tests {
         let _a = connect(&mut c, "a", 1, &[]);
         let now = SystemTime::now();
         let jobs: Vec<String> = (0..3)
-            .map(|_| c.submit(spec(), HashMap::new(), now).expect("submit").id)
+            .map(|_| {
+                c.submit(accept(spec()), HashMap::new(), now)
+                    .expect("submit")
+                    .id
+            })
             .collect();
         c.take_effects();
         c.schedule_placements(now);
@@ -399,9 +405,12 @@ mod tests {
             seconds: 5,
             nanos: 0,
         });
-        let us = c.submit(wants_us, HashMap::new(), now).expect("submit").id;
+        let us = c
+            .submit(accept(wants_us), HashMap::new(), now)
+            .expect("submit")
+            .id;
         let mars = c
-            .submit(wants_mars, HashMap::new(), now)
+            .submit(accept(wants_mars), HashMap::new(), now)
             .expect("submit")
             .id;
         c.schedule(now);
@@ -434,10 +443,13 @@ mod tests {
             memory_bytes: 3 << 30,
         });
         let _first = c
-            .submit(big.clone(), HashMap::new(), now)
+            .submit(accept(big.clone()), HashMap::new(), now)
             .expect("submit")
             .id;
-        let second = c.submit(big, HashMap::new(), now).expect("submit").id;
+        let second = c
+            .submit(accept(big), HashMap::new(), now)
+            .expect("submit")
+            .id;
         c.schedule(now);
         assert_eq!(assignments(&mut c).len(), 1, "4 GiB hold one 3 GiB job");
         assert_eq!(c.job(&second).expect("job").state(), JobState::Queued);

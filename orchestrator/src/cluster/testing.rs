@@ -18,15 +18,20 @@ pub fn cluster() -> Cluster {
         ClusterConfig {
             heartbeat_interval: Duration::from_secs(1),
             lease: Duration::from_secs(10),
-            defaults: SpecDefaults {
-                timeout: Duration::from_secs(60),
-                queue_timeout: Duration::from_secs(3600),
-            },
             max_queued: 100,
             ..Default::default()
         },
         Instant::now(),
     )
+}
+
+/// `spec` checked and completed, as the service does it before a submission.
+pub fn accept(spec: JobSpec) -> shoal::spec::ValidSpec {
+    let defaults = shoal::spec::SpecDefaults {
+        timeout: Duration::from_secs(60),
+        queue_timeout: Duration::from_secs(3600),
+    };
+    shoal::spec::ValidSpec::accept(spec, defaults).expect("a valid spec")
 }
 
 pub fn spec() -> JobSpec {

@@ -21,6 +21,7 @@ use super::storage::DownloadStream;
 use super::{cid, job_id};
 use crate::Orchestrator;
 use crate::error::{Error, Result};
+use shoal::spec::ValidSpec;
 use shoal::spec::source::Source;
 
 /// Events read from the store per round trip.
@@ -46,22 +47,22 @@ impl JobApi {
             idempotency_key: key,
         } = request;
         let spec = spec.ok_or_else(|| Status::invalid_argument("spec: is required"))?;
-        shoal::spec::validate(&spec).map_err(Error::from)?;
+        let spec = ValidSpec::accept(spec, self.0.config().spec_defaults()).map_err(Error::from)?;
         // Every CID the job names must already be stored, or it could never run (URLs are
         // fetched by the executor) — unless IPFS gateways are configured, which executors
         // fetch the CIDs the store lacks from.
         let content = self.0.content();
         let gateways = !self.0.config().ipfs_gateways.is_empty();
-        let sources = std::iter::once(("program".to_owned(), &spec.program)).chain(
-            spec.inputs
-                .iter()
+        let raw = spec.spec();
+        let sources = std::iter::once(("program".to_owned(), &raw.program, spec.program())).chain(
+            spec.inputs()
                 .enumerate()
-                .map(|(i, input)| (format!("inputs[{i}].source"), &input.source)),
+                .map(|(i, (input, source))| (format!("inputs[{i}].source"), &input.source, source)),
         );
-        for (field, source) in sources {
-            if let Ok(Source::Cid(cid)) = source.parse::<Source>()
+        for (field, source, parsed) in sources {
+            if let Source::Cid(cid) = parsed
                 && !gateways
-                && !content.contains(&cid).await.map_err(Status::from)?
+                && !content.contains(cid).await.map_err(Status::from)?
             {
                 return Err(shoal::error::bounded_status(
                     tonic::Code::NotFound,
