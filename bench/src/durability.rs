@@ -8,7 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 use shoal::proto::{Capacity, JobSpec, Register};
 use shoal::spec::{SpecDefaults, ValidSpec};
 use shoal_orchestrator::cluster::{Cluster, ClusterConfig};
-use shoal_orchestrator::store::{Snapshot, Store, Write};
+use shoal_orchestrator::records::{Snapshot, Write};
+use shoal_orchestrator::store::Store;
 
 use crate::{Args, Figure, micros, percentile};
 

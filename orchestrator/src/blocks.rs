@@ -19,7 +19,8 @@ use bytes::Bytes;
 use shoal::content::cid::ContentId;
 
 use crate::error::{Error, Result};
-use crate::store::{Commit, Store, Write};
+use crate::records::Write;
+use crate::store::{Commit, Store};
 
 /// Largest block a local store keeps in its database rather than in a file of its own.
 pub const SMALL_BLOCK_MAX: usize = 64 * 1024;
@@ -108,7 +109,7 @@ impl BlockStore {
     pub async fn size(&self, cid: &ContentId) -> Result<Option<u64>> {
         match self {
             BlockStore::Local { blocks, small, .. } => {
-                if let Some(block) = small.block(&cid.to_string())? {
+                if let Some(block) = small.block(&cid.to_string()).await? {
                     return Ok(Some(block.len() as u64));
                 }
                 match tokio::fs::metadata(Self::block_path(blocks, cid)).await {
@@ -137,7 +138,7 @@ impl BlockStore {
         let missing = || Error::NotFound(format!("{cid} is not in the store"));
         match self {
             BlockStore::Local { blocks, small, .. } => {
-                if let Some(block) = small.block(&cid.to_string())? {
+                if let Some(block) = small.block(&cid.to_string()).await? {
                     return Ok(block);
                 }
                 tokio::fs::read(Self::block_path(blocks, cid))
@@ -214,7 +215,7 @@ impl BlockStore {
             BlockStore::Local { blocks, tmp, small } => {
                 let key = cid.to_string();
                 if data.len() <= SMALL_BLOCK_MAX {
-                    match small.block(&key)? {
+                    match small.block(&key).await? {
                         Some(held) if cid.verifies(&held) => return Ok(PendingPut(None)),
                         Some(held) => tracing::warn!(
                             cid = key,

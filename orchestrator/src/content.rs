@@ -24,7 +24,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::blocks::{BlockStore, PendingPut};
-use crate::store::{Store, Write};
+use crate::records::Write;
+use crate::store::Store;
 
 /// File blocks read ahead of the one being sent by a download.
 const READ_AHEAD_BLOCKS: usize = 4;

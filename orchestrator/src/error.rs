@@ -37,7 +37,7 @@ pub enum Error {
     StoreUnavailable(String),
     /// The write-ahead log is damaged or missing; the message says where and what to do.
     #[error("{0}")]
-    LogDamaged(crate::wal::LogDamage),
+    LogDamaged(crate::store::wal::LogDamage),
     /// The orchestrator is shutting down.
     #[error("the orchestrator is shutting down")]
     ShuttingDown,

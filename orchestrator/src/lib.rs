@@ -19,13 +19,13 @@ pub mod gateway;
 pub mod links;
 pub mod metrics;
 pub mod orchestrator;
+pub mod records;
 mod scheduler;
 pub mod service;
 pub mod store;
 #[cfg(test)]
 #[path = "../../tests/common/small_disk.rs"]
 mod testing;
-pub mod wal;
 
 use std::sync::Arc;
 

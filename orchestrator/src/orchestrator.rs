@@ -17,8 +17,9 @@ use crate::content::ContentStore;
 use crate::error::{self, Result};
 use crate::links::Links;
 use crate::metrics;
-use crate::store::{Commit, Store, Write};
-use crate::wal;
+use crate::records::Write;
+use crate::store::wal;
+use crate::store::{Commit, Store};
 
 /// How long a message may wait for room in an executor's stream.
 const EXECUTOR_SEND_TIMEOUT: Duration = Duration::from_secs(5);

@@ -11,7 +11,7 @@ use shoal::proto::{
 
 use super::*;
 use crate::metrics;
-use crate::store::Write;
+use crate::records::Write;
 
 impl Cluster {
     pub(super) fn owned_execution(

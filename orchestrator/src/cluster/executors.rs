@@ -11,7 +11,7 @@ use shoal::proto::{
 
 use super::*;
 use crate::error::{Error, Result};
-use crate::store::Write;
+use crate::records::Write;
 
 impl Cluster {
     /// An executor (re)connected. Returns the link generation that later calls must quote.

@@ -31,7 +31,7 @@ use shoal::spec::{JobRules, ValidSpec};
 
 use crate::error::{Error, Result};
 use crate::metrics::{self, Metrics};
-use crate::store::{Snapshot, Write};
+use crate::records::{Snapshot, Write};
 
 /// The stream a message is for: an executor, and the generation of its registration (a
 /// message for an earlier stream of the same executor is not delivered on a later one).

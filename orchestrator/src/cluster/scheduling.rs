@@ -12,7 +12,7 @@ use shoal::proto::{
 use shoal::spec::selector::Selector;
 
 use super::*;
-use crate::store::Write;
+use crate::records::Write;
 
 impl Cluster {
     /// Places queued jobs, oldest first, on connected executors with a free slot, enough

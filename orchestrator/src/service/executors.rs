@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::Orchestrator;
-use crate::store::Write;
+use crate::records::Write;
 
 /// Messages queued towards one executor before senders wait.
 const DOWNSTREAM_QUEUE: usize = 256;

@@ -1,9 +1,9 @@
-//! The durable store: jobs, executions, job events (state changes and log chunks), nodes and
+//! The embedded store: jobs, executions, job events (state changes and log chunks), nodes and
 //! the content store's small blocks, in one redb database in the data directory.
 //!
 //! All writes go through one writer thread that commits whatever has queued up as one
 //! group (group commit), so concurrent submitters share fsyncs: the group is appended to a
-//! write-ahead log and synced (`crate::wal`, which says why), then applied to redb. A caller
+//! write-ahead log and synced (`super::wal`, which says why), then applied to redb. A caller
 //! gets a [`Commit`] to await: once it resolves, the writes are on disk. Writes are applied
 //! in the order they were queued.
 //!
@@ -21,13 +21,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures::future::BoxFuture;
 use prost::Message;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use shoal::proto::{Execution, Job, JobEvent, Node};
 use tokio::sync::{mpsc, oneshot};
 
+use super::wal::{self, FrameBuilder, Table, Wal};
+use super::{Backend, Commit, DEFER_AT_MOST};
 use crate::error::{Error, Result};
-use crate::wal::{self, FrameBuilder, Table, Wal};
+use crate::records::{Snapshot, Write};
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const EXECUTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("executions");
@@ -46,30 +50,6 @@ const PROBE_BYTES: usize = 64 << 10;
 
 /// Batches waiting for the writer. Bounded: when the disk falls behind, submitters wait.
 const WRITE_QUEUE: usize = 1024;
-/// Longest a deferred write waits, once the writer is free, for a write to share a commit
-/// with.
-pub const DEFER_AT_MOST: Duration = Duration::from_millis(5);
-
-/// One record to write. (Variants differ in size, but writes live only briefly in a queue,
-/// so boxing would cost an allocation for nothing.)
-#[derive(Debug, Clone)]
-#[allow(clippy::large_enum_variant)]
-pub enum Write {
-    Job(Job),
-    Execution(Execution),
-    Event {
-        job_id: String,
-        event: JobEvent,
-    },
-    Node(Node),
-    Block {
-        cid: String,
-        data: bytes::Bytes,
-    },
-    /// A write of no meaning (in the store's own table), to find out whether the store
-    /// writes again after a failure.
-    Probe,
-}
 
 struct Batch {
     writes: Vec<Write>,
@@ -78,64 +58,23 @@ struct Batch {
     done: oneshot::Sender<Result<(), String>>,
 }
 
-/// Everything in the store, read at start-up.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    pub jobs: Vec<Job>,
-    pub executions: Vec<Execution>,
-    pub nodes: Vec<Node>,
-    /// The last event sequence number of each job.
-    pub last_sequences: Vec<(String, u64)>,
-    /// For executions not yet ended: where each of their log streams ends in the stored
-    /// events, so a chunk an executor resends after a restart is not stored twice.
-    pub log_ends: Vec<((String, i32), u64)>,
-}
-
 /// The open database, shared by the writer and readers. None while the writer reopens it
 /// after a failed commit (redb refuses every operation after an I/O error until it is
 /// opened again).
 type SharedDatabase = Arc<std::sync::RwLock<Option<Arc<Database>>>>;
 
-/// Handle to the store; cheap to clone.
-#[derive(Clone)]
-pub struct Store {
+/// The embedded store: redb and its write-ahead log, written by one thread.
+pub struct Embedded {
     db: SharedDatabase,
     writer: mpsc::Sender<Batch>,
-    writer_thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    writer_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Store")
-    }
-}
-
-/// A queued batch; await [`Commit::wait`] to know it is durable.
-#[must_use = "a write is only known to be durable once its commit is awaited"]
-pub struct Commit(oneshot::Receiver<Result<(), String>>);
-
-impl Commit {
-    /// Waits until the batch is on disk.
-    pub async fn wait(self) -> Result<()> {
-        match self.0.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(Error::StoreUnavailable(message)),
-            Err(_) => Err(Error::ShuttingDown),
-        }
-    }
-}
-
-impl Store {
+impl Embedded {
     /// Opens (or creates) the database at `path` (and its write-ahead log beside it, with
     /// the extension `wal`), applies what the log holds, and starts the writer thread,
-    /// which ends when every `Store` handle is dropped.
-    pub fn open(path: &Path) -> Result<(Store, Snapshot)> {
-        Store::open_with(path, wal::Recovery::Refuse)
-    }
-
-    /// [`open`](Self::open), saying what to do if the write-ahead log is damaged or
-    /// missing (by default: refuse, with [`Error::LogDamaged`]).
-    pub fn open_with(path: &Path, recovery: wal::Recovery) -> Result<(Store, Snapshot)> {
+    /// which ends when the store is dropped.
+    pub fn open(path: &Path, recovery: wal::Recovery) -> Result<(Embedded, Snapshot)> {
         let (db, wal) = open_database(path, recovery)?;
         let db = Arc::new(db);
         let snapshot = load(&db)?;
@@ -154,103 +93,101 @@ impl Store {
             .name("shoal-store-writer".into())
             .spawn(move || runtime.block_on(write_loop(writer_db, wal, queue)))
             .map_err(|e| Error::io("starting the store writer", e))?;
-        let writer_thread = Arc::new(std::sync::Mutex::new(Some(thread)));
-        Ok((
-            Store {
-                db,
-                writer,
-                writer_thread,
-            },
-            snapshot,
-        ))
+        let store = Embedded {
+            db,
+            writer,
+            writer_thread: std::sync::Mutex::new(Some(thread)),
+        };
+        Ok((store, snapshot))
     }
 
-    /// Queues writes; waits only if the write queue is full. Batches queued earlier are
-    /// committed no later than this one.
-    pub async fn queue(&self, writes: Vec<Write>) -> Result<Commit> {
-        self.queue_batch(writes, false).await
-    }
-
-    /// Like [`queue`](Self::queue), for writes whose commit may be deferred up to
-    /// [`DEFER_AT_MOST`] to share it with a later write (see the module's comment).
-    pub async fn queue_deferrable(&self, writes: Vec<Write>) -> Result<Commit> {
-        self.queue_batch(writes, true).await
-    }
-
-    async fn queue_batch(&self, writes: Vec<Write>, deferrable: bool) -> Result<Commit> {
-        let (done, receiver) = oneshot::channel();
-        self.writer
-            .send(Batch {
-                writes,
-                deferrable,
-                done,
-            })
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
-        Ok(Commit(receiver))
-    }
-
-    /// Flushes what is queued and closes the database, once every other handle is gone
-    /// (the server's tasks have ended); the same file can then be opened again.
-    pub async fn close(self) {
-        let thread = self
-            .writer_thread
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        drop(self);
-        if let Some(thread) = thread {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
-    }
-
-    /// A small block stored with [`Write::Block`], if there is one under `cid`. Called
-    /// inline from async code: a point lookup in a B-tree whose upper levels stay cached.
-    pub fn block(&self, cid: &str) -> Result<Option<bytes::Bytes>> {
-        let tx = self.database()?.begin_read()?;
-        let table = tx.open_table(BLOCKS)?;
-        Ok(table
-            .get(cid)?
-            .map(|value| bytes::Bytes::copy_from_slice(value.value())))
-    }
-
-    /// Up to `limit` events of a job with sequence numbers from `from`, in order.
-    pub async fn events(&self, job_id: &str, from: u64, limit: usize) -> Result<Vec<JobEvent>> {
-        let db = self.database()?;
-        let job_id = job_id.to_owned();
-        tokio::task::spawn_blocking(move || -> Result<Vec<JobEvent>> {
-            let tx = db.begin_read()?;
-            let table = tx.open_table(EVENTS)?;
-            let mut events = Vec::new();
-            for entry in table.range((job_id.as_str(), from)..=(job_id.as_str(), u64::MAX))? {
-                let (_, value) = entry?;
-                events.push(JobEvent::decode(value.value())?);
-                if events.len() >= limit {
-                    break;
-                }
-            }
-            Ok(events)
-        })
-        .await
-        .map_err(|e| Error::Store(e.to_string()))?
-    }
-}
-
-impl Store {
     /// The database, unless the writer is reopening it after a failed commit.
     fn database(&self) -> Result<Arc<Database>> {
         current(&self.db).ok_or_else(|| {
             Error::StoreUnavailable("the database is being reopened after a write error".into())
         })
     }
+}
 
-    /// Everything in the store, as at start-up: what the orchestrator reloads its state
-    /// from after commits failed (their transitions must be forgotten with them).
-    pub async fn snapshot(&self) -> Result<Snapshot> {
-        let db = self.database()?;
-        tokio::task::spawn_blocking(move || load(&db))
+impl Backend for Embedded {
+    fn queue(&self, writes: Vec<Write>, deferrable: bool) -> BoxFuture<'_, Result<Commit>> {
+        Box::pin(async move {
+            let (done, receiver) = oneshot::channel();
+            self.writer
+                .send(Batch {
+                    writes,
+                    deferrable,
+                    done,
+                })
+                .await
+                .map_err(|_| Error::ShuttingDown)?;
+            Ok(Commit::new(receiver))
+        })
+    }
+
+    fn snapshot(&self) -> BoxFuture<'_, Result<Snapshot>> {
+        Box::pin(async move {
+            let db = self.database()?;
+            tokio::task::spawn_blocking(move || load(&db))
+                .await
+                .map_err(|e| Error::Store(e.to_string()))?
+        })
+    }
+
+    fn events<'a>(
+        &'a self,
+        job_id: &'a str,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<JobEvent>>> {
+        Box::pin(async move {
+            let db = self.database()?;
+            let job_id = job_id.to_owned();
+            tokio::task::spawn_blocking(move || -> Result<Vec<JobEvent>> {
+                let tx = db.begin_read()?;
+                let table = tx.open_table(EVENTS)?;
+                let mut events = Vec::new();
+                let range = (job_id.as_str(), from)..=(job_id.as_str(), u64::MAX);
+                for entry in table.range(range)? {
+                    let (_, value) = entry?;
+                    events.push(JobEvent::decode(value.value())?);
+                    if events.len() >= limit {
+                        break;
+                    }
+                }
+                Ok(events)
+            })
             .await
             .map_err(|e| Error::Store(e.to_string()))?
+        })
+    }
+
+    /// Looked up inline, not on the blocking pool: a point lookup in a B-tree whose upper
+    /// levels stay cached.
+    fn block<'a>(&'a self, cid: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
+        Box::pin(async move {
+            let tx = self.database()?.begin_read()?;
+            let table = tx.open_table(BLOCKS)?;
+            Ok(table
+                .get(cid)?
+                .map(|value| Bytes::copy_from_slice(value.value())))
+        })
+    }
+
+    /// The writer thread ends once the last handle (and with it the queue's sender) is
+    /// gone; then the database file is closed and can be opened again.
+    fn close(self: Arc<Self>) -> BoxFuture<'static, ()> {
+        let thread = self
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        drop(self);
+        Box::pin(async move {
+            if let Some(thread) = thread {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
+        })
     }
 }
 
@@ -687,6 +624,7 @@ fn apply_rows(tx: &redb::WriteTransaction, rows: &[wal::Row<'_>]) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
     use shoal::proto::{JobState, job_event};
 
     const EMPTY_LOG: u64 = wal::FILE_HEADER as u64;
@@ -763,7 +701,7 @@ mod tests {
         let (recovered, snapshot) = Store::open(&crashed.join("state.redb")).expect("recover");
         assert_eq!(snapshot.jobs.len(), 20);
         assert_eq!(
-            recovered.block("b19").expect("block").as_deref(),
+            recovered.block("b19").await.expect("block").as_deref(),
             Some(&[19u8; 1000][..])
         );
         assert_eq!(file_len(&crashed.join("state.wal")), EMPTY_LOG);
@@ -937,7 +875,11 @@ mod tests {
         let (recovered, snapshot) = Store::open(&crashed.join("state.redb")).expect("recover");
         assert_eq!(snapshot.jobs.len(), 1);
         assert_eq!(
-            recovered.block("big").expect("block").map(|b| b.len()),
+            recovered
+                .block("big")
+                .await
+                .expect("block")
+                .map(|b| b.len()),
             Some(wal::DIRECT_BYTES)
         );
         recovered.close().await;

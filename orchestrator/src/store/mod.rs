@@ -1,0 +1,132 @@
+//! The durable store behind the orchestrator, and the contract every implementation keeps:
+//!
+//! - A write is durable once its [`Commit`] resolves, and not before: the orchestrator lets
+//!   a transition's effects out (messages to executors, watchers woken) only then.
+//! - Batches are committed in the order they were queued, and a batch queued earlier is
+//!   committed no later than one queued after it; many batches may share one commit (group
+//!   commit), so concurrent submitters share the cost of making them durable.
+//! - A *deferrable* batch (an executor's progress reports, which nobody waits for) may be
+//!   held up to [`DEFER_AT_MOST`] to share the commit of a later one.
+//! - After a failed commit the store refuses writes until it writes again; the orchestrator
+//!   then reloads its state from [`Store::snapshot`].
+//!
+//! [`Store`] is the handle the orchestrator holds; [`Backend`] is what an implementation
+//! provides. Today there is one, [`embedded`]: redb and a write-ahead log ([`wal`]) in the
+//! data directory.
+
+pub mod embedded;
+pub mod wal;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use shoal::proto::JobEvent;
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::records::{Snapshot, Write};
+
+/// Longest a deferred write waits, once the store is free, for a write to share a commit
+/// with.
+pub const DEFER_AT_MOST: Duration = Duration::from_millis(5);
+
+/// What a store implementation provides (see the module's comment for the contract).
+pub trait Backend: Send + Sync + 'static {
+    /// Queues `writes` for commit; waits only while the store's queue is full.
+    fn queue(&self, writes: Vec<Write>, deferrable: bool) -> BoxFuture<'_, Result<Commit>>;
+    /// Everything in the store, as at start-up.
+    fn snapshot(&self) -> BoxFuture<'_, Result<Snapshot>>;
+    /// Up to `limit` events of a job with sequence numbers from `from`, in order.
+    fn events<'a>(
+        &'a self,
+        job_id: &'a str,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<JobEvent>>>;
+    /// A block stored with [`Write::Block`], if there is one under `cid`.
+    fn block<'a>(&'a self, cid: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>>;
+    /// Commits what is queued and releases the store once every other handle is gone.
+    fn close(self: Arc<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store(Arc<dyn Backend>);
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+impl Store {
+    /// The embedded store at `path` (a redb database, its write-ahead log beside it with the
+    /// extension `wal`), and what it holds.
+    pub fn open(path: &Path) -> Result<(Store, Snapshot)> {
+        Store::open_with(path, wal::Recovery::Refuse)
+    }
+
+    /// [`open`](Self::open), saying what to do if the write-ahead log is damaged or
+    /// missing (by default: refuse, with [`Error::LogDamaged`]).
+    pub fn open_with(path: &Path, recovery: wal::Recovery) -> Result<(Store, Snapshot)> {
+        let (backend, snapshot) = embedded::Embedded::open(path, recovery)?;
+        Ok((Store(Arc::new(backend)), snapshot))
+    }
+
+    /// Queues writes; waits only if the write queue is full. Batches queued earlier are
+    /// committed no later than this one.
+    pub async fn queue(&self, writes: Vec<Write>) -> Result<Commit> {
+        self.0.queue(writes, false).await
+    }
+
+    /// Like [`queue`](Self::queue), for writes whose commit may be deferred up to
+    /// [`DEFER_AT_MOST`] to share it with a later write.
+    pub async fn queue_deferrable(&self, writes: Vec<Write>) -> Result<Commit> {
+        self.0.queue(writes, true).await
+    }
+
+    /// Everything in the store, as at start-up: what the orchestrator reloads its state
+    /// from after commits failed (their transitions must be forgotten with them).
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        self.0.snapshot().await
+    }
+
+    /// Up to `limit` events of a job with sequence numbers from `from`, in order.
+    pub async fn events(&self, job_id: &str, from: u64, limit: usize) -> Result<Vec<JobEvent>> {
+        self.0.events(job_id, from, limit).await
+    }
+
+    /// A small block stored with [`Write::Block`], if there is one under `cid`.
+    pub async fn block(&self, cid: &str) -> Result<Option<Bytes>> {
+        self.0.block(cid).await
+    }
+
+    /// Flushes what is queued and closes the store, once every other handle is gone (the
+    /// server's tasks have ended); the same store can then be opened again.
+    pub async fn close(self) {
+        self.0.close().await
+    }
+}
+
+/// A queued batch; await [`Commit::wait`] to know it is durable.
+#[must_use = "a write is only known to be durable once its commit is awaited"]
+pub struct Commit(oneshot::Receiver<Result<(), String>>);
+
+impl Commit {
+    /// A commit that resolves when `done` is sent: `Ok` once durable, `Err` with why not.
+    pub fn new(done: oneshot::Receiver<Result<(), String>>) -> Self {
+        Commit(done)
+    }
+
+    /// Waits until the batch is on disk.
+    pub async fn wait(self) -> Result<()> {
+        match self.0.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(Error::StoreUnavailable(message)),
+            Err(_) => Err(Error::ShuttingDown),
+        }
+    }
+}
