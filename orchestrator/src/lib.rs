@@ -7,10 +7,9 @@
 //! rule that effects wait for the commit), which runs transitions of `cluster/` (the pure
 //! state machine: jobs, scheduling, executors, executions) and commits them to `store`
 //! (durable records, group commit, with `wal`). `scheduler` is the loop that places queued
-//! work; `links` holds the executors' streams; `content` and `blocks` are the CID-addressed
-//! content store, `gateway` its IPFS gateway. [`run`] wires them together.
+//! work; `links` holds the executors' streams; `content/` is the CID-addressed content store
+//! (its blocks local or in S3), `gateway` its IPFS gateway. [`run`] wires them together.
 
-pub mod blocks;
 pub mod cluster;
 pub mod config;
 pub mod content;

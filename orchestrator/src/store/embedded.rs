@@ -38,7 +38,7 @@ const EXECUTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("execution
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// Content-store blocks small enough to share a commit with the job records (see
-/// `crate::blocks`), keyed by CID.
+/// `crate::content`), keyed by CID.
 const BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("blocks");
 /// Facts about the store itself: `wal_id` (u64 LE), the id of the write-ahead log this
 /// database goes with (so a missing or foreign log is noticed); `probe`, written to find

@@ -1,29 +1,27 @@
 //! The content store: programs, input data and results as UnixFS blocks, addressed by CID
 //! exactly as IPFS addresses them (see `shoal::content::unixfs`), in a local directory or an S3
-//! bucket (`crate::blocks`).
+//! bucket (`blocks`).
 //!
 //! A file is its DAG of 256 KiB raw leaves under dag-pb nodes; a directory is a dag-pb node
 //! linking its entries by name. A block that exists is complete, identical data is stored
 //! once, and a parent block is stored only after its children, so a stored root means a
 //! whole DAG.
 
+mod blocks;
+mod download;
+mod upload;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
 use shoal::content::cid::{ContentId, DAG_PB, RAW};
 use shoal::content::transfer::check_tree_path;
-use shoal::content::unixfs::{self, Block, FileBuilder, Link, NodeType};
+use shoal::content::unixfs::{self, Block, NodeType};
 use shoal::data::ipfs::GatewayFetcher;
-use shoal::proto::{
-    ContentBlock, DirectoryEntry, DownloadResponse, Entry, EntryKind, StatResponse, UploadRequest,
-    UploadResponse, download_response, upload_request,
-};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use shoal::proto::{ContentBlock, DirectoryEntry, EntryKind, StatResponse};
 
-use crate::blocks::{BlockStore, PendingPut};
+pub use self::blocks::BlockStore;
 use crate::records::Write;
 use crate::store::Store;
 
@@ -123,20 +121,6 @@ impl ContentStore {
     async fn node(&self, cid: &ContentId) -> Result<(unixfs::PbNode, unixfs::UnixfsData)> {
         let bytes = self.get_block(cid).await?;
         unixfs::decode_node(&bytes).map_err(|e| Error::Store(format!("{cid}: {e}")))
-    }
-
-    /// Stores a file or tree sent in the upload framing and returns its CID.
-    pub async fn put<S>(&self, stream: S) -> Result<UploadResponse>
-    where
-        S: Stream<Item = Result<UploadRequest, tonic::Status>> + Unpin,
-    {
-        Upload::new(self).receive(stream).await
-    }
-
-    /// Stores a local file or tree (fetched by the orchestrator itself) and returns its CID.
-    pub async fn put_path(&self, path: &Path) -> Result<UploadResponse> {
-        let stream = shoal::content::transfer::local_upload_stream(path).await?;
-        self.put(stream.map(Ok)).await
     }
 
     /// Makes sure the whole DAG under `cid` is held, fetching the blocks the store lacks
@@ -338,159 +322,6 @@ impl ContentStore {
             entries,
         })
     }
-
-    /// Streams `cid` (or `path` inside it) in the download framing. Errors found before
-    /// the first message are returned; later ones end the stream with a status.
-    pub async fn download(
-        &self,
-        cid: &ContentId,
-        path: &str,
-        offset: u64,
-    ) -> Result<ReceiverStream<Result<DownloadResponse, tonic::Status>>> {
-        let root = self.resolve(cid, path).await?;
-        if root.kind == EntryKind::File && offset > root.size {
-            return Err(Error::InvalidArgument(format!(
-                "offset {offset} is past the end of a {}-byte file",
-                root.size
-            )));
-        }
-        // Bounded: a slow client holds at most a few chunks in memory.
-        let (tx, rx) = mpsc::channel(8);
-        let store = self.clone();
-        tokio::spawn(async move {
-            if let Err(error) = store.send_tree(&tx, root, offset).await {
-                let _ = tx.send(Err(error.into())).await;
-            }
-        });
-        Ok(ReceiverStream::new(rx))
-    }
-
-    async fn send_tree(
-        &self,
-        tx: &mpsc::Sender<Result<DownloadResponse, tonic::Status>>,
-        root: Resolved,
-        offset: u64,
-    ) -> Result<()> {
-        // Depth-first with an explicit stack, parents before children, names in order.
-        let mut stack = vec![(root, String::new())];
-        while let Some((entry, path)) = stack.pop() {
-            let is_root = path.is_empty();
-            let header = DownloadResponse {
-                item: Some(download_response::Item::Entry(Entry {
-                    path: path.clone(),
-                    kind: entry.kind as i32,
-                    size: entry.size,
-                })),
-            };
-            if tx.send(Ok(header)).await.is_err() {
-                return Ok(()); // the client went away
-            }
-            if entry.kind == EntryKind::File {
-                let skip = if is_root { offset } else { 0 };
-                if !self.send_file(tx, entry.cid, skip, 0).await? {
-                    return Ok(());
-                }
-                continue;
-            }
-            let (node, _) = self.node(&entry.cid).await?;
-            for link in node.links.iter().rev() {
-                let name = link.name.clone().unwrap_or_default();
-                check_tree_path(&name).map_err(|_| {
-                    Error::Store(format!(
-                        "{} holds an unusable entry name {name:?}",
-                        entry.cid
-                    ))
-                })?;
-                let child_path = if path.is_empty() {
-                    name
-                } else {
-                    format!("{path}/{name}")
-                };
-                let child = self.resolve_root(&unixfs::link_cid(link)?).await?;
-                stack.push((child, child_path));
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends a file DAG's bytes, skipping the first `skip`; false if the client went away.
-    fn send_file<'a>(
-        &'a self,
-        tx: &'a mpsc::Sender<Result<DownloadResponse, tonic::Status>>,
-        cid: ContentId,
-        skip: u64,
-        depth: usize,
-    ) -> futures::future::BoxFuture<'a, Result<bool>> {
-        Box::pin(async move {
-            if depth > MAX_DAG_DEPTH {
-                return Err(Error::Store(format!("the DAG under {cid} is too deep")));
-            }
-            if cid.is_raw() {
-                let data = self.get_block(&cid).await?;
-                let start = (skip as usize).min(data.len());
-                return Ok(send_data(tx, data.slice(start..)).await);
-            }
-            let (node, data) = self.node(&cid).await?;
-            let mut skip = skip;
-            if let Some(inline) = data.data.filter(|d| !d.is_empty()) {
-                let start = (skip as usize).min(inline.len());
-                skip -= start as u64;
-                if !send_data(tx, inline.slice(start..)).await {
-                    return Ok(false);
-                }
-            }
-            let mut children = Vec::with_capacity(node.links.len());
-            for (i, link) in node.links.iter().enumerate() {
-                let size = data.blocksizes.get(i).copied().unwrap_or(0);
-                if skip >= size && size > 0 {
-                    skip -= size;
-                    continue;
-                }
-                children.push((unixfs::link_cid(link)?, skip));
-                skip = 0;
-            }
-            // Leaf blocks are read a few ahead of the one being sent, so the disk and the
-            // network work at the same time instead of taking turns (B5).
-            let mut children = futures::stream::iter(children)
-                .map(|(cid, skip)| async move {
-                    let leaf = if cid.is_raw() {
-                        Some(self.get_block(&cid).await?)
-                    } else {
-                        None
-                    };
-                    Ok::<_, Error>((cid, skip, leaf))
-                })
-                .buffered(READ_AHEAD_BLOCKS);
-            while let Some(child) = children.next().await {
-                let (cid, skip, leaf) = child?;
-                let sent = match leaf {
-                    Some(data) => {
-                        let start = (skip as usize).min(data.len());
-                        send_data(tx, data.slice(start..)).await
-                    }
-                    None => self.send_file(tx, cid, skip, depth + 1).await?,
-                };
-                if !sent {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        })
-    }
-}
-
-async fn send_data(
-    tx: &mpsc::Sender<Result<DownloadResponse, tonic::Status>>,
-    data: Bytes,
-) -> bool {
-    if data.is_empty() {
-        return true;
-    }
-    tx.send(Ok(DownloadResponse {
-        item: Some(download_response::Item::Data(data)),
-    }))
-    .await
-    .is_ok()
 }
 
 fn node_type(data: &unixfs::UnixfsData) -> Result<NodeType> {
@@ -498,218 +329,10 @@ fn node_type(data: &unixfs::UnixfsData) -> Result<NodeType> {
         .ok_or_else(|| Error::Store(format!("unknown UnixFS node type {}", data.r#type)))
 }
 
-/// A file being received.
-struct IncomingFile {
-    path: String,
-    builder: FileBuilder,
-    expected: u64,
-    written: u64,
-}
-
-/// The state of one upload: the directories declared so far and the file being built.
-struct Upload<'a> {
-    store: &'a ContentStore,
-    root: Option<EntryKind>,
-    /// Entries of each declared directory, by directory path.
-    directories: unixfs::Directories,
-    names: HashSet<String>,
-    current: Option<IncomingFile>,
-    total: u64,
-    root_file: Option<Link>,
-    /// Blocks queued for the store's next commit, waited for before the CID is returned.
-    pending: Vec<PendingPut>,
-}
-
-/// Blocks an upload leaves queued before it waits for them (bounds its memory).
-const MAX_PENDING_BLOCKS: usize = 1024;
-
-/// Hands `block` to the store and remembers it in `pending` until it is waited for.
-async fn queue_block(
-    store: &ContentStore,
-    pending: &mut Vec<PendingPut>,
-    block: &Block,
-) -> Result<()> {
-    pending.push(store.blocks.put_queued(&block.cid, &block.data).await?);
-    if pending.len() >= MAX_PENDING_BLOCKS {
-        wait_all(pending).await?;
-    }
-    Ok(())
-}
-
-/// Waits until every block in `pending` is durable; each commit's own result counts.
-async fn wait_all(pending: &mut Vec<PendingPut>) -> Result<()> {
-    for put in pending.drain(..) {
-        put.wait().await?;
-    }
-    Ok(())
-}
-
-fn malformed(message: String) -> Error {
-    Error::Core(shoal::Error::MalformedTransfer(message))
-}
-
-impl<'a> Upload<'a> {
-    fn new(store: &'a ContentStore) -> Self {
-        Upload {
-            store,
-            root: None,
-            directories: unixfs::Directories::new(),
-            names: HashSet::new(),
-            current: None,
-            total: 0,
-            root_file: None,
-            pending: Vec::new(),
-        }
-    }
-
-    async fn receive<S>(mut self, mut stream: S) -> Result<UploadResponse>
-    where
-        S: Stream<Item = Result<UploadRequest, tonic::Status>> + Unpin,
-    {
-        while let Some(message) = stream.next().await {
-            let message =
-                message.map_err(|s| malformed(format!("upload stream failed: {}", s.message())))?;
-            match message.item {
-                Some(upload_request::Item::Entry(entry)) => self.begin_entry(entry).await?,
-                Some(upload_request::Item::Data(data)) => self.write_data(&data).await?,
-                None => return Err(malformed("empty upload message".into())),
-            }
-        }
-        self.finish_file().await?;
-        let root = match self.root {
-            None => return Err(malformed("the upload had no entries".into())),
-            Some(EntryKind::File) => self
-                .root_file
-                .ok_or_else(|| malformed("the file upload was not finished".into()))?,
-            Some(_) => self.build_directories().await?,
-        };
-        wait_all(&mut self.pending).await?;
-        Ok(UploadResponse {
-            cid: root.cid.to_string(),
-            size: self.total,
-        })
-    }
-
-    async fn begin_entry(&mut self, entry: Entry) -> Result<()> {
-        self.finish_file().await?;
-        check_tree_path(&entry.path)?;
-        let kind = entry.kind();
-        if kind == EntryKind::Unspecified {
-            return Err(malformed(format!("entry {:?} has no kind", entry.path)));
-        }
-        if self.names.len() >= MAX_UPLOAD_ENTRIES {
-            return Err(Error::ResourceExhausted(format!(
-                "an upload may hold at most {MAX_UPLOAD_ENTRIES} entries"
-            )));
-        }
-        match self.root {
-            None if !entry.path.is_empty() => {
-                return Err(malformed(
-                    "the first entry must be the root (empty path)".into(),
-                ));
-            }
-            None => self.root = Some(kind),
-            Some(EntryKind::File) => {
-                return Err(malformed("a file upload holds exactly one entry".into()));
-            }
-            Some(_) => {
-                if entry.path.is_empty() {
-                    return Err(malformed("the root entry appears twice".into()));
-                }
-                if !self.directories.contains_key(parent_of(&entry.path)) {
-                    return Err(malformed(format!(
-                        "{:?} comes before its parent directory",
-                        entry.path
-                    )));
-                }
-                if !self.names.insert(entry.path.clone()) {
-                    return Err(malformed(format!("{:?} appears twice", entry.path)));
-                }
-            }
-        }
-        if kind == EntryKind::Directory {
-            self.directories.insert(entry.path, Vec::new());
-            return Ok(());
-        }
-        if self.total.saturating_add(entry.size) > self.store.max_upload_bytes {
-            return Err(Error::ResourceExhausted(format!(
-                "the upload exceeds the limit of {} bytes",
-                self.store.max_upload_bytes
-            )));
-        }
-        self.current = Some(IncomingFile {
-            path: entry.path,
-            builder: FileBuilder::new(),
-            expected: entry.size,
-            written: 0,
-        });
-        Ok(())
-    }
-
-    async fn write_data(&mut self, data: &[u8]) -> Result<()> {
-        let Some(current) = self.current.as_mut() else {
-            return Err(malformed("data outside a file entry".into()));
-        };
-        if current.written + data.len() as u64 > current.expected {
-            return Err(malformed(format!(
-                "{:?} is longer than its declared {} bytes",
-                current.path, current.expected
-            )));
-        }
-        current.written += data.len() as u64;
-        self.total += data.len() as u64;
-        for block in current.builder.write(data) {
-            queue_block(self.store, &mut self.pending, &block).await?;
-        }
-        Ok(())
-    }
-
-    async fn finish_file(&mut self) -> Result<()> {
-        let Some(current) = self.current.take() else {
-            return Ok(());
-        };
-        if current.written != current.expected {
-            return Err(malformed(format!(
-                "{:?} ended after {} of its declared {} bytes",
-                current.path, current.written, current.expected
-            )));
-        }
-        let (blocks, link) = current.builder.finish();
-        for block in &blocks {
-            queue_block(self.store, &mut self.pending, block).await?;
-        }
-        if current.path.is_empty() {
-            self.root_file = Some(link);
-        } else {
-            let (parent, name) = split_path(&current.path);
-            if let Some(entries) = self.directories.get_mut(parent) {
-                entries.push((name.to_owned(), link));
-            }
-        }
-        Ok(())
-    }
-
-    /// Stores every directory node, deepest first, and returns the root's link.
-    async fn build_directories(&mut self) -> Result<Link> {
-        let (nodes, root) = unixfs::close_directories(std::mem::take(&mut self.directories));
-        for node in &nodes {
-            queue_block(self.store, &mut self.pending, node).await?;
-        }
-        root.ok_or_else(|| Error::Store("the root directory was lost".into()))
-    }
-}
-
-fn parent_of(path: &str) -> &str {
-    split_path(path).0
-}
-
-fn split_path(path: &str) -> (&str, &str) {
-    path.rsplit_once('/').unwrap_or(("", path))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal::proto::{Entry, UploadRequest, UploadResponse, upload_request};
 
     fn entry(path: &str, kind: EntryKind, size: u64) -> Result<UploadRequest, tonic::Status> {
         Ok(UploadRequest {
@@ -906,10 +529,7 @@ mod tests {
         for shard in std::fs::read_dir(content_dir.join("blocks")).expect("blocks") {
             for block in std::fs::read_dir(shard.expect("shard").path()).expect("shard") {
                 let size = block.expect("block").metadata().expect("metadata").len();
-                assert!(
-                    size as usize > crate::blocks::SMALL_BLOCK_MAX,
-                    "{size}-byte file"
-                );
+                assert!(size as usize > blocks::SMALL_BLOCK_MAX, "{size}-byte file");
                 block_files += 1;
             }
         }

@@ -1,0 +1,88 @@
+//! S2 and S3: memory per queued job, and a restart with 100,000 jobs.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::stack::Stack;
+use crate::{Args, Figure, repo_root};
+
+/// S2 and S3: 100,000 jobs queued through the API with no executor: the orchestrator's
+/// memory per queued job; then its restart time with them all in the store, against the
+/// restart of an empty one.
+pub async fn s2_s3(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
+    let (jobs, clients_count) = if args.smoke { (500, 8) } else { (100_000, 128) };
+    let mut stack = Stack::start(&dir, &["--max-queued-jobs", "200000"]).await?;
+    let clients = stack.clients().await?;
+    let program = clients
+        .clone()
+        .put(&repo_root().join("examples/hello/hello.wasm"))
+        .await?;
+
+    stack.stop_orchestrator().await?;
+    stack.restart_orchestrator()?;
+    let empty_restart = stack.wait_ready().await?;
+    let clients = stack.clients().await?;
+    let (rss_before, _) = stack.orchestrator_usage()?;
+
+    let started = Instant::now();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients_count {
+        let mut clients = clients.clone();
+        let program = program.clone();
+        let next = next.clone();
+        tasks.spawn(async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < jobs {
+                clients.submit(&program, &["queued"]).await?;
+            }
+            Ok::<(), anyhow::Error>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    let submit_rate = jobs as f64 / started.elapsed().as_secs_f64();
+    let (rss_after, _) = stack.orchestrator_usage()?;
+    let per_job = rss_after.saturating_sub(rss_before) as f64 / jobs as f64;
+
+    stack.stop_orchestrator().await?;
+    stack.restart_orchestrator()?;
+    let full_restart = stack.wait_ready().await?;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    Ok(vec![
+        Figure {
+            id: "S2",
+            what: "orchestrator memory per queued job (100k queued)",
+            unit: "bytes",
+            measured: per_job,
+            baseline: None,
+            ratio: None,
+            ratio_unit: "",
+            target: "(scale report)",
+            meets: None,
+            details: serde_json::json!({
+                "jobs": jobs,
+                "rss_before_bytes": rss_before,
+                "rss_after_bytes": rss_after,
+                "durable_submits_per_s": submit_rate,
+                "concurrent_clients": clients_count,
+            }),
+        },
+        Figure {
+            id: "S3",
+            what: "orchestrator restart with 100k jobs in the store",
+            unit: "ms",
+            measured: ms(full_restart),
+            baseline: Some(ms(empty_restart)),
+            ratio: Some(full_restart.as_secs_f64() / empty_restart.as_secs_f64()),
+            ratio_unit: "x empty",
+            target: "(scale report)",
+            meets: None,
+            details: serde_json::json!({
+                "jobs": jobs,
+                "baseline": "restart of the same orchestrator with an empty store",
+                "measured_until": "the first answered ListNodes call",
+            }),
+        },
+    ])
+}
