@@ -37,6 +37,15 @@ pub enum Error {
     Rpc(#[from] tonic::Status),
 }
 
+/// A local I/O failure and what was being done, for the daemons' error types.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source}")]
+pub struct IoError {
+    pub context: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// Longest message a gRPC status carries: statuses travel in HTTP/2 headers, and one that
 /// echoed a 1 MB field would break the response itself instead of saying what is wrong.
 pub const MAX_STATUS_MESSAGE: usize = 1024;

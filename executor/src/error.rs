@@ -17,12 +17,8 @@ pub enum Error {
     #[error("protocol: {0}")]
     Protocol(String),
     /// Local disk I/O failed.
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] shoal::error::IoError),
     /// The configuration is unusable.
     #[error("configuration: {0}")]
     Config(String),
@@ -37,9 +33,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
-        }
+        let context = context.into();
+        Error::Io(shoal::error::IoError { context, source })
     }
 }

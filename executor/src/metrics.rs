@@ -5,12 +5,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use shoal::daemon::metrics::StreamMessages;
 use shoal::proto::ExecutionState;
 
 /// One label whose values are fixed words, e.g. `result="hit"`.
 pub type Label = [(&'static str, &'static str); 1];
-/// A stream message's direction and type.
-pub type MessageLabels = [(&'static str, &'static str); 2];
 
 /// Every metric the executor exports.
 pub struct Metrics {
@@ -20,7 +19,7 @@ pub struct Metrics {
     pub execution_duration: Family<Label, Histogram, fn() -> Histogram>,
     pub staged_bytes: Family<Label, Counter>,
     pub module_cache: Family<Label, Counter>,
-    pub stream_messages: Family<MessageLabels, Counter>,
+    pub stream_messages: StreamMessages,
     pub connected: Gauge,
 }
 
@@ -49,7 +48,7 @@ impl Metrics {
             execution_duration: Family::new_with_constructor(duration_histogram),
             staged_bytes: Family::default(),
             module_cache: Family::default(),
-            stream_messages: Family::default(),
+            stream_messages: StreamMessages::default(),
             connected: Gauge::default(),
         };
         let r = &mut metrics.registry;
@@ -78,10 +77,10 @@ impl Metrics {
             "Compiled-module lookups: hit (memory or disk) or miss (compiled)",
             metrics.module_cache.clone(),
         );
-        r.register(
+        metrics.stream_messages.register(
+            r,
             "stream_messages",
             "Messages on the stream to the orchestrator, by direction and type",
-            metrics.stream_messages.clone(),
         );
         r.register(
             "connected",
@@ -98,9 +97,7 @@ impl Metrics {
 
     /// Counts one stream message.
     pub fn message(&self, direction: &'static str, kind: &'static str) {
-        self.stream_messages
-            .get_or_create(&[("direction", direction), ("type", kind)])
-            .inc();
+        self.stream_messages.count(direction, kind);
     }
 
     /// Records an execution that ended in `state` after `duration`.

@@ -25,12 +25,8 @@ pub enum Error {
     #[error("store: {0}")]
     Store(String),
     /// Local disk I/O failed.
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] shoal::error::IoError),
     /// A write could not be committed (a full or failing disk): nothing of it was
     /// applied, and the call may be retried once the store writes again.
     #[error("the store cannot write: {0}")]
@@ -49,10 +45,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
-        }
+        let context = context.into();
+        Error::Io(shoal::error::IoError { context, source })
     }
 }
 
@@ -90,15 +84,15 @@ impl From<Error> for tonic::Status {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::ShuttingDown | Error::StoreUnavailable(_) => Code::Unavailable,
             // A full disk: retryable once space is freed.
-            Error::Io { source, .. }
+            Error::Io(io)
                 if matches!(
-                    source.kind(),
+                    io.source.kind(),
                     std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
                 ) =>
             {
                 Code::Unavailable
             }
-            Error::Store(_) | Error::Io { .. } | Error::LogDamaged(_) => {
+            Error::Store(_) | Error::Io(_) | Error::LogDamaged(_) => {
                 tracing::error!(%error, "internal error");
                 Code::Internal
             }

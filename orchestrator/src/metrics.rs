@@ -10,12 +10,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use shoal::daemon::metrics::StreamMessages;
 use shoal::proto::{ExecutionState, JobState};
 
 /// One label, e.g. `state="completed"`.
 pub type Label = [(&'static str, String); 1];
-/// A stream message's direction and type.
-pub type MessageLabels = [(&'static str, &'static str); 2];
 
 type HistogramFamily = Family<Label, Histogram, fn() -> Histogram>;
 
@@ -34,7 +33,7 @@ pub struct Metrics {
     pub jobs_finished: Family<Label, Counter>,
     pub scheduling_latency: Histogram,
     pub execution_duration: HistogramFamily,
-    pub stream_messages: Family<MessageLabels, Counter>,
+    pub stream_messages: StreamMessages,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -61,7 +60,7 @@ impl Metrics {
             jobs_finished: Family::default(),
             scheduling_latency: duration_histogram(),
             execution_duration: Family::new_with_constructor(duration_histogram),
-            stream_messages: Family::default(),
+            stream_messages: StreamMessages::default(),
         };
         let r = &mut metrics.registry;
         r.register("jobs", "Jobs by state", metrics.jobs.clone());
@@ -100,10 +99,10 @@ impl Metrics {
             "From assignment to the end of an execution, by final state",
             metrics.execution_duration.clone(),
         );
-        r.register(
+        metrics.stream_messages.register(
+            r,
             "executor_stream_messages",
             "Messages on executor streams, by direction and type",
-            metrics.stream_messages.clone(),
         );
         metrics
     }
@@ -115,9 +114,7 @@ impl Metrics {
 
     /// Counts one executor-stream message.
     pub fn message(&self, direction: &'static str, kind: &'static str) {
-        self.stream_messages
-            .get_or_create(&[("direction", direction), ("type", kind)])
-            .inc();
+        self.stream_messages.count(direction, kind);
     }
 }
 

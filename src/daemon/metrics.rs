@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +20,24 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 /// Buckets for durations from a millisecond to about an hour, in seconds.
 pub fn duration_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.001, 4.0, 12)
+}
+
+/// Messages on a daemon's gRPC streams, counted by direction (`sent`, `received`) and type.
+#[derive(Debug, Clone, Default)]
+pub struct StreamMessages(Family<[(&'static str, &'static str); 2], Counter>);
+
+impl StreamMessages {
+    /// Registers the counter in `registry` as `name`.
+    pub fn register(&self, registry: &mut Registry, name: &str, help: &str) {
+        registry.register(name, help, self.0.clone());
+    }
+
+    /// Counts one message.
+    pub fn count(&self, direction: &'static str, kind: &'static str) {
+        self.0
+            .get_or_create(&[("direction", direction), ("type", kind)])
+            .inc();
+    }
 }
 
 /// Encodes `registry` in the OpenMetrics text format.
