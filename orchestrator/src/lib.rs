@@ -23,7 +23,7 @@ mod scheduler;
 pub mod service;
 pub mod store;
 #[cfg(test)]
-#[path = "../../tests/common/small_disk.rs"]
+#[path = "../../tests/e2e/common/small_disk.rs"]
 mod testing;
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 ;; The `helm test` program: prints one line and exits 0. charts/shoal/files/hello.wasm is
-;; this file compiled (a unit test in tests/chart.rs keeps the two the same).
+;; this file compiled (a unit test in tests/e2e/chart.rs keeps the two the same).
 (module
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)

@@ -3,14 +3,12 @@
 //! network by a proxy. Every acknowledged job must end in exactly one terminal state, with
 //! its results intact, and nothing may run to completion twice.
 
-mod common;
-
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{free_port, path, start_orchestrator};
+use crate::common::{free_port, path, start_orchestrator};
 use shoal::net::auth::{AuthChannel, CallerMetadata};
 use shoal::proto::job_service_client::JobServiceClient;
 use shoal::proto::storage_service_client::StorageServiceClient;
@@ -33,7 +31,7 @@ fn channel(address: &str) -> AuthChannel {
 
 /// Waits until `count` jobs have been acknowledged.
 async fn wait_acked(acked: &AtomicUsize, count: usize) {
-    let deadline = tokio::time::Instant::now() + common::TIMEOUT * 4;
+    let deadline = tokio::time::Instant::now() + crate::common::TIMEOUT * 4;
     while acked.load(Ordering::SeqCst) < count {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -50,7 +48,7 @@ async fn acknowledged_jobs_survive_two_orchestrator_kills() {
     let port = free_port();
     let address = format!("http://127.0.0.1:{port}");
     let mut orchestrator = start_orchestrator(&data, port).await;
-    let _executor = common::start_executor(
+    let _executor = crate::common::start_executor(
         &address,
         &dir.path().join("executor"),
         "steady",
@@ -147,7 +145,7 @@ async fn acknowledged_jobs_survive_two_orchestrator_kills() {
 
     // Every acknowledged job completes, once, with its own output.
     let mut jobs = JobServiceClient::new(channel(&address));
-    let deadline = tokio::time::Instant::now() + common::TIMEOUT * 6;
+    let deadline = tokio::time::Instant::now() + crate::common::TIMEOUT * 6;
     let mut pending: HashSet<String> = submitted.keys().cloned().collect();
     while !pending.is_empty() {
         assert!(
@@ -234,31 +232,31 @@ async fn a_killed_executors_job_finishes_elsewhere() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let address = format!("http://127.0.0.1:{port}");
-    let _orchestrator = common::start_orchestrator_with(
+    let _orchestrator = crate::common::start_orchestrator_with(
         &dir.path().join("o"),
         port,
         &["--lease", "2s", "--heartbeat-interval", "500ms"],
     )
     .await;
-    let mut doomed = common::start_executor(
+    let mut doomed = crate::common::start_executor(
         &address,
         &dir.path().join("doomed"),
         "doomed",
         &["--slots", "1"],
     );
-    common::wait_connected(&address).await;
-    let id = common::submit(&address, &[&path("tests/fixtures/ticker.wasm"), "3"]).await;
-    let _follower = common::follow_until(&address, &id, "tick 0").await;
+    crate::common::wait_connected(&address).await;
+    let id = crate::common::submit(&address, &[&path("tests/fixtures/ticker.wasm"), "3"]).await;
+    let _follower = crate::common::follow_until(&address, &id, "tick 0").await;
     doomed.kill().await.expect("kill -9 the executor");
-    let _rescuer = common::start_executor(
+    let _rescuer = crate::common::start_executor(
         &address,
         &dir.path().join("rescuer"),
         "rescuer",
         &["--slots", "1"],
     );
-    let job = common::wait_terminal(&address, &id).await;
-    assert_eq!(common::state(&job), "JOB_STATE_COMPLETED", "{job}");
-    let runs = common::executions_of(&address, &id).await;
+    let job = crate::common::wait_terminal(&address, &id).await;
+    assert_eq!(crate::common::state(&job), "JOB_STATE_COMPLETED", "{job}");
+    let runs = crate::common::executions_of(&address, &id).await;
     assert_eq!(
         runs,
         [
@@ -284,31 +282,31 @@ async fn a_second_executor_with_the_same_id_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let address = format!("http://127.0.0.1:{port}");
-    let (_orchestrator, orchestrator_log) = common::start_orchestrator_logged(
+    let (_orchestrator, orchestrator_log) = crate::common::start_orchestrator_logged(
         &dir.path().join("o"),
         port,
         &["--lease", "2s", "--heartbeat-interval", "500ms"],
         &[],
     )
     .await;
-    let mut first = common::start_executor(
+    let mut first = crate::common::start_executor(
         &address,
         &dir.path().join("first"),
         "twin",
         &["--slots", "1"],
     );
-    common::wait_connected(&address).await;
-    let id = common::submit(&address, &[&path("tests/fixtures/ticker.wasm"), "3"]).await;
-    let _follower = common::follow_until(&address, &id, "tick 0").await;
+    crate::common::wait_connected(&address).await;
+    let id = crate::common::submit(&address, &[&path("tests/fixtures/ticker.wasm"), "3"]).await;
+    let _follower = crate::common::follow_until(&address, &id, "tick 0").await;
 
-    let (_second, second_log) = common::start_executor_logged(
+    let (_second, second_log) = crate::common::start_executor_logged(
         &address,
         &dir.path().join("second"),
         "twin",
         &["--slots", "1"],
         &[],
     );
-    let refusal = common::json_log_line(&second_log, "about the refusal", |line| {
+    let refusal = crate::common::json_log_line(&second_log, "about the refusal", |line| {
         line["message"] == "the orchestrator refused this executor: its id is in use"
     })
     .await;
@@ -319,15 +317,15 @@ async fn a_second_executor_with_the_same_id_is_refused() {
             .is_some_and(|e| e.contains("twin") && e.contains("--executor-id")),
         "{refusal}"
     );
-    common::json_log_line(&orchestrator_log, "\"executor refused\"", |line| {
+    crate::common::json_log_line(&orchestrator_log, "\"executor refused\"", |line| {
         line["message"] == "executor refused" && line["executor_id"] == "twin"
     })
     .await;
 
-    let job = common::wait_terminal(&address, &id).await;
-    assert_eq!(common::state(&job), "JOB_STATE_COMPLETED", "{job}");
+    let job = crate::common::wait_terminal(&address, &id).await;
+    assert_eq!(crate::common::state(&job), "JOB_STATE_COMPLETED", "{job}");
     assert_eq!(
-        common::executions_of(&address, &id).await,
+        crate::common::executions_of(&address, &id).await,
         [(
             "twin".into(),
             "EXECUTION_STATE_COMPLETED".into(),
@@ -337,13 +335,13 @@ async fn a_second_executor_with_the_same_id_is_refused() {
     );
 
     first.kill().await.expect("kill the first executor");
-    common::json_log_line(&second_log, "about registering", |line| {
+    crate::common::json_log_line(&second_log, "about registering", |line| {
         line["message"] == "registered with the orchestrator"
     })
     .await;
-    let next = common::submit(&address, &[&path("tests/fixtures/ticker.wasm"), "1"]).await;
-    let job = common::wait_terminal(&address, &next).await;
-    assert_eq!(common::state(&job), "JOB_STATE_COMPLETED", "{job}");
+    let next = crate::common::submit(&address, &[&path("tests/fixtures/ticker.wasm"), "1"]).await;
+    let job = crate::common::wait_terminal(&address, &next).await;
+    assert_eq!(crate::common::state(&job), "JOB_STATE_COMPLETED", "{job}");
 }
 
 /// A TCP proxy that can cut every connection through it at once.
@@ -381,24 +379,24 @@ async fn a_cut_connection_recovers_without_duplicates() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let address = format!("http://127.0.0.1:{port}");
-    let _orchestrator = common::start_orchestrator_with(
+    let _orchestrator = crate::common::start_orchestrator_with(
         &dir.path().join("o"),
         port,
         &["--lease", "10s", "--heartbeat-interval", "500ms"],
     )
     .await;
     let (proxy_port, cut) = cutting_proxy(port).await;
-    let _executor = common::start_executor(
+    let _executor = crate::common::start_executor(
         &format!("http://127.0.0.1:{proxy_port}"),
         &dir.path().join("e"),
         "behind-proxy",
         &["--slots", "2"],
     );
-    common::wait_connected(&address).await;
-    let id = common::submit(&address, &[&path("tests/fixtures/ticker.wasm"), "4"]).await;
-    let _follower = common::follow_until(&address, &id, "tick 0").await;
+    crate::common::wait_connected(&address).await;
+    let id = crate::common::submit(&address, &[&path("tests/fixtures/ticker.wasm"), "4"]).await;
+    let _follower = crate::common::follow_until(&address, &id, "tick 0").await;
     let connected_at = || async {
-        let node = common::shoal(
+        let node = crate::common::shoal(
             &address,
             &["node", "describe", "behind-proxy", "--output", "json"],
         )
@@ -410,14 +408,14 @@ async fn a_cut_connection_recovers_without_duplicates() {
     let before = connected_at().await;
     cut.send_modify(|n| *n += 1);
     // The cut is real: the executor comes back on a new stream.
-    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    let deadline = tokio::time::Instant::now() + crate::common::TIMEOUT;
     while connected_at().await == before {
         assert!(tokio::time::Instant::now() < deadline, "never reconnected");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let job = common::wait_terminal(&address, &id).await;
-    assert_eq!(common::state(&job), "JOB_STATE_COMPLETED", "{job}");
-    let runs = common::executions_of(&address, &id).await;
+    let job = crate::common::wait_terminal(&address, &id).await;
+    assert_eq!(crate::common::state(&job), "JOB_STATE_COMPLETED", "{job}");
+    let runs = crate::common::executions_of(&address, &id).await;
     assert_eq!(
         runs,
         [(
@@ -427,7 +425,7 @@ async fn a_cut_connection_recovers_without_duplicates() {
         )],
         "one execution, completed once"
     );
-    let logs = common::shoal(&address, &["job", "logs", &id])
+    let logs = crate::common::shoal(&address, &["job", "logs", &id])
         .await
         .success();
     for tick in 0..4 {
@@ -448,7 +446,7 @@ async fn an_executor_outlives_its_log_pipe() {
     let port = free_port();
     let address = format!("http://127.0.0.1:{port}");
     let _orchestrator = start_orchestrator(&dir.path().join("o"), port).await;
-    let mut executor = tokio::process::Command::new(common::bin("shoal-executor"))
+    let mut executor = tokio::process::Command::new(crate::common::bin("shoal-executor"))
         .args([
             "--orchestrator",
             &address,
@@ -464,8 +462,8 @@ async fn an_executor_outlives_its_log_pipe() {
         .spawn()
         .expect("spawn executor");
     drop(executor.stderr.take()); // the collector is gone before the first line
-    common::wait_connected(&address).await;
-    let out = common::shoal(
+    crate::common::wait_connected(&address).await;
+    let out = crate::common::shoal(
         &address,
         &["wasm", "run", &path("examples/hello/hello.wasm"), "mute"],
     )

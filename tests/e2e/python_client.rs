@@ -1,9 +1,7 @@
 //! Clients in other languages: a Python client generated from `proto/` with grpcio-tools,
 //! and grpcurl through server reflection, against a real devstack.
 
-mod common;
-
-use common::{Devstack, path, root};
+use crate::common::{Devstack, path, root};
 
 /// The Python client submits a job, watches it to completion and downloads its stdout;
 /// it also checks health, a bad spec and bad executor handshakes.

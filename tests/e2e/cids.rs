@@ -3,8 +3,6 @@
 //! builder makes the same tree for that layout; the raw-leaf layout differs only in its
 //! leaves, which the known vectors in `src/unixfs.rs` pin down.
 
-mod common;
-
 use std::process::Command;
 
 use shoal::content::unixfs::{CHUNK_SIZE, MAX_LINKS, file_cid};
@@ -37,7 +35,7 @@ fn file_dags_match_an_independent_implementation() {
         CHUNK_SIZE * MAX_LINKS + 1,
     ];
     for size in sizes {
-        let bytes = common::pseudo_random(size, 0x2545_f491_4f6c_dd1d);
+        let bytes = crate::common::pseudo_random(size, 0x2545_f491_4f6c_dd1d);
         let ours = file_cid(&bytes, false).to_v0().expect("v0");
         assert_eq!(ours, oracle(&bytes), "file of {size} bytes");
     }

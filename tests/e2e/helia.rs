@@ -8,17 +8,15 @@
 //!   one byte is caught, and a CID no gateway holds fails with a clear STAGING failure.
 //!   `data pin` brings such a CID into Shoal's store.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::common::{Devstack, failure_kind, path, pseudo_random, root, state, wait_for_line};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use common::{Devstack, failure_kind, path, pseudo_random, root, state, wait_for_line};
 use tokio::io::BufReader;
 use tokio::process::{Child, Command};
 
@@ -63,7 +61,7 @@ impl Helia {
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let line = wait_for_line(&mut stdout, "listening ").await;
         let port = line.trim().trim_start_matches("listening ").to_owned();
-        common::drain(stdout);
+        crate::common::drain(stdout);
         Helia {
             url: format!("http://127.0.0.1:{port}"),
             _child: child,

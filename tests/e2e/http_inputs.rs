@@ -2,17 +2,15 @@
 //! purpose: 404, a 500 before a 200, a redirect loop, a truncated body, an oversize body, a
 //! wrong checksum and a body too slow for the staging timeout.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::common::{Devstack, path};
 use axum::body::Body;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use common::{Devstack, path};
 
 const DATA: &str = "hello over http\n";
 

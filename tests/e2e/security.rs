@@ -1,12 +1,10 @@
 //! Who may do what: bearer tokens with client, executor and admin roles, TLS on the gRPC
 //! listener, and mutual TLS for executors, with certificates generated here.
 
-mod common;
-
 use std::path::Path;
 use std::process::Stdio;
 
-use common::{Output, bin, free_port, path, shoal_with_env, wait_for_line};
+use crate::common::{Output, bin, free_port, path, shoal_with_env, wait_for_line};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tokio::io::BufReader;
 use tokio::process::{Child, Command};
@@ -55,7 +53,7 @@ async fn cli(
 
 /// Waits until `node list` (as admin) shows `id` connected.
 async fn wait_connected(address: &str, env: &[(&str, &str)], id: &str) {
-    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    let deadline = tokio::time::Instant::now() + crate::common::TIMEOUT;
     loop {
         let out = cli(
             address,
@@ -87,7 +85,7 @@ async fn tokens_have_roles() {
     let port = free_port();
     let address = format!("http://127.0.0.1:{port}");
     let tokens_flag = tokens.to_string_lossy().into_owned();
-    let _orchestrator = common::start_orchestrator_with(
+    let _orchestrator = crate::common::start_orchestrator_with(
         &dir.path().join("o"),
         port,
         &["--tokens-file", &tokens_flag],
@@ -99,7 +97,7 @@ async fn tokens_have_roles() {
         "honest",
         &["--token", EXECUTOR],
     );
-    common::drain(executor_stderr);
+    crate::common::drain(executor_stderr);
     wait_connected(&address, &[], "honest").await;
 
     // No token, or a wrong one: UNAUTHENTICATED.
@@ -208,7 +206,7 @@ async fn tls_and_mutual_tls_for_executors() {
     let port = free_port();
     let address = format!("https://127.0.0.1:{port}");
     let (cert, key, ca) = (file("server.pem"), file("server-key.pem"), file("ca.pem"));
-    let _orchestrator = common::start_orchestrator_with(
+    let _orchestrator = crate::common::start_orchestrator_with(
         &dir.path().join("o"),
         port,
         &[
@@ -238,7 +236,7 @@ async fn tls_and_mutual_tls_for_executors() {
             &client_key,
         ],
     );
-    common::drain(executor_stderr);
+    crate::common::drain(executor_stderr);
     wait_connected(&address, &trust, "mtls").await;
     let hello = path("examples/hello/hello.wasm");
     let out = cli(&address, None, &trust, &["wasm", "run", &hello, "over-tls"])

@@ -1,9 +1,7 @@
 //! Both daemons' Prometheus endpoints (`--metrics-listen`), scraped after real jobs: every
 //! metric family the operations docs name is there, with the values the jobs imply.
 
-mod common;
-
-use common::{free_port, path, start_executor, start_orchestrator_with, wait_connected};
+use crate::common::{free_port, path, start_executor, start_orchestrator_with, wait_connected};
 
 /// Scrapes `address`'s `/metrics` and checks the content type.
 async fn scrape(address: &str) -> String {
@@ -53,7 +51,7 @@ async fn both_daemons_export_their_metrics() {
     std::fs::write(&input, "x".repeat(999) + "\n").expect("input");
     let input_arg = format!("{}:/inputs/input.txt", input.display());
     for _ in 0..2 {
-        common::shoal(
+        crate::common::shoal(
             &address,
             &[
                 "wasm",
@@ -170,8 +168,8 @@ async fn a_bad_metrics_address_is_refused_at_start() {
         ),
     ] {
         let output = tokio::time::timeout(
-            common::TIMEOUT,
-            tokio::process::Command::new(common::bin(binary))
+            crate::common::TIMEOUT,
+            tokio::process::Command::new(crate::common::bin(binary))
                 .args(&args)
                 .args(["--metrics-listen", "not an address"])
                 .output(),

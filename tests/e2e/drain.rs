@@ -2,9 +2,7 @@
 //! executor, which drains it (no new work; running executions finish within the drain
 //! timeout; the rest are handed back and retried elsewhere).
 
-mod common;
-
-use common::{Devstack, free_port, path, shoal, start_orchestrator, state, wait_connected};
+use crate::common::{Devstack, free_port, path, shoal, start_orchestrator, state, wait_connected};
 use tokio::process::Child;
 
 /// A cordoned executor gets no work; a drain stops what runs past the grace period and the
@@ -24,9 +22,9 @@ async fn cordon_uncordon_and_drain() {
         listed.stdout
     );
     let id = stack.submit(&[&ticker, "600"]).await;
-    let _follower = common::follow_until(&stack.address, &id, "tick 0").await;
+    let _follower = crate::common::follow_until(&stack.address, &id, "tick 0").await;
     assert_eq!(
-        common::executions_of(&stack.address, &id).await[0].0,
+        crate::common::executions_of(&stack.address, &id).await[0].0,
         "devstack-1",
         "the cordoned executor got work"
     );
@@ -60,8 +58,8 @@ async fn cordon_uncordon_and_drain() {
         .shoal(&["node", "uncordon", "devstack-0"])
         .await
         .success();
-    let _follower = common::follow_until(&stack.address, &id, "tick 0").await;
-    let runs = common::executions_of(&stack.address, &id).await;
+    let _follower = crate::common::follow_until(&stack.address, &id, "tick 0").await;
+    let runs = crate::common::executions_of(&stack.address, &id).await;
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert_eq!(
         runs[0],
@@ -103,7 +101,7 @@ async fn sigterm_drains_an_executor() {
     let _orchestrator = start_orchestrator(&dir.path().join("orchestrator"), port).await;
     let ticker = path("tests/fixtures/ticker.wasm");
 
-    let mut executor = common::start_executor(
+    let mut executor = crate::common::start_executor(
         &address,
         &dir.path().join("e1"),
         "drainee",
@@ -112,17 +110,17 @@ async fn sigterm_drains_an_executor() {
     wait_connected(&address).await;
     // The first run fetches the program into its scratch directory, which is then deleted;
     // the next, from the module cache, leaves a clean one that is kept for reuse.
-    let warm_up = common::submit(&address, &[&ticker, "0"]).await;
-    common::wait_terminal(&address, &warm_up).await;
-    let id = common::submit(&address, &[&ticker, "3"]).await;
-    let _follower = common::follow_until(&address, &id, "tick 0").await;
+    let warm_up = crate::common::submit(&address, &[&ticker, "0"]).await;
+    crate::common::wait_terminal(&address, &warm_up).await;
+    let id = crate::common::submit(&address, &[&ticker, "3"]).await;
+    let _follower = crate::common::follow_until(&address, &id, "tick 0").await;
     sigterm(&executor);
     let describe = ["node", "describe", "drainee", "--output", "json"];
-    common::poll_json(&address, &describe, "a DRAINING executor", |node| {
+    crate::common::poll_json(&address, &describe, "a DRAINING executor", |node| {
         node["state"] == "NODE_STATE_DRAINING"
     })
     .await;
-    let status = tokio::time::timeout(common::TIMEOUT, executor.wait())
+    let status = tokio::time::timeout(crate::common::TIMEOUT, executor.wait())
         .await
         .expect("the executor exits after its drain")
         .expect("wait");
@@ -140,17 +138,17 @@ async fn sigterm_drains_an_executor() {
     assert!(left.is_empty(), "scratch directories left behind: {left:?}");
 
     // A drain timeout shorter than the job: the job goes back to the queue.
-    let mut executor = common::start_executor(
+    let mut executor = crate::common::start_executor(
         &address,
         &dir.path().join("e2"),
         "drainee",
         &["--drain-timeout", "1s"],
     );
     wait_connected(&address).await;
-    let id = common::submit(&address, &[&ticker, "600"]).await;
-    let _follower = common::follow_until(&address, &id, "tick 0").await;
+    let id = crate::common::submit(&address, &[&ticker, "600"]).await;
+    let _follower = crate::common::follow_until(&address, &id, "tick 0").await;
     sigterm(&executor);
-    let status = tokio::time::timeout(common::TIMEOUT, executor.wait())
+    let status = tokio::time::timeout(crate::common::TIMEOUT, executor.wait())
         .await
         .expect("the executor exits after its drain timeout")
         .expect("wait");
@@ -180,7 +178,7 @@ async fn sigterm_stops_the_orchestrator_gracefully() {
     let port = free_port();
     let address = format!("http://127.0.0.1:{port}");
     let mut orchestrator = start_orchestrator(&data, port).await;
-    let _executor = common::start_executor(&address, &dir.path().join("e"), "drainee", &[]);
+    let _executor = crate::common::start_executor(&address, &dir.path().join("e"), "drainee", &[]);
     wait_connected(&address).await;
     let hello = path("examples/hello/hello.wasm");
     shoal(&address, &["wasm", "run", &hello, "before"])
@@ -196,7 +194,7 @@ async fn sigterm_stops_the_orchestrator_gracefully() {
     .trim()
     .to_owned();
     sigterm(&orchestrator);
-    let status = tokio::time::timeout(common::TIMEOUT, orchestrator.wait())
+    let status = tokio::time::timeout(crate::common::TIMEOUT, orchestrator.wait())
         .await
         .expect("the orchestrator exits on SIGTERM")
         .expect("wait");

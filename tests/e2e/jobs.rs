@@ -1,9 +1,7 @@
 //! End-to-end tests of running jobs: the real `shoal` CLI against a real devstack (an
 //! orchestrator and executors in one process), on ephemeral ports.
 
-mod common;
-
-use common::{Devstack, failure_kind, path, state, wat};
+use crate::common::{Devstack, failure_kind, path, state, wat};
 use tokio::io::BufReader;
 
 /// A program gets argv[0] = its name, then the user's args, exactly the given env plus
@@ -273,7 +271,7 @@ async fn cancel_stops_an_infinite_loop() {
         .await
         .success();
     assert!(out.stdout.contains("CANCELLED"), "{}", out.stdout);
-    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    let deadline = tokio::time::Instant::now() + crate::common::TIMEOUT;
     loop {
         let executions = stack
             .shoal(&["job", "executions", &id, "--output", "json"])
@@ -309,7 +307,7 @@ async fn logs_follow_streams_live() {
     let id = stack
         .submit(&[&path("tests/fixtures/ticker.wasm"), "600"])
         .await;
-    let mut follower = tokio::process::Command::new(common::bin("shoal"))
+    let mut follower = tokio::process::Command::new(crate::common::bin("shoal"))
         .args(["job", "logs", "-f", &id])
         .env("SHOAL_ORCHESTRATOR", &stack.address)
         .stdout(std::process::Stdio::piped())
@@ -318,12 +316,12 @@ async fn logs_follow_streams_live() {
         .spawn()
         .expect("spawn follower");
     let mut stdout = BufReader::new(follower.stdout.take().expect("stdout"));
-    common::wait_for_line(&mut stdout, "tick 0").await;
-    common::wait_for_line(&mut stdout, "tick 1").await;
+    crate::common::wait_for_line(&mut stdout, "tick 0").await;
+    crate::common::wait_for_line(&mut stdout, "tick 1").await;
     // The program is still running: the lines came live, not from the stored result.
     assert_eq!(state(&stack.job(&id).await), "JOB_STATE_RUNNING");
     stack.shoal(&["job", "stop", &id]).await.success();
-    let status = tokio::time::timeout(common::TIMEOUT, follower.wait())
+    let status = tokio::time::timeout(crate::common::TIMEOUT, follower.wait())
         .await
         .expect("the follower ends with the job")
         .expect("wait");
@@ -638,7 +636,7 @@ async fn large_output_spills_and_is_published_whole() {
     let stack = Devstack::start(&[]).await;
     let program = wat(stack.dir.path(), "flood");
     let id = stack.submit(&[&program]).await;
-    let job = common::wait_terminal(&stack.address, &id).await;
+    let job = crate::common::wait_terminal(&stack.address, &id).await;
     assert_eq!(state(&job), "JOB_STATE_COMPLETED", "{job}");
     let results = stack.scratch("results");
     stack

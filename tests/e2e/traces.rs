@@ -6,13 +6,11 @@
 //! fields. Unusable OpenTelemetry settings are refused by the daemons and survived by the
 //! CLI.
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use common::{
+use crate::common::{
     Lines, TIMEOUT, bin, free_port, path, start_executor_logged, start_orchestrator_logged,
     wait_connected,
 };
@@ -146,7 +144,7 @@ fn otel_env(endpoint: &str) -> Vec<(String, String)> {
 
 /// Waits for the JSON log line whose `message` is `message` and whose `job_id` is `job`.
 async fn log_line(lines: &Lines, message: &str, job: &str) -> serde_json::Value {
-    common::json_log_line(lines, &format!("{message:?} for job {job}"), |line| {
+    crate::common::json_log_line(lines, &format!("{message:?} for job {job}"), |line| {
         line["message"] == message && line["job_id"] == job
     })
     .await
@@ -172,7 +170,7 @@ async fn one_job_is_one_trace_across_cli_orchestrator_and_executor() {
     );
     wait_connected(&address).await;
 
-    let run = common::shoal_with_env(
+    let run = crate::common::shoal_with_env(
         &address,
         &["wasm", "run", &path("examples/hello/hello.wasm"), "traced"],
         &env,
@@ -285,7 +283,7 @@ async fn one_job_is_one_trace_across_cli_orchestrator_and_executor() {
     assert_eq!(schedule.attributes.get("execution_id"), Some(&execution_id));
 
     // The job record names its trace, so a user can find it in a tracing backend.
-    let described = common::shoal(&address, &["job", "describe", &job, "--output", "json"])
+    let described = crate::common::shoal(&address, &["job", "describe", &job, "--output", "json"])
         .await
         .success()
         .json();
@@ -359,7 +357,7 @@ async fn unusable_trace_settings_are_refused_by_daemons_and_survived_by_the_cli(
             }
         }
         // The CLI warns and goes on untraced.
-        let out = common::shoal_with_env(
+        let out = crate::common::shoal_with_env(
             "http://127.0.0.1:1",
             &[
                 "wasm",

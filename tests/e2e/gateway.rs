@@ -2,11 +2,9 @@
 //! CAR holding a file's whole DAG (checked block by block and reassembled), paths inside
 //! directory CIDs, and clear statuses for bad requests.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::{Devstack, pseudo_random};
+use crate::common::{Devstack, pseudo_random};
 use shoal::content::cid::{ContentId, DAG_PB};
 
 fn read_varint(bytes: &[u8], at: &mut usize) -> u64 {

@@ -2,9 +2,7 @@
 //! compiled, and it runs: a job of it completes with the line the test pod expects.
 //! (Rendering, linting and validating the chart is scripts/chart-test.py.)
 
-mod common;
-
-use common::{Devstack, root};
+use crate::common::{Devstack, root};
 
 #[test]
 fn the_helm_test_program_is_its_source_compiled() {
@@ -17,7 +15,7 @@ fn the_helm_test_program_is_its_source_compiled() {
     let committed = std::fs::read(&path).expect("hello.wasm");
     assert!(
         committed == compiled,
-        "charts/shoal/files/hello.wasm is stale: run `SHOAL_UPDATE_CHART_PROGRAM=1 cargo test --test chart`"
+        "charts/shoal/files/hello.wasm is stale: run `SHOAL_UPDATE_CHART_PROGRAM=1 cargo test --test e2e chart`"
     );
 }
 

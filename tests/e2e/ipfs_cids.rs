@@ -3,9 +3,7 @@
 //! `--cid-version=1 --raw-leaves` settings, on the file sizes around every chunk boundary,
 //! a 50 MB file, a nested directory and an empty one.
 
-mod common;
-
-use common::{Devstack, pseudo_random as data, root};
+use crate::common::{Devstack, pseudo_random as data, root};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn data_put_cids_are_the_ones_ipfs_gives() {

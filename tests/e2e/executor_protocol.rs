@@ -5,12 +5,10 @@
 //! acts loses its assignments; hostile registrations and reports are refused or dropped, and
 //! thousands of generated hostile messages leave the orchestrator healthy.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{free_port, start_orchestrator, submit, wait_terminal};
 use bytes::Bytes;
-use common::{free_port, start_orchestrator, submit, wait_terminal};
 use shoal::proto::executor_service_client::ExecutorServiceClient;
 use shoal::proto::{
     Capacity, ContentBlock, ExecutionFinished, ExecutionResult, ExecutionState, ExecutorMessage,
@@ -127,7 +125,7 @@ async fn result_trees_sent_with_completions_are_checked_and_stored() {
         }
     });
 
-    let program = common::wat(scratch.path(), "trap");
+    let program = crate::common::wat(scratch.path(), "trap");
 
     // A sound tree: the job completes and its stdout is served from the stored blocks.
     let sound = result_tree("sent inline\n");
@@ -137,9 +135,9 @@ async fn result_trees_sent_with_completions_are_checked_and_stored() {
         .expect("answer");
     let job = submit(&address, &[&program]).await;
     let done = wait_terminal(&address, &job).await;
-    assert_eq!(common::state(&done), "JOB_STATE_COMPLETED", "{done}");
+    assert_eq!(crate::common::state(&done), "JOB_STATE_COMPLETED", "{done}");
     let results = scratch.path().join("results");
-    common::shoal(&address, &["job", "get", &job, &results.to_string_lossy()])
+    crate::common::shoal(&address, &["job", "get", &job, &results.to_string_lossy()])
         .await
         .success();
     assert_eq!(
@@ -187,9 +185,13 @@ async fn result_trees_sent_with_completions_are_checked_and_stored() {
         let done = tokio::time::timeout(Duration::from_secs(60), wait_terminal(&address, &job))
             .await
             .expect("the job ends");
-        assert_eq!(common::state(&done), "JOB_STATE_FAILED", "{reason}: {done}");
         assert_eq!(
-            common::failure_kind(&done),
+            crate::common::state(&done),
+            "JOB_STATE_FAILED",
+            "{reason}: {done}"
+        );
+        assert_eq!(
+            crate::common::failure_kind(&done),
             "FAILURE_KIND_PUBLISH",
             "{done}"
         );
@@ -208,7 +210,7 @@ async fn an_executor_that_never_acts_loses_its_assignments() {
     let scratch = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let address = format!("http://127.0.0.1:{port}");
-    let _orchestrator = common::start_orchestrator_with(
+    let _orchestrator = crate::common::start_orchestrator_with(
         &scratch.path().join("data"),
         port,
         &[
@@ -231,23 +233,23 @@ async fn an_executor_that_never_acts_loses_its_assignments() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     });
-    let program = common::wat(scratch.path(), "trap");
+    let program = crate::common::wat(scratch.path(), "trap");
     let job = submit(&address, &[&program]).await;
     let done = wait_terminal(&address, &job).await;
-    assert_eq!(common::state(&done), "JOB_STATE_FAILED", "{done}");
+    assert_eq!(crate::common::state(&done), "JOB_STATE_FAILED", "{done}");
     assert_eq!(
-        common::failure_kind(&done),
+        crate::common::failure_kind(&done),
         "FAILURE_KIND_EXECUTORS_LOST",
         "{done}"
     );
     assert_eq!(done["executorLosses"], 3, "{done}");
-    let executions = common::executions_of(&address, &job).await;
+    let executions = crate::common::executions_of(&address, &job).await;
     assert_eq!(executions.len(), 3, "{executions:?}");
     // The executor was told to drop each assignment it sat on.
     let mut assigned = 0;
     let mut cancelled = 0;
     while cancelled < 3 {
-        let next = tokio::time::timeout(common::TIMEOUT, inbound.message())
+        let next = tokio::time::timeout(crate::common::TIMEOUT, inbound.message())
             .await
             .expect("a message")
             .expect("the stream")
@@ -281,7 +283,9 @@ async fn hostile_registrations_are_refused() {
         assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
         assert!(refused.message().len() < 400, "{}", refused.message().len());
     }
-    let nodes = common::shoal(&address, &["node", "list"]).await.success();
+    let nodes = crate::common::shoal(&address, &["node", "list"])
+        .await
+        .success();
     assert!(
         !nodes.stdout.contains("greedy") && !nodes.stdout.contains("EXECUTOR"),
         "{}",
@@ -327,7 +331,7 @@ impl Chaos {
 
     fn bytes(&mut self) -> Bytes {
         let len = self.below(3000) as usize;
-        Bytes::from(common::pseudo_random(len, self.next()))
+        Bytes::from(crate::common::pseudo_random(len, self.next()))
     }
 
     /// One generated message, often about an execution that is really assigned (`ids`).
@@ -407,7 +411,7 @@ async fn generated_hostile_executors_leave_the_orchestrator_healthy() {
     let scratch = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let address = format!("http://127.0.0.1:{port}");
-    let (_orchestrator, logs) = common::start_orchestrator_logged(
+    let (_orchestrator, logs) = crate::common::start_orchestrator_logged(
         &scratch.path().join("data"),
         port,
         &[
@@ -421,7 +425,7 @@ async fn generated_hostile_executors_leave_the_orchestrator_healthy() {
         &[],
     )
     .await;
-    let program = common::wat(scratch.path(), "trap");
+    let program = crate::common::wat(scratch.path(), "trap");
     let mut jobs = Vec::new();
     for _ in 0..20 {
         jobs.push(submit(&address, &[&program]).await);
@@ -470,17 +474,18 @@ async fn generated_hostile_executors_leave_the_orchestrator_healthy() {
         .await;
     }
 
-    let health = common::shoal(&address, &["node", "list"]).await;
+    let health = crate::common::shoal(&address, &["node", "list"]).await;
     assert_eq!(health.code, 0, "{health:?}");
     for job in &jobs {
-        common::shoal(&address, &["job", "describe", job])
+        crate::common::shoal(&address, &["job", "describe", job])
             .await
             .success();
     }
     let executor = scratch.path().join("executor");
-    let _real = common::start_executor(&address, &executor, "real", &["--label", "fuzz=real"]);
-    let hello = common::path("examples/hello/hello.wasm");
-    let out = common::shoal(
+    let _real =
+        crate::common::start_executor(&address, &executor, "real", &["--label", "fuzz=real"]);
+    let hello = crate::common::path("examples/hello/hello.wasm");
+    let out = crate::common::shoal(
         &address,
         &["wasm", "run", "-s", "fuzz=real", &hello, "still"],
     )
@@ -514,16 +519,18 @@ async fn generated_hostile_requests_get_precise_answers() {
     let port = free_port();
     let address = format!("http://127.0.0.1:{port}");
     let (_orchestrator, logs) =
-        common::start_orchestrator_logged(&scratch.path().join("data"), port, &[], &[]).await;
-    let program = common::wat(scratch.path(), "trap");
+        crate::common::start_orchestrator_logged(&scratch.path().join("data"), port, &[], &[])
+            .await;
+    let program = crate::common::wat(scratch.path(), "trap");
     let before = submit(&address, &[&program]).await;
-    let program_cid = common::shoal(&address, &["job", "describe", &before, "--output", "json"])
-        .await
-        .success()
-        .json()["spec"]["program"]
-        .as_str()
-        .expect("program")
-        .to_owned();
+    let program_cid =
+        crate::common::shoal(&address, &["job", "describe", &before, "--output", "json"])
+            .await
+            .success()
+            .json()["spec"]["program"]
+            .as_str()
+            .expect("program")
+            .to_owned();
     let channel = tonic::transport::Endpoint::from_shared(address.clone())
         .expect("address")
         .connect()
@@ -723,14 +730,15 @@ async fn generated_hostile_requests_get_precise_answers() {
             }
         }
     }
-    let health = common::shoal(&address, &["node", "list"]).await;
+    let health = crate::common::shoal(&address, &["node", "list"]).await;
     assert_eq!(health.code, 0, "{health:?}");
-    let described = common::shoal(&address, &["job", "describe", &before, "--output", "json"])
-        .await
-        .success();
+    let described =
+        crate::common::shoal(&address, &["job", "describe", &before, "--output", "json"])
+            .await
+            .success();
     assert!(described.stdout.contains(&program_cid));
     // Every stored job can still be shown (a stored 2e9-nanos duration could not be).
-    let listed = common::shoal(
+    let listed = crate::common::shoal(
         &address,
         &["job", "list", "--limit", "1000", "--output", "json"],
     )

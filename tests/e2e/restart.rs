@@ -2,10 +2,8 @@
 //! as separate real processes: `kill -9` and a restart on the same directory and port, a
 //! write-ahead log damaged while it was down, and a disk that fills up and is freed.
 
-mod common;
-
-use common::small_disk::SmallDisk;
-use common::{bin, free_port, path, shoal, start_orchestrator, state, wait_connected};
+use crate::common::small_disk::SmallDisk;
+use crate::common::{bin, free_port, path, shoal, start_orchestrator, state, wait_connected};
 use shoal::net::auth::{AuthChannel, CallerMetadata};
 use shoal::proto::job_service_client::JobServiceClient;
 use shoal::proto::{JobSpec, SubmitJobRequest};
@@ -23,7 +21,7 @@ async fn orchestrator_restart_keeps_jobs() {
     let port = free_port();
     let address = format!("http://127.0.0.1:{port}");
     let mut orchestrator = start_orchestrator(&data, port).await;
-    let _executor = common::start_executor(
+    let _executor = crate::common::start_executor(
         &address,
         &dir.path().join("executor"),
         "restart-test",
@@ -65,7 +63,7 @@ async fn orchestrator_restart_keeps_jobs() {
     .stdout
     .trim()
     .to_owned();
-    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    let deadline = tokio::time::Instant::now() + crate::common::TIMEOUT;
     loop {
         let job = shoal(&address, &["job", "describe", &running, "--output", "json"])
             .await
@@ -175,7 +173,7 @@ async fn a_damaged_log_stops_start_up_until_recovered_explicitly() {
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(&data)
         .output();
-    let refused = tokio::time::timeout(common::TIMEOUT, refused)
+    let refused = tokio::time::timeout(crate::common::TIMEOUT, refused)
         .await
         .expect("the orchestrator exits")
         .expect("run the orchestrator");
@@ -192,7 +190,8 @@ async fn a_damaged_log_stops_start_up_until_recovered_explicitly() {
         "the log was left as it was"
     );
 
-    let _orchestrator = common::start_orchestrator_with(&data, port, &["--recover-wal"]).await;
+    let _orchestrator =
+        crate::common::start_orchestrator_with(&data, port, &["--recover-wal"]).await;
     let listed = shoal(&address, &["job", "list", "--output", "json"])
         .await
         .success();
@@ -233,7 +232,7 @@ async fn a_full_disk_refuses_work_then_recovers_by_itself() {
     let port = free_port();
     let address = format!("http://127.0.0.1:{port}");
     let _orchestrator = start_orchestrator(&data, port).await;
-    let _executor = common::start_executor(
+    let _executor = crate::common::start_executor(
         &address,
         &dir.path().join("executor"),
         "full-disk",
@@ -311,7 +310,7 @@ async fn a_full_disk_refuses_work_then_recovers_by_itself() {
     }
     // Every acknowledged submission runs; the refused one does not exist.
     for id in &acknowledged {
-        let job = common::wait_terminal(&address, id).await;
+        let job = crate::common::wait_terminal(&address, id).await;
         assert_eq!(state(&job), "JOB_STATE_COMPLETED", "{job}");
     }
     let listed = shoal(&address, &["job", "list", "--output", "json"])
@@ -330,7 +329,7 @@ async fn a_full_disk_refuses_work_then_recovers_by_itself() {
 async fn next_status(
     watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
 ) -> ServingStatus {
-    tokio::time::timeout(common::TIMEOUT, watch.message())
+    tokio::time::timeout(crate::common::TIMEOUT, watch.message())
         .await
         .expect("a health change")
         .expect("health stream")
