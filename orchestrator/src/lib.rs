@@ -48,7 +48,7 @@ pub async fn run_with_gateway(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let metrics_listener = match &config.metrics_listen {
+    let metrics = match &config.metrics_listen {
         Some(address) => Some(
             shoal::daemon::metrics::bind(address)
                 .await
@@ -56,12 +56,53 @@ pub async fn run_with_gateway(
         ),
         None => None,
     };
-    let own = [Some(&listener), gateway.as_ref(), metrics_listener.as_ref()]
+    let listeners = Listeners {
+        grpc: listener,
+        gateway,
+        metrics,
+    };
+    let orchestrator = open(config, listeners.addresses(), shutdown.clone()).await?;
+    serve(orchestrator, listeners, shutdown).await
+}
+
+/// Where an orchestrator serves: its gRPC API, and optionally the IPFS gateway and the
+/// metrics endpoint.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub gateway: Option<TcpListener>,
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// The addresses listened on (which `CopyFromUrl` never fetches from).
+    pub fn addresses(&self) -> Vec<std::net::SocketAddr> {
+        [
+            Some(&self.grpc),
+            self.gateway.as_ref(),
+            self.metrics.as_ref(),
+        ]
         .into_iter()
         .flatten()
         .filter_map(|l| l.local_addr().ok())
-        .collect();
-    let orchestrator = open(config, own, shutdown.clone()).await?;
+        .collect()
+    }
+}
+
+/// Serves an orchestrator from [`open`] on `listeners` until `shutdown` is cancelled, with
+/// its scheduler and store watchdog; then stops accepting, ends open streams, waits for its
+/// tasks and closes the store (once every other handle to `orchestrator` is gone). For
+/// embedding where the caller keeps a handle (tests that drive it directly).
+pub async fn serve(
+    orchestrator: Arc<Orchestrator>,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let Listeners {
+        grpc: listener,
+        gateway,
+        metrics: metrics_listener,
+    } = listeners;
     if let Some(listener) = metrics_listener {
         if let Ok(address) = listener.local_addr() {
             tracing::info!(%address, "metrics listening");

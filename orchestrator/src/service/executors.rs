@@ -33,13 +33,8 @@ const MAX_MESSAGES_PER_APPLY: usize = 128;
 #[derive(Debug, Clone)]
 pub struct ExecutorApi(Arc<Orchestrator>);
 
-impl ExecutorApi {
-    pub fn new(orchestrator: Arc<Orchestrator>) -> Self {
-        ExecutorApi(orchestrator)
-    }
-}
-
-type ConnectStream = Pin<Box<dyn Stream<Item = Result<OrchestratorMessage, Status>> + Send>>;
+/// The messages for one connected executor, as its `Connect` answers them.
+pub type ConnectStream = Pin<Box<dyn Stream<Item = Result<OrchestratorMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ExecutorService for ExecutorApi {
@@ -49,11 +44,26 @@ impl ExecutorService for ExecutorApi {
         &self,
         request: Request<Streaming<ExecutorMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let mut inbound = request.into_inner();
-        let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
+        self.serve(request.into_inner()).await.map(Response::new)
+    }
+}
+
+impl ExecutorApi {
+    pub fn new(orchestrator: Arc<Orchestrator>) -> Self {
+        ExecutorApi(orchestrator)
+    }
+
+    /// Serves one executor's `Connect`: `inbound` is what it sends (the gRPC request
+    /// stream, or any other stream of its messages, such as an in-memory one in tests);
+    /// the answer is what it is sent, starting with `Registered`.
+    pub async fn serve<S>(&self, mut inbound: S) -> Result<ConnectStream, Status>
+    where
+        S: Stream<Item = Result<ExecutorMessage, Status>> + Send + Unpin + 'static,
+    {
+        let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.next())
             .await
-            .map_err(|_| Status::deadline_exceeded("no Register message within 10s"))??
-            .ok_or_else(|| Status::invalid_argument("the stream ended before Register"))?;
+            .map_err(|_| Status::deadline_exceeded("no Register message within 10s"))?
+            .ok_or_else(|| Status::invalid_argument("the stream ended before Register"))??;
         let Some(executor_message::Message::Register(register)) = first.message else {
             return Err(Status::invalid_argument(
                 "the first message must be Register",
@@ -115,7 +125,7 @@ impl ExecutorService for ExecutorApi {
             let served = shoal::daemon::panics::catch_panic(async {
                 loop {
                     let message = tokio::select! {
-                        message = inbound.message() => message,
+                        message = inbound.next() => message.transpose(),
                         _ = shutdown.cancelled() => break,
                         _ = inbound_stuck.cancelled() => break,
                     };
@@ -127,7 +137,7 @@ impl ExecutorService for ExecutorApi {
                             let mut batch = vec![message];
                             let mut ended = None;
                             while batch.len() < MAX_MESSAGES_PER_APPLY {
-                                match inbound.message().now_or_never() {
+                                match inbound.next().now_or_never().map(Option::transpose) {
                                     Some(Ok(Some(next))) => batch.push(next),
                                     Some(other) => {
                                         ended = Some(other);
@@ -177,11 +187,11 @@ impl ExecutorService for ExecutorApi {
         });
 
         let shutdown = self.0.shutdown_token().clone().cancelled_owned();
-        Ok(Response::new(Box::pin(
+        Ok(Box::pin(
             ReceiverStream::new(rx)
                 .take_until(shutdown)
                 .take_until(stuck.cancelled_owned()),
-        )))
+        ))
     }
 }
 

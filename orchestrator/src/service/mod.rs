@@ -1,7 +1,7 @@
 //! The gRPC services: thin shells that check requests, call into the cluster state or the
 //! stores, and map errors to statuses in one place (`error.rs`).
 
-mod executors;
+pub mod executors;
 mod jobs;
 mod nodes;
 mod storage;
