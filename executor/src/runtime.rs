@@ -478,3 +478,147 @@ fn error_chain(error: &wasmtime::Error) -> String {
     }
     parts.join(": ")
 }
+
+#[cfg(test)]
+mod tests {
+    //! Every way a guest can end, driven by the `.wat` fixtures the end-to-end tests also
+    //! use, against the runtime alone: the failure kind and what its message names.
+
+    use super::*;
+
+    /// A fixture from `tests/fixtures`, compiled to WebAssembly.
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(format!("{name}.wat"));
+        wat::parse_file(&path).expect("the fixture compiles")
+    }
+
+    /// Compiles `bytes` and runs them with the request `configure` shapes; the compile's
+    /// failure, or how the run ended.
+    async fn run(
+        bytes: Vec<u8>,
+        configure: impl FnOnce(&mut RunRequest),
+    ) -> Result<RunOutcome, Failure> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime =
+            Runtime::new(&dir.path().join("modules"), Allocation::OnDemand).expect("a runtime");
+        let compiled = runtime
+            .get_or_compile("fixture", || async { Ok(bytes) })
+            .await?;
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let mut request = RunRequest {
+            entrypoint: "_start".into(),
+            argv: vec!["program".into()],
+            env: Vec::new(),
+            preopens: Vec::new(),
+            memory_limit: 64 << 20,
+            timeout: Duration::from_secs(60),
+            cancel: CancellationToken::new(),
+            stdout: Capture::new(&dir.path().join("stdout"), 1 << 20, wake.clone()),
+            stderr: Capture::new(&dir.path().join("stderr"), 1 << 20, wake),
+        };
+        configure(&mut request);
+        Ok(runtime.run(&compiled.program, request).await)
+    }
+
+    /// Asserts a failure of `kind` whose message contains `detail`.
+    fn assert_failed(outcome: Result<RunOutcome, Failure>, kind: FailureKind, detail: &str) {
+        let failure = match outcome {
+            Err(failure) | Ok(RunOutcome::Failed(failure)) => failure,
+            Ok(other) => panic!("expected {kind:?}, the guest ended with {other:?}"),
+        };
+        assert_eq!(failure.kind(), kind, "{}", failure.message);
+        assert!(
+            failure.message.contains(detail),
+            "{detail:?} not in {:?}",
+            failure.message
+        );
+    }
+
+    #[tokio::test]
+    async fn exit_codes_are_the_guests() {
+        let exits = r#"(module
+            (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+            (memory (export "memory") 1)
+            (func (export "_start") (call $exit (i32.const 7))))"#;
+        let exits = wat::parse_str(exits).expect("wat");
+        assert_eq!(run(exits, |_| {}).await, Ok(RunOutcome::Exited(7)));
+        let returns =
+            wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "_start")))"#)
+                .expect("wat");
+        assert_eq!(run(returns, |_| {}).await, Ok(RunOutcome::Exited(0)));
+    }
+
+    #[tokio::test]
+    async fn traps_are_trap() {
+        assert_failed(
+            run(fixture("trap"), |_| {}).await,
+            FailureKind::Trap,
+            "unreachable",
+        );
+        assert_failed(
+            run(fixture("recurse"), |_| {}).await,
+            FailureKind::Trap,
+            "stack",
+        );
+    }
+
+    #[tokio::test]
+    async fn modules_that_cannot_start_are_link_or_module_errors() {
+        assert_failed(
+            run(fixture("noentry"), |_| {}).await,
+            FailureKind::LinkError,
+            "_start",
+        );
+        assert_failed(
+            run(fixture("noentry"), |r| r.entrypoint = "nope".into()).await,
+            FailureKind::LinkError,
+            "nope",
+        );
+        assert_failed(
+            run(fixture("badimport"), |_| {}).await,
+            FailureKind::LinkError,
+            "launch_missiles",
+        );
+        assert_failed(
+            run(b"this is not webassembly".to_vec(), |_| {}).await,
+            FailureKind::InvalidModule,
+            "not a valid",
+        );
+        // Shared memories need threads, which guests do not get.
+        assert_failed(
+            run(fixture("threads"), |_| {}).await,
+            FailureKind::InvalidModule,
+            "shared",
+        );
+    }
+
+    #[tokio::test]
+    async fn limits_end_a_guest_with_their_own_kinds() {
+        assert_failed(
+            run(fixture("membomb"), |r| r.memory_limit = 4 << 20).await,
+            FailureKind::MemoryLimit,
+            "memory",
+        );
+        assert_failed(
+            run(fixture("spin"), |r| r.timeout = Duration::from_millis(300)).await,
+            FailureKind::Timeout,
+            "timeout",
+        );
+        let cancel = CancellationToken::new();
+        let canceller = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                cancel.cancel();
+            })
+        };
+        assert_failed(
+            run(fixture("spin"), |r| r.cancel = cancel).await,
+            FailureKind::Cancelled,
+            "",
+        );
+        canceller.await.expect("canceller");
+    }
+}
