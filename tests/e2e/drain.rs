@@ -2,7 +2,7 @@
 //! executor, which drains it (no new work; running executions finish within the drain
 //! timeout; the rest are handed back and retried elsewhere).
 
-use crate::common::{Devstack, free_port, path, shoal, start_orchestrator, state, wait_connected};
+use crate::common::{Devstack, path, shoal, start_orchestrator, state, wait_connected};
 use tokio::process::Child;
 
 /// A cordoned executor gets no work; a drain stops what runs past the grace period and the
@@ -96,9 +96,8 @@ fn sigterm(child: &Child) {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_an_executor() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let address = format!("http://127.0.0.1:{port}");
-    let _orchestrator = start_orchestrator(&dir.path().join("orchestrator"), port).await;
+    let orchestrator = start_orchestrator(&dir.path().join("orchestrator"), 0).await;
+    let address = orchestrator.address.clone();
     let ticker = path("tests/fixtures/ticker.wasm");
 
     let mut executor = crate::common::start_executor(
@@ -175,9 +174,8 @@ async fn sigterm_drains_an_executor() {
 async fn sigterm_stops_the_orchestrator_gracefully() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("orchestrator");
-    let port = free_port();
-    let address = format!("http://127.0.0.1:{port}");
-    let mut orchestrator = start_orchestrator(&data, port).await;
+    let mut orchestrator = start_orchestrator(&data, 0).await;
+    let (address, port) = (orchestrator.address.clone(), orchestrator.port);
     let _executor = crate::common::start_executor(&address, &dir.path().join("e"), "drainee", &[]);
     wait_connected(&address).await;
     let hello = path("examples/hello/hello.wasm");
@@ -193,8 +191,8 @@ async fn sigterm_stops_the_orchestrator_gracefully() {
     .stdout
     .trim()
     .to_owned();
-    sigterm(&orchestrator);
-    let status = tokio::time::timeout(crate::common::TIMEOUT, orchestrator.wait())
+    sigterm(&orchestrator.child);
+    let status = tokio::time::timeout(crate::common::TIMEOUT, orchestrator.child.wait())
         .await
         .expect("the orchestrator exits on SIGTERM")
         .expect("wait");

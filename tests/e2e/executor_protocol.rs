@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::common::{free_port, submit};
+use crate::common::submit;
 use bytes::Bytes;
 use shoal::proto::executor_service_client::ExecutorServiceClient;
 use shoal::proto::{
@@ -183,11 +183,9 @@ impl Chaos {
 #[tokio::test(flavor = "multi_thread")]
 async fn generated_hostile_executors_leave_the_orchestrator_healthy() {
     let scratch = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let address = format!("http://127.0.0.1:{port}");
-    let (_orchestrator, logs) = crate::common::start_orchestrator_logged(
+    let orchestrator = crate::common::start_orchestrator_logged(
         &scratch.path().join("data"),
-        port,
+        0,
         &[
             "--assign-ack-timeout",
             "1s",
@@ -199,6 +197,8 @@ async fn generated_hostile_executors_leave_the_orchestrator_healthy() {
         &[],
     )
     .await;
+    let address = orchestrator.address.clone();
+    let logs = orchestrator.lines.clone();
     let program = crate::common::wat(scratch.path(), "trap");
     let mut jobs = Vec::new();
     for _ in 0..20 {
@@ -290,11 +290,10 @@ async fn generated_hostile_requests_get_precise_answers() {
     use shoal::proto::*;
 
     let scratch = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let address = format!("http://127.0.0.1:{port}");
-    let (_orchestrator, logs) =
-        crate::common::start_orchestrator_logged(&scratch.path().join("data"), port, &[], &[])
-            .await;
+    let orchestrator =
+        crate::common::start_orchestrator_logged(&scratch.path().join("data"), 0, &[], &[]).await;
+    let address = orchestrator.address.clone();
+    let logs = orchestrator.lines.clone();
     let program = crate::common::wat(scratch.path(), "trap");
     let before = submit(&address, &[&program]).await;
     let program_cid =

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::common::{free_port, path, start_orchestrator};
+use crate::common::{path, start_orchestrator};
 use shoal::net::auth::{AuthChannel, CallerMetadata};
 use shoal::proto::job_service_client::JobServiceClient;
 use shoal::proto::storage_service_client::StorageServiceClient;
@@ -45,9 +45,8 @@ async fn wait_acked(acked: &AtomicUsize, count: usize) {
 async fn acknowledged_jobs_survive_two_orchestrator_kills() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("orchestrator");
-    let port = free_port();
-    let address = format!("http://127.0.0.1:{port}");
-    let mut orchestrator = start_orchestrator(&data, port).await;
+    let mut orchestrator = start_orchestrator(&data, 0).await;
+    let (address, port) = (orchestrator.address.clone(), orchestrator.port);
     let _executor = crate::common::start_executor(
         &address,
         &dir.path().join("executor"),
@@ -109,7 +108,7 @@ async fn acknowledged_jobs_survive_two_orchestrator_kills() {
     for kill_at in [JOBS / 4, JOBS * 2 / 3] {
         wait_acked(&acked, kill_at).await;
         orchestrator.kill().await.expect("kill -9 the orchestrator");
-        orchestrator.wait().await.expect("reaped");
+        orchestrator.child.wait().await.expect("reaped");
         orchestrator = start_orchestrator(&data, port).await;
     }
     let mut submitted = BTreeMap::new();
@@ -230,14 +229,13 @@ async fn acknowledged_jobs_survive_two_orchestrator_kills() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_executors_job_finishes_elsewhere() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let address = format!("http://127.0.0.1:{port}");
-    let _orchestrator = crate::common::start_orchestrator_with(
+    let orchestrator = crate::common::start_orchestrator_with(
         &dir.path().join("o"),
-        port,
+        0,
         &["--lease", "2s", "--heartbeat-interval", "500ms"],
     )
     .await;
+    let address = orchestrator.address.clone();
     let mut doomed = crate::common::start_executor(
         &address,
         &dir.path().join("doomed"),
@@ -280,15 +278,15 @@ async fn a_killed_executors_job_finishes_elsewhere() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_executor_with_the_same_id_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let address = format!("http://127.0.0.1:{port}");
-    let (_orchestrator, orchestrator_log) = crate::common::start_orchestrator_logged(
+    let orchestrator = crate::common::start_orchestrator_logged(
         &dir.path().join("o"),
-        port,
+        0,
         &["--lease", "2s", "--heartbeat-interval", "500ms"],
         &[],
     )
     .await;
+    let address = orchestrator.address.clone();
+    let orchestrator_log = orchestrator.lines.clone();
     let mut first = crate::common::start_executor(
         &address,
         &dir.path().join("first"),
@@ -377,14 +375,13 @@ async fn cutting_proxy(upstream: u16) -> (u16, tokio::sync::watch::Sender<u64>) 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cut_connection_recovers_without_duplicates() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let address = format!("http://127.0.0.1:{port}");
-    let _orchestrator = crate::common::start_orchestrator_with(
+    let orchestrator = crate::common::start_orchestrator_with(
         &dir.path().join("o"),
-        port,
+        0,
         &["--lease", "10s", "--heartbeat-interval", "500ms"],
     )
     .await;
+    let (address, port) = (orchestrator.address.clone(), orchestrator.port);
     let (proxy_port, cut) = cutting_proxy(port).await;
     let _executor = crate::common::start_executor(
         &format!("http://127.0.0.1:{proxy_port}"),
@@ -443,9 +440,8 @@ async fn a_cut_connection_recovers_without_duplicates() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_executor_outlives_its_log_pipe() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let address = format!("http://127.0.0.1:{port}");
-    let _orchestrator = start_orchestrator(&dir.path().join("o"), port).await;
+    let orchestrator = start_orchestrator(&dir.path().join("o"), 0).await;
+    let address = orchestrator.address.clone();
     let mut executor = tokio::process::Command::new(crate::common::bin("shoal-executor"))
         .args([
             "--orchestrator",

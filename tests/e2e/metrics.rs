@@ -1,7 +1,7 @@
 //! Both daemons' Prometheus endpoints (`--metrics-listen`), scraped after real jobs: every
 //! metric family the operations docs name is there, with the values the jobs imply.
 
-use crate::common::{free_port, path, start_executor, start_orchestrator_with, wait_connected};
+use crate::common::{path, start_executor_logged, start_orchestrator_with, wait_connected};
 
 /// Scrapes `address`'s `/metrics` and checks the content type.
 async fn scrape(address: &str) -> String {
@@ -28,22 +28,30 @@ fn value(text: &str, series: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn both_daemons_export_their_metrics() {
     let scratch = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let address = format!("http://127.0.0.1:{port}");
-    let orchestrator_metrics = format!("127.0.0.1:{}", free_port());
-    let executor_metrics = format!("127.0.0.1:{}", free_port());
-    let _orchestrator = start_orchestrator_with(
+    // Both daemons bind ports of their own and say which in their logs.
+    let orchestrator = start_orchestrator_with(
         &scratch.path().join("data"),
-        port,
-        &["--metrics-listen", &orchestrator_metrics],
+        0,
+        &["--metrics-listen", "127.0.0.1:0"],
     )
     .await;
-    let _executor = start_executor(
+    let address = orchestrator.address.clone();
+    let orchestrator_metrics = orchestrator.metrics.clone().expect("a metrics address");
+    let (_executor, executor_lines) = start_executor_logged(
         &address,
         &scratch.path().join("executor"),
         "metered",
-        &["--metrics-listen", &executor_metrics],
+        &["--metrics-listen", "127.0.0.1:0"],
+        &[],
     );
+    let executor_metrics =
+        crate::common::json_log_line(&executor_lines, "metrics listening", |line| {
+            line["message"] == "metrics listening"
+        })
+        .await["address"]
+            .as_str()
+            .expect("an address")
+            .to_owned();
     wait_connected(&address).await;
 
     // Two jobs with the same program and a 1,000-byte input: one compile, one cache hit.
@@ -148,13 +156,12 @@ async fn both_daemons_export_their_metrics() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_metrics_address_is_refused_at_start() {
     let scratch = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
     for (binary, args) in [
         (
             "shoal-orchestrator",
             vec![
                 "--listen".to_owned(),
-                format!("127.0.0.1:{port}"),
+                "127.0.0.1:0".to_owned(),
                 "--data-dir".to_owned(),
                 scratch.path().join("data").display().to_string(),
             ],

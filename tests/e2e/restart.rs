@@ -3,7 +3,7 @@
 //! write-ahead log damaged while it was down, and a disk that fills up and is freed.
 
 use crate::common::small_disk::SmallDisk;
-use crate::common::{bin, free_port, path, shoal, start_orchestrator, state, wait_connected};
+use crate::common::{bin, path, shoal, start_orchestrator, state, wait_connected};
 use shoal::net::auth::{AuthChannel, CallerMetadata};
 use shoal::proto::job_service_client::JobServiceClient;
 use shoal::proto::{JobSpec, SubmitJobRequest};
@@ -18,9 +18,8 @@ use tonic_health::pb::health_client::HealthClient;
 async fn orchestrator_restart_keeps_jobs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("orchestrator");
-    let port = free_port();
-    let address = format!("http://127.0.0.1:{port}");
-    let mut orchestrator = start_orchestrator(&data, port).await;
+    let mut orchestrator = start_orchestrator(&data, 0).await;
+    let (address, port) = (orchestrator.address.clone(), orchestrator.port);
     let _executor = crate::common::start_executor(
         &address,
         &dir.path().join("executor"),
@@ -126,9 +125,8 @@ async fn orchestrator_restart_keeps_jobs() {
 async fn a_damaged_log_stops_start_up_until_recovered_explicitly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("orchestrator");
-    let port = free_port();
-    let address = format!("http://127.0.0.1:{port}");
-    let mut orchestrator = start_orchestrator(&data, port).await;
+    let mut orchestrator = start_orchestrator(&data, 0).await;
+    let (address, port) = (orchestrator.address.clone(), orchestrator.port);
     let hello = path("examples/hello/hello.wasm");
     let program = shoal(&address, &["data", "put", &hello])
         .await
@@ -147,7 +145,7 @@ async fn a_damaged_log_stops_start_up_until_recovered_explicitly() {
         jobs.push(id.trim().to_owned());
     }
     orchestrator.kill().await.expect("kill -9 the orchestrator");
-    orchestrator.wait().await.expect("reaped");
+    orchestrator.child.wait().await.expect("reaped");
 
     let log = data.join("state.wal");
     let mut bytes = std::fs::read(&log).expect("read the log");
@@ -229,9 +227,8 @@ async fn a_full_disk_refuses_work_then_recovers_by_itself() {
     let disk = SmallDisk::mount("32m");
     let dir = tempfile::tempdir().expect("tempdir");
     let data = disk.path().join("orchestrator");
-    let port = free_port();
-    let address = format!("http://127.0.0.1:{port}");
-    let _orchestrator = start_orchestrator(&data, port).await;
+    let orchestrator = start_orchestrator(&data, 0).await;
+    let address = orchestrator.address.clone();
     let _executor = crate::common::start_executor(
         &address,
         &dir.path().join("executor"),

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Stdio;
 
-use crate::common::{Output, bin, free_port, path, shoal_with_env, wait_for_line};
+use crate::common::{Output, bin, path, shoal_with_env, wait_for_line};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tokio::io::BufReader;
 use tokio::process::{Child, Command};
@@ -82,15 +82,14 @@ async fn tokens_have_roles() {
         format!("# role token\nclient {CLIENT}\nexecutor {EXECUTOR}\nadmin {ADMIN}\n"),
     )
     .expect("write");
-    let port = free_port();
-    let address = format!("http://127.0.0.1:{port}");
     let tokens_flag = tokens.to_string_lossy().into_owned();
-    let _orchestrator = crate::common::start_orchestrator_with(
+    let orchestrator = crate::common::start_orchestrator_with(
         &dir.path().join("o"),
-        port,
+        0,
         &["--tokens-file", &tokens_flag],
     )
     .await;
+    let address = orchestrator.address.clone();
     let (_executor, executor_stderr) = start_executor(
         &address,
         &dir.path().join("e"),
@@ -203,12 +202,10 @@ async fn tls_and_mutual_tls_for_executors() {
     let dir = tempfile::tempdir().expect("tempdir");
     make_certificates(dir.path());
     let file = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-    let port = free_port();
-    let address = format!("https://127.0.0.1:{port}");
     let (cert, key, ca) = (file("server.pem"), file("server-key.pem"), file("ca.pem"));
-    let _orchestrator = crate::common::start_orchestrator_with(
+    let orchestrator = crate::common::start_orchestrator_with(
         &dir.path().join("o"),
-        port,
+        0,
         &[
             "--tls-cert",
             &cert,
@@ -219,6 +216,7 @@ async fn tls_and_mutual_tls_for_executors() {
         ],
     )
     .await;
+    let address = format!("https://127.0.0.1:{}", orchestrator.port);
     let trust = [("SHOAL_TLS_CA", ca.as_str())];
 
     // An executor with a client certificate signed by the CA connects and runs a job.
@@ -256,7 +254,7 @@ async fn tls_and_mutual_tls_for_executors() {
     // A client that does not trust the server's CA, or speaks plain HTTP/2, gets nowhere.
     let out = cli(&address, None, &[], &["node", "list"]).await;
     assert_eq!(out.code, 1, "{out:?}");
-    let plain = format!("http://127.0.0.1:{port}");
+    let plain = format!("http://127.0.0.1:{}", orchestrator.port);
     let out = cli(&plain, None, &[], &["node", "list"]).await;
     assert_eq!(out.code, 1, "{out:?}");
 }

@@ -11,8 +11,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use crate::common::{
-    Lines, TIMEOUT, bin, free_port, path, start_executor_logged, start_orchestrator_logged,
-    wait_connected,
+    Lines, TIMEOUT, bin, path, start_executor_logged, start_orchestrator_logged, wait_connected,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -156,11 +155,9 @@ async fn one_job_is_one_trace_across_cli_orchestrator_and_executor() {
     let endpoint = receiver.start().await;
     let env = otel_env(&endpoint);
     let scratch = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let address = format!("http://127.0.0.1:{port}");
-
-    let (_orchestrator, orchestrator_lines) =
-        start_orchestrator_logged(&scratch.path().join("data"), port, &[], &env).await;
+    let orchestrator = start_orchestrator_logged(&scratch.path().join("data"), 0, &[], &env).await;
+    let address = orchestrator.address.clone();
+    let orchestrator_lines = orchestrator.lines.clone();
     let (_executor, executor_lines) = start_executor_logged(
         &address,
         &scratch.path().join("executor"),

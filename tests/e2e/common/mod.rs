@@ -273,22 +273,39 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// A port free at the moment of asking, for daemons that must come back on the same one.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// A started `shoal-orchestrator`. It binds the port it was given (0: one of its own, so
+/// no port is picked before it is bound) and logs the addresses it listens on, which are
+/// read from its log: `address` is `http://127.0.0.1:PORT`, `metrics` the metrics
+/// endpoint's `127.0.0.1:PORT` if it serves one. Killed when dropped.
+pub struct Orchestrator {
+    pub child: Child,
+    pub port: u16,
+    pub address: String,
+    pub metrics: Option<String>,
+    /// The JSON log lines it writes after it listens.
+    pub lines: Lines,
 }
 
-/// Starts `shoal-orchestrator` on `port` with its data in `data`; returns once it listens.
-pub async fn start_orchestrator(data: &std::path::Path, port: u16) -> Child {
+impl Orchestrator {
+    /// Kills it with SIGKILL.
+    pub async fn kill(&mut self) -> std::io::Result<()> {
+        self.child.kill().await
+    }
+}
+
+/// Starts `shoal-orchestrator` on `port` (0 for one of its own) with its data in `data`;
+/// returns once it listens.
+pub async fn start_orchestrator(data: &std::path::Path, port: u16) -> Orchestrator {
     start_orchestrator_with(data, port, &["--lease", "30s"]).await
 }
 
 /// Starts `shoal-orchestrator` with extra flags (which come last, so they win).
-pub async fn start_orchestrator_with(data: &std::path::Path, port: u16, extra: &[&str]) -> Child {
-    start_orchestrator_logged(data, port, extra, &[]).await.0
+pub async fn start_orchestrator_with(
+    data: &std::path::Path,
+    port: u16,
+    extra: &[&str],
+) -> Orchestrator {
+    start_orchestrator_logged(data, port, extra, &[]).await
 }
 
 /// Log lines a daemon wrote, collected in the background.
@@ -337,14 +354,13 @@ pub async fn json_log_line(
     }
 }
 
-/// Starts `shoal-orchestrator` with extra flags and environment; returns once it listens,
-/// with the JSON log lines it writes from then on.
+/// Starts `shoal-orchestrator` with extra flags and environment; returns once it listens.
 pub async fn start_orchestrator_logged(
     data: &std::path::Path,
     port: u16,
     extra: &[&str],
     env: &[(String, String)],
-) -> (Child, Lines) {
+) -> Orchestrator {
     let mut child = Command::new(bin("shoal-orchestrator"))
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(data)
@@ -358,9 +374,31 @@ pub async fn start_orchestrator_logged(
         .spawn()
         .expect("spawn orchestrator");
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    wait_for_line(&mut stderr, "orchestrator listening").await;
-    let lines = collect(stderr);
-    (child, lines)
+    // The metrics endpoint, if any, says where it listens before the API does.
+    let mut metrics = None;
+    let listening = loop {
+        let line = wait_for_line(&mut stderr, "listening").await;
+        let value: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line}"));
+        let address = value["address"].as_str().unwrap_or_default().to_owned();
+        match value["message"].as_str() {
+            Some("metrics listening") => metrics = Some(address),
+            Some("orchestrator listening") => break address,
+            _ => {}
+        }
+    };
+    let port = listening
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {listening:?}"));
+    Orchestrator {
+        child,
+        port,
+        address: format!("http://127.0.0.1:{port}"),
+        metrics,
+        lines: collect(stderr),
+    }
 }
 
 /// Waits until an executor is connected to the orchestrator at `address`.
