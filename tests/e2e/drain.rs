@@ -43,7 +43,7 @@ async fn cordon_uncordon_and_drain() {
         drained.stdout
     );
     stack
-        .wait_job(
+        .poll_job(
             &id,
             "queued again, waiting for an uncordoned executor",
             |j| {

@@ -236,9 +236,19 @@ impl Devstack {
             .json()
     }
 
-    /// Polls the job until `done` holds for it (state changes are events the CLI can only
-    /// observe by asking); fails after the timeout.
+    /// The job once `done` holds for it, checked at each of its state changes.
     pub async fn wait_job(
+        &self,
+        id: &str,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_job_state(&self.address, id, what, done).await
+    }
+
+    /// The job once `done` holds for it, asked every 50 ms: for what changes without an
+    /// event (the reason a queued job waits).
+    pub async fn poll_job(
         &self,
         id: &str,
         what: &str,
@@ -308,8 +318,22 @@ pub async fn start_orchestrator_with(
     start_orchestrator_logged(data, port, extra, &[]).await
 }
 
-/// Log lines a daemon wrote, collected in the background.
-pub type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+/// Log lines a daemon wrote, collected in the background; waiters are woken by each new one.
+#[derive(Debug, Default)]
+pub struct LogLines {
+    lines: std::sync::Mutex<Vec<String>>,
+    added: tokio::sync::Notify,
+}
+
+impl LogLines {
+    /// The lines so far.
+    pub fn lock(&self) -> std::sync::LockResult<std::sync::MutexGuard<'_, Vec<String>>> {
+        self.lines.lock()
+    }
+}
+
+/// Shared handle to a daemon's [`LogLines`].
+pub type Lines = std::sync::Arc<LogLines>;
 
 /// Collects the lines of a child's stream in the background (so it never blocks on a full
 /// pipe) and returns them.
@@ -323,34 +347,44 @@ where
         let mut line = String::new();
         while reader.read_line(&mut line).await.unwrap_or(0) > 0 {
             sink.lock().expect("lock").push(std::mem::take(&mut line));
+            sink.added.notify_waiters();
         }
     });
     lines
 }
 
 /// Waits for the first of the JSON log lines collected in `lines` that `wanted` accepts
-/// (`what` names it in the failure); every line must be JSON.
+/// (`what` names it in the failure); every line must be JSON. Woken by each new line.
 pub async fn json_log_line(
     lines: &Lines,
     what: &str,
     wanted: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let found = lines.lock().expect("lock").iter().find_map(|line| {
+    let find = || {
+        lines.lock().expect("lock").iter().find_map(|line| {
             let value: serde_json::Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line}"));
             wanted(&value).then_some(value)
-        });
-        if let Some(value) = found {
-            return value;
+        })
+    };
+    let wait = async {
+        loop {
+            // Registered before looking, so a line added in between still wakes us.
+            let added = lines.added.notified();
+            tokio::pin!(added);
+            added.as_mut().enable();
+            if let Some(value) = find() {
+                return value;
+            }
+            added.await;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no log line {what} in {:#?}",
+    };
+    match tokio::time::timeout(TIMEOUT, wait).await {
+        Ok(value) => value,
+        Err(_) => panic!(
+            "no log line {what} within {TIMEOUT:?} in {:#?}",
             lines.lock().expect("lock")
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        ),
     }
 }
 
@@ -506,8 +540,10 @@ pub async fn submit(address: &str, args: &[&str]) -> String {
         .to_owned()
 }
 
-/// Runs a CLI query with JSON output until `done` holds for its answer (state changes are
-/// events the CLI can only observe by asking); fails after the timeout, naming `what`.
+/// Runs a CLI query with JSON output until `done` holds for its answer, asking again every
+/// 50 ms: only for what the API has no event for (an executor's state, the reason a queued
+/// job waits); job states are waited for on their watch stream ([`wait_job_state`]). Fails
+/// after the timeout, naming `what`.
 pub async fn poll_json(
     address: &str,
     args: &[&str],
@@ -528,18 +564,59 @@ pub async fn poll_json(
     }
 }
 
+/// The job `id` (`job describe --output json`) once `done` holds for it, checked at every
+/// state change on the job's watch stream (an event, not a poll); fails after the timeout,
+/// naming `what`.
+pub async fn wait_job_state(
+    address: &str,
+    id: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    use shoal::proto::WatchJobRequest;
+    use shoal::proto::job_service_client::JobServiceClient;
+    use tokio_stream::StreamExt as _;
+    let channel = tonic::transport::Endpoint::from_shared(address.to_owned())
+        .expect("address")
+        .connect()
+        .await
+        .expect("connect");
+    let request = WatchJobRequest {
+        job_id: id.to_owned(),
+        from_sequence: 0,
+        states_only: true,
+    };
+    let mut events = JobServiceClient::new(channel)
+        .watch_job(request)
+        .await
+        .expect("watch the job")
+        .into_inner();
+    let describe = ["job", "describe", id, "--output", "json"];
+    let wait = async {
+        loop {
+            let job = shoal(address, &describe).await.success().json();
+            if done(&job) {
+                return job;
+            }
+            // The next state change (a terminal one ends the stream).
+            if events.next().await.is_none() {
+                let job = shoal(address, &describe).await.success().json();
+                assert!(done(&job), "job {id} ended without {what}: {job}");
+                return job;
+            }
+        }
+    };
+    tokio::time::timeout(TIMEOUT, wait)
+        .await
+        .unwrap_or_else(|_| panic!("job {id}: never reached {what} within {TIMEOUT:?}"))
+}
+
 /// Waits until the job at `address` is in a terminal state; returns it.
 pub async fn wait_terminal(address: &str, job: &str) -> serde_json::Value {
-    let args = ["job", "describe", job, "--output", "json"];
-    poll_json(
-        address,
-        &args,
-        &format!("job {job}: a terminal state"),
-        |j| {
-            ["COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"]
-                .iter()
-                .any(|s| state(j).ends_with(s))
-        },
-    )
+    wait_job_state(address, job, "a terminal state", |j| {
+        ["COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"]
+            .iter()
+            .any(|s| state(j).ends_with(s))
+    })
     .await
 }
