@@ -37,6 +37,12 @@ pub enum Error {
     /// The orchestrator is shutting down.
     #[error("the orchestrator is shutting down")]
     ShuttingDown,
+    /// A peer took longer than allowed (an executor that sends no `Register`).
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// A bug or an impossible state: logged, and answered INTERNAL.
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// Result with the orchestrator's [`Error`].
@@ -82,6 +88,7 @@ impl From<Error> for tonic::Status {
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::ShuttingDown | Error::StoreUnavailable(_) => Code::Unavailable,
             // A full disk: retryable once space is freed.
             Error::Io(io)
@@ -92,7 +99,7 @@ impl From<Error> for tonic::Status {
             {
                 Code::Unavailable
             }
-            Error::Store(_) | Error::Io(_) | Error::LogDamaged(_) => {
+            Error::Store(_) | Error::Io(_) | Error::LogDamaged(_) | Error::Internal(_) => {
                 tracing::error!(%error, "internal error");
                 Code::Internal
             }

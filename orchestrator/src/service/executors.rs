@@ -62,22 +62,29 @@ impl ExecutorApi {
     {
         let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.next())
             .await
-            .map_err(|_| Status::deadline_exceeded("no Register message within 10s"))?
-            .ok_or_else(|| Status::invalid_argument("the stream ended before Register"))??;
+            .map_err(|_| {
+                Status::from(crate::error::Error::DeadlineExceeded(
+                    "no Register message within 10s".into(),
+                ))
+            })?
+            .ok_or_else(|| {
+                Status::from(crate::error::Error::InvalidArgument(
+                    "the stream ended before Register".into(),
+                ))
+            })??;
         let Some(executor_message::Message::Register(register)) = first.message else {
-            return Err(Status::invalid_argument(
-                "the first message must be Register",
-            ));
+            return Err(Status::from(crate::error::Error::InvalidArgument(
+                "the first message must be Register".into(),
+            )));
         };
         if register.protocol_version != ProtocolVersion::V1 as u32 {
-            return Err(shoal::error::bounded_status(
-                tonic::Code::FailedPrecondition,
+            return Err(Status::from(crate::error::Error::FailedPrecondition(
                 format!(
                     "protocol version {} is not supported; this orchestrator speaks {}",
                     register.protocol_version,
                     ProtocolVersion::V1 as u32
                 ),
-            ));
+            )));
         }
         let metrics = self.0.metrics();
         metrics.message("received", "register");
@@ -93,7 +100,11 @@ impl ExecutorApi {
         tx.try_send(Ok(OrchestratorMessage {
             message: Some(orchestrator_message::Message::Registered(registered)),
         }))
-        .map_err(|_| Status::internal("cannot queue the handshake"))?;
+        .map_err(|_| {
+            Status::from(crate::error::Error::Internal(
+                "cannot queue the handshake".into(),
+            ))
+        })?;
         let executor_id = register.executor_id.clone();
         let mut register = register;
         let mut writes = Vec::new();

@@ -46,7 +46,11 @@ impl JobApi {
             spec,
             idempotency_key: key,
         } = request;
-        let spec = spec.ok_or_else(|| Status::invalid_argument("spec: is required"))?;
+        let spec = spec.ok_or_else(|| {
+            Status::from(crate::error::Error::InvalidArgument(
+                "spec: is required".into(),
+            ))
+        })?;
         let spec = ValidSpec::accept(spec, self.0.config().spec_defaults()).map_err(Error::from)?;
         // Every CID the job names must already be stored, or it could never run (URLs are
         // fetched by the executor) — unless IPFS gateways are configured, which executors
@@ -64,19 +68,16 @@ impl JobApi {
                 && !gateways
                 && !content.contains(cid).await.map_err(Status::from)?
             {
-                return Err(shoal::error::bounded_status(
-                    tonic::Code::NotFound,
-                    format!(
-                        "{field}: {source} is not in the store and no IPFS gateway is configured; upload it first"
-                    ),
-                ));
+                return Err(Status::from(crate::error::Error::NotFound(format!(
+                    "{field}: {source} is not in the store and no IPFS gateway is configured; upload it first"
+                ))));
             }
         }
         let key_ok = key.len() <= 128 && key.bytes().all(|b| b.is_ascii_graphic());
         if !key_ok {
-            return Err(Status::invalid_argument(
-                "idempotency_key: at most 128 printable ASCII characters, no spaces",
-            ));
+            return Err(Status::from(crate::error::Error::InvalidArgument(
+                "idempotency_key: at most 128 printable ASCII characters, no spaces".into(),
+            )));
         }
         let trace_context = shoal::daemon::telemetry::context_map(&tracing::Span::current());
         let job = self
@@ -152,7 +153,9 @@ impl JobService for JobApi {
         let request = request.into_inner();
         if !request.page_token.is_empty() {
             job_id(&request.page_token).map_err(|_| {
-                Status::invalid_argument("page_token is not one this server issued")
+                Status::from(crate::error::Error::InvalidArgument(
+                    "page_token is not one this server issued".into(),
+                ))
             })?;
         }
         let (jobs, next_page_token) = self.0.read(|c| c.list_jobs(&request)).await;
@@ -169,10 +172,10 @@ impl JobService for JobApi {
         let request = request.into_inner();
         let id = job_id(&request.job_id)?;
         if request.reason.len() > shoal::spec::limits::MAX_REASON_BYTES {
-            return Err(Status::invalid_argument(format!(
+            return Err(Status::from(crate::error::Error::InvalidArgument(format!(
                 "reason: at most {} bytes (it is stored with the job and shown in listings)",
                 shoal::spec::limits::MAX_REASON_BYTES
-            )));
+            ))));
         }
         let job = self
             .0
@@ -286,22 +289,20 @@ impl JobService for JobApi {
             .await?
             .unwrap_or_default();
         if !result.published_to.is_empty() {
-            return Err(shoal::error::bounded_status(
-                tonic::Code::FailedPrecondition,
+            return Err(Status::from(crate::error::Error::FailedPrecondition(
                 format!(
                     "job {id}'s results were published to {}, not to this store; fetch them from \
                  there (`shoal job get` does)",
                     result.published_to
                 ),
-            ));
+            )));
         }
         let result_cid = Some(result.result_cid)
             .filter(|cid| !cid.is_empty())
             .ok_or_else(|| {
-                shoal::error::bounded_status(
-                    tonic::Code::FailedPrecondition,
-                    format!("job {id} has no results (yet)"),
-                )
+                Status::from(crate::error::Error::FailedPrecondition(format!(
+                    "job {id} has no results (yet)"
+                )))
             })?;
         let cid = cid("result_cid", &result_cid)?;
         let stream = self.0.content().download(&cid, &request.path, 0).await?;

@@ -71,8 +71,11 @@ impl NodeService for NodeApi {
         let id = request.node_id;
         let grace = match request.grace {
             None => Duration::ZERO,
-            Some(grace) => Duration::try_from(grace)
-                .map_err(|_| Status::invalid_argument("grace must not be negative"))?,
+            Some(grace) => Duration::try_from(grace).map_err(|_| {
+                Status::from(crate::error::Error::InvalidArgument(
+                    "grace must not be negative".into(),
+                ))
+            })?,
         };
         self.0.apply(|c| c.set_cordoned(&id, true)).await?;
         let running = self.0.read(|c| c.running_on(&id)).await;
@@ -84,7 +87,7 @@ impl NodeService for NodeApi {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 _ = self.0.shutdown_token().cancelled() => {
-                    return Err(Status::unavailable("the orchestrator is shutting down"));
+                    return Err(Status::from(crate::error::Error::ShuttingDown));
                 }
             }
         }

@@ -64,10 +64,9 @@ impl StorageService for StorageApi {
     ) -> Result<Response<UploadResponse>, Status> {
         let url = request.into_inner().url;
         let Ok(Source::Http(source)) = url.parse::<Source>() else {
-            return Err(shoal::error::bounded_status(
-                tonic::Code::InvalidArgument,
-                format!("url: {url:?} is not an http(s) URL"),
-            ));
+            return Err(Status::from(crate::error::Error::InvalidArgument(format!(
+                "url: {url:?} is not an http(s) URL"
+            ))));
         };
         let content = self.0.content();
         let temp = content.temp_path();
@@ -84,10 +83,10 @@ impl StorageService for StorageApi {
     ) -> Result<Response<UploadResponse>, Status> {
         let request = request.into_inner();
         let Ok(Source::S3(source)) = request.source.parse::<Source>() else {
-            return Err(shoal::error::bounded_status(
-                tonic::Code::InvalidArgument,
-                format!("source: {:?} is not an s3:// source", request.source),
-            ));
+            return Err(Status::from(crate::error::Error::InvalidArgument(format!(
+                "source: {:?} is not an s3:// source",
+                request.source
+            ))));
         };
         let content = self.0.content();
         let temp = content.temp_path();
@@ -110,9 +109,8 @@ impl StorageService for StorageApi {
             .pin(&cid, self.0.ipfs())
             .await
             .map_err(|e| match e {
-                crate::error::Error::FailedPrecondition(reason) => shoal::error::bounded_status(
-                    tonic::Code::FailedPrecondition,
-                    format!("cannot pin {cid}: {reason}"),
+                crate::error::Error::FailedPrecondition(reason) => Status::from(
+                    crate::error::Error::FailedPrecondition(format!("cannot pin {cid}: {reason}")),
                 ),
                 other => other.into(),
             })?;
@@ -144,10 +142,9 @@ async fn store_fetched(
 ) -> Result<UploadResponse, Status> {
     let stored = match fetched {
         Ok(()) => content.put_path(temp).await.map_err(Status::from),
-        Err(reason) => Err(shoal::error::bounded_status(
-            tonic::Code::FailedPrecondition,
+        Err(reason) => Err(Status::from(crate::error::Error::FailedPrecondition(
             format!("cannot copy {source}: {reason}"),
-        )),
+        ))),
     };
     let owned = temp.to_owned();
     let _ = tokio::task::spawn_blocking(move || shoal::content::local_tree::remove(&owned)).await;
