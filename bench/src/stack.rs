@@ -14,6 +14,7 @@ use shoal::proto::storage_service_client::StorageServiceClient;
 use shoal::proto::{
     JobSpec, JobState, ListNodesRequest, NodeState, SubmitJobRequest, WatchJobRequest, job_event,
 };
+use shoal_harness::{Launch, OrchestratorProcess, process_usage};
 use tokio::process::{Child, Command};
 
 /// How long any one step may take before the benchmark gives up.
@@ -177,36 +178,12 @@ impl Clients {
     }
 }
 
-/// A binary built next to this one.
-pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe
-        .parent()
-        .context("the benchmark binary has no directory")?
-        .join(name);
-    if !path.exists() {
-        bail!(
-            "{} is missing: build the binaries first (scripts/bench.sh does)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// A free loopback port.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// An orchestrator and its executors, killed when dropped.
 pub struct Stack {
     pub address: String,
-    dir: PathBuf,
-    pub orchestrator: Child,
-    orchestrator_args: Vec<String>,
-    port: u16,
+    pub orchestrator: OrchestratorProcess,
+    /// How the orchestrator was started: a restart reuses it, on the port it took.
+    launch: Launch,
     pub executors: Vec<Child>,
     /// Where executors keep their work directories (default: beside the orchestrator's).
     executor_root: PathBuf,
@@ -214,15 +191,18 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Starts an orchestrator with `orchestrator_args` in `dir` and waits until it answers.
+    /// Starts an orchestrator with `orchestrator_args` in `dir` on a port it binds itself,
+    /// logging only warnings (its log would cost time), and waits until it answers.
     pub async fn start(dir: &Path, orchestrator_args: &[&str]) -> anyhow::Result<Stack> {
-        let port = free_port()?;
+        let mut launch = Launch::new(&dir.join("orchestrator"), 0)
+            .args(orchestrator_args)
+            .quiet();
+        let orchestrator = launch.start().await?;
+        launch.port = orchestrator.port;
         let mut stack = Stack {
-            address: format!("http://127.0.0.1:{port}"),
-            dir: dir.to_owned(),
-            orchestrator: spawn_orchestrator(dir, port, orchestrator_args)?,
-            orchestrator_args: orchestrator_args.iter().map(|a| (*a).to_owned()).collect(),
-            port,
+            address: orchestrator.address.clone(),
+            orchestrator,
+            launch,
             executors: Vec::new(),
             executor_root: dir.to_owned(),
             _executor_scratch: None,
@@ -231,20 +211,22 @@ impl Stack {
         Ok(stack)
     }
 
-    /// Waits until the orchestrator answers a call; returns how long that took.
-    pub async fn wait_ready(&mut self) -> anyhow::Result<Duration> {
+    /// Waits until the orchestrator answers a call (it listens before it serves).
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
-            if let Ok(mut clients) = Clients::connect(&self.address).await
-                && clients
+            let answered = match Clients::connect(&self.address).await {
+                Ok(mut clients) => clients
                     .nodes
                     .list_nodes(ListNodesRequest::default())
                     .await
-                    .is_ok()
-            {
-                return Ok(started.elapsed());
+                    .is_ok(),
+                Err(_) => false,
+            };
+            if answered {
+                return Ok(());
             }
-            if let Some(status) = self.orchestrator.try_wait()? {
+            if let Some(status) = self.orchestrator.child.try_wait()? {
                 bail!("the orchestrator exited with {status}");
             }
             if started.elapsed() > STEP_TIMEOUT {
@@ -256,22 +238,17 @@ impl Stack {
 
     /// Stops the orchestrator with SIGTERM and waits for it to exit.
     pub async fn stop_orchestrator(&mut self) -> anyhow::Result<()> {
-        if let Some(pid) = self.orchestrator.id() {
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()?;
-        }
-        tokio::time::timeout(STEP_TIMEOUT, self.orchestrator.wait())
-            .await
-            .context("the orchestrator did not stop")??;
+        self.orchestrator.terminate().await?;
         Ok(())
     }
 
-    /// Starts the orchestrator again on the same port and data directory.
-    pub fn restart_orchestrator(&mut self) -> anyhow::Result<()> {
-        let args: Vec<&str> = self.orchestrator_args.iter().map(String::as_str).collect();
-        self.orchestrator = spawn_orchestrator(&self.dir, self.port, &args)?;
-        Ok(())
+    /// Starts the orchestrator again on the same port and data directory; returns how long
+    /// it took to answer a call.
+    pub async fn restart_orchestrator(&mut self) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        self.orchestrator = self.launch.start().await?;
+        self.wait_ready().await?;
+        Ok(started.elapsed())
     }
 
     /// Puts the work directories of executors started from now on in a fresh directory
@@ -286,7 +263,7 @@ impl Stack {
     /// Starts an executor named `id` with `args`.
     pub fn add_executor(&mut self, id: &str, args: &[&str]) -> anyhow::Result<()> {
         let work = self.executor_root.join(format!("executor-{id}"));
-        let mut command = Command::new(binary("shoal-executor")?);
+        let mut command = Command::new(shoal_harness::binary("shoal-executor")?);
         command
             .args(["--orchestrator", &self.address, "--executor-id", id])
             .arg("--work-dir")
@@ -315,20 +292,11 @@ impl Stack {
     pub fn orchestrator_usage(&self) -> anyhow::Result<(u64, Duration)> {
         let pid = self
             .orchestrator
+            .child
             .id()
             .context("the orchestrator has exited")?;
         process_usage(pid)
     }
-}
-
-fn spawn_orchestrator(dir: &Path, port: u16, args: &[&str]) -> anyhow::Result<Child> {
-    let mut command = Command::new(binary("shoal-orchestrator")?);
-    command
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir.join("orchestrator"))
-        .args(args);
-    spawn_quiet(command, "the orchestrator")
 }
 
 /// Starts a daemon with warnings-only logging and no output (its log would cost time in a
@@ -342,32 +310,4 @@ fn spawn_quiet(mut command: Command, what: &str) -> anyhow::Result<Child> {
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {what}"))
-}
-
-/// Resident memory (bytes) and user+system CPU time of a process, from /proc.
-pub fn process_usage(pid: u32) -> anyhow::Result<(u64, Duration)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may contain spaces) start at the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of the line (1-based): 11 and 12 (0-based)
-    // after the ')' that ends the command name.
-    let cpu_ticks = ticks(11) + ticks(12);
-    // Linux reports these in USER_HZ, 100 per second on every mainstream configuration.
-    Ok((rss_kib * 1024, Duration::from_millis(cpu_ticks * 10)))
 }

@@ -136,7 +136,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     };
     if let Some(listener) = metrics_listener {
         if let Ok(address) = listener.local_addr() {
-            tracing::info!(%address, "metrics listening");
+            tracing::info!(target: shoal::daemon::LISTENING, %address, "metrics listening");
         }
         let render = move || {
             let metrics = metrics.clone();

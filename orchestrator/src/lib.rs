@@ -22,9 +22,6 @@ pub mod records;
 mod scheduler;
 pub mod service;
 pub mod store;
-#[cfg(test)]
-#[path = "../../tests/e2e/common/small_disk.rs"]
-mod testing;
 
 use std::sync::Arc;
 
@@ -105,7 +102,7 @@ pub async fn serve(
     } = listeners;
     if let Some(listener) = metrics_listener {
         if let Ok(address) = listener.local_addr() {
-            tracing::info!(%address, "metrics listening");
+            tracing::info!(target: shoal::daemon::LISTENING, %address, "metrics listening");
         }
         let this = orchestrator.clone();
         let render = move || {
@@ -121,10 +118,10 @@ pub async fn serve(
     let address = listener
         .local_addr()
         .map_err(|e| error::Error::io("listener", e))?;
-    tracing::info!(%address, "orchestrator listening");
+    tracing::info!(target: shoal::daemon::LISTENING, %address, "orchestrator listening");
     if let Some(gateway) = gateway {
         if let Ok(address) = gateway.local_addr() {
-            tracing::info!(%address, "IPFS gateway listening");
+            tracing::info!(target: shoal::daemon::LISTENING, %address, "IPFS gateway listening");
         }
         orchestrator.spawn(gateway::serve(
             orchestrator.clone(),

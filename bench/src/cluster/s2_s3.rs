@@ -19,8 +19,7 @@ pub async fn s2_s3(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
         .await?;
 
     stack.stop_orchestrator().await?;
-    stack.restart_orchestrator()?;
-    let empty_restart = stack.wait_ready().await?;
+    let empty_restart = stack.restart_orchestrator().await?;
     let clients = stack.clients().await?;
     let (rss_before, _) = stack.orchestrator_usage()?;
 
@@ -46,8 +45,7 @@ pub async fn s2_s3(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
     let per_job = rss_after.saturating_sub(rss_before) as f64 / jobs as f64;
 
     stack.stop_orchestrator().await?;
-    stack.restart_orchestrator()?;
-    let full_restart = stack.wait_ready().await?;
+    let full_restart = stack.restart_orchestrator().await?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     Ok(vec![
         Figure {

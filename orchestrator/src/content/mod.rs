@@ -451,7 +451,7 @@ mod tests {
     /// replaced by the next upload of the same data instead of being trusted for good.
     #[tokio::test]
     async fn a_full_disk_never_leaves_a_broken_block() {
-        let disk = crate::testing::SmallDisk::mount("1m");
+        let disk = shoal_harness::small_disk::SmallDisk::mount("1m");
         let database = tempfile::tempdir().expect("tempdir");
         let (db, _) = Store::open(&database.path().join("state.redb")).expect("open");
         let content = disk.path().join("content");

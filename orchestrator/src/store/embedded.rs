@@ -759,7 +759,7 @@ mod tests {
     /// by a later start-up.
     #[tokio::test]
     async fn a_full_disk_fails_commits_until_there_is_room_again() {
-        let disk = crate::testing::SmallDisk::mount("4m");
+        let disk = shoal_harness::small_disk::SmallDisk::mount("4m");
         let path = disk.path().join("state.redb");
         let (store, _) = Store::open(&path).expect("open");
         commit(&store, job("before")).await;

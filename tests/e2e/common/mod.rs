@@ -1,33 +1,23 @@
-//! Test harness for the end-to-end tests: finds the real binaries, starts a devstack or
-//! separate daemons on ephemeral ports, runs the CLI against them, and waits for events
-//! with generous timeouts (never sleeps to synchronise).
+//! Test harness for the end-to-end tests: on top of the process harness the benchmarks
+//! share (`shoal-harness`: binaries, daemons on ports they bind, log lines), it starts a
+//! devstack, runs the CLI against the daemons and waits for events with generous timeouts
+//! (never sleeps to synchronise). Harness errors become panics naming what failed.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::BufReader;
 use tokio::process::{Child, Command};
 
-pub mod small_disk;
+pub use shoal_harness::{Lines, collect, drain, small_disk};
 
 /// Generous upper bound for anything a test waits for.
-pub const TIMEOUT: Duration = Duration::from_secs(120);
+pub const TIMEOUT: Duration = shoal_harness::TIMEOUT;
 
 /// The path of a workspace binary, built next to this test's executable.
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace first (cargo build --workspace --bins)",
-        path.display()
-    );
-    path
+    shoal_harness::binary(name).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The repository root.
@@ -108,34 +98,9 @@ pub async fn wait_for_line<R>(reader: &mut BufReader<R>, needle: &str) -> String
 where
     R: tokio::io::AsyncRead + Unpin,
 {
-    let wait = async {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = reader.read_line(&mut line).await.expect("read line");
-            assert!(n > 0, "stream ended before a line containing {needle:?}");
-            if line.contains(needle) {
-                return line.clone();
-            }
-        }
-    };
-    tokio::time::timeout(TIMEOUT, wait)
+    shoal_harness::wait_for_line(reader, needle)
         .await
-        .unwrap_or_else(|_| panic!("no line containing {needle:?} within {TIMEOUT:?}"))
-}
-
-/// Keeps reading a child's stream in the background so the child never blocks on a full
-/// pipe.
-pub fn drain<R>(mut reader: BufReader<R>)
-where
-    R: tokio::io::AsyncRead + Unpin + Send + 'static,
-{
-    tokio::spawn(async move {
-        let mut line = String::new();
-        while reader.read_line(&mut line).await.unwrap_or(0) > 0 {
-            line.clear();
-        }
-    });
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// A `shoal devstack` process with its own data directory and port.
@@ -283,74 +248,33 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// A started `shoal-orchestrator`. It binds the port it was given (0: one of its own, so
-/// no port is picked before it is bound) and logs the addresses it listens on, which are
-/// read from its log: `address` is `http://127.0.0.1:PORT`, `metrics` the metrics
-/// endpoint's `127.0.0.1:PORT` if it serves one. Killed when dropped.
-pub struct Orchestrator {
-    pub child: Child,
-    pub port: u16,
-    pub address: String,
-    pub metrics: Option<String>,
-    /// The JSON log lines it writes after it listens.
-    pub lines: Lines,
-}
-
-impl Orchestrator {
-    /// Kills it with SIGKILL.
-    pub async fn kill(&mut self) -> std::io::Result<()> {
-        self.child.kill().await
-    }
-}
+/// A started `shoal-orchestrator` (see [`shoal_harness::OrchestratorProcess`]).
+pub type Orchestrator = shoal_harness::OrchestratorProcess;
 
 /// Starts `shoal-orchestrator` on `port` (0 for one of its own) with its data in `data`;
 /// returns once it listens.
-pub async fn start_orchestrator(data: &std::path::Path, port: u16) -> Orchestrator {
+pub async fn start_orchestrator(data: &Path, port: u16) -> Orchestrator {
     start_orchestrator_with(data, port, &["--lease", "30s"]).await
 }
 
 /// Starts `shoal-orchestrator` with extra flags (which come last, so they win).
-pub async fn start_orchestrator_with(
-    data: &std::path::Path,
-    port: u16,
-    extra: &[&str],
-) -> Orchestrator {
+pub async fn start_orchestrator_with(data: &Path, port: u16, extra: &[&str]) -> Orchestrator {
     start_orchestrator_logged(data, port, extra, &[]).await
 }
 
-/// Log lines a daemon wrote, collected in the background; waiters are woken by each new one.
-#[derive(Debug, Default)]
-pub struct LogLines {
-    lines: std::sync::Mutex<Vec<String>>,
-    added: tokio::sync::Notify,
-}
-
-impl LogLines {
-    /// The lines so far.
-    pub fn lock(&self) -> std::sync::LockResult<std::sync::MutexGuard<'_, Vec<String>>> {
-        self.lines.lock()
-    }
-}
-
-/// Shared handle to a daemon's [`LogLines`].
-pub type Lines = std::sync::Arc<LogLines>;
-
-/// Collects the lines of a child's stream in the background (so it never blocks on a full
-/// pipe) and returns them.
-pub fn collect<R>(mut reader: BufReader<R>) -> Lines
-where
-    R: tokio::io::AsyncRead + Unpin + Send + 'static,
-{
-    let lines = Lines::default();
-    let sink = lines.clone();
-    tokio::spawn(async move {
-        let mut line = String::new();
-        while reader.read_line(&mut line).await.unwrap_or(0) > 0 {
-            sink.lock().expect("lock").push(std::mem::take(&mut line));
-            sink.added.notify_waiters();
-        }
-    });
-    lines
+/// Starts `shoal-orchestrator` with extra flags and environment; returns once it listens.
+pub async fn start_orchestrator_logged(
+    data: &Path,
+    port: u16,
+    extra: &[&str],
+    env: &[(String, String)],
+) -> Orchestrator {
+    shoal_harness::Launch::new(data, port)
+        .args(extra)
+        .env(env)
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Waits for the first of the JSON log lines collected in `lines` that `wanted` accepts
@@ -360,79 +284,14 @@ pub async fn json_log_line(
     what: &str,
     wanted: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let find = || {
-        lines.lock().expect("lock").iter().find_map(|line| {
+    lines
+        .wait_for(what, |line| {
             let value: serde_json::Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line}"));
-            wanted(&value).then_some(value)
+                .map_err(|e| anyhow::anyhow!("a log line is not JSON ({e}): {line}"))?;
+            Ok(wanted(&value).then_some(value))
         })
-    };
-    let wait = async {
-        loop {
-            // Registered before looking, so a line added in between still wakes us.
-            let added = lines.added.notified();
-            tokio::pin!(added);
-            added.as_mut().enable();
-            if let Some(value) = find() {
-                return value;
-            }
-            added.await;
-        }
-    };
-    match tokio::time::timeout(TIMEOUT, wait).await {
-        Ok(value) => value,
-        Err(_) => panic!(
-            "no log line {what} within {TIMEOUT:?} in {:#?}",
-            lines.lock().expect("lock")
-        ),
-    }
-}
-
-/// Starts `shoal-orchestrator` with extra flags and environment; returns once it listens.
-pub async fn start_orchestrator_logged(
-    data: &std::path::Path,
-    port: u16,
-    extra: &[&str],
-    env: &[(String, String)],
-) -> Orchestrator {
-    let mut child = Command::new(bin("shoal-orchestrator"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(data)
-        .args(["--log-format", "json"])
-        .args(extra)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn orchestrator");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    // The metrics endpoint, if any, says where it listens before the API does.
-    let mut metrics = None;
-    let listening = loop {
-        let line = wait_for_line(&mut stderr, "listening").await;
-        let value: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line}"));
-        let address = value["address"].as_str().unwrap_or_default().to_owned();
-        match value["message"].as_str() {
-            Some("metrics listening") => metrics = Some(address),
-            Some("orchestrator listening") => break address,
-            _ => {}
-        }
-    };
-    let port = listening
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {listening:?}"));
-    Orchestrator {
-        child,
-        port,
-        address: format!("http://127.0.0.1:{port}"),
-        metrics,
-        lines: collect(stderr),
-    }
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Waits until an executor is connected to the orchestrator at `address`.

@@ -1,5 +1,4 @@
-//! A real, small filesystem to fill up, for the full-disk tests (shared by the end-to-end
-//! tests and the orchestrator's unit tests, which include this file by path).
+//! A real, small filesystem to fill up, for the full-disk tests.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,142 @@
+//! A `shoal-orchestrator` process on a port it binds itself. It logs JSON; the lines with
+//! the `shoal::listening` target say where it listens, so no port is picked before the
+//! daemon binds it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context as _, bail};
+use tokio::io::BufReader;
+use tokio::process::{Child, Command};
+
+use crate::logs::{Lines, collect, wait_for_line};
+
+/// How to start an orchestrator.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// Its `--data-dir`.
+    pub data: PathBuf,
+    /// The port to bind: 0 for one of its own (a restart passes the port it had).
+    pub port: u16,
+    /// Extra flags, after the harness's own, so they win.
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// Log only warnings and where it listens (a benchmark's daemon: its log would cost
+    /// time); otherwise the daemon's default, `info`.
+    pub quiet: bool,
+}
+
+impl Launch {
+    pub fn new(data: &Path, port: u16) -> Launch {
+        Launch {
+            data: data.to_owned(),
+            port,
+            ..Launch::default()
+        }
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Launch {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    pub fn env(mut self, env: &[(String, String)]) -> Launch {
+        self.env.extend_from_slice(env);
+        self
+    }
+
+    pub fn quiet(mut self) -> Launch {
+        self.quiet = true;
+        self
+    }
+
+    /// Starts it; returns once it listens. It is killed when the returned value is dropped.
+    pub async fn start(&self) -> anyhow::Result<OrchestratorProcess> {
+        let mut command = Command::new(crate::binary("shoal-orchestrator")?);
+        command
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--data-dir",
+            ])
+            .arg(&self.data)
+            .args(["--log-format", "json"])
+            .args(&self.args);
+        if self.quiet {
+            command.env("RUST_LOG", "warn,shoal::listening=info");
+        }
+        let mut child = command
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting shoal-orchestrator")?;
+        let mut stderr = BufReader::new(child.stderr.take().context("its stderr")?);
+        // The metrics endpoint, if any, says where it listens before the API does.
+        let mut metrics = None;
+        let listening = loop {
+            let line = match wait_for_line(&mut stderr, "listening").await {
+                Ok(line) => line,
+                Err(e) => {
+                    let status = child.try_wait().ok().flatten();
+                    return Err(e.context(format!(
+                        "the orchestrator did not say where it listens (exit: {status:?})"
+                    )));
+                }
+            };
+            let value: serde_json::Value = serde_json::from_str(&line)
+                .with_context(|| format!("a log line is not JSON: {line}"))?;
+            let address = value["address"].as_str().unwrap_or_default().to_owned();
+            match value["message"].as_str() {
+                Some("metrics listening") => metrics = Some(address),
+                Some("orchestrator listening") => break address,
+                _ => {}
+            }
+        };
+        let Some(port) = listening.rsplit(':').next().and_then(|p| p.parse().ok()) else {
+            bail!("no port in the listening address {listening:?}");
+        };
+        Ok(OrchestratorProcess {
+            child,
+            port,
+            address: format!("http://127.0.0.1:{port}"),
+            metrics,
+            lines: collect(stderr),
+        })
+    }
+}
+
+/// A started orchestrator: `address` is `http://127.0.0.1:PORT`, `metrics` the metrics
+/// endpoint's `127.0.0.1:PORT` if it serves one. Killed when dropped.
+pub struct OrchestratorProcess {
+    pub child: Child,
+    pub port: u16,
+    pub address: String,
+    pub metrics: Option<String>,
+    /// The JSON log lines it writes after it listens.
+    pub lines: Lines,
+}
+
+impl OrchestratorProcess {
+    /// Kills it with SIGKILL.
+    pub async fn kill(&mut self) -> std::io::Result<()> {
+        self.child.kill().await
+    }
+
+    /// Stops it with SIGTERM and waits (up to the timeout) for it to exit.
+    pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        if let Some(pid) = self.child.id() {
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .context("running kill")?;
+        }
+        tokio::time::timeout(crate::TIMEOUT, self.child.wait())
+            .await
+            .context("the orchestrator did not stop after SIGTERM")?
+            .context("waiting for the orchestrator")
+    }
+}
