@@ -29,6 +29,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Connection or access settings (addresses, TLS and token files) are unusable; the
+    /// message names the setting.
+    #[error("{0}")]
+    Settings(String),
     /// The logging or OpenTelemetry settings are unusable.
     #[error("telemetry settings: {0}")]
     Telemetry(String),
@@ -111,7 +115,7 @@ impl Error {
             | Error::InvalidCid { .. }
             | Error::MalformedTransfer(_)
             | Error::TreeTooLarge(_) => tonic::Code::InvalidArgument,
-            Error::Io { .. } | Error::Telemetry(_) => tonic::Code::Internal,
+            Error::Io { .. } | Error::Telemetry(_) | Error::Settings(_) => tonic::Code::Internal,
             Error::Rpc(status) => return status.clone(),
         };
         bounded_status(code, self.to_string())

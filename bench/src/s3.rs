@@ -105,19 +105,16 @@ pub async fn b6(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
     // Each side once untimed, so both find the server's caches equally warm.
     fetcher
         .fetch(&source("big.bin"), None, &dir.join("warm.bin"), u64::MAX)
-        .await
-        .map_err(anyhow::Error::msg)?;
+        .await?;
     let started = Instant::now();
     fetcher
         .fetch(&source("big.bin"), None, &dir.join("ours.bin"), u64::MAX)
-        .await
-        .map_err(anyhow::Error::msg)?;
+        .await?;
     let ours_big = started.elapsed();
     let started = Instant::now();
     let fetched = fetcher
         .fetch(&source("small/"), None, &dir.join("ours-small"), u64::MAX)
-        .await
-        .map_err(anyhow::Error::msg)?;
+        .await?;
     let ours_small = started.elapsed();
     anyhow::ensure!(
         fetched.bytes == small_count as u64 * 4096,

@@ -31,9 +31,7 @@ pub struct Clients {
 impl Clients {
     /// Clients with Shoal's own connection settings (those of the CLI and executors).
     pub async fn connect(address: &str) -> anyhow::Result<Clients> {
-        let endpoint = ClientSecurity::default()
-            .endpoint(address)
-            .map_err(anyhow::Error::msg)?;
+        let endpoint = ClientSecurity::default().endpoint(address)?;
         Self::connect_endpoint(endpoint).await
     }
 
@@ -49,9 +47,7 @@ impl Clients {
             .connect()
             .await
             .with_context(|| format!("connecting to {address}"))?;
-        let bearer = ClientSecurity::default()
-            .bearer()
-            .map_err(anyhow::Error::msg)?;
+        let bearer = ClientSecurity::default().bearer()?;
         let channel = AuthChannel::new(channel, bearer);
         Ok(Clients {
             jobs: JobServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20),

@@ -45,11 +45,10 @@ pub async fn connect(target: &Target) -> anyhow::Result<Clients> {
     } else {
         format!("http://{address}")
     };
-    let bearer = target.security.bearer().map_err(anyhow::Error::msg)?;
+    let bearer = target.security.bearer()?;
     let channel = target
         .security
-        .endpoint(&url)
-        .map_err(anyhow::Error::msg)?
+        .endpoint(&url)?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .connect()

@@ -55,11 +55,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         instances: config.slots.saturating_mul(2).max(4),
     };
     let runtime = runtime::Runtime::new(&config.work_dir.join("modules"), allocation)?;
-    let bearer = config.security.bearer().map_err(Error::Config)?;
+    let bearer = config
+        .security
+        .bearer()
+        .map_err(|e| Error::Config(e.to_string()))?;
     let channel = config
         .security
         .endpoint(&config.orchestrator)
-        .map_err(Error::Config)?
+        .map_err(|e| Error::Config(e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))

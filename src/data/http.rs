@@ -14,7 +14,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::net::retry::{Failed, Retry};
+use crate::data::DataError;
+use crate::net::retry::Retry;
 use crate::spec::source::{HttpSource, hex};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
@@ -386,7 +387,7 @@ impl HttpFetcher {
         dest: &Path,
         max_bytes: u64,
         if_none_match: Option<&str>,
-    ) -> Result<Fetched, String> {
+    ) -> Result<Fetched, DataError> {
         let attempts = std::sync::atomic::AtomicU32::new(0);
         let retry = Retry::attempts(self.retries.saturating_add(1))
             .delays(self.first_backoff, Duration::from_secs(10));
@@ -396,14 +397,14 @@ impl HttpFetcher {
                 self.attempt(source, dest, max_bytes, if_none_match)
             })
             .await;
-        match fetched {
-            Ok(fetched) => Ok(fetched),
-            Err(Failed::Transient(reason)) => {
+        fetched.map_err(|error| {
+            if error.is_transient() {
                 let attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
-                Err(format!("{reason} (gave up after {attempts} attempts)"))
+                error.map(|reason| format!("{reason} (gave up after {attempts} attempts)"))
+            } else {
+                error
             }
-            Err(Failed::Permanent(reason)) => Err(reason),
-        }
+        })
     }
 
     async fn attempt(
@@ -412,19 +413,19 @@ impl HttpFetcher {
         dest: &Path,
         max_bytes: u64,
         if_none_match: Option<&str>,
-    ) -> Result<Fetched, Failed> {
+    ) -> Result<Fetched, DataError> {
         self.policy
             .check_url(&source.url)
-            .map_err(Failed::Permanent)?;
+            .map_err(DataError::Refused)?;
         let mut request = self.client.get(source.url.clone());
         if let Some(etag) = if_none_match {
             request = request.header(reqwest::header::IF_NONE_MATCH, etag);
         }
         let response = request.send().await.map_err(|e| {
             if e.is_redirect() || is_refusal(&e) {
-                Failed::Permanent(error_chain(&e))
+                DataError::Refused(error_chain(&e))
             } else {
-                Failed::Transient(format!("request failed: {}", error_chain(&e)))
+                DataError::Unavailable(format!("request failed: {}", error_chain(&e)))
             }
         })?;
         let status = response.status();
@@ -433,16 +434,12 @@ impl HttpFetcher {
         }
         if !status.is_success() {
             let reason = format!("HTTP {status}");
-            return Err(if status.is_server_error() || status.as_u16() == 429 {
-                Failed::Transient(reason)
-            } else {
-                Failed::Permanent(reason)
-            });
+            return Err(DataError::from_http_status(status.as_u16(), reason));
         }
         if let Some(length) = response.content_length()
             && length > max_bytes
         {
-            return Err(Failed::Permanent(format!(
+            return Err(DataError::TooLarge(format!(
                 "the body is {length} bytes, more than the input limit of {max_bytes} bytes"
             )));
         }
@@ -454,21 +451,21 @@ impl HttpFetcher {
             .filter(|v| v.starts_with('"'))
             .map(str::to_owned);
         let io =
-            |e: std::io::Error| Failed::Permanent(format!("cannot write {}: {e}", dest.display()));
+            |e: std::io::Error| DataError::Local(format!("cannot write {}: {e}", dest.display()));
         let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
         let mut hasher = Sha256::new();
         let mut written = 0u64;
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| {
-                Failed::Transient(format!(
+                DataError::Unavailable(format!(
                     "the body broke off after {written} bytes: {}",
                     error_chain(&e)
                 ))
             })?;
             written += chunk.len() as u64;
             if written > max_bytes {
-                return Err(Failed::Permanent(format!(
+                return Err(DataError::TooLarge(format!(
                     "the body is more than the input limit of {max_bytes} bytes"
                 )));
             }
@@ -479,7 +476,7 @@ impl HttpFetcher {
         if let Some(expected) = source.sha256 {
             let actual: [u8; 32] = hasher.finalize().into();
             if actual != expected {
-                return Err(Failed::Permanent(format!(
+                return Err(DataError::Invalid(format!(
                     "sha256 mismatch: expected {}, got {}",
                     hex(&expected),
                     hex(&actual)
@@ -510,6 +507,64 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each way a real server can fail a fetch comes back as the case it is: a 503 is
+    /// transient (after every retry), a 404 or a URL outside the policy a refusal, a body
+    /// that misses its pin invalid, one past the limit too large.
+    #[tokio::test]
+    async fn fetch_failures_say_whether_they_are_transient() {
+        use axum::http::StatusCode;
+        let app = axum::Router::new()
+            .route(
+                "/busy",
+                axum::routing::get(|| async { StatusCode::SERVICE_UNAVAILABLE }),
+            )
+            .route(
+                "/gone",
+                axum::routing::get(|| async { StatusCode::NOT_FOUND }),
+            )
+            .route("/data", axum::routing::get(|| async { "twelve bytes" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut fetcher = HttpFetcher::new(2, 2, policy(&["127.0.0.1"])).expect("fetcher");
+        fetcher.first_backoff = Duration::from_millis(1);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = |path: &str| match format!("http://{address}{path}").parse() {
+            Ok(crate::spec::source::Source::Http(source)) => source,
+            other => panic!("not an http source: {other:?}"),
+        };
+        let fetch = |path: &str, max: u64| {
+            let source = source(path);
+            let dest = dir.path().join(path.replace(['/', '#', '='], "_"));
+            let fetcher = &fetcher;
+            async move { fetcher.fetch(&source, &dest, max, None).await }
+        };
+
+        let busy = fetch("/busy", 100).await.expect_err("a 503");
+        assert!(busy.is_transient(), "{busy:?}");
+        assert!(
+            busy.to_string().contains("gave up after 3 attempts"),
+            "{busy}"
+        );
+        let gone = fetch("/gone", 100).await.expect_err("a 404");
+        assert!(matches!(gone, DataError::Refused(_)), "{gone:?}");
+        let wrong_pin = format!("/data#sha256={}", "0".repeat(64));
+        let pinned = fetch(&wrong_pin, 100).await.expect_err("a wrong pin");
+        assert!(matches!(pinned, DataError::Invalid(_)), "{pinned:?}");
+        let large = fetch("/data", 5).await.expect_err("past the limit");
+        assert!(matches!(large, DataError::TooLarge(_)), "{large:?}");
+        assert!(fetch("/data", 100).await.is_ok());
+
+        let outside = HttpFetcher::new(2, 2, policy(&[])).expect("fetcher");
+        let refused = outside
+            .fetch(&source("/data"), &dir.path().join("x"), 100, None)
+            .await
+            .expect_err("loopback is not allowed by default");
+        assert!(matches!(refused, DataError::Refused(_)), "{refused:?}");
+    }
 
     fn policy(allow: &[&str]) -> UrlPolicy {
         UrlPolicy::new(&UrlPolicyArgs {

@@ -19,8 +19,9 @@ use url::Url;
 use crate::content::cid::ContentId;
 use crate::content::transfer::check_tree_path;
 use crate::content::unixfs::{self, NodeType};
+use crate::data::DataError;
 use crate::data::http::error_chain;
-use crate::net::retry::{Failed, Retry};
+use crate::net::retry::Retry;
 
 /// Largest block accepted from a gateway; IPFS itself limits blocks to 2 MiB for exchange
 /// (UnixFS file chunks are 256 KiB, directory nodes grow with their entry count).
@@ -79,30 +80,40 @@ impl GatewayFetcher {
     }
 
     /// One block, verified against `cid`. The error names every gateway asked and why
-    /// each failed.
-    pub async fn block(&self, cid: &ContentId) -> Result<Bytes, String> {
+    /// each failed; it is transient if any gateway's failure was (that one may answer
+    /// later).
+    pub async fn block(&self, cid: &ContentId) -> Result<Bytes, DataError> {
         if self.gateways.is_empty() {
-            return Err(format!(
+            return Err(DataError::Refused(format!(
                 "{cid} is not in the orchestrator's store and no IPFS gateway is configured"
-            ));
+            )));
         }
         let mut reasons = Vec::new();
+        let mut transient = false;
+        let mut last = None;
         for gateway in &self.gateways {
             match self.block_from(gateway, cid).await {
                 Ok(block) => return Ok(block),
-                Err(reason) => {
-                    tracing::info!(%cid, %gateway, %reason, "IPFS gateway fetch failed");
-                    reasons.push(format!("{gateway}: {reason}"));
+                Err(error) => {
+                    tracing::info!(%cid, %gateway, reason = %error, "IPFS gateway fetch failed");
+                    reasons.push(format!("{gateway}: {error}"));
+                    transient |= error.is_transient();
+                    last = Some(error);
                 }
             }
         }
-        Err(format!("block {cid}: {}", reasons.join("; ")))
+        let reasons = format!("block {cid}: {}", reasons.join("; "));
+        Err(match last {
+            Some(_) if transient => DataError::Unavailable(reasons),
+            Some(last) => last.map(|_| reasons),
+            None => DataError::Refused(reasons),
+        })
     }
 
-    async fn block_from(&self, gateway: &Url, cid: &ContentId) -> Result<Bytes, String> {
+    async fn block_from(&self, gateway: &Url, cid: &ContentId) -> Result<Bytes, DataError> {
         let mut url = gateway
             .join(&format!("ipfs/{cid}"))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| DataError::Refused(e.to_string()))?;
         url.set_query(Some("format=raw"));
         let retry =
             Retry::attempts(ATTEMPTS).delays(Duration::from_millis(200), Duration::from_secs(2));
@@ -111,37 +122,32 @@ impl GatewayFetcher {
                 self.try_block(&url, cid)
             })
             .await
-            .map_err(Failed::into_message)
     }
 
     /// One attempt; the error says whether another attempt may succeed.
-    async fn try_block(&self, url: &Url, cid: &ContentId) -> Result<Bytes, Failed> {
+    async fn try_block(&self, url: &Url, cid: &ContentId) -> Result<Bytes, DataError> {
         let response = self
             .client
             .get(url.clone())
             .header(reqwest::header::ACCEPT, "application/vnd.ipld.raw")
             .send()
             .await
-            .map_err(|e| Failed::Transient(format!("request failed: {}", error_chain(&e))))?;
+            .map_err(|e| DataError::Unavailable(format!("request failed: {}", error_chain(&e))))?;
         let status = response.status();
         if !status.is_success() {
             let reason = format!("HTTP {status}");
-            return Err(if status.is_server_error() || status.as_u16() == 429 {
-                Failed::Transient(reason)
-            } else {
-                Failed::Permanent(reason)
-            });
+            return Err(DataError::from_http_status(status.as_u16(), reason));
         }
         let mut block = BytesMut::new();
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| {
                 let reason = format!("the block broke off: {}", error_chain(&e));
-                Failed::Transient(reason)
+                DataError::Unavailable(reason)
             })?;
             if block.len() + chunk.len() > MAX_BLOCK_BYTES {
                 let reason = format!("the block is larger than {MAX_BLOCK_BYTES} bytes");
-                return Err(Failed::Permanent(reason));
+                return Err(DataError::Invalid(reason));
             }
             block.extend_from_slice(&chunk);
         }
@@ -152,7 +158,7 @@ impl GatewayFetcher {
                 "the {} bytes served do not hash to {cid}: tampered or corrupt data, rejected",
                 block.len()
             );
-            return Err(Failed::Permanent(reason));
+            return Err(DataError::Invalid(reason));
         }
         Ok(block)
     }
@@ -164,7 +170,7 @@ impl GatewayFetcher {
         cid: &ContentId,
         dest: &Path,
         max_bytes: u64,
-    ) -> Result<Fetched, String> {
+    ) -> Result<Fetched, DataError> {
         let mut written = 0;
         let directory = self
             .write_entry(*cid, dest.to_owned(), max_bytes, &mut written, 0)
@@ -183,16 +189,19 @@ impl GatewayFetcher {
         max_bytes: u64,
         written: &'a mut u64,
         depth: usize,
-    ) -> BoxFuture<'a, Result<bool, String>> {
+    ) -> BoxFuture<'a, Result<bool, DataError>> {
         Box::pin(async move {
             if depth > MAX_DEPTH {
-                return Err(format!("the DAG is deeper than {MAX_DEPTH} levels"));
+                let reason = format!("the DAG is deeper than {MAX_DEPTH} levels");
+                return Err(DataError::Invalid(reason));
             }
-            let io = |e: std::io::Error| format!("cannot write {}: {e}", dest.display());
+            let io = |e: std::io::Error| {
+                DataError::Local(format!("cannot write {}: {e}", dest.display()))
+            };
             let block = self.block(&cid).await?;
             if !cid.is_raw() {
-                let (node, data) =
-                    unixfs::decode_node(&block).map_err(|e| format!("{cid}: {e}"))?;
+                let (node, data) = unixfs::decode_node(&block)
+                    .map_err(|e| DataError::Invalid(format!("{cid}: {e}")))?;
                 match data.node_type() {
                     Some(NodeType::Directory) => {
                         tokio::fs::create_dir(&dest).await.map_err(io)?;
@@ -202,9 +211,12 @@ impl GatewayFetcher {
                                 || name.contains('/')
                                 || check_tree_path(&name).is_err()
                             {
-                                return Err(format!("{cid} holds an unusable entry name {name:?}"));
+                                return Err(DataError::Invalid(format!(
+                                    "{cid} holds an unusable entry name {name:?}"
+                                )));
                             }
-                            let child = unixfs::link_cid(link).map_err(|e| e.to_string())?;
+                            let child = unixfs::link_cid(link)
+                                .map_err(|e| DataError::Invalid(e.to_string()))?;
                             self.write_entry(
                                 child,
                                 dest.join(&name),
@@ -218,14 +230,14 @@ impl GatewayFetcher {
                     }
                     Some(NodeType::File | NodeType::Raw) => {}
                     Some(NodeType::HamtShard) => {
-                        return Err(format!(
+                        return Err(DataError::Invalid(format!(
                             "{cid} is a sharded (HAMT) directory, which Shoal does not read yet"
-                        ));
+                        )));
                     }
                     other => {
-                        return Err(format!(
+                        return Err(DataError::Invalid(format!(
                             "{cid} is a UnixFS {other:?} node, not a file or directory"
-                        ));
+                        )));
                     }
                 }
             }
@@ -246,23 +258,27 @@ impl GatewayFetcher {
         max_bytes: u64,
         written: &'a mut u64,
         depth: usize,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), DataError>> {
         Box::pin(async move {
             if depth > MAX_DEPTH {
-                return Err(format!("the DAG is deeper than {MAX_DEPTH} levels"));
+                let reason = format!("the DAG is deeper than {MAX_DEPTH} levels");
+                return Err(DataError::Invalid(reason));
             }
             if cid.is_raw() {
                 return append(file, &block, max_bytes, written).await;
             }
-            let (node, data) = unixfs::decode_node(&block).map_err(|e| format!("{cid}: {e}"))?;
+            let (node, data) = unixfs::decode_node(&block)
+                .map_err(|e| DataError::Invalid(format!("{cid}: {e}")))?;
             if !matches!(data.node_type(), Some(NodeType::File | NodeType::Raw)) {
-                return Err(format!("{cid} is inside a file but is not file data"));
+                let reason = format!("{cid} is inside a file but is not file data");
+                return Err(DataError::Invalid(reason));
             }
             if let Some(inline) = &data.data {
                 append(file, inline, max_bytes, written).await?;
             }
             for link in &node.links {
-                let child = unixfs::link_cid(link).map_err(|e| e.to_string())?;
+                let child =
+                    unixfs::link_cid(link).map_err(|e| DataError::Invalid(e.to_string()))?;
                 let child_block = self.block(&child).await?;
                 self.write_file(child, child_block, file, max_bytes, written, depth + 1)
                     .await?;
@@ -278,14 +294,15 @@ async fn append(
     bytes: &[u8],
     max_bytes: u64,
     written: &mut u64,
-) -> Result<(), String> {
+) -> Result<(), DataError> {
     *written += bytes.len() as u64;
     if *written > max_bytes {
-        return Err(format!("it holds more than the limit of {max_bytes} bytes"));
+        let reason = format!("it holds more than the limit of {max_bytes} bytes");
+        return Err(DataError::TooLarge(reason));
     }
     file.write_all(bytes)
         .await
-        .map_err(|e| format!("cannot write: {e}"))
+        .map_err(|e| DataError::Local(format!("cannot write: {e}")))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::error::Error;
 use sha2::{Digest, Sha256};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -72,21 +73,22 @@ pub struct Tokens {
 impl Tokens {
     /// Reads a tokens file: one `ROLE TOKEN` per line (roles `client`, `executor`,
     /// `admin`); blank lines and lines starting with `#` are skipped.
-    pub fn load(path: &Path) -> Result<Tokens, String> {
+    pub fn load(path: &Path) -> Result<Tokens, Error> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("tokens file {}: {e}", path.display()))?;
-        Tokens::parse(&text).map_err(|e| format!("tokens file {}: {e}", path.display()))
+            .map_err(|e| Error::Settings(format!("tokens file {}: {e}", path.display())))?;
+        Tokens::parse(&text)
+            .map_err(|e| Error::Settings(format!("tokens file {}: {e}", path.display())))
     }
 
     /// Parses the tokens file format.
-    pub fn parse(text: &str) -> Result<Tokens, String> {
+    pub fn parse(text: &str) -> Result<Tokens, Error> {
         let mut roles = HashMap::new();
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let bad = |why: &str| format!("line {}: {why}", number + 1);
+            let bad = |why: &str| Error::Settings(format!("line {}: {why}", number + 1));
             let (role, token) = line
                 .split_once(char::is_whitespace)
                 .ok_or_else(|| bad("expected `ROLE TOKEN`"))?;
@@ -101,7 +103,7 @@ impl Tokens {
             }
         }
         if roles.is_empty() {
-            return Err("no tokens".into());
+            return Err(Error::Settings("no tokens".into()));
         }
         Ok(Tokens { roles })
     }
@@ -233,12 +235,12 @@ pub struct ClientSecurity {
 
 impl ClientSecurity {
     /// The interceptor that carries the token (and the trace context) on every call.
-    pub fn bearer(&self) -> Result<CallerMetadata, String> {
+    pub fn bearer(&self) -> Result<CallerMetadata, Error> {
         let token = match (&self.token, &self.token_file) {
             (Some(token), _) => Some(token.trim().to_owned()),
             (None, Some(path)) => Some(
                 std::fs::read_to_string(path)
-                    .map_err(|e| format!("token file {}: {e}", path.display()))?
+                    .map_err(|e| Error::Settings(format!("token file {}: {e}", path.display())))?
                     .trim()
                     .to_owned(),
             ),
@@ -248,16 +250,16 @@ impl ClientSecurity {
             .map(|t| {
                 format!("Bearer {t}")
                     .parse::<MetadataValue<Ascii>>()
-                    .map_err(|_| "the token must be printable ASCII".to_owned())
+                    .map_err(|_| Error::Settings("the token must be printable ASCII".to_owned()))
             })
             .transpose()?;
         Ok(CallerMetadata(value))
     }
 
     /// An endpoint for `address` (http:// or https://) with these TLS settings.
-    pub fn endpoint(&self, address: &str) -> Result<Endpoint, String> {
+    pub fn endpoint(&self, address: &str) -> Result<Endpoint, Error> {
         let mut endpoint = Endpoint::from_shared(address.to_owned())
-            .map_err(|e| format!("orchestrator address {address:?}: {e}"))?
+            .map_err(|e| Error::Settings(format!("orchestrator address {address:?}: {e}")))?
             .initial_stream_window_size(crate::net::HTTP2_STREAM_WINDOW)
             .initial_connection_window_size(crate::net::HTTP2_CONNECTION_WINDOW);
         if address.starts_with("https://") {
@@ -270,19 +272,19 @@ impl ClientSecurity {
             }
             endpoint = endpoint
                 .tls_config(tls)
-                .map_err(|e| format!("TLS settings: {e}"))?;
+                .map_err(|e| Error::Settings(format!("TLS settings: {e}")))?;
         } else if self.tls_ca.is_some() || self.tls_cert.is_some() {
-            return Err(format!(
+            return Err(Error::Settings(format!(
                 "TLS files were given but the orchestrator address {address:?} is not https://"
-            ));
+            )));
         }
         Ok(endpoint)
     }
 }
 
 /// Reads a PEM file, saying which one failed.
-pub fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+pub fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::Settings(format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]

@@ -82,39 +82,6 @@ impl Transient for crate::Error {
     }
 }
 
-/// A failed attempt of a call whose errors are messages (a URL or gateway fetch): whether
-/// another attempt may succeed, and why it failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failed {
-    /// A 5xx, a 429, a broken connection: worth another attempt.
-    Transient(String),
-    /// Anything else: another attempt would fail the same way.
-    Permanent(String),
-}
-
-impl Failed {
-    /// Why it failed.
-    pub fn into_message(self) -> String {
-        match self {
-            Failed::Transient(message) | Failed::Permanent(message) => message,
-        }
-    }
-}
-
-impl Transient for Failed {
-    fn is_transient(&self) -> bool {
-        matches!(self, Failed::Transient(_))
-    }
-}
-
-impl std::fmt::Display for Failed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failed::Transient(message) | Failed::Permanent(message) => f.write_str(message),
-        }
-    }
-}
-
 /// When to give up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {

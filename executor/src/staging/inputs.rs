@@ -164,7 +164,10 @@ async fn fetch_url(
     let etag = cached.as_ref().and_then(|(c, _)| c.etag.clone());
     let path = cache.new_path();
     let fetched = http.fetch(source, &path, max_bytes, etag.as_deref()).await;
-    let fetched = fetched.inspect_err(|_| remove_partial(&path))?;
+    let fetched = fetched.map_err(|e| {
+        remove_partial(&path);
+        e.to_string()
+    })?;
     match fetched {
         Fetched::NotModified => {
             let (cached, pin) =
@@ -240,10 +243,10 @@ async fn fetch_cid(
             // Not in the store: from the gateways, every block verified, so as safe to
             // cache under its CID as a copy from the store.
             let path = cache.new_path();
-            let fetched = ipfs
-                .fetch_to(cid, &path, max_bytes)
-                .await
-                .inspect_err(|_| remove_partial(&path))?;
+            let fetched = ipfs.fetch_to(cid, &path, max_bytes).await.map_err(|e| {
+                remove_partial(&path);
+                e.to_string()
+            })?;
             let pin = cache.insert(
                 &key,
                 Cached {
@@ -316,7 +319,7 @@ async fn fetch_s3(
     options: Option<&S3Options>,
     max_bytes: u64,
 ) -> Result<FetchedInput, String> {
-    let listing = s3.list(source, options).await?;
+    let listing = s3.list(source, options).await.map_err(|e| e.to_string())?;
     let key = listing
         .fingerprint()
         .map(|digest| format!("s3:{}|{digest}", s3.effective(options).endpoint));
@@ -337,7 +340,10 @@ async fn fetch_s3(
     let fetched = s3
         .fetch_listed(&listing, options, &path, max_bytes)
         .await
-        .inspect_err(|_| remove_partial(&path))?;
+        .map_err(|e| {
+            remove_partial(&path);
+            e.to_string()
+        })?;
     let cached = Cached {
         path: path.clone(),
         size: fetched.bytes,

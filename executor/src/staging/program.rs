@@ -39,7 +39,10 @@ pub async fn stage_program(
             }
             let path = dir.create().await?.join("program.wasm");
             let max = ctx.config.max_input_bytes.min(MAX_PROGRAM_BYTES);
-            ctx.s3.fetch(s3, None, &path, max).await.map_err(failure)?;
+            ctx.s3
+                .fetch(s3, None, &path, max)
+                .await
+                .map_err(|e| failure(e.to_string()))?;
             let bytes = read(&path).await.map_err(failure)?;
             compile_download(ctx, bytes).await?
         }
@@ -49,7 +52,7 @@ pub async fn stage_program(
             ctx.http
                 .fetch(http, &path, max, None)
                 .await
-                .map_err(failure)?;
+                .map_err(|e| failure(e.to_string()))?;
             let bytes = read(&path).await.map_err(failure)?;
             compile_download(ctx, bytes).await?
         }
@@ -104,7 +107,10 @@ async fn fetch_by_cid(
         Err(shoal::Error::Rpc(status))
             if status.code() == tonic::Code::NotFound && !ipfs.gateways().is_empty() =>
         {
-            let fetched = ipfs.fetch_to(cid, path, MAX_PROGRAM_BYTES).await?;
+            let fetched = ipfs
+                .fetch_to(cid, path, MAX_PROGRAM_BYTES)
+                .await
+                .map_err(|e| e.to_string())?;
             if fetched.directory {
                 return Err("it is a directory, not a program".into());
             }

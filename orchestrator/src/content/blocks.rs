@@ -112,11 +112,8 @@ impl BlockStore {
                 if let Some(block) = small.block(&cid.to_string()).await? {
                     return Ok(Some(block.len() as u64));
                 }
-                match tokio::fs::metadata(Self::block_path(blocks, cid)).await {
-                    Ok(meta) => Ok(Some(meta.len())),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(Error::io(format!("reading {cid}"), e)),
-                }
+                let meta = tokio::fs::metadata(Self::block_path(blocks, cid)).await;
+                Ok(stored(meta, cid)?.map(|meta| meta.len()))
             }
             BlockStore::S3 {
                 client,
@@ -141,16 +138,8 @@ impl BlockStore {
                 if let Some(block) = small.block(&cid.to_string()).await? {
                     return Ok(block);
                 }
-                tokio::fs::read(Self::block_path(blocks, cid))
-                    .await
-                    .map(Bytes::from)
-                    .map_err(|error| {
-                        if error.kind() == std::io::ErrorKind::NotFound {
-                            missing()
-                        } else {
-                            Error::io(format!("reading {cid}"), error)
-                        }
-                    })
+                let read = tokio::fs::read(Self::block_path(blocks, cid)).await;
+                stored(read, cid)?.map(Bytes::from).ok_or_else(missing)
             }
             BlockStore::S3 {
                 client,
@@ -176,7 +165,7 @@ impl BlockStore {
     /// Stores `blocks` (children before parents) as part of a caller's commit: a local
     /// store returns their writes, for the caller to queue in the same batch as the records
     /// that refer to them; an S3 store puts them now and returns nothing. Every block must
-    /// be at most [`SMALL_BLOCK_MAX`] bytes.
+    /// be at most `SMALL_BLOCK_MAX` bytes.
     pub async fn writes_for(&self, blocks: &[(ContentId, Bytes)]) -> Result<Vec<Write>> {
         if let Some((cid, data)) = blocks.iter().find(|(_, d)| d.len() > SMALL_BLOCK_MAX) {
             return Err(Error::InvalidArgument(format!(
@@ -208,7 +197,7 @@ impl BlockStore {
     }
 
     /// Stores one block, but leaves a small local block queued for the next group commit:
-    /// the caller waits on the returned [`PendingPut`] before telling anyone the block (or
+    /// the caller waits on the returned `PendingPut` before telling anyone the block (or
     /// a DAG holding it) exists.
     pub async fn put_queued(&self, cid: &ContentId, data: &Bytes) -> Result<PendingPut> {
         match self {
@@ -339,4 +328,13 @@ where
 {
     let reason = shoal::data::s3::describe(error);
     Error::Store(format!("{what} s3://{bucket}/{key}: {reason}"))
+}
+
+/// A local read of block `cid`: None if the file does not exist (the block is not stored).
+fn stored<T>(read: std::io::Result<T>, cid: &ContentId) -> Result<Option<T>> {
+    match read {
+        Ok(value) => Ok(Some(value)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("reading {cid}"), e)),
+    }
 }

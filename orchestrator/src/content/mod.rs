@@ -149,7 +149,7 @@ impl ContentStore {
             let data = gateways
                 .block(&cid)
                 .await
-                .map_err(Error::FailedPrecondition)?;
+                .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
             let mut fetched = 1;
             if !cid.is_raw() {
                 let (node, _) = unixfs::decode_node(&data)

@@ -87,7 +87,10 @@ pub async fn serve(
 
     let config = orchestrator.config();
     let tokens = match &config.tokens_file {
-        Some(path) => Some(shoal::net::auth::Tokens::load(path).map_err(Error::InvalidArgument)?),
+        Some(path) => Some(
+            shoal::net::auth::Tokens::load(path)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+        ),
         None => {
             tracing::warn!("no --tokens-file: every caller may do everything (development only)");
             None
@@ -151,7 +154,9 @@ fn tls_config(config: &crate::Config) -> Result<Option<ServerTlsConfig>> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
-    let read = |p: &std::path::Path| shoal::net::auth::read(p).map_err(Error::InvalidArgument);
+    let read = |p: &std::path::Path| {
+        shoal::net::auth::read(p).map_err(|e| Error::InvalidArgument(e.to_string()))
+    };
     let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
     if let Some(ca) = &config.tls_client_ca {
         tls = tls

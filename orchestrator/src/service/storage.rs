@@ -138,7 +138,7 @@ async fn store_fetched(
     content: &ContentStore,
     temp: &Path,
     source: &str,
-    fetched: Result<(), String>,
+    fetched: Result<(), shoal::data::DataError>,
 ) -> Result<UploadResponse, Status> {
     let stored = match fetched {
         Ok(()) => content.put_path(temp).await.map_err(Status::from),

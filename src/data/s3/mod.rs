@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures::{StreamExt as _, TryStreamExt as _};
 
 use crate::content::transfer::check_tree_path;
+use crate::data::DataError;
 use crate::proto::{EntryKind, S3Options};
 use crate::spec::source::{S3Selection, S3Source, glob_matches};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
@@ -130,7 +131,7 @@ impl S3Fetcher {
         options: Option<&S3Options>,
         dest: &Path,
         max_bytes: u64,
-    ) -> Result<S3Fetched, String> {
+    ) -> Result<S3Fetched, DataError> {
         let listing = self.list(source, options).await?;
         self.fetch_listed(&listing, options, dest, max_bytes).await
     }
@@ -142,7 +143,7 @@ impl S3Fetcher {
         &self,
         source: &S3Source,
         options: Option<&S3Options>,
-    ) -> Result<S3Listing, String> {
+    ) -> Result<S3Listing, DataError> {
         let client = self.client(options).await;
         let bucket = source.bucket.clone();
         let (prefix, pattern) = match source.selection() {
@@ -157,13 +158,13 @@ impl S3Fetcher {
                     .set_version_id(version.clone())
                     .send()
                     .await
-                    .map_err(|e| describe(&e));
+                    .map_err(|e| classify(&e, describe(&e)));
                 let head = match head {
                     Ok(head) => head,
                     Err(head_error) => {
                         // A HEAD answer has no body, so S3 cannot say what is missing (the
                         // key, the bucket, the version): a GET's error names it.
-                        let reason = match client
+                        let error = match client
                             .get_object()
                             .bucket(&bucket)
                             .key(key)
@@ -171,10 +172,10 @@ impl S3Fetcher {
                             .send()
                             .await
                         {
-                            Err(e) => describe(&e),
+                            Err(e) => classify(&e, describe(&e)),
                             Ok(_) => head_error,
                         };
-                        return Err(format!("cannot get s3://{bucket}/{key}: {reason}"));
+                        return Err(error.context(format!("cannot get s3://{bucket}/{key}")));
                     }
                 };
                 return Ok(S3Listing {
@@ -206,8 +207,12 @@ impl S3Fetcher {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page =
-                page.map_err(|e| format!("cannot list s3://{bucket}/{prefix}: {}", describe(&e)))?;
+            let page = page.map_err(|e| {
+                classify(
+                    &e,
+                    format!("cannot list s3://{bucket}/{prefix}: {}", describe(&e)),
+                )
+            })?;
             for object in page.contents() {
                 let Some(key) = object.key() else { continue };
                 let relative = &key[prefix.len().min(key.len())..];
@@ -227,7 +232,9 @@ impl S3Fetcher {
                     continue;
                 }
                 check_tree_path(relative).map_err(|_| {
-                    format!("the object key {key:?} cannot be a file path below the prefix")
+                    DataError::Invalid(format!(
+                        "the object key {key:?} cannot be a file path below the prefix"
+                    ))
                 })?;
                 listing.objects.push(ListedObject {
                     key: key.to_owned(),
@@ -242,7 +249,9 @@ impl S3Fetcher {
             let what = pattern
                 .map(|p| format!("{prefix}{p}"))
                 .unwrap_or_else(|| prefix.to_owned());
-            return Err(format!("no objects match s3://{bucket}/{what}"));
+            return Err(DataError::Refused(format!(
+                "no objects match s3://{bucket}/{what}"
+            )));
         }
         Ok(listing)
     }
@@ -255,13 +264,13 @@ impl S3Fetcher {
         options: Option<&S3Options>,
         dest: &Path,
         max_bytes: u64,
-    ) -> Result<S3Fetched, String> {
+    ) -> Result<S3Fetched, DataError> {
         let bucket = &listing.bucket;
         let total = listing.bytes();
         if total > max_bytes {
-            return Err(format!(
+            return Err(DataError::TooLarge(format!(
                 "s3://{bucket}/ holds {total} bytes for this input, more than the input limit of {max_bytes} bytes"
-            ));
+            )));
         }
         let client = self.client(options).await;
         if !listing.directory {
@@ -275,11 +284,12 @@ impl S3Fetcher {
         }
         tokio::fs::create_dir_all(dest)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| local(dest, e))?;
         for directory in &listing.empty_directories {
-            tokio::fs::create_dir_all(dest.join(directory))
+            let path = dest.join(directory);
+            tokio::fs::create_dir_all(&path)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| local(&path, e))?;
         }
         // Small objects are dominated by round trips, so several are fetched at once; the
         // budget is shared, so together they still cannot exceed the input limit.
@@ -384,7 +394,7 @@ async fn get_object(
     object: &ListedObject,
     dest: impl AsRef<Path>,
     budget: &AtomicU64,
-) -> Result<u64, String> {
+) -> Result<u64, DataError> {
     let dest = dest.as_ref();
     let max_bytes = budget.load(Ordering::Relaxed);
     let key = &object.key;
@@ -397,34 +407,38 @@ async fn get_object(
         .send()
         .await
         .map_err(|e| {
-            let reason = match e.raw_response().map(|r| r.status().as_u16()) {
-                Some(412) => "the object changed while it was being fetched".to_owned(),
-                _ => describe(&e),
+            let error = match e.raw_response().map(|r| r.status().as_u16()) {
+                Some(412) => {
+                    DataError::Invalid("the object changed while it was being fetched".to_owned())
+                }
+                _ => classify(&e, describe(&e)),
             };
-            format!("cannot get s3://{bucket}/{key}: {reason}")
+            error.context(format!("cannot get s3://{bucket}/{key}"))
         })?;
     if let Some(length) = answer.content_length()
         && length as u64 > max_bytes
     {
-        return Err(format!(
+        return Err(DataError::TooLarge(format!(
             "s3://{bucket}/{key} is {length} bytes, more than the input limit of {max_bytes} bytes"
-        ));
+        )));
     }
     if let Some(parent) = dest.parent() {
         tokio::fs::create_dir_all(parent)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| local(parent, e))?;
     }
     let file = tokio::fs::File::create(dest)
         .await
-        .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+        .map_err(|e| local(dest, e))?;
     // The body arrives in pieces of a few KiB; a large buffer turns them into few large
     // writes (each tokio file write is a trip to the blocking pool).
     let mut file = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
     let mut written = 0u64;
     while let Some(chunk) = answer.body.next().await {
         let chunk = chunk.map_err(|e| {
-            format!("reading s3://{bucket}/{key} broke off after {written} bytes: {e}")
+            DataError::Unavailable(format!(
+                "reading s3://{bucket}/{key} broke off after {written} bytes: {e}"
+            ))
         })?;
         written += chunk.len() as u64;
         let within_budget = budget
@@ -433,14 +447,36 @@ async fn get_object(
             })
             .is_ok();
         if !within_budget {
-            return Err(format!(
+            return Err(DataError::TooLarge(format!(
                 "s3://{bucket}/{key} is more than the input limit of {max_bytes} bytes"
-            ));
+            )));
         }
-        file.write_all(&chunk)
-            .await
-            .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+        file.write_all(&chunk).await.map_err(|e| local(dest, e))?;
     }
-    file.flush().await.map_err(|e| e.to_string())?;
+    file.flush().await.map_err(|e| local(dest, e))?;
     Ok(written)
+}
+
+/// A local write that failed.
+pub(crate) fn local(path: &Path, error: std::io::Error) -> DataError {
+    DataError::Local(format!("cannot write {}: {error}", path.display()))
+}
+
+/// An S3 call's failure, `reason` being its message: one that never got an answer, or got
+/// a server error or throttling (after the SDK's own retries), may pass; any other answer
+/// is a refusal.
+pub(crate) fn classify<E>(
+    error: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    reason: String,
+) -> DataError {
+    use aws_sdk_s3::error::SdkError;
+    match error {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            DataError::Unavailable(reason)
+        }
+        SdkError::ServiceError(service) => {
+            DataError::from_http_status(service.raw().status().as_u16(), reason)
+        }
+        _ => DataError::Refused(reason),
+    }
 }

@@ -22,14 +22,14 @@ impl S3Fetcher {
         options: Option<&S3Options>,
         root: &Path,
         bounds: crate::content::local_tree::TreeBounds,
-    ) -> Result<S3Uploaded, String> {
+    ) -> Result<S3Uploaded, DataError> {
         let client = self.client(options).await;
         let owned = root.to_owned();
         let entries =
             tokio::task::spawn_blocking(move || crate::content::local_tree::walk(&owned, bounds))
                 .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| DataError::Local(e.to_string()))?
+                .map_err(|e| DataError::Local(e.to_string()))?;
         let mut uploaded = S3Uploaded::default();
         for (i, entry) in entries.iter().enumerate() {
             let key = format!("{prefix}{}", entry.relative);
@@ -74,7 +74,7 @@ async fn put_bytes(
     bucket: &str,
     key: &str,
     body: Vec<u8>,
-) -> Result<(), String> {
+) -> Result<(), DataError> {
     client
         .put_object()
         .bucket(bucket)
@@ -82,7 +82,12 @@ async fn put_bytes(
         .body(ByteStream::from(body))
         .send()
         .await
-        .map_err(|e| format!("cannot put s3://{bucket}/{key}: {}", describe(&e)))?;
+        .map_err(|e| {
+            classify(
+                &e,
+                format!("cannot put s3://{bucket}/{key}: {}", describe(&e)),
+            )
+        })?;
     Ok(())
 }
 
@@ -92,11 +97,11 @@ async fn put_file(
     key: &str,
     path: &Path,
     size: u64,
-) -> Result<(), String> {
+) -> Result<(), DataError> {
     if size < MULTIPART_THRESHOLD {
         let body = ByteStream::from_path(path)
             .await
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            .map_err(|e| DataError::Local(format!("cannot read {}: {e}", path.display())))?;
         client
             .put_object()
             .bucket(bucket)
@@ -104,7 +109,12 @@ async fn put_file(
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("cannot put s3://{bucket}/{key}: {}", describe(&e)))?;
+            .map_err(|e| {
+                classify(
+                    &e,
+                    format!("cannot put s3://{bucket}/{key}: {}", describe(&e)),
+                )
+            })?;
         return Ok(());
     }
     let created = client
@@ -114,14 +124,15 @@ async fn put_file(
         .send()
         .await
         .map_err(|e| {
-            format!(
+            let reason = format!(
                 "cannot start uploading s3://{bucket}/{key}: {}",
                 describe(&e)
-            )
+            );
+            classify(&e, reason)
         })?;
     let upload_id = created
         .upload_id()
-        .ok_or_else(|| format!("S3 gave no upload id for s3://{bucket}/{key}"))?
+        .ok_or_else(|| DataError::Invalid(format!("S3 gave no upload id for s3://{bucket}/{key}")))?
         .to_owned();
     let parts = upload_parts(client, bucket, key, &upload_id, path).await;
     let completed = match parts {
@@ -138,7 +149,10 @@ async fn put_file(
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| format!("cannot complete s3://{bucket}/{key}: {}", describe(&e))),
+            .map_err(|e| {
+                let reason = format!("cannot complete s3://{bucket}/{key}: {}", describe(&e));
+                classify(&e, reason)
+            }),
         Err(error) => Err(error),
     };
     if completed.is_err() {
@@ -160,8 +174,8 @@ async fn upload_parts(
     key: &str,
     upload_id: &str,
     path: &Path,
-) -> Result<Vec<CompletedPart>, String> {
-    let io = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+) -> Result<Vec<CompletedPart>, DataError> {
+    let io = |e: std::io::Error| DataError::Local(format!("cannot read {}: {e}", path.display()));
     let mut file = tokio::fs::File::open(path).await.map_err(io)?;
     let mut parts = Vec::new();
     for number in 1.. {
@@ -189,10 +203,11 @@ async fn upload_parts(
             .send()
             .await
             .map_err(|e| {
-                format!(
+                let reason = format!(
                     "cannot upload part {number} of s3://{bucket}/{key}: {}",
                     describe(&e)
-                )
+                );
+                classify(&e, reason)
             })?;
         parts.push(
             CompletedPart::builder()
