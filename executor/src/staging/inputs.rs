@@ -164,10 +164,7 @@ async fn fetch_url(
     let etag = cached.as_ref().and_then(|(c, _)| c.etag.clone());
     let path = cache.new_path();
     let fetched = http.fetch(source, &path, max_bytes, etag.as_deref()).await;
-    let fetched = fetched.map_err(|e| {
-        remove_partial(&path);
-        e.to_string()
-    })?;
+    let fetched = fetched.map_err(|e| discard_partial(&path, e))?;
     match fetched {
         Fetched::NotModified => {
             let (cached, pin) =
@@ -243,10 +240,10 @@ async fn fetch_cid(
             // Not in the store: from the gateways, every block verified, so as safe to
             // cache under its CID as a copy from the store.
             let path = cache.new_path();
-            let fetched = ipfs.fetch_to(cid, &path, max_bytes).await.map_err(|e| {
-                remove_partial(&path);
-                e.to_string()
-            })?;
+            let fetched = ipfs
+                .fetch_to(cid, &path, max_bytes)
+                .await
+                .map_err(|e| discard_partial(&path, e))?;
             let pin = cache.insert(
                 &key,
                 Cached {
@@ -289,10 +286,7 @@ async fn fetch_cid(
     let summary = STAGING_RETRY
         .run("fetching an input", download)
         .await
-        .map_err(|e| {
-            remove_partial(&path);
-            e.to_string()
-        })?;
+        .map_err(|e| discard_partial(&path, e))?;
     let pin = cache.insert(
         &key,
         Cached {
@@ -340,10 +334,7 @@ async fn fetch_s3(
     let fetched = s3
         .fetch_listed(&listing, options, &path, max_bytes)
         .await
-        .map_err(|e| {
-            remove_partial(&path);
-            e.to_string()
-        })?;
+        .map_err(|e| discard_partial(&path, e))?;
     let cached = Cached {
         path: path.clone(),
         size: fetched.bytes,
@@ -361,6 +352,12 @@ async fn fetch_s3(
 /// Removes what a failed fetch left behind.
 fn remove_partial(path: &Path) {
     let _ = shoal::content::local_tree::remove(path);
+}
+
+/// A failed fetch to `path`: what it left is removed, and its reason kept for the failure.
+fn discard_partial(path: &Path, error: impl std::fmt::Display) -> String {
+    remove_partial(path);
+    error.to_string()
 }
 
 /// Where a file input mounted at `target` goes on the host: inside the directory shared by

@@ -46,7 +46,13 @@ impl S3Fetcher {
                         .get(i + 1)
                         .is_some_and(|next| next.relative.starts_with(&inside));
                     if empty {
-                        put_bytes(&client, bucket, &format!("{key}/"), Vec::new()).await?;
+                        put_object(
+                            &client,
+                            bucket,
+                            &format!("{key}/"),
+                            ByteStream::from(Vec::new()),
+                        )
+                        .await?;
                         uploaded.objects += 1;
                     }
                 }
@@ -69,17 +75,17 @@ pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
 /// Size of each part of a multipart upload (S3 allows 5 MiB to 5 GiB, at most 10,000 parts).
 const PART_SIZE: usize = 16 << 20;
 
-async fn put_bytes(
+async fn put_object(
     client: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
-    body: Vec<u8>,
+    body: ByteStream,
 ) -> Result<(), DataError> {
     client
         .put_object()
         .bucket(bucket)
         .key(key)
-        .body(ByteStream::from(body))
+        .body(body)
         .send()
         .await
         .map_err(|e| {
@@ -102,19 +108,7 @@ async fn put_file(
         let body = ByteStream::from_path(path)
             .await
             .map_err(|e| DataError::Local(format!("cannot read {}: {e}", path.display())))?;
-        client
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                classify(
-                    &e,
-                    format!("cannot put s3://{bucket}/{key}: {}", describe(&e)),
-                )
-            })?;
+        put_object(client, bucket, key, body).await?;
         return Ok(());
     }
     let created = client
