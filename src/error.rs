@@ -33,6 +33,12 @@ pub enum Error {
     /// message names the setting.
     #[error("{0}")]
     Settings(String),
+    /// Another process holds the lock on a daemon's directory.
+    #[error(
+        "{} is in use by {holder}: stop it, or give this one a directory of its own",
+        dir.display()
+    )]
+    DirectoryInUse { dir: PathBuf, holder: String },
     /// The logging or OpenTelemetry settings are unusable.
     #[error("telemetry settings: {0}")]
     Telemetry(String),
@@ -115,7 +121,10 @@ impl Error {
             | Error::InvalidCid { .. }
             | Error::MalformedTransfer(_)
             | Error::TreeTooLarge(_) => tonic::Code::InvalidArgument,
-            Error::Io { .. } | Error::Telemetry(_) | Error::Settings(_) => tonic::Code::Internal,
+            Error::Io { .. }
+            | Error::Telemetry(_)
+            | Error::Settings(_)
+            | Error::DirectoryInUse { .. } => tonic::Code::Internal,
             Error::Rpc(status) => return status.clone(),
         };
         bounded_status(code, self.to_string())

@@ -19,12 +19,48 @@ pub struct Clients {
     pub nodes: NodeServiceClient<AuthChannel>,
 }
 
-/// Where the orchestrator is and how to prove ourselves to it.
+/// Where the orchestrator is, how to prove ourselves to it, and how long to wait for it.
 #[derive(Debug, Clone)]
 pub struct Target {
     /// `http(s)://host:port`; a bare `host:port` means http.
     pub address: String,
     pub security: shoal::net::auth::ClientSecurity,
+    pub timeouts: Timeouts,
+}
+
+/// How long the CLI waits for the orchestrator.
+#[derive(Debug, Clone, Copy, clap::Args)]
+#[command(next_help_heading = "Connection")]
+pub struct Timeouts {
+    /// Longest wait to connect (TCP, TLS and HTTP/2 handshakes together).
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_CONNECT_TIMEOUT",
+        default_value = "5s",
+        value_parser = shoal::spec::units::parse_duration
+    )]
+    pub connect_timeout: Duration,
+    /// Longest wait for the answer to a call that answers at once (submit, get, list,
+    /// stop, cordon...). Watching, logs, uploads, downloads, `data cp` of a URL or S3
+    /// object, `data pin` and `node drain` take as long as their work does.
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_CALL_TIMEOUT",
+        default_value = "30s",
+        value_parser = shoal::spec::units::parse_duration
+    )]
+    pub call_timeout: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Target {
@@ -33,8 +69,37 @@ impl Target {
         Target {
             address: address.to_owned(),
             security: Default::default(),
+            timeouts: Timeouts::default(),
         }
     }
+}
+
+/// Whether the call deadline applies to `method`: every call but the streams and the
+/// calls whose work takes as long as it takes.
+fn answers_at_once(method: &str) -> bool {
+    !matches!(
+        method,
+        "WatchJob"
+            | "GetLogs"
+            | "DownloadResults"
+            | "Upload"
+            | "Download"
+            | "CopyFromUrl"
+            | "CopyFromS3"
+            | "Pin"
+            | "Drain"
+    )
+}
+
+/// Whether `error` is a call that ran out of its deadline.
+pub fn is_deadline(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<tonic::Status>().is_some_and(|status| {
+            status.code() == tonic::Code::DeadlineExceeded
+                || (status.code() == tonic::Code::Cancelled
+                    && status.message() == tonic::TimeoutExpired(()).to_string())
+        })
+    })
 }
 
 /// Connects to the orchestrator at `target`, with its token and TLS settings.
@@ -45,19 +110,34 @@ pub async fn connect(target: &Target) -> anyhow::Result<Clients> {
     } else {
         format!("http://{address}")
     };
-    let bearer = target.security.bearer()?;
-    let channel = target
+    let deadline = shoal::net::auth::CallDeadline {
+        timeout: target.timeouts.call_timeout,
+        applies_to: answers_at_once,
+    };
+    let bearer = target.security.bearer()?.with_deadline(deadline);
+    let limit = target.timeouts.connect_timeout;
+    let endpoint = target
         .security
         .endpoint(&url)?
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(limit)
         .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach the orchestrator at {url} (set --orchestrator or SHOAL_ORCHESTRATOR)"
-            )
-        })?;
+        // A watch is a long quiet stream: pings find a dead orchestrator under it.
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    let connecting = endpoint.connect();
+    let hint = "set --orchestrator or SHOAL_ORCHESTRATOR";
+    // The connect timeout covers TCP alone: a port that accepts and never speaks HTTP/2
+    // would hang the handshake forever.
+    let channel = match tokio::time::timeout(limit, connecting).await {
+        Ok(connected) => {
+            connected.with_context(|| format!("cannot reach the orchestrator at {url} ({hint})"))?
+        }
+        Err(_) => anyhow::bail!(
+            "cannot reach the orchestrator at {url}: no answer within {} (--connect-timeout; {hint})",
+            shoal::spec::units::format_duration(limit)
+        ),
+    };
     let channel = AuthChannel::new(channel, bearer);
     Ok(Clients {
         jobs: JobServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),

@@ -19,9 +19,17 @@ async fn main() -> std::process::ExitCode {
     });
     let code = match shoal_cli::run(cli).await {
         Ok(code) => std::process::ExitCode::from(code),
+        // `shoal job list | head -1`: the reader has what it wanted.
+        Err(error) if shoal_cli::output::is_closed_stdout(&error) => {
+            std::process::ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("Error: {}", shoal_cli::describe_error(&error));
-            std::process::ExitCode::FAILURE
+            if shoal_cli::is_usage_error(&error) {
+                std::process::ExitCode::from(shoal_cli::EXIT_USAGE)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     };
     telemetry.shutdown().await;

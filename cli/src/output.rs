@@ -1,6 +1,7 @@
 //! Rendering results: tables for people, JSON or YAML (the protobuf JSON mapping, through
 //! reflection on the published descriptors) for scripts.
 
+use std::io::Write as _;
 use std::sync::OnceLock;
 
 use anyhow::Context as _;
@@ -13,6 +14,56 @@ pub enum Format {
     Table,
     Json,
     Yaml,
+}
+
+/// Stdout was closed by its reader (`shoal job list | head -1`). The command ends there,
+/// quietly and with exit 0, as `ls | head` does.
+#[derive(Debug)]
+pub struct ClosedStdout;
+
+impl std::fmt::Display for ClosedStdout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout is closed")
+    }
+}
+
+impl std::error::Error for ClosedStdout {}
+
+/// Whether `error` is a closed stdout, anywhere in its chain.
+pub fn is_closed_stdout(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| cause.is::<ClosedStdout>())
+}
+
+/// Writes `bytes` to stdout and flushes them (a line, a log chunk: each shows as it comes).
+/// Every output of a command goes through here, so a closed stdout ends it as
+/// [`ClosedStdout`].
+pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::BrokenPipe => anyhow::Error::new(ClosedStdout),
+            _ => anyhow::Error::new(error).context("writing to stdout"),
+        })
+}
+
+/// `println!` that returns a closed stdout as an error instead of panicking.
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(b"\n")?
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format!("{}\n", format_args!($($arg)*)).as_bytes())?
+    };
+}
+
+/// `print!` that returns a closed stdout as an error instead of panicking.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format!($($arg)*).as_bytes())?
+    };
 }
 
 fn pool() -> &'static DescriptorPool {
@@ -55,8 +106,8 @@ pub fn print_one<M: prost::Message + prost::Name>(
 
 fn print_value(format: Format, value: &serde_json::Value) -> anyhow::Result<()> {
     match format {
-        Format::Yaml => print!("{}", serde_yaml_ng::to_string(value)?),
-        _ => println!("{}", serde_json::to_string_pretty(value)?),
+        Format::Yaml => crate::out!("{}", serde_yaml_ng::to_string(value)?),
+        _ => crate::outln!("{}", serde_json::to_string_pretty(value)?),
     }
     Ok(())
 }

@@ -102,7 +102,7 @@ async fn execute_in(
         Err(failure) => return finished(id, Some(failure), None),
     };
 
-    let ran = run(ctx, assign, spec, staged, &results_dir, cancel).await;
+    let ran = run(ctx, assign, spec, staged, scratch, cancel).await;
     if matches!(&ran.outcome, RunOutcome::Failed(f) if f.kind() == FailureKind::Cancelled) {
         let failure = Failure::new(FailureKind::Cancelled, "cancelled while running");
         return finished(id, Some(failure), None);
@@ -115,23 +115,35 @@ async fn execute_in(
     report
 }
 
-/// Runs the staged program with the outputs mounted writable from `results_dir`, its
-/// logs forwarded live and its output quota watched, until it ends.
+/// Runs the staged program with the outputs mounted writable from `scratch/results` and
+/// an empty writable `/tmp` from `scratch/tmp`, its logs forwarded live and its output
+/// quota (outputs and `/tmp` together) watched, until it ends.
 async fn run(
     ctx: &ExecutionContext,
     assign: &Assign,
     valid: &ValidSpec,
     staged: Staged,
-    results_dir: &Path,
+    scratch: &Path,
     cancel: &CancellationToken,
 ) -> Ran {
     let id = assign.execution_id.as_str();
     let spec = valid.spec();
+    let results_dir = scratch.join("results");
     let mut preopens = staged.inputs.preopens.clone();
     for output in &spec.outputs {
         preopens.push(Preopen {
             host: results_dir.join(&output.name),
             guest: output.path.clone(),
+            writable: true,
+        });
+    }
+    // Many ported programs (Python's tempfile among them) need a /tmp; one the job mounts
+    // itself wins.
+    let tmp = crate::scratch::tmp_dir(scratch);
+    if !preopens.iter().any(|p| p.guest == "/tmp") {
+        preopens.push(Preopen {
+            host: tmp.clone(),
+            guest: "/tmp".into(),
             writable: true,
         });
     }
@@ -176,7 +188,7 @@ async fn run(
     let run_cancel = cancel.child_token();
     let over_quota = tokio::spawn(
         watch_output_quota(
-            results_dir.to_owned(),
+            vec![results_dir.clone(), tmp],
             ctx.config.max_output_bytes,
             run_cancel.clone(),
         )
@@ -218,10 +230,11 @@ async fn run(
     }
 }
 
-/// Checks the result tree's size a few times a second while the program runs; past
-/// `limit`, stops the run and says by how much. Returns None if the run ended within it.
+/// Checks the size of the trees in `dirs` (the results and `/tmp`) a few times a second
+/// while the program runs; past `limit`, stops the run and says by how much. Returns None
+/// if the run ended within it.
 async fn watch_output_quota(
-    results_dir: PathBuf,
+    dirs: Vec<PathBuf>,
     limit: u64,
     run: CancellationToken,
 ) -> Option<String> {
@@ -236,13 +249,18 @@ async fn watch_output_quota(
             _ = tick.tick() => {}
         }
         // Logs held in memory (at most IN_MEMORY_MAX per stream) are counted at the end.
-        let dir = results_dir.clone();
+        let dirs = dirs.clone();
         let walked = tokio::task::spawn_blocking(move || {
-            shoal::content::local_tree::walk(&dir, TreeBounds::GUEST)
+            let mut total = 0u64;
+            for dir in &dirs {
+                let entries = shoal::content::local_tree::walk(dir, TreeBounds::GUEST)?;
+                total += entries.iter().map(|e| e.size).sum::<u64>();
+            }
+            Ok::<_, shoal::Error>(total)
         })
         .await;
         let over = match walked {
-            Ok(Ok(entries)) => over_limit(entries.iter().map(|e| e.size).sum(), limit),
+            Ok(Ok(total)) => over_limit(total, limit),
             Ok(Err(shoal::Error::TreeTooLarge(reason))) => {
                 Some(format!("the outputs are too large to publish: {reason}"))
             }

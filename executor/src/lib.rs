@@ -47,6 +47,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         None => None,
     };
     let config = Arc::new(config);
+    // Before the work directory is touched: a second executor on it would clear this one's
+    // input cache and scratch directories under its running executions.
+    let _lock = shoal::daemon::lock::DirLock::acquire(&config.work_dir)?;
     std::fs::create_dir_all(config.work_dir.join("executions"))
         .map_err(|e| Error::io(format!("creating {}", config.work_dir.display()), e))?;
     // One live guest per slot; the margin costs only address space and keeps a pool

@@ -1,14 +1,15 @@
 //! Scratch directories for executions, reused when an execution leaves nothing behind.
 //!
 //! An execution works in a directory of its own under `work_dir/executions`: `results/`
-//! (what is published), with one directory per declared output, and `inputs/` when
+//! (what is published), with one directory per declared output, `tmp/` (the guest's
+//! `/tmp`: writable, counted in the output quota, never published), and `inputs/` when
 //! anything was downloaded. Making and deleting those directories was most of an
 //! executor's filesystem cost per job (docs/PERFORMANCE.md, B2 and B3: on ext4 every new
 //! inode scans the recently freed ones), and most jobs write nothing there but their
 //! logs, which stay in memory. So a directory whose execution left only empty output
 //! directories in `results/` goes back to a pool and is handed to a later execution as
-//! it is; anything else (a file, a link, a non-empty directory, `inputs/`) and the
-//! directory is deleted as before. A reused directory therefore never holds a byte of an
+//! it is; anything else (a file, a link, a non-empty directory or `tmp/`, `inputs/`) and
+//! the directory is deleted as before. A reused directory therefore never holds a byte of an
 //! earlier job: only empty directories, which [`ScratchPool::acquire`] trims to the new
 //! job's outputs.
 
@@ -111,26 +112,39 @@ fn remove_blocking(scratch: &Path) {
     }
 }
 
-/// Makes `scratch/results/OUTPUT` for each output (and so `results/`), where missing.
+/// The guest's `/tmp` inside a scratch directory.
+pub fn tmp_dir(scratch: &Path) -> PathBuf {
+    scratch.join("tmp")
+}
+
+/// Makes `scratch/results/OUTPUT` for each output (and so `results/`) and `scratch/tmp`,
+/// where missing.
 fn make_outputs(scratch: &Path, outputs: &[String]) -> io::Result<()> {
     let results = scratch.join("results");
     std::fs::create_dir_all(&results)?;
+    let made = |dir: PathBuf| match std::fs::create_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    };
+    made(tmp_dir(scratch))?;
     for output in outputs {
-        match std::fs::create_dir(results.join(output)) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-            _ => {}
-        }
+        made(results.join(output))?;
     }
     Ok(())
 }
 
-/// Whether `scratch` holds nothing but `results/` with empty directories in it.
+/// Whether `scratch` holds nothing but `results/` with empty directories in it and an
+/// empty `tmp/`.
 fn is_clean(scratch: &Path) -> bool {
     let only_results = || -> io::Result<bool> {
         for entry in std::fs::read_dir(scratch)? {
             let entry = entry?;
             // `file_type` does not follow links: a link is never taken for a directory.
-            if entry.file_name() != "results" || !entry.file_type()?.is_dir() {
+            let name = entry.file_name();
+            let clean = entry.file_type()?.is_dir()
+                && (name == "results"
+                    || (name == "tmp" && std::fs::read_dir(entry.path())?.next().is_none()));
+            if !clean {
                 return Ok(false);
             }
         }
@@ -191,6 +205,23 @@ mod tests {
         names
     }
 
+    /// A file left in `/tmp` makes a directory dirty: it is deleted, never handed to the
+    /// next execution.
+    #[tokio::test]
+    async fn a_file_left_in_tmp_is_never_handed_on() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let pool = ScratchPool::new(root.path().to_owned(), 4);
+        let first = pool.acquire(&["outputs".into()]).await.expect("acquire");
+        std::fs::write(tmp_dir(&first).join("left"), b"x").expect("write");
+        pool.release(first.clone()).await;
+        assert!(
+            !first.exists(),
+            "a directory with a file in tmp/ is deleted"
+        );
+        let next = pool.acquire(&["outputs".into()]).await.expect("acquire");
+        assert!(names(&tmp_dir(&next)).is_empty(), "the next /tmp is empty");
+    }
+
     /// A directory left with only empty output directories is handed out again, trimmed
     /// to the next job's outputs; the pool keeps no more than its bound.
     #[tokio::test]
@@ -198,7 +229,7 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let pool = ScratchPool::new(root.path().to_owned(), 1);
         let first = pool.acquire(&["outputs".into()]).await.expect("acquire");
-        assert_eq!(names(&first), ["results"]);
+        assert_eq!(names(&first), ["results", "tmp"]);
         assert_eq!(names(&first.join("results")), ["outputs"]);
         lay_out(&first, &["extra"]);
         pool.release(first.clone()).await;

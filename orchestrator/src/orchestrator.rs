@@ -46,6 +46,8 @@ pub struct Orchestrator {
     pub(crate) schedule: Notify,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
+    /// The lock on the data directory, held while the orchestrator lives.
+    _lock: shoal::daemon::lock::DirLock,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -299,8 +301,9 @@ pub async fn open(
     own: Vec<std::net::SocketAddr>,
     shutdown: CancellationToken,
 ) -> Result<Arc<Orchestrator>> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| error::Error::io(format!("creating {}", config.data_dir.display()), e))?;
+    // Before anything in the directory is read or written: a second orchestrator on it
+    // would corrupt the first one's state.
+    let lock = shoal::daemon::lock::DirLock::acquire(&config.data_dir)?;
     let recovery = if config.recover_wal {
         wal::Recovery::MoveAside
     } else {
@@ -371,6 +374,7 @@ pub async fn open(
         schedule: Notify::new(),
         shutdown,
         tasks: TaskTracker::new(),
+        _lock: lock,
     }))
 }
 

@@ -2,6 +2,7 @@
 //! ([`telemetry`]), the Prometheus endpoint ([`metrics`]), the panic hook and panic
 //! isolation ([`panics`]), and graceful shutdown on signals ([`shutdown`]).
 
+pub mod lock;
 pub mod metrics;
 pub mod panics;
 pub mod shutdown;

@@ -189,14 +189,42 @@ pub struct CallPath(pub String);
 /// trace context of the span the call is made in, when traces are on (the interceptor runs
 /// in the caller's task, so the current span is the caller's).
 #[derive(Debug, Clone, Default)]
-pub struct CallerMetadata(Option<MetadataValue<Ascii>>);
+pub struct CallerMetadata {
+    authorization: Option<MetadataValue<Ascii>>,
+    deadline: Option<CallDeadline>,
+}
+
+/// A deadline for the calls that should answer at once, sent as `grpc-timeout` (which the
+/// channel enforces too): a server that accepted the call and never answers then fails it
+/// instead of hanging the caller. Streams and long-running calls are left out by
+/// `applies_to`, which is given the method name (e.g. `GetJob`).
+#[derive(Debug, Clone, Copy)]
+pub struct CallDeadline {
+    pub timeout: std::time::Duration,
+    pub applies_to: fn(&str) -> bool,
+}
+
+impl CallerMetadata {
+    /// The same metadata, with a deadline on the calls it applies to.
+    pub fn with_deadline(mut self, deadline: CallDeadline) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+}
 
 impl Interceptor for CallerMetadata {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
+        if let Some(value) = &self.authorization {
             request
                 .metadata_mut()
                 .insert("authorization", value.clone());
+        }
+        if let Some(deadline) = self.deadline {
+            let method = request.extensions().get::<tonic::GrpcMethod>();
+            let applies = method.is_some_and(|m| (deadline.applies_to)(m.method()));
+            if applies && !request.metadata().contains_key("grpc-timeout") {
+                request.set_timeout(deadline.timeout);
+            }
         }
         crate::daemon::telemetry::inject_current(request.metadata_mut());
         Ok(request)
@@ -209,6 +237,7 @@ pub type AuthChannel = tonic::service::interceptor::InterceptedService<Channel, 
 /// How a client (the CLI, an executor) proves itself to the orchestrator and checks the
 /// orchestrator's certificate.
 #[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Connection")]
 pub struct ClientSecurity {
     /// Bearer token sent with every call.
     #[arg(long, global = true, env = "SHOAL_TOKEN", hide_env_values = true)]
@@ -253,7 +282,10 @@ impl ClientSecurity {
                     .map_err(|_| Error::Settings("the token must be printable ASCII".to_owned()))
             })
             .transpose()?;
-        Ok(CallerMetadata(value))
+        Ok(CallerMetadata {
+            authorization: value,
+            deadline: None,
+        })
     }
 
     /// An endpoint for `address` (http:// or https://) with these TLS settings.

@@ -470,10 +470,6 @@ async fn bad_specs_are_rejected_with_the_field() {
                 .collect(),
             "invalid args",
         ),
-        (
-            vec!["/no/such/program.wasm".into()],
-            "neither an existing local path",
-        ),
     ];
     for (args, expected) in cases {
         let mut full = vec!["wasm", "run"];
@@ -597,6 +593,12 @@ async fn stdout_is_capped_and_truncation_recorded() {
     let id = stack.submit(&[&program]).await;
     let logs = stack.shoal(&["job", "logs", "-f", &id]).await.success();
     assert_eq!(logs.stdout.len(), 1024, "live logs stop at the cap");
+    let warning = "Warning: the program wrote 102400 bytes to stdout; only the first part was kept";
+    assert!(logs.stderr.contains(warning), "{}", logs.stderr);
+    let stored = stack.shoal(&["job", "logs", &id]).await.success();
+    assert_eq!(stored.stdout.len(), 1024);
+    assert!(stored.stderr.contains(warning), "{}", stored.stderr);
+    assert!(!stored.stderr.contains("to stderr"), "{}", stored.stderr);
     let job = stack.job(&id).await;
     assert_eq!(state(&job), "JOB_STATE_COMPLETED", "{job}");
     let result = &job["result"];
@@ -658,13 +660,13 @@ async fn large_output_spills_and_is_published_whole() {
 }
 
 /// The guest has no sockets: of all its descriptors, none is a socket, and it has exactly
-/// stdin, stdout, stderr and its one output directory.
+/// stdin, stdout, stderr, its one output directory and its /tmp.
 #[tokio::test(flavor = "multi_thread")]
 async fn guest_has_no_sockets() {
     let stack = Devstack::start(&[]).await;
     let program = wat(stack.dir.path(), "netprobe");
     let out = stack.shoal(&["wasm", "run", &program]).await;
-    assert_eq!(out.code, 104, "4 descriptors, none a socket: {out:?}");
+    assert_eq!(out.code, 105, "5 descriptors, none a socket: {out:?}");
 }
 
 /// A guest cannot reach host files: not by climbing out with "..", not by an absolute
@@ -744,6 +746,103 @@ async fn an_output_quota_stops_a_disk_filler() {
         .await
         .success();
     assert!(out.stdout.contains("arg[1]=after"), "{}", out.stdout);
+}
+
+/// Naming an extra output keeps the default `/outputs` mounted (a guest written for the
+/// default keeps working), unless `--no-default-output` says otherwise.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_extra_output_keeps_the_default_one() {
+    let stack = Devstack::start(&[]).await;
+    let input = stack.scratch("input");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    std::fs::write(input.join("a.txt"), b"alpha\n").expect("write");
+    let copytree = path("tests/fixtures/copytree.wasm");
+    let mount = format!("{}:/inputs", input.display());
+    let results = stack.scratch("results");
+    let download = results.to_string_lossy().into_owned();
+    let with_extra = [
+        "wasm",
+        "run",
+        &copytree,
+        "-i",
+        &mount,
+        "-o",
+        "extra:/extra",
+        "--download",
+        &download,
+    ];
+    stack.shoal(&with_extra).await.success();
+    assert_eq!(
+        std::fs::read(results.join("outputs/copy/a.txt")).expect("copied into /outputs"),
+        b"alpha\n"
+    );
+    assert!(
+        results.join("extra").is_dir(),
+        "the named output is published too"
+    );
+
+    let only_extra = [
+        "wasm",
+        "run",
+        &copytree,
+        "-i",
+        &mount,
+        "-o",
+        "extra:/extra",
+        "--no-default-output",
+    ];
+    let out = stack.shoal(&only_extra).await;
+    assert_ne!(out.code, 0, "/outputs was mounted anyway: {out:?}");
+}
+
+/// Every execution gets a writable, empty `/tmp` of its own, which is never published: the
+/// same program creating `/tmp/probe` exclusively succeeds run after run on one executor,
+/// and the results hold no trace of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_execution_gets_a_fresh_tmp_that_is_not_published() {
+    let stack = Devstack::start(&["--executors", "1"]).await;
+    let program = wat(stack.dir.path(), "tmpfresh");
+    for run in 0..3 {
+        let results = stack.scratch(&format!("results-{run}"));
+        let out = stack
+            .shoal(&[
+                "wasm",
+                "run",
+                &program,
+                "--download",
+                &results.to_string_lossy(),
+            ])
+            .await;
+        assert_eq!(out.code, 0, "run {run}: {out:?}");
+        let mut names: Vec<String> = std::fs::read_dir(&results)
+            .expect("results")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["exitCode", "outputs", "stderr", "stdout"],
+            "run {run}"
+        );
+        let outputs = std::fs::read_dir(results.join("outputs"))
+            .expect("outputs")
+            .count();
+        assert_eq!(outputs, 0, "run {run}: /tmp leaked into the outputs");
+    }
+}
+
+/// What a guest writes to `/tmp` counts against the output quota like its outputs.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_output_quota_counts_tmp() {
+    let stack = Devstack::start(&["--executors", "1", "--max-output", "8MiB"]).await;
+    let program = wat(stack.dir.path(), "tmpfill");
+    let out = stack.shoal(&["wasm", "run", &program]).await;
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(
+        out.stderr.contains("FAILED: OUTPUT_LIMIT"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// A guest nesting 3,000 directories by descriptor (deeper than any path may be) neither

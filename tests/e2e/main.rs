@@ -7,6 +7,7 @@ mod common;
 
 mod chart;
 mod cids;
+mod cli_edges;
 mod drain;
 mod executor_protocol;
 mod faults;

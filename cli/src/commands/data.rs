@@ -56,7 +56,7 @@ pub async fn run(target: &Target, command: DataCommand) -> anyhow::Result<()> {
     match command {
         DataCommand::Put { path, quiet } => {
             let cid = upload(&mut clients.storage, &path, !quiet).await?;
-            println!("{cid}");
+            crate::outln!("{cid}");
         }
         DataCommand::Cp {
             source,
@@ -84,7 +84,7 @@ pub async fn run(target: &Target, command: DataCommand) -> anyhow::Result<()> {
                     .copy_from_url(shoal::proto::CopyFromUrlRequest { url: source })
                     .await?
             };
-            println!("{}", response.into_inner().cid);
+            crate::outln!("{}", response.into_inner().cid);
         }
         DataCommand::Pin { cid } => {
             let cid = cid.trim_start_matches("ipfs://").to_owned();
@@ -93,7 +93,7 @@ pub async fn run(target: &Target, command: DataCommand) -> anyhow::Result<()> {
                 .pin(shoal::proto::PinRequest { cid })
                 .await?
                 .into_inner();
-            println!("{}", pinned.cid);
+            crate::outln!("{}", pinned.cid);
             eprintln!(
                 "pinned: {} ({} block(s) fetched from IPFS gateways)",
                 shoal::spec::units::format_size(pinned.size),

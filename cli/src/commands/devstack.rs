@@ -71,6 +71,9 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
             temp.path().to_owned()
         }
     };
+    // First of all: a second devstack on this directory would break the running one (its
+    // executors would clear the first one's input cache).
+    let _lock = shoal::daemon::lock::DirLock::acquire(&data_dir)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -127,17 +130,17 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
     }
 
     wait_until_ready(&address, args.executors as usize).await?;
-    println!(
+    crate::outln!(
         "Shoal devstack ready: orchestrator at {address} with {} executor(s)",
         args.executors
     );
-    println!("Data directory: {}", data_dir.display());
+    crate::outln!("Data directory: {}", data_dir.display());
     if let Some(address) = gateway_address {
-        println!("IPFS gateway at http://{address}/ipfs/");
+        crate::outln!("IPFS gateway at http://{address}/ipfs/");
     }
-    println!("Point the CLI at it with:");
-    println!("  export SHOAL_ORCHESTRATOR={address}");
-    println!("Press Ctrl-C to stop.");
+    crate::outln!("Point the CLI at it with:");
+    crate::outln!("  export SHOAL_ORCHESTRATOR={address}");
+    crate::outln!("Press Ctrl-C to stop.");
 
     tokio::select! {
         _ = shoal::daemon::shutdown::signal() => {}

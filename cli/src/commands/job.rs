@@ -46,7 +46,8 @@ pub enum JobCommand {
     /// Show one job, its spec, state and result.
     Describe {
         id: String,
-        #[arg(long, value_enum, default_value = "yaml")]
+        /// `table` (default): for people; `json` or `yaml`: the protobuf shape.
+        #[arg(long, value_enum, default_value = "table")]
         output: Format,
     },
     /// Print a job's stdout and stderr.
@@ -82,9 +83,17 @@ pub enum JobCommand {
 /// How `wasm run` and `job run` wait for the job they submit.
 #[derive(Debug, Clone, Args)]
 pub struct WaitArgs {
-    /// Wait for the job to end, print its output and exit with its exit code (default).
-    #[arg(long, conflicts_with_all = ["id_only", "follow"])]
-    pub wait: bool,
+    /// Wait for the job to end, print its output and exit with its exit code (default);
+    /// `--wait=false` is `--id-only`.
+    #[arg(
+        long,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        conflicts_with_all = ["id_only", "follow"]
+    )]
+    pub wait: Option<bool>,
     /// Print the job id and return at once.
     #[arg(long)]
     pub id_only: bool,
@@ -140,7 +149,7 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
                         .with_context(|| format!("label {l:?} must be KEY=VALUE"))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            let jobs = clients
+            let page = clients
                 .jobs
                 .list_jobs(ListJobsRequest {
                     states,
@@ -149,8 +158,15 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
                     page_token: String::new(),
                 })
                 .await?
-                .into_inner()
-                .jobs;
+                .into_inner();
+            let jobs = page.jobs;
+            if !page.next_page_token.is_empty() {
+                // On stderr, so a script reading the listing gets only the listing.
+                eprintln!(
+                    "(more jobs than the {} shown: raise --limit, or filter with --state or -l)",
+                    jobs.len()
+                );
+            }
             if output != Format::Table {
                 return output::print_structured(output, &jobs).map(|()| 0);
             }
@@ -167,17 +183,22 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
                     job.status_message.clone(),
                 ]);
             }
-            println!("{table}");
+            crate::outln!("{table}");
             Ok(0)
         }
         JobCommand::Describe { id, output } => {
             let job = get_job(&mut clients, &id).await?;
-            let format = if output == Format::Table {
-                Format::Yaml
+            if output == Format::Table {
+                let executions = clients
+                    .jobs
+                    .list_executions(ListExecutionsRequest { job_id: id })
+                    .await?
+                    .into_inner()
+                    .executions;
+                crate::out!("{}", super::describe::describe(&job, &executions));
             } else {
-                output
-            };
-            output::print_one(format, &job)?;
+                output::print_one(output, &job)?;
+            }
             Ok(0)
         }
         JobCommand::Logs { id, follow } => {
@@ -186,6 +207,7 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
             } else {
                 print_logs(&mut clients, &id).await?;
             }
+            warn_if_truncated(&latest_result(&mut clients, &id).await?);
             Ok(0)
         }
         JobCommand::Get { id, dest, path } => {
@@ -207,7 +229,7 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
                 .into_inner()
                 .job
                 .unwrap_or_default();
-            println!("{} {}", job.id, job.state().short_name());
+            crate::outln!("{} {}", job.id, job.state().short_name());
             Ok(0)
         }
         JobCommand::Executions { id, output } => {
@@ -237,7 +259,7 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
                         .unwrap_or_default(),
                 ]);
             }
-            println!("{table}");
+            crate::outln!("{table}");
             Ok(0)
         }
     }
@@ -285,6 +307,12 @@ pub async fn resolve_source(
         bail!("{field} is required");
     }
     let path = base.join(source);
+    if field == "program" && path.is_dir() {
+        crate::usage!(
+            "the program must be a file: {} is a directory",
+            path.display()
+        );
+    }
     if std::fs::symlink_metadata(&path).is_ok() {
         let cid = super::data::upload(&mut clients.storage, &path, true).await?;
         let name = path
@@ -306,9 +334,10 @@ pub async fn resolve_source(
             source.trim_start_matches("ipfs://").to_owned(),
         ));
     }
-    bail!(
-        "{field}: {source:?} is neither an existing local path, a content id, an HTTP(S) URL nor an s3:// source"
-    )
+    let error = std::fs::symlink_metadata(&path)
+        .err()
+        .unwrap_or_else(|| std::io::ErrorKind::NotFound.into());
+    crate::usage!("{field}: {}", super::wasm::not_found(source, &error))
 }
 
 /// Submits `spec` and waits as `wait` says; returns the exit code.
@@ -320,23 +349,65 @@ pub async fn submit_and_wait(
     let job = submit(clients, spec)
         .instrument(tracing::info_span!("submit", otel.kind = "client"))
         .await?;
-    if wait.id_only {
-        println!("{}", job.id);
+    if wait.id_only || wait.wait == Some(false) {
+        crate::outln!("{}", job.id);
         return Ok(0);
     }
     eprintln!("Job {} submitted", job.id);
-    let job = watch(clients, &job.id, wait.follow).await?;
+    // Ctrl-C stops the waiting, not the job: say how to stop that too.
+    let job = tokio::select! {
+        watched = watch(clients, &job.id, wait.follow) => watched?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!(
+                "Stopped waiting; job {id} goes on. Stop it with: shoal job stop {id}",
+                id = job.id
+            );
+            return Ok(EXIT_INTERRUPTED);
+        }
+    };
     if !wait.follow {
         print_logs(clients, &job.id).await?;
     }
-    if let Some(dir) = &wait.download
-        && (job.result.is_some() || job.state() == JobState::Completed)
-    {
-        download_results(clients, &job.id, "", dir).await?;
-        eprintln!("Results of job {} written to {}", job.id, dir.display());
+    // A failed or timed-out execution keeps what it wrote: that is when it is wanted most.
+    let result = latest_result(clients, &job.id).await?;
+    warn_if_truncated(&result);
+    if let Some(dir) = &wait.download {
+        let state = job.state().short_name();
+        if result.is_some() {
+            download_results(clients, &job.id, "", dir).await?;
+            eprintln!(
+                "Results of job {} ({state}) written to {}",
+                job.id,
+                dir.display()
+            );
+        } else {
+            eprintln!(
+                "Job {} {state} before it produced results: nothing to download to {}",
+                job.id,
+                dir.display()
+            );
+        }
     }
     Ok(exit_code(&job))
 }
+
+/// Says on stderr when the printed stdout or stderr is not all the program wrote.
+fn warn_if_truncated(result: &Option<shoal::proto::ExecutionResult>) {
+    let Some(result) = result else { return };
+    for (stream, truncated, bytes) in [
+        ("stdout", result.stdout_truncated, result.stdout_bytes),
+        ("stderr", result.stderr_truncated, result.stderr_bytes),
+    ] {
+        if truncated {
+            eprintln!(
+                "Warning: the program wrote {bytes} bytes to {stream}; only the first part was kept (the executor's --log-cap)"
+            );
+        }
+    }
+}
+
+/// Exit code after Ctrl-C, as a shell reports a command killed by SIGINT.
+const EXIT_INTERRUPTED: u8 = 130;
 
 /// The CLI's exit code for a finished job.
 pub fn exit_code(job: &Job) -> u8 {
@@ -397,9 +468,7 @@ pub async fn watch(clients: &mut Clients, job_id: &str, logs: bool) -> anyhow::R
                             if chunk.stream() == LogStream::Stderr {
                                 let _ = std::io::stderr().write_all(&chunk.data);
                             } else {
-                                let mut stdout = std::io::stdout();
-                                let _ = stdout.write_all(&chunk.data);
-                                let _ = stdout.flush();
+                                crate::output::write_stdout(&chunk.data)?;
                             }
                         }
                         Some(job_event::Event::StateChange(change)) => {
@@ -470,16 +539,14 @@ pub async fn print_logs(clients: &mut Clients, job_id: &str) -> anyhow::Result<(
         })
         .await?
         .into_inner();
-    let mut stdout = std::io::stdout();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         if chunk.stream() == LogStream::Stderr {
             std::io::stderr().write_all(&chunk.data)?;
         } else {
-            stdout.write_all(&chunk.data)?;
+            crate::output::write_stdout(&chunk.data)?;
         }
     }
-    stdout.flush()?;
     Ok(())
 }
 

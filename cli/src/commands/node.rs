@@ -53,7 +53,7 @@ pub async fn run(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
             for node in &nodes {
                 table.add_row(row(node));
             }
-            println!("{table}");
+            crate::outln!("{table}");
         }
         NodeCommand::Describe { id, output } => {
             let node = clients
@@ -77,7 +77,7 @@ pub async fn run(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
                     node_id: id.clone(),
                 })
                 .await?;
-            println!("{id} cordoned");
+            crate::outln!("{id} cordoned");
         }
         NodeCommand::Uncordon { id } => {
             clients
@@ -86,7 +86,7 @@ pub async fn run(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
                     node_id: id.clone(),
                 })
                 .await?;
-            println!("{id} uncordoned");
+            crate::outln!("{id} uncordoned");
         }
         NodeCommand::Drain { id, grace } => {
             eprintln!(
@@ -101,9 +101,10 @@ pub async fn run(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            println!(
+            crate::outln!(
                 "{id} drained: {} execution(s) finished, {} stopped and requeued",
-                drained.finished, drained.evicted
+                drained.finished,
+                drained.evicted
             );
         }
     }

@@ -22,18 +22,33 @@ pub enum WasmCommand {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The program (a local .wasm file or a CID), then its arguments.
+    /// The program, then its arguments. The program is a local .wasm file (uploaded), a
+    /// CID of one in the store (or on the IPFS gateways), an HTTP(S) URL (pin it with
+    /// `#sha256=HEX`) or an s3://bucket/key object.
     #[arg(required = true, value_name = "PROGRAM [ARGS]")]
     pub program_and_args: Vec<String>,
     /// Input data, `SRC[:TARGET]`: a local file or directory (uploaded), a CID, an HTTP(S)
     /// URL (pin it with `#sha256=HEX`), or s3://bucket/key, s3://bucket/prefix/ or
     /// s3://bucket/prefix/*.csv. Default target: /inputs for a directory, /inputs/NAME for a
-    /// file.
+    /// file (NAME: the file's name, the URL's last path segment — `download` for a URL
+    /// without one, such as https://host/ — the S3 key's last part, or the CID itself for
+    /// a file CID). TARGET must be an absolute path.
     #[arg(short = 'i', long = "input", value_name = "SRC[:TARGET]")]
     pub inputs: Vec<String>,
-    /// An output directory, NAME:PATH (default: outputs:/outputs).
-    #[arg(short = 'o', long = "output", value_name = "NAME:PATH")]
+    /// An output directory, NAME:PATH, published with the results under NAME. The default
+    /// outputs:/outputs stays mounted beside those named here unless one of them is called
+    /// `outputs` or mounted at /outputs, or --no-default-output is given. (`--output` is
+    /// the old spelling.)
+    #[arg(
+        short = 'o',
+        long = "output-mount",
+        alias = "output",
+        value_name = "NAME:PATH"
+    )]
     pub outputs: Vec<String>,
+    /// With -o, mount only the outputs named there, not also outputs:/outputs.
+    #[arg(long)]
+    pub no_default_output: bool,
     /// An environment variable, KEY=VALUE (repeatable).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -83,7 +98,7 @@ pub async fn run(target: &Target, command: WasmCommand) -> anyhow::Result<u8> {
     let WasmCommand::Run(args) = command;
     let mut document = document_from_flags(&args)?;
     if args.dry_run {
-        print!("{}", serde_yaml_ng::to_string(&document)?);
+        crate::out!("{}", serde_yaml_ng::to_string(&document)?);
         return Ok(0);
     }
     let mut clients = connect(target).await?;
@@ -116,6 +131,16 @@ pub fn document_from_flags(args: &RunArgs) -> anyhow::Result<SpecDocument> {
         .program_and_args
         .split_first()
         .context("a program is required")?;
+    // A dry run prints a spec, for files that may not exist yet.
+    match std::fs::metadata(program) {
+        _ if args.dry_run => {}
+        Ok(meta) if meta.is_dir() => {
+            crate::usage!("the program must be a file: {program} is a directory")
+        }
+        Ok(_) => {}
+        Err(_) if program.parse::<shoal::spec::source::Source>().is_ok() => {}
+        Err(error) => crate::usage!("program: {}", not_found(program, &error)),
+    }
     let mut env = BTreeMap::new();
     for pair in &args.env {
         let (key, value) = pair
@@ -151,19 +176,29 @@ pub fn document_from_flags(args: &RunArgs) -> anyhow::Result<SpecDocument> {
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    let outputs = args
+    let mut outputs = args
         .outputs
         .iter()
         .map(|raw| {
             let (name, path) = raw
                 .split_once(':')
-                .with_context(|| format!("--output {raw:?} must be NAME:PATH"))?;
+                .with_context(|| format!("--output-mount {raw:?} must be NAME:PATH"))?;
             Ok(OutputDocument {
                 name: name.to_owned(),
                 path: path.to_owned(),
             })
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // A guest written for the default keeps writing /outputs when another output is added.
+    let default_taken = outputs.iter().any(|o| {
+        o.name == shoal::spec::DEFAULT_OUTPUT_NAME || o.path == shoal::spec::DEFAULT_OUTPUT_PATH
+    });
+    if !outputs.is_empty() && !default_taken && !args.no_default_output {
+        outputs.push(OutputDocument {
+            name: shoal::spec::DEFAULT_OUTPUT_NAME.to_owned(),
+            path: shoal::spec::DEFAULT_OUTPUT_PATH.to_owned(),
+        });
+    }
     Ok(SpecDocument {
         name: args.name.clone().unwrap_or_default(),
         program: program.clone(),
@@ -189,6 +224,25 @@ pub fn document_from_flags(args: &RunArgs) -> anyhow::Result<SpecDocument> {
     })
 }
 
+/// Why `source`, which is no URL, S3 source or CID, cannot be read as a local path.
+pub fn not_found(source: &str, error: &std::io::Error) -> String {
+    let looks_like_path =
+        source.contains('/') || source.starts_with(['.', '~']) || source.ends_with(".wasm");
+    match error.kind() {
+        std::io::ErrorKind::NotFound if looks_like_path => {
+            format!("no such file or directory: {source}")
+        }
+        std::io::ErrorKind::NotFound => format!(
+            "{source:?} is neither a local path, a content id, an http(s):// URL nor an s3:// source"
+        ),
+        _ => {
+            let text = error.to_string();
+            let reason = text.split(" (os error").next().unwrap_or(&text);
+            format!("{source}: {}", reason.to_lowercase())
+        }
+    }
+}
+
 /// Splits `SRC[:TARGET]`. The target is the part after the last `:` that is followed by a
 /// single `/`, so `ipfs://CID` and `./a:b/c` are left whole.
 fn parse_input(raw: &str) -> anyhow::Result<InputDocument> {
@@ -201,7 +255,19 @@ fn parse_input(raw: &str) -> anyhow::Result<InputDocument> {
         None => (raw, String::new()),
     };
     if source.is_empty() {
-        anyhow::bail!("--input {raw:?} has no source");
+        crate::usage!("--input {raw:?} has no source");
+    }
+    // `./in:inputs`: a local path with a target that is not absolute.
+    if split.is_none()
+        && let Some((path, target)) = raw.rsplit_once(':')
+        && !target.is_empty()
+        && !target.starts_with('/')
+        && !path.is_empty()
+        && std::fs::symlink_metadata(path).is_ok()
+    {
+        crate::usage!(
+            "--input {raw:?}: the target must be an absolute path, e.g. {path}:/inputs/{target}"
+        );
     }
     let target = if target.is_empty() {
         match source.parse::<shoal::spec::source::Source>() {
@@ -237,7 +303,8 @@ fn parse_input(raw: &str) -> anyhow::Result<InputDocument> {
                 format!("/inputs/{name}")
             }
             // A CID: the target is chosen once we know whether it is a file or a directory.
-            Err(_) => String::new(),
+            Err(_) if shoal::content::cid::looks_like_cid(source) => String::new(),
+            Err(error) => crate::usage!("--input {raw:?}: {}", not_found(source, &error)),
         }
     } else {
         target

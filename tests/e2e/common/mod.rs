@@ -167,6 +167,16 @@ impl Devstack {
         }
     }
 
+    /// The devstack's process id.
+    pub fn pid(&self) -> u32 {
+        self._child.id().expect("the devstack is running")
+    }
+
+    /// Its data directory (`--data-dir`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// Runs the CLI against this devstack.
     pub async fn shoal(&self, args: &[&str]) -> Output {
         shoal_with_env(&self.address, args, &self.env).await

@@ -1,0 +1,117 @@
+//! `shoal job describe ID` for people: the job's state and what it ran, its attempts and
+//! where they ran, times and sizes in units. `--output json|yaml` prints the protobuf shape
+//! instead.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use shoal::proto::{Execution, Job};
+use shoal::spec::units::{format_duration, format_size};
+
+use crate::output::time;
+
+/// The job and its executions as aligned `Field: value` lines.
+pub fn describe(job: &Job, executions: &[Execution]) -> String {
+    let mut out = String::new();
+    let mut line = |field: &str, value: &str| {
+        let _ = writeln!(out, "{:<12}{value}", format!("{field}:"));
+    };
+    line("ID", &job.id);
+    let spec = job.spec.clone().unwrap_or_default();
+    if !spec.name.is_empty() {
+        line("Name", &spec.name);
+    }
+    line("State", job.state().short_name());
+    if let Some(failure) = &job.failure {
+        line("Failure", &failure.to_string());
+    }
+    if !job.status_message.is_empty() && !job.state().is_terminal() {
+        line("Waiting", &job.status_message);
+    }
+    let program = if spec.program_name.is_empty() {
+        spec.program.clone()
+    } else {
+        format!("{} ({})", spec.program_name, spec.program)
+    };
+    line("Program", &program);
+    if !spec.args.is_empty() {
+        line("Args", &spec.args.join(" "));
+    }
+    for input in &spec.inputs {
+        line("Input", &format!("{} -> {}", input.source, input.target));
+    }
+    for output in &spec.outputs {
+        line("Output", &format!("{} at {}", output.name, output.path));
+    }
+    if !spec.labels.is_empty() {
+        let mut labels: Vec<_> = spec
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        labels.sort();
+        line("Labels", &labels.join(", "));
+    }
+    line("Created", &time(&job.created_at));
+    let current = executions.iter().find(|e| e.id == job.execution_id);
+    if let Some(execution) = current {
+        line("Executor", &execution.executor_id);
+        line("Started", &time(&execution.started_at));
+        if execution.finished_at.is_some() {
+            line("Ended", &time(&execution.finished_at));
+        }
+        if let Some(took) = between(&execution.started_at, &execution.finished_at) {
+            line("Duration", &format_duration(took));
+        }
+    }
+    line("Attempts", &job.attempts.to_string());
+    let result = job
+        .result
+        .as_ref()
+        .or(current.and_then(|e| e.result.as_ref()));
+    if let Some(result) = result {
+        line("Exit code", &result.exit_code.to_string());
+        for (stream, bytes, truncated) in [
+            ("Stdout", result.stdout_bytes, result.stdout_truncated),
+            ("Stderr", result.stderr_bytes, result.stderr_truncated),
+        ] {
+            let cut = if truncated { " (truncated)" } else { "" };
+            line(stream, &format!("{}{cut}", format_size(bytes)));
+        }
+        if !result.published_to.is_empty() {
+            line("Results", &result.published_to);
+        } else if !result.result_cid.is_empty() {
+            line("Results", &result.result_cid);
+        }
+    }
+    if executions.len() > 1 {
+        let _ = writeln!(out, "Executions:");
+        for execution in executions {
+            let ended = execution
+                .failure
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {} on {}: {} {ended}",
+                execution.attempt,
+                execution.executor_id,
+                execution.state().short_name()
+            );
+        }
+    }
+    out
+}
+
+/// How long from `start` to `end`, when both are set.
+fn between(
+    start: &Option<prost_types::Timestamp>,
+    end: &Option<prost_types::Timestamp>,
+) -> Option<Duration> {
+    let start = SystemTime::try_from((*start)?).ok()?;
+    let end = SystemTime::try_from((*end)?).ok()?;
+    let took = end.duration_since(start).ok()?;
+    // Milliseconds are what a person reads; humantime would print every nanosecond.
+    Some(Duration::from_millis(took.as_millis() as u64))
+}
