@@ -358,7 +358,14 @@ async fn wait_false_and_extra_outputs_on_the_command_line() {
     }
     assert!(!described.contains("JOB_STATE_"), "{described}");
     // A listing says when there is more past --limit, on stderr.
-    stack.submit(&[&hello]).await;
+    let second = stack.submit(&[&hello]).await;
+    // A unique prefix names a job wherever an id is taken; a shared one is refused.
+    let by_prefix = stack.shoal(&["job", "describe", &id[..30]]).await.success();
+    assert!(by_prefix.stdout.contains(id), "{by_prefix:?}");
+    stack.shoal(&["job", "logs", &second[..30]]).await.success();
+    let shared = stack.shoal(&["job", "describe", &id[..4]]).await;
+    assert_eq!(shared.code, 1, "{shared:?}");
+    assert!(shared.stderr.contains("is ambiguous"), "{shared:?}");
     let cut = stack
         .shoal(&["job", "list", "--limit", "1"])
         .await

@@ -101,6 +101,8 @@ pub async fn run(target: &Target, command: WasmCommand) -> anyhow::Result<u8> {
         crate::out!("{}", serde_yaml_ng::to_string(&document)?);
         return Ok(0);
     }
+    // Before any connection: a mistyped path is the user's to fix, not the network's.
+    check_program(&document.program)?;
     let mut clients = connect(target).await?;
     // Default targets for CIDs depend on whether they are files or directories.
     for (input, raw) in document.inputs.iter_mut().zip(&args.inputs) {
@@ -131,16 +133,6 @@ pub fn document_from_flags(args: &RunArgs) -> anyhow::Result<SpecDocument> {
         .program_and_args
         .split_first()
         .context("a program is required")?;
-    // A dry run prints a spec, for files that may not exist yet.
-    match std::fs::metadata(program) {
-        _ if args.dry_run => {}
-        Ok(meta) if meta.is_dir() => {
-            crate::usage!("the program must be a file: {program} is a directory")
-        }
-        Ok(_) => {}
-        Err(_) if program.parse::<shoal::spec::source::Source>().is_ok() => {}
-        Err(error) => crate::usage!("program: {}", not_found(program, &error)),
-    }
     let mut env = BTreeMap::new();
     for pair in &args.env {
         let (key, value) = pair
@@ -222,6 +214,18 @@ pub fn document_from_flags(args: &RunArgs) -> anyhow::Result<SpecDocument> {
         }),
         ..Default::default()
     })
+}
+
+/// A program that is neither a local file nor a CID, URL or S3 object is a usage error.
+fn check_program(program: &str) -> anyhow::Result<()> {
+    match std::fs::metadata(program) {
+        Ok(meta) if meta.is_dir() => {
+            crate::usage!("the program must be a file: {program} is a directory")
+        }
+        Ok(_) => Ok(()),
+        Err(_) if program.parse::<shoal::spec::source::Source>().is_ok() => Ok(()),
+        Err(error) => crate::usage!("program: {}", not_found(program, &error)),
+    }
 }
 
 /// Why `source`, which is no URL, S3 source or CID, cannot be read as a local path.

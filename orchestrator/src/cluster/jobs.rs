@@ -192,6 +192,38 @@ mod tests {
         assert_ne!(unkeyed.id, first.id);
     }
 
+    /// A unique prefix names its job; a prefix of several is refused naming some of them;
+    /// one of none is NOT_FOUND.
+    #[test]
+    fn jobs_are_found_by_a_unique_prefix() {
+        let mut c = cluster();
+        let now = SystemTime::now();
+        let ids: Vec<String> = (0..3)
+            .map(|_| {
+                c.submit_once(accept(spec()), "", HashMap::new(), now)
+                    .expect("submit")
+                    .0
+                    .id
+            })
+            .collect();
+        for id in &ids {
+            // The last characters of a UUIDv7 are random: all but the last few are unique.
+            let prefix = &id[..30];
+            assert_eq!(c.job_with_prefix(prefix).expect("unique"), *id);
+            assert_eq!(c.job_with_prefix(id).expect("whole"), *id);
+        }
+        // Submitted in the same millisecond, they share their first twelve characters.
+        let shared = &ids[0][..8];
+        let ambiguous = c.job_with_prefix(shared).expect_err("three match");
+        assert!(
+            matches!(ambiguous, Error::InvalidArgument(_)),
+            "{ambiguous}"
+        );
+        assert!(ambiguous.to_string().contains(&ids[0]), "{ambiguous}");
+        let none = c.job_with_prefix("ffff").expect_err("none match");
+        assert!(matches!(none, Error::NotFound(_)), "{none}");
+    }
+
     /// Cancelling a queued job ends it; a terminal job cannot be cancelled; a running one
     /// is told to stop.
     #[test]

@@ -283,6 +283,33 @@ impl Cluster {
         std::mem::take(&mut self.effects)
     }
 
+    /// The id of the one job whose id starts with `prefix` (as git and docker take a
+    /// unique prefix): NOT_FOUND if none does, INVALID_ARGUMENT naming a few if several do.
+    pub fn job_with_prefix(&self, prefix: &str) -> Result<String> {
+        let mut matches = self
+            .jobs
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .map(|(id, _)| id)
+            .take_while(|id| id.starts_with(prefix));
+        let Some(first) = matches.next() else {
+            return Err(Error::NotFound(format!("no job id starts with {prefix}")));
+        };
+        let others: Vec<&String> = matches.take(3).collect();
+        if others.is_empty() {
+            return Ok(first.clone());
+        }
+        let mut shown = vec![first.as_str()];
+        shown.extend(others.iter().take(2).map(|id| id.as_str()));
+        let more = if others.len() > 2 { ", ..." } else { "" };
+        Err(Error::InvalidArgument(format!(
+            "job id prefix {prefix} is ambiguous: {}{more}; give more of it",
+            shown.join(", ")
+        )))
+    }
+
     /// One job.
     pub fn job(&self, id: &str) -> Result<&Job> {
         self.jobs

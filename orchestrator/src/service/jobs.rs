@@ -36,6 +36,14 @@ impl JobApi {
         JobApi(orchestrator)
     }
 
+    /// The job a request names: its whole id, or a unique prefix of it.
+    async fn job_id(&self, text: &str) -> Result<String> {
+        match super::job_id_prefix(text) {
+            Some(prefix) => self.0.read(|c| c.job_with_prefix(&prefix)).await,
+            None => super::full_job_id(text),
+        }
+    }
+
     /// Validates and accepts a job: it is QUEUED once this returns, or already SCHEDULED
     /// when it was placed in the same commit (nothing else waited).
     async fn submit(
@@ -141,7 +149,7 @@ impl JobService for JobApi {
         &self,
         request: Request<GetJobRequest>,
     ) -> Result<Response<GetJobResponse>, Status> {
-        let id = job_id(&request.into_inner().job_id)?;
+        let id = self.job_id(&request.into_inner().job_id).await?;
         let job = self.0.read(|c| c.job(&id).cloned()).await?;
         Ok(Response::new(GetJobResponse { job: Some(job) }))
     }
@@ -170,7 +178,7 @@ impl JobService for JobApi {
         request: Request<CancelJobRequest>,
     ) -> Result<Response<CancelJobResponse>, Status> {
         let request = request.into_inner();
-        let id = job_id(&request.job_id)?;
+        let id = self.job_id(&request.job_id).await?;
         if request.reason.len() > shoal::spec::limits::MAX_REASON_BYTES {
             return Err(Status::from(crate::error::Error::InvalidArgument(format!(
                 "reason: at most {} bytes (it is stored with the job and shown in listings)",
@@ -192,7 +200,7 @@ impl JobService for JobApi {
         request: Request<WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let request = request.into_inner();
-        let id = job_id(&request.job_id)?;
+        let id = self.job_id(&request.job_id).await?;
         self.0.read(|c| c.job(&id).map(|_| ())).await?;
         let (tx, rx) = mpsc::channel(64);
         let orchestrator = self.0.clone();
@@ -220,7 +228,7 @@ impl JobService for JobApi {
         request: Request<GetLogsRequest>,
     ) -> Result<Response<Self::GetLogsStream>, Status> {
         let request = request.into_inner();
-        let id = job_id(&request.job_id)?;
+        let id = self.job_id(&request.job_id).await?;
         let job = self.0.read(|c| c.job(&id).cloned()).await?;
         let execution_id = if request.execution_id.is_empty() {
             job.execution_id
@@ -261,7 +269,7 @@ impl JobService for JobApi {
         &self,
         request: Request<ListExecutionsRequest>,
     ) -> Result<Response<ListExecutionsResponse>, Status> {
-        let id = job_id(&request.into_inner().job_id)?;
+        let id = self.job_id(&request.into_inner().job_id).await?;
         let executions = self.0.read(|c| c.executions_of(&id)).await?;
         Ok(Response::new(ListExecutionsResponse { executions }))
     }
@@ -273,7 +281,7 @@ impl JobService for JobApi {
         request: Request<DownloadResultsRequest>,
     ) -> Result<Response<Self::DownloadResultsStream>, Status> {
         let request = request.into_inner();
-        let id = job_id(&request.job_id)?;
+        let id = self.job_id(&request.job_id).await?;
         let result = self
             .0
             .read(|c| -> Result<Option<ExecutionResult>> {

@@ -168,12 +168,30 @@ fn tls_config(config: &crate::Config) -> Result<Option<ServerTlsConfig>> {
 
 /// Parses a job id from a request, naming the field when it is malformed.
 fn job_id(text: &str) -> Result<String> {
+    if let Some(prefix) = job_id_prefix(text) {
+        return Err(Error::InvalidArgument(format!(
+            "job_id {prefix:?} is a prefix; this call needs the whole id"
+        )));
+    }
+    full_job_id(text)
+}
+
+/// A job id as written: the whole id, or (for [`job_id_prefix`]) its first characters.
+fn full_job_id(text: &str) -> Result<String> {
     text.parse::<shoal::ids::JobId>()
         .map(|id| id.to_string())
         .map_err(|_| {
             let shown = shoal::error::excerpt(text, 64);
             Error::InvalidArgument(format!("job_id {shown:?} is not a valid job id"))
         })
+}
+
+/// `text` as a job id prefix (4 to 35 characters of lowercase hex and '-'), if it is one.
+fn job_id_prefix(text: &str) -> Option<String> {
+    let lower = text.to_ascii_lowercase();
+    let shaped =
+        (4..36).contains(&lower.len()) && lower.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    shaped.then_some(lower)
 }
 
 /// Parses a CID from a request, naming the field when it is malformed.
