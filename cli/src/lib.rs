@@ -9,6 +9,7 @@
 pub mod client;
 pub mod commands;
 pub mod output;
+pub mod progress;
 
 use clap::{Parser, Subcommand};
 use tracing::Instrument as _;

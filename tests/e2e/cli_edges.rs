@@ -447,3 +447,65 @@ async fn ctrl_c_on_wasm_run_says_how_to_stop_the_job() {
     assert_eq!(state(&job), "JOB_STATE_RUNNING", "the job goes on: {job}");
     stack.shoal(&["job", "stop", &id]).await.success();
 }
+
+/// While `wasm run` waits it says what the job is doing: each phase on stderr, and for a
+/// job no executor can take, why it waits (the reason `job list` shows).
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_shows_the_phases_and_why_a_job_is_queued() {
+    let stack = Devstack::start(&[]).await;
+    let hello = path("examples/hello/hello.wasm");
+    let out = stack.shoal(&["wasm", "run", &hello]).await.success();
+    for phase in ["[QUEUED]", "[STAGING]", "[RUNNING]", "[PUBLISHING]"] {
+        assert!(out.stderr.contains(phase), "no {phase} in {}", out.stderr);
+    }
+
+    for follow in [false, true] {
+        let mut command = Command::new(bin("shoal"));
+        command.args(["wasm", "run", "-s", "region=mars", &hello]);
+        if follow {
+            command.arg("-f");
+        }
+        let mut waiting = command
+            .env("SHOAL_ORCHESTRATOR", &stack.address)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn shoal");
+        let mut stderr = BufReader::new(waiting.stderr.take().expect("stderr"));
+        let line = crate::common::wait_for_line(&mut stderr, "satisfies the constraints").await;
+        assert!(line.starts_with("[QUEUED]"), "follow {follow}: {line}");
+        assert!(line.contains("region=mars"), "follow {follow}: {line}");
+    }
+}
+
+/// On a terminal the phases are one spinner line with the elapsed time, cleared when the
+/// job ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_terminal_waiting_is_a_spinner() {
+    let stack = Devstack::start(&[]).await;
+    let out = Command::new("python3")
+        .arg(path("tests/python/pty_run.py"))
+        .arg(bin("shoal"))
+        .args([
+            "wasm",
+            "run",
+            &path("tests/fixtures/ticker.wasm"),
+            "--",
+            "2",
+        ])
+        .env("SHOAL_ORCHESTRATOR", &stack.address)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("python3 runs");
+    let drawn = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{drawn}");
+    assert!(drawn.contains("running ("), "no spinner line: {drawn:?}");
+    assert!(drawn.contains("tick 1"), "{drawn:?}");
+    assert!(
+        !drawn.contains("[RUNNING]"),
+        "lines instead of a spinner: {drawn:?}"
+    );
+}

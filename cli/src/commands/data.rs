@@ -136,6 +136,11 @@ pub async fn upload(
     let bar = progress
         .then(|| ProgressBar::start(format!("uploading {}", path.display()), total, sent.clone()))
         .flatten();
+    if progress && bar.is_none() && total >= 1 << 20 {
+        // No terminal for a bar: still say why the wait.
+        let size = shoal::spec::units::format_size(total);
+        eprintln!("Uploading {} ({size})", path.display());
+    }
     let result = shoal::content::transfer::upload_path(
         storage,
         path,

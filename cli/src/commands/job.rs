@@ -441,6 +441,12 @@ pub async fn watch(clients: &mut Clients, job_id: &str, logs: bool) -> anyhow::R
     let mut next = 0;
     let mut backoff = OUTAGE_RETRY.backoff();
     let mut last_progress = tokio::time::Instant::now();
+    let mut phases = crate::progress::Phases::new(!logs);
+    let mut queued = false;
+    // Why a queued job waits changes without an event (it is the scheduler's note, not a
+    // state): looked up now and then while the job is queued.
+    let mut reason_check = tokio::time::interval(Duration::from_secs(1));
+    reason_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stream = clients
             .jobs
@@ -454,7 +460,18 @@ pub async fn watch(clients: &mut Clients, job_id: &str, logs: bool) -> anyhow::R
             Ok(stream) => {
                 let mut stream = stream.into_inner();
                 loop {
-                    let event = match stream.next().await {
+                    let next_event = tokio::select! {
+                        event = stream.next() => event,
+                        _ = reason_check.tick(), if queued => {
+                            if let Ok(job) = get_job(clients, job_id).await
+                                && job.state() == JobState::Queued
+                            {
+                                phases.waiting(&job.status_message);
+                            }
+                            continue;
+                        }
+                    };
+                    let event = match next_event {
                         None => break None,
                         Some(Ok(event)) => event,
                         Some(Err(status)) if status.is_transient() => break Some(status),
@@ -472,12 +489,16 @@ pub async fn watch(clients: &mut Clients, job_id: &str, logs: bool) -> anyhow::R
                             }
                         }
                         Some(job_event::Event::StateChange(change)) => {
-                            if logs {
-                                eprintln!("[{}] {}", change.state().short_name(), change.message);
-                            }
                             if change.state().is_terminal() {
+                                drop(phases);
+                                if logs {
+                                    let state = change.state().short_name();
+                                    eprintln!("[{state}] {}", change.message);
+                                }
                                 return get_job(clients, job_id).await;
                             }
+                            phases.state(change.state(), &change.message);
+                            queued = change.state() == JobState::Queued;
                         }
                         None => {}
                     }
