@@ -1,4 +1,4 @@
-//! `shoal-bench`: Shoal's benchmarks (targets B1-B10 and scale figures S1-S3), each
+//! `shoal-bench`: Shoal's benchmarks (targets B1-B12 and scale figures S1-S3), each
 //! printing its figure beside a baseline measured in the same run, and the ratio;
 //! `--json FILE` also appends one JSON line per figure with the machine state. `--smoke`
 //! runs tiny sizes (CI runs it so the benchmarks keep working; its figures mean nothing).
@@ -6,7 +6,7 @@
 //!
 //! Where each lives: `runtime` (B1, B7, B8: the executor's wasmtime runtime in process),
 //! `durability` (B4 and S1: the store and the scheduler in process), `cluster` (B2, B3,
-//! B5, B9, B10, S2, S3: real orchestrator and executor binaries from `stack`), `s3` (B6,
+//! B5, B9, B10, B11, B12, S2, S3: real orchestrator and executor binaries from `stack`), `s3` (B6,
 //! against SeaweedFS).
 
 mod cluster;
@@ -154,6 +154,8 @@ async fn main() -> anyhow::Result<()> {
     bench!("B8", |d: &Path| runtime::b8(&args, d.to_owned()));
     bench!("B9", |d: &Path| cluster::b9(&args, d.to_owned()));
     bench!("B10", |d: &Path| cluster::b10(&args, d.to_owned()));
+    bench!("B11", |d: &Path| cluster::b11(&args, d.to_owned()));
+    bench!("B12", |d: &Path| cluster::b12(&args, d.to_owned()));
     bench!("S1", |d: &Path| durability::s1(&args, d.to_owned()));
     bench!("S2", |d: &Path| cluster::s2_s3(&args, d.to_owned()));
 

@@ -88,7 +88,7 @@ pub async fn hello_loop_rate(dir: &Path, runs: usize) -> anyhow::Result<f64> {
 }
 
 /// p50 of `runs` executions of a process.
-fn process_p50(program: &str, args: &[&str], runs: usize) -> anyhow::Result<Duration> {
+pub(crate) fn process_p50(program: &str, args: &[&str], runs: usize) -> anyhow::Result<Duration> {
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {
         let started = Instant::now();

@@ -31,6 +31,12 @@ pub struct Config {
     /// Scratch space for executions and the compiled-module cache.
     #[arg(long, env = "SHOAL_WORK_DIR", default_value = "./shoal-executor")]
     pub work_dir: PathBuf,
+    /// Where compiled modules are cached (default: WORK_DIR/modules). Executors on one
+    /// machine that trust each other can share one, so a module compiled by one is loaded,
+    /// not compiled again, by the others: a compiled module is native code, so share it only
+    /// between executors run by the same operator with the same trust.
+    #[arg(long, env = "SHOAL_MODULE_CACHE")]
+    pub module_cache: Option<PathBuf>,
     /// Most stdout (and, separately, stderr) kept per execution; the rest is dropped.
     #[arg(long, env = "SHOAL_LOG_CAP", default_value = "64MiB", value_parser = shoal::spec::units::parse_size)]
     pub log_cap: u64,
@@ -95,6 +101,7 @@ impl Config {
             slots: default_slots(),
             memory_bytes: 8 << 30,
             work_dir,
+            module_cache: None,
             log_cap: 64 << 20,
             max_output_bytes: 10 << 30,
             max_input_bytes: 10 << 30,
@@ -108,6 +115,13 @@ impl Config {
             urls: Default::default(),
             metrics_listen: None,
         }
+    }
+
+    /// The compiled-module cache directory.
+    pub fn module_cache_dir(&self) -> PathBuf {
+        self.module_cache
+            .clone()
+            .unwrap_or_else(|| self.work_dir.join("modules"))
     }
 
     /// Checks what can be checked without starting: labels and slots.

@@ -57,7 +57,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let allocation = runtime::Allocation::Pooling {
         instances: config.slots.saturating_mul(2).max(4),
     };
-    let runtime = runtime::Runtime::new(&config.work_dir.join("modules"), allocation)?;
+    let runtime = runtime::Runtime::new(&config.module_cache_dir(), allocation)?;
     let bearer = config
         .security
         .bearer()

@@ -246,9 +246,10 @@ impl Runtime {
         if !path.exists() {
             return None;
         }
-        // SAFETY: the file was written by `Module::serialize` of this executor into its own
-        // cache directory, and wasmtime checks that it matches this engine's configuration
-        // (the engine hash is also part of the file name).
+        // SAFETY: the file was written by `Module::serialize` into the cache directory the
+        // operator gave this executor (its own, or one shared only with executors of the
+        // same trust, `--module-cache`), and wasmtime checks that it matches this engine's
+        // configuration (the engine hash is also part of the file name).
         #[allow(unsafe_code)]
         let module = unsafe { Module::deserialize_file(&self.engine, &path) };
         match module.map(|m| self.linker.instantiate_pre(&m)) {
@@ -299,7 +300,8 @@ impl Runtime {
         match module.serialize() {
             Ok(serialized) => {
                 let path = self.cache_path(cid);
-                let temp = path.with_extension("tmp");
+                // Named apart from every other writer: executors may share the directory.
+                let temp = path.with_extension(format!("{}.tmp", uuid::Uuid::now_v7().simple()));
                 if std::fs::write(&temp, serialized)
                     .and_then(|()| std::fs::rename(&temp, &path))
                     .is_err()

@@ -192,3 +192,69 @@ async fn a_bad_metrics_address_is_refused_at_start() {
         );
     }
 }
+
+/// Executors sharing a module cache (`--module-cache`) compile a module once between them:
+/// the second runs it from the first one's compiled copy, as its own metrics show.
+#[tokio::test(flavor = "multi_thread")]
+async fn executors_sharing_a_module_cache_compile_once() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let orchestrator = start_orchestrator_with(&scratch.path().join("data"), 0, &[]).await;
+    let address = orchestrator.address.clone();
+    let shared = scratch.path().join("modules");
+    let shared = shared.to_string_lossy();
+    let mut metrics = Vec::new();
+    let mut executors = Vec::new();
+    for who in ["one", "two"] {
+        let label = format!("who={who}");
+        let (executor, lines) = start_executor_logged(
+            &address,
+            &scratch.path().join(who),
+            who,
+            &[
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--label",
+                &label,
+                "--module-cache",
+                &shared,
+            ],
+            &[],
+        );
+        let endpoint = crate::common::json_log_line(&lines, "metrics listening", |line| {
+            line["message"] == "metrics listening"
+        })
+        .await["address"]
+            .as_str()
+            .expect("an address")
+            .to_owned();
+        metrics.push(endpoint);
+        executors.push(executor);
+    }
+    let hello = path("examples/hello/hello.wasm");
+    for who in ["one", "two"] {
+        let constraint = format!("who={who}");
+        crate::common::shoal(&address, &["wasm", "run", "-s", &constraint, &hello])
+            .await
+            .success();
+    }
+    let series = |text: &str, result: &str| {
+        let name = format!("shoal_executor_module_cache_total{{result=\"{result}\"}}");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&name)?.strip_prefix(' '))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let one = scrape(&metrics[0]).await;
+    assert_eq!(
+        series(&one, "miss"),
+        1.0,
+        "the first executor compiled it:\n{one}"
+    );
+    let two = scrape(&metrics[1]).await;
+    assert_eq!(
+        series(&two, "miss"),
+        0.0,
+        "the second compiled it again:\n{two}"
+    );
+    assert_eq!(series(&two, "hit"), 1.0, "{two}");
+}

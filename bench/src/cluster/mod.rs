@@ -1,9 +1,11 @@
 //! End-to-end benchmarks on real orchestrator and executor processes: B2 (durable
 //! throughput), B3 (latency), B5 (log and artifact streaming), B9 (many executors), B10
-//! (re-dispatch after a crash), S2 (memory per queued job) and S3 (restart with 100,000
+//! (re-dispatch after a crash), B11 (a module compiled once per machine), B12 (the CLI round trip), S2 (memory per queued job) and S3 (restart with 100,000
 //! jobs).
 
 mod b10;
+mod b11;
+mod b12;
 mod b2;
 mod b3;
 mod b5;
@@ -15,6 +17,8 @@ pub use b3::b3;
 pub use b5::b5;
 pub use b9::b9;
 pub use b10::b10;
+pub use b11::b11;
+pub use b12::b12;
 pub use s2_s3::s2_s3;
 
 use std::path::{Path, PathBuf};

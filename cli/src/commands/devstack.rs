@@ -120,6 +120,9 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
         config.s3.endpoint = args.s3_endpoint.clone();
         config.s3.force_path_style = args.s3_path_style;
         config.label = args.executor_labels.clone();
+        // One process, one trust domain: a module compiled by one executor is loaded by
+        // the others instead of being compiled again.
+        config.module_cache = Some(data_dir.join("modules"));
         config.label.push(format!("devstack.index={index}"));
         let token = shutdown.clone();
         tasks.spawn(async move {

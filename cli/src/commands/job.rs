@@ -369,7 +369,11 @@ pub async fn submit_and_wait(
         print_logs(clients, &job.id).await?;
     }
     // A failed or timed-out execution keeps what it wrote: that is when it is wanted most.
-    let result = latest_result(clients, &job.id).await?;
+    // A completed job carries its result; only another ending costs a lookup.
+    let result = match &job.result {
+        Some(result) => Some(result.clone()),
+        None => latest_result(clients, &job.id).await?,
+    };
     warn_if_truncated(&result);
     if let Some(dir) = &wait.download {
         let state = job.state().short_name();
@@ -445,7 +449,10 @@ pub async fn watch(clients: &mut Clients, job_id: &str, logs: bool) -> anyhow::R
     let mut queued = false;
     // Why a queued job waits changes without an event (it is the scheduler's note, not a
     // state): looked up now and then while the job is queued.
-    let mut reason_check = tokio::time::interval(Duration::from_secs(1));
+    // The first look is a second in: most jobs are placed long before, and a run should
+    // not pay a call for it.
+    let second = Duration::from_secs(1);
+    let mut reason_check = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
     reason_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stream = clients
