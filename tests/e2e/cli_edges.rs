@@ -509,3 +509,41 @@ async fn on_a_terminal_waiting_is_a_spinner() {
         "lines instead of a spinner: {drawn:?}"
     );
 }
+
+/// A large program the store already holds is not sent again: the CLI computes its CID and
+/// finds it, so the second run costs a lookup, not a 2 MiB upload.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_program_the_store_holds_is_not_sent_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [(
+        "RUST_LOG".to_owned(),
+        "info,shoal_orchestrator::service::storage=debug".to_owned(),
+    )];
+    let orchestrator =
+        crate::common::start_orchestrator_logged(&dir.path().join("data"), 0, &[], &env).await;
+    let _executor =
+        crate::common::start_executor(&orchestrator.address, &dir.path().join("ex"), "ex", &[]);
+    // A do-nothing program carrying 2 MiB of data.
+    let data = "*".repeat(2 << 20);
+    let text = format!(
+        "(module (memory (export \"memory\") 40) (data (i32.const 0) \"{data}\") (func (export \"_start\")))"
+    );
+    let program = dir.path().join("large.wasm");
+    std::fs::write(&program, wat::parse_str(&text).expect("wat")).expect("write");
+    let program = program.to_string_lossy().into_owned();
+    let uploads = || {
+        orchestrator
+            .lines
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|l| l.contains("upload stored"))
+            .count()
+    };
+    for run in 0..2 {
+        shoal(&orchestrator.address, &["wasm", "run", &program])
+            .await
+            .success();
+        assert_eq!(uploads(), 1, "after run {run}");
+    }
+}

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use shoal::net::retry::{Retry, Transient as _};
 use shoal::proto::{
     CancelJobRequest, GetJobRequest, GetLogsRequest, Job, JobSpec, JobState, ListExecutionsRequest,
-    ListJobsRequest, LogStream, SubmitJobRequest, WatchJobRequest, job_event,
+    ListJobsRequest, LogStream, StatRequest, SubmitJobRequest, WatchJobRequest, job_event,
 };
 use shoal::spec::SpecDocument;
 use tracing::Instrument as _;
@@ -296,6 +296,42 @@ pub async fn resolve_document(
     Ok(spec)
 }
 
+/// Files at least this big are hashed and looked up before they are uploaded: below it,
+/// sending the file is one round trip just as the lookup is.
+const HASH_BEFORE_UPLOAD: u64 = 1 << 20;
+
+/// The CID the store gives the file at `path` (the same UnixFS DAG its upload builds), if
+/// the store already holds it; None if it does not, or the lookup failed (then it is
+/// uploaded as usual).
+async fn already_stored(clients: &mut Clients, path: &Path) -> Option<String> {
+    let owned = path.to_owned();
+    let cid = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        use std::io::Read as _;
+        let mut file = std::fs::File::open(&owned)?;
+        let mut builder = shoal::content::unixfs::FileBuilder::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buffer)?;
+            if n == 0 {
+                break;
+            }
+            builder.write(&buffer[..n]);
+        }
+        Ok(builder.finish().1.cid.to_string())
+    })
+    .await
+    .ok()?
+    .ok()?;
+    let stat = clients
+        .storage
+        .stat(StatRequest {
+            cid: cid.clone(),
+            path: String::new(),
+        })
+        .await;
+    stat.ok().map(|_| cid)
+}
+
 /// A local path is uploaded; a CID is kept. Returns the CID and a display name.
 pub async fn resolve_source(
     clients: &mut Clients,
@@ -313,8 +349,18 @@ pub async fn resolve_source(
             path.display()
         );
     }
-    if std::fs::symlink_metadata(&path).is_ok() {
-        let cid = super::data::upload(&mut clients.storage, &path, true).await?;
+    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+        // A large file the store already holds (the same program, run again) is found by
+        // its CID, computed here, instead of being sent again.
+        let known = if meta.is_file() && meta.len() >= HASH_BEFORE_UPLOAD {
+            already_stored(clients, &path).await
+        } else {
+            None
+        };
+        let cid = match known {
+            Some(cid) => cid,
+            None => super::data::upload(&mut clients.storage, &path, true).await?,
+        };
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
