@@ -106,7 +106,7 @@ async fn sigterm_drains_an_executor() {
         "drainee",
         &["--drain-timeout", "2m"],
     );
-    wait_connected(&address).await;
+    wait_connected(&orchestrator, "drainee").await;
     // The first run fetches the program into its scratch directory, which is then deleted;
     // the next, from the module cache, leaves a clean one that is kept for reuse.
     let warm_up = crate::common::submit(&address, &[&ticker, "0"]).await;
@@ -143,7 +143,7 @@ async fn sigterm_drains_an_executor() {
         "drainee",
         &["--drain-timeout", "1s"],
     );
-    wait_connected(&address).await;
+    crate::common::wait_connections(&orchestrator, "drainee", 2).await;
     let id = crate::common::submit(&address, &[&ticker, "600"]).await;
     let _follower = crate::common::follow_until(&address, &id, "tick 0").await;
     sigterm(&executor);
@@ -177,7 +177,7 @@ async fn sigterm_stops_the_orchestrator_gracefully() {
     let mut orchestrator = start_orchestrator(&data, 0).await;
     let (address, port) = (orchestrator.address.clone(), orchestrator.port);
     let _executor = crate::common::start_executor(&address, &dir.path().join("e"), "drainee", &[]);
-    wait_connected(&address).await;
+    wait_connected(&orchestrator, "drainee").await;
     let hello = path("examples/hello/hello.wasm");
     shoal(&address, &["wasm", "run", &hello, "before"])
         .await

@@ -52,7 +52,7 @@ async fn both_daemons_export_their_metrics() {
             .as_str()
             .expect("an address")
             .to_owned();
-    wait_connected(&address).await;
+    wait_connected(&orchestrator, "metered").await;
 
     // Two jobs with the same program and a 1,000-byte input: one compile, one cache hit.
     let input = scratch.path().join("input.txt");

@@ -26,7 +26,7 @@ async fn orchestrator_restart_keeps_jobs() {
         "restart-test",
         &["--label", "zone=a"],
     );
-    wait_connected(&address).await;
+    wait_connected(&orchestrator, "restart-test").await;
 
     let hello = path("examples/hello/hello.wasm");
     let finished = shoal(&address, &["wasm", "run", "--id-only", &hello, "before"])
@@ -62,18 +62,10 @@ async fn orchestrator_restart_keeps_jobs() {
     .stdout
     .trim()
     .to_owned();
-    let deadline = tokio::time::Instant::now() + crate::common::TIMEOUT;
-    loop {
-        let job = shoal(&address, &["job", "describe", &running, "--output", "json"])
-            .await
-            .success()
-            .json();
-        if state(&job) == "JOB_STATE_RUNNING" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never ran: {job}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    crate::common::wait_job_state(&address, &running, "RUNNING", |job| {
+        state(job) == "JOB_STATE_RUNNING"
+    })
+    .await;
 
     orchestrator.kill().await.expect("kill -9 the orchestrator");
     let _orchestrator = start_orchestrator(&data, port).await;
@@ -235,7 +227,7 @@ async fn a_full_disk_refuses_work_then_recovers_by_itself() {
         "full-disk",
         &["--slots", "1"],
     );
-    wait_connected(&address).await;
+    wait_connected(&orchestrator, "full-disk").await;
     let hello = path("examples/hello/hello.wasm");
     let program = shoal(&address, &["data", "put", &hello])
         .await

@@ -51,28 +51,6 @@ async fn cli(
     shoal_with_env(address, args, &env).await
 }
 
-/// Waits until `node list` (as admin) shows `id` connected.
-async fn wait_connected(address: &str, env: &[(&str, &str)], id: &str) {
-    let deadline = tokio::time::Instant::now() + crate::common::TIMEOUT;
-    loop {
-        let out = cli(
-            address,
-            Some(ADMIN),
-            env,
-            &["node", "list", "--output", "json"],
-        )
-        .await;
-        if out.code == 0 && out.stdout.contains(id) && out.stdout.contains("NODE_STATE_CONNECTED") {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{id} never connected: {out:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_have_roles() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -97,7 +75,7 @@ async fn tokens_have_roles() {
         &["--token", EXECUTOR],
     );
     crate::common::drain(executor_stderr);
-    wait_connected(&address, &[], "honest").await;
+    crate::common::wait_connected(&orchestrator, "honest").await;
 
     // No token, or a wrong one: UNAUTHENTICATED.
     let out = cli(&address, None, &[], &["node", "list"]).await;
@@ -235,7 +213,7 @@ async fn tls_and_mutual_tls_for_executors() {
         ],
     );
     crate::common::drain(executor_stderr);
-    wait_connected(&address, &trust, "mtls").await;
+    crate::common::wait_connected(&orchestrator, "mtls").await;
     let hello = path("examples/hello/hello.wasm");
     let out = cli(&address, None, &trust, &["wasm", "run", &hello, "over-tls"])
         .await

@@ -165,7 +165,7 @@ async fn one_job_is_one_trace_across_cli_orchestrator_and_executor() {
         &[],
         &env,
     );
-    wait_connected(&address).await;
+    wait_connected(&orchestrator, "traced").await;
 
     let run = crate::common::shoal_with_env(
         &address,

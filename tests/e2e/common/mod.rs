@@ -304,20 +304,28 @@ pub async fn json_log_line(
         .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// Waits until an executor is connected to the orchestrator at `address`.
-pub async fn wait_connected(address: &str) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let nodes = shoal(address, &["node", "list", "--output", "json"]).await;
-        if nodes.code == 0 && nodes.stdout.contains("NODE_STATE_CONNECTED") {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the executor never connected"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+/// Waits until `orchestrator` has said that `executor_id` connected: its `executor
+/// connected` log line, written once the registration is committed (an event, not a poll).
+pub async fn wait_connected(orchestrator: &Orchestrator, executor_id: &str) {
+    wait_connections(orchestrator, executor_id, 1).await;
+}
+
+/// Waits until `orchestrator` has said `times` times in all that `executor_id` connected
+/// (a restarted executor's new connection).
+pub async fn wait_connections(orchestrator: &Orchestrator, executor_id: &str, times: usize) {
+    let connected = |line: &String| {
+        serde_json::from_str::<serde_json::Value>(line).is_ok_and(|value| {
+            value["message"] == "executor connected" && value["executor_id"] == executor_id
+        })
+    };
+    let what = format!("of {executor_id} connecting {times} time(s)");
+    orchestrator
+        .lines
+        .wait_until(&what, |lines| {
+            lines.iter().filter(|line| connected(line)).count() >= times
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// Follows a job's logs (`job logs -f`) until `line` appears, so the program is known to be

@@ -33,13 +33,37 @@ impl LogLines {
         what: &str,
         wanted: impl Fn(&str) -> anyhow::Result<Option<T>>,
     ) -> anyhow::Result<T> {
-        let find = || -> anyhow::Result<Option<T>> {
-            for line in self.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.iter() {
+        self.scan(what, |lines| {
+            for line in lines {
                 if let Some(value) = wanted(line)? {
                     return Ok(Some(value));
                 }
             }
             Ok(None)
+        })
+        .await
+    }
+
+    /// Waits until `done` holds for all the lines so far (e.g. a line seen twice), until
+    /// the timeout; `what` names what was waited for in the error.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        done: impl Fn(&[String]) -> bool,
+    ) -> anyhow::Result<()> {
+        self.scan(what, |lines| Ok(done(lines).then_some(()))).await
+    }
+
+    /// Runs `scan` over the lines so far and again at each new line, until it returns a
+    /// value, the log ends, or the timeout passes.
+    async fn scan<T>(
+        &self,
+        what: &str,
+        scan: impl Fn(&[String]) -> anyhow::Result<Option<T>>,
+    ) -> anyhow::Result<T> {
+        let find = || -> anyhow::Result<Option<T>> {
+            let lines = self.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            scan(&lines)
         };
         let wait = async {
             loop {
