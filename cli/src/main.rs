@@ -3,9 +3,28 @@
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // Parsed before any runtime exists, so `--help`, `--version` and usage errors cost no
+    // threads. A command is a client making a few calls: one thread does it and starts
+    // fastest. The devstack runs an orchestrator and executors: it gets every core.
     let cli = shoal_cli::Cli::parse();
+    let runtime = if matches!(cli.command, shoal_cli::Command::Devstack(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    }
+    .enable_all()
+    .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(error) => {
+            eprintln!("Error: cannot start the async runtime: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: shoal_cli::Cli) -> std::process::ExitCode {
     let options = shoal::daemon::telemetry::Options {
         format: shoal::daemon::telemetry::LogFormat::Pretty,
         default_directives: "warn",

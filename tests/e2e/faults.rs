@@ -243,7 +243,25 @@ async fn a_killed_executors_job_finishes_elsewhere() {
         &["--slots", "1"],
     );
     crate::common::wait_connected(&orchestrator, "doomed").await;
-    let id = crate::common::submit(&address, &[&path("tests/fixtures/ticker.wasm"), "3"]).await;
+    // A user waiting on the job through all of it.
+    let waiting = tokio::process::Command::new(crate::common::bin("shoal"))
+        .args(["wasm", "run", &path("tests/fixtures/ticker.wasm"), "3"])
+        .env("SHOAL_ORCHESTRATOR", &address)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn shoal");
+    let mut waiting = waiting;
+    let mut waiting_stderr = tokio::io::BufReader::new(waiting.stderr.take().expect("stderr"));
+    let submitted = crate::common::wait_for_line(&mut waiting_stderr, "submitted").await;
+    crate::common::drain(waiting_stderr);
+    let id = submitted
+        .split_whitespace()
+        .nth(1)
+        .expect("Job ID submitted")
+        .to_owned();
     let _follower = crate::common::follow_until(&address, &id, "tick 0").await;
     doomed.kill().await.expect("kill -9 the executor");
     let _rescuer = crate::common::start_executor(
@@ -254,6 +272,17 @@ async fn a_killed_executors_job_finishes_elsewhere() {
     );
     let job = crate::common::wait_terminal(&address, &id).await;
     assert_eq!(crate::common::state(&job), "JOB_STATE_COMPLETED", "{job}");
+    // The waiting user sees the output of the run that completed, once: not the lost
+    // run's ticks before it.
+    let printed = tokio::time::timeout(crate::common::TIMEOUT, waiting.wait_with_output())
+        .await
+        .expect("wasm run ends")
+        .expect("output");
+    assert_eq!(printed.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&printed.stdout),
+        "tick 0\ntick 1\ntick 2\n"
+    );
     let runs = crate::common::executions_of(&address, &id).await;
     assert_eq!(
         runs,

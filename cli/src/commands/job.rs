@@ -11,7 +11,8 @@ use futures::StreamExt;
 use shoal::net::retry::{Retry, Transient as _};
 use shoal::proto::{
     CancelJobRequest, GetJobRequest, GetLogsRequest, Job, JobSpec, JobState, ListExecutionsRequest,
-    ListJobsRequest, LogStream, StatRequest, SubmitJobRequest, WatchJobRequest, job_event,
+    ListJobsRequest, LogChunk, LogStream, StatRequest, SubmitJobRequest, WatchJobRequest,
+    job_event,
 };
 use shoal::spec::SpecDocument;
 use tracing::Instrument as _;
@@ -203,7 +204,7 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
         }
         JobCommand::Logs { id, follow } => {
             if follow {
-                watch(&mut clients, &id, true).await?;
+                watch(&mut clients, &id, Output::Live).await?;
             } else {
                 print_logs(&mut clients, &id).await?;
             }
@@ -401,8 +402,13 @@ pub async fn submit_and_wait(
     }
     eprintln!("Job {} submitted", job.id);
     // Ctrl-C stops the waiting, not the job: say how to stop that too.
-    let job = tokio::select! {
-        watched = watch(clients, &job.id, wait.follow) => watched?,
+    let output = if wait.follow {
+        Output::Live
+    } else {
+        Output::Collected
+    };
+    let watched = tokio::select! {
+        watched = watch(clients, &job.id, output) => watched?,
         _ = tokio::signal::ctrl_c() => {
             eprintln!(
                 "Stopped waiting; job {id} goes on. Stop it with: shoal job stop {id}",
@@ -411,8 +417,11 @@ pub async fn submit_and_wait(
             return Ok(EXIT_INTERRUPTED);
         }
     };
-    if !wait.follow {
-        print_logs(clients, &job.id).await?;
+    let job = watched.job;
+    match watched.collected {
+        Some(chunks) => print_chunks(chunks)?,
+        None if !wait.follow => print_logs(clients, &job.id).await?,
+        None => {}
     }
     // A failed or timed-out execution keeps what it wrote: that is when it is wanted most.
     // A completed job carries its result; only another ending costs a lookup.
@@ -487,7 +496,10 @@ const OUTAGE_RETRY: Retry =
 /// Follows a job until it ends, printing its output live if `logs`; resumes from the last
 /// event seen if the stream breaks (an orchestrator restart, say), giving up after a minute
 /// without an event. Returns the final job.
-pub async fn watch(clients: &mut Clients, job_id: &str, logs: bool) -> anyhow::Result<Job> {
+pub async fn watch(clients: &mut Clients, job_id: &str, output: Output) -> anyhow::Result<Watched> {
+    let logs = output == Output::Live;
+    let mut collected = (output == Output::Collected).then(Vec::new);
+    let mut collected_bytes = 0usize;
     let mut next = 0;
     let mut backoff = OUTAGE_RETRY.backoff();
     let mut last_progress = tokio::time::Instant::now();
@@ -506,7 +518,7 @@ pub async fn watch(clients: &mut Clients, job_id: &str, logs: bool) -> anyhow::R
             .watch_job(WatchJobRequest {
                 job_id: job_id.to_owned(),
                 from_sequence: next,
-                states_only: !logs,
+                states_only: output == Output::Ignored,
             })
             .await;
         let broken = match stream {
@@ -535,10 +547,20 @@ pub async fn watch(clients: &mut Clients, job_id: &str, logs: bool) -> anyhow::R
                     next = event.sequence + 1;
                     match event.event {
                         Some(job_event::Event::Log(chunk)) => {
-                            if chunk.stream() == LogStream::Stderr {
-                                let _ = std::io::stderr().write_all(&chunk.data);
-                            } else {
-                                crate::output::write_stdout(&chunk.data)?;
+                            if let Some(kept) = &mut collected {
+                                collected_bytes += chunk.data.len();
+                                if collected_bytes > MAX_COLLECTED_BYTES {
+                                    // Too much to hold: read it back from the store later.
+                                    collected = None;
+                                } else {
+                                    kept.push(chunk);
+                                }
+                            } else if logs {
+                                if chunk.stream() == LogStream::Stderr {
+                                    let _ = std::io::stderr().write_all(&chunk.data);
+                                } else {
+                                    crate::output::write_stdout(&chunk.data)?;
+                                }
                             }
                         }
                         Some(job_event::Event::StateChange(change)) => {
@@ -548,7 +570,25 @@ pub async fn watch(clients: &mut Clients, job_id: &str, logs: bool) -> anyhow::R
                                     let state = change.state().short_name();
                                     eprintln!("[{state}] {}", change.message);
                                 }
-                                return get_job(clients, job_id).await;
+                                // The terminal event carries how the job ended: no call
+                                // is needed to learn it.
+                                let job = Job {
+                                    id: job_id.to_owned(),
+                                    state: change.state,
+                                    execution_id: change.execution_id,
+                                    failure: change.failure,
+                                    result: change.result,
+                                    ..Default::default()
+                                };
+                                // Only the output of the execution that ended the job, as
+                                // the stored logs hold it.
+                                let collected = collected.map(|chunks| {
+                                    chunks
+                                        .into_iter()
+                                        .filter(|c| c.execution_id == job.execution_id)
+                                        .collect()
+                                });
+                                return Ok(Watched { job, collected });
                             }
                             phases.state(change.state(), &change.message);
                             queued = change.state() == JobState::Queued;
@@ -614,15 +654,47 @@ pub async fn print_logs(clients: &mut Clients, job_id: &str) -> anyhow::Result<(
         .await?
         .into_inner();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        if chunk.stream() == LogStream::Stderr {
-            std::io::stderr().write_all(&chunk.data)?;
-        } else {
-            crate::output::write_stdout(&chunk.data)?;
-        }
+        print_chunk(&chunk?)?;
     }
     Ok(())
 }
+
+/// Prints log chunks collected while watching, in order.
+fn print_chunks(chunks: Vec<LogChunk>) -> anyhow::Result<()> {
+    chunks.iter().try_for_each(print_chunk)
+}
+
+/// One chunk: stdout's to stdout, stderr's to stderr.
+fn print_chunk(chunk: &LogChunk) -> anyhow::Result<()> {
+    if chunk.stream() == LogStream::Stderr {
+        std::io::stderr().write_all(&chunk.data)?;
+    } else {
+        crate::output::write_stdout(&chunk.data)?;
+    }
+    Ok(())
+}
+
+/// What [`watch`] does with the job's output as it comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Printed at once (`-f`).
+    Live,
+    /// Kept, to print when the job ends without asking the store for it again.
+    Collected,
+    /// Not asked for.
+    Ignored,
+}
+
+/// How a watched job ended, and its output if [`Output::Collected`] kept it (None when it
+/// was more than the watch keeps in memory: it is then read from the store).
+#[derive(Debug)]
+pub struct Watched {
+    pub job: Job,
+    pub collected: Option<Vec<LogChunk>>,
+}
+
+/// Most output a watch keeps in memory for printing at the end.
+const MAX_COLLECTED_BYTES: usize = 16 << 20;
 
 async fn download_results(
     clients: &mut Clients,
