@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs Shoal's benchmarks (bench/: the performance targets B1-B10 and the scale figures S1-S3), each beside
+# Runs Shoal's benchmarks (bench/: the performance targets B1-B12 and the scale figures S1-S3), each beside
 # a baseline measured in the same run, and appends JSON lines to bench-results.jsonl.
 #
 #   scripts/bench.sh                 everything, perf build (release without LTO), full sizes (~15 min)
