@@ -403,28 +403,12 @@ async fn wait_false_and_extra_outputs_on_the_command_line() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_on_wasm_run_says_how_to_stop_the_job() {
     let stack = Devstack::start(&[]).await;
-    let mut run = Command::new(bin("shoal"))
-        .args([
-            "wasm",
-            "run",
-            &path("tests/fixtures/ticker.wasm"),
-            "--",
-            "600",
-        ])
-        .env("SHOAL_ORCHESTRATOR", &stack.address)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn shoal");
-    let mut stderr = BufReader::new(run.stderr.take().expect("stderr"));
-    let submitted = crate::common::wait_for_line(&mut stderr, "submitted").await;
-    let id = submitted
-        .split_whitespace()
-        .nth(1)
-        .expect("Job ID submitted")
-        .to_owned();
+    let ticker = path("tests/fixtures/ticker.wasm");
+    let crate::common::Waiting {
+        child: mut run,
+        id,
+        mut stderr,
+    } = crate::common::start_waiting_run(&stack.address, &[&ticker, "--", "600"]).await;
     crate::common::wait_job_state(&stack.address, &id, "RUNNING", |j| {
         state(j) == "JOB_STATE_RUNNING"
     })

@@ -244,24 +244,13 @@ async fn a_killed_executors_job_finishes_elsewhere() {
     );
     crate::common::wait_connected(&orchestrator, "doomed").await;
     // A user waiting on the job through all of it.
-    let waiting = tokio::process::Command::new(crate::common::bin("shoal"))
-        .args(["wasm", "run", &path("tests/fixtures/ticker.wasm"), "3"])
-        .env("SHOAL_ORCHESTRATOR", &address)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn shoal");
-    let mut waiting = waiting;
-    let mut waiting_stderr = tokio::io::BufReader::new(waiting.stderr.take().expect("stderr"));
-    let submitted = crate::common::wait_for_line(&mut waiting_stderr, "submitted").await;
-    crate::common::drain(waiting_stderr);
-    let id = submitted
-        .split_whitespace()
-        .nth(1)
-        .expect("Job ID submitted")
-        .to_owned();
+    let ticker = path("tests/fixtures/ticker.wasm");
+    let crate::common::Waiting {
+        child: waiting,
+        id,
+        stderr,
+    } = crate::common::start_waiting_run(&address, &[&ticker, "3"]).await;
+    crate::common::drain(stderr);
     let _follower = crate::common::follow_until(&address, &id, "tick 0").await;
     doomed.kill().await.expect("kill -9 the executor");
     let _rescuer = crate::common::start_executor(

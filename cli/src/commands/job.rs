@@ -190,12 +190,7 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
         JobCommand::Describe { id, output } => {
             let job = get_job(&mut clients, &id).await?;
             if output == Format::Table {
-                let executions = clients
-                    .jobs
-                    .list_executions(ListExecutionsRequest { job_id: id })
-                    .await?
-                    .into_inner()
-                    .executions;
+                let executions = executions_of(&mut clients, id).await?;
                 crate::out!("{}", super::describe::describe(&job, &executions));
             } else {
                 output::print_one(output, &job)?;
@@ -234,12 +229,7 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
             Ok(0)
         }
         JobCommand::Executions { id, output } => {
-            let executions = clients
-                .jobs
-                .list_executions(ListExecutionsRequest { job_id: id })
-                .await?
-                .into_inner()
-                .executions;
+            let executions = executions_of(&mut clients, id).await?;
             if output != Format::Table {
                 return output::print_structured(output, &executions).map(|()| 0);
             }
@@ -631,6 +621,19 @@ async fn submit(clients: &mut Clients, spec: JobSpec) -> anyhow::Result<Job> {
         .context("the orchestrator returned no job")
 }
 
+/// Every execution of the job, oldest first.
+async fn executions_of(
+    clients: &mut Clients,
+    job_id: String,
+) -> anyhow::Result<Vec<shoal::proto::Execution>> {
+    Ok(clients
+        .jobs
+        .list_executions(ListExecutionsRequest { job_id })
+        .await?
+        .into_inner()
+        .executions)
+}
+
 async fn get_job(clients: &mut Clients, job_id: &str) -> anyhow::Result<Job> {
     clients
         .jobs
@@ -736,14 +739,7 @@ async fn latest_result(
     if job.result.is_some() {
         return Ok(job.result);
     }
-    let executions = clients
-        .jobs
-        .list_executions(ListExecutionsRequest {
-            job_id: job_id.to_owned(),
-        })
-        .await?
-        .into_inner()
-        .executions;
+    let executions = executions_of(clients, job_id.to_owned()).await?;
     Ok(executions
         .into_iter()
         .find(|e| e.id == job.execution_id)

@@ -345,6 +345,36 @@ pub async fn follow_until(address: &str, job: &str, line: &str) -> Child {
     follower
 }
 
+/// A `shoal wasm run ARGS` left waiting on its job, with the job's id (from its
+/// "Job ID submitted" line) and the rest of its stderr.
+pub struct Waiting {
+    pub child: Child,
+    pub id: String,
+    pub stderr: BufReader<tokio::process::ChildStderr>,
+}
+
+/// Starts `shoal wasm run ARGS` against `address` and returns once it has submitted.
+pub async fn start_waiting_run(address: &str, args: &[&str]) -> Waiting {
+    let mut child = Command::new(bin("shoal"))
+        .args(["wasm", "run"])
+        .args(args)
+        .env("SHOAL_ORCHESTRATOR", address)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn shoal");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let submitted = wait_for_line(&mut stderr, "submitted").await;
+    let id = submitted
+        .split_whitespace()
+        .nth(1)
+        .expect("Job ID submitted")
+        .to_owned();
+    Waiting { child, id, stderr }
+}
+
 /// (executor, state, failure kind) of each of a job's executions, in order.
 pub async fn executions_of(address: &str, job: &str) -> Vec<(String, String, String)> {
     let out = shoal(address, &["job", "executions", job, "--output", "json"])
