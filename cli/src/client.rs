@@ -19,6 +19,33 @@ pub struct Clients {
     pub nodes: NodeServiceClient<AuthChannel>,
 }
 
+impl Clients {
+    /// One job, by id or unique prefix.
+    pub async fn job(&mut self, job_id: &str) -> anyhow::Result<shoal::proto::Job> {
+        self.jobs
+            .get_job(shoal::proto::GetJobRequest {
+                job_id: job_id.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .job
+            .context("the orchestrator returned no job")
+    }
+
+    /// Every execution of a job, oldest first.
+    pub async fn executions(
+        &mut self,
+        job_id: String,
+    ) -> anyhow::Result<Vec<shoal::proto::Execution>> {
+        Ok(self
+            .jobs
+            .list_executions(shoal::proto::ListExecutionsRequest { job_id })
+            .await?
+            .into_inner()
+            .executions)
+    }
+}
+
 /// Where the orchestrator is, how to prove ourselves to it, and how long to wait for it.
 #[derive(Debug, Clone)]
 pub struct Target {

@@ -11,7 +11,8 @@ use clap::{Args, Subcommand};
 use shoal::proto::{EntryKind, StatRequest};
 use shoal::spec::{InputDocument, OutputDocument, ResourcesDocument, SpecDocument};
 
-use super::job::{WaitArgs, resolve_document, submit_and_wait};
+use super::sources::resolve_document;
+use super::waiting::{WaitArgs, submit_and_wait};
 use crate::client::{Target, connect};
 
 #[derive(Debug, Subcommand)]

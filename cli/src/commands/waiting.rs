@@ -1,0 +1,343 @@
+//! Submitting a job and waiting for it: the submission retried under one idempotency key,
+//! the watch (phases on stderr, output live or kept for the end), the output printed, the
+//! exit code.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use futures::StreamExt;
+use shoal::net::retry::{Retry, Transient as _};
+use shoal::proto::{
+    GetLogsRequest, Job, JobSpec, JobState, LogChunk, LogStream, SubmitJobRequest, WatchJobRequest,
+    job_event,
+};
+use tracing::Instrument as _;
+
+use super::results::{download_results, latest_result};
+use crate::EXIT_JOB_NOT_COMPLETED;
+use crate::client::Clients;
+
+/// How `wasm run` and `job run` wait for the job they submit.
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// Wait for the job to end, print its output and exit with its exit code (default);
+    /// `--wait=false` is `--id-only`.
+    #[arg(
+        long,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        conflicts_with_all = ["id_only", "follow"]
+    )]
+    pub wait: Option<bool>,
+    /// Print the job id and return at once.
+    #[arg(long)]
+    pub id_only: bool,
+    /// Stream the program's output live while waiting.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// When the job ends, download its results into this directory.
+    #[arg(long)]
+    pub download: Option<PathBuf>,
+}
+
+/// Submits `spec` and waits as `wait` says; returns the exit code.
+pub async fn submit_and_wait(
+    clients: &mut Clients,
+    spec: JobSpec,
+    wait: &WaitArgs,
+) -> anyhow::Result<u8> {
+    let job = submit(clients, spec)
+        .instrument(tracing::info_span!("submit", otel.kind = "client"))
+        .await?;
+    if wait.id_only || wait.wait == Some(false) {
+        crate::outln!("{}", job.id);
+        return Ok(0);
+    }
+    eprintln!("Job {} submitted", job.id);
+    // Ctrl-C stops the waiting, not the job: say how to stop that too.
+    let output = if wait.follow {
+        Output::Live
+    } else {
+        Output::Collected
+    };
+    let watched = tokio::select! {
+        watched = watch(clients, &job.id, output) => watched?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!(
+                "Stopped waiting; job {id} goes on. Stop it with: shoal job stop {id}",
+                id = job.id
+            );
+            return Ok(EXIT_INTERRUPTED);
+        }
+    };
+    let job = watched.job;
+    match watched.collected {
+        Some(chunks) => print_chunks(chunks)?,
+        None if !wait.follow => print_logs(clients, &job.id).await?,
+        None => {}
+    }
+    // A failed or timed-out execution keeps what it wrote: that is when it is wanted most.
+    // A completed job carries its result; only another ending costs a lookup.
+    let result = match &job.result {
+        Some(result) => Some(result.clone()),
+        None => latest_result(clients, &job.id).await?,
+    };
+    warn_if_truncated(&result);
+    if let Some(dir) = &wait.download {
+        let state = job.state().short_name();
+        if result.is_some() {
+            download_results(clients, &job.id, "", dir).await?;
+            eprintln!(
+                "Results of job {} ({state}) written to {}",
+                job.id,
+                dir.display()
+            );
+        } else {
+            eprintln!(
+                "Job {} {state} before it produced results: nothing to download to {}",
+                job.id,
+                dir.display()
+            );
+        }
+    }
+    Ok(exit_code(&job))
+}
+
+/// Says on stderr when the printed stdout or stderr is not all the program wrote.
+pub(crate) fn warn_if_truncated(result: &Option<shoal::proto::ExecutionResult>) {
+    let Some(result) = result else { return };
+    for (stream, truncated, bytes) in [
+        ("stdout", result.stdout_truncated, result.stdout_bytes),
+        ("stderr", result.stderr_truncated, result.stderr_bytes),
+    ] {
+        if truncated {
+            eprintln!(
+                "Warning: the program wrote {bytes} bytes to {stream}; only the first part was kept (the executor's --log-cap)"
+            );
+        }
+    }
+}
+
+/// Exit code after Ctrl-C, as a shell reports a command killed by SIGINT.
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// The CLI's exit code for a finished job.
+pub fn exit_code(job: &Job) -> u8 {
+    match job.state() {
+        JobState::Completed => {
+            let code = job.result.as_ref().map(|r| r.exit_code).unwrap_or(0);
+            u8::try_from(code).unwrap_or(1)
+        }
+        state => {
+            let failure = job
+                .failure
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            eprintln!("Error: job {} {}: {failure}", job.id, state.short_name());
+            EXIT_JOB_NOT_COMPLETED
+        }
+    }
+}
+
+/// How long a watch or a submission keeps trying while the orchestrator is unreachable or
+/// answers UNAVAILABLE (a restart, a full disk).
+const OUTAGE_WINDOW: Duration = Duration::from_secs(60);
+const OUTAGE_RETRY: Retry =
+    Retry::window(OUTAGE_WINDOW).delays(Duration::from_millis(200), Duration::from_secs(2));
+
+/// Follows a job until it ends, printing its output live if `logs`; resumes from the last
+/// event seen if the stream breaks (an orchestrator restart, say), giving up after a minute
+/// without an event. Returns the final job.
+pub async fn watch(clients: &mut Clients, job_id: &str, output: Output) -> anyhow::Result<Watched> {
+    let logs = output == Output::Live;
+    let mut collected = (output == Output::Collected).then(Vec::new);
+    let mut collected_bytes = 0usize;
+    let mut next = 0;
+    let mut backoff = OUTAGE_RETRY.backoff();
+    let mut last_progress = tokio::time::Instant::now();
+    let mut phases = crate::progress::Phases::new(!logs);
+    let mut queued = false;
+    // Why a queued job waits changes without an event (it is the scheduler's note, not a
+    // state): looked up now and then while the job is queued.
+    // The first look is a second in: most jobs are placed long before, and a run should
+    // not pay a call for it.
+    let second = Duration::from_secs(1);
+    let mut reason_check = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
+    reason_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stream = clients
+            .jobs
+            .watch_job(WatchJobRequest {
+                job_id: job_id.to_owned(),
+                from_sequence: next,
+                states_only: output == Output::Ignored,
+            })
+            .await;
+        let broken = match stream {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    let next_event = tokio::select! {
+                        event = stream.next() => event,
+                        _ = reason_check.tick(), if queued => {
+                            if let Ok(job) = clients.job(job_id).await
+                                && job.state() == JobState::Queued
+                            {
+                                phases.waiting(&job.status_message);
+                            }
+                            continue;
+                        }
+                    };
+                    let event = match next_event {
+                        None => break None,
+                        Some(Ok(event)) => event,
+                        Some(Err(status)) if status.is_transient() => break Some(status),
+                        Some(Err(status)) => return Err(status.into()),
+                    };
+                    backoff.reset();
+                    last_progress = tokio::time::Instant::now();
+                    next = event.sequence + 1;
+                    match event.event {
+                        Some(job_event::Event::Log(chunk)) => {
+                            if let Some(kept) = &mut collected {
+                                collected_bytes += chunk.data.len();
+                                if collected_bytes > MAX_COLLECTED_BYTES {
+                                    // Too much to hold: read it back from the store later.
+                                    collected = None;
+                                } else {
+                                    kept.push(chunk);
+                                }
+                            } else if logs {
+                                if chunk.stream() == LogStream::Stderr {
+                                    let _ = std::io::stderr().write_all(&chunk.data);
+                                } else {
+                                    crate::output::write_stdout(&chunk.data)?;
+                                }
+                            }
+                        }
+                        Some(job_event::Event::StateChange(change)) => {
+                            if change.state().is_terminal() {
+                                drop(phases);
+                                if logs {
+                                    let state = change.state().short_name();
+                                    eprintln!("[{state}] {}", change.message);
+                                }
+                                // The terminal event carries how the job ended: no call
+                                // is needed to learn it.
+                                let job = Job {
+                                    id: job_id.to_owned(),
+                                    state: change.state,
+                                    execution_id: change.execution_id,
+                                    failure: change.failure,
+                                    result: change.result,
+                                    ..Default::default()
+                                };
+                                // Only the output of the execution that ended the job, as
+                                // the stored logs hold it.
+                                let collected = collected.map(|chunks| {
+                                    chunks
+                                        .into_iter()
+                                        .filter(|c| c.execution_id == job.execution_id)
+                                        .collect()
+                                });
+                                return Ok(Watched { job, collected });
+                            }
+                            phases.state(change.state(), &change.message);
+                            queued = change.state() == JobState::Queued;
+                        }
+                        None => {}
+                    }
+                }
+            }
+            Err(status) if status.is_transient() => Some(status),
+            Err(status) => return Err(status.into()),
+        };
+        if last_progress.elapsed() > OUTAGE_WINDOW {
+            match broken {
+                Some(status) => bail!("lost the watch on job {job_id}: {}", status.message()),
+                None => bail!("lost the watch on job {job_id}"),
+            }
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// Submits `spec` under an idempotency key of this invocation's own, retrying for up to
+/// about a minute while the orchestrator is unreachable or answers UNAVAILABLE (a restart,
+/// a full disk): the key makes a retry of a submission that did land return that job
+/// instead of a second one.
+async fn submit(clients: &mut Clients, spec: JobSpec) -> anyhow::Result<Job> {
+    let request = SubmitJobRequest {
+        spec: Some(spec),
+        idempotency_key: uuid::Uuid::now_v7().to_string(),
+    };
+    let response = OUTAGE_RETRY
+        .run("submitting the job", || {
+            let (mut jobs, request) = (clients.jobs.clone(), request.clone());
+            async move { jobs.submit_job(request).await }
+        })
+        .await?;
+    response
+        .into_inner()
+        .job
+        .context("the orchestrator returned no job")
+}
+
+/// Prints a job's stored stdout (to stdout) and stderr (to stderr).
+pub async fn print_logs(clients: &mut Clients, job_id: &str) -> anyhow::Result<()> {
+    let mut stream = clients
+        .jobs
+        .get_logs(GetLogsRequest {
+            job_id: job_id.to_owned(),
+            execution_id: String::new(),
+        })
+        .await?
+        .into_inner();
+    while let Some(chunk) = stream.next().await {
+        print_chunk(&chunk?)?;
+    }
+    Ok(())
+}
+
+/// Prints log chunks collected while watching, in order.
+fn print_chunks(chunks: Vec<LogChunk>) -> anyhow::Result<()> {
+    chunks.iter().try_for_each(print_chunk)
+}
+
+/// One chunk: stdout's to stdout, stderr's to stderr.
+fn print_chunk(chunk: &LogChunk) -> anyhow::Result<()> {
+    if chunk.stream() == LogStream::Stderr {
+        std::io::stderr().write_all(&chunk.data)?;
+    } else {
+        crate::output::write_stdout(&chunk.data)?;
+    }
+    Ok(())
+}
+
+/// What [`watch`] does with the job's output as it comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Printed at once (`-f`).
+    Live,
+    /// Kept, to print when the job ends without asking the store for it again.
+    Collected,
+    /// Not asked for.
+    Ignored,
+}
+
+/// How a watched job ended, and its output if [`Output::Collected`] kept it (None when it
+/// was more than the watch keeps in memory: it is then read from the store).
+#[derive(Debug)]
+pub struct Watched {
+    pub job: Job,
+    pub collected: Option<Vec<LogChunk>>,
+}
+
+/// Most output a watch keeps in memory for printing at the end.
+const MAX_COLLECTED_BYTES: usize = 16 << 20;
