@@ -49,7 +49,7 @@ impl Phases {
 
     /// Why a queued job still waits (the orchestrator's scheduling note), when it changed.
     pub fn waiting(&mut self, reason: &str) {
-        if reason.is_empty() {
+        if reason.is_empty() || reason == "queued" {
             return;
         }
         self.show(JobState::Queued, &format!("queued: {reason}"), reason);

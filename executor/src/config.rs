@@ -40,7 +40,8 @@ pub struct Config {
     /// Most stdout (and, separately, stderr) kept per execution; the rest is dropped.
     #[arg(long, env = "SHOAL_LOG_CAP", default_value = "64MiB", value_parser = shoal::spec::units::parse_size)]
     pub log_cap: u64,
-    /// Most bytes of outputs and logs an execution may publish.
+    /// Most bytes of outputs and logs an execution may publish; what it writes to its /tmp
+    /// counts too.
     #[arg(long, env = "SHOAL_MAX_OUTPUT", default_value = "10GiB", value_parser = shoal::spec::units::parse_size)]
     pub max_output_bytes: u64,
     /// Disk space for cached inputs (by CID, or by URL and strong ETag); 0 disables it.

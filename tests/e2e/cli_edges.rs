@@ -363,6 +363,9 @@ async fn wait_false_and_extra_outputs_on_the_command_line() {
     let by_prefix = stack.shoal(&["job", "describe", &id[..30]]).await.success();
     assert!(by_prefix.stdout.contains(id), "{by_prefix:?}");
     stack.shoal(&["job", "logs", &second[..30]]).await.success();
+    // A whole id without its hyphens is still a whole id, not a prefix.
+    let plain = id.replace('-', "");
+    stack.shoal(&["job", "describe", &plain]).await.success();
     let shared = stack.shoal(&["job", "describe", &id[..4]]).await;
     assert_eq!(shared.code, 1, "{shared:?}");
     assert!(shared.stderr.contains("is ambiguous"), "{shared:?}");

@@ -160,7 +160,7 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
         JobCommand::Describe { id, output } => {
             let job = clients.job(&id).await?;
             if output == Format::Table {
-                let executions = clients.executions(id).await?;
+                let executions = clients.executions(job.id.clone()).await?;
                 crate::out!("{}", describe(&job, &executions));
             } else {
                 output::print_one(output, &job)?;

@@ -75,6 +75,15 @@ pub async fn submit_and_wait(
             return Ok(EXIT_INTERRUPTED);
         }
     };
+    // tokio now owns SIGINT for the process: from here on a Ctrl-C ends the command too.
+    tokio::select! {
+        finished = finish(clients, watched, wait) => finished,
+        _ = tokio::signal::ctrl_c() => Ok(EXIT_INTERRUPTED),
+    }
+}
+
+/// After the wait: the output printed, the results fetched if asked, the exit code.
+async fn finish(clients: &mut Clients, watched: Watched, wait: &WaitArgs) -> anyhow::Result<u8> {
     let job = watched.job;
     match watched.collected {
         Some(chunks) => print_chunks(chunks)?,

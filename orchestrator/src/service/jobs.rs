@@ -38,6 +38,10 @@ impl JobApi {
 
     /// The job a request names: its whole id, or a unique prefix of it.
     async fn job_id(&self, text: &str) -> Result<String> {
+        // A whole id in any spelling the id type takes (hyphenless too) first.
+        if let Ok(id) = super::full_job_id(text) {
+            return Ok(id);
+        }
         match super::job_id_prefix(text) {
             Some(prefix) => self.0.read(|c| c.job_with_prefix(&prefix)).await,
             None => super::full_job_id(text),

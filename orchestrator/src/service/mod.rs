@@ -168,7 +168,9 @@ fn tls_config(config: &crate::Config) -> Result<Option<ServerTlsConfig>> {
 
 /// Parses a job id from a request, naming the field when it is malformed.
 fn job_id(text: &str) -> Result<String> {
-    if let Some(prefix) = job_id_prefix(text) {
+    if full_job_id(text).is_err()
+        && let Some(prefix) = job_id_prefix(text)
+    {
         return Err(Error::InvalidArgument(format!(
             "job_id {prefix:?} is a prefix; this call needs the whole id"
         )));
