@@ -114,11 +114,15 @@ async fn sigterm_drains_an_executor() {
     let id = crate::common::submit(&address, &[&ticker, "3"]).await;
     let _follower = crate::common::follow_until(&address, &id, "tick 0").await;
     sigterm(&executor);
-    let describe = ["node", "describe", "drainee", "--output", "json"];
-    crate::common::poll_json(&address, &describe, "a DRAINING executor", |node| {
-        node["state"] == "NODE_STATE_DRAINING"
+    // The orchestrator says when it records the drain; the node then shows it (the job
+    // keeps it draining for seconds yet).
+    crate::common::json_log_line(&orchestrator.lines, "of the drain", |line| {
+        line["message"] == "executor draining" && line["executor_id"] == "drainee"
     })
     .await;
+    let describe = ["node", "describe", "drainee", "--output", "json"];
+    let node = shoal(&address, &describe).await.success().json();
+    assert_eq!(node["state"], "NODE_STATE_DRAINING", "{node}");
     let status = tokio::time::timeout(crate::common::TIMEOUT, executor.wait())
         .await
         .expect("the executor exits after its drain")

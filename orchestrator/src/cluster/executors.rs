@@ -165,6 +165,7 @@ impl Cluster {
             entry.node.state = NodeState::Draining as i32;
             let node = entry.node.clone();
             self.effects.writes.push(Write::Node(node));
+            tracing::info!(executor_id, "executor draining");
         }
     }
 
