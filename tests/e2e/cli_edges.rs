@@ -10,24 +10,11 @@ use crate::common::{
     Devstack, TIMEOUT, bin, path, shoal, start_orchestrator, state, wait_terminal,
 };
 
-/// Runs `command` to its end (bounded by the harness timeout); returns its exit code and
-/// stderr.
-async fn finish(mut command: Command) -> (i32, String) {
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let output = tokio::time::timeout(TIMEOUT, child.wait_with_output())
-        .await
-        .expect("it ends instead of waiting on the directory")
-        .expect("output");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+/// Runs `command` to its end (bounded by the harness timeout): a refused daemon must exit,
+/// not wait on the directory. Returns its exit code and stderr.
+async fn finish(command: Command) -> (i32, String) {
+    let out = crate::common::run_to_end(command, "a second daemon").await;
+    (out.code, out.stderr)
 }
 
 /// A second devstack on a data directory in use is refused, naming the running one's pid,

@@ -72,20 +72,28 @@ pub async fn shoal(address: &str, args: &[&str]) -> Output {
 
 /// Runs the `shoal` CLI against `address` with extra environment variables.
 pub async fn shoal_with_env(address: &str, args: &[&str], env: &[(String, String)]) -> Output {
-    let child = Command::new(bin("shoal"))
+    let mut command = Command::new(bin("shoal"));
+    command
         .args(args)
         .env("SHOAL_ORCHESTRATOR", address)
-        .envs(env.iter().map(|(k, v)| (k, v)))
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    run_to_end(command, &format!("shoal {args:?}")).await
+}
+
+/// Runs `command` (stdin closed, stdout and stderr captured) to its end, within the
+/// timeout; `what` names it if it does not end.
+pub async fn run_to_end(mut command: Command, what: &str) -> Output {
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("spawn shoal");
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
     let output = tokio::time::timeout(TIMEOUT, child.wait_with_output())
         .await
-        .unwrap_or_else(|_| panic!("shoal {args:?} did not finish within {TIMEOUT:?}"))
-        .expect("shoal output");
+        .unwrap_or_else(|_| panic!("{what} did not finish within {TIMEOUT:?}"))
+        .expect("output");
     Output {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
