@@ -34,6 +34,15 @@ pub enum Error {
     /// The write-ahead log is damaged or missing; the message says where and what to do.
     #[error("{0}")]
     LogDamaged(crate::store::wal::LogDamage),
+    /// Copying or pinning outside data failed (`action` says what was being done); the
+    /// source's answer decides the status: a source that could not be reached is
+    /// UNAVAILABLE, so a client may try again later; one that refused or served the wrong
+    /// bytes, or data past the limit, is FAILED_PRECONDITION.
+    #[error("cannot {action}: {error}")]
+    Fetch {
+        action: String,
+        error: shoal::data::DataError,
+    },
     /// The orchestrator is shutting down.
     #[error("the orchestrator is shutting down")]
     ShuttingDown,
@@ -80,6 +89,7 @@ impl From<Error> for tonic::Status {
     /// The one mapping from the orchestrator's errors to gRPC statuses; every message is
     /// cut to `shoal::error::MAX_STATUS_MESSAGE`.
     fn from(error: Error) -> Self {
+        use shoal::data::DataError;
         use tonic::Code;
         let code = match &error {
             Error::Core(core) => return core.status(),
@@ -90,6 +100,16 @@ impl From<Error> for tonic::Status {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::ShuttingDown | Error::StoreUnavailable(_) => Code::Unavailable,
+            Error::Fetch { error, .. } => match error {
+                DataError::Unavailable(_) => Code::Unavailable,
+                DataError::Refused(_) | DataError::Invalid(_) | DataError::TooLarge(_) => {
+                    Code::FailedPrecondition
+                }
+                DataError::Local(_) => {
+                    tracing::error!(%error, "copying outside data failed here");
+                    Code::Internal
+                }
+            },
             // A full disk: retryable once space is freed.
             Error::Io(io)
                 if matches!(

@@ -19,7 +19,8 @@ async fn finish(command: Command) -> (i32, String) {
 
 /// A second devstack on a data directory in use is refused, naming the running one's pid,
 /// and the running one is untouched: inputs its executors cached still stage. The same for a
-/// second orchestrator on a data directory and a second executor on a work directory.
+/// second orchestrator on a data directory, a second executor on a work directory, and a
+/// devstack one of whose executors' work directories another executor holds.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_daemon_on_a_directory_in_use_is_refused_and_the_first_is_untouched() {
     let stack = Devstack::start(&[]).await;
@@ -66,7 +67,8 @@ async fn a_second_daemon_on_a_directory_in_use_is_refused_and_the_first_is_untou
         "{stderr}"
     );
 
-    let work = dir.path().join("executor");
+    // Where a devstack on `stack` keeps its second executor (used below).
+    let work = dir.path().join("stack").join("executor-1");
     let mut first = Command::new(bin("shoal-executor"));
     first
         .args([
@@ -106,6 +108,20 @@ async fn a_second_daemon_on_a_directory_in_use_is_refused_and_the_first_is_untou
     assert!(
         first.try_wait().expect("status").is_none(),
         "the first executor kept running"
+    );
+
+    // A devstack whose executor's work directory another daemon holds stops while starting
+    // and says why, instead of waiting for an executor that will never connect.
+    let held = dir.path().join("stack");
+    let mut stack = Command::new(bin("shoal"));
+    stack
+        .args(["devstack", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&held);
+    let (code, stderr) = finish(stack).await;
+    assert_ne!(code, 0, "a devstack started without its executor: {stderr}");
+    assert!(
+        stderr.contains(&format!("is in use by process {pid}")),
+        "{stderr}"
     );
 }
 

@@ -43,7 +43,7 @@ async fn cordon_uncordon_and_drain() {
         drained.stdout
     );
     stack
-        .poll_job(
+        .wait_job(
             &id,
             "queued again, waiting for an uncordoned executor",
             |j| {

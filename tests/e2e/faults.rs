@@ -3,9 +3,8 @@
 //! network by a proxy. Every acknowledged job must end in exactly one terminal state, with
 //! its results intact, and nothing may run to completion twice.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::common::{path, start_orchestrator};
@@ -14,7 +13,7 @@ use shoal::proto::job_service_client::JobServiceClient;
 use shoal::proto::storage_service_client::StorageServiceClient;
 use shoal::proto::{
     DownloadResultsRequest, ExecutionState, GetLogsRequest, JobSpec, JobState,
-    ListExecutionsRequest, LogStream, SubmitJobRequest,
+    ListExecutionsRequest, LogStream, SubmitJobRequest, WatchJobRequest,
 };
 
 const JOBS: usize = 500;
@@ -29,16 +28,13 @@ fn channel(address: &str) -> AuthChannel {
     AuthChannel::new(channel, CallerMetadata::default())
 }
 
-/// Waits until `count` jobs have been acknowledged.
-async fn wait_acked(acked: &AtomicUsize, count: usize) {
-    let deadline = tokio::time::Instant::now() + crate::common::TIMEOUT * 4;
-    while acked.load(Ordering::SeqCst) < count {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "submissions stalled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Waits until `count` jobs have been acknowledged (each acknowledgement wakes it).
+async fn wait_acked(acked: &tokio::sync::watch::Sender<usize>, count: usize) {
+    let mut seen = acked.subscribe();
+    tokio::time::timeout(crate::common::TIMEOUT * 4, seen.wait_for(|n| *n >= count))
+        .await
+        .expect("submissions stalled")
+        .expect("the counter lives as long as the test");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -67,7 +63,7 @@ async fn acknowledged_jobs_survive_two_orchestrator_kills() {
 
     // Concurrent clients submit, retrying whatever fails (the orchestrator may be down);
     // a job counts once the orchestrator acknowledged it.
-    let acked = Arc::new(AtomicUsize::new(0));
+    let acked = Arc::new(tokio::sync::watch::Sender::new(0usize));
     let mut clients = Vec::new();
     for client in 0..CLIENTS {
         let (address, program, acked) = (address.clone(), program.clone(), acked.clone());
@@ -94,7 +90,7 @@ async fn acknowledged_jobs_survive_two_orchestrator_kills() {
                         Ok(response) => {
                             let job = response.into_inner().job.expect("job");
                             mine.insert(job.id, n);
-                            acked.fetch_add(1, Ordering::SeqCst);
+                            acked.send_modify(|n| *n += 1);
                             break;
                         }
                         Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -144,35 +140,33 @@ async fn acknowledged_jobs_survive_two_orchestrator_kills() {
 
     // Every acknowledged job completes, once, with its own output.
     let mut jobs = JobServiceClient::new(channel(&address));
-    let deadline = tokio::time::Instant::now() + crate::common::TIMEOUT * 6;
-    let mut pending: HashSet<String> = submitted.keys().cloned().collect();
-    while !pending.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} jobs never finished",
-            pending.len()
-        );
-        let mut done = Vec::new();
-        for id in pending.iter().take(200) {
+    // Each job's watch stream ends with its terminal event: one after another, each wait
+    // is for that event, not a poll.
+    let all_done = async {
+        for id in submitted.keys() {
+            let mut events = jobs
+                .watch_job(WatchJobRequest {
+                    job_id: id.clone(),
+                    from_sequence: 0,
+                    states_only: true,
+                })
+                .await
+                .expect("every acknowledged job is known")
+                .into_inner();
+            while events.message().await.expect("watch").is_some() {}
             let job = jobs
                 .get_job(shoal::proto::GetJobRequest { job_id: id.clone() })
                 .await
-                .expect("every acknowledged job is known")
+                .expect("job")
                 .into_inner()
                 .job
                 .expect("job");
-            if job.state().is_terminal() {
-                assert_eq!(job.state(), JobState::Completed, "{job:?}");
-                done.push(id.clone());
-            }
+            assert_eq!(job.state(), JobState::Completed, "{job:?}");
         }
-        for id in &done {
-            pending.remove(id);
-        }
-        if done.is_empty() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    };
+    tokio::time::timeout(crate::common::TIMEOUT * 6, all_done)
+        .await
+        .expect("every acknowledged job finishes");
     for (id, n) in &submitted {
         let executions = jobs
             .list_executions(ListExecutionsRequest { job_id: id.clone() })

@@ -1,5 +1,5 @@
 //! Inputs and programs fetched by URL from an in-test HTTP server that misbehaves on
-//! purpose: 404, a 500 before a 200, a redirect loop, a truncated body, an oversize body, a
+//! purpose: 404, a 500 before a 200, a 503 that lasts, a redirect loop, a truncated body, an oversize body, a
 //! wrong checksum and a body too slow for the staging timeout.
 
 use std::sync::Arc;
@@ -42,6 +42,10 @@ async fn serve(hits: Arc<Hits>) -> String {
             }),
         )
         .route("/data.txt", get(|| async { DATA }))
+        .route(
+            "/down",
+            get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "down for maintenance") }),
+        )
         .route("/hello.wasm", get(move || async move { hello }))
         .route(
             "/missing",
@@ -192,6 +196,16 @@ async fn url_inputs_are_fetched_verified_and_failures_named() {
         missing.stderr.contains("HTTP 404") && missing.stderr.contains("FailedPrecondition"),
         "{}",
         missing.stderr
+    );
+    // A server that stays down is UNAVAILABLE (worth trying later), after the retries.
+    let down = stack.shoal(&["data", "cp", &format!("{base}/down")]).await;
+    assert_eq!(down.code, 1, "{down:?}");
+    assert!(
+        down.stderr.contains("HTTP 503")
+            && down.stderr.contains("gave up after")
+            && down.stderr.contains("Unavailable"),
+        "{}",
+        down.stderr
     );
 
     // A program by URL.

@@ -368,7 +368,7 @@ async fn unsatisfiable_constraint_is_explained() {
     let hello = path("examples/hello/hello.wasm");
     let id = stack.submit(&[&hello, "-s", "region=mars"]).await;
     let job = stack
-        .poll_job(&id, "an explanation", |j| {
+        .wait_job(&id, "an explanation", |j| {
             j["statusMessage"]
                 .as_str()
                 .unwrap_or_default()

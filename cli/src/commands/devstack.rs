@@ -132,7 +132,16 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
         });
     }
 
-    wait_until_ready(&address, args.executors as usize).await?;
+    // A part that stops while the others start (an executor refused by the lock of another
+    // daemon's work directory, say) says why, rather than leaving the wait to time out.
+    tokio::select! {
+        ready = wait_until_ready(&address, args.executors as usize) => ready?,
+        Some(result) = tasks.join_next() => {
+            shutdown.cancel();
+            result??;
+            anyhow::bail!("a devstack component stopped while starting");
+        }
+    }
     crate::outln!(
         "Shoal devstack ready: orchestrator at {address} with {} executor(s)",
         args.executors
@@ -161,7 +170,9 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until every executor has registered, so the first job runs at once.
+/// Waits until every executor has registered, so the first job runs at once. Asks the
+/// orchestrator every 50 ms: the executors run in this process and register within a few
+/// milliseconds, and the API has no stream of node changes to wait on.
 async fn wait_until_ready(address: &str, executors: usize) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut clients = connect(&Target::plain(address)).await?;

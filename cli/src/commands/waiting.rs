@@ -171,14 +171,6 @@ pub async fn watch(clients: &mut Clients, job_id: &str, output: Output) -> anyho
     let mut backoff = OUTAGE_RETRY.backoff();
     let mut last_progress = tokio::time::Instant::now();
     let mut phases = crate::progress::Phases::new(!logs);
-    let mut queued = false;
-    // Why a queued job waits changes without an event (it is the scheduler's note, not a
-    // state): looked up now and then while the job is queued.
-    // The first look is a second in: most jobs are placed long before, and a run should
-    // not pay a call for it.
-    let second = Duration::from_secs(1);
-    let mut reason_check = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
-    reason_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stream = clients
             .jobs
@@ -192,18 +184,7 @@ pub async fn watch(clients: &mut Clients, job_id: &str, output: Output) -> anyho
             Ok(stream) => {
                 let mut stream = stream.into_inner();
                 loop {
-                    let next_event = tokio::select! {
-                        event = stream.next() => event,
-                        _ = reason_check.tick(), if queued => {
-                            if let Ok(job) = clients.job(job_id).await
-                                && job.state() == JobState::Queued
-                            {
-                                phases.waiting(&job.status_message);
-                            }
-                            continue;
-                        }
-                    };
-                    let event = match next_event {
+                    let event = match stream.next().await {
                         None => break None,
                         Some(Ok(event)) => event,
                         Some(Err(status)) if status.is_transient() => break Some(status),
@@ -258,7 +239,9 @@ pub async fn watch(clients: &mut Clients, job_id: &str, output: Output) -> anyho
                                 return Ok(Watched { job, collected });
                             }
                             phases.state(change.state(), &change.message);
-                            queued = change.state() == JobState::Queued;
+                        }
+                        Some(job_event::Event::Waiting(waiting)) => {
+                            phases.waiting(&waiting.reason);
                         }
                         None => {}
                     }

@@ -87,6 +87,7 @@ impl Cluster {
                 rules,
                 last_sequence: 0,
                 queued_since: now,
+                waiting_notes: 0,
             },
         );
         self.set_job_state(&id, JobState::Queued, "queued".into(), None, None, now);

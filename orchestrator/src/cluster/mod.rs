@@ -95,7 +95,13 @@ struct JobEntry {
     rules: JobRules,
     last_sequence: u64,
     queued_since: SystemTime,
+    /// `Waiting` events recorded in this stay in the queue (capped at [`MAX_WAITING_NOTES`]).
+    waiting_notes: u32,
 }
+
+/// Most `Waiting` events one stay in the queue records: enough for a person to follow why a
+/// job waits, few enough that a flapping fleet cannot grow a job's history without end.
+const MAX_WAITING_NOTES: u32 = 32;
 
 struct NodeLink {
     generation: u64,
@@ -189,6 +195,7 @@ impl Cluster {
                     rules,
                     last_sequence,
                     queued_since,
+                    waiting_notes: 0,
                 },
             );
         }
@@ -441,6 +448,7 @@ impl Cluster {
         }
         if state == JobState::Queued {
             entry.queued_since = now;
+            entry.waiting_notes = 0;
             job.failure = None;
         }
         if failure.is_some() {

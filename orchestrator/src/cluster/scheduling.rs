@@ -7,7 +7,8 @@ use std::ops::Bound;
 use std::time::SystemTime;
 
 use shoal::proto::{
-    Execution, ExecutionState, Failure, FailureKind, JobState, NodeState, orchestrator_message,
+    Execution, ExecutionState, Failure, FailureKind, JobState, NodeState, Waiting, job_event,
+    orchestrator_message,
 };
 use shoal::spec::selector::Selector;
 
@@ -96,10 +97,16 @@ impl Cluster {
                     now,
                 );
             } else if stale_reason {
-                // Not an event, but persisted so `describe` says why the job waits.
+                // Persisted so `describe` says why the job waits, and an event so a watcher
+                // learns it without asking (up to a cap per stay in the queue).
                 if let Some(entry) = self.jobs.get_mut(&job_id) {
-                    entry.job.status_message = reason;
+                    entry.job.status_message = reason.clone();
                     self.effects.writes.push(Write::Job(entry.job.clone()));
+                    if entry.waiting_notes < MAX_WAITING_NOTES {
+                        entry.waiting_notes += 1;
+                        let waiting = job_event::Event::Waiting(Waiting { reason });
+                        self.push_event(&job_id, waiting, now);
+                    }
                 }
             }
         }
@@ -293,8 +300,67 @@ mod tests {
         assert_eq!(c.job(&jobs[0]).expect("job").state(), JobState::Completed);
     }
 
-    /// Constraints pick matching executors; an unsatisfiable one is named, and the job
-    /// times out in the queue.
+    /// The recorded `Waiting` events of a job's history.
+    fn waiting_events(c: &mut Cluster, job_id: &str) -> Vec<String> {
+        c.take_effects()
+            .writes
+            .into_iter()
+            .filter_map(|w| match w {
+                Write::Event { job_id: id, event } if id == job_id => match event.event {
+                    Some(job_event::Event::Waiting(w)) => Some(w.reason),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A change in why a queued job waits is an event of its history (a watcher needs no
+    /// lookups to follow it), recorded once per change, and at most `MAX_WAITING_NOTES`
+    /// times per stay in the queue however often the fleet flaps; past the cap the status
+    /// message still follows.
+    #[test]
+    fn why_a_job_waits_is_an_event_capped_per_stay() {
+        let mut c = cluster();
+        let now = SystemTime::now();
+        let mut gated = spec();
+        gated.constraints = vec!["pool=gpu".into()];
+        let job = c
+            .submit(accept(gated), HashMap::new(), now)
+            .expect("submit")
+            .id;
+        c.take_effects();
+        c.schedule(now);
+        let first = waiting_events(&mut c, &job);
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert!(first[0].contains("none is connected"), "{first:?}");
+        // An unchanged reason is not repeated on the next pass.
+        c.schedule(now);
+        assert_eq!(waiting_events(&mut c, &job), Vec::<String>::new());
+        // Each executor that connects and goes changes the reason twice.
+        let mut recorded = 0;
+        for round in 0..MAX_WAITING_NOTES {
+            let generation = connect(&mut c, "cpu", 1, &[]);
+            c.schedule(now);
+            let message = c.job(&job).expect("job").status_message.clone();
+            assert!(message.contains("pool=gpu"), "round {round}: {message}");
+            c.disconnected("cpu", generation, Instant::now());
+            c.schedule(now);
+            recorded += waiting_events(&mut c, &job).len();
+        }
+        assert_eq!(recorded as u32, MAX_WAITING_NOTES - 1);
+        assert!(
+            c.job(&job)
+                .expect("job")
+                .status_message
+                .contains("none is connected")
+        );
+        // Connecting the executor the job needs ends the wait.
+        connect(&mut c, "gpu", 1, &[("pool", "gpu")]);
+        c.schedule(now);
+        assert_eq!(c.job(&job).expect("job").state(), JobState::Scheduled);
+    }
+
     /// A job submitted to an empty queue is placed in the submitting transition, its
     /// records and its assignment among the same effects; one submitted behind a waiting
     /// job is left to the scheduler's pass.
@@ -391,6 +457,8 @@ mod tests {
         }
     }
 
+    /// Constraints pick matching executors; an unsatisfiable one is named, and the job
+    /// times out in the queue.
     #[test]
     fn constraints_match_or_are_explained() {
         let mut c = cluster();

@@ -146,10 +146,10 @@ impl ContentStore {
                     "the DAG is deeper than {MAX_PIN_DEPTH} levels"
                 )));
             }
-            let data = gateways
-                .block(&cid)
-                .await
-                .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+            let data = gateways.block(&cid).await.map_err(|error| Error::Fetch {
+                action: format!("fetch block {cid}"),
+                error,
+            })?;
             let mut fetched = 1;
             if !cid.is_raw() {
                 let (node, _) = unixfs::decode_node(&data)

@@ -109,6 +109,12 @@ impl StorageService for StorageApi {
             .pin(&cid, self.0.ipfs())
             .await
             .map_err(|e| match e {
+                crate::error::Error::Fetch { error, .. } => {
+                    Status::from(crate::error::Error::Fetch {
+                        action: format!("pin {cid}"),
+                        error,
+                    })
+                }
                 crate::error::Error::FailedPrecondition(reason) => Status::from(
                     crate::error::Error::FailedPrecondition(format!("cannot pin {cid}: {reason}")),
                 ),
@@ -133,7 +139,7 @@ impl StorageService for StorageApi {
 }
 
 /// Stores what a copy fetched to `temp` (a file or a tree), then removes `temp`; a failed
-/// fetch is FAILED_PRECONDITION with its reason.
+/// fetch answers with its reason (UNAVAILABLE when the source could not be reached).
 async fn store_fetched(
     content: &ContentStore,
     temp: &Path,
@@ -142,9 +148,10 @@ async fn store_fetched(
 ) -> Result<UploadResponse, Status> {
     let stored = match fetched {
         Ok(()) => content.put_path(temp).await.map_err(Status::from),
-        Err(reason) => Err(Status::from(crate::error::Error::FailedPrecondition(
-            format!("cannot copy {source}: {reason}"),
-        ))),
+        Err(error) => Err(Status::from(crate::error::Error::Fetch {
+            action: format!("copy {source}"),
+            error,
+        })),
     };
     let owned = temp.to_owned();
     let _ = tokio::task::spawn_blocking(move || shoal::content::local_tree::remove(&owned)).await;

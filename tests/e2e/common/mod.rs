@@ -219,7 +219,7 @@ impl Devstack {
             .json()
     }
 
-    /// The job once `done` holds for it, checked at each of its state changes.
+    /// The job once `done` holds for it, checked at each of its events ([`wait_job_state`]).
     pub async fn wait_job(
         &self,
         id: &str,
@@ -227,18 +227,6 @@ impl Devstack {
         done: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
         wait_job_state(&self.address, id, what, done).await
-    }
-
-    /// The job once `done` holds for it, asked every 50 ms: for what changes without an
-    /// event (the reason a queued job waits).
-    pub async fn poll_job(
-        &self,
-        id: &str,
-        what: &str,
-        done: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        let args = ["job", "describe", id, "--output", "json"];
-        poll_json(&self.address, &args, &format!("job {id}: {what}"), done).await
     }
 }
 
@@ -455,33 +443,9 @@ pub async fn submit(address: &str, args: &[&str]) -> String {
         .to_owned()
 }
 
-/// Runs a CLI query with JSON output until `done` holds for its answer, asking again every
-/// 50 ms: only for what the API has no event for (an executor's state, the reason a queued
-/// job waits); job states are waited for on their watch stream ([`wait_job_state`]). Fails
-/// after the timeout, naming `what`.
-pub async fn poll_json(
-    address: &str,
-    args: &[&str],
-    what: &str,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let answer = shoal(address, args).await.success().json();
-        if done(&answer) {
-            return answer;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never reached {what}: {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The job `id` (`job describe --output json`) once `done` holds for it, checked at every
-/// state change on the job's watch stream (an event, not a poll); fails after the timeout,
-/// naming `what`.
+/// event of the job's watch stream (a state change, or a new reason why it waits in the
+/// queue: events, not a poll); fails after the timeout, naming `what`.
 pub async fn wait_job_state(
     address: &str,
     id: &str,
