@@ -17,6 +17,9 @@ pub struct Clients {
     pub jobs: JobServiceClient<AuthChannel>,
     pub storage: StorageServiceClient<AuthChannel>,
     pub nodes: NodeServiceClient<AuthChannel>,
+    /// How long an upload or download may move no byte before it is given up
+    /// (`--call-timeout`): see [`unless_stalled`].
+    pub stall_timeout: Duration,
 }
 
 impl Clients {
@@ -70,7 +73,8 @@ pub struct Timeouts {
     pub connect_timeout: Duration,
     /// Longest wait for the answer to a call that answers at once (submit, get, list,
     /// stop, cordon...). Watching, logs, uploads, downloads, `data cp` of a URL or S3
-    /// object, `data pin` and `node drain` take as long as their work does.
+    /// object, `data pin` and `node drain` take as long as their work does, but an upload,
+    /// download or log read that moves nothing for this long ends.
     #[arg(
         long,
         global = true,
@@ -120,13 +124,17 @@ fn answers_at_once(method: &str) -> bool {
 
 /// Whether `error` is a call that ran out of its deadline.
 pub fn is_deadline(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        cause.downcast_ref::<tonic::Status>().is_some_and(|status| {
-            status.code() == tonic::Code::DeadlineExceeded
-                || (status.code() == tonic::Code::Cancelled
-                    && status.message() == tonic::TimeoutExpired(()).to_string())
-        })
-    })
+    error
+        .chain()
+        .any(|cause| cause.downcast_ref::<tonic::Status>().is_some_and(ran_out))
+}
+
+/// Whether `status` ends a call that ran out of its deadline: the server's answer, or the
+/// channel's own timer (which tonic reports as CANCELLED).
+pub fn ran_out(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::DeadlineExceeded
+        || (status.code() == tonic::Code::Cancelled
+            && status.message() == tonic::TimeoutExpired(()).to_string())
 }
 
 /// Connects to the orchestrator at `target`, with its token and TLS settings.
@@ -171,5 +179,40 @@ pub async fn connect(target: &Target) -> anyhow::Result<Clients> {
         storage: StorageServiceClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
         nodes: NodeServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        stall_timeout: target.timeouts.call_timeout,
     })
+}
+
+/// Runs `transfer` (an upload or a download that counts the bytes it moves into `moved`),
+/// failing it with DEADLINE_EXCEEDED once no byte has moved for `idle`. Transfers take as
+/// long as their size needs, so they have no deadline; but a server that takes the call
+/// and then stops reading or sending (a hung orchestrator) would hold one forever, HTTP/2
+/// pings and all, as its connection stays up.
+pub async fn unless_stalled<T>(
+    idle: Duration,
+    moved: &std::sync::atomic::AtomicU64,
+    transfer: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    use std::sync::atomic::Ordering;
+    let watchdog = async {
+        let mut seen = moved.load(Ordering::Relaxed);
+        let mut since = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(idle / 4).await;
+            let now = moved.load(Ordering::Relaxed);
+            if now != seen {
+                (seen, since) = (now, tokio::time::Instant::now());
+            } else if since.elapsed() >= idle {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        done = transfer => done,
+        () = watchdog => Err(tonic::Status::deadline_exceeded(format!(
+            "no data moved for {}",
+            shoal::spec::units::format_duration(idle)
+        ))
+        .into()),
+    }
 }

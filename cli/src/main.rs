@@ -18,7 +18,7 @@ fn main() -> std::process::ExitCode {
     match runtime {
         Ok(runtime) => runtime.block_on(run(cli)),
         Err(error) => {
-            eprintln!("Error: cannot start the async runtime: {error}");
+            shoal_cli::errln!("Error: cannot start the async runtime: {error}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -33,7 +33,7 @@ async fn run(cli: shoal_cli::Cli) -> std::process::ExitCode {
     };
     // Unusable trace settings must not stop anyone from using the CLI: it runs untraced.
     let telemetry = shoal::daemon::telemetry::init(options.clone()).unwrap_or_else(|error| {
-        eprintln!("Warning: {error}; traces are off");
+        shoal_cli::errln!("Warning: {error}; traces are off");
         shoal::daemon::telemetry::init_untraced(options)
     });
     let code = match shoal_cli::run(cli).await {
@@ -43,7 +43,7 @@ async fn run(cli: shoal_cli::Cli) -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("Error: {}", shoal_cli::describe_error(&error));
+            shoal_cli::errln!("Error: {}", shoal_cli::describe_error(&error));
             if shoal_cli::is_usage_error(&error) {
                 std::process::ExitCode::from(shoal_cli::EXIT_USAGE)
             } else {

@@ -58,6 +58,16 @@ macro_rules! outln {
     };
 }
 
+/// `eprintln!` that never panics: a closed or broken stderr (`shoal ... 2>&-`) loses the
+/// message but not the command, whose work and exit code do not depend on it.
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// `print!` that returns a closed stdout as an error instead of panicking.
 #[macro_export]
 macro_rules! out {

@@ -62,7 +62,7 @@ impl Phases {
         self.shown = phase.to_owned();
         match &self.spinner {
             Some(spinner) => spinner.set_message(phase.to_owned()),
-            None => eprintln!("[{}] {note}", state.short_name()),
+            None => crate::errln!("[{}] {note}", state.short_name()),
         }
     }
 }

@@ -157,7 +157,9 @@ async fn an_address_that_never_answers_fails_within_the_call_timeout() {
 }
 
 /// A server that takes the call and never answers (a hung orchestrator) fails a call that
-/// answers at once within `--call-timeout`, naming the address.
+/// answers at once within `--call-timeout`, and an upload or a log stream that moves
+/// nothing for as long, naming the address; a submission that ran out of its deadline is
+/// not repeated (which would double the wait).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_nobody_answers_fails_within_the_call_timeout() {
     let mut server = Command::new("python3")
@@ -171,9 +173,17 @@ async fn a_call_nobody_answers_fails_within_the_call_timeout() {
     let mut stdout = BufReader::new(server.stdout.take().expect("stdout"));
     let port = crate::common::wait_for_line(&mut stdout, "").await;
     let address = format!("http://127.0.0.1:{}", port.trim());
+    let hello = path("examples/hello/hello.wasm");
+    let some_id = "0190aaaa-aaaa-7aaa-aaaa-aaaaaaaaaaaa";
+    // A program by CID is submitted with no call before it.
+    let by_cid = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy";
     for args in [
         &["--call-timeout", "1s", "job", "list"][..],
         &["--call-timeout", "1s", "node", "list"][..],
+        // Streams have no deadline, but one that moves nothing for the timeout ends.
+        &["--call-timeout", "1s", "wasm", "run", &hello][..],
+        &["--call-timeout", "1s", "job", "logs", some_id][..],
+        &["--call-timeout", "1s", "wasm", "run", by_cid][..],
     ] {
         let out = shoal(&address, args).await;
         assert_eq!(out.code, 1, "{args:?}: {out:?}");
@@ -185,14 +195,59 @@ async fn a_call_nobody_answers_fails_within_the_call_timeout() {
             out.stderr
         );
     }
+    // The calls the server took, up to a last one that marks the end: the submission that
+    // ran out of its deadline was not tried again.
+    shoal(
+        &address,
+        &["--call-timeout", "1s", "node", "describe", "end"],
+    )
+    .await;
+    let mut calls = Vec::new();
+    loop {
+        let line = crate::common::wait_for_line(&mut stdout, "").await;
+        if line.contains("NodeService/GetNode") {
+            break;
+        }
+        calls.push(line.trim().to_owned());
+    }
+    let submits = calls.iter().filter(|c| c.ends_with("/SubmitJob")).count();
+    assert_eq!(submits, 1, "{calls:?}");
+    for stream in ["StorageService/Upload", "JobService/GetLogs"] {
+        assert!(calls.iter().any(|c| c.ends_with(stream)), "{calls:?}");
+    }
+}
+
+/// Runs the CLI against `stack` with its stdout closed before it prints anything; returns
+/// the exit code and stderr.
+async fn run_with_stdout_closed(stack: &Devstack, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(bin("shoal"))
+        .args(args)
+        .env("SHOAL_ORCHESTRATOR", &stack.address)
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn shoal");
+    drop(child.stdout.take());
+    let output = tokio::time::timeout(TIMEOUT, child.wait_with_output())
+        .await
+        .expect("it ends")
+        .expect("output");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), stderr)
 }
 
 /// A closed stdout ends a command quietly with exit 0, as `ls | head` does: no panic, no
-/// error, whether the command prints a table, JSON or a job's logs.
+/// error, whether the command prints a table, JSON or a job's logs; a `wasm run` asked to
+/// download its results still does, and exits with the job's code. A closed stderr loses
+/// the messages, not the command.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_closed_stdout_ends_a_command_quietly() {
     let stack = Devstack::start(&[]).await;
-    let id = stack.submit(&[&path("examples/hello/hello.wasm")]).await;
+    let hello = path("examples/hello/hello.wasm");
+    let id = stack.submit(&[&hello]).await;
     wait_terminal(&stack.address, &id).await;
     for args in [
         &["job", "list"][..],
@@ -201,26 +256,42 @@ async fn a_closed_stdout_ends_a_command_quietly() {
         &["job", "logs", &id][..],
         &["node", "list"][..],
     ] {
-        let mut child = Command::new(bin("shoal"))
-            .args(args)
-            .env("SHOAL_ORCHESTRATOR", &stack.address)
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn shoal");
-        // The reader goes away before the command prints anything.
-        drop(child.stdout.take());
-        let output = tokio::time::timeout(TIMEOUT, child.wait_with_output())
-            .await
-            .expect("it ends")
-            .expect("output");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+        let (code, stderr) = run_with_stdout_closed(&stack, args).await;
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
         assert!(stderr.is_empty(), "{args:?} printed: {stderr}");
     }
+
+    for follow in [false, true] {
+        let dir = stack.scratch(&format!("results-{follow}"));
+        let dir_arg = dir.to_string_lossy();
+        let mut args = vec!["wasm", "run", "--download", &dir_arg];
+        if follow {
+            args.push("-f");
+        }
+        args.push(&hello);
+        let (code, stderr) = run_with_stdout_closed(&stack, &args).await;
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(stderr.contains("written to"), "{args:?}: {stderr}");
+        let stdout = std::fs::read_to_string(dir.join("stdout")).expect("stdout downloaded");
+        assert!(stdout.contains("Hello from hello.wasm!"), "{stdout}");
+    }
+
+    // `2>&-`: every write to stderr fails (EBADF).
+    let closed_stderr = Command::new("sh")
+        .args(["-c", r#"exec "$0" "$@" 2>&-"#])
+        .arg(bin("shoal"))
+        .args(["wasm", "run", &hello])
+        .env("SHOAL_ORCHESTRATOR", &stack.address)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(TIMEOUT, closed_stderr)
+        .await
+        .expect("it ends")
+        .expect("output");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Hello from hello.wasm!"), "{stdout}");
 }
 
 /// `--download DIR` fetches what a job that did not complete left (its stdout, its exit

@@ -271,6 +271,8 @@ async fn cancel_stops_an_infinite_loop() {
         .await
         .success();
     assert!(out.stdout.contains("CANCELLED"), "{}", out.stdout);
+    // The executor's confirmation lands after the job's terminal event, which ends the
+    // job's watch stream; the API has no event for it, so this one wait asks.
     let deadline = tokio::time::Instant::now() + crate::common::TIMEOUT;
     loop {
         let executions = stack

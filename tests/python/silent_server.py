@@ -1,5 +1,6 @@
 """A gRPC server that accepts every call and never answers it: what a hung orchestrator
-looks like to a client. Prints its port, then serves until killed."""
+looks like to a client. Prints its port, then the method of every call it takes, one line
+each, and serves until killed."""
 
 import sys
 import threading
@@ -10,6 +11,7 @@ import grpc
 
 class Silent(grpc.GenericRpcHandler):
     def service(self, handler_call_details):
+        print(handler_call_details.method, flush=True)
         def hang(request, context):
             # Until the client gives up (its deadline) and the call ends.
             done = threading.Event()

@@ -7,11 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use shoal::net::auth::AuthChannel;
 use shoal::proto::DownloadRequest;
-use shoal::proto::storage_service_client::StorageServiceClient;
 
-use crate::client::{Target, connect};
+use crate::client::{Clients, Target, connect, unless_stalled};
 
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
@@ -55,7 +53,7 @@ pub async fn run(target: &Target, command: DataCommand) -> anyhow::Result<()> {
     let mut clients = connect(target).await?;
     match command {
         DataCommand::Put { path, quiet } => {
-            let cid = upload(&mut clients.storage, &path, !quiet).await?;
+            let cid = upload(&mut clients, &path, !quiet).await?;
             crate::outln!("{cid}");
         }
         DataCommand::Cp {
@@ -94,7 +92,7 @@ pub async fn run(target: &Target, command: DataCommand) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             crate::outln!("{}", pinned.cid);
-            eprintln!(
+            crate::errln!(
                 "pinned: {} ({} block(s) fetched from IPFS gateways)",
                 shoal::spec::units::format_size(pinned.size),
                 pinned.blocks_fetched
@@ -102,8 +100,8 @@ pub async fn run(target: &Target, command: DataCommand) -> anyhow::Result<()> {
         }
         DataCommand::Get { cid, dest, path } => {
             let dest = dest.unwrap_or_else(|| PathBuf::from(cid.trim_start_matches("ipfs://")));
-            let summary = download(&mut clients.storage, &cid, &path, &dest).await?;
-            eprintln!(
+            let summary = download(&mut clients, &cid, &path, &dest).await?;
+            crate::errln!(
                 "{} file(s), {} written to {}",
                 summary.files,
                 shoal::spec::units::format_size(summary.bytes),
@@ -117,11 +115,7 @@ pub async fn run(target: &Target, command: DataCommand) -> anyhow::Result<()> {
 /// Uploads a local file or directory and returns its CID, with a progress bar on stderr
 /// when `progress` is set, stderr is a terminal and the upload is at least 1 MiB.
 #[tracing::instrument(name = "upload", skip_all, fields(path = %path.display()))]
-pub async fn upload(
-    storage: &mut StorageServiceClient<AuthChannel>,
-    path: &Path,
-    progress: bool,
-) -> anyhow::Result<String> {
+pub async fn upload(clients: &mut Clients, path: &Path, progress: bool) -> anyhow::Result<String> {
     let total: u64 = {
         let path = path.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -139,15 +133,15 @@ pub async fn upload(
     if progress && bar.is_none() && total >= 1 << 20 {
         // No terminal for a bar: still say why the wait.
         let size = shoal::spec::units::format_size(total);
-        eprintln!("Uploading {} ({size})", path.display());
+        crate::errln!("Uploading {} ({size})", path.display());
     }
-    let result = shoal::content::transfer::upload_path(
-        storage,
+    let upload = shoal::content::transfer::upload_path(
+        &mut clients.storage,
         path,
         shoal::content::transfer::TreeBounds::LOCAL,
-        Some(sent),
-    )
-    .await;
+        Some(sent.clone()),
+    );
+    let result = unless_stalled(clients.stall_timeout, &sent, async { Ok(upload.await?) }).await;
     drop(bar);
     let response = result.with_context(|| format!("cannot upload {}", path.display()))?;
     Ok(response.cid)
@@ -155,11 +149,12 @@ pub async fn upload(
 
 /// Downloads a CID (or a path inside it) to `dest`, with a progress bar on a terminal.
 pub async fn download(
-    storage: &mut StorageServiceClient<AuthChannel>,
+    clients: &mut Clients,
     cid: &str,
     path: &str,
     dest: &Path,
 ) -> anyhow::Result<shoal::content::transfer::DownloadSummary> {
+    let storage = &mut clients.storage;
     let total = storage
         .stat(shoal::proto::StatRequest {
             cid: cid.to_owned(),
@@ -170,18 +165,19 @@ pub async fn download(
         .size;
     let received = Arc::new(AtomicU64::new(0));
     let bar = ProgressBar::start(format!("downloading {cid}"), total, received.clone());
-    let stream = storage
-        .download(DownloadRequest {
-            cid: cid.to_owned(),
-            path: path.to_owned(),
-            offset: 0,
-        })
-        .await?
-        .into_inner();
-    let summary =
-        shoal::content::transfer::download_to_with_progress(stream, dest, Some(received)).await;
+    let request = DownloadRequest {
+        cid: cid.to_owned(),
+        path: path.to_owned(),
+        offset: 0,
+    };
+    let download = async {
+        let stream = storage.download(request).await?.into_inner();
+        let progress = Some(received.clone());
+        Ok(shoal::content::transfer::download_to_with_progress(stream, dest, progress).await?)
+    };
+    let summary = unless_stalled(clients.stall_timeout, &received, download).await;
     drop(bar);
-    Ok(summary?)
+    summary
 }
 
 /// A progress bar on stderr fed from a byte counter, shown only on a terminal and only for

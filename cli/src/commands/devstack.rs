@@ -162,7 +162,7 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
             anyhow::bail!("a devstack component stopped unexpectedly");
         }
     }
-    eprintln!("Stopping the devstack");
+    crate::errln!("Stopping the devstack");
     shutdown.cancel();
     while let Some(result) = tasks.join_next().await {
         result??;

@@ -133,7 +133,7 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
             let jobs = page.jobs;
             if !page.next_page_token.is_empty() {
                 // On stderr, so a script reading the listing gets only the listing.
-                eprintln!(
+                crate::errln!(
                     "(more jobs than the {} shown: raise --limit, or filter with --state or -l)",
                     jobs.len()
                 );
@@ -179,7 +179,7 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
         JobCommand::Get { id, dest, path } => {
             let dest = dest.unwrap_or_else(|| PathBuf::from(format!("job-{id}")));
             let summary = download_results(&mut clients, &id, &path, &dest).await?;
-            eprintln!(
+            crate::errln!(
                 "{} file(s), {} written to {}",
                 summary.files,
                 shoal::spec::units::format_size(summary.bytes),

@@ -89,7 +89,7 @@ pub async fn run(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
             crate::outln!("{id} uncordoned");
         }
         NodeCommand::Drain { id, grace } => {
-            eprintln!(
+            crate::errln!(
                 "draining {id}: waiting up to {} for its executions",
                 shoal::spec::units::format_duration(grace)
             );

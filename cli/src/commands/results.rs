@@ -19,15 +19,18 @@ pub(crate) async fn download_results(
     {
         return download_from_s3(&result, path, dest).await;
     }
-    let stream = clients
-        .jobs
-        .download_results(shoal::proto::DownloadResultsRequest {
-            job_id: job_id.to_owned(),
-            path: path.to_owned(),
-        })
-        .await?
-        .into_inner();
-    Ok(shoal::content::transfer::download_to(stream, dest).await?)
+    let request = shoal::proto::DownloadResultsRequest {
+        job_id: job_id.to_owned(),
+        path: path.to_owned(),
+    };
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let jobs = &mut clients.jobs;
+    let download = async {
+        let stream = jobs.download_results(request).await?.into_inner();
+        let progress = Some(received.clone());
+        Ok(shoal::content::transfer::download_to_with_progress(stream, dest, progress).await?)
+    };
+    crate::client::unless_stalled(clients.stall_timeout, &received, download).await
 }
 
 /// The result of the job's latest execution, if it has one (a failed job may still have

@@ -94,7 +94,7 @@ pub async fn resolve_source(
         };
         let cid = match known {
             Some(cid) => cid,
-            None => super::data::upload(&mut clients.storage, &path, true).await?,
+            None => super::data::upload(clients, &path, true).await?,
         };
         let name = path
             .file_name()

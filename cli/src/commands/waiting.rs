@@ -58,17 +58,19 @@ pub async fn submit_and_wait(
         crate::outln!("{}", job.id);
         return Ok(0);
     }
-    eprintln!("Job {} submitted", job.id);
-    // Ctrl-C stops the waiting, not the job: say how to stop that too.
-    let output = if wait.follow {
+    crate::errln!("Job {} submitted", job.id);
+    let output = if wait.follow && wait.download.is_some() {
+        Output::LiveToTheEnd
+    } else if wait.follow {
         Output::Live
     } else {
         Output::Collected
     };
+    // Ctrl-C stops the waiting, not the job: say how to stop that too.
     let watched = tokio::select! {
         watched = watch(clients, &job.id, output) => watched?,
         _ = tokio::signal::ctrl_c() => {
-            eprintln!(
+            crate::errln!(
                 "Stopped waiting; job {id} goes on. Stop it with: shoal job stop {id}",
                 id = job.id
             );
@@ -85,10 +87,16 @@ pub async fn submit_and_wait(
 /// After the wait: the output printed, the results fetched if asked, the exit code.
 async fn finish(clients: &mut Clients, watched: Watched, wait: &WaitArgs) -> anyhow::Result<u8> {
     let job = watched.job;
-    match watched.collected {
-        Some(chunks) => print_chunks(chunks)?,
-        None if !wait.follow => print_logs(clients, &job.id).await?,
-        None => {}
+    let printed = match watched.collected {
+        Some(chunks) => print_chunks(chunks),
+        None if !wait.follow => print_logs(clients, &job.id).await,
+        None => Ok(()),
+    };
+    // A reader that closed stdout (`| head`) has what it wanted of the output; the download
+    // and the exit code do not depend on it.
+    match printed {
+        Err(error) if !crate::output::is_closed_stdout(&error) => return Err(error),
+        _ => {}
     }
     // A failed or timed-out execution keeps what it wrote: that is when it is wanted most.
     // A completed job carries its result; only another ending costs a lookup.
@@ -101,13 +109,13 @@ async fn finish(clients: &mut Clients, watched: Watched, wait: &WaitArgs) -> any
         let state = job.state().short_name();
         if result.is_some() {
             download_results(clients, &job.id, "", dir).await?;
-            eprintln!(
+            crate::errln!(
                 "Results of job {} ({state}) written to {}",
                 job.id,
                 dir.display()
             );
         } else {
-            eprintln!(
+            crate::errln!(
                 "Job {} {state} before it produced results: nothing to download to {}",
                 job.id,
                 dir.display()
@@ -125,7 +133,7 @@ pub(crate) fn warn_if_truncated(result: &Option<shoal::proto::ExecutionResult>) 
         ("stderr", result.stderr_truncated, result.stderr_bytes),
     ] {
         if truncated {
-            eprintln!(
+            crate::errln!(
                 "Warning: the program wrote {bytes} bytes to {stream}; only the first part was kept (the executor's --log-cap)"
             );
         }
@@ -148,7 +156,7 @@ pub fn exit_code(job: &Job) -> u8 {
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_default();
-            eprintln!("Error: job {} {}: {failure}", job.id, state.short_name());
+            crate::errln!("Error: job {} {}: {failure}", job.id, state.short_name());
             EXIT_JOB_NOT_COMPLETED
         }
     }
@@ -164,7 +172,8 @@ const OUTAGE_RETRY: Retry =
 /// event seen if the stream breaks (an orchestrator restart, say), giving up after a minute
 /// without an event. Returns the final job.
 pub async fn watch(clients: &mut Clients, job_id: &str, output: Output) -> anyhow::Result<Watched> {
-    let logs = output == Output::Live;
+    let logs = matches!(output, Output::Live | Output::LiveToTheEnd);
+    let mut printing = logs;
     let mut collected = (output == Output::Collected).then(Vec::new);
     let mut collected_bytes = 0usize;
     let mut next = 0;
@@ -203,11 +212,17 @@ pub async fn watch(clients: &mut Clients, job_id: &str, output: Output) -> anyho
                                 } else {
                                     kept.push(chunk);
                                 }
-                            } else if logs {
+                            } else if printing {
                                 if chunk.stream() == LogStream::Stderr {
                                     let _ = std::io::stderr().write_all(&chunk.data);
-                                } else {
-                                    crate::output::write_stdout(&chunk.data)?;
+                                } else if let Err(error) = crate::output::write_stdout(&chunk.data)
+                                {
+                                    if output != Output::LiveToTheEnd
+                                        || !crate::output::is_closed_stdout(&error)
+                                    {
+                                        return Err(error);
+                                    }
+                                    printing = false;
                                 }
                             }
                         }
@@ -216,7 +231,7 @@ pub async fn watch(clients: &mut Clients, job_id: &str, output: Output) -> anyho
                                 drop(phases);
                                 if logs {
                                     let state = change.state().short_name();
-                                    eprintln!("[{state}] {}", change.message);
+                                    crate::errln!("[{state}] {}", change.message);
                                 }
                                 // The terminal event carries how the job ended: no call
                                 // is needed to learn it.
@@ -260,10 +275,27 @@ pub async fn watch(clients: &mut Clients, job_id: &str, output: Output) -> anyho
     }
 }
 
+/// A failed submission. One that ran out of `--call-timeout` is not tried again: a server
+/// that takes a call and never answers is hung, not restarting, and the flag bounds the
+/// wait for it.
+struct SubmitError(tonic::Status);
+
+impl shoal::net::retry::Transient for SubmitError {
+    fn is_transient(&self) -> bool {
+        self.0.is_transient() && !crate::client::ran_out(&self.0)
+    }
+}
+
+impl std::fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Submits `spec` under an idempotency key of this invocation's own, retrying for up to
 /// about a minute while the orchestrator is unreachable or answers UNAVAILABLE (a restart,
-/// a full disk): the key makes a retry of a submission that did land return that job
-/// instead of a second one.
+/// a full disk), but not after a call that ran out of its deadline: the key makes a retry
+/// of a submission that did land return that job instead of a second one.
 async fn submit(clients: &mut Clients, spec: JobSpec) -> anyhow::Result<Job> {
     let request = SubmitJobRequest {
         spec: Some(spec),
@@ -272,9 +304,10 @@ async fn submit(clients: &mut Clients, spec: JobSpec) -> anyhow::Result<Job> {
     let response = OUTAGE_RETRY
         .run("submitting the job", || {
             let (mut jobs, request) = (clients.jobs.clone(), request.clone());
-            async move { jobs.submit_job(request).await }
+            async move { jobs.submit_job(request).await.map_err(SubmitError) }
         })
-        .await?;
+        .await
+        .map_err(|SubmitError(status)| status)?;
     response
         .into_inner()
         .job
@@ -282,16 +315,26 @@ async fn submit(clients: &mut Clients, spec: JobSpec) -> anyhow::Result<Job> {
 }
 
 /// Prints a job's stored stdout (to stdout) and stderr (to stderr).
+/// Each wait for the orchestrator (the stream's start, its next chunk) is bounded by the
+/// stall timeout; the time a slow reader of stdout takes is not.
 pub async fn print_logs(clients: &mut Clients, job_id: &str) -> anyhow::Result<()> {
-    let mut stream = clients
-        .jobs
-        .get_logs(GetLogsRequest {
-            job_id: job_id.to_owned(),
-            execution_id: String::new(),
-        })
-        .await?
+    let idle = clients.stall_timeout;
+    let stalled = || {
+        let idle = shoal::spec::units::format_duration(idle);
+        tonic::Status::deadline_exceeded(format!("no log chunk for {idle}"))
+    };
+    let request = GetLogsRequest {
+        job_id: job_id.to_owned(),
+        execution_id: String::new(),
+    };
+    let mut stream = tokio::time::timeout(idle, clients.jobs.get_logs(request))
+        .await
+        .map_err(|_| stalled())??
         .into_inner();
-    while let Some(chunk) = stream.next().await {
+    while let Some(chunk) = tokio::time::timeout(idle, stream.next())
+        .await
+        .map_err(|_| stalled())?
+    {
         print_chunk(&chunk?)?;
     }
     Ok(())
@@ -305,7 +348,7 @@ fn print_chunks(chunks: Vec<LogChunk>) -> anyhow::Result<()> {
 /// One chunk: stdout's to stdout, stderr's to stderr.
 fn print_chunk(chunk: &LogChunk) -> anyhow::Result<()> {
     if chunk.stream() == LogStream::Stderr {
-        std::io::stderr().write_all(&chunk.data)?;
+        let _ = std::io::stderr().write_all(&chunk.data);
     } else {
         crate::output::write_stdout(&chunk.data)?;
     }
@@ -317,6 +360,9 @@ fn print_chunk(chunk: &LogChunk) -> anyhow::Result<()> {
 pub enum Output {
     /// Printed at once (`-f`).
     Live,
+    /// Printed at once, and a closed stdout stops the printing, not the watch: results
+    /// are still to be downloaded (`-f --download DIR | head`).
+    LiveToTheEnd,
     /// Kept, to print when the job ends without asking the store for it again.
     Collected,
     /// Not asked for.
