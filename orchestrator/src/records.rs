@@ -20,6 +20,14 @@ pub enum Write {
         cid: String,
         data: bytes::Bytes,
     },
+    /// The file name stored data came with (a copied URL's, an S3 key's, an uploaded
+    /// file's), for clients to mount it under. The first name recorded for a CID stays:
+    /// a later copy of the same bytes under another name does not move the mounts of jobs
+    /// that rely on the first.
+    Name {
+        cid: String,
+        name: String,
+    },
     /// A write of no meaning (in the store's own table), to find out whether the store
     /// writes again after a failure.
     Probe,

@@ -60,7 +60,7 @@ pub async fn local_upload_stream(root: &Path) -> Result<ReceiverStream<UploadReq
         .map_err(|e| Error::io(root, std::io::Error::other(e)))??;
     let (tx, rx) = tokio::sync::mpsc::channel::<UploadRequest>(8);
     tokio::spawn(async move {
-        if let Err(error) = send_entries(entries, tx, None).await {
+        if let Err(error) = send_entries(entries, tx, None, String::new()).await {
             tracing::warn!(%error, "reading a local tree for upload failed");
         }
     });
@@ -68,7 +68,8 @@ pub async fn local_upload_stream(root: &Path) -> Result<ReceiverStream<UploadReq
 }
 
 /// Uploads a local file or directory tree, refused past `bounds`, and returns its CID.
-/// `progress`, if given, counts file bytes as they are sent.
+/// `progress`, if given, counts file bytes as they are sent. A file goes with its name,
+/// which the store records for its CID.
 pub async fn upload_path(
     client: &mut StorageServiceClient<AuthChannel>,
     root: &Path,
@@ -83,7 +84,11 @@ pub async fn upload_path(
     };
     // A small bounded channel: the reader stays at most a few chunks ahead of the network.
     let (tx, rx) = tokio::sync::mpsc::channel::<UploadRequest>(8);
-    let reader = tokio::spawn(async move { send_entries(entries, tx, progress).await });
+    let name = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let reader = tokio::spawn(async move { send_entries(entries, tx, progress, name).await });
     let response = client.upload(ReceiverStream::new(rx)).await;
     // A read error ends the stream early; report it rather than the server's view of it.
     let read_result = reader
@@ -93,17 +98,22 @@ pub async fn upload_path(
     Ok(response?.into_inner())
 }
 
+/// Sends `entries` down `tx`; `name` goes on a file root's entry.
 async fn send_entries(
     entries: Vec<LocalEntry>,
     tx: tokio::sync::mpsc::Sender<UploadRequest>,
     progress: Option<Arc<AtomicU64>>,
+    name: String,
 ) -> Result<()> {
+    let mut name = Some(name);
     for entry in entries {
+        let root_file = entry.relative.is_empty() && entry.kind == EntryKind::File;
         let header = UploadRequest {
             item: Some(upload_request::Item::Entry(Entry {
                 path: entry.relative.clone(),
                 kind: entry.kind as i32,
                 size: entry.size,
+                name: name.take().filter(|_| root_file).unwrap_or_default(),
             })),
         };
         if tx.send(header).await.is_err() {
@@ -348,6 +358,7 @@ mod tests {
                         path: PATHS[next(PATHS.len() as u64) as usize].into(),
                         kind: next(4) as i32,
                         size: next(40),
+                        ..Default::default()
                     })
                 } else {
                     download_response::Item::Data(vec![b'x'; next(30) as usize].into())

@@ -100,13 +100,17 @@ pub struct HttpSource {
 }
 
 impl HttpSource {
-    /// The last non-empty path segment, a sensible file name for the fetched body.
+    /// The last non-empty path segment, a sensible file name for the fetched body, or
+    /// `download` for a URL without one.
     pub fn file_name(&self) -> String {
+        self.name().unwrap_or("download").to_owned()
+    }
+
+    /// The URL's own file name (its last non-empty path segment), if it has one.
+    pub fn name(&self) -> Option<&str> {
         self.url
             .path_segments()
             .and_then(|mut segments| segments.rfind(|s| !s.is_empty()))
-            .map(str::to_owned)
-            .unwrap_or_else(|| "download".to_owned())
     }
 }
 

@@ -188,6 +188,25 @@ async fn url_inputs_are_fetched_verified_and_failures_named() {
         .await
         .success();
     assert_eq!(copied.stdout.trim(), put.stdout.trim());
+    // The copy kept the URL's file name: `-i CID` mounts it at /inputs/data.txt.
+    let results = stack.scratch("named");
+    let results_arg = results.to_string_lossy();
+    let wordcount = path("examples/wordcount/wordcount.wasm");
+    let cid = copied.stdout.trim();
+    stack
+        .shoal(&[
+            "wasm",
+            "run",
+            &wordcount,
+            "-i",
+            cid,
+            "--download",
+            &results_arg,
+        ])
+        .await
+        .success();
+    let summary = std::fs::read_to_string(results.join("outputs/summary.txt")).expect("summary");
+    assert!(summary.starts_with("data.txt: 1 lines"), "{summary}");
     let missing = stack
         .shoal(&["data", "cp", &format!("{base}/missing")])
         .await;

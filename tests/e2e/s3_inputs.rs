@@ -134,6 +134,25 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
         .success();
     assert_eq!(read(&back.join("sub/c.csv")), "c,3\n");
     assert_eq!(read(&back.join("notes.txt")), "notes\n");
+    // One object keeps its key's name: `-i CID` mounts it at /inputs/notes.txt.
+    let mut args = vec!["data", "cp", "s3://shoal-data/in/notes.txt"];
+    args.extend(s3_flags);
+    let cid = stack.shoal(&args).await.success().stdout.trim().to_owned();
+    let named = stack.scratch("named");
+    let named_arg = named.to_string_lossy();
+    stack
+        .shoal(&[
+            "wasm",
+            "run",
+            &copytree,
+            "-i",
+            &cid,
+            "--download",
+            &named_arg,
+        ])
+        .await
+        .success();
+    assert_eq!(read(&named.join("outputs/copy/notes.txt")), "notes\n");
 
     // A program from S3, through the executors' default endpoint.
     let out = stack

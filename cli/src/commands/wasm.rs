@@ -32,8 +32,9 @@ pub struct RunArgs {
     /// URL (pin it with `#sha256=HEX`), or s3://bucket/key, s3://bucket/prefix/ or
     /// s3://bucket/prefix/*.csv. Default target: /inputs for a directory, /inputs/NAME for a
     /// file (NAME: the file's name, the URL's last path segment — `download` for a URL
-    /// without one, such as https://host/ — the S3 key's last part, or the CID itself for
-    /// a file CID). TARGET must be an absolute path.
+    /// without one, such as https://host/ — the S3 key's last part, and for a file CID the
+    /// name it was stored with by `data put` or `data cp`, else the CID itself). TARGET
+    /// must be an absolute path.
     #[arg(short = 'i', long = "input", value_name = "SRC[:TARGET]")]
     pub inputs: Vec<String>,
     /// An output directory, NAME:PATH, published with the results under NAME. The default
@@ -117,8 +118,11 @@ pub async fn run(target: &Target, command: WasmCommand) -> anyhow::Result<u8> {
                 .await
                 .with_context(|| format!("input {raw:?}"))?
                 .into_inner();
+            // A file keeps the name the store recorded for it (a copied URL's, say).
             input.target = if stat.kind() == EntryKind::Directory {
                 "/inputs".into()
+            } else if !stat.name.is_empty() {
+                format!("/inputs/{}", stat.name)
             } else {
                 format!("/inputs/{}", input.source.trim_start_matches("ipfs://"))
             };

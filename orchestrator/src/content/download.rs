@@ -55,6 +55,7 @@ impl ContentStore {
                     path: path.clone(),
                     kind: entry.kind as i32,
                     size: entry.size,
+                    name: String::new(),
                 })),
             };
             if tx.send(Ok(header)).await.is_err() {

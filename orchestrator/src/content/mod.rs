@@ -48,6 +48,8 @@ pub struct Resolved {
 #[derive(Debug, Clone)]
 pub struct ContentStore {
     blocks: BlockStore,
+    /// The database, for the names stored files came with.
+    store: Store,
     /// Local scratch space: blocks being written, and copies being fetched.
     tmp: PathBuf,
     max_upload_bytes: u64,
@@ -87,10 +89,11 @@ impl ContentStore {
                 bucket,
                 prefix,
             },
-            None => BlockStore::local(blocks, tmp.clone(), database),
+            None => BlockStore::local(blocks, tmp.clone(), database.clone()),
         };
         Ok(ContentStore {
             blocks,
+            store: database,
             tmp,
             max_upload_bytes,
         })
@@ -315,13 +318,41 @@ impl ContentStore {
                 });
             }
         }
+        let name = match (path.is_empty(), resolved.kind) {
+            (true, EntryKind::File) => self.store.name(&cid.to_string()).await?,
+            _ => None,
+        };
         Ok(StatResponse {
             cid: resolved.cid.to_string(),
             kind: resolved.kind as i32,
             size,
             entries,
+            name: name.unwrap_or_default(),
         })
     }
+
+    /// Records `name` as the file name `cid` came with, for clients to mount it under,
+    /// unless the CID has one already (the first stays). A name that could not be a mount
+    /// name (empty, a path, `..`, too long, a control character) is not recorded: it came
+    /// from a URL, an S3 key or a client, none of which is trusted to be tidy.
+    pub async fn record_name(&self, cid: &str, name: &str) -> Result<()> {
+        if !is_mount_name(name) || self.store.name(cid).await?.is_some() {
+            return Ok(());
+        }
+        let write = Write::Name {
+            cid: cid.to_owned(),
+            name: name.to_owned(),
+        };
+        self.store.queue(vec![write]).await?.wait().await
+    }
+}
+
+/// Whether `name` can name a mounted file: one path component that a mount target
+/// `/inputs/NAME` accepts, at most 255 bytes (a file name's limit).
+fn is_mount_name(name: &str) -> bool {
+    !name.contains('/')
+        && name.len() <= 255
+        && shoal::spec::validate_mount_path(&format!("/inputs/{name}")).is_ok()
 }
 
 fn node_type(data: &unixfs::UnixfsData) -> Result<NodeType> {
@@ -335,13 +366,75 @@ mod tests {
     use shoal::proto::{Entry, UploadRequest, UploadResponse, upload_request};
 
     fn entry(path: &str, kind: EntryKind, size: u64) -> Result<UploadRequest, tonic::Status> {
+        named_entry(path, kind, size, "")
+    }
+
+    fn named_entry(
+        path: &str,
+        kind: EntryKind,
+        size: u64,
+        name: &str,
+    ) -> Result<UploadRequest, tonic::Status> {
         Ok(UploadRequest {
             item: Some(upload_request::Item::Entry(Entry {
                 path: path.into(),
                 kind: kind as i32,
                 size,
+                name: name.into(),
             })),
         })
+    }
+
+    /// The name the store gives for the file `cid`.
+    async fn name_of(store: &ContentStore, cid: &str) -> String {
+        let cid: ContentId = cid.parse().expect("cid");
+        store.stat(&cid, "").await.expect("stat").name
+    }
+
+    /// Uploads `bytes` as one file under `name`.
+    async fn put_named(store: &ContentStore, bytes: &[u8], name: &str) -> String {
+        let items = vec![
+            named_entry("", EntryKind::File, bytes.len() as u64, name),
+            data(bytes),
+        ];
+        put(store, items).await.expect("upload").cid
+    }
+
+    /// A file uploaded with a name keeps it, durably: the first name given stays when the
+    /// same bytes come again under another; a name that could not be a mount name (a path,
+    /// `..`, a control character, too long) is not recorded; a directory gets none.
+    #[tokio::test]
+    async fn a_file_keeps_the_first_name_it_came_with() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (first, hostile) = {
+            let store = open_store(dir.path(), 1 << 30);
+            let first = put_named(&store, b"a,b\n", "data.csv").await;
+            assert_eq!(name_of(&store, &first).await, "data.csv");
+            assert_eq!(put_named(&store, b"a,b\n", "other.csv").await, first);
+            assert_eq!(name_of(&store, &first).await, "data.csv");
+            let long = "x".repeat(256);
+            let mut hostile = Vec::new();
+            for (n, name) in ["../../etc/passwd", "..", "a/b", "tab\there", &long]
+                .into_iter()
+                .enumerate()
+            {
+                let cid = put_named(&store, n.to_string().as_bytes(), name).await;
+                assert_eq!(name_of(&store, &cid).await, "", "{name:?}");
+                hostile.push(cid);
+            }
+            let tree = put(&store, vec![named_entry("", EntryKind::Directory, 0, "d")])
+                .await
+                .expect("upload a directory");
+            assert_eq!(name_of(&store, &tree.cid).await, "");
+            let database = store.store.clone();
+            drop(store);
+            database.close().await;
+            (first, hostile)
+        };
+        // From the log or the database, after a restart.
+        let store = open_store(dir.path(), 1 << 30);
+        assert_eq!(name_of(&store, &first).await, "data.csv");
+        assert_eq!(name_of(&store, &hostile[0]).await, "");
     }
 
     fn data(bytes: &[u8]) -> Result<UploadRequest, tonic::Status> {

@@ -48,6 +48,8 @@ struct Upload<'a> {
     current: Option<IncomingFile>,
     total: u64,
     root_file: Option<Link>,
+    /// The name a file upload's root entry gave (`Entry.name`).
+    root_name: String,
     /// Blocks queued for the store's next commit, waited for before the CID is returned.
     pending: Vec<PendingPut>,
 }
@@ -90,6 +92,7 @@ impl<'a> Upload<'a> {
             current: None,
             total: 0,
             root_file: None,
+            root_name: String::new(),
             pending: Vec::new(),
         }
     }
@@ -116,6 +119,11 @@ impl<'a> Upload<'a> {
             Some(_) => self.build_directories().await?,
         };
         wait_all(&mut self.pending).await?;
+        if !self.root_name.is_empty() {
+            self.store
+                .record_name(&root.cid.to_string(), &self.root_name)
+                .await?;
+        }
         Ok(UploadResponse {
             cid: root.cid.to_string(),
             size: self.total,
@@ -140,7 +148,12 @@ impl<'a> Upload<'a> {
                     "the first entry must be the root (empty path)".into(),
                 ));
             }
-            None => self.root = Some(kind),
+            None => {
+                self.root = Some(kind);
+                if kind == EntryKind::File {
+                    self.root_name = entry.name.clone();
+                }
+            }
             Some(EntryKind::File) => {
                 return Err(malformed("a file upload holds exactly one entry".into()));
             }

@@ -11,7 +11,7 @@ use shoal::proto::{
     CopyFromS3Request, CopyFromUrlRequest, DownloadRequest, DownloadResponse, PinRequest,
     PinResponse, StatRequest, StatResponse, UploadRequest, UploadResponse,
 };
-use shoal::spec::source::Source;
+use shoal::spec::source::{S3Selection, Source};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::cid;
@@ -73,6 +73,9 @@ impl StorageService for StorageApi {
         let max = self.0.config().max_upload_bytes;
         let fetched = self.0.http().fetch(&source, &temp, max, None).await;
         let stored = store_fetched(content, &temp, &url, fetched.map(|_| ())).await?;
+        if let Some(name) = source.name() {
+            content.record_name(&stored.cid, name).await?;
+        }
         tracing::info!(url, cid = stored.cid, "copied from a URL");
         Ok(Response::new(stored))
     }
@@ -97,6 +100,11 @@ impl StorageService for StorageApi {
             .fetch(&source, request.s3.as_ref(), &temp, max)
             .await;
         let stored = store_fetched(content, &temp, &request.source, fetched.map(|_| ())).await?;
+        if let S3Selection::Object(_) = source.selection() {
+            content
+                .record_name(&stored.cid, &source.file_name())
+                .await?;
+        }
         tracing::info!(source = request.source, cid = stored.cid, "copied from S3");
         Ok(Response::new(stored))
     }

@@ -44,6 +44,8 @@ const BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("blocks");
 /// database goes with (so a missing or foreign log is noticed); `probe`, written to find
 /// out whether the store writes again after a failure.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The file name each CID was stored with, where one is known (`Write::Name`).
+const NAMES: TableDefinition<&str, &str> = TableDefinition::new("names");
 /// Bytes of a probe write: more than a page, so it needs room the disk must really have
 /// (a write into the unused end of a file's last page succeeds on a full disk).
 const PROBE_BYTES: usize = 64 << 10;
@@ -174,6 +176,14 @@ impl Backend for Embedded {
         })
     }
 
+    fn name<'a>(&'a self, cid: &'a str) -> BoxFuture<'a, Result<Option<String>>> {
+        Box::pin(async move {
+            let tx = self.database()?.begin_read()?;
+            let table = tx.open_table(NAMES)?;
+            Ok(table.get(cid)?.map(|value| value.value().to_owned()))
+        })
+    }
+
     /// The writer thread ends once the last handle (and with it the queue's sender) is
     /// gone; then the database file is closed and can be opened again.
     fn close(self: Arc<Self>) -> BoxFuture<'static, ()> {
@@ -208,6 +218,7 @@ fn open_database(path: &Path, recovery: wal::Recovery) -> Result<(Database, Wal)
         tx.open_table(EVENTS)?;
         tx.open_table(NODES)?;
         tx.open_table(BLOCKS)?;
+        tx.open_table(NAMES)?;
         let meta = tx.open_table(META)?;
         let number = |key: &str| -> Result<Option<u64>> {
             Ok(meta
@@ -577,6 +588,9 @@ fn encode_frames(batches: &[Batch], wal: &mut Wal) -> Vec<Vec<u8>> {
                 Write::Block { cid, data } => {
                     frame.row(Table::Blocks, cid, 0, |b| b.extend_from_slice(data))
                 }
+                Write::Name { cid, name } => frame.row(Table::Names, cid, 0, |b| {
+                    b.extend_from_slice(name.as_bytes())
+                }),
                 Write::Probe => frame.row(Table::Meta, "probe", 0, |b| {
                     b.resize(b.len() + PROBE_BYTES, 0)
                 }),
@@ -608,6 +622,7 @@ fn apply_rows(tx: &redb::WriteTransaction, rows: &[wal::Row<'_>]) -> Result<()> 
     let mut nodes = tx.open_table(NODES)?;
     let mut blocks = tx.open_table(BLOCKS)?;
     let mut meta = tx.open_table(META)?;
+    let mut names = tx.open_table(NAMES)?;
     for row in rows {
         match row.table {
             Table::Jobs => drop(jobs.insert(row.key, row.value)?),
@@ -616,6 +631,14 @@ fn apply_rows(tx: &redb::WriteTransaction, rows: &[wal::Row<'_>]) -> Result<()> 
             Table::Nodes => drop(nodes.insert(row.key, row.value)?),
             Table::Blocks => drop(blocks.insert(row.key, row.value)?),
             Table::Meta => drop(meta.insert(row.key, row.value)?),
+            // The first name stays (replaying the log applies the same rule).
+            Table::Names => {
+                let name = std::str::from_utf8(row.value)
+                    .map_err(|_| Error::Store(format!("the name of {} is not UTF-8", row.key)))?;
+                if names.get(row.key)?.is_none() {
+                    drop(names.insert(row.key, name)?);
+                }
+            }
         }
     }
     Ok(())

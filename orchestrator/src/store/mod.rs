@@ -48,6 +48,8 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<JobEvent>>>;
     /// A block stored with [`Write::Block`], if there is one under `cid`.
     fn block<'a>(&'a self, cid: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>>;
+    /// The name recorded for `cid` with [`Write::Name`] (the first one), if any.
+    fn name<'a>(&'a self, cid: &'a str) -> BoxFuture<'a, Result<Option<String>>>;
     /// Commits what is queued and releases the store once every other handle is gone.
     fn close(self: Arc<Self>) -> BoxFuture<'static, ()>;
 }
@@ -102,6 +104,11 @@ impl Store {
     /// A small block stored with [`Write::Block`], if there is one under `cid`.
     pub async fn block(&self, cid: &str) -> Result<Option<Bytes>> {
         self.0.block(cid).await
+    }
+
+    /// The file name recorded for `cid` ([`Write::Name`]), if any.
+    pub async fn name(&self, cid: &str) -> Result<Option<String>> {
+        self.0.name(cid).await
     }
 
     /// Flushes what is queued and closes the store, once every other handle is gone (the

@@ -68,6 +68,8 @@ pub enum Table {
     Blocks = 4,
     /// Facts about the store itself (a probe write after a failure).
     Meta = 5,
+    /// File names of stored CIDs (the first recorded for each).
+    Names = 6,
 }
 
 /// One row: a table, a key (plus a sequence number for events) and the value's bytes.
@@ -172,6 +174,7 @@ pub fn rows(frame: &[u8]) -> Result<Vec<Row<'_>>> {
             3 => Table::Nodes,
             4 => Table::Blocks,
             5 => Table::Meta,
+            6 => Table::Names,
             _ => return Err(malformed()),
         };
         let key_length = u32_at(take(4)?);
