@@ -258,6 +258,33 @@ impl Stack {
 
     /// Starts an executor named `id` with `args`.
     pub fn add_executor(&mut self, id: &str, args: &[&str]) -> anyhow::Result<()> {
+        let command = self.executor_command(id, args)?;
+        self.executors.push(spawn_quiet(command, "an executor")?);
+        Ok(())
+    }
+
+    /// [`add_executor`](Self::add_executor), keeping its info-level log to wait on.
+    pub fn add_executor_logged(
+        &mut self,
+        id: &str,
+        args: &[&str],
+    ) -> anyhow::Result<shoal_harness::Lines> {
+        let mut command = self.executor_command(id, args)?;
+        let mut child = command
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting an executor")?;
+        let stderr = child.stderr.take().context("the executor's stderr")?;
+        let lines = shoal_harness::collect(tokio::io::BufReader::new(stderr));
+        self.executors.push(child);
+        Ok(lines)
+    }
+
+    fn executor_command(&self, id: &str, args: &[&str]) -> anyhow::Result<Command> {
         let work = self.executor_root.join(format!("executor-{id}"));
         let mut command = Command::new(shoal_harness::binary("shoal-executor")?);
         command
@@ -265,8 +292,7 @@ impl Stack {
             .arg("--work-dir")
             .arg(&work)
             .args(args);
-        self.executors.push(spawn_quiet(command, "an executor")?);
-        Ok(())
+        Ok(command)
     }
 
     pub async fn clients(&self) -> anyhow::Result<Clients> {

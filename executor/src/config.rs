@@ -37,6 +37,14 @@ pub struct Config {
     /// between executors run by the same operator with the same trust.
     #[arg(long, env = "SHOAL_MODULE_CACHE")]
     pub module_cache: Option<PathBuf>,
+    /// A file holding a secret of 16 bytes or more (`openssl rand -hex 32 > FILE`) that
+    /// executors trusting each other with native code share across machines: each uploads
+    /// the modules it compiles to the orchestrator's store, signed with it, and loads the
+    /// ones the others signed instead of compiling them again. Off if unset. A holder of
+    /// the key can make the others run its code: share it only within one operator's
+    /// executors of one trust.
+    #[arg(long, env = "SHOAL_MODULE_SHARE_KEY")]
+    pub module_share_key: Option<PathBuf>,
     /// Most stdout (and, separately, stderr) kept per execution; the rest is dropped.
     #[arg(long, env = "SHOAL_LOG_CAP", default_value = "64MiB", value_parser = shoal::spec::units::parse_size)]
     pub log_cap: u64,
@@ -103,6 +111,7 @@ impl Config {
             memory_bytes: 8 << 30,
             work_dir,
             module_cache: None,
+            module_share_key: None,
             log_cap: 64 << 20,
             max_output_bytes: 10 << 30,
             max_input_bytes: 10 << 30,

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::input_cache::InputCache;
 use crate::metrics::Metrics;
+use crate::module_share::ModuleShare;
 use crate::runtime::Runtime;
 use crate::scratch::ScratchPool;
 
@@ -91,6 +92,8 @@ pub struct ExecutionContext {
     pub metrics: Arc<Metrics>,
     /// Scratch directories, reused when an execution leaves nothing in them.
     pub scratch: ScratchPool,
+    /// The pool of executors this one shares compiled modules with (`--module-share-key`).
+    pub module_share: Option<Arc<ModuleShare>>,
 }
 
 impl ExecutionContext {

@@ -17,6 +17,7 @@ pub mod error;
 pub mod execution;
 pub mod input_cache;
 pub mod metrics;
+pub mod module_share;
 pub mod publish;
 pub mod reports;
 pub mod runtime;
@@ -74,6 +75,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let channel = shoal::net::auth::AuthChannel::new(channel, bearer);
     let storage =
         StorageServiceClient::new(channel.clone()).max_decoding_message_size(16 * 1024 * 1024);
+    let module_share = match &config.module_share_key {
+        Some(path) => {
+            let key = std::fs::read(path).map_err(|e| {
+                Error::io(
+                    format!("reading the module share key {}", path.display()),
+                    e,
+                )
+            })?;
+            // Trailing whitespace (the newline `openssl rand -hex 32 > FILE` writes) is not
+            // part of the key, so files made by different tools agree.
+            let key = key.trim_ascii().to_vec();
+            let seal = module_share::Seal::new(key, runtime.engine_fingerprint())?;
+            let dir = config.module_cache_dir();
+            Some(Arc::new(module_share::ModuleShare::new(
+                seal,
+                channel.clone(),
+                dir,
+            )))
+        }
+        None => None,
+    };
     let (uplink, uplink_rx) = context::Uplink::new(1024);
     let policy = shoal::data::http::UrlPolicy::new(&config.urls).map_err(Error::Config)?;
     let http =
@@ -101,6 +123,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             config.work_dir.join("executions"),
             config.slots.max(1) as usize,
         ),
+        module_share,
     });
     let executions = reports::SharedExecutions::default();
     let tasks = TaskTracker::new();

@@ -74,7 +74,7 @@ impl Metrics {
         );
         r.register(
             "module_cache",
-            "Compiled-module lookups: hit (memory or disk) or miss (compiled)",
+            "Compiled-module lookups: hit (memory or disk), shared (loaded from another executor of the pool, --module-share-key) or miss (compiled)",
             metrics.module_cache.clone(),
         );
         metrics.stream_messages.register(

@@ -123,6 +123,26 @@ pub enum Allocation {
     Pooling { instances: u32 },
 }
 
+/// A digest of the engine's compatibility hash, fed through SHA-256 so that it is the
+/// same in every process and build of the same wasmtime and settings (std's hashers are
+/// not promised to be).
+fn fingerprint(engine: &Engine) -> String {
+    use sha2::Digest as _;
+    struct Sha(sha2::Sha256);
+    impl Hasher for Sha {
+        fn finish(&self) -> u64 {
+            0 // only the digest is read
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+    let mut hasher = Sha(sha2::Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    let digest = hasher.0.finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The pool's shape. Each memory slot reserves the wasm32 address space (4 GiB plus
 /// guards) of virtual memory, not RAM; guests keep their per-job limit through
 /// [`GuestLimits`]. Per-module counts are generous so that multi-memory or multi-table
@@ -156,6 +176,9 @@ pub struct Compiled {
 /// The executor's wasmtime engine, linker and module cache.
 pub struct Runtime {
     engine: Engine,
+    /// What a compiled module must have been compiled for to load here (see
+    /// [`Runtime::engine_fingerprint`]).
+    fingerprint: String,
     linker: Linker<Guest>,
     cache_dir: PathBuf,
     /// Compiled programs by content id, with insertion order for eviction.
@@ -201,8 +224,10 @@ impl Runtime {
                 }
             })
             .map_err(|e| Error::io("starting the epoch ticker", e))?;
+        let fingerprint = fingerprint(&engine);
         Ok(Arc::new(Runtime {
             engine,
+            fingerprint,
             linker,
             cache_dir: cache_dir.to_owned(),
             programs: Mutex::new((HashMap::new(), VecDeque::new())),
@@ -237,8 +262,43 @@ impl Runtime {
         })
     }
 
+    /// What a module compiled elsewhere must match to load into this engine: a digest of
+    /// wasmtime's compatibility hash (its version, compiler settings and target features),
+    /// the same on every executor of the same build and settings. Hex, 32 characters.
+    pub fn engine_fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The serialized module the disk cache holds for `key`, if any (what another executor
+    /// of the same engine can load instead of compiling).
+    pub fn compiled_bytes(&self, key: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.cache_path(key)).ok()
+    }
+
+    /// Loads `serialized`, a module compiled for `key` by another executor, and caches it
+    /// here like one compiled here.
+    ///
+    /// # Safety
+    ///
+    /// `serialized` is native code that runs as this process: the caller must know it was
+    /// produced by `Module::serialize` of a trusted executor (wasmtime checks that it was
+    /// compiled for this engine, not what it does).
+    #[allow(unsafe_code)]
+    pub unsafe fn load_compiled(&self, key: &str, serialized: &[u8]) -> Result<Program, String> {
+        // SAFETY: the caller vouches for the bytes (see above).
+        let module = unsafe { Module::deserialize(&self.engine, serialized) }
+            .map_err(|e| format!("it does not load: {}", error_chain(&e)))?;
+        let program = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| format!("it does not link: {}", error_chain(&e)))?;
+        self.store_on_disk(key, serialized);
+        self.remember(key, program.clone());
+        Ok(program)
+    }
+
     /// The compiled program for `cid` if it is cached in memory or on disk.
-    fn cached(&self, cid: &str) -> Option<Program> {
+    pub fn cached(&self, cid: &str) -> Option<Program> {
         if let Some(program) = self.lock_programs().0.get(cid) {
             return Some(program.clone());
         }
@@ -298,21 +358,26 @@ impl Runtime {
             )
         })?;
         match module.serialize() {
-            Ok(serialized) => {
-                let path = self.cache_path(cid);
-                // Named apart from every other writer: executors may share the directory.
-                let temp = path.with_extension(format!("{}.tmp", uuid::Uuid::now_v7().simple()));
-                if std::fs::write(&temp, serialized)
-                    .and_then(|()| std::fs::rename(&temp, &path))
-                    .is_err()
-                {
-                    tracing::warn!(cid, "cannot write the compiled module to the disk cache");
-                }
-            }
+            Ok(serialized) => self.store_on_disk(cid, &serialized),
             Err(error) => tracing::warn!(cid, %error, "cannot serialise the compiled module"),
         }
         self.remember(cid, program.clone());
         Ok(program)
+    }
+
+    /// Writes a serialized module to the disk cache (best effort: a failure costs a
+    /// compile later, nothing else).
+    fn store_on_disk(&self, cid: &str, serialized: &[u8]) {
+        let path = self.cache_path(cid);
+        // Named apart from every other writer: executors may share the directory.
+        let temp = path.with_extension(format!("{}.tmp", uuid::Uuid::now_v7().simple()));
+        if std::fs::write(&temp, serialized)
+            .and_then(|()| std::fs::rename(&temp, &path))
+            .is_err()
+        {
+            let _ = std::fs::remove_file(&temp);
+            tracing::warn!(cid, "cannot write the compiled module to the disk cache");
+        }
     }
 
     fn lock_programs(
@@ -335,12 +400,8 @@ impl Runtime {
     }
 
     fn cache_path(&self, cid: &str) -> PathBuf {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine
-            .precompile_compatibility_hash()
-            .hash(&mut hasher);
         self.cache_dir
-            .join(format!("{cid}-{:016x}.cwasm", hasher.finish()))
+            .join(format!("{cid}-{}.cwasm", self.fingerprint))
     }
 
     /// Runs `program` to its end, a failure, its timeout or its cancellation.

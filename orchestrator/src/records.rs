@@ -28,6 +28,13 @@ pub enum Write {
         cid: String,
         name: String,
     },
+    /// The artifact (a stored file's CID) an executor compiled for a program and engine;
+    /// a later record for the same pair replaces it.
+    CompiledModule {
+        program: String,
+        engine: String,
+        artifact: String,
+    },
     /// A write of no meaning (in the store's own table), to find out whether the store
     /// writes again after a failure.
     Probe,

@@ -237,13 +237,7 @@ async fn executors_sharing_a_module_cache_compile_once() {
             .await
             .success();
     }
-    let series = |text: &str, result: &str| {
-        let name = format!("shoal_executor_module_cache_total{{result=\"{result}\"}}");
-        text.lines()
-            .find_map(|line| line.strip_prefix(&name)?.strip_prefix(' '))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let series = module_cache;
     let one = scrape(&metrics[0]).await;
     assert_eq!(
         series(&one, "miss"),
@@ -257,4 +251,194 @@ async fn executors_sharing_a_module_cache_compile_once() {
         "the second compiled it again:\n{two}"
     );
     assert_eq!(series(&two, "hit"), 1.0, "{two}");
+}
+
+/// The executor's `module_cache` counter for `result` (hit, shared, miss) in a scrape.
+fn module_cache(text: &str, result: &str) -> f64 {
+    let name = format!("shoal_executor_module_cache_total{{result=\"{result}\"}}");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&name)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// An executor started for the module-sharing test: its metrics endpoint and its log.
+struct Pooled {
+    _child: tokio::process::Child,
+    lines: crate::common::Lines,
+    metrics: String,
+}
+
+async fn start_pooled(
+    address: &str,
+    dir: &std::path::Path,
+    who: &str,
+    key: &std::path::Path,
+) -> Pooled {
+    let label = format!("who={who}");
+    let key = key.to_string_lossy();
+    let (child, lines) = start_executor_logged(
+        address,
+        &dir.join(who),
+        who,
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--label",
+            &label,
+            "--module-share-key",
+            &key,
+        ],
+        &[],
+    );
+    let metrics = crate::common::json_log_line(&lines, "metrics listening", |line| {
+        line["message"] == "metrics listening"
+    })
+    .await["address"]
+        .as_str()
+        .expect("an address")
+        .to_owned();
+    Pooled {
+        _child: child,
+        lines,
+        metrics,
+    }
+}
+
+/// Executors on different machines (separate work directories and module caches) that
+/// share a key load what one of them compiled instead of compiling it again; one with
+/// another key does not; and an artifact spoiled in the store (one byte flipped, recorded
+/// as the pool's through the API) is refused by its signature, and the program compiled
+/// and run as if nothing had been shared.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_shares_compiled_modules_and_refuses_a_spoiled_one() {
+    use shoal::proto::executor_service_client::ExecutorServiceClient;
+    use shoal::proto::{CompiledModule, FindCompiledModuleRequest};
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let orchestrator = start_orchestrator_with(&scratch.path().join("data"), 0, &[]).await;
+    let address = orchestrator.address.clone();
+    let (pool_key, other_key) = (
+        scratch.path().join("pool.key"),
+        scratch.path().join("other.key"),
+    );
+    std::fs::write(&pool_key, format!("{}\n", "7f".repeat(32))).expect("write a key");
+    std::fs::write(&other_key, "another pool's secret, long enough").expect("write a key");
+    let hello = path("examples/hello/hello.wasm");
+    let run_on = |who: &'static str| {
+        let (address, hello) = (address.clone(), hello.clone());
+        async move {
+            let constraint = format!("who={who}");
+            let out = crate::common::shoal(&address, &["wasm", "run", "-s", &constraint, &hello])
+                .await
+                .success();
+            assert!(
+                out.stdout.contains("Hello from hello.wasm!"),
+                "{who}: {}",
+                out.stdout
+            );
+        }
+    };
+
+    let one = start_pooled(&address, scratch.path(), "one", &pool_key).await;
+    run_on("one").await;
+    let shared = crate::common::json_log_line(&one.lines, "compiled module shared", |line| {
+        line["message"] == "compiled module shared"
+    })
+    .await;
+    let field = |name: &str| shared[name].as_str().expect(name).to_owned();
+    let (program, engine, artifact) = (field("program"), field("engine"), field("artifact"));
+    assert_eq!(module_cache(&scrape(&one.metrics).await, "miss"), 1.0);
+
+    let two = start_pooled(&address, scratch.path(), "two", &pool_key).await;
+    run_on("two").await;
+    let two_metrics = scrape(&two.metrics).await;
+    assert_eq!(module_cache(&two_metrics, "shared"), 1.0, "{two_metrics}");
+    assert_eq!(module_cache(&two_metrics, "miss"), 0.0, "{two_metrics}");
+
+    let outsider = start_pooled(&address, scratch.path(), "outsider", &other_key).await;
+    run_on("outsider").await;
+    let outsider_metrics = scrape(&outsider.metrics).await;
+    assert_eq!(
+        module_cache(&outsider_metrics, "shared"),
+        0.0,
+        "{outsider_metrics}"
+    );
+    assert_eq!(
+        module_cache(&outsider_metrics, "miss"),
+        1.0,
+        "{outsider_metrics}"
+    );
+
+    // Spoil the pool's artifact: the same bytes with one flipped, stored and recorded.
+    let mut spoiled = stored_bytes(&address, &artifact).await;
+    let middle = spoiled.len() / 2;
+    spoiled[middle] ^= 0x20;
+    let spoiled_file = scratch.path().join("spoiled.cwasm");
+    std::fs::write(&spoiled_file, &spoiled).expect("write");
+    let spoiled_cid = crate::common::shoal(
+        &address,
+        &["data", "put", "-q", &spoiled_file.to_string_lossy()],
+    )
+    .await
+    .success()
+    .stdout
+    .trim()
+    .to_owned();
+    let channel = tonic::transport::Endpoint::from_shared(address.clone())
+        .expect("address")
+        .connect()
+        .await
+        .expect("connect");
+    let mut index = ExecutorServiceClient::new(channel);
+    index
+        .record_compiled_module(CompiledModule {
+            program: program.clone(),
+            engine: engine.clone(),
+            artifact: spoiled_cid.clone(),
+        })
+        .await
+        .expect("record the spoiled artifact");
+
+    let three = start_pooled(&address, scratch.path(), "three", &pool_key).await;
+    run_on("three").await;
+    let refused =
+        crate::common::json_log_line(&three.lines, "the spoiled module refused", |line| {
+            line["message"] == "a shared compiled module was refused"
+        })
+        .await;
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("signature does not verify"),
+        "{refused}"
+    );
+    let three_metrics = scrape(&three.metrics).await;
+    assert_eq!(
+        module_cache(&three_metrics, "shared"),
+        0.0,
+        "{three_metrics}"
+    );
+    assert_eq!(module_cache(&three_metrics, "miss"), 1.0, "{three_metrics}");
+    // And it shared its own, replacing the spoiled record.
+    crate::common::json_log_line(&three.lines, "three shared its module", |line| {
+        line["message"] == "compiled module shared"
+    })
+    .await;
+    let recorded = index
+        .find_compiled_module(FindCompiledModuleRequest { program, engine })
+        .await
+        .expect("find")
+        .into_inner();
+    assert_ne!(recorded.artifact, spoiled_cid);
+}
+
+/// The bytes of the stored file `cid`.
+async fn stored_bytes(address: &str, cid: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("file");
+    crate::common::shoal(address, &["data", "get", cid, &dest.to_string_lossy()])
+        .await
+        .success();
+    std::fs::read(&dest).expect("read")
 }

@@ -25,13 +25,13 @@ pub async fn stage_program(
     dir: &InputsDir,
 ) -> Result<Program, Failure> {
     let failure = |m: String| staging_failure(format!("program {name}: {m}"));
-    let compiled = match source {
+    let program = match source {
         Source::Cid(cid) => {
             let fetch = || async {
                 let path = dir.create().await?.join("program.wasm");
                 fetch_by_cid(ctx, cid, &path).await.map_err(failure)
             };
-            ctx.runtime.get_or_compile(&cid.to_string(), fetch).await?
+            compiled(ctx, &cid.to_string(), fetch).await?
         }
         Source::S3(s3) => {
             if !matches!(s3.selection(), S3Selection::Object(_)) {
@@ -57,29 +57,58 @@ pub async fn stage_program(
             compile_download(ctx, bytes).await?
         }
     };
-    let result = match compiled.compiled_bytes {
-        Some(bytes) => {
-            ctx.metrics
-                .staged_bytes
-                .get_or_create(&[("source", "program")])
-                .inc_by(bytes);
-            "miss"
+    Ok(program)
+}
+
+/// The program `key`: cached here, loaded from another executor of the pool
+/// (`--module-share-key`), or compiled from what `fetch` returns (and then shared with
+/// the pool). Counted in the module_cache metric as hit, shared or miss.
+async fn compiled<F, Fut>(ctx: &ExecutionContext, key: &str, fetch: F) -> Result<Program, Failure>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<u8>, Failure>>,
+{
+    let cached = ctx.runtime.cached(key);
+    let shared = match (&cached, &ctx.module_share) {
+        (None, Some(share)) => share.load(&ctx.runtime, key).await,
+        _ => None,
+    };
+    let (program, result) = match (cached, shared) {
+        (Some(program), _) => (program, "hit"),
+        (None, Some(program)) => (program, "shared"),
+        (None, None) => {
+            let Compiled {
+                program,
+                compiled_bytes,
+            } = ctx.runtime.get_or_compile(key, fetch).await?;
+            if let Some(bytes) = compiled_bytes {
+                ctx.metrics
+                    .staged_bytes
+                    .get_or_create(&[("source", "program")])
+                    .inc_by(bytes);
+                if let Some(share) = &ctx.module_share {
+                    share.publish(&ctx.runtime, key);
+                }
+            }
+            let result = if compiled_bytes.is_some() {
+                "miss"
+            } else {
+                "hit"
+            };
+            (program, result)
         }
-        None => "hit",
     };
     ctx.metrics
         .module_cache
         .get_or_create(&[("result", result)])
         .inc();
-    Ok(compiled.program)
+    Ok(program)
 }
 
 /// Compiles (or finds compiled) the downloaded module `bytes`, keyed by their hash.
-async fn compile_download(ctx: &ExecutionContext, bytes: Vec<u8>) -> Result<Compiled, Failure> {
+async fn compile_download(ctx: &ExecutionContext, bytes: Vec<u8>) -> Result<Program, Failure> {
     let key = ContentId::of_block(RAW, &bytes).to_string();
-    ctx.runtime
-        .get_or_compile(&key, || async { Ok(bytes) })
-        .await
+    compiled(ctx, &key, || async { Ok(bytes) }).await
 }
 
 /// The program `cid`'s bytes: from the orchestrator's store, or, if it lacks them, from the

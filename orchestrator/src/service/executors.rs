@@ -11,8 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::{FutureExt, Stream, StreamExt};
 use shoal::proto::executor_service_server::ExecutorService;
 use shoal::proto::{
-    ExecutionFinished, ExecutionState, ExecutorMessage, Failure, FailureKind, OrchestratorMessage,
-    ProtocolVersion, Registered, executor_message, orchestrator_message,
+    CompiledModule, ExecutionFinished, ExecutionState, ExecutorMessage, Failure, FailureKind,
+    FindCompiledModuleRequest, OrchestratorMessage, ProtocolVersion, RecordCompiledModuleResponse,
+    Registered, executor_message, orchestrator_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -45,6 +46,22 @@ impl ExecutorService for ExecutorApi {
         request: Request<Streaming<ExecutorMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         self.serve(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn find_compiled_module(
+        &self,
+        request: Request<FindCompiledModuleRequest>,
+    ) -> Result<Response<CompiledModule>, Status> {
+        let found = super::modules::find(&self.0, request.into_inner()).await?;
+        Ok(Response::new(found))
+    }
+
+    async fn record_compiled_module(
+        &self,
+        request: Request<CompiledModule>,
+    ) -> Result<Response<RecordCompiledModuleResponse>, Status> {
+        let recorded = super::modules::record(&self.0, request.into_inner()).await?;
+        Ok(Response::new(recorded))
     }
 }
 

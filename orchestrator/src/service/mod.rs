@@ -3,6 +3,7 @@
 
 pub mod executors;
 mod jobs;
+mod modules;
 mod nodes;
 mod storage;
 

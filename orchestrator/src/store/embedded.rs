@@ -46,6 +46,9 @@ const BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("blocks");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// The file name each CID was stored with, where one is known (`Write::Name`).
 const NAMES: TableDefinition<&str, &str> = TableDefinition::new("names");
+/// The artifact CID of each compiled module executors share, keyed `ENGINE/PROGRAM`
+/// (`Write::CompiledModule`).
+const MODULES: TableDefinition<&str, &str> = TableDefinition::new("modules");
 /// Bytes of a probe write: more than a page, so it needs room the disk must really have
 /// (a write into the unused end of a file's last page succeeds on a full disk).
 const PROBE_BYTES: usize = 64 << 10;
@@ -184,6 +187,21 @@ impl Backend for Embedded {
         })
     }
 
+    fn compiled_module<'a>(
+        &'a self,
+        program: &'a str,
+        engine: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>>> {
+        Box::pin(async move {
+            let tx = self.database()?.begin_read()?;
+            let table = tx.open_table(MODULES)?;
+            let key = module_key(program, engine);
+            Ok(table
+                .get(key.as_str())?
+                .map(|value| value.value().to_owned()))
+        })
+    }
+
     /// The writer thread ends once the last handle (and with it the queue's sender) is
     /// gone; then the database file is closed and can be opened again.
     fn close(self: Arc<Self>) -> BoxFuture<'static, ()> {
@@ -219,6 +237,7 @@ fn open_database(path: &Path, recovery: wal::Recovery) -> Result<(Database, Wal)
         tx.open_table(NODES)?;
         tx.open_table(BLOCKS)?;
         tx.open_table(NAMES)?;
+        tx.open_table(MODULES)?;
         let meta = tx.open_table(META)?;
         let number = |key: &str| -> Result<Option<u64>> {
             Ok(meta
@@ -591,6 +610,13 @@ fn encode_frames(batches: &[Batch], wal: &mut Wal) -> Vec<Vec<u8>> {
                 Write::Name { cid, name } => frame.row(Table::Names, cid, 0, |b| {
                     b.extend_from_slice(name.as_bytes())
                 }),
+                Write::CompiledModule {
+                    program,
+                    engine,
+                    artifact,
+                } => frame.row(Table::Modules, &module_key(program, engine), 0, |b| {
+                    b.extend_from_slice(artifact.as_bytes())
+                }),
                 Write::Probe => frame.row(Table::Meta, "probe", 0, |b| {
                     b.resize(b.len() + PROBE_BYTES, 0)
                 }),
@@ -614,6 +640,17 @@ fn apply_frames(tx: &redb::WriteTransaction, frames: &[Vec<u8>]) -> Result<()> {
     Ok(())
 }
 
+/// A row's value as text (a name, a CID).
+fn text<'a>(row: &wal::Row<'a>) -> Result<&'a str> {
+    std::str::from_utf8(row.value)
+        .map_err(|_| Error::Store(format!("the value of {} is not UTF-8", row.key)))
+}
+
+/// The `MODULES` key of a program's compiled module for an engine.
+fn module_key(program: &str, engine: &str) -> String {
+    format!("{engine}/{program}")
+}
+
 /// Puts `rows` into their tables.
 fn apply_rows(tx: &redb::WriteTransaction, rows: &[wal::Row<'_>]) -> Result<()> {
     let mut jobs = tx.open_table(JOBS)?;
@@ -623,6 +660,7 @@ fn apply_rows(tx: &redb::WriteTransaction, rows: &[wal::Row<'_>]) -> Result<()> 
     let mut blocks = tx.open_table(BLOCKS)?;
     let mut meta = tx.open_table(META)?;
     let mut names = tx.open_table(NAMES)?;
+    let mut modules = tx.open_table(MODULES)?;
     for row in rows {
         match row.table {
             Table::Jobs => drop(jobs.insert(row.key, row.value)?),
@@ -633,12 +671,11 @@ fn apply_rows(tx: &redb::WriteTransaction, rows: &[wal::Row<'_>]) -> Result<()> 
             Table::Meta => drop(meta.insert(row.key, row.value)?),
             // The first name stays (replaying the log applies the same rule).
             Table::Names => {
-                let name = std::str::from_utf8(row.value)
-                    .map_err(|_| Error::Store(format!("the name of {} is not UTF-8", row.key)))?;
                 if names.get(row.key)?.is_none() {
-                    drop(names.insert(row.key, name)?);
+                    drop(names.insert(row.key, text(row)?)?);
                 }
             }
+            Table::Modules => drop(modules.insert(row.key, text(row)?)?),
         }
     }
     Ok(())

@@ -50,6 +50,13 @@ pub trait Backend: Send + Sync + 'static {
     fn block<'a>(&'a self, cid: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>>;
     /// The name recorded for `cid` with [`Write::Name`] (the first one), if any.
     fn name<'a>(&'a self, cid: &'a str) -> BoxFuture<'a, Result<Option<String>>>;
+    /// The artifact last recorded with [`Write::CompiledModule`] for `program` and
+    /// `engine`, if any.
+    fn compiled_module<'a>(
+        &'a self,
+        program: &'a str,
+        engine: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>>>;
     /// Commits what is queued and releases the store once every other handle is gone.
     fn close(self: Arc<Self>) -> BoxFuture<'static, ()>;
 }
@@ -109,6 +116,12 @@ impl Store {
     /// The file name recorded for `cid` ([`Write::Name`]), if any.
     pub async fn name(&self, cid: &str) -> Result<Option<String>> {
         self.0.name(cid).await
+    }
+
+    /// The artifact recorded for `program`'s compiled module on `engine`
+    /// ([`Write::CompiledModule`]), if any.
+    pub async fn compiled_module(&self, program: &str, engine: &str) -> Result<Option<String>> {
+        self.0.compiled_module(program, engine).await
     }
 
     /// Flushes what is queued and closes the store, once every other handle is gone (the

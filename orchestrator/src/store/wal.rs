@@ -70,6 +70,8 @@ pub enum Table {
     Meta = 5,
     /// File names of stored CIDs (the first recorded for each).
     Names = 6,
+    /// Compiled modules executors share, by engine and program.
+    Modules = 7,
 }
 
 /// One row: a table, a key (plus a sequence number for events) and the value's bytes.
@@ -175,6 +177,7 @@ pub fn rows(frame: &[u8]) -> Result<Vec<Row<'_>>> {
             4 => Table::Blocks,
             5 => Table::Meta,
             6 => Table::Names,
+            7 => Table::Modules,
             _ => return Err(malformed()),
         };
         let key_length = u32_at(take(4)?);
