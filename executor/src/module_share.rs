@@ -30,8 +30,9 @@ const MAGIC: &[u8; 8] = b"SHOALMOD";
 const TAG_BYTES: usize = 32;
 /// The shortest key accepted, in bytes: 128 bits.
 pub const MIN_KEY_BYTES: usize = 16;
-/// The largest artifact downloaded (a compiled module is a few times its wasm's size).
-const MAX_ARTIFACT_BYTES: u64 = 4 << 30;
+/// The largest artifact downloaded, into memory (a compiled module is a few times its
+/// wasm's size; one past this is compiled here instead).
+const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
 
 /// The pool's key and the engine it seals for: signs artifacts and checks them.
 #[derive(Clone)]
@@ -178,22 +179,22 @@ impl ModuleShare {
             }
         };
         // Checking the tag of a large module and loading it take a while: off the runtime.
-        let (seal, runtime_, key) = (self.seal.clone(), runtime.clone(), program.to_owned());
+        let (seal, runtime, key) = (self.seal.clone(), runtime.clone(), program.to_owned());
         let loaded = tokio::task::spawn_blocking(move || {
             let serialized = seal.open(&key, &sealed)?;
             // SAFETY: the bytes verified against the pool's key, so an executor holding it
             // produced them with `Module::serialize` for this program and engine.
             #[allow(unsafe_code)]
             unsafe {
-                runtime_.load_compiled(&key, serialized)
+                runtime.load_compiled(&key, serialized)
             }
         })
         .await
         .unwrap_or_else(|e| Err(format!("the loading task failed: {e}")));
         match loaded {
-            Ok(program_) => {
+            Ok(loaded) => {
                 tracing::info!(program, artifact, "compiled module loaded from the fleet");
-                Some(program_)
+                Some(loaded)
             }
             Err(reason) => {
                 tracing::warn!(
@@ -225,11 +226,11 @@ impl ModuleShare {
     }
 
     async fn publish_now(&self, runtime: &Arc<Runtime>, program: &str) -> Result<String> {
-        let (runtime_, seal, key) = (runtime.clone(), self.seal.clone(), program.to_owned());
+        let (runtime, seal, key) = (runtime.clone(), self.seal.clone(), program.to_owned());
         let dir = self.dir.clone();
         // Sealing and writing a large module take a while: off the runtime.
         let (temp, path) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let serialized = runtime_
+            let serialized = runtime
                 .compiled_bytes(&key)
                 .ok_or_else(|| Error::Runtime("the compiled module is not on disk".into()))?;
             let temp = tempfile::Builder::new()

@@ -19,10 +19,13 @@ async fn scrape(address: &str) -> String {
 
 /// The value of the series written exactly as `series` (name and labels).
 fn value(text: &str, series: &str) -> f64 {
+    find_value(text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+fn find_value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -253,13 +256,11 @@ async fn executors_sharing_a_module_cache_compile_once() {
     assert_eq!(series(&two, "hit"), 1.0, "{two}");
 }
 
-/// The executor's `module_cache` counter for `result` (hit, shared, miss) in a scrape.
+/// The executor's `module_cache` counter for `result` (hit, shared, miss) in a scrape; 0
+/// before the first such lookup.
 fn module_cache(text: &str, result: &str) -> f64 {
-    let name = format!("shoal_executor_module_cache_total{{result=\"{result}\"}}");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&name)?.strip_prefix(' '))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap_or(0.0)
+    let series = format!("shoal_executor_module_cache_total{{result=\"{result}\"}}");
+    find_value(text, &series).unwrap_or(0.0)
 }
 
 /// An executor started for the module-sharing test: its metrics endpoint and its log.
