@@ -29,11 +29,7 @@ async fn hand_executor(
     ),
     tonic::Status,
 > {
-    let channel = tonic::transport::Endpoint::from_shared(address.to_owned())
-        .expect("address")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = crate::common::connect(address).await;
     let (uplink, rx) = mpsc::channel(64);
     uplink
         .send(message(executor_message::Message::Register(Register {
@@ -304,11 +300,7 @@ async fn generated_hostile_requests_get_precise_answers() {
             .as_str()
             .expect("program")
             .to_owned();
-    let channel = tonic::transport::Endpoint::from_shared(address.clone())
-        .expect("address")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = crate::common::connect(&address).await;
     let mut jobs = JobServiceClient::new(channel.clone()).max_decoding_message_size(16 << 20);
     let mut storage = StorageServiceClient::new(channel.clone());
     let mut nodes = NodeServiceClient::new(channel);

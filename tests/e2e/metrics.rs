@@ -385,11 +385,7 @@ async fn a_pool_shares_compiled_modules_and_refuses_a_spoiled_one() {
     .stdout
     .trim()
     .to_owned();
-    let channel = tonic::transport::Endpoint::from_shared(address.clone())
-        .expect("address")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = crate::common::connect(&address).await;
     let mut index = ExecutorServiceClient::new(channel);
     index
         .record_compiled_module(CompiledModule {

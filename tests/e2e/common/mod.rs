@@ -443,6 +443,15 @@ pub async fn submit(address: &str, args: &[&str]) -> String {
         .to_owned()
 }
 
+/// A gRPC channel to `address`, connected.
+pub async fn connect(address: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(address.to_owned())
+        .expect("address")
+        .connect()
+        .await
+        .expect("connect")
+}
+
 /// The job `id` (`job describe --output json`) once `done` holds for it, checked at every
 /// event of the job's watch stream (a state change, or a new reason why it waits in the
 /// queue: events, not a poll); fails after the timeout, naming `what`.
@@ -455,11 +464,7 @@ pub async fn wait_job_state(
     use shoal::proto::WatchJobRequest;
     use shoal::proto::job_service_client::JobServiceClient;
     use tokio_stream::StreamExt as _;
-    let channel = tonic::transport::Endpoint::from_shared(address.to_owned())
-        .expect("address")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = connect(address).await;
     let request = WatchJobRequest {
         job_id: id.to_owned(),
         from_sequence: 0,
