@@ -83,8 +83,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                     e,
                 )
             })?;
-            // Trailing whitespace (the newline `openssl rand -hex 32 > FILE` writes) is not
-            // part of the key, so files made by different tools agree.
+            // Whitespace at either end (the newline `openssl rand -hex 32 > FILE` writes) is
+            // not part of the key, so files made by different tools agree.
             let key = key.trim_ascii().to_vec();
             let seal = module_share::Seal::new(key, runtime.engine_fingerprint())?;
             let dir = config.module_cache_dir();

@@ -30,9 +30,13 @@ const MAGIC: &[u8; 8] = b"SHOALMOD";
 const TAG_BYTES: usize = 32;
 /// The shortest key accepted, in bytes: 128 bits.
 pub const MIN_KEY_BYTES: usize = 16;
-/// The largest artifact downloaded, into memory (a compiled module is a few times its
-/// wasm's size; one past this is compiled here instead).
-const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
+/// The largest artifact downloaded: it is held in memory until its seal is checked, so
+/// this bounds what a spoiled record can cost (a compiled module is a few times its wasm's
+/// size; a program whose artifact is larger is compiled here instead).
+const MAX_ARTIFACT_BYTES: u64 = 256 << 20;
+/// Longest the lookup and download of an artifact may take before this executor compiles
+/// the program itself (a hung orchestrator must not hold staging for its whole timeout).
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The pool's key and the engine it seals for: signs artifacts and checks them.
 #[derive(Clone)]
@@ -151,11 +155,17 @@ impl ModuleShare {
             program: program.to_owned(),
             engine: self.seal.engine.clone(),
         };
-        let artifact = match self.executors.clone().find_compiled_module(request).await {
-            Ok(found) => found.into_inner().artifact,
-            Err(status) if status.code() == tonic::Code::NotFound => return None,
-            Err(status) => {
+        let mut executors = self.executors.clone();
+        let lookup = executors.find_compiled_module(request);
+        let artifact = match tokio::time::timeout(FETCH_TIMEOUT, lookup).await {
+            Ok(Ok(found)) => found.into_inner().artifact,
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => return None,
+            Ok(Err(status)) => {
                 tracing::warn!(program, %status, "cannot look up a shared compiled module");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(program, "no answer to the shared compiled module lookup");
                 return None;
             }
         };
@@ -164,17 +174,23 @@ impl ModuleShare {
             path: String::new(),
             offset: 0,
         };
-        let sealed = match self.storage.clone().download(download).await {
-            Ok(stream) => {
-                shoal::content::transfer::download_bytes(stream.into_inner(), MAX_ARTIFACT_BYTES)
-                    .await
-            }
-            Err(status) => Err(status.into()),
+        let mut storage = self.storage.clone();
+        let fetch = async move {
+            let stream = storage.download(download).await?.into_inner();
+            shoal::content::transfer::download_bytes(stream, MAX_ARTIFACT_BYTES).await
         };
-        let sealed = match sealed {
-            Ok(sealed) => sealed,
-            Err(error) => {
+        let sealed = match tokio::time::timeout(FETCH_TIMEOUT, fetch).await {
+            Ok(Ok(sealed)) => sealed,
+            Ok(Err(error)) => {
                 tracing::warn!(program, artifact, %error, "cannot fetch a shared compiled module");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    program,
+                    artifact,
+                    "fetching a shared compiled module took too long"
+                );
                 return None;
             }
         };
@@ -208,12 +224,13 @@ impl ModuleShare {
         }
     }
 
-    /// Shares the module just compiled for `program` with the pool, in the background (the
-    /// execution that compiled it does not wait): sealed, uploaded, recorded.
-    pub fn publish(self: &Arc<Self>, runtime: &Arc<Runtime>, program: &str) {
-        let (share, runtime, program) = (self.clone(), runtime.clone(), program.to_owned());
+    /// Shares `serialized`, the module this executor just compiled for `program`, with the
+    /// pool, in the background (the execution that compiled it does not wait): sealed,
+    /// uploaded, recorded.
+    pub fn publish(self: &Arc<Self>, program: &str, serialized: Vec<u8>) {
+        let (share, program) = (self.clone(), program.to_owned());
         tokio::spawn(async move {
-            match share.publish_now(&runtime, &program).await {
+            match share.publish_now(&program, serialized).await {
                 Ok(artifact) => tracing::info!(
                     program,
                     engine = share.seal.engine,
@@ -225,14 +242,11 @@ impl ModuleShare {
         });
     }
 
-    async fn publish_now(&self, runtime: &Arc<Runtime>, program: &str) -> Result<String> {
-        let (runtime, seal, key) = (runtime.clone(), self.seal.clone(), program.to_owned());
+    async fn publish_now(&self, program: &str, serialized: Vec<u8>) -> Result<String> {
+        let (seal, key) = (self.seal.clone(), program.to_owned());
         let dir = self.dir.clone();
         // Sealing and writing a large module take a while: off the runtime.
         let (temp, path) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let serialized = runtime
-                .compiled_bytes(&key)
-                .ok_or_else(|| Error::Runtime("the compiled module is not on disk".into()))?;
             let temp = tempfile::Builder::new()
                 .prefix("share-")
                 .tempdir_in(&dir)

@@ -171,6 +171,9 @@ pub struct Compiled {
     pub program: Program,
     /// The module's size if it was compiled now; None if it came from the cache.
     pub compiled_bytes: Option<u64>,
+    /// When compiled now: the native code as `Module::serialize` made it here (what a pool
+    /// of executors shares), if it could be serialized.
+    pub serialized: Option<Vec<u8>>,
 }
 
 /// The executor's wasmtime engine, linker and module cache.
@@ -250,15 +253,17 @@ impl Runtime {
             return Ok(Compiled {
                 program,
                 compiled_bytes: None,
+                serialized: None,
             });
         }
         let bytes = fetch().await?;
         let size = bytes.len() as u64;
         let span = tracing::info_span!("compile", module_bytes = size);
-        let program = self.compile(key, bytes).instrument(span).await?;
+        let (program, serialized) = self.compile(key, bytes).instrument(span).await?;
         Ok(Compiled {
             program,
             compiled_bytes: Some(size),
+            serialized,
         })
     }
 
@@ -267,12 +272,6 @@ impl Runtime {
     /// the same on every executor of the same build and settings. Hex, 32 characters.
     pub fn engine_fingerprint(&self) -> &str {
         &self.fingerprint
-    }
-
-    /// The serialized module the disk cache holds for `key`, if any (what another executor
-    /// of the same engine can load instead of compiling).
-    pub fn compiled_bytes(&self, key: &str) -> Option<Vec<u8>> {
-        std::fs::read(self.cache_path(key)).ok()
     }
 
     /// Loads `serialized`, a module compiled for `key` by another executor, and caches it
@@ -326,7 +325,11 @@ impl Runtime {
 
     /// Compiles and links `bytes` (the program `cid`), caching the result. An invalid
     /// module or a link error is a structured failure.
-    async fn compile(self: &Arc<Self>, cid: &str, bytes: Vec<u8>) -> Result<Program, Failure> {
+    async fn compile(
+        self: &Arc<Self>,
+        cid: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(Program, Option<Vec<u8>>), Failure> {
         let this = self.clone();
         let cid = cid.to_owned();
         // The caller's span (compile, within the execution's) goes along to the thread.
@@ -341,7 +344,11 @@ impl Runtime {
             })?
     }
 
-    fn compile_blocking(&self, cid: &str, bytes: &[u8]) -> Result<Program, Failure> {
+    fn compile_blocking(
+        &self,
+        cid: &str,
+        bytes: &[u8],
+    ) -> Result<(Program, Option<Vec<u8>>), Failure> {
         let module = Module::new(&self.engine, bytes).map_err(|e| {
             Failure::new(
                 FailureKind::InvalidModule,
@@ -357,12 +364,17 @@ impl Runtime {
                 format!("the program cannot be linked: {}", error_chain(&e)),
             )
         })?;
-        match module.serialize() {
-            Ok(serialized) => self.store_on_disk(cid, &serialized),
-            Err(error) => tracing::warn!(cid, %error, "cannot serialise the compiled module"),
+        let serialized = module
+            .serialize()
+            .inspect_err(
+                |error| tracing::warn!(cid, %error, "cannot serialise the compiled module"),
+            )
+            .ok();
+        if let Some(serialized) = &serialized {
+            self.store_on_disk(cid, serialized);
         }
         self.remember(cid, program.clone());
-        Ok(program)
+        Ok((program, serialized))
     }
 
     /// Writes a serialized module to the disk cache (best effort: a failure costs a
@@ -400,8 +412,12 @@ impl Runtime {
     }
 
     fn cache_path(&self, cid: &str) -> PathBuf {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
         self.cache_dir
-            .join(format!("{cid}-{}.cwasm", self.fingerprint))
+            .join(format!("{cid}-{:016x}.cwasm", hasher.finish()))
     }
 
     /// Runs `program` to its end, a failure, its timeout or its cancellation.

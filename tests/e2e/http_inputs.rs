@@ -207,6 +207,37 @@ async fn url_inputs_are_fetched_verified_and_failures_named() {
         .success();
     let summary = std::fs::read_to_string(results.join("outputs/summary.txt")).expect("summary");
     assert!(summary.starts_with("data.txt: 1 lines"), "{summary}");
+    // Another file stored under the same name goes under its CID beside it, not over it.
+    let other = stack.scratch("other").join("data.txt");
+    std::fs::create_dir_all(other.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&other, "other\nbytes\n").expect("write");
+    let other_cid = stack
+        .shoal(&["data", "put", "-q", &other.to_string_lossy()])
+        .await
+        .success()
+        .stdout
+        .trim()
+        .to_owned();
+    let both = stack.scratch("both");
+    let both_arg = both.to_string_lossy();
+    let args = [
+        "wasm",
+        "run",
+        &wordcount,
+        "-i",
+        cid,
+        "-i",
+        &other_cid,
+        "--download",
+        &both_arg,
+    ];
+    stack.shoal(&args).await.success();
+    let summary = std::fs::read_to_string(both.join("outputs/summary.txt")).expect("summary");
+    assert!(summary.contains("data.txt: 1 lines"), "{summary}");
+    assert!(
+        summary.contains(&format!("{other_cid}: 2 lines")),
+        "{summary}"
+    );
     let missing = stack
         .shoal(&["data", "cp", &format!("{base}/missing")])
         .await;

@@ -387,6 +387,31 @@ async fn a_pool_shares_compiled_modules_and_refuses_a_spoiled_one() {
     .to_owned();
     let channel = crate::common::connect(&address).await;
     let mut index = ExecutorServiceClient::new(channel);
+    // The index takes no engine key that could be a path, and no artifact it lacks.
+    let absent = shoal::content::cid::ContentId::of_block(shoal::content::cid::RAW, b"absent");
+    for (engine, artifact, code) in [
+        (
+            "../ENGINE",
+            spoiled_cid.clone(),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            engine.as_str(),
+            absent.to_string(),
+            tonic::Code::FailedPrecondition,
+        ),
+    ] {
+        let record = CompiledModule {
+            program: program.clone(),
+            engine: engine.to_owned(),
+            artifact,
+        };
+        let refused = index
+            .record_compiled_module(record)
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), code, "{refused:?}");
+    }
     index
         .record_compiled_module(CompiledModule {
             program: program.clone(),

@@ -173,6 +173,7 @@ const OUTAGE_RETRY: Retry =
 /// without an event. Returns the final job.
 pub async fn watch(clients: &mut Clients, job_id: &str, output: Output) -> anyhow::Result<Watched> {
     let logs = matches!(output, Output::Live | Output::LiveToTheEnd);
+    // Whether stdout still has a reader (stderr's chunks go on either way).
     let mut printing = logs;
     let mut collected = (output == Output::Collected).then(Vec::new);
     let mut collected_bytes = 0usize;
@@ -212,18 +213,17 @@ pub async fn watch(clients: &mut Clients, job_id: &str, output: Output) -> anyho
                                 } else {
                                     kept.push(chunk);
                                 }
-                            } else if printing {
-                                if chunk.stream() == LogStream::Stderr {
-                                    let _ = std::io::stderr().write_all(&chunk.data);
-                                } else if let Err(error) = crate::output::write_stdout(&chunk.data)
+                            } else if logs && chunk.stream() == LogStream::Stderr {
+                                let _ = std::io::stderr().write_all(&chunk.data);
+                            } else if printing
+                                && let Err(error) = crate::output::write_stdout(&chunk.data)
+                            {
+                                if output != Output::LiveToTheEnd
+                                    || !crate::output::is_closed_stdout(&error)
                                 {
-                                    if output != Output::LiveToTheEnd
-                                        || !crate::output::is_closed_stdout(&error)
-                                    {
-                                        return Err(error);
-                                    }
-                                    printing = false;
+                                    return Err(error);
                                 }
+                                printing = false;
                             }
                         }
                         Some(job_event::Event::StateChange(change)) => {
@@ -307,7 +307,16 @@ async fn submit(clients: &mut Clients, spec: JobSpec) -> anyhow::Result<Job> {
             async move { jobs.submit_job(request).await.map_err(SubmitError) }
         })
         .await
-        .map_err(|SubmitError(status)| status)?;
+        .map_err(|SubmitError(status)| {
+            let ran_out = crate::client::ran_out(&status);
+            let error = anyhow::Error::from(status);
+            if ran_out {
+                // The server may have taken it after all: a blind rerun would make a second.
+                error.context("the submission may have been accepted; `shoal job list` shows it")
+            } else {
+                error
+            }
+        })?;
     response
         .into_inner()
         .job

@@ -33,8 +33,8 @@ pub struct RunArgs {
     /// s3://bucket/prefix/*.csv. Default target: /inputs for a directory, /inputs/NAME for a
     /// file (NAME: the file's name, the URL's last path segment — `download` for a URL
     /// without one, such as https://host/ — the S3 key's last part, and for a file CID the
-    /// name it was stored with by `data put` or `data cp`, else the CID itself). TARGET
-    /// must be an absolute path.
+    /// name it was stored with by `data put` or `data cp`, else (or when another input
+    /// takes that name) the CID itself). TARGET must be an absolute path.
     #[arg(short = 'i', long = "input", value_name = "SRC[:TARGET]")]
     pub inputs: Vec<String>,
     /// An output directory, NAME:PATH, published with the results under NAME. The default
@@ -107,6 +107,12 @@ pub async fn run(target: &Target, command: WasmCommand) -> anyhow::Result<u8> {
     check_program(&document.program)?;
     let mut clients = connect(target).await?;
     // Default targets for CIDs depend on whether they are files or directories.
+    let mut taken: std::collections::HashSet<String> = document
+        .inputs
+        .iter()
+        .map(|input| input.target.clone())
+        .filter(|target| !target.is_empty())
+        .collect();
     for (input, raw) in document.inputs.iter_mut().zip(&args.inputs) {
         if input.target.is_empty() {
             let stat = clients
@@ -118,14 +124,17 @@ pub async fn run(target: &Target, command: WasmCommand) -> anyhow::Result<u8> {
                 .await
                 .with_context(|| format!("input {raw:?}"))?
                 .into_inner();
-            // A file keeps the name the store recorded for it (a copied URL's, say).
+            // A file keeps the name the store recorded for it (a copied URL's, say), unless
+            // another input already lands there: then it goes under its CID.
+            let named = format!("/inputs/{}", stat.name);
             input.target = if stat.kind() == EntryKind::Directory {
                 "/inputs".into()
-            } else if !stat.name.is_empty() {
-                format!("/inputs/{}", stat.name)
+            } else if !stat.name.is_empty() && !taken.contains(&named) {
+                named
             } else {
                 format!("/inputs/{}", input.source.trim_start_matches("ipfs://"))
             };
+            taken.insert(input.target.clone());
         }
     }
     let spec = resolve_document(&mut clients, document, Path::new(".")).await?;

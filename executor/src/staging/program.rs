@@ -80,15 +80,18 @@ where
             let Compiled {
                 program,
                 compiled_bytes,
+                serialized,
             } = ctx.runtime.get_or_compile(key, fetch).await?;
             if let Some(bytes) = compiled_bytes {
                 ctx.metrics
                     .staged_bytes
                     .get_or_create(&[("source", "program")])
                     .inc_by(bytes);
-                if let Some(share) = &ctx.module_share {
-                    share.publish(&ctx.runtime, key);
-                }
+            }
+            // What this executor compiled itself, never what a cache directory holds: a
+            // shared directory's other writers are not the pool.
+            if let (Some(share), Some(serialized)) = (&ctx.module_share, serialized) {
+                share.publish(key, serialized);
             }
             let result = if compiled_bytes.is_some() {
                 "miss"

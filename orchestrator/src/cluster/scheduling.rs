@@ -104,6 +104,12 @@ impl Cluster {
                     self.effects.writes.push(Write::Job(entry.job.clone()));
                     if entry.waiting_notes < MAX_WAITING_NOTES {
                         entry.waiting_notes += 1;
+                        // The last one says where to look from then on.
+                        let reason = if entry.waiting_notes == MAX_WAITING_NOTES {
+                            format!("{reason} (later changes: `shoal job describe`)")
+                        } else {
+                            reason
+                        };
                         let waiting = job_event::Event::Waiting(Waiting { reason });
                         self.push_event(&job_id, waiting, now);
                     }
@@ -338,7 +344,7 @@ mod tests {
         c.schedule(now);
         assert_eq!(waiting_events(&mut c, &job), Vec::<String>::new());
         // Each executor that connects and goes changes the reason twice.
-        let mut recorded = 0;
+        let mut recorded = Vec::new();
         for round in 0..MAX_WAITING_NOTES {
             let generation = connect(&mut c, "cpu", 1, &[]);
             c.schedule(now);
@@ -346,9 +352,14 @@ mod tests {
             assert!(message.contains("pool=gpu"), "round {round}: {message}");
             c.disconnected("cpu", generation, Instant::now());
             c.schedule(now);
-            recorded += waiting_events(&mut c, &job).len();
+            recorded.extend(waiting_events(&mut c, &job));
         }
-        assert_eq!(recorded as u32, MAX_WAITING_NOTES - 1);
+        assert_eq!(recorded.len() as u32, MAX_WAITING_NOTES - 1);
+        let last = recorded.last().expect("events");
+        assert!(
+            last.ends_with("(later changes: `shoal job describe`)"),
+            "{last}"
+        );
         assert!(
             c.job(&job)
                 .expect("job")

@@ -334,16 +334,25 @@ impl ContentStore {
     /// Records `name` as the file name `cid` came with, for clients to mount it under,
     /// unless the CID has one already (the first stays). A name that could not be a mount
     /// name (empty, a path, `..`, too long, a control character) is not recorded: it came
-    /// from a URL, an S3 key or a client, none of which is trusted to be tidy.
-    pub async fn record_name(&self, cid: &str, name: &str) -> Result<()> {
-        if !is_mount_name(name) || self.store.name(cid).await?.is_some() {
-            return Ok(());
+    /// from a URL, an S3 key or a client, none of which is trusted to be tidy. A name that
+    /// cannot be written is logged and skipped: the data is stored, and a name is a hint.
+    pub async fn record_name(&self, cid: &str, name: &str) {
+        if !is_mount_name(name) {
+            return;
         }
-        let write = Write::Name {
-            cid: cid.to_owned(),
-            name: name.to_owned(),
+        let recorded = async {
+            if self.store.name(cid).await?.is_some() {
+                return Ok(());
+            }
+            let write = Write::Name {
+                cid: cid.to_owned(),
+                name: name.to_owned(),
+            };
+            self.store.queue(vec![write]).await?.wait().await
         };
-        self.store.queue(vec![write]).await?.wait().await
+        if let Err(error) = recorded.await {
+            tracing::warn!(cid, name, %error, "cannot record the name of stored data");
+        }
     }
 }
 

@@ -122,7 +122,7 @@ impl<'a> Upload<'a> {
         if !self.root_name.is_empty() {
             self.store
                 .record_name(&root.cid.to_string(), &self.root_name)
-                .await?;
+                .await;
         }
         Ok(UploadResponse {
             cid: root.cid.to_string(),

@@ -74,7 +74,7 @@ impl StorageService for StorageApi {
         let fetched = self.0.http().fetch(&source, &temp, max, None).await;
         let stored = store_fetched(content, &temp, &url, fetched.map(|_| ())).await?;
         if let Some(name) = source.name() {
-            content.record_name(&stored.cid, name).await?;
+            content.record_name(&stored.cid, name).await;
         }
         tracing::info!(url, cid = stored.cid, "copied from a URL");
         Ok(Response::new(stored))
@@ -101,9 +101,7 @@ impl StorageService for StorageApi {
             .await;
         let stored = store_fetched(content, &temp, &request.source, fetched.map(|_| ())).await?;
         if let S3Selection::Object(_) = source.selection() {
-            content
-                .record_name(&stored.cid, &source.file_name())
-                .await?;
+            content.record_name(&stored.cid, &source.file_name()).await;
         }
         tracing::info!(source = request.source, cid = stored.cid, "copied from S3");
         Ok(Response::new(stored))

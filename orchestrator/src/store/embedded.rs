@@ -747,6 +747,22 @@ mod tests {
             });
             commit(&store, writes).await;
         }
+        // Names keep the first one written, compiled-module records the last, in the log's
+        // replay as when the writes were first applied.
+        for (name, artifact) in [("first.csv", "art1"), ("second.csv", "art2")] {
+            let writes = vec![
+                Write::Name {
+                    cid: "b0".into(),
+                    name: name.into(),
+                },
+                Write::CompiledModule {
+                    program: "prog".into(),
+                    engine: "eng".into(),
+                    artifact: artifact.into(),
+                },
+            ];
+            commit(&store, writes).await;
+        }
         let crashed = dir.path().join("crashed");
         std::fs::create_dir(&crashed).expect("mkdir");
         for name in ["state.redb", "state.wal"] {
@@ -764,6 +780,13 @@ mod tests {
             recovered.block("b19").await.expect("block").as_deref(),
             Some(&[19u8; 1000][..])
         );
+        let name = recovered.name("b0").await.expect("name");
+        assert_eq!(name.as_deref(), Some("first.csv"));
+        let module = recovered
+            .compiled_module("prog", "eng")
+            .await
+            .expect("module");
+        assert_eq!(module.as_deref(), Some("art2"));
         assert_eq!(file_len(&crashed.join("state.wal")), EMPTY_LOG);
         recovered.close().await;
         // A clean close checkpoints: the original's log is empty too.
