@@ -1,5 +1,6 @@
-//! The embedded store: jobs, executions, job events (state changes and log chunks), nodes and
-//! the content store's small blocks, in one redb database in the data directory.
+//! The embedded store: jobs, executions, job events (state changes and log chunks), nodes,
+//! the content store's small blocks and names, and the compiled-module index, in one redb
+//! database in the data directory (the tables and their rows: `super::tables`).
 //!
 //! All writes go through one writer thread that commits whatever has queued up as one
 //! group (group commit), so concurrent submitters share fsyncs: the group is appended to a
@@ -16,7 +17,6 @@
 //! (waking watchers) still wait for the commit, so no one sees a state that is not on
 //! disk; a deferred write reaches watchers at most that much later.
 
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,34 +24,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use prost::Message;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use shoal::proto::{Execution, Job, JobEvent, Node};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use shoal::proto::JobEvent;
 use tokio::sync::{mpsc, oneshot};
 
-use super::wal::{self, FrameBuilder, Table, Wal};
+use super::tables::{self, BLOCKS, EVENTS, META, MODULES, NAMES};
+use super::wal::{self, FrameBuilder, Wal};
 use super::{Backend, Commit, DEFER_AT_MOST};
 use crate::error::{Error, Result};
 use crate::records::{Snapshot, Write};
-
-const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
-const EXECUTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("executions");
-const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
-const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
-/// Content-store blocks small enough to share a commit with the job records (see
-/// `crate::content`), keyed by CID.
-const BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("blocks");
-/// Facts about the store itself: `wal_id` (u64 LE), the id of the write-ahead log this
-/// database goes with (so a missing or foreign log is noticed); `probe`, written to find
-/// out whether the store writes again after a failure.
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// The file name each CID was stored with, where one is known (`Write::Name`).
-const NAMES: TableDefinition<&str, &str> = TableDefinition::new("names");
-/// The artifact CID of each compiled module executors share, keyed `ENGINE/PROGRAM`
-/// (`Write::CompiledModule`).
-const MODULES: TableDefinition<&str, &str> = TableDefinition::new("modules");
-/// Bytes of a probe write: more than a page, so it needs room the disk must really have
-/// (a write into the unused end of a file's last page succeeds on a full disk).
-const PROBE_BYTES: usize = 64 << 10;
 
 /// Batches waiting for the writer. Bounded: when the disk falls behind, submitters wait.
 const WRITE_QUEUE: usize = 1024;
@@ -82,7 +63,7 @@ impl Embedded {
     pub fn open(path: &Path, recovery: wal::Recovery) -> Result<(Embedded, Snapshot)> {
         let (db, wal) = open_database(path, recovery)?;
         let db = Arc::new(db);
-        let snapshot = load(&db)?;
+        let snapshot = tables::load(&db)?;
         let (writer, queue) = mpsc::channel(WRITE_QUEUE);
         let db: SharedDatabase = Arc::new(std::sync::RwLock::new(Some(db)));
         let writer_db = Writer {
@@ -133,7 +114,7 @@ impl Backend for Embedded {
     fn snapshot(&self) -> BoxFuture<'_, Result<Snapshot>> {
         Box::pin(async move {
             let db = self.database()?;
-            tokio::task::spawn_blocking(move || load(&db))
+            tokio::task::spawn_blocking(move || tables::load(&db))
                 .await
                 .map_err(|e| Error::Store(e.to_string()))?
         })
@@ -195,7 +176,7 @@ impl Backend for Embedded {
         Box::pin(async move {
             let tx = self.database()?.begin_read()?;
             let table = tx.open_table(MODULES)?;
-            let key = module_key(program, engine);
+            let key = tables::module_key(program, engine);
             Ok(table
                 .get(key.as_str())?
                 .map(|value| value.value().to_owned()))
@@ -231,13 +212,7 @@ fn open_database(path: &Path, recovery: wal::Recovery) -> Result<(Database, Wal)
     let expected_wal = {
         // Create the tables so that readers never see them missing.
         let tx = db.begin_write()?;
-        tx.open_table(JOBS)?;
-        tx.open_table(EXECUTIONS)?;
-        tx.open_table(EVENTS)?;
-        tx.open_table(NODES)?;
-        tx.open_table(BLOCKS)?;
-        tx.open_table(NAMES)?;
-        tx.open_table(MODULES)?;
+        tables::create(&tx)?;
         let meta = tx.open_table(META)?;
         let number = |key: &str| -> Result<Option<u64>> {
             Ok(meta
@@ -330,54 +305,6 @@ impl Writer {
         tracing::info!("the store was reopened after a write error and writes again");
         Ok(wal)
     }
-}
-
-fn load(db: &Database) -> Result<Snapshot> {
-    let tx = db.begin_read()?;
-    let mut snapshot = Snapshot::default();
-    for entry in tx.open_table(JOBS)?.iter()? {
-        snapshot.jobs.push(Job::decode(entry?.1.value())?);
-    }
-    for entry in tx.open_table(EXECUTIONS)?.iter()? {
-        snapshot
-            .executions
-            .push(Execution::decode(entry?.1.value())?);
-    }
-    for entry in tx.open_table(NODES)?.iter()? {
-        snapshot.nodes.push(Node::decode(entry?.1.value())?);
-    }
-    let events = tx.open_table(EVENTS)?;
-    for job in &snapshot.jobs {
-        let last = events
-            .range((job.id.as_str(), 0)..=(job.id.as_str(), u64::MAX))?
-            .next_back()
-            .transpose()?
-            .map(|(key, _)| key.value().1)
-            .unwrap_or(0);
-        snapshot.last_sequences.push((job.id.clone(), last));
-    }
-    // Only executions still going can get chunks; the events of their jobs are read.
-    let going: HashSet<(&str, &str)> = snapshot
-        .executions
-        .iter()
-        .filter(|e| !e.state().is_terminal())
-        .map(|e| (e.job_id.as_str(), e.id.as_str()))
-        .collect();
-    let mut ends: HashMap<(String, i32), u64> = HashMap::new();
-    for job_id in going.iter().map(|(job, _)| *job).collect::<HashSet<_>>() {
-        for entry in events.range((job_id, 0)..=(job_id, u64::MAX))? {
-            let event = JobEvent::decode(entry?.1.value())?;
-            if let Some(shoal::proto::job_event::Event::Log(chunk)) = event.event
-                && going.contains(&(job_id, chunk.execution_id.as_str()))
-            {
-                let end = chunk.offset.saturating_add(chunk.data.len() as u64);
-                let slot = ends.entry((chunk.execution_id, chunk.stream)).or_default();
-                *slot = (*slot).max(end);
-            }
-        }
-    }
-    snapshot.log_ends = ends.into_iter().collect();
-    Ok(snapshot)
 }
 
 async fn write_loop(writer: Writer, wal: Wal, mut queue: mpsc::Receiver<Batch>) {
@@ -591,36 +518,7 @@ fn encode_frames(batches: &[Batch], wal: &mut Wal) -> Vec<Vec<u8>> {
     let mut frame = FrameBuilder::default();
     for batch in batches {
         for write in &batch.writes {
-            match write {
-                Write::Job(job) => frame.row(Table::Jobs, &job.id, 0, |b| job.encode_raw(b)),
-                Write::Execution(execution) => {
-                    frame.row(Table::Executions, &execution.id, 0, |b| {
-                        execution.encode_raw(b)
-                    })
-                }
-                Write::Event { job_id, event } => {
-                    frame.row(Table::Events, job_id, event.sequence, |b| {
-                        event.encode_raw(b)
-                    })
-                }
-                Write::Node(node) => frame.row(Table::Nodes, &node.id, 0, |b| node.encode_raw(b)),
-                Write::Block { cid, data } => {
-                    frame.row(Table::Blocks, cid, 0, |b| b.extend_from_slice(data))
-                }
-                Write::Name { cid, name } => frame.row(Table::Names, cid, 0, |b| {
-                    b.extend_from_slice(name.as_bytes())
-                }),
-                Write::CompiledModule {
-                    program,
-                    engine,
-                    artifact,
-                } => frame.row(Table::Modules, &module_key(program, engine), 0, |b| {
-                    b.extend_from_slice(artifact.as_bytes())
-                }),
-                Write::Probe => frame.row(Table::Meta, "probe", 0, |b| {
-                    b.resize(b.len() + PROBE_BYTES, 0)
-                }),
-            }
+            tables::add_row(&mut frame, write);
         }
         if frame.len() >= wal::FRAME_TARGET {
             frames.push(std::mem::take(&mut frame).finish(wal.next_sequence()));
@@ -635,48 +533,7 @@ fn encode_frames(batches: &[Batch], wal: &mut Wal) -> Vec<Vec<u8>> {
 /// Puts the rows of `frames` into their tables, in order.
 fn apply_frames(tx: &redb::WriteTransaction, frames: &[Vec<u8>]) -> Result<()> {
     for frame in frames {
-        apply_rows(tx, &wal::rows(frame)?)?;
-    }
-    Ok(())
-}
-
-/// A row's value as text (a name, a CID).
-fn text<'a>(row: &wal::Row<'a>) -> Result<&'a str> {
-    std::str::from_utf8(row.value)
-        .map_err(|_| Error::Store(format!("the value of {} is not UTF-8", row.key)))
-}
-
-/// The `MODULES` key of a program's compiled module for an engine.
-fn module_key(program: &str, engine: &str) -> String {
-    format!("{engine}/{program}")
-}
-
-/// Puts `rows` into their tables.
-fn apply_rows(tx: &redb::WriteTransaction, rows: &[wal::Row<'_>]) -> Result<()> {
-    let mut jobs = tx.open_table(JOBS)?;
-    let mut executions = tx.open_table(EXECUTIONS)?;
-    let mut events = tx.open_table(EVENTS)?;
-    let mut nodes = tx.open_table(NODES)?;
-    let mut blocks = tx.open_table(BLOCKS)?;
-    let mut meta = tx.open_table(META)?;
-    let mut names = tx.open_table(NAMES)?;
-    let mut modules = tx.open_table(MODULES)?;
-    for row in rows {
-        match row.table {
-            Table::Jobs => drop(jobs.insert(row.key, row.value)?),
-            Table::Executions => drop(executions.insert(row.key, row.value)?),
-            Table::Events => drop(events.insert((row.key, row.sequence), row.value)?),
-            Table::Nodes => drop(nodes.insert(row.key, row.value)?),
-            Table::Blocks => drop(blocks.insert(row.key, row.value)?),
-            Table::Meta => drop(meta.insert(row.key, row.value)?),
-            // The first name stays (replaying the log applies the same rule).
-            Table::Names => {
-                if names.get(row.key)?.is_none() {
-                    drop(names.insert(row.key, text(row)?)?);
-                }
-            }
-            Table::Modules => drop(modules.insert(row.key, text(row)?)?),
-        }
+        tables::apply_rows(tx, &wal::rows(frame)?)?;
     }
     Ok(())
 }
@@ -685,7 +542,7 @@ fn apply_rows(tx: &redb::WriteTransaction, rows: &[wal::Row<'_>]) -> Result<()> 
 mod tests {
     use super::*;
     use crate::store::Store;
-    use shoal::proto::{JobState, job_event};
+    use shoal::proto::{Job, JobState, job_event};
 
     const EMPTY_LOG: u64 = wal::FILE_HEADER as u64;
 

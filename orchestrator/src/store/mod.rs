@@ -11,10 +11,11 @@
 //!   then reloads its state from [`Store::snapshot`].
 //!
 //! [`Store`] is the handle the orchestrator holds; [`Backend`] is what an implementation
-//! provides. Today there is one, [`embedded`]: redb and a write-ahead log ([`wal`]) in the
-//! data directory.
+//! provides. Today there is one, [`embedded`]: redb (its tables and what each record's row
+//! looks like in `tables`) and a write-ahead log ([`wal`]) in the data directory.
 
 pub mod embedded;
+mod tables;
 pub mod wal;
 
 use std::path::Path;
