@@ -59,12 +59,16 @@ macro_rules! outln {
 }
 
 /// `eprintln!` that never panics: a closed or broken stderr (`shoal ... 2>&-`) loses the
-/// message but not the command, whose work and exit code do not depend on it.
+/// message but not the command, whose work and exit code do not depend on it. The line is
+/// formatted first and written in one call (stderr is unbuffered: `writeln!` on it makes
+/// a system call per piece of the format).
 #[macro_export]
 macro_rules! errln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        let mut line = format!($($arg)*);
+        line.push('\n');
+        let _ = std::io::stderr().write_all(line.as_bytes());
     }};
 }
 

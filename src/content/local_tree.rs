@@ -64,6 +64,20 @@ struct Level {
     names: Vec<CString>,
 }
 
+/// [`walk`] from async code. A single file (the usual program upload) is one `stat`, done
+/// in place: a trip through the blocking pool costs a thread start, a wake-up and, on a
+/// busy machine, hundreds of microseconds. A directory is walked on the blocking pool.
+pub async fn walk_async(root: &Path, bounds: TreeBounds) -> Result<Vec<LocalEntry>> {
+    let meta = std::fs::symlink_metadata(root).map_err(|e| Error::io(root, e))?;
+    if meta.is_file() {
+        return walk(root, bounds);
+    }
+    let owned = root.to_owned();
+    tokio::task::spawn_blocking(move || walk(&owned, bounds))
+        .await
+        .map_err(|e| Error::io(root, std::io::Error::other(e)))?
+}
+
 /// Lists a file, or a directory tree depth-first with names sorted, parents before
 /// children. Symbolic links and special files are skipped (and logged), never followed;
 /// names that are not UTF-8 are skipped too. A tree past `bounds`, or with a path longer

@@ -15,7 +15,7 @@ use futures::{Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::content::local_tree::walk;
+use crate::content::local_tree::walk_async;
 use crate::proto::storage_service_client::StorageServiceClient;
 use crate::proto::{
     DownloadResponse, Entry, EntryKind, UploadRequest, UploadResponse, download_response,
@@ -25,6 +25,9 @@ use crate::{Error, Result};
 
 /// Size of the data chunks sent in either direction.
 pub const CHUNK_SIZE: usize = 256 * 1024;
+
+/// Files up to this size are read in one call from the async task that sends them.
+const READ_IN_PLACE: u64 = 64 * 1024;
 
 /// Most bytes of blocks an executor sends with a completion instead of uploading the result
 /// tree (`ExecutionFinished.result_blocks`): typical results (a few lines of stdout, empty
@@ -54,10 +57,7 @@ pub fn check_tree_path(path: &str) -> Result<()> {
 /// that stores local data itself). A read error ends the stream early; the receiver then
 /// reports a short file.
 pub async fn local_upload_stream(root: &Path) -> Result<ReceiverStream<UploadRequest>> {
-    let owned = root.to_owned();
-    let entries = tokio::task::spawn_blocking(move || walk(&owned, TreeBounds::LOCAL))
-        .await
-        .map_err(|e| Error::io(root, std::io::Error::other(e)))??;
+    let entries = walk_async(root, TreeBounds::LOCAL).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<UploadRequest>(8);
     tokio::spawn(async move {
         if let Err(error) = send_entries(entries, tx, None, String::new()).await {
@@ -76,12 +76,7 @@ pub async fn upload_path(
     bounds: TreeBounds,
     progress: Option<Arc<AtomicU64>>,
 ) -> Result<UploadResponse> {
-    let entries = {
-        let owned = root.to_owned();
-        tokio::task::spawn_blocking(move || walk(&owned, bounds))
-            .await
-            .map_err(|e| Error::io(root, std::io::Error::other(e)))??
-    };
+    let entries = walk_async(root, bounds).await?;
     // A small bounded channel: the reader stays at most a few chunks ahead of the network.
     let (tx, rx) = tokio::sync::mpsc::channel::<UploadRequest>(8);
     let name = root
@@ -122,6 +117,39 @@ async fn send_entries(
         if entry.kind != EntryKind::File {
             continue;
         }
+        let shrank = || {
+            Error::io(
+                &entry.absolute,
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "file shrank while it was being uploaded",
+                ),
+            )
+        };
+        if entry.size <= READ_IN_PLACE {
+            // A small file (most programs) is read in place: a few microseconds from the
+            // page cache, against a trip through the blocking pool for the open and another
+            // for the read.
+            // At most the size the walk saw, as the streaming path below reads.
+            use std::io::Read as _;
+            let mut data = Vec::with_capacity(entry.size as usize);
+            std::fs::File::open(&entry.absolute)
+                .and_then(|file| file.take(entry.size).read_to_end(&mut data))
+                .map_err(|e| Error::io(&entry.absolute, e))?;
+            if (data.len() as u64) < entry.size {
+                return Err(shrank());
+            }
+            if let Some(progress) = &progress {
+                progress.fetch_add(entry.size, Ordering::Relaxed);
+            }
+            let chunk = UploadRequest {
+                item: Some(upload_request::Item::Data(data.into())),
+            };
+            if entry.size > 0 && tx.send(chunk).await.is_err() {
+                return Ok(());
+            }
+            continue;
+        }
         let mut file = tokio::fs::File::open(&entry.absolute)
             .await
             .map_err(|e| Error::io(&entry.absolute, e))?;
@@ -133,13 +161,7 @@ async fn send_entries(
                 .await
                 .map_err(|e| Error::io(&entry.absolute, e))?;
             if n == 0 {
-                return Err(Error::io(
-                    &entry.absolute,
-                    std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "file shrank while it was being uploaded",
-                    ),
-                ));
+                return Err(shrank());
             }
             buf.truncate(n);
             remaining -= n as u64;

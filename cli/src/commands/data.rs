@@ -116,16 +116,12 @@ pub async fn run(target: &Target, command: DataCommand) -> anyhow::Result<()> {
 /// when `progress` is set, stderr is a terminal and the upload is at least 1 MiB.
 #[tracing::instrument(name = "upload", skip_all, fields(path = %path.display()))]
 pub async fn upload(clients: &mut Clients, path: &Path, progress: bool) -> anyhow::Result<String> {
-    let total: u64 = {
-        let path = path.to_owned();
-        tokio::task::spawn_blocking(move || {
-            shoal::content::local_tree::walk(&path, shoal::content::local_tree::TreeBounds::LOCAL)
-        })
-        .await??
-        .iter()
-        .map(|e| e.size)
-        .sum()
-    };
+    let total: u64 =
+        shoal::content::local_tree::walk_async(path, shoal::content::local_tree::TreeBounds::LOCAL)
+            .await?
+            .iter()
+            .map(|e| e.size)
+            .sum();
     let sent = Arc::new(AtomicU64::new(0));
     let bar = progress
         .then(|| ProgressBar::start(format!("uploading {}", path.display()), total, sent.clone()))

@@ -87,14 +87,11 @@ async fn download_from_s3(
         Err(e) => bail!("cannot fetch {location}: {e}"),
     };
     let files = if fetched.directory {
-        let owned = dest.to_owned();
-        tokio::task::spawn_blocking(move || {
-            shoal::content::local_tree::walk(&owned, shoal::content::local_tree::TreeBounds::LOCAL)
-        })
-        .await??
-        .iter()
-        .filter(|e| e.kind == shoal::proto::EntryKind::File)
-        .count() as u64
+        shoal::content::local_tree::walk_async(dest, shoal::content::local_tree::TreeBounds::LOCAL)
+            .await?
+            .iter()
+            .filter(|e| e.kind == shoal::proto::EntryKind::File)
+            .count() as u64
     } else {
         1
     };

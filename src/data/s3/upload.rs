@@ -24,12 +24,9 @@ impl S3Fetcher {
         bounds: crate::content::local_tree::TreeBounds,
     ) -> Result<S3Uploaded, DataError> {
         let client = self.client(options).await;
-        let owned = root.to_owned();
-        let entries =
-            tokio::task::spawn_blocking(move || crate::content::local_tree::walk(&owned, bounds))
-                .await
-                .map_err(|e| DataError::Local(e.to_string()))?
-                .map_err(|e| DataError::Local(e.to_string()))?;
+        let entries = crate::content::local_tree::walk_async(root, bounds)
+            .await
+            .map_err(|e| DataError::Local(e.to_string()))?;
         let mut uploaded = S3Uploaded::default();
         for (i, entry) in entries.iter().enumerate() {
             let key = format!("{prefix}{}", entry.relative);
