@@ -236,3 +236,63 @@ async fn tls_and_mutual_tls_for_executors() {
     let out = cli(&plain, None, &[], &["node", "list"]).await;
     assert_eq!(out.code, 1, "{out:?}");
 }
+
+/// The daemons that run guests are position-independent (ELF type ET_DYN with an
+/// interpreter: the loader randomises their image); the CLI is a fixed-address executable
+/// (ET_EXEC), linked so for start-up time (`cli/build.rs`, on Linux with glibc). All three
+/// have full RELRO: a read-only-after-relocation segment and immediate binding.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn daemons_are_position_independent() {
+    const ET_EXEC: u16 = 2;
+    const ET_DYN: u16 = 3;
+    for (name, expected) in [
+        ("shoal-executor", ET_DYN),
+        ("shoal-orchestrator", ET_DYN),
+        ("shoal", ET_EXEC),
+    ] {
+        let elf = Elf(std::fs::read(bin(name)).expect("read the binary"));
+        assert_eq!(&elf.0[..4], b"\x7fELF", "{name} is not ELF");
+        assert_eq!(elf.u16(16), expected, "{name}: ELF type");
+        let headers = elf.program_headers();
+        const PT_DYNAMIC: u32 = 2;
+        const PT_GNU_RELRO: u32 = 0x6474_e552;
+        assert!(
+            headers.iter().any(|h| h.0 == PT_GNU_RELRO),
+            "{name}: no RELRO segment"
+        );
+        let &(_, offset, size) = headers
+            .iter()
+            .find(|h| h.0 == PT_DYNAMIC)
+            .expect("a dynamic section");
+        // (tag, value) pairs: DT_FLAGS (30) with DF_BIND_NOW (8), or DT_FLAGS_1 with DF_1_NOW (1).
+        let bind_now = (offset..offset + size).step_by(16).any(|at| {
+            let (tag, value) = (elf.u64(at as usize), elf.u64(at as usize + 8));
+            (tag == 30 && value & 8 != 0) || (tag == 0x6fff_fffb && value & 1 != 0)
+        });
+        assert!(bind_now, "{name}: symbols are bound lazily");
+    }
+}
+
+/// A 64-bit little-endian ELF file, read just enough for the checks above.
+struct Elf(Vec<u8>);
+
+impl Elf {
+    fn u16(&self, at: usize) -> u16 {
+        u16::from_le_bytes(self.0[at..at + 2].try_into().expect("2 bytes"))
+    }
+    fn u32(&self, at: usize) -> u32 {
+        u32::from_le_bytes(self.0[at..at + 4].try_into().expect("4 bytes"))
+    }
+    fn u64(&self, at: usize) -> u64 {
+        u64::from_le_bytes(self.0[at..at + 8].try_into().expect("8 bytes"))
+    }
+    /// (type, file offset, file size) of each program header.
+    fn program_headers(&self) -> Vec<(u32, u64, u64)> {
+        let (start, size, count) = (self.u64(0x20) as usize, self.u16(0x36), self.u16(0x38));
+        (0..count as usize)
+            .map(|i| start + i * size as usize)
+            .map(|at| (self.u32(at), self.u64(at + 8), self.u64(at + 0x20)))
+            .collect()
+    }
+}
