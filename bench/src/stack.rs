@@ -82,6 +82,7 @@ impl Clients {
             .submit_job(SubmitJobRequest {
                 spec: Some(spec),
                 idempotency_key: String::new(),
+                stored_cids: Vec::new(),
             })
             .await?
             .into_inner();

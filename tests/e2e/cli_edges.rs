@@ -159,7 +159,8 @@ async fn an_address_that_never_answers_fails_within_the_call_timeout() {
 /// A server that takes the call and never answers (a hung orchestrator) fails a call that
 /// answers at once within `--call-timeout`, and an upload or a log stream that moves
 /// nothing for as long, naming the address; a submission that ran out of its deadline is
-/// not repeated (which would double the wait).
+/// not repeated (which would double the wait), whether its program is a local file (hashed
+/// and submitted by CID, no upload first) or a CID.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_nobody_answers_fails_within_the_call_timeout() {
     let mut server = Command::new("python3")
@@ -180,8 +181,9 @@ async fn a_call_nobody_answers_fails_within_the_call_timeout() {
     for args in [
         &["--call-timeout", "1s", "job", "list"][..],
         &["--call-timeout", "1s", "node", "list"][..],
-        // Streams have no deadline, but one that moves nothing for the timeout ends.
         &["--call-timeout", "1s", "wasm", "run", &hello][..],
+        // Streams have no deadline, but one that moves nothing for the timeout ends.
+        &["--call-timeout", "1s", "data", "put", &hello][..],
         &["--call-timeout", "1s", "job", "logs", some_id][..],
         &["--call-timeout", "1s", "wasm", "run", by_cid][..],
     ] {
@@ -211,7 +213,7 @@ async fn a_call_nobody_answers_fails_within_the_call_timeout() {
         calls.push(line.trim().to_owned());
     }
     let submits = calls.iter().filter(|c| c.ends_with("/SubmitJob")).count();
-    assert_eq!(submits, 1, "{calls:?}");
+    assert_eq!(submits, 2, "one per `wasm run`: {calls:?}");
     for stream in ["StorageService/Upload", "JobService/GetLogs"] {
         assert!(calls.iter().any(|c| c.ends_with(stream)), "{calls:?}");
     }
@@ -571,27 +573,24 @@ async fn on_a_terminal_waiting_is_a_spinner() {
     );
 }
 
-/// A large program the store already holds is not sent again: the CLI computes its CID and
-/// finds it, so the second run costs a lookup, not a 2 MiB upload.
+/// A program the store already holds is not sent again: the CLI computes its CID and names
+/// it in the submission's `stored_cids`, so a second run costs neither an upload nor a
+/// lookup; a program the store lacks is refused by that check and then uploaded, even on an
+/// orchestrator with an IPFS gateway configured (which accepts a job naming a CID the store
+/// lacks: without the check the job would fail STAGING instead).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_large_program_the_store_holds_is_not_sent_again() {
+async fn a_program_the_store_holds_is_not_sent_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let env = [(
         "RUST_LOG".to_owned(),
         "info,shoal_orchestrator::service::storage=debug".to_owned(),
     )];
+    // A gateway nobody answers at: the program can only come from the store.
+    let gateway = ["--ipfs-gateway", "http://127.0.0.1:9"];
     let orchestrator =
-        crate::common::start_orchestrator_logged(&dir.path().join("data"), 0, &[], &env).await;
+        crate::common::start_orchestrator_logged(&dir.path().join("data"), 0, &gateway, &env).await;
     let _executor =
         crate::common::start_executor(&orchestrator.address, &dir.path().join("ex"), "ex", &[]);
-    // A do-nothing program carrying 2 MiB of data.
-    let data = "*".repeat(2 << 20);
-    let text = format!(
-        "(module (memory (export \"memory\") 40) (data (i32.const 0) \"{data}\") (func (export \"_start\")))"
-    );
-    let program = dir.path().join("large.wasm");
-    std::fs::write(&program, wat::parse_str(&text).expect("wat")).expect("write");
-    let program = program.to_string_lossy().into_owned();
     let uploads = || {
         orchestrator
             .lines
@@ -601,10 +600,99 @@ async fn a_large_program_the_store_holds_is_not_sent_again() {
             .filter(|l| l.contains("upload stored"))
             .count()
     };
-    for run in 0..2 {
-        shoal(&orchestrator.address, &["wasm", "run", &program])
-            .await
-            .success();
-        assert_eq!(uploads(), 1, "after run {run}");
+    // A do-nothing program, and one carrying 2 MiB of data (hashed on the blocking pool).
+    let large = "*".repeat(2 << 20);
+    for (i, data) in ["", large.as_str()].into_iter().enumerate() {
+        let text = format!(
+            "(module (memory (export \"memory\") 40) (data (i32.const 0) \"{data}\") (func (export \"_start\")))"
+        );
+        let program = dir.path().join(format!("program-{i}.wasm"));
+        std::fs::write(&program, wat::parse_str(&text).expect("wat")).expect("write");
+        let program = program.to_string_lossy().into_owned();
+        for run in 0..2 {
+            shoal(&orchestrator.address, &["wasm", "run", &program])
+                .await
+                .success();
+            assert_eq!(uploads(), i + 1, "program {i}, after run {run}");
+        }
     }
+    // A new program with a stored file as its input: only what the store lacks is sent.
+    let fresh = dir.path().join("fresh.wasm");
+    let text = r#"(module (memory (export "memory") 1) (func (export "_start") nop))"#;
+    std::fs::write(&fresh, wat::parse_str(text).expect("wat")).expect("write");
+    let stored_input = format!(
+        "{}:/inputs/big",
+        dir.path().join("program-1.wasm").display()
+    );
+    shoal(
+        &orchestrator.address,
+        &["wasm", "run", "-i", &stored_input, &fresh.to_string_lossy()],
+    )
+    .await
+    .success();
+    assert_eq!(uploads(), 3, "the stored input was sent again");
+
+    // The check itself, through the API: a CID the store lacks, one that is no CID, too many.
+    let mut jobs = shoal::proto::job_service_client::JobServiceClient::new(
+        crate::common::connect(&orchestrator.address).await,
+    );
+    let spec = shoal::proto::JobSpec {
+        program: shoal::content::cid::ContentId::of_block(0x55, b"never stored").to_string(),
+        ..Default::default()
+    };
+    let submit = |stored_cids: Vec<String>| {
+        let mut jobs = jobs.clone();
+        let spec = spec.clone();
+        async move {
+            jobs.submit_job(shoal::proto::SubmitJobRequest {
+                spec: Some(spec),
+                idempotency_key: String::new(),
+                stored_cids,
+            })
+            .await
+            .expect_err("refused")
+        }
+    };
+    // Every CID the store lacks is listed by index; the message names the first.
+    let stored = shoal(
+        &orchestrator.address,
+        &["data", "put", "-q", &fresh.to_string_lossy()],
+    )
+    .await
+    .success()
+    .stdout
+    .trim()
+    .to_owned();
+    let listed = vec![
+        stored.clone(),
+        spec.program.clone(),
+        stored,
+        spec.program.clone(),
+    ];
+    let missing = submit(listed).await;
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    assert!(
+        missing.message().contains("stored_cids[1]") && missing.message().contains(&spec.program),
+        "{missing:?}"
+    );
+    let indices = missing.metadata().get(shoal::protocol::MISSING_STORED_CIDS);
+    assert_eq!(
+        indices.and_then(|v| v.to_str().ok()),
+        Some("1,3"),
+        "{missing:?}"
+    );
+    let garbage = submit(vec!["not-a-cid".into()]).await;
+    assert_eq!(garbage.code(), tonic::Code::InvalidArgument, "{garbage:?}");
+    assert!(garbage.message().contains("stored_cids[0]"), "{garbage:?}");
+    let many = submit(vec![spec.program.clone(); 513]).await;
+    assert_eq!(many.code(), tonic::Code::InvalidArgument, "{many:?}");
+    assert!(many.message().contains("at most 512"), "{many:?}");
+    // Without the list, the gateway makes the same job acceptable (it is fetched from there).
+    let accepted = jobs
+        .submit_job(shoal::proto::SubmitJobRequest {
+            spec: Some(spec.clone()),
+            ..Default::default()
+        })
+        .await;
+    assert!(accepted.is_ok(), "{accepted:?}");
 }

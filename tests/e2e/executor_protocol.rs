@@ -391,6 +391,11 @@ async fn generated_hostile_requests_get_precise_answers() {
                 let request = SubmitJobRequest {
                     spec: (chaos.below(10) > 0).then_some(spec),
                     idempotency_key: text(&mut chaos),
+                    stored_cids: if chaos.below(4) == 0 {
+                        vec![text(&mut chaos)]
+                    } else {
+                        Vec::new()
+                    },
                 };
                 check("SubmitJob", jobs.submit_job(request).await.err());
             }

@@ -84,6 +84,7 @@ async fn acknowledged_jobs_survive_two_orchestrator_kills() {
                         .submit_job(SubmitJobRequest {
                             spec: Some(spec.clone()),
                             idempotency_key: key.clone(),
+                            stored_cids: Vec::new(),
                         })
                         .await
                     {

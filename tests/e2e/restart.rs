@@ -253,6 +253,7 @@ async fn a_full_disk_refuses_work_then_recovers_by_itself() {
                     ..Default::default()
                 }),
                 idempotency_key: String::new(),
+                stored_cids: Vec::new(),
             })
             .await;
         match submitted {

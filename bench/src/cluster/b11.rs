@@ -55,6 +55,7 @@ async fn first_run(clients: &mut Clients, program: &str, who: &str) -> anyhow::R
         .submit_job(SubmitJobRequest {
             spec: Some(spec),
             idempotency_key: String::new(),
+            stored_cids: Vec::new(),
         })
         .await?
         .into_inner()

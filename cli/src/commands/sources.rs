@@ -1,48 +1,95 @@
-//! Where a job's program and inputs come from, as the CLI sees them: a local file or
-//! directory is uploaded (or, when large and already stored, found by its CID) and replaced
-//! by its CID; a CID, URL or S3 source is passed on.
+//! Where a job's program and inputs come from, as the CLI sees them: a local file is
+//! hashed and named by its CID (uploaded only if the submission says the store lacks it), a
+//! local directory is uploaded and replaced by its CID; a CID, URL or S3 source is passed on.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::bail;
-use shoal::proto::{JobSpec, StatRequest};
+use anyhow::{Context as _, bail};
+use shoal::proto::JobSpec;
 use shoal::spec::SpecDocument;
 
 use crate::client::Clients;
 
+/// A spec ready to submit, and the local files it names by the CID computed here without
+/// having sent them (the store very likely holds them: the same program, run again).
+#[derive(Debug)]
+pub struct Resolved {
+    pub spec: JobSpec,
+    pub unsent: Vec<Unsent>,
+}
+
+/// A local file the spec names by its CID, not yet uploaded.
+#[derive(Debug, Clone)]
+pub struct Unsent {
+    pub path: PathBuf,
+    pub cid: String,
+}
+
 /// Turns a spec document into a submittable spec: local program and input paths (relative
-/// to `base`) are uploaded and replaced by their CIDs.
+/// to `base`) are replaced by their CIDs. A file is hashed here and sent only if the
+/// submission says the store lacks it ([`Resolved::upload_unsent`]); a directory is
+/// uploaded at once.
 pub async fn resolve_document(
     clients: &mut Clients,
     document: SpecDocument,
     base: &Path,
-) -> anyhow::Result<JobSpec> {
+) -> anyhow::Result<Resolved> {
     let mut spec = document.to_proto()?;
-    let (program, name) = resolve_source(clients, &spec.program, base, "program").await?;
+    let mut unsent = Vec::new();
+    let (program, name) =
+        resolve_source(clients, &spec.program, base, "program", &mut unsent).await?;
     if spec.program_name.is_empty() {
         spec.program_name = name;
     }
     spec.program = program;
     for (i, input) in spec.inputs.iter_mut().enumerate() {
-        input.source = resolve_source(clients, &input.source, base, &format!("inputs[{i}].source"))
+        let field = format!("inputs[{i}].source");
+        input.source = resolve_source(clients, &input.source, base, &field, &mut unsent)
             .await?
             .0;
     }
-    Ok(spec)
+    Ok(Resolved { spec, unsent })
 }
 
-/// Files at least this big are hashed and looked up before they are uploaded: below it,
-/// sending the file is one round trip just as the lookup is.
-const HASH_BEFORE_UPLOAD: u64 = 1 << 20;
+impl Resolved {
+    /// Uploads the files the orchestrator said its store lacks (`missing`: indices into
+    /// `unsent`, as the submission listed them). A file that changed since it was hashed
+    /// gets its new CID in the spec.
+    pub async fn upload_unsent(
+        &mut self,
+        clients: &mut Clients,
+        missing: &[usize],
+    ) -> anyhow::Result<()> {
+        let files: Vec<Unsent> = missing
+            .iter()
+            .filter_map(|&i| self.unsent.get(i).cloned())
+            .collect();
+        for file in files {
+            let cid = super::data::upload(clients, &file.path, true).await?;
+            if cid != file.cid {
+                let spec = &mut self.spec;
+                for source in std::iter::once(&mut spec.program)
+                    .chain(spec.inputs.iter_mut().map(|input| &mut input.source))
+                {
+                    if *source == file.cid {
+                        source.clone_from(&cid);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
-/// The CID the store gives the file at `path` (the same UnixFS DAG its upload builds), if
-/// the store already holds it; None if it does not, or the lookup failed (then it is
-/// uploaded as usual).
-async fn already_stored(clients: &mut Clients, path: &Path) -> Option<String> {
-    let owned = path.to_owned();
-    let cid = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+/// Files at least this big are hashed on the blocking pool; smaller ones (most programs)
+/// in place, in microseconds.
+const HASH_IN_PLACE: u64 = 1 << 20;
+
+/// The CID the store gives the file at `path` when it is uploaded (the same UnixFS DAG).
+async fn file_cid(path: &Path, size: u64) -> anyhow::Result<String> {
+    fn hash(path: &Path) -> std::io::Result<String> {
         use std::io::Read as _;
-        let mut file = std::fs::File::open(&owned)?;
+        let mut file = std::fs::File::open(path)?;
         let mut builder = shoal::content::unixfs::FileBuilder::new();
         let mut buffer = vec![0u8; 1 << 20];
         loop {
@@ -53,26 +100,24 @@ async fn already_stored(clients: &mut Clients, path: &Path) -> Option<String> {
             builder.write(&buffer[..n]);
         }
         Ok(builder.finish().1.cid.to_string())
-    })
-    .await
-    .ok()?
-    .ok()?;
-    let stat = clients
-        .storage
-        .stat(StatRequest {
-            cid: cid.clone(),
-            path: String::new(),
-        })
-        .await;
-    stat.ok().map(|_| cid)
+    }
+    let hashed = if size < HASH_IN_PLACE {
+        hash(path)
+    } else {
+        let owned = path.to_owned();
+        tokio::task::spawn_blocking(move || hash(&owned)).await?
+    };
+    hashed.with_context(|| format!("cannot read {}", path.display()))
 }
 
-/// A local path is uploaded; a CID is kept. Returns the CID and a display name.
+/// A local file is hashed (and listed in `unsent`), a local directory uploaded; a CID is
+/// kept. Returns the CID and a display name.
 pub async fn resolve_source(
     clients: &mut Clients,
     source: &str,
     base: &Path,
     field: &str,
+    unsent: &mut Vec<Unsent>,
 ) -> anyhow::Result<(String, String)> {
     if source.is_empty() {
         bail!("{field} is required");
@@ -85,16 +130,20 @@ pub async fn resolve_source(
         );
     }
     if let Ok(meta) = std::fs::symlink_metadata(&path) {
-        // A large file the store already holds (the same program, run again) is found by
-        // its CID, computed here, instead of being sent again.
-        let known = if meta.is_file() && meta.len() >= HASH_BEFORE_UPLOAD {
-            already_stored(clients, &path).await
+        // A file is named by its CID, computed here: the submission says whether the store
+        // lacks it, so a program run again costs no upload and no lookup.
+        let cid = if let Some(known) = unsent.iter().find(|file| file.path == path) {
+            // The same file twice (the program as an input too): hashed once.
+            known.cid.clone()
+        } else if meta.is_file() {
+            let cid = file_cid(&path, meta.len()).await?;
+            unsent.push(Unsent {
+                path: path.clone(),
+                cid: cid.clone(),
+            });
+            cid
         } else {
-            None
-        };
-        let cid = match known {
-            Some(cid) => cid,
-            None => super::data::upload(clients, &path, true).await?,
+            super::data::upload(clients, &path, true).await?
         };
         let name = path
             .file_name()

@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::Args;
 use futures::StreamExt;
 use shoal::net::retry::{Retry, Transient as _};
@@ -17,6 +17,7 @@ use shoal::proto::{
 use tracing::Instrument as _;
 
 use super::results::{download_results, latest_result};
+use super::sources::Resolved;
 use crate::EXIT_JOB_NOT_COMPLETED;
 use crate::client::Clients;
 
@@ -48,7 +49,7 @@ pub struct WaitArgs {
 /// Submits `spec` and waits as `wait` says; returns the exit code.
 pub async fn submit_and_wait(
     clients: &mut Clients,
-    spec: JobSpec,
+    spec: Resolved,
     wait: &WaitArgs,
 ) -> anyhow::Result<u8> {
     let job = submit(clients, spec)
@@ -292,35 +293,78 @@ impl std::fmt::Display for SubmitError {
     }
 }
 
-/// Submits `spec` under an idempotency key of this invocation's own, retrying for up to
-/// about a minute while the orchestrator is unreachable or answers UNAVAILABLE (a restart,
-/// a full disk), but not after a call that ran out of its deadline: the key makes a retry
-/// of a submission that did land return that job instead of a second one.
-async fn submit(clients: &mut Clients, spec: JobSpec) -> anyhow::Result<Job> {
+/// Submits the job under an idempotency key of this invocation's own, naming the local
+/// files it refers to by CID as `stored_cids`: the usual case (a program run again) costs
+/// one call. When the store lacks some of them, the orchestrator refuses the job (NOT_FOUND,
+/// listing which); those files are uploaded and the job submitted again under the same key
+/// (nothing was created), so a new program costs three calls. Each submission is retried
+/// for up to about a minute while the orchestrator is unreachable or answers UNAVAILABLE (a
+/// restart, a full disk), but not after a call that ran out of its deadline: the key makes a
+/// retry of a submission that did land return that job instead of a second one.
+async fn submit(clients: &mut Clients, mut resolved: Resolved) -> anyhow::Result<Job> {
+    let key = uuid::Uuid::now_v7().to_string();
+    let stored_cids = resolved
+        .unsent
+        .iter()
+        .map(|file| file.cid.clone())
+        .collect();
+    match submit_once(clients, &resolved.spec, &key, stored_cids).await {
+        Err(SubmitError(status)) if status.code() == tonic::Code::NotFound => {
+            // Only a refusal that lists which of our files the store lacks is ours to fix by
+            // uploading; any other NOT_FOUND (a CID the user named) is the user's.
+            let Some(missing) = missing_stored_cids(&status) else {
+                return Err(anyhow::Error::from(status));
+            };
+            tracing::debug!(%status, "the store lacks local files: uploading them");
+            resolved.upload_unsent(clients, &missing).await?;
+            submit_once(clients, &resolved.spec, &key, Vec::new()).await
+        }
+        submitted => submitted,
+    }
+    .map_err(|SubmitError(status)| {
+        let ran_out = crate::client::ran_out(&status);
+        let error = anyhow::Error::from(status);
+        if ran_out {
+            // The server may have taken it after all: a blind rerun would make a second.
+            error.context("the submission may have been accepted; `shoal job list` shows it")
+        } else {
+            error
+        }
+    })
+}
+
+/// The indices of the `stored_cids` a NOT_FOUND says the store lacks, if it says so.
+fn missing_stored_cids(status: &tonic::Status) -> Option<Vec<usize>> {
+    let listed = status
+        .metadata()
+        .get(shoal::protocol::MISSING_STORED_CIDS)?
+        .to_str()
+        .ok()?;
+    listed.split(',').map(|i| i.parse().ok()).collect()
+}
+
+/// One submission, retried across an orchestrator outage under the same key.
+async fn submit_once(
+    clients: &mut Clients,
+    spec: &JobSpec,
+    key: &str,
+    stored_cids: Vec<String>,
+) -> Result<Job, SubmitError> {
     let request = SubmitJobRequest {
-        spec: Some(spec),
-        idempotency_key: uuid::Uuid::now_v7().to_string(),
+        spec: Some(spec.clone()),
+        idempotency_key: key.to_owned(),
+        stored_cids,
     };
     let response = OUTAGE_RETRY
         .run("submitting the job", || {
             let (mut jobs, request) = (clients.jobs.clone(), request.clone());
             async move { jobs.submit_job(request).await.map_err(SubmitError) }
         })
-        .await
-        .map_err(|SubmitError(status)| {
-            let ran_out = crate::client::ran_out(&status);
-            let error = anyhow::Error::from(status);
-            if ran_out {
-                // The server may have taken it after all: a blind rerun would make a second.
-                error.context("the submission may have been accepted; `shoal job list` shows it")
-            } else {
-                error
-            }
-        })?;
+        .await?;
     response
         .into_inner()
         .job
-        .context("the orchestrator returned no job")
+        .ok_or_else(|| SubmitError(tonic::Status::internal("the orchestrator returned no job")))
 }
 
 /// Prints a job's stored stdout (to stdout) and stderr (to stderr).

@@ -23,12 +23,12 @@ pub enum WasmCommand {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The program, then its arguments. The program is a local .wasm file (uploaded), a
+    /// The program, then its arguments. The program is a local .wasm file (sent unless the store has it), a
     /// CID of one in the store (or on the IPFS gateways), an HTTP(S) URL (pin it with
     /// `#sha256=HEX`) or an s3://bucket/key object.
     #[arg(required = true, value_name = "PROGRAM [ARGS]")]
     pub program_and_args: Vec<String>,
-    /// Input data, `SRC[:TARGET]`: a local file or directory (uploaded), a CID, an HTTP(S)
+    /// Input data, `SRC[:TARGET]`: a local file or directory (sent unless the store has it), a CID, an HTTP(S)
     /// URL (pin it with `#sha256=HEX`), or s3://bucket/key, s3://bucket/prefix/ or
     /// s3://bucket/prefix/*.csv. Default target: /inputs for a directory, /inputs/NAME for a
     /// file (NAME: the file's name, the URL's last path segment — `download` for a URL

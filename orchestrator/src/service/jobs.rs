@@ -27,6 +27,9 @@ use shoal::spec::source::Source;
 /// Events read from the store per round trip.
 const EVENT_PAGE: usize = 256;
 
+/// Most `stored_cids` one submission may name (a job has at most 256 mounts and a program).
+const MAX_STORED_CIDS: usize = 512;
+
 /// JobService implementation.
 #[derive(Debug, Clone)]
 pub struct JobApi(Arc<Orchestrator>);
@@ -57,6 +60,7 @@ impl JobApi {
         let SubmitJobRequest {
             spec,
             idempotency_key: key,
+            stored_cids,
         } = request;
         let spec = spec.ok_or_else(|| {
             Status::from(crate::error::Error::InvalidArgument(
@@ -64,10 +68,32 @@ impl JobApi {
             ))
         })?;
         let spec = ValidSpec::accept(spec, self.0.config().spec_defaults()).map_err(Error::from)?;
+        if stored_cids.len() > MAX_STORED_CIDS {
+            return Err(Status::from(crate::error::Error::InvalidArgument(format!(
+                "stored_cids: {} entries; at most {MAX_STORED_CIDS}",
+                stored_cids.len()
+            ))));
+        }
+        let stored_cids = stored_cids
+            .iter()
+            .enumerate()
+            .map(|(i, text)| cid(&format!("stored_cids[{i}]"), text))
+            .collect::<Result<Vec<_>>>()?;
+        let content = self.0.content();
+        // Before the spec's own CIDs: the client hashed these instead of uploading them, and
+        // is told which ones to send (all of them at once, by index).
+        let mut missing = Vec::new();
+        for (i, cid) in stored_cids.iter().enumerate() {
+            if !content.contains(cid).await.map_err(Status::from)? {
+                missing.push(i);
+            }
+        }
+        if let Some(&first) = missing.first() {
+            return Err(missing_stored_cids(&missing, &stored_cids[first]));
+        }
         // Every CID the job names must already be stored, or it could never run (URLs are
         // fetched by the executor) — unless IPFS gateways are configured, which executors
         // fetch the CIDs the store lacks from.
-        let content = self.0.content();
         let gateways = !self.0.config().ipfs_gateways.is_empty();
         let raw = spec.spec();
         let sources = std::iter::once(("program".to_owned(), &raw.program, spec.program())).chain(
@@ -106,6 +132,27 @@ impl JobApi {
         tracing::info!(job_id = %job.id, "job accepted");
         Ok(Response::new(SubmitJobResponse { job: Some(job) }))
     }
+}
+
+/// NOT_FOUND for a submission whose `stored_cids` the store lacks: the message names the
+/// first, the metadata lists every one by index.
+fn missing_stored_cids(missing: &[usize], first: &shoal::content::cid::ContentId) -> Status {
+    let indices = missing
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut status = Status::not_found(format!(
+        "stored_cids[{}]: {first} is not in the store ({} of the listed CIDs are missing); upload them and submit again",
+        missing[0],
+        missing.len()
+    ));
+    if let Ok(value) = indices.parse() {
+        status
+            .metadata_mut()
+            .insert(shoal::protocol::MISSING_STORED_CIDS, value);
+    }
+    status
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;

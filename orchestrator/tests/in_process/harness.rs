@@ -113,6 +113,7 @@ impl InProcess {
         let request = SubmitJobRequest {
             spec: Some(spec),
             idempotency_key: String::new(),
+            stored_cids: Vec::new(),
         };
         let job = self.jobs.submit_job(request).await.expect("submit");
         job.into_inner().job.expect("a job").id
