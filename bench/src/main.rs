@@ -222,7 +222,11 @@ fn print_table(figures: &[Figure]) {
             value(f.measured),
             f.baseline.map_or("-".to_owned(), value),
             f.ratio
-                .map_or("-".to_owned(), |r| format!("{r:.1}{}", f.ratio_unit)),
+                // Two decimals near 1: a ratio target of 1.0 must not read "1.0x ... no".
+                .map_or("-".to_owned(), |r| {
+                    let digits = if (0.5..2.0).contains(&r) { 2 } else { 1 };
+                    format!("{r:.digits$}{}", f.ratio_unit)
+                }),
             match f.meets {
                 Some(true) => "yes",
                 Some(false) => "no",
