@@ -168,6 +168,13 @@ async fn run(
     env.sort();
     env.push(("SHOAL_JOB_ID".into(), assign.job_id.clone()));
     env.push(("SHOAL_EXECUTION_ID".into(), id.to_owned()));
+    if assign.partition_count > 0 {
+        env.push(("SHOAL_PARTITION_INDEX".into(), assign.partition.to_string()));
+        env.push((
+            "SHOAL_PARTITION_COUNT".into(),
+            assign.partition_count.to_string(),
+        ));
+    }
     let mut argv = vec![spec.program_name.clone()];
     argv.extend(spec.args.iter().cloned());
     let timeout = valid.timeout();

@@ -44,6 +44,8 @@ pub struct Orchestrator {
     /// and the state was reloaded from it; see `store_watchdog`).
     store_writes: watch::Sender<bool>,
     pub(crate) schedule: Notify,
+    /// Partitioned jobs whose partitions have all ended, for the scheduler loop to finish.
+    finishing: std::sync::Mutex<Vec<String>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
     /// The lock on the data directory, held while the orchestrator lives.
@@ -201,7 +203,55 @@ impl Orchestrator {
         if effects.schedule {
             self.schedule.notify_one();
         }
+        if !effects.finalize.is_empty() {
+            // The scheduler loop, which holds the orchestrator, builds their result trees.
+            self.finishing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(effects.finalize);
+            self.schedule.notify_one();
+        }
         Ok(())
+    }
+
+    /// Starts building the result tree of every partitioned job whose partitions have all
+    /// ended since the last call (see [`Self::finish_partitions`]).
+    pub(crate) fn finish_ended_partitions(self: &Arc<Self>) {
+        let ended = std::mem::take(&mut *self.finishing.lock().unwrap_or_else(|p| p.into_inner()));
+        for job_id in ended {
+            self.finish_partitions(job_id);
+        }
+    }
+
+    /// Builds the result tree of a partitioned job whose partitions have all ended, then
+    /// ends the job with it (in the background: it reads a block per partition). A tree
+    /// that cannot be built (a result block gone) ends the job FAILED, saying why.
+    fn finish_partitions(self: &Arc<Self>, job_id: String) {
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            let built = match this.read(|c| c.partition_results(&job_id)).await {
+                Ok(results) if results.is_empty() => Ok(None),
+                Ok(results) => this.content.partition_tree(&results).await.map(Some),
+                Err(error) => Err(error),
+            };
+            let now = std::time::SystemTime::now();
+            let ended = match built {
+                Ok(root) => {
+                    let root = root.map(|cid| cid.to_string());
+                    this.apply(|c| c.partitions_finished(&job_id, root, now))
+                        .await
+                }
+                Err(error) => {
+                    tracing::error!(job_id, %error, "building a partitioned job's results failed");
+                    let reason = format!("its result tree could not be built: {error}");
+                    this.apply(|c| c.partitions_unfinishable(&job_id, &reason, now))
+                        .await
+                }
+            };
+            if let Err(error) = ended {
+                tracing::error!(job_id, %error, "ending a partitioned job failed");
+            }
+        });
     }
 
     /// Whether the store writes now (false while it fails: health says NOT_SERVING).
@@ -372,6 +422,7 @@ pub async fn open(
         links: Links::default(),
         store_writes: watch::channel(true).0,
         schedule: Notify::new(),
+        finishing: std::sync::Mutex::new(Vec::new()),
         shutdown,
         tasks: TaskTracker::new(),
         _lock: lock,

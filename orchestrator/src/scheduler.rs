@@ -35,5 +35,6 @@ pub(crate) async fn scheduler_loop(orchestrator: Arc<Orchestrator>) {
         if let Err(error) = result {
             tracing::error!(%error, "scheduling pass failed");
         }
+        orchestrator.finish_ended_partitions();
     }
 }

@@ -51,6 +51,20 @@ pub struct SpecDocument {
     /// How to reach S3 for an `s3://` publisher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publisher_s3: Option<S3Document>,
+    /// Fan-out: how many partitions to run (0 or absent: one plain execution).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub partitions: u32,
+    /// Most partitions running at once.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_parallel: u32,
+    /// `allow`: a partition failing for good lets the others run to their end; `fail` (the
+    /// default) cancels them.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub partial: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One input of a [`SpecDocument`].
@@ -204,6 +218,18 @@ impl SpecDocument {
             publisher: self.publisher.clone(),
             program_name: self.program_name.clone(),
             publisher_s3: self.publisher_s3.as_ref().map(S3Options::from),
+            partitions: self.partitions,
+            max_parallel: self.max_parallel,
+            allow_partial: match self.partial.as_str() {
+                "" | "fail" => false,
+                "allow" => true,
+                other => {
+                    return Err(Error::invalid_spec(
+                        "partial",
+                        format!("{other:?} is neither \"allow\" nor \"fail\""),
+                    ));
+                }
+            },
         })
     }
 
@@ -253,6 +279,13 @@ impl SpecDocument {
             publisher: spec.publisher.clone(),
             program_name: spec.program_name.clone(),
             publisher_s3: spec.publisher_s3.as_ref().map(S3Document::from),
+            partitions: spec.partitions,
+            max_parallel: spec.max_parallel,
+            partial: if spec.allow_partial {
+                "allow".into()
+            } else {
+                String::new()
+            },
         }
     }
 }

@@ -66,6 +66,9 @@ pub mod limits {
     pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
     /// Longest free text a client sets (a cancellation reason).
     pub const MAX_REASON_BYTES: usize = 1024;
+    /// Most partitions one job fans out to: its result tree's `partitions/` directory then
+    /// stays one block under 1 MiB (about 50 bytes a link), the most IPFS peers exchange.
+    pub const MAX_PARTITIONS: u32 = 10_000;
 }
 
 /// Orchestrator-wide defaults applied to specs that leave a field unset.
@@ -261,6 +264,36 @@ pub(crate) fn validate(spec: &JobSpec) -> Result<(), Error> {
                 Ok(_) => {}
             }
         }
+    }
+    if spec.partitions > limits::MAX_PARTITIONS {
+        return Err(Error::invalid_spec(
+            "partitions",
+            format!("must be at most {}", limits::MAX_PARTITIONS),
+        ));
+    }
+    if spec.partitions == 0 && (spec.max_parallel != 0 || spec.allow_partial) {
+        let field = if spec.max_parallel != 0 {
+            "max_parallel"
+        } else {
+            "allow_partial"
+        };
+        return Err(Error::invalid_spec(
+            field,
+            "applies only to a job with partitions",
+        ));
+    }
+    if spec.max_parallel > spec.partitions {
+        return Err(Error::invalid_spec(
+            "max_parallel",
+            format!("must be at most partitions ({})", spec.partitions),
+        ));
+    }
+    if spec.partitions > 0 && !(spec.publisher.is_empty() || spec.publisher == "default") {
+        // A partitioned job's results are one tree in the store, built from every partition's.
+        return Err(Error::invalid_spec(
+            "publisher",
+            "a job with partitions publishes to the orchestrator's store (\"default\")",
+        ));
     }
     if !(spec.publisher.is_empty() || spec.publisher == "default") {
         S3Location::parse(&spec.publisher).map_err(|message| {
@@ -611,6 +644,23 @@ retry: {{max_attempts: 2, retry_on: [executor_lost, trap]}}
                 Box::new(|s| s.retry.as_mut().expect("retry").max_attempts = 1000),
             ),
             ("publisher", Box::new(|s| s.publisher = "ftp://x".into())),
+            ("partitions", Box::new(|s| s.partitions = 10_001)),
+            ("max_parallel", Box::new(|s| s.max_parallel = 2)),
+            ("allow_partial", Box::new(|s| s.allow_partial = true)),
+            (
+                "max_parallel",
+                Box::new(|s| {
+                    s.partitions = 3;
+                    s.max_parallel = 4;
+                }),
+            ),
+            (
+                "publisher",
+                Box::new(|s| {
+                    s.partitions = 3;
+                    s.publisher = "s3://bucket/prefix".into();
+                }),
+            ),
         ];
         for (field, mutate) in cases {
             let mut spec = valid_spec();

@@ -39,6 +39,12 @@ pub struct JobRules {
     pub max_attempts: u32,
     /// The failure kinds that are retried.
     pub retry_on: Vec<FailureKind>,
+    /// Partitions the job fans out to (0: one plain execution).
+    pub partitions: u32,
+    /// Most partitions running at once (0: no cap of the job's own).
+    pub max_parallel: u32,
+    /// A partition failing for good lets the others run to their end.
+    pub allow_partial: bool,
 }
 
 impl JobRules {
@@ -125,6 +131,9 @@ impl ValidSpec {
                 queue_timeout,
                 max_attempts: retry.max_attempts,
                 retry_on,
+                partitions: spec.partitions,
+                max_parallel: spec.max_parallel,
+                allow_partial: spec.allow_partial,
             },
             program,
             inputs,

@@ -43,7 +43,8 @@ impl Cluster {
         if state as i32 <= execution.state {
             return;
         }
-        let current = self.is_current(execution);
+        // A partition's progress is its execution's alone: the job is RUNNING throughout.
+        let current = self.is_current(execution) && !self.is_partitioned(&execution.job_id);
         let job_id = execution.job_id.clone();
         self.unacknowledged.remove(execution_id);
         let Some(execution) = self.executions.get_mut(execution_id) else {
@@ -136,6 +137,20 @@ impl Cluster {
         match finished.state() {
             ExecutionState::Completed => {
                 let result = finished.result.unwrap_or_default();
+                if let Some(execution) = self.executions.get(&execution_id)
+                    && self.current_partition(execution).is_some()
+                {
+                    let job_id = execution.job_id.clone();
+                    self.end_execution(
+                        &execution_id,
+                        ExecutionState::Completed,
+                        None,
+                        Some(result),
+                        now,
+                    );
+                    self.partition_completed(&job_id, &execution_id, now);
+                    return;
+                }
                 self.end_execution(
                     &execution_id,
                     ExecutionState::Completed,
@@ -241,10 +256,14 @@ impl Cluster {
         }
         let job_id = execution.job_id.clone();
         let current = self.is_current(execution);
-        let (attempts, max_attempts) = match self.jobs.get(&job_id) {
-            Some(entry) => (entry.job.attempts, entry.rules.max_attempts),
-            None => (0, 0),
+        let partitioned = self.is_partitioned(&job_id);
+        // A partition's attempts are its own; a plain job's are the job's.
+        let attempts = if partitioned {
+            execution.attempt
+        } else {
+            self.jobs.get(&job_id).map_or(0, |entry| entry.job.attempts)
         };
+        let max_attempts = self.jobs.get(&job_id).map_or(0, |e| e.rules.max_attempts);
         failure.retryable = self
             .jobs
             .get(&job_id)
@@ -252,6 +271,10 @@ impl Cluster {
         let state = failure.kind().execution_state();
         self.end_execution(execution_id, state, Some(failure.clone()), None, now);
         if !current {
+            return;
+        }
+        if partitioned {
+            self.partition_failed(&job_id, execution_id, failure, now);
             return;
         }
         if failure.kind() == FailureKind::ExecutorLost

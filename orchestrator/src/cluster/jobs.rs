@@ -88,8 +88,10 @@ impl Cluster {
                 last_sequence: 0,
                 queued_since: now,
                 waiting_notes: 0,
+                partitions: None,
             },
         );
+        self.start_partitions(&id);
         self.set_job_state(&id, JobState::Queued, "queued".into(), None, None, now);
         self.queue.insert(id.clone());
         self.metrics.jobs_submitted.inc();
@@ -120,6 +122,8 @@ impl Cluster {
         }
         let execution_id = job.execution_id.clone();
         self.queue.remove(job_id);
+        // Every running partition is told to stop; none that waits will start.
+        self.stop_partitions(job_id, reason);
         if let Some(execution) = self.executions.get(&execution_id)
             && !execution.state().is_terminal()
         {

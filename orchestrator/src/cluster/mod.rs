@@ -15,6 +15,7 @@
 mod executions;
 mod executors;
 mod jobs;
+mod partitions;
 mod scheduling;
 #[cfg(test)]
 mod testing;
@@ -87,6 +88,9 @@ pub struct Effects {
     pub events: Vec<(String, u64)>,
     /// Capacity or the queue changed: run the scheduler.
     pub schedule: bool,
+    /// Partitioned jobs whose partitions have all ended: their result trees are to be
+    /// built (then [`Cluster::partitions_finished`]).
+    pub finalize: Vec<String>,
 }
 
 struct JobEntry {
@@ -97,6 +101,8 @@ struct JobEntry {
     queued_since: SystemTime,
     /// `Waiting` events recorded in this stay in the queue (capped at [`MAX_WAITING_NOTES`]).
     waiting_notes: u32,
+    /// A fanned-out job's partitions (`spec.partitions` > 0).
+    partitions: Option<Box<partitions::Partitions>>,
 }
 
 /// Most `Waiting` events one stay in the queue records: enough for a person to follow why a
@@ -196,6 +202,7 @@ impl Cluster {
                     last_sequence,
                     queued_since,
                     waiting_notes: 0,
+                    partitions: None,
                 },
             );
         }
@@ -236,6 +243,7 @@ impl Cluster {
             }
             cluster.executions.insert(execution.id.clone(), execution);
         }
+        cluster.restore_partitions();
         cluster.effects.schedule = true;
         cluster
     }
@@ -464,6 +472,7 @@ impl Cluster {
             message,
             failure,
             result,
+            partitions: job.partitions,
         };
         let job = job.clone();
         self.effects.writes.push(Write::Job(job));
@@ -502,10 +511,22 @@ impl Cluster {
         }
     }
 
+    /// Whether an execution is the one in charge of its job (or of its partition) now.
     fn is_current(&self, execution: &Execution) -> bool {
+        self.jobs.get(&execution.job_id).is_some_and(|j| {
+            !j.job.state().is_terminal()
+                && match &j.partitions {
+                    Some(_) => self.current_partition(execution).is_some(),
+                    None => j.job.execution_id == execution.id,
+                }
+        })
+    }
+
+    /// Whether a job fans out to partitions.
+    fn is_partitioned(&self, job_id: &str) -> bool {
         self.jobs
-            .get(&execution.job_id)
-            .is_some_and(|j| j.job.execution_id == execution.id && !j.job.state().is_terminal())
+            .get(job_id)
+            .is_some_and(|j| j.partitions.is_some())
     }
 
     fn live_node(&mut self, executor_id: &str, generation: u64) -> Option<&mut NodeEntry> {

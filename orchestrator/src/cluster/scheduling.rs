@@ -64,18 +64,39 @@ impl Cluster {
             };
             // Jobs of one shape are placed alike: once one cannot be, the rest are not tried.
             let shape = (entry.rules.constraints.clone(), entry.rules.memory_bytes);
+            let started = entry.job.state() != JobState::Queued;
             let placed = match unplaceable.get(&shape) {
                 Some(reason) => Err(reason.clone()),
-                None => self.placement(&entry.rules),
+                None if entry.partitions.is_some() => match self.place_partitions(&job_id, now) {
+                    (placed, None) => {
+                        free_slots = free_slots.saturating_sub(placed);
+                        continue;
+                    }
+                    (_, Some(reason)) => Err(reason),
+                },
+                None => match self.placement(&entry.rules) {
+                    Ok(executor_id) => {
+                        self.assign(&job_id, &executor_id, now);
+                        Ok(())
+                    }
+                    Err(reason) => Err(reason),
+                },
             };
             let reason = match placed {
-                Ok(executor_id) => {
-                    self.assign(&job_id, &executor_id, now);
+                Ok(()) => {
                     free_slots = free_slots.saturating_sub(1);
                     continue;
                 }
                 Err(_) if !full && free_slots == 0 => break,
+                // A partitioned job already running waits for room without a queue timeout.
+                Err(reason) if started => {
+                    unplaceable.entry(shape).or_insert(reason);
+                    continue;
+                }
                 Err(reason) => reason,
+            };
+            let Some(entry) = self.jobs.get(&job_id) else {
+                continue;
             };
             let queue_timeout = entry.rules.queue_timeout;
             let waited = now.duration_since(entry.queued_since).unwrap_or_default();
@@ -83,6 +104,8 @@ impl Cluster {
             unplaceable.entry(shape).or_insert_with(|| reason.clone());
             if waited >= queue_timeout {
                 self.queue.remove(&job_id);
+                // A partitioned job's partitions will not run either.
+                self.stop_partitions(&job_id, "queue timeout");
                 let message = format!(
                     "not scheduled within the queue timeout of {}: {reason}",
                     shoal::spec::units::format_duration(queue_timeout)
@@ -198,22 +221,7 @@ impl Cluster {
         let execution_id = shoal::ids::ExecutionId::new().to_string();
         entry.job.execution_id = execution_id.clone();
         let spec = entry.job.spec.clone();
-        // The placement, as a span of the job's trace and the parent of the execution's
-        // spans on the executor. Only for traced jobs: an untraced one logs nothing here.
-        let trace_context = if entry.job.trace_context.is_empty() {
-            HashMap::new()
-        } else {
-            let span = tracing::info_span!(
-                "schedule",
-                job_id,
-                execution_id,
-                executor_id,
-                attempt,
-                queue_wait_ms = waited.as_millis() as u64,
-            );
-            shoal::daemon::telemetry::set_parent_from_map(&span, &entry.job.trace_context);
-            shoal::daemon::telemetry::context_map(&span)
-        };
+        let trace_context = self.placement_trace(job_id, &execution_id, executor_id, attempt, now);
         let execution = Execution {
             id: execution_id.clone(),
             job_id: job_id.to_owned(),
@@ -223,21 +231,7 @@ impl Cluster {
             created_at: Some(shoal::proto::timestamp(now)),
             ..Default::default()
         };
-        self.effects
-            .writes
-            .push(Write::Execution(execution.clone()));
-        self.executions.insert(execution_id.clone(), execution);
-        tracing::info!(
-            job_id,
-            execution_id,
-            executor_id,
-            attempt,
-            "execution assigned"
-        );
-        if let Some(node) = self.nodes.get_mut(executor_id) {
-            node.node.running_execution_ids.push(execution_id.clone());
-        }
-        self.unacknowledged.insert(execution_id.clone(), now);
+        self.record_assignment(execution, now);
         self.set_job_state(
             job_id,
             JobState::Scheduled,
@@ -254,8 +248,62 @@ impl Cluster {
                 spec,
                 attempt,
                 trace_context,
+                partition: 0,
+                partition_count: 0,
             }),
         );
+    }
+
+    /// Records a new execution on its executor: stored, counted against the executor's
+    /// slots, and awaiting the executor's acknowledgement.
+    pub(super) fn record_assignment(&mut self, execution: Execution, now: SystemTime) {
+        let (job_id, execution_id) = (execution.job_id.clone(), execution.id.clone());
+        let (executor_id, attempt) = (execution.executor_id.clone(), execution.attempt);
+        tracing::info!(
+            job_id,
+            execution_id,
+            executor_id,
+            attempt,
+            partition = execution.partition,
+            "execution assigned"
+        );
+        self.effects
+            .writes
+            .push(Write::Execution(execution.clone()));
+        self.executions.insert(execution_id.clone(), execution);
+        if let Some(node) = self.nodes.get_mut(&executor_id) {
+            node.node.running_execution_ids.push(execution_id.clone());
+        }
+        self.unacknowledged.insert(execution_id, now);
+    }
+
+    /// The placement, as a span of the job's trace and the parent of the execution's spans
+    /// on the executor. Only for traced jobs: an untraced one logs nothing here.
+    pub(super) fn placement_trace(
+        &self,
+        job_id: &str,
+        execution_id: &str,
+        executor_id: &str,
+        attempt: u32,
+        now: SystemTime,
+    ) -> HashMap<String, String> {
+        let Some(entry) = self.jobs.get(job_id) else {
+            return HashMap::new();
+        };
+        if entry.job.trace_context.is_empty() {
+            return HashMap::new();
+        }
+        let waited = now.duration_since(entry.queued_since).unwrap_or_default();
+        let span = tracing::info_span!(
+            "schedule",
+            job_id,
+            execution_id,
+            executor_id,
+            attempt,
+            queue_wait_ms = waited.as_millis() as u64,
+        );
+        shoal::daemon::telemetry::set_parent_from_map(&span, &entry.job.trace_context);
+        shoal::daemon::telemetry::context_map(&span)
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod blocks;
 mod download;
+mod partitions;
 mod upload;
 
 use std::collections::HashSet;

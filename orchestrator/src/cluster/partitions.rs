@@ -1,0 +1,804 @@
+//! Fan-out: a job with `spec.partitions` runs as that many partitions, each its own
+//! execution with its own attempts under the job's retry policy. The job's state is
+//! derived from theirs: RUNNING once one is placed, COMPLETED when all completed, FAILED
+//! when one has used up its attempts (the others cancelled, unless the spec allows partial
+//! results), CANCELLED when cancelled.
+//!
+//! Kept compact: a few bytes per partition in memory beside the job ([`Partitions`]), and
+//! per partition only its executions in the store (no copy of the job or its spec). The job
+//! record is written when the job's own state changes, not on every partition's; after a
+//! restart the partitions' states are rebuilt from their executions.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::SystemTime;
+
+use shoal::proto::{
+    Execution, ExecutionState, Failure, FailureKind, JobState, PartitionCounts,
+    orchestrator_message,
+};
+
+use super::*;
+
+/// Where one partition stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PartitionState {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+/// The partitions of one job.
+pub(super) struct Partitions {
+    states: Vec<PartitionState>,
+    /// Attempts started per partition.
+    attempts: Vec<u8>,
+    /// Attempts per partition that ended with their executor lost.
+    losses: Vec<u8>,
+    /// Partitions waiting to run, lowest index first.
+    waiting: BTreeSet<u32>,
+    /// The execution in charge of each running partition.
+    running: HashMap<String, u32>,
+    counts: PartitionCounts,
+    /// The result tree is being built (the last partition ended).
+    finishing: bool,
+    /// The first partition to fail for good, and how (the job's failure names it).
+    first_failure: Option<(u32, Failure)>,
+}
+
+/// The count of `counts` that partitions in `state` are in.
+fn counter(counts: &mut PartitionCounts, state: PartitionState) -> &mut u32 {
+    match state {
+        PartitionState::Queued => &mut counts.queued,
+        PartitionState::Running => &mut counts.running,
+        PartitionState::Completed => &mut counts.completed,
+        PartitionState::Failed => &mut counts.failed,
+        PartitionState::Cancelled => &mut counts.cancelled,
+    }
+}
+
+impl Partitions {
+    fn new(count: u32) -> Self {
+        Partitions {
+            states: vec![PartitionState::Queued; count as usize],
+            attempts: vec![0; count as usize],
+            losses: vec![0; count as usize],
+            waiting: (0..count).collect(),
+            running: HashMap::new(),
+            counts: PartitionCounts {
+                queued: count,
+                ..Default::default()
+            },
+            finishing: false,
+            first_failure: None,
+        }
+    }
+
+    fn count(&self) -> u32 {
+        self.states.len() as u32
+    }
+
+    fn set(&mut self, index: u32, state: PartitionState) {
+        let Some(slot) = self.states.get_mut(index as usize) else {
+            return;
+        };
+        let old = *slot;
+        let from = counter(&mut self.counts, old);
+        *from = from.saturating_sub(1);
+        *counter(&mut self.counts, state) += 1;
+        *slot = state;
+        if state == PartitionState::Queued {
+            self.waiting.insert(index);
+        } else {
+            self.waiting.remove(&index);
+        }
+    }
+
+    /// Every partition has ended (none waits, none runs).
+    fn all_ended(&self) -> bool {
+        self.counts.queued == 0 && self.counts.running == 0
+    }
+
+    /// Rebuilds the partitions of a job from its stored executions (after a restart).
+    fn restore<'a>(count: u32, executions: impl Iterator<Item = &'a Execution>) -> Self {
+        let mut partitions = Partitions::new(count);
+        let mut latest: HashMap<u32, &Execution> = HashMap::new();
+        for execution in executions {
+            let index = execution.partition;
+            if index >= count {
+                continue;
+            }
+            let slot = index as usize;
+            let attempt = u8::try_from(execution.attempt).unwrap_or(u8::MAX);
+            partitions.attempts[slot] = partitions.attempts[slot].max(attempt);
+            if execution
+                .failure
+                .as_ref()
+                .is_some_and(|f| f.kind() == FailureKind::ExecutorLost)
+            {
+                partitions.losses[slot] = partitions.losses[slot].saturating_add(1);
+            }
+            let newer = latest
+                .get(&index)
+                .is_none_or(|seen| seen.attempt < execution.attempt);
+            if newer {
+                latest.insert(index, execution);
+            }
+        }
+        for (index, execution) in latest {
+            let state = match execution.state() {
+                state if !state.is_terminal() => {
+                    partitions.running.insert(execution.id.clone(), index);
+                    PartitionState::Running
+                }
+                ExecutionState::Completed => PartitionState::Completed,
+                ExecutionState::Cancelled => PartitionState::Cancelled,
+                _ if execution.failure.as_ref().is_some_and(|f| f.retryable) => {
+                    PartitionState::Queued
+                }
+                _ => PartitionState::Failed,
+            };
+            partitions.set(index, state);
+        }
+        partitions
+    }
+}
+
+impl Cluster {
+    /// Gives a just-submitted (or restored) partitioned job its partitions.
+    pub(super) fn start_partitions(&mut self, job_id: &str) {
+        if let Some(entry) = self.jobs.get_mut(job_id)
+            && entry.rules.partitions > 0
+        {
+            let partitions = Partitions::new(entry.rules.partitions);
+            entry.job.partitions = Some(partitions.counts);
+            entry.partitions = Some(Box::new(partitions));
+        }
+    }
+
+    /// After a restart: every partitioned job's partitions from its executions; an
+    /// unfinished job with partitions waiting goes back in the queue, and one whose
+    /// partitions have all ended is finished.
+    pub(super) fn restore_partitions(&mut self) {
+        let mut by_job: HashMap<&str, Vec<&Execution>> = HashMap::new();
+        for execution in self.executions.values() {
+            if self
+                .jobs
+                .get(&execution.job_id)
+                .is_some_and(|j| j.rules.partitions > 0)
+            {
+                by_job.entry(&execution.job_id).or_default().push(execution);
+            }
+        }
+        let mut restored = Vec::new();
+        for (job_id, entry) in &self.jobs {
+            if entry.rules.partitions == 0 {
+                continue;
+            }
+            let executions = by_job.remove(job_id.as_str()).unwrap_or_default();
+            let partitions = Partitions::restore(entry.rules.partitions, executions.into_iter());
+            restored.push((job_id.clone(), partitions));
+        }
+        for (job_id, partitions) in restored {
+            let unfinished = self
+                .jobs
+                .get(&job_id)
+                .is_some_and(|j| !j.job.state().is_terminal());
+            if unfinished && !partitions.waiting.is_empty() {
+                self.queue.insert(job_id.clone());
+            }
+            let ended = unfinished && partitions.all_ended();
+            if let Some(entry) = self.jobs.get_mut(&job_id) {
+                entry.job.partitions = Some(partitions.counts);
+                entry.partitions = Some(Box::new(partitions));
+            }
+            if ended {
+                self.partitions_ended(&job_id, SystemTime::now());
+            }
+        }
+    }
+
+    /// Places as many waiting partitions of a queued partitioned job as fit, up to its
+    /// `max_parallel`. Returns how many were placed, and why the next one was not when none
+    /// could be (None: placed some, or held back by the job's own cap).
+    pub(super) fn place_partitions(
+        &mut self,
+        job_id: &str,
+        now: SystemTime,
+    ) -> (u64, Option<String>) {
+        let mut placed = 0;
+        loop {
+            let Some(entry) = self.jobs.get(job_id) else {
+                return (placed, None);
+            };
+            let Some(partitions) = entry.partitions.as_deref() else {
+                return (placed, None);
+            };
+            let cap = entry.rules.max_parallel;
+            let Some(&index) = partitions.waiting.first() else {
+                self.queue.remove(job_id);
+                return (placed, None);
+            };
+            if cap > 0 && partitions.counts.running >= cap {
+                return (placed, None);
+            }
+            match self.placement(&entry.rules) {
+                Ok(executor_id) => {
+                    self.assign_partition(job_id, index, &executor_id, now);
+                    placed += 1;
+                }
+                Err(reason) if placed == 0 => return (0, Some(reason)),
+                Err(_) => return (placed, None),
+            }
+        }
+    }
+
+    fn assign_partition(&mut self, job_id: &str, index: u32, executor_id: &str, now: SystemTime) {
+        let Some(entry) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        let Some(partitions) = entry.partitions.as_deref_mut() else {
+            return;
+        };
+        let slot = index as usize;
+        partitions.attempts[slot] = partitions.attempts[slot].saturating_add(1);
+        let attempt = u32::from(partitions.attempts[slot]);
+        let count = partitions.count();
+        let execution_id = shoal::ids::ExecutionId::new().to_string();
+        partitions.set(index, PartitionState::Running);
+        partitions.running.insert(execution_id.clone(), index);
+        if partitions.waiting.is_empty() {
+            self.queue.remove(job_id);
+        }
+        entry.job.partitions = Some(partitions.counts);
+        let first = entry.job.state() == JobState::Queued;
+        if first {
+            let waited = now.duration_since(entry.queued_since).unwrap_or_default();
+            self.metrics
+                .scheduling_latency
+                .observe(waited.as_secs_f64());
+        }
+        let spec = entry.job.spec.clone();
+        let trace_context = self.placement_trace(job_id, &execution_id, executor_id, attempt, now);
+        let execution = Execution {
+            id: execution_id.clone(),
+            job_id: job_id.to_owned(),
+            executor_id: executor_id.to_owned(),
+            attempt,
+            state: ExecutionState::Scheduled as i32,
+            created_at: Some(shoal::proto::timestamp(now)),
+            partition: index,
+            ..Default::default()
+        };
+        self.record_assignment(execution, now);
+        if first {
+            let message = format!("running {count} partitions");
+            self.set_job_state(job_id, JobState::Running, message, None, None, now);
+        }
+        self.send_to(
+            executor_id,
+            orchestrator_message::Message::Assign(shoal::proto::Assign {
+                execution_id,
+                job_id: job_id.to_owned(),
+                spec,
+                attempt,
+                trace_context,
+                partition: index,
+                partition_count: count,
+            }),
+        );
+    }
+
+    /// The partition an execution runs, if it is the one in charge of it now.
+    pub(super) fn current_partition(&self, execution: &Execution) -> Option<u32> {
+        let entry = self.jobs.get(&execution.job_id)?;
+        if entry.job.state().is_terminal() {
+            return None;
+        }
+        entry
+            .partitions
+            .as_ref()?
+            .running
+            .get(&execution.id)
+            .copied()
+    }
+
+    /// A partition's execution completed (it was in charge: the caller checked).
+    pub(super) fn partition_completed(
+        &mut self,
+        job_id: &str,
+        execution_id: &str,
+        now: SystemTime,
+    ) {
+        let Some(partitions) = self.partitions_mut(job_id) else {
+            return;
+        };
+        if let Some(index) = partitions.running.remove(execution_id) {
+            partitions.set(index, PartitionState::Completed);
+        }
+        self.partition_counts_changed(job_id, now);
+    }
+
+    /// A partition's execution failed (it was in charge: the caller checked): it runs
+    /// again if the retry policy says so; otherwise it failed for good, which ends the job
+    /// unless the spec allows partial results.
+    pub(super) fn partition_failed(
+        &mut self,
+        job_id: &str,
+        execution_id: &str,
+        mut failure: Failure,
+        now: SystemTime,
+    ) {
+        let Some(entry) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        let rules = entry.rules.clone();
+        let Some(partitions) = entry.partitions.as_deref_mut() else {
+            return;
+        };
+        let Some(index) = partitions.running.remove(execution_id) else {
+            return;
+        };
+        let slot = index as usize;
+        let attempts = u32::from(partitions.attempts[slot]);
+        if failure.kind() == FailureKind::ExecutorLost {
+            partitions.losses[slot] = partitions.losses[slot].saturating_add(1);
+            let losses = u32::from(partitions.losses[slot]);
+            if !failure.retryable && losses >= 2 && losses >= attempts {
+                failure = Failure::new(
+                    FailureKind::ExecutorsLost,
+                    format!(
+                        "every attempt ({losses} of {losses}) lost its executor; the partition \
+                         may be what brings them down (last: {})",
+                        failure.message
+                    ),
+                );
+            }
+        }
+        if failure.retryable {
+            partitions.set(index, PartitionState::Queued);
+            self.queue.insert(job_id.to_owned());
+            self.partition_counts_changed(job_id, now);
+            return;
+        }
+        partitions.set(index, PartitionState::Failed);
+        if partitions.first_failure.is_none() {
+            partitions.first_failure = Some((index, failure.clone()));
+        }
+        if rules.allow_partial {
+            self.partition_counts_changed(job_id, now);
+            return;
+        }
+        // One partition failed for good: the job with it; the rest will not be needed.
+        let message = format!("partition {index} failed: {failure}");
+        let failure = Failure::new(failure.kind(), message.clone());
+        self.stop_partitions(job_id, &message);
+        let state = failure.kind().execution_state().job_state();
+        self.set_job_state(job_id, state, message, Some(failure), None, now);
+    }
+
+    /// Cancels every running partition of a job (told to stop) and every waiting one.
+    pub(super) fn stop_partitions(&mut self, job_id: &str, reason: &str) {
+        self.queue.remove(job_id);
+        let Some(partitions) = self.partitions_mut(job_id) else {
+            return;
+        };
+        let waiting: Vec<u32> = partitions.waiting.iter().copied().collect();
+        for index in waiting {
+            partitions.set(index, PartitionState::Cancelled);
+        }
+        let running: Vec<(String, u32)> = partitions.running.drain().collect();
+        for (_, index) in &running {
+            partitions.set(*index, PartitionState::Cancelled);
+        }
+        let counts = partitions.counts;
+        if let Some(entry) = self.jobs.get_mut(job_id) {
+            entry.job.partitions = Some(counts);
+        }
+        for (execution_id, _) in running {
+            let Some(executor_id) = self
+                .executions
+                .get(&execution_id)
+                .map(|e| e.executor_id.clone())
+            else {
+                continue;
+            };
+            self.send_to(
+                &executor_id,
+                orchestrator_message::Message::Cancel(shoal::proto::Cancel {
+                    execution_id,
+                    reason: reason.to_owned(),
+                }),
+            );
+        }
+    }
+
+    fn partitions_mut(&mut self, job_id: &str) -> Option<&mut Partitions> {
+        self.jobs.get_mut(job_id)?.partitions.as_deref_mut()
+    }
+
+    /// Copies the counts onto the job; once every partition has ended, finishes it.
+    fn partition_counts_changed(&mut self, job_id: &str, now: SystemTime) {
+        let Some(entry) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        let Some(partitions) = entry.partitions.as_deref() else {
+            return;
+        };
+        entry.job.partitions = Some(partitions.counts);
+        if partitions.all_ended() {
+            self.partitions_ended(job_id, now);
+        }
+    }
+
+    /// Every partition has ended: the result tree is built from theirs (after the commit,
+    /// by the orchestrator, which then calls [`Cluster::partitions_finished`]).
+    fn partitions_ended(&mut self, job_id: &str, _now: SystemTime) {
+        let Some(partitions) = self.partitions_mut(job_id) else {
+            return;
+        };
+        if partitions.finishing {
+            return;
+        }
+        partitions.finishing = true;
+        self.effects.finalize.push(job_id.to_owned());
+    }
+
+    /// The result tree's entries of a job whose partitions have all ended: each partition
+    /// with a result, by index, and its result's root CID (that of its latest attempt).
+    pub fn partition_results(&self, job_id: &str) -> Result<Vec<(u32, String)>> {
+        let mut latest: HashMap<u32, &Execution> = HashMap::new();
+        for execution in self.executions.values().filter(|e| e.job_id == job_id) {
+            let has_result = execution
+                .result
+                .as_ref()
+                .is_some_and(|r| !r.result_cid.is_empty());
+            if has_result
+                && latest
+                    .get(&execution.partition)
+                    .is_none_or(|seen| seen.attempt < execution.attempt)
+            {
+                latest.insert(execution.partition, execution);
+            }
+        }
+        self.job(job_id)?;
+        let mut results: Vec<(u32, String)> = latest
+            .into_iter()
+            .filter_map(|(index, e)| Some((index, e.result.as_ref()?.result_cid.clone())))
+            .collect();
+        results.sort();
+        Ok(results)
+    }
+
+    /// Ends a partitioned job whose partitions have all ended, with its result tree
+    /// (`root`, a `partitions/<i>/` directory per partition with a result): COMPLETED if
+    /// every partition completed, FAILED naming those that did not otherwise. The job's
+    /// exit code is that of the first partition (by index) that exited non-zero, else 0.
+    pub fn partitions_finished(
+        &mut self,
+        job_id: &str,
+        root: Option<String>,
+        now: SystemTime,
+    ) -> Result<()> {
+        let job = self.job(job_id)?;
+        if job.state().is_terminal() {
+            return Ok(());
+        }
+        let exit_code = {
+            let mut codes: Vec<(u32, i32)> = self
+                .executions
+                .values()
+                .filter(|e| e.job_id == job_id && e.state() == ExecutionState::Completed)
+                .filter_map(|e| Some((e.partition, e.result.as_ref()?.exit_code)))
+                .collect();
+            codes.sort();
+            codes
+                .into_iter()
+                .map(|(_, c)| c)
+                .find(|c| *c != 0)
+                .unwrap_or(0)
+        };
+        let Some(partitions) = self.jobs.get(job_id).and_then(|e| e.partitions.as_deref()) else {
+            return Ok(());
+        };
+        let failed: Vec<u32> = (0..partitions.count())
+            .filter(|i| partitions.states[*i as usize] != PartitionState::Completed)
+            .collect();
+        let count = partitions.count();
+        let first_failure = partitions.first_failure.clone();
+        let result = shoal::proto::ExecutionResult {
+            exit_code,
+            result_cid: root.unwrap_or_default(),
+            ..Default::default()
+        };
+        if failed.is_empty() {
+            let message = format!("all {count} partitions completed (exit code {exit_code})");
+            self.set_job_state(
+                job_id,
+                JobState::Completed,
+                message,
+                None,
+                Some(result),
+                now,
+            );
+        } else {
+            let shown: Vec<String> = failed.iter().take(10).map(u32::to_string).collect();
+            let more = if failed.len() > 10 { ", ..." } else { "" };
+            let first = match &first_failure {
+                Some((index, failure)) => format!(" (partition {index}: {failure})"),
+                None => String::new(),
+            };
+            let message = format!(
+                "{} of {count} partitions failed: {}{more}{first}",
+                failed.len(),
+                shown.join(", ")
+            );
+            let kind = first_failure.map_or(FailureKind::Internal, |(_, f)| f.kind());
+            let failure = Failure::new(kind, message.clone());
+            self.set_job_state(
+                job_id,
+                JobState::Failed,
+                message,
+                Some(failure),
+                Some(result),
+                now,
+            );
+        }
+        Ok(())
+    }
+
+    /// Ends a partitioned job whose result tree could not be built: FAILED, saying why.
+    pub fn partitions_unfinishable(
+        &mut self,
+        job_id: &str,
+        reason: &str,
+        now: SystemTime,
+    ) -> Result<()> {
+        if self.job(job_id)?.state().is_terminal() {
+            return Ok(());
+        }
+        let failure = Failure::new(FailureKind::Internal, reason);
+        self.set_job_state(
+            job_id,
+            JobState::Failed,
+            reason.to_owned(),
+            Some(failure),
+            None,
+            now,
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+    use shoal::proto::RetryPolicy;
+
+    fn partitioned(count: u32, max_parallel: u32) -> JobSpec {
+        JobSpec {
+            partitions: count,
+            max_parallel,
+            ..spec()
+        }
+    }
+
+    /// (execution id, partition, attempt) of each assignment among the effects, and every
+    /// job to finish.
+    fn placed(c: &mut Cluster) -> (Vec<(String, u32, u32)>, Vec<String>) {
+        let effects = c.take_effects();
+        let assigned = effects
+            .messages
+            .iter()
+            .filter_map(|(_, m)| match &m.message {
+                Some(orchestrator_message::Message::Assign(a)) => {
+                    assert_eq!(a.partition_count, 5, "every assignment says the count");
+                    Some((a.execution_id.clone(), a.partition, a.attempt))
+                }
+                _ => None,
+            })
+            .collect();
+        (assigned, effects.finalize)
+    }
+
+    /// Five partitions on three slots: three run, each finished one frees a slot for the
+    /// next; the job is RUNNING until the last ends, then finishes once, COMPLETED with the
+    /// first non-zero exit code.
+    #[test]
+    fn partitions_run_each_once_and_the_job_completes_with_them() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 3, &[]);
+        let now = SystemTime::now();
+        let job = c
+            .submit(accept(partitioned(5, 0)), HashMap::new(), now)
+            .expect("submit")
+            .id;
+        c.schedule(now);
+        let (first, _) = placed(&mut c);
+        assert_eq!(first.iter().map(|p| p.1).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(c.job(&job).expect("job").state(), JobState::Running);
+        let mut seen = Vec::new();
+        let mut running = first;
+        let mut finalize = Vec::new();
+        while let Some((execution, index, attempt)) = running.pop() {
+            assert_eq!(attempt, 1);
+            seen.push(index);
+            let code = if index == 3 { 7 } else { 0 };
+            c.execution_finished(
+                "a",
+                ExecutionFinished {
+                    execution_id: execution,
+                    state: ExecutionState::Completed as i32,
+                    result: Some(ExecutionResult {
+                        exit_code: code,
+                        result_cid: CID.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                now,
+            );
+            c.schedule_placements(now);
+            let (more, ended) = placed(&mut c);
+            running.extend(more);
+            finalize.extend(ended);
+            if !running.is_empty() {
+                assert_eq!(c.job(&job).expect("job").state(), JobState::Running);
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, [0, 1, 2, 3, 4]);
+        assert_eq!(
+            finalize,
+            vec![job.clone()],
+            "finished once, when the last one ended"
+        );
+        let counts = c.job(&job).expect("job").partitions.expect("counts");
+        assert_eq!((counts.completed, counts.queued, counts.running), (5, 0, 0));
+        let results = c.partition_results(&job).expect("results");
+        assert_eq!(
+            results.iter().map(|r| r.0).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4]
+        );
+        c.partitions_finished(&job, Some(CID.into()), now)
+            .expect("finish");
+        let done = c.job(&job).expect("job");
+        assert_eq!(done.state(), JobState::Completed);
+        assert_eq!(done.result.as_ref().map(|r| r.exit_code), Some(7));
+    }
+
+    /// A partition that fails with a retried kind runs again alone (attempt 2); one that
+    /// fails for good fails the job, naming it, and the running ones are told to stop.
+    #[test]
+    fn a_partition_is_retried_alone_and_one_failing_for_good_ends_the_job() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 2, &[]);
+        let now = SystemTime::now();
+        let mut spec = partitioned(5, 0);
+        spec.retry = Some(RetryPolicy {
+            max_attempts: 2,
+            retry_on: vec![FailureKind::Trap as i32],
+        });
+        let job = c
+            .submit(accept(spec), HashMap::new(), now)
+            .expect("submit")
+            .id;
+        c.schedule(now);
+        let (running, _) = placed(&mut c);
+        let (trapped, index, _) = running[0].clone();
+        finish(&mut c, "a", &trapped, Some(FailureKind::Trap));
+        c.schedule_placements(now);
+        let (again, _) = placed(&mut c);
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            (again[0].1, again[0].2),
+            (index, 2),
+            "the same partition, attempt 2"
+        );
+        assert_eq!(c.job(&job).expect("job").state(), JobState::Running);
+        // Its second trap is its last attempt: the job fails and the other one is stopped.
+        finish(&mut c, "a", &again[0].0, Some(FailureKind::Trap));
+        let failed = c.job(&job).expect("job").clone();
+        assert_eq!(failed.state(), JobState::Failed);
+        assert!(
+            failed
+                .status_message
+                .contains(&format!("partition {index} failed")),
+            "{}",
+            failed.status_message
+        );
+        assert_eq!(cancels(&mut c), [running[1].0.clone()]);
+        let counts = failed.partitions.expect("counts");
+        assert_eq!((counts.failed, counts.cancelled, counts.queued), (1, 4, 0));
+        // Nothing more is placed for it.
+        c.schedule(now);
+        assert!(placed(&mut c).0.is_empty());
+    }
+
+    /// `max_parallel` caps the partitions running at once, whatever the free slots.
+    #[test]
+    fn max_parallel_caps_the_running_partitions() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 4, &[]);
+        let now = SystemTime::now();
+        let job = c
+            .submit(accept(partitioned(5, 2)), HashMap::new(), now)
+            .expect("submit")
+            .id;
+        c.schedule(now);
+        let (running, _) = placed(&mut c);
+        assert_eq!(running.len(), 2);
+        finish(&mut c, "a", &running[0].0, None);
+        c.schedule(now);
+        assert_eq!(
+            placed(&mut c).0.len(),
+            1,
+            "one more, for the one that ended"
+        );
+        assert_eq!(
+            c.job(&job)
+                .expect("job")
+                .partitions
+                .expect("counts")
+                .running,
+            2
+        );
+    }
+
+    /// After a restart the partitions are rebuilt from their executions: a running one is
+    /// still running, a completed one is not run again, the rest wait in the queue.
+    #[test]
+    fn partitions_are_rebuilt_from_their_executions() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 2, &[]);
+        let now = SystemTime::now();
+        let job = c
+            .submit(accept(partitioned(5, 0)), HashMap::new(), now)
+            .expect("submit")
+            .id;
+        c.schedule(now);
+        let (running, _) = placed(&mut c);
+        finish(&mut c, "a", &running[0].0, None);
+        let snapshot = Snapshot {
+            jobs: vec![c.job(&job).expect("job").clone()],
+            executions: c.executions_of(&job).expect("executions"),
+            ..Default::default()
+        };
+        let mut restored = Cluster::restore(snapshot, ClusterConfig::default(), Instant::now());
+        let counts = restored.job(&job).expect("job").partitions.expect("counts");
+        assert_eq!((counts.completed, counts.running, counts.queued), (1, 1, 3));
+        let _b = connect(&mut restored, "b", 8, &[]);
+        restored.schedule(now);
+        let (again, _) = placed(&mut restored);
+        let mut indices: Vec<u32> = again.iter().map(|p| p.1).collect();
+        indices.sort();
+        let expected: Vec<u32> = (0..5)
+            .filter(|i| *i != running[0].1 && *i != running[1].1)
+            .collect();
+        assert_eq!(indices, expected);
+    }
+
+    /// A partitioned job that never found an executor times out as a whole: its partitions
+    /// all count as cancelled, none as still queued.
+    #[test]
+    fn a_queue_timeout_cancels_every_partition() {
+        let mut c = cluster();
+        let now = SystemTime::now();
+        let mut spec = partitioned(5, 0);
+        spec.queue_timeout = Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        });
+        let job = c
+            .submit(accept(spec), HashMap::new(), now)
+            .expect("submit")
+            .id;
+        c.schedule(now + Duration::from_secs(2));
+        let timed_out = c.job(&job).expect("job");
+        assert_eq!(timed_out.state(), JobState::TimedOut);
+        let counts = timed_out.partitions.expect("counts");
+        assert_eq!((counts.queued, counts.cancelled), (0, 5));
+    }
+}
