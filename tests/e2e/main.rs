@@ -17,6 +17,7 @@ mod http_inputs;
 mod ipfs_cids;
 mod jobs;
 mod metrics;
+mod partitions;
 mod python_client;
 mod restart;
 mod s3_inputs;

@@ -34,6 +34,21 @@ pub fn describe(job: &Job, executions: &[Execution]) -> String {
         format!("{} ({})", spec.program_name, spec.program)
     };
     line("Program", &program);
+    if let Some(counts) = &job.partitions {
+        let mut text = format!(
+            "{} ({} completed, {} running, {} queued, {} failed, {} cancelled)",
+            spec.partitions,
+            counts.completed,
+            counts.running,
+            counts.queued,
+            counts.failed,
+            counts.cancelled
+        );
+        if spec.max_parallel > 0 {
+            let _ = write!(text, "; at most {} at once", spec.max_parallel);
+        }
+        line("Partitions", &text);
+    }
     if !spec.args.is_empty() {
         line("Args", &spec.args.join(" "));
     }

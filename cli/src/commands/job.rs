@@ -12,7 +12,9 @@ use shoal::spec::SpecDocument;
 use super::describe::describe;
 use super::results::{download_results, latest_result};
 use super::sources::resolve_document;
-use super::waiting::{Output, WaitArgs, print_logs, submit_and_wait, warn_if_truncated, watch};
+use super::waiting::{
+    Output, WaitArgs, print_execution_logs, print_logs, submit_and_wait, warn_if_truncated, watch,
+};
 use crate::client::{Target, connect};
 use crate::output::{self, Format};
 
@@ -52,6 +54,9 @@ pub enum JobCommand {
         /// Keep printing new output until the job ends.
         #[arg(long, short)]
         follow: bool,
+        /// Of a partitioned job: the output of this partition (its latest attempt).
+        #[arg(long, conflicts_with = "follow")]
+        partition: Option<u32>,
     },
     /// Download a job's results (stdout, stderr, exitCode, outputs).
     Get {
@@ -61,6 +66,9 @@ pub enum JobCommand {
         /// Only this path inside the results, e.g. outputs/report.txt.
         #[arg(long, default_value = "")]
         path: String,
+        /// Of a partitioned job: only this partition's results (`partitions/<i>/`).
+        #[arg(long)]
+        partition: Option<u32>,
     },
     /// Cancel a job.
     Stop {
@@ -167,7 +175,24 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        JobCommand::Logs { id, follow } => {
+        JobCommand::Logs {
+            id,
+            follow,
+            partition: Some(index),
+        } => {
+            debug_assert!(!follow);
+            let execution = clients
+                .executions(id.clone())
+                .await?
+                .into_iter()
+                .filter(|e| e.partition == index)
+                .max_by_key(|e| e.attempt)
+                .with_context(|| format!("job {id} has no execution of partition {index}"))?;
+            print_execution_logs(&mut clients, &id, &execution.id).await?;
+            warn_if_truncated(&execution.result);
+            Ok(0)
+        }
+        JobCommand::Logs { id, follow, .. } => {
             if follow {
                 watch(&mut clients, &id, Output::Live).await?;
             } else {
@@ -176,7 +201,17 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
             warn_if_truncated(&latest_result(&mut clients, &id).await?);
             Ok(0)
         }
-        JobCommand::Get { id, dest, path } => {
+        JobCommand::Get {
+            id,
+            dest,
+            path,
+            partition,
+        } => {
+            let path = match partition {
+                Some(index) if path.is_empty() => format!("partitions/{index}"),
+                Some(index) => format!("partitions/{index}/{path}"),
+                None => path,
+            };
             let dest = dest.unwrap_or_else(|| PathBuf::from(format!("job-{id}")));
             let summary = download_results(&mut clients, &id, &path, &dest).await?;
             crate::errln!(

@@ -106,6 +106,16 @@ async fn finish(clients: &mut Clients, watched: Watched, wait: &WaitArgs) -> any
         None => latest_result(clients, &job.id).await?,
     };
     warn_if_truncated(&result);
+    if let Some(counts) = &job.partitions {
+        let total =
+            counts.queued + counts.running + counts.completed + counts.failed + counts.cancelled;
+        crate::errln!(
+            "Partitions: {} of {total} completed, {} failed, {} cancelled",
+            counts.completed,
+            counts.failed,
+            counts.cancelled
+        );
+    }
     if let Some(dir) = &wait.download {
         let state = job.state().short_name();
         if result.is_some() {
@@ -242,6 +252,7 @@ pub async fn watch(clients: &mut Clients, job_id: &str, output: Output) -> anyho
                                     execution_id: change.execution_id,
                                     failure: change.failure,
                                     result: change.result,
+                                    partitions: change.partitions,
                                     ..Default::default()
                                 };
                                 // Only the output of the execution that ended the job, as
@@ -371,6 +382,15 @@ async fn submit_once(
 /// Each wait for the orchestrator (the stream's start, its next chunk) is bounded by the
 /// stall timeout; the time a slow reader of stdout takes is not.
 pub async fn print_logs(clients: &mut Clients, job_id: &str) -> anyhow::Result<()> {
+    print_execution_logs(clients, job_id, "").await
+}
+
+/// [`print_logs`] of one execution of the job (empty: the one in charge of it).
+pub async fn print_execution_logs(
+    clients: &mut Clients,
+    job_id: &str,
+    execution_id: &str,
+) -> anyhow::Result<()> {
     let idle = clients.stall_timeout;
     let stalled = || {
         let idle = shoal::spec::units::format_duration(idle);
@@ -378,7 +398,7 @@ pub async fn print_logs(clients: &mut Clients, job_id: &str) -> anyhow::Result<(
     };
     let request = GetLogsRequest {
         job_id: job_id.to_owned(),
-        execution_id: String::new(),
+        execution_id: execution_id.to_owned(),
     };
     let mut stream = tokio::time::timeout(idle, clients.jobs.get_logs(request))
         .await

@@ -89,6 +89,18 @@ pub struct RunArgs {
     /// Path-style addressing for the s3:// inputs and publisher.
     #[arg(long)]
     pub s3_path_style: bool,
+    /// Fan out: run the program as N partitions, each with SHOAL_PARTITION_INDEX (0-based)
+    /// and SHOAL_PARTITION_COUNT in its environment, its own attempts, logs and results
+    /// (`shoal job get` lays them out as partitions/<i>/).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: Option<u32>,
+    /// With --count: at most K partitions run at once.
+    #[arg(long, value_name = "K", requires = "count", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_parallel: Option<u32>,
+    /// With --count: a partition that fails for good lets the others run to their end
+    /// (the job still ends FAILED, naming it) instead of cancelling them.
+    #[arg(long, requires = "count")]
+    pub allow_partial: bool,
     /// Print the job spec as YAML instead of submitting it.
     #[arg(long)]
     pub dry_run: bool,
@@ -226,6 +238,13 @@ pub fn document_from_flags(args: &RunArgs) -> anyhow::Result<SpecDocument> {
                 .as_deref()
                 .is_some_and(|p| p.starts_with("s3://"))
         }),
+        partitions: args.count.unwrap_or(0),
+        max_parallel: args.max_parallel.unwrap_or(0),
+        partial: if args.allow_partial {
+            "allow".into()
+        } else {
+            String::new()
+        },
         ..Default::default()
     })
 }
