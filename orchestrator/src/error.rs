@@ -127,3 +127,15 @@ impl From<Error> for tonic::Status {
         shoal::error::bounded_status(code, error.to_string())
     }
 }
+
+/// What may pass if tried again later: the store (an outage, a full disk, a backend that
+/// did not answer) and I/O. A request's own faults (not found, invalid) do not.
+impl shoal::net::retry::Transient for Error {
+    fn is_transient(&self) -> bool {
+        match self {
+            Error::Store(_) | Error::Io(_) | Error::StoreUnavailable(_) => true,
+            Error::Core(error) => error.is_transient(),
+            _ => false,
+        }
+    }
+}

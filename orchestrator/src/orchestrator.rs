@@ -21,6 +21,10 @@ use crate::records::Write;
 use crate::store::wal;
 use crate::store::{Commit, Store};
 
+/// How long finishing a partitioned job (its result tree, its last commit) is retried.
+const FINISH_RETRY: shoal::net::retry::Retry =
+    shoal::net::retry::Retry::window(Duration::from_secs(600));
+
 /// How long a message may wait for room in an executor's stream.
 const EXECUTOR_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -224,32 +228,37 @@ impl Orchestrator {
     }
 
     /// Builds the result tree of a partitioned job whose partitions have all ended, then
-    /// ends the job with it (in the background: it reads a block per partition). A tree
-    /// that cannot be built (a result block gone) ends the job FAILED, saying why.
+    /// ends the job with it (in the background: it reads a block per partition). A store
+    /// that fails (an outage, a full disk) is tried again, backing off, for up to ten
+    /// minutes; past that the job ends FAILED, saying why.
     fn finish_partitions(self: &Arc<Self>, job_id: String) {
         let this = self.clone();
         self.tasks.spawn(async move {
-            let built = match this.read(|c| c.partition_results(&job_id)).await {
-                Ok(results) if results.is_empty() => Ok(None),
-                Ok(results) => this.content.partition_tree(&results).await.map(Some),
-                Err(error) => Err(error),
-            };
-            let now = std::time::SystemTime::now();
-            let ended = match built {
-                Ok(root) => {
-                    let root = root.map(|cid| cid.to_string());
+            let finished = FINISH_RETRY
+                .run_until("finishing a partitioned job", &this.shutdown, || async {
+                    let results = this.read(|c| c.partition_results(&job_id)).await?;
+                    let root = match results.is_empty() {
+                        true => None,
+                        false => Some(this.content.partition_tree(&results).await?.to_string()),
+                    };
+                    let now = std::time::SystemTime::now();
                     this.apply(|c| c.partitions_finished(&job_id, root, now))
                         .await
-                }
-                Err(error) => {
+                })
+                .await;
+            match finished {
+                Ok(Ok(())) | Err(_) => {} // done, or the orchestrator is stopping (a restart redoes it)
+                Ok(Err(error)) => {
                     tracing::error!(job_id, %error, "building a partitioned job's results failed");
                     let reason = format!("its result tree could not be built: {error}");
-                    this.apply(|c| c.partitions_unfinishable(&job_id, &reason, now))
-                        .await
+                    let now = std::time::SystemTime::now();
+                    let ended = this
+                        .apply(|c| c.partitions_unfinishable(&job_id, &reason, now))
+                        .await;
+                    if let Err(error) = ended {
+                        tracing::error!(job_id, %error, "ending a partitioned job failed");
+                    }
                 }
-            };
-            if let Err(error) = ended {
-                tracing::error!(job_id, %error, "ending a partitioned job failed");
             }
         });
     }
@@ -468,7 +477,14 @@ pub(crate) async fn store_watchdog(orchestrator: Arc<Orchestrator>) {
             let mut cluster = orchestrator.cluster.lock().await;
             cluster.reload(snapshot, Instant::now());
             orchestrator.links.end_all();
-            drop(cluster.take_effects());
+            // What the reload found to finish (partitioned jobs whose partitions all ended)
+            // is kept; the rest of its effects were the restore's own.
+            let finalize = cluster.take_effects().finalize;
+            orchestrator
+                .finishing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(finalize);
             orchestrator.store_writes.send_replace(true);
             drop(cluster);
             orchestrator.schedule.notify_one();

@@ -76,6 +76,14 @@ async fn each_partition_sees_its_index_and_the_results_are_laid_out_by_partition
         logs.stderr
     );
     assert!(logs.stdout.starts_with("Hello from"), "{}", logs.stdout);
+    let whole = stack.shoal(&["job", "logs", &id]).await;
+    assert_eq!(whole.code, 1, "{whole:?}");
+    assert!(whole.stderr.contains("has partitions"), "{}", whole.stderr);
+    assert!(
+        out.stderr.contains("--partition I"),
+        "the run says where the output is: {}",
+        out.stderr
+    );
     let missing = stack.shoal(&["job", "logs", &id, "--partition", "6"]).await;
     assert_eq!(missing.code, 1, "{missing:?}");
     assert!(

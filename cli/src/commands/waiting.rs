@@ -52,6 +52,7 @@ pub async fn submit_and_wait(
     spec: Resolved,
     wait: &WaitArgs,
 ) -> anyhow::Result<u8> {
+    let partitioned = spec.spec.partitions > 0;
     let job = submit(clients, spec)
         .instrument(tracing::info_span!("submit", otel.kind = "client"))
         .await?;
@@ -64,6 +65,9 @@ pub async fn submit_and_wait(
         Output::LiveToTheEnd
     } else if wait.follow {
         Output::Live
+    } else if partitioned {
+        // Many programs' output is not printed as one: each partition's is in its results.
+        Output::Ignored
     } else {
         Output::Collected
     };
@@ -90,6 +94,14 @@ async fn finish(clients: &mut Clients, watched: Watched, wait: &WaitArgs) -> any
     let job = watched.job;
     let printed = match watched.collected {
         Some(chunks) => print_chunks(chunks),
+        None if job.partitions.is_some() => {
+            crate::errln!(
+                "Each partition's output: shoal job logs {} --partition I (or shoal job get {})",
+                job.id,
+                job.id
+            );
+            Ok(())
+        }
         None if !wait.follow => print_logs(clients, &job.id).await,
         None => Ok(()),
     };

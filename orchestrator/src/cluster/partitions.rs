@@ -173,7 +173,9 @@ impl Cluster {
         }
         let mut restored = Vec::new();
         for (job_id, entry) in &self.jobs {
-            if entry.rules.partitions == 0 {
+            // An ended job keeps the counts it was stored with; only unfinished ones need
+            // their partitions back.
+            if entry.rules.partitions == 0 || entry.job.state().is_terminal() {
                 continue;
             }
             let executions = by_job.remove(job_id.as_str()).unwrap_or_default();

@@ -281,10 +281,16 @@ impl JobService for JobApi {
         let request = request.into_inner();
         let id = self.job_id(&request.job_id).await?;
         let job = self.0.read(|c| c.job(&id).cloned()).await?;
-        let execution_id = if request.execution_id.is_empty() {
-            job.execution_id
-        } else {
+        let partitioned = job.spec.as_ref().is_some_and(|s| s.partitions > 0);
+        let execution_id = if !request.execution_id.is_empty() {
             request.execution_id
+        } else if partitioned {
+            // Each partition has logs of its own; there is no one execution to default to.
+            return Err(Status::from(Error::FailedPrecondition(format!(
+                "job {id} has partitions: name one of their executions (ListExecutions; `shoal job logs {id} --partition I`)"
+            ))));
+        } else {
+            job.execution_id
         };
         let (tx, rx) = mpsc::channel(64);
         let store = self.0.store().clone();
