@@ -11,7 +11,9 @@ impl ContentStore {
     /// Builds and stores the tree `partitions/<index>/` -> each result root of `results`
     /// (by partition index); returns the root's CID. A link's cumulative size comes from
     /// its root block (its own bytes and its links' sizes), as `ipfs add` records it, so the
-    /// tree downloaded and added to IPFS gets the same CID.
+    /// tree downloaded and added to IPFS gets the same CID, as long as the `partitions`
+    /// node stays under the 256 KiB past which kubo shards a directory (HAMT), about 5,000
+    /// partitions; a larger one is a plain directory node here, and its CID differs.
     pub async fn partition_tree(&self, results: &[(u32, String)]) -> Result<ContentId> {
         let mut entries = Vec::with_capacity(results.len());
         for (index, text) in results {
