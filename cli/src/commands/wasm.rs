@@ -91,7 +91,7 @@ pub struct RunArgs {
     pub s3_path_style: bool,
     /// Fan out: run the program as N partitions, each with SHOAL_PARTITION_INDEX (0-based)
     /// and SHOAL_PARTITION_COUNT in its environment, its own attempts, logs and results
-    /// (`shoal job get` lays them out as partitions/<i>/).
+    /// (`shoal job get` lays them out as `partitions/<i>/`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub count: Option<u32>,
     /// With --count: at most K partitions run at once.
