@@ -71,10 +71,22 @@ impl Clients {
 
     /// Submits a job running `program` (a CID) with `args`; returns the job id.
     pub async fn submit(&mut self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        self.submit_partitions(program, args, 0).await
+    }
+
+    /// Submits a job of `partitions` partitions (0: a plain job) running `program` with
+    /// `args`; returns the job id.
+    pub async fn submit_partitions(
+        &mut self,
+        program: &str,
+        args: &[&str],
+        partitions: u32,
+    ) -> anyhow::Result<String> {
         let spec = JobSpec {
             program: program.to_owned(),
             program_name: "main.wasm".into(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
+            partitions,
             ..Default::default()
         };
         let response = self

@@ -26,6 +26,10 @@ use crate::publish::{self, Ran, over_limit};
 use crate::runtime::{Preopen, RunOutcome, RunRequest};
 use crate::staging::{self, Staged};
 
+/// The writable scratch directory every execution gets unless the job mounts its own
+/// there (the input stand-ins above mounts leave it to this).
+pub const GUEST_TMP: &str = "/tmp";
+
 /// Runs one execution and returns its report (for the caller to send through the uplink)
 /// and the scratch directory it used, for the caller to give back to the pool once the
 /// report is on its way: checking the directory is then off the report's path.
@@ -39,6 +43,13 @@ pub async fn execute(
     ctx.uplink.state(id, ExecutionState::Staging).await;
     // Checked where it arrives, once: everything below works with the typed values.
     let spec = match assign.spec.clone().map(ValidSpec::effective) {
+        // The orchestrator replaces a sharded input by the partition's entries; one that
+        // arrives whole would be mounted nowhere.
+        Some(Ok(spec)) if spec.shard().is_some() => {
+            let message = "the assignment's spec still has a sharded input";
+            let failure = Failure::new(FailureKind::Internal, message);
+            return (finished(id, Some(failure), None), None);
+        }
         Some(Ok(spec)) => spec,
         Some(Err(error)) => {
             let message = format!("the assignment's spec is not valid: {error}");
@@ -140,10 +151,10 @@ async fn run(
     // Many ported programs (Python's tempfile among them) need a /tmp; one the job mounts
     // itself wins.
     let tmp = crate::scratch::tmp_dir(scratch);
-    if !preopens.iter().any(|p| p.guest == "/tmp") {
+    if !preopens.iter().any(|p| p.guest == GUEST_TMP) {
         preopens.push(Preopen {
             host: tmp.clone(),
-            guest: "/tmp".into(),
+            guest: GUEST_TMP.into(),
             writable: true,
         });
     }

@@ -35,6 +35,11 @@ pub enum Write {
         engine: String,
         artifact: String,
     },
+    /// The entries a sharded job was listed with at submit, once, beside its job record.
+    Shards {
+        job_id: String,
+        listing: ShardListing,
+    },
     /// A write of no meaning (in the store's own table), to find out whether the store
     /// writes again after a failure.
     Probe,
@@ -51,4 +56,26 @@ pub struct Snapshot {
     /// For executions not yet ended: where each of their log streams ends in the stored
     /// events, so a chunk an executor resends after a restart is not stored twice.
     pub log_ends: Vec<((String, i32), u64)>,
+    /// The shard listings of jobs not yet ended.
+    pub shards: Vec<(String, ShardListing)>,
+}
+
+/// A sharded job's entries as listed when it was submitted, in order: partition i takes
+/// entries `i * shard_size ..`. Kept so the partitions run over the same entries after a
+/// restart, whatever the source lists by then.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ShardListing {
+    #[prost(message, repeated, tag = "1")]
+    pub entries: Vec<ShardEntry>,
+}
+
+/// One entry of a [`ShardListing`]: mounted at the sharded input's `target/name`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ShardEntry {
+    /// A relative path (an S3 object's below its prefix may have several segments).
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// A source as an input takes it: a CID, a URL or an s3:// object.
+    #[prost(string, tag = "2")]
+    pub source: String,
 }

@@ -61,6 +61,9 @@ pub struct SpecDocument {
     /// default) cancels them.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub partial: String,
+    /// With a sharded input: entries per partition (absent: 1).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shard_size: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -72,11 +75,18 @@ fn is_zero(n: &u32) -> bool {
 #[serde(deny_unknown_fields)]
 pub struct InputDocument {
     /// A local path (uploaded by the CLI), a CID, an HTTP(S) URL or an s3:// source.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub source: String,
     pub target: String,
     /// How to reach S3 for an s3:// source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Document>,
+    /// Fan-out over this input's entries: one partition per `shard_size` of them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shard: bool,
+    /// Instead of `source`, for a sharded input: one entry per source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
 }
 
 impl From<&S3Document> for S3Options {
@@ -199,6 +209,8 @@ impl SpecDocument {
                     source: i.source.clone(),
                     target: i.target.clone(),
                     s3: i.s3.as_ref().map(S3Options::from),
+                    shard: i.shard,
+                    sources: i.sources.clone(),
                 })
                 .collect(),
             outputs: self
@@ -230,6 +242,7 @@ impl SpecDocument {
                     ));
                 }
             },
+            shard_size: self.shard_size,
         })
     }
 
@@ -252,6 +265,8 @@ impl SpecDocument {
                     source: i.source.clone(),
                     target: i.target.clone(),
                     s3: i.s3.as_ref().map(S3Document::from),
+                    shard: i.shard,
+                    sources: i.sources.clone(),
                 })
                 .collect(),
             outputs: spec
@@ -286,6 +301,7 @@ impl SpecDocument {
             } else {
                 String::new()
             },
+            shard_size: spec.shard_size,
         }
     }
 }

@@ -19,7 +19,7 @@ pub use document::{
     InputDocument, OutputDocument, ResourcesDocument, RetryDocument, S3Document, SpecDocument,
     parse_failure_kind,
 };
-pub use valid::{JobRules, Publisher, ValidSpec};
+pub use valid::{JobRules, Publisher, ShardInput, ShardOrigin, ValidSpec};
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -27,7 +27,7 @@ use std::time::Duration;
 use self::selector::Selector;
 use self::source::{S3Location, Source};
 use crate::Error;
-use crate::proto::{FailureKind, JobSpec, OutputSpec, Resources, RetryPolicy};
+use crate::proto::{FailureKind, InputSpec, JobSpec, OutputSpec, Resources, RetryPolicy};
 
 /// Entry point called when a spec names none.
 pub const DEFAULT_ENTRYPOINT: &str = "_start";
@@ -69,6 +69,11 @@ pub mod limits {
     /// Most partitions one job fans out to: its result tree's `partitions/` directory then
     /// stays one block under 1 MiB (about 50 bytes a link), the most IPFS peers exchange.
     pub const MAX_PARTITIONS: u32 = 10_000;
+    /// Most entries a sharded input may list (a partition takes `shard_size` of them).
+    pub const MAX_SHARD_ENTRIES: usize = 100_000;
+    /// Most `sources` a sharded input names in the spec itself (the spec is stored with the
+    /// job and sent back with it: a longer list belongs in a directory or an S3 prefix).
+    pub const MAX_SHARD_SOURCES: usize = 10_000;
 }
 
 /// Orchestrator-wide defaults applied to specs that leave a field unset.
@@ -168,13 +173,18 @@ pub(crate) fn validate(spec: &JobSpec) -> Result<(), Error> {
             DEFAULT_OUTPUT_PATH.into(),
         ));
     }
+    let mut sharded = None;
     for (i, input) in spec.inputs.iter().enumerate() {
-        input.source.parse::<Source>().map_err(|e| {
-            Error::invalid_spec(
-                format!("inputs[{i}].source"),
-                format!("must be a content id, an HTTP(S) URL or an s3:// source: {e}"),
-            )
-        })?;
+        validate_input_source(i, input)?;
+        if input.shard {
+            if let Some(first) = sharded {
+                return Err(Error::invalid_spec(
+                    format!("inputs[{i}].shard"),
+                    format!("only one input of a job can be sharded, and inputs[{first}] is"),
+                ));
+            }
+            sharded = Some(i);
+        }
         if let Some(s3) = &input.s3 {
             if !s3.endpoint.is_empty() && url::Url::parse(&s3.endpoint).is_err() {
                 return Err(Error::invalid_spec(
@@ -182,7 +192,15 @@ pub(crate) fn validate(spec: &JobSpec) -> Result<(), Error> {
                     format!("{:?} is not a URL", s3.endpoint),
                 ));
             }
-            if !input.source.starts_with("s3://") {
+            if input.shard && !s3.version_id.is_empty() {
+                return Err(Error::invalid_spec(
+                    format!("inputs[{i}].s3.version_id"),
+                    "a version names one object; a sharded input is many",
+                ));
+            }
+            let s3_source = input.source.starts_with("s3://")
+                || input.sources.iter().any(|s| s.starts_with("s3://"));
+            if !s3_source {
                 return Err(Error::invalid_spec(
                     format!("inputs[{i}].s3"),
                     "S3 settings only apply to s3:// sources",
@@ -271,7 +289,9 @@ pub(crate) fn validate(spec: &JobSpec) -> Result<(), Error> {
             format!("must be at most {}", limits::MAX_PARTITIONS),
         ));
     }
-    if spec.partitions == 0 && (spec.max_parallel != 0 || spec.allow_partial) {
+    validate_shards(spec, sharded)?;
+    let partitioned = spec.partitions > 0 || sharded.is_some();
+    if !partitioned && (spec.max_parallel != 0 || spec.allow_partial) {
         let field = if spec.max_parallel != 0 {
             "max_parallel"
         } else {
@@ -282,13 +302,14 @@ pub(crate) fn validate(spec: &JobSpec) -> Result<(), Error> {
             "applies only to a job with partitions",
         ));
     }
-    if spec.max_parallel > spec.partitions {
+    // A sharded job's count comes from its listing, which the client cannot know exactly.
+    if sharded.is_none() && spec.max_parallel > spec.partitions {
         return Err(Error::invalid_spec(
             "max_parallel",
             format!("must be at most partitions ({})", spec.partitions),
         ));
     }
-    if spec.partitions > 0 && !(spec.publisher.is_empty() || spec.publisher == "default") {
+    if partitioned && !(spec.publisher.is_empty() || spec.publisher == "default") {
         // A partitioned job's results are one tree in the store, built from every partition's.
         return Err(Error::invalid_spec(
             "publisher",
@@ -304,6 +325,73 @@ pub(crate) fn validate(spec: &JobSpec) -> Result<(), Error> {
                 ),
             )
         })?;
+    }
+    Ok(())
+}
+
+/// An input's `source`, or for a sharded input its `sources` instead.
+fn validate_input_source(i: usize, input: &InputSpec) -> Result<(), Error> {
+    let parse = |field: String, text: &str| {
+        text.parse::<Source>().map(drop).map_err(|e| {
+            Error::invalid_spec(
+                field,
+                format!("must be a content id, an HTTP(S) URL or an s3:// source: {e}"),
+            )
+        })
+    };
+    if input.sources.is_empty() {
+        return parse(format!("inputs[{i}].source"), &input.source);
+    }
+    if !input.shard {
+        return Err(Error::invalid_spec(
+            format!("inputs[{i}].sources"),
+            "only a sharded input (shard: true) takes a list; give each source an input of its own",
+        ));
+    }
+    if !input.source.is_empty() {
+        return Err(Error::invalid_spec(
+            format!("inputs[{i}].source"),
+            "must be empty when `sources` lists the entries",
+        ));
+    }
+    if input.sources.len() > limits::MAX_SHARD_SOURCES {
+        return Err(Error::invalid_spec(
+            format!("inputs[{i}].sources"),
+            format!(
+                "{} entries; at most {} (put more in a directory or an S3 prefix and shard that)",
+                input.sources.len(),
+                limits::MAX_SHARD_SOURCES
+            ),
+        ));
+    }
+    for (j, source) in input.sources.iter().enumerate() {
+        parse(format!("inputs[{i}].sources[{j}]"), source)?;
+    }
+    Ok(())
+}
+
+/// `shard_size` needs a sharded input, and a partition's mounts (its entries, the other
+/// inputs, the outputs) must stay within the mount limit.
+fn validate_shards(spec: &JobSpec, sharded: Option<usize>) -> Result<(), Error> {
+    let Some(_) = sharded else {
+        if spec.shard_size != 0 {
+            return Err(Error::invalid_spec(
+                "shard_size",
+                "applies only to a job with a sharded input",
+            ));
+        }
+        return Ok(());
+    };
+    let others = spec.inputs.len() - 1 + spec.outputs.len().max(1);
+    let room = limits::MAX_MOUNTS.saturating_sub(others);
+    if spec.shard_size as usize > room {
+        return Err(Error::invalid_spec(
+            "shard_size",
+            format!(
+                "must be at most {room}: a partition mounts each of its entries, and a job has at most {} mounts",
+                limits::MAX_MOUNTS
+            ),
+        ));
     }
     Ok(())
 }
@@ -461,7 +549,6 @@ fn check_overlaps(mounts: &[(String, String)]) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::InputSpec;
 
     const CID: &str = "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4";
 
@@ -661,6 +748,52 @@ retry: {{max_attempts: 2, retry_on: [executor_lost, trap]}}
                     s.publisher = "s3://bucket/prefix".into();
                 }),
             ),
+            ("shard_size", Box::new(|s| s.shard_size = 2)),
+            (
+                "inputs[0].sources",
+                Box::new(|s| s.inputs[0].sources = vec![CID.into()]),
+            ),
+            (
+                "inputs[0].source",
+                Box::new(|s| {
+                    s.inputs[0].shard = true;
+                    s.inputs[0].sources = vec![CID.into()];
+                }),
+            ),
+            (
+                "inputs[0].sources[1]",
+                Box::new(|s| {
+                    s.inputs[0].shard = true;
+                    s.inputs[0].source.clear();
+                    s.inputs[0].sources = vec![CID.into(), "ftp://x/y".into()];
+                }),
+            ),
+            (
+                "inputs[1].shard",
+                Box::new(|s| {
+                    s.inputs[0].shard = true;
+                    s.inputs.push(InputSpec {
+                        source: CID.into(),
+                        target: "/other".into(),
+                        shard: true,
+                        ..Default::default()
+                    });
+                }),
+            ),
+            (
+                "shard_size",
+                Box::new(|s| {
+                    s.inputs[0].shard = true;
+                    s.shard_size = limits::MAX_MOUNTS as u32;
+                }),
+            ),
+            (
+                "publisher",
+                Box::new(|s| {
+                    s.inputs[0].shard = true;
+                    s.publisher = "s3://bucket/prefix".into();
+                }),
+            ),
         ];
         for (field, mutate) in cases {
             let mut spec = valid_spec();
@@ -670,6 +803,34 @@ retry: {{max_attempts: 2, retry_on: [executor_lost, trap]}}
                 other => panic!("{field}: expected InvalidSpec, got {other:?}"),
             }
         }
+    }
+
+    /// A sharded input takes a source or a list of sources, `shard_size` up to what the
+    /// mount limit leaves, and `max_parallel` before the partition count is known.
+    #[test]
+    fn sharded_inputs_are_accepted() {
+        let mut spec = valid_spec();
+        spec.inputs[0].shard = true;
+        spec.shard_size = 10;
+        spec.max_parallel = 4;
+        validate(&spec).expect("a sharded CID");
+        spec.inputs[0].source.clear();
+        spec.inputs[0].sources = vec![CID.into(), "https://host/a.csv".into()];
+        validate(&spec).expect("a sharded list");
+        let valid = crate::spec::ValidSpec::accept(
+            spec,
+            SpecDefaults {
+                timeout: Duration::from_secs(1),
+                queue_timeout: Duration::from_secs(1),
+            },
+        )
+        .expect("accepted");
+        let shard = valid.shard().expect("the sharded input");
+        assert_eq!(shard.index, 0);
+        assert!(matches!(&shard.origin, crate::spec::ShardOrigin::List(l) if l.len() == 2));
+        assert_eq!(valid.inputs().count(), valid.spec().inputs.len() - 1);
+        let derived = valid.with_partitions(2).expect("two partitions");
+        assert_eq!(derived.rules().partitions, 2);
     }
 
     /// Two outputs may not share a path, and duplicate output names are caught.
@@ -817,6 +978,8 @@ retry: {{max_attempts: 2, retry_on: [executor_lost, trap]}}
                     source: rng.text(),
                     target: rng.text(),
                     s3: None,
+                    shard: rng.below(4) == 0,
+                    sources: (0..rng.below(3)).map(|_| rng.text()).collect(),
                 });
             }
             for _ in 0..rng.below(3) {

@@ -25,6 +25,23 @@ pub enum Publisher {
     S3(S3Location),
 }
 
+/// The input a job fans out over: listed at submit, then split across partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardInput {
+    /// Its index in the spec's inputs.
+    pub index: usize,
+    pub origin: ShardOrigin,
+}
+
+/// What a sharded input's entries are listed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardOrigin {
+    /// The entries of a CID directory, or the objects of an S3 prefix or glob.
+    Source(Source),
+    /// One entry per source (`sources`).
+    List(Vec<Source>),
+}
+
 /// What the scheduler and the retry rule need of a job, typed: small enough to keep for
 /// every job in memory.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,7 +76,9 @@ impl JobRules {
 pub struct ValidSpec {
     spec: JobSpec,
     program: Source,
-    inputs: Vec<Source>,
+    /// The inputs that are not sharded, by index in `spec.inputs`.
+    inputs: Vec<(usize, Source)>,
+    shard: Option<ShardInput>,
     timeout: Duration,
     publisher: Publisher,
     rules: JobRules,
@@ -87,16 +106,31 @@ impl ValidSpec {
         let program = spec.program.parse::<Source>().map_err(|e| {
             Error::invalid_spec("program", format!("must be a content id or a URL: {e}"))
         })?;
-        let inputs =
-            spec.inputs
-                .iter()
-                .enumerate()
-                .map(|(i, input)| {
-                    input.source.parse::<Source>().map_err(|e| {
-                        Error::invalid_spec(format!("inputs[{i}].source"), e.to_string())
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+        let parse = |field: String, text: &str| {
+            text.parse::<Source>()
+                .map_err(|e| Error::invalid_spec(field, e.to_string()))
+        };
+        let mut inputs = Vec::with_capacity(spec.inputs.len());
+        let mut shard = None;
+        for (i, input) in spec.inputs.iter().enumerate() {
+            if !input.shard {
+                inputs.push((i, parse(format!("inputs[{i}].source"), &input.source)?));
+                continue;
+            }
+            let origin = if input.sources.is_empty() {
+                ShardOrigin::Source(parse(format!("inputs[{i}].source"), &input.source)?)
+            } else {
+                ShardOrigin::List(
+                    input
+                        .sources
+                        .iter()
+                        .enumerate()
+                        .map(|(j, text)| parse(format!("inputs[{i}].sources[{j}]"), text))
+                        .collect::<Result<_, _>>()?,
+                )
+            };
+            shard = Some(ShardInput { index: i, origin });
+        }
         let duration = |field: &str, d: Option<prost_types::Duration>| {
             let d = d.ok_or_else(|| missing(field))?;
             Duration::try_from(d).map_err(|_| Error::invalid_spec(field, "must not be negative"))
@@ -137,6 +171,7 @@ impl ValidSpec {
             },
             program,
             inputs,
+            shard,
             timeout,
             publisher,
             spec,
@@ -158,9 +193,26 @@ impl ValidSpec {
         &self.program
     }
 
-    /// Every input and where it comes from.
-    pub fn inputs(&self) -> impl Iterator<Item = (&InputSpec, &Source)> {
-        self.spec.inputs.iter().zip(&self.inputs)
+    /// Every input that is not sharded, with its index in the spec, and where it comes
+    /// from.
+    pub fn inputs(&self) -> impl Iterator<Item = (usize, &InputSpec, &Source)> {
+        self.inputs
+            .iter()
+            .map(|(i, source)| (*i, &self.spec.inputs[*i], source))
+    }
+
+    /// The sharded input, if the job fans out over one.
+    pub fn shard(&self) -> Option<&ShardInput> {
+        self.shard.as_ref()
+    }
+
+    /// The spec with the partition count derived from a sharded input's listing (which the
+    /// client left at 0).
+    pub fn with_partitions(mut self, partitions: u32) -> Result<Self, Error> {
+        self.spec.partitions = partitions;
+        validate(&self.spec)?;
+        self.rules.partitions = partitions;
+        Ok(self)
     }
 
     /// The run timeout.

@@ -176,6 +176,71 @@ async fn url_inputs_are_fetched_verified_and_failures_named() {
         "one 500, then one retry"
     );
 
+    // A URL list, sharded: one partition per URL, each seeing only its own file, under the
+    // URL's file name. A list whose URLs share a file name is refused at submit.
+    let list = stack.scratch("urls.txt");
+    std::fs::write(
+        &list,
+        format!("{base}/data.txt\n\n# a comment\n{base}/hello.wasm\n"),
+    )
+    .expect("write");
+    let sharded = stack.scratch("sharded");
+    let list_input = format!("@{}:/inputs/web", list.display());
+    stack
+        .shoal(&[
+            "wasm",
+            "run",
+            &copytree,
+            "-i",
+            &list_input,
+            "--shard",
+            "/inputs/web",
+            "--download",
+            &sharded.to_string_lossy(),
+        ])
+        .await
+        .success();
+    let copied = |i: u32| {
+        let dir = sharded.join(format!("partitions/{i}/outputs/copy/web"));
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(copied(0), ["data.txt"]);
+    assert_eq!(copied(1), ["hello.wasm"]);
+    assert_eq!(
+        std::fs::read_to_string(sharded.join("partitions/0/outputs/copy/web/data.txt"))
+            .expect("data"),
+        DATA
+    );
+    std::fs::write(&list, format!("{base}/data.txt\n{base}/data.txt?again=1\n")).expect("write");
+    let refused = stack
+        .shoal(&[
+            "wasm",
+            "run",
+            &copytree,
+            "-i",
+            &list_input,
+            "--shard",
+            "/inputs/web",
+        ])
+        .await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("two entries are named \"data.txt\""),
+        "{}",
+        refused.stderr
+    );
+    let unsharded = stack
+        .shoal(&["wasm", "run", &copytree, "-i", &list_input])
+        .await;
+    assert_eq!(unsharded.code, 2, "a list needs --shard: {unsharded:?}");
+
     // `data cp` stores a URL's body under the CID `data put` gives the same bytes.
     let copied = stack
         .shoal(&["data", "cp", &format!("{base}/data.txt")])

@@ -147,3 +147,203 @@ async fn a_failing_partition_fails_the_job_and_bad_counts_are_refused() {
     assert_eq!(cap.code, 1, "{cap:?}");
     assert!(cap.stderr.contains("max_parallel"), "{}", cap.stderr);
 }
+
+/// 100 files in a directory, `--shard`: one partition per file, each seeing exactly its
+/// own file (wordcount writes what it counted), never more than `--max-parallel` running
+/// at once (from the executions' times), laid out by `job get` and one by `--partition`;
+/// then a second job takes the whole result tree by its one CID (fan-in) and sees every
+/// partition's count. Bad shards are refused at submit: a file, an empty directory, a
+/// target no input is mounted at.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sharded_directory_runs_a_partition_per_file_and_fans_in_by_cid() {
+    let stack = Devstack::start(&[]).await;
+    let data = stack.scratch("files");
+    std::fs::create_dir(&data).expect("mkdir");
+    for i in 0..100 {
+        // File i has i + 1 lines, so each partition's count says which file it saw.
+        let body: String = (0..=i).map(|l| format!("line {l}\n")).collect();
+        std::fs::write(data.join(format!("f{i:03}.txt")), body).expect("write");
+    }
+    let wordcount = path("examples/wordcount/wordcount.wasm");
+    let input = format!("{}:/inputs/data", data.display());
+    let out = stack
+        .shoal(&[
+            "wasm",
+            "run",
+            "-i",
+            &input,
+            "--shard",
+            "/inputs/data",
+            "--max-parallel",
+            "2",
+            &wordcount,
+        ])
+        .await
+        .success();
+    assert!(
+        out.stderr
+            .contains("Partitions: 100 of 100 completed, 0 failed, 0 cancelled"),
+        "{}",
+        out.stderr
+    );
+    let id = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("Job ")?.strip_suffix(" submitted"))
+        .expect("the job id")
+        .to_owned();
+    let job = stack.job(&id).await;
+    assert_eq!(state(&job), "JOB_STATE_COMPLETED", "{job}");
+    assert_eq!(
+        job["spec"]["partitions"], 100,
+        "the count is derived: {job}"
+    );
+    assert_eq!(job["shardEntries"], 100, "{job}");
+    let described = stack.shoal(&["job", "describe", &id]).await.success();
+    assert!(
+        described
+            .stdout
+            .contains("(sharded: 100 entries, 1 per partition)"),
+        "{}",
+        described.stdout
+    );
+
+    let results = stack.scratch("results");
+    stack
+        .shoal(&["job", "get", &id, &results.to_string_lossy()])
+        .await
+        .success();
+    let mut lines = 0;
+    for i in 0..100 {
+        let summary =
+            std::fs::read_to_string(results.join(format!("partitions/{i}/outputs/summary.txt")))
+                .expect("summary");
+        let expected = format!("data/f{i:03}.txt: {} lines, {} words,", i + 1, 2 * (i + 1));
+        assert!(summary.starts_with(&expected), "{i}: {summary}");
+        assert!(
+            summary.contains("total: 1 files,"),
+            "partition {i} saw only its file: {summary}"
+        );
+        lines += i + 1;
+    }
+    assert_eq!(lines, 5050);
+    let one = stack.scratch("one");
+    stack
+        .shoal(&[
+            "job",
+            "get",
+            &id,
+            &one.to_string_lossy(),
+            "--partition",
+            "42",
+        ])
+        .await
+        .success();
+    let summary = std::fs::read_to_string(one.join("outputs/summary.txt")).expect("summary");
+    assert!(summary.starts_with("data/f042.txt: 43 lines"), "{summary}");
+
+    // The cap, from the executions' times: at no moment were 3 partitions assigned and
+    // not yet ended.
+    let executions = stack
+        .shoal(&["job", "executions", &id, "--output", "json"])
+        .await
+        .success()
+        .json();
+    let time = |value: &serde_json::Value| -> std::time::SystemTime {
+        let text = value.as_str().expect("a timestamp");
+        text.parse::<prost_types::Timestamp>()
+            .expect("RFC 3339")
+            .try_into()
+            .expect("a time")
+    };
+    let spans: Vec<_> = executions
+        .as_array()
+        .expect("executions")
+        .iter()
+        .map(|e| (time(&e["createdAt"]), time(&e["finishedAt"])))
+        .collect();
+    assert_eq!(spans.len(), 100, "one execution per partition");
+    for (start, _) in &spans {
+        let running = spans
+            .iter()
+            .filter(|(s, f)| s <= start && start < f)
+            .count();
+        assert!(running <= 2, "{running} partitions ran at once");
+    }
+
+    // Fan-in: the whole result tree, by its CID, is the next job's input.
+    let root = job["result"]["resultCid"].as_str().expect("result CID");
+    let all = format!("{root}:/inputs");
+    let fan_in = stack
+        .shoal(&["wasm", "run", "-i", &all, &wordcount])
+        .await
+        .success();
+    assert!(fan_in.stdout.contains("in 500 files"), "{}", fan_in.stdout);
+    let merged = stack.scratch("merged");
+    let fan_in_id = fan_in
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("Job ")?.strip_suffix(" submitted"))
+        .expect("the job id")
+        .to_owned();
+    stack
+        .shoal(&["job", "get", &fan_in_id, &merged.to_string_lossy()])
+        .await
+        .success();
+    let summary = std::fs::read_to_string(merged.join("outputs/summary.txt")).expect("summary");
+    for i in 0..100 {
+        let count =
+            format!("partitions/{i}/outputs/counts/data/f{i:03}.txt.count: 1 lines, 3 words,");
+        assert!(summary.contains(&count), "partition {i} missing: {summary}");
+    }
+
+    // Bad shards, refused at submit with the reason: by the orchestrator (exit 1) or, when
+    // the flags alone say so, by the CLI before anything is sent (exit 2).
+    let file_cid = stack
+        .shoal(&["data", "put", &data.join("f001.txt").to_string_lossy()])
+        .await
+        .success()
+        .stdout
+        .trim()
+        .to_owned();
+    let empty = stack.scratch("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let cases = [
+        (
+            format!("{file_cid}:/inputs/f"),
+            "/inputs/f",
+            1,
+            "is a file, not a directory",
+        ),
+        (
+            format!("{}:/inputs/e", empty.display()),
+            "/inputs/e",
+            1,
+            "has no entries",
+        ),
+        (
+            input.clone(),
+            "/inputs/other",
+            2,
+            "no input is mounted there",
+        ),
+        (
+            input.clone(),
+            "/inputs/data --count 3",
+            2,
+            "cannot be used with",
+        ),
+    ];
+    for (input, shard, code, reason) in cases {
+        let mut args = vec!["wasm", "run", "-i", &input, "--shard"];
+        args.extend(shard.split(' '));
+        args.push(&wordcount);
+        let refused = stack.shoal(&args).await;
+        assert_eq!(refused.code, code, "{shard}: {refused:?}");
+        assert!(
+            refused.stderr.contains(reason),
+            "{shard}: {}",
+            refused.stderr
+        );
+    }
+}

@@ -4,7 +4,8 @@
 use crate::common::{Devstack, path, root};
 
 /// The Python client submits a job, watches it to completion and downloads its stdout;
-/// it also checks health, a bad spec and bad executor handshakes.
+/// runs a partitioned job and reads one partition's results; it also checks health, a bad
+/// spec, a sharded file and bad executor handshakes.
 #[tokio::test(flavor = "multi_thread")]
 async fn python_client_runs_a_job() {
     let stack = Devstack::start(&[]).await;
@@ -28,6 +29,10 @@ async fn python_client_runs_a_job() {
     );
     assert!(stdout.contains("event 1: JOB_STATE_QUEUED"), "{stdout}");
     assert!(stdout.contains("HELLO=python"), "{stdout}");
+    assert!(
+        stdout.contains("partitioned job: 3 partitions completed"),
+        "{stdout}"
+    );
     assert!(stdout.contains("all checks passed"), "{stdout}");
 }
 

@@ -154,6 +154,61 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
         .success();
     assert_eq!(read(&named.join("outputs/copy/notes.txt")), "notes\n");
 
+    // A sharded prefix: its top-level objects and its sub-prefix are the entries, listed by
+    // the orchestrator at submit; three per partition makes two partitions. A single
+    // object and a glob matching nothing are refused at submit.
+    let sharded = stack.scratch("sharded");
+    let sharded_arg = sharded.to_string_lossy();
+    let mut args = vec![
+        "wasm",
+        "run",
+        &copytree,
+        "-i",
+        "s3://shoal-data/in/:/inputs",
+        "--shard",
+        "/inputs",
+        "--shard-size",
+        "3",
+        "--download",
+        &sharded_arg,
+    ];
+    args.extend(s3_flags);
+    let out = stack.shoal(&args).await.success();
+    assert!(
+        out.stderr.contains("Partitions: 2 of 2 completed"),
+        "{}",
+        out.stderr
+    );
+    let first = sharded.join("partitions/0/outputs/copy");
+    assert_eq!(read(&first.join("a.csv")), "a,1\n");
+    assert_eq!(read(&first.join("b.csv")), "b,2\n");
+    assert_eq!(read(&first.join("notes.txt")), "notes\n");
+    assert!(!first.join("sub").exists(), "sub is the second partition's");
+    let second = sharded.join("partitions/1/outputs/copy");
+    assert_eq!(read(&second.join("sub/c.csv")), "c,3\n");
+    assert!(
+        !second.join("a.csv").exists(),
+        "a.csv is the first partition's"
+    );
+    for (input, reason) in [
+        (
+            "s3://shoal-data/in/a.csv:/inputs/a.csv",
+            "is one object, a file",
+        ),
+        ("s3://shoal-data/in/*.parquet:/inputs/p", "nothing to shard"),
+    ] {
+        let target = input.rsplit_once(':').map(|(_, t)| t).unwrap_or_default();
+        let mut args = vec!["wasm", "run", &copytree, "-i", input, "--shard", target];
+        args.extend(s3_flags);
+        let refused = stack.shoal(&args).await;
+        assert_eq!(refused.code, 1, "{input}: {refused:?}");
+        assert!(
+            refused.stderr.contains(reason),
+            "{input}: {}",
+            refused.stderr
+        );
+    }
+
     // A program from S3, through the executors' default endpoint.
     let out = stack
         .shoal(&["wasm", "run", "s3://shoal-data/prog/hello.wasm", "s3"])

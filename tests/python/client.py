@@ -99,6 +99,37 @@ def main():
     print(stdout.decode())
     assert b"arg[1]=from" in stdout and b"HELLO=python" in stdout, stdout
 
+    # A partitioned job: three partitions, each its own execution with its index, one
+    # result tree with partitions/<i>/.
+    fanned = types_pb2.JobSpec(program=uploaded.cid, program_name="hello.wasm", partitions=3, max_parallel=2)
+    fanned_job = jobs.SubmitJob(job_service_pb2.SubmitJobRequest(spec=fanned), timeout=30).job
+    for event in jobs.WatchJob(job_service_pb2.WatchJobRequest(job_id=fanned_job.id), timeout=120):
+        pass
+    done = jobs.GetJob(job_service_pb2.GetJobRequest(job_id=fanned_job.id), timeout=30).job
+    assert done.state == types_pb2.JOB_STATE_COMPLETED, done
+    assert done.partitions.completed == 3 and done.partitions.failed == 0, done.partitions
+    executions = jobs.ListExecutions(job_service_pb2.ListExecutionsRequest(job_id=fanned_job.id), timeout=30).executions
+    assert sorted(e.partition for e in executions) == [0, 1, 2], executions
+    stderr = b""
+    for message in jobs.DownloadResults(
+        job_service_pb2.DownloadResultsRequest(job_id=fanned_job.id, path="partitions/2/stderr"), timeout=60
+    ):
+        if message.HasField("data"):
+            stderr += message.data
+    assert b"SHOAL_PARTITION_INDEX=2" in stderr and b"SHOAL_PARTITION_COUNT=3" in stderr, stderr
+    print(f"partitioned job: {done.partitions.completed} partitions completed")
+
+    # Sharding a file is refused at submit, naming the input.
+    try:
+        sharded = types_pb2.JobSpec(program=uploaded.cid)
+        sharded.inputs.add(source=uploaded.cid, target="/inputs/x", shard=True)
+        jobs.SubmitJob(job_service_pb2.SubmitJobRequest(spec=sharded), timeout=30)
+        sys.exit("a sharded file was accepted")
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+        assert "inputs[0]" in error.details() and "not a directory" in error.details(), error.details()
+        print(f"sharded file: {error.code().name}: {error.details()}")
+
     # A malformed spec is INVALID_ARGUMENT naming the field.
     try:
         bad = types_pb2.JobSpec(program=uploaded.cid)

@@ -43,6 +43,14 @@ pub async fn s2_s3(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
     let submit_rate = jobs as f64 / started.elapsed().as_secs_f64();
     let (rss_after, _) = stack.orchestrator_usage()?;
     let per_job = rss_after.saturating_sub(rss_before) as f64 / jobs as f64;
+    // S2': the same for queued partitions: one job of many, which waits with the rest.
+    let partitions: u32 = if args.smoke { 1_000 } else { 10_000 };
+    clients
+        .clone()
+        .submit_partitions(&program, &["queued"], partitions)
+        .await?;
+    let (rss_partitions, _) = stack.orchestrator_usage()?;
+    let per_partition = rss_partitions.saturating_sub(rss_after) as f64 / f64::from(partitions);
 
     stack.stop_orchestrator().await?;
     let full_restart = stack.restart_orchestrator().await?;
@@ -64,6 +72,23 @@ pub async fn s2_s3(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
                 "rss_after_bytes": rss_after,
                 "durable_submits_per_s": submit_rate,
                 "concurrent_clients": clients_count,
+            }),
+        },
+        Figure {
+            id: "S2'",
+            what: "orchestrator memory per queued partition (one job of 10k)",
+            unit: "bytes",
+            measured: per_partition,
+            baseline: Some(per_job),
+            ratio: Some(per_partition / per_job.max(1.0) * 100.0),
+            ratio_unit: "% of S2",
+            target: "(scale report)",
+            meets: None,
+            details: serde_json::json!({
+                "partitions": partitions,
+                "rss_before_bytes": rss_after,
+                "rss_after_bytes": rss_partitions,
+                "baseline": "S2: bytes per queued job",
             }),
         },
         Figure {

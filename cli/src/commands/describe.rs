@@ -53,7 +53,21 @@ pub fn describe(job: &Job, executions: &[Execution]) -> String {
         line("Args", &spec.args.join(" "));
     }
     for input in &spec.inputs {
-        line("Input", &format!("{} -> {}", input.source, input.target));
+        let source = if input.sources.is_empty() {
+            input.source.clone()
+        } else {
+            format!("a list of {} sources", input.sources.len())
+        };
+        let mut text = format!("{source} -> {}", input.target);
+        if input.shard {
+            let _ = write!(
+                text,
+                " (sharded: {} entries, {} per partition)",
+                job.shard_entries,
+                spec.shard_size.max(1)
+            );
+        }
+        line("Input", &text);
     }
     for output in &spec.outputs {
         line("Output", &format!("{} at {}", output.name, output.path));

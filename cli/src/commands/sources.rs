@@ -43,6 +43,9 @@ pub async fn resolve_document(
     }
     spec.program = program;
     for (i, input) in spec.inputs.iter_mut().enumerate() {
+        if !input.sources.is_empty() {
+            continue; // a list of URLs, CIDs or S3 objects: sent as it is
+        }
         let field = format!("inputs[{i}].source");
         input.source = resolve_source(clients, &input.source, base, &field, &mut unsent)
             .await?

@@ -34,7 +34,8 @@ pub struct RunArgs {
     /// file (NAME: the file's name, the URL's last path segment — `download` for a URL
     /// without one, such as https://host/ — the S3 key's last part, and for a file CID the
     /// name it was stored with by `data put` or `data cp`, else (or when another input
-    /// takes that name) the CID itself). TARGET must be an absolute path.
+    /// takes that name) the CID itself). TARGET must be an absolute path. `@FILE:TARGET`
+    /// is a list of sources, one per line, for --shard TARGET.
     #[arg(short = 'i', long = "input", value_name = "SRC[:TARGET]")]
     pub inputs: Vec<String>,
     /// An output directory, NAME:PATH, published with the results under NAME. The default
@@ -92,14 +93,23 @@ pub struct RunArgs {
     /// Fan out: run the program as N partitions, each with SHOAL_PARTITION_INDEX (0-based)
     /// and SHOAL_PARTITION_COUNT in its environment, its own attempts, logs and results
     /// (`shoal job get` lays them out as `partitions/<i>/`).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", group = "fanout", value_parser = clap::value_parser!(u32).range(1..))]
     pub count: Option<u32>,
-    /// With --count: at most K partitions run at once.
-    #[arg(long, value_name = "K", requires = "count", value_parser = clap::value_parser!(u32).range(1..))]
+    /// Fan out over the input mounted at TARGET: one partition per top-level entry of it
+    /// (a directory's entries, an S3 prefix's objects and sub-prefixes, the URLs of an
+    /// `-i @urls.txt:TARGET` list), listed when the job is submitted. Partition i sees only
+    /// its entries, at TARGET/NAME.
+    #[arg(long, value_name = "TARGET", group = "fanout")]
+    pub shard: Option<String>,
+    /// With --shard: K entries per partition (the last takes what is left).
+    #[arg(long, value_name = "K", requires = "shard", value_parser = clap::value_parser!(u32).range(1..))]
+    pub shard_size: Option<u32>,
+    /// With --count or --shard: at most K partitions run at once.
+    #[arg(long, value_name = "K", requires = "fanout", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_parallel: Option<u32>,
-    /// With --count: a partition that fails for good lets the others run to their end
-    /// (the job still ends FAILED, naming it) instead of cancelling them.
-    #[arg(long, requires = "count")]
+    /// With --count or --shard: a partition that fails for good lets the others run to
+    /// their end (the job still ends FAILED, naming it) instead of cancelling them.
+    #[arg(long, requires = "fanout")]
     pub allow_partial: bool,
     /// Print the job spec as YAML instead of submitting it.
     #[arg(long)]
@@ -182,18 +192,21 @@ pub fn document_from_flags(args: &RunArgs) -> anyhow::Result<SpecDocument> {
                 version_id: String::new(),
             }
         });
-    let inputs = args
+    let mut inputs = args
         .inputs
         .iter()
         .map(|raw| {
             parse_input(raw).map(|mut input| {
-                if input.source.starts_with("s3://") {
+                let s3_source = input.source.starts_with("s3://")
+                    || input.sources.iter().any(|s| s.starts_with("s3://"));
+                if s3_source {
                     input.s3 = s3.clone();
                 }
                 input
             })
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    mark_shard(&mut inputs, args.shard.as_deref())?;
     let mut outputs = args
         .outputs
         .iter()
@@ -245,8 +258,64 @@ pub fn document_from_flags(args: &RunArgs) -> anyhow::Result<SpecDocument> {
         } else {
             String::new()
         },
+        shard_size: args.shard_size.unwrap_or(0),
         ..Default::default()
     })
+}
+
+/// Marks the input mounted at `--shard TARGET` as sharded. A URL list (`-i @FILE`) is only
+/// taken sharded, and a local file has no entries to shard: both are usage errors here,
+/// before anything is sent.
+fn mark_shard(inputs: &mut [InputDocument], shard: Option<&str>) -> anyhow::Result<()> {
+    if let Some(target) = shard {
+        let target = target.trim_end_matches('/');
+        // A CID given without a target is mounted at /inputs if it is a directory, the only
+        // kind that can be sharded.
+        let Some(input) = inputs
+            .iter_mut()
+            .find(|i| i.target == target || (i.target.is_empty() && target == "/inputs"))
+        else {
+            crate::usage!(
+                "--shard {target}: no input is mounted there (give it as -i SRC:{target})"
+            );
+        };
+        input.target = target.to_owned();
+        if std::fs::metadata(&input.source).is_ok_and(|m| m.is_file()) {
+            crate::usage!(
+                "--shard {target}: {} is a file; only a directory's entries (or an S3 prefix's \
+                 objects, or a URL list's lines) can be sharded",
+                input.source
+            );
+        }
+        input.shard = true;
+    }
+    if let Some(list) = inputs.iter().find(|i| !i.sources.is_empty() && !i.shard) {
+        crate::usage!(
+            "the URL list mounted at {} is split across partitions: add --shard {}",
+            list.target,
+            list.target
+        );
+    }
+    Ok(())
+}
+
+/// The sources of a list input, `@FILE`: one per line; blank lines and `#` comments are
+/// skipped.
+fn read_source_list(raw: &str, file: &str) -> anyhow::Result<Vec<String>> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(error) => crate::usage!("--input {raw:?}: {}", not_found(file, &error)),
+    };
+    let sources: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    if sources.is_empty() {
+        crate::usage!("--input {raw:?}: {file} lists no sources");
+    }
+    Ok(sources)
 }
 
 /// A program that is neither a local file nor a CID, URL or S3 object is a usage error.
@@ -294,6 +363,17 @@ fn parse_input(raw: &str) -> anyhow::Result<InputDocument> {
     if source.is_empty() {
         crate::usage!("--input {raw:?} has no source");
     }
+    if let Some(file) = source.strip_prefix('@') {
+        return Ok(InputDocument {
+            sources: read_source_list(raw, file)?,
+            target: if target.is_empty() {
+                "/inputs".to_owned()
+            } else {
+                target.trim_end_matches('/').to_owned()
+            },
+            ..Default::default()
+        });
+    }
     // `./in:inputs`: a local path with a target that is not absolute.
     if split.is_none()
         && let Some((path, target)) = raw.rsplit_once(':')
@@ -312,7 +392,7 @@ fn parse_input(raw: &str) -> anyhow::Result<InputDocument> {
                 return Ok(InputDocument {
                     source: source.to_owned(),
                     target: format!("/inputs/{}", http.file_name()),
-                    s3: None,
+                    ..Default::default()
                 });
             }
             Ok(shoal::spec::source::Source::S3(s3)) => {
@@ -325,7 +405,7 @@ fn parse_input(raw: &str) -> anyhow::Result<InputDocument> {
                 return Ok(InputDocument {
                     source: source.to_owned(),
                     target,
-                    s3: None,
+                    ..Default::default()
                 });
             }
             _ => {}
@@ -349,7 +429,7 @@ fn parse_input(raw: &str) -> anyhow::Result<InputDocument> {
     Ok(InputDocument {
         source: source.to_owned(),
         target,
-        s3: None,
+        ..Default::default()
     })
 }
 

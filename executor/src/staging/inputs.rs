@@ -39,7 +39,7 @@ pub struct StagedInputs {
 /// read-only mounts for them; uncached data is laid out under `dir`.
 pub async fn stage_inputs(
     ctx: &ExecutionContext,
-    inputs: impl Iterator<Item = (&InputSpec, &Source)>,
+    inputs: impl Iterator<Item = (usize, &InputSpec, &Source)>,
     dir: &Path,
 ) -> Result<StagedInputs, Failure> {
     let (http, s3, cache) = (&ctx.http, &ctx.s3, &ctx.cache);
@@ -50,7 +50,7 @@ pub async fn stage_inputs(
     let mut staged_bytes = 0u64;
     // Parent guest directory -> host directory holding the file inputs mounted there.
     let mut file_parents: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for (i, (input, source)) in inputs.enumerate() {
+    for (i, input, source) in inputs {
         let name = |m: String| staging_failure(format!("inputs[{i}] ({}): {m}", input.source));
         let remaining = max_bytes.saturating_sub(staged_bytes);
         let fetched = match source {
@@ -93,13 +93,45 @@ pub async fn stage_inputs(
         }
         staged.pins.extend(fetched.pin);
     }
-    // WASI mounts do not show up in their parent's listing: give a directory mounted below
-    // a file inputs' directory an empty stand-in there, so the guest can list it (opening it
-    // reaches the mount, the longest matching preopen).
-    for preopen in &staged.preopens {
+    // Every directory above an input (below the root) is one the guest can open and list,
+    // as on a real file system: a program given /inputs/data/a.csv, or the entries of a
+    // sharded input at /inputs/NAME, can walk /inputs. Those not mounted already are empty
+    // read-only directories showing the inputs below them; inside /tmp, which stays the
+    // execution's writable one, nothing is added (its inputs are reachable as before).
+    let mounts: Vec<String> = staged
+        .preopens
+        .iter()
+        .map(|p| p.guest.clone())
+        .chain(file_parents.keys().cloned())
+        .collect();
+    let tmp = crate::execution::GUEST_TMP;
+    for mount in &mounts {
+        if mount == tmp || mount.strip_prefix(tmp).is_some_and(|r| r.starts_with('/')) {
+            continue;
+        }
+        let mut path = mount.as_str();
+        while let Some((parent, _)) = path.rsplit_once('/') {
+            if parent.is_empty() {
+                break;
+            }
+            let next = file_parents.len();
+            file_parents
+                .entry(parent.to_owned())
+                .or_insert_with(|| dir.join(format!("files-{next}")));
+            path = parent;
+        }
+    }
+    // WASI mounts do not show up in their parent's listing: give a mount below another an
+    // empty stand-in there, so the guest can list it (opening it reaches the mount, the
+    // longest matching preopen).
+    let below = staged
+        .preopens
+        .iter()
+        .map(|p| p.guest.as_str())
+        .chain(file_parents.keys().map(String::as_str));
+    for mount in below {
         for (guest, host) in &file_parents {
-            if let Some(relative) = preopen
-                .guest
+            if let Some(relative) = mount
                 .strip_prefix(guest.as_str())
                 .and_then(|r| r.strip_prefix('/'))
             {

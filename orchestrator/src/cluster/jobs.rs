@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use shoal::proto::{Failure, FailureKind, Job, JobState, orchestrator_message};
+use shoal::proto::{Failure, FailureKind, Job, JobSpec, JobState, orchestrator_message};
 use shoal::spec::ValidSpec;
 
 use super::*;
 use crate::error::{Error, Result};
+use crate::records::ShardListing;
 
 impl Cluster {
     /// Accepts a checked and completed spec: the job is QUEUED.
@@ -33,21 +34,54 @@ impl Cluster {
         trace_context: HashMap<String, String>,
         now: SystemTime,
     ) -> Result<(Job, bool)> {
-        if let Some(id) = self.idempotency_keys.get(idempotency_key) {
-            let existing = self.job(id)?.clone();
-            if existing.spec.as_ref() != Some(spec.spec()) {
-                return Err(Error::AlreadyExists(format!(
-                    "idempotency_key was used for job {id}, with a different spec"
-                )));
-            }
-            return Ok((existing, false));
+        self.submit_sharded(spec, idempotency_key, trace_context, None, now)
+    }
+
+    /// The job a submission with `idempotency_key` made before, if one did: a retried
+    /// submission gets it back. The same key with a different spec is refused. A sharded
+    /// spec may leave out the count the stored one was given (derived from its listing).
+    pub fn resubmission(&self, idempotency_key: &str, spec: &JobSpec) -> Result<Option<Job>> {
+        let Some(id) = self.idempotency_keys.get(idempotency_key) else {
+            return Ok(None);
+        };
+        let existing = self.job(id)?;
+        let mut stored = existing.spec.clone().unwrap_or_default();
+        if spec.partitions == 0 && stored.inputs.iter().any(|i| i.shard) {
+            stored.partitions = 0;
         }
+        if &stored != spec {
+            return Err(Error::AlreadyExists(format!(
+                "idempotency_key was used for job {id}, with a different spec"
+            )));
+        }
+        Ok(Some(existing.clone()))
+    }
+
+    /// Whether the queue takes another job (RESOURCE_EXHAUSTED when it is full).
+    pub fn check_room(&self) -> Result<()> {
         if self.queue.len() >= self.config.max_queued {
             return Err(Error::ResourceExhausted(format!(
                 "the queue is full ({} jobs waiting); try again later",
                 self.queue.len()
             )));
         }
+        Ok(())
+    }
+
+    /// Like [`submit_once`](Self::submit_once), for a spec whose sharded input was listed
+    /// (`shards`): the listing is stored with the job, and its partitions run over it.
+    pub fn submit_sharded(
+        &mut self,
+        spec: ValidSpec,
+        idempotency_key: &str,
+        trace_context: HashMap<String, String>,
+        shards: Option<ShardListing>,
+        now: SystemTime,
+    ) -> Result<(Job, bool)> {
+        if let Some(existing) = self.resubmission(idempotency_key, spec.spec())? {
+            return Ok((existing, false));
+        }
+        self.check_room()?;
         let memory = spec.memory_bytes();
         let largest = self
             .nodes
@@ -67,6 +101,19 @@ impl Cluster {
         }
         let id = shoal::ids::JobId::new().to_string();
         let rules = spec.rules().clone();
+        let shards = match (spec.shard(), shards) {
+            (Some(input), Some(listing)) => Some(super::shards::Shards::new(
+                spec.spec(),
+                input.index,
+                listing,
+            )),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Internal(
+                    "a sharded input and its listing must come together".into(),
+                ));
+            }
+        };
         let job = Job {
             spec: Some(spec.into_spec()),
             id: id.clone(),
@@ -74,6 +121,7 @@ impl Cluster {
             created_at: Some(shoal::proto::timestamp(now)),
             trace_context,
             idempotency_key: idempotency_key.to_owned(),
+            shard_entries: shards.as_ref().map_or(0, |s| s.entries() as u32),
             ..Default::default()
         };
         if !idempotency_key.is_empty() {
@@ -91,7 +139,13 @@ impl Cluster {
                 partitions: None,
             },
         );
-        self.start_partitions(&id);
+        if let Some(shards) = &shards {
+            self.effects.writes.push(Write::Shards {
+                job_id: id.clone(),
+                listing: shards.listing(),
+            });
+        }
+        self.start_partitions(&id, shards);
         self.set_job_state(&id, JobState::Queued, "queued".into(), None, None, now);
         self.queue.insert(id.clone());
         self.metrics.jobs_submitted.inc();

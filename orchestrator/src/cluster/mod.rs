@@ -17,6 +17,7 @@ mod executors;
 mod jobs;
 mod partitions;
 mod scheduling;
+mod shards;
 #[cfg(test)]
 mod testing;
 
@@ -243,7 +244,7 @@ impl Cluster {
             }
             cluster.executions.insert(execution.id.clone(), execution);
         }
-        cluster.restore_partitions();
+        cluster.restore_partitions(snapshot.shards.into_iter().collect());
         cluster.effects.schedule = true;
         cluster
     }
@@ -379,7 +380,7 @@ impl Cluster {
                 next = jobs.last().map(|j: &Job| j.id.clone()).unwrap_or_default();
                 break;
             }
-            jobs.push(job.clone());
+            jobs.push(listed(job));
         }
         (jobs, next)
     }
@@ -557,4 +558,20 @@ fn check_executor_id(id: &str) -> Result<()> {
         "register.executor_id {shown:?} must be 1-253 characters of letters, digits, '.', '_' \
          and '-'"
     )))
+}
+
+/// A job as a listing shows it: whole, but for a sharded input's `sources` (up to 10,000
+/// of them, in every job of a page), which `GetJob` gives.
+fn listed(job: &Job) -> Job {
+    let sharded = |spec: &shoal::proto::JobSpec| spec.inputs.iter().any(|i| !i.sources.is_empty());
+    if !job.spec.as_ref().is_some_and(sharded) {
+        return job.clone();
+    }
+    let mut job = job.clone();
+    if let Some(spec) = job.spec.as_mut() {
+        for input in &mut spec.inputs {
+            input.sources.clear();
+        }
+    }
+    job
 }

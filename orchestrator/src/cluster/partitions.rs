@@ -17,7 +17,9 @@ use shoal::proto::{
     orchestrator_message,
 };
 
+use super::shards::Shards;
 use super::*;
+use crate::records::ShardListing;
 
 /// Where one partition stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +47,8 @@ pub(super) struct Partitions {
     finishing: bool,
     /// The first partition to fail for good, and how (the job's failure names it).
     first_failure: Option<(u32, Failure)>,
+    /// The entries of a sharded input, which the partitions split.
+    shards: Option<Shards>,
 }
 
 /// The count of `counts` that partitions in `state` are in.
@@ -72,6 +76,7 @@ impl Partitions {
             },
             finishing: false,
             first_failure: None,
+            shards: None,
         }
     }
 
@@ -146,12 +151,14 @@ impl Partitions {
 }
 
 impl Cluster {
-    /// Gives a just-submitted (or restored) partitioned job its partitions.
-    pub(super) fn start_partitions(&mut self, job_id: &str) {
+    /// Gives a just-submitted partitioned job its partitions (over `shards`, for a job
+    /// with a sharded input).
+    pub(super) fn start_partitions(&mut self, job_id: &str, shards: Option<Shards>) {
         if let Some(entry) = self.jobs.get_mut(job_id)
             && entry.rules.partitions > 0
         {
-            let partitions = Partitions::new(entry.rules.partitions);
+            let mut partitions = Partitions::new(entry.rules.partitions);
+            partitions.shards = shards;
             entry.job.partitions = Some(partitions.counts);
             entry.partitions = Some(Box::new(partitions));
         }
@@ -160,7 +167,7 @@ impl Cluster {
     /// After a restart: every partitioned job's partitions from its executions; an
     /// unfinished job with partitions waiting goes back in the queue, and one whose
     /// partitions have all ended is finished.
-    pub(super) fn restore_partitions(&mut self) {
+    pub(super) fn restore_partitions(&mut self, mut listings: HashMap<String, ShardListing>) {
         let mut by_job: HashMap<&str, Vec<&Execution>> = HashMap::new();
         for execution in self.executions.values() {
             if self
@@ -172,6 +179,7 @@ impl Cluster {
             }
         }
         let mut restored = Vec::new();
+        let mut lost_listings = Vec::new();
         for (job_id, entry) in &self.jobs {
             // An ended job keeps the counts it was stored with; only unfinished ones need
             // their partitions back.
@@ -179,8 +187,38 @@ impl Cluster {
                 continue;
             }
             let executions = by_job.remove(job_id.as_str()).unwrap_or_default();
-            let partitions = Partitions::restore(entry.rules.partitions, executions.into_iter());
+            let mut partitions =
+                Partitions::restore(entry.rules.partitions, executions.into_iter());
+            let sharded = entry
+                .job
+                .spec
+                .as_ref()
+                .and_then(|spec| Some((spec, spec.inputs.iter().position(|i| i.shard)?)));
+            match (sharded, listings.remove(job_id)) {
+                (Some((spec, input)), Some(listing)) => {
+                    partitions.shards = Some(Shards::new(spec, input, listing));
+                }
+                (Some(_), None) => {
+                    lost_listings.push(job_id.clone());
+                    continue;
+                }
+                (None, _) => {}
+            }
             restored.push((job_id.clone(), partitions));
+        }
+        for job_id in lost_listings {
+            // Without the entries its partitions cannot run what was accepted: none will.
+            let message = "the stored listing of its sharded input is missing".to_owned();
+            let failure = Failure::new(FailureKind::Internal, message.clone());
+            let now = SystemTime::now();
+            self.queue.remove(&job_id);
+            if let Some(entry) = self.jobs.get_mut(&job_id) {
+                entry.job.partitions = Some(PartitionCounts {
+                    cancelled: entry.rules.partitions,
+                    ..Default::default()
+                });
+            }
+            self.set_job_state(&job_id, JobState::Failed, message, Some(failure), None, now);
         }
         for (job_id, partitions) in restored {
             let unfinished = self
@@ -261,7 +299,10 @@ impl Cluster {
                 .scheduling_latency
                 .observe(waited.as_secs_f64());
         }
-        let spec = entry.job.spec.clone();
+        let spec = match &partitions.shards {
+            Some(shards) => Some(shards.partition_spec(index)),
+            None => entry.job.spec.clone(),
+        };
         let trace_context = self.placement_trace(job_id, &execution_id, executor_id, attempt, now);
         let execution = Execution {
             id: execution_id.clone(),
@@ -577,7 +618,7 @@ impl Cluster {
 mod tests {
     use super::super::testing::*;
     use super::*;
-    use shoal::proto::RetryPolicy;
+    use shoal::proto::{InputSpec, JobSpec, RetryPolicy};
 
     fn partitioned(count: u32, max_parallel: u32) -> JobSpec {
         JobSpec {
@@ -780,6 +821,132 @@ mod tests {
             .filter(|i| *i != running[0].1 && *i != running[1].1)
             .collect();
         assert_eq!(indices, expected);
+    }
+
+    /// A job over 5 listed entries, 2 per partition: 3 partitions, each sent the spec with
+    /// the sharded input replaced by its own entries (the last takes what is left), the
+    /// other inputs kept; after a restart the stored listing gives the same entries, and a
+    /// job whose listing is gone fails saying so instead of running over nothing.
+    #[test]
+    fn sharded_partitions_get_their_entries_before_and_after_a_restart() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 2, &[]);
+        let now = SystemTime::now();
+        let mut spec = spec();
+        spec.inputs = vec![
+            InputSpec {
+                target: "/inputs/data".into(),
+                shard: true,
+                sources: (0..5)
+                    .map(|i| format!("https://host/f{i}.txt"))
+                    .chain(["s3://bucket/f5.txt".to_owned()])
+                    .collect(),
+                s3: Some(shoal::proto::S3Options {
+                    region: "eu-west-1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            InputSpec {
+                source: CID.into(),
+                target: "/inputs/ref.txt".into(),
+                ..Default::default()
+            },
+        ];
+        spec.shard_size = 2;
+        let source = |i: usize| match i {
+            4 => "s3://bucket/f4.txt".to_owned(),
+            i => format!("https://host/f{i}.txt"),
+        };
+        // Set before the count is known, above it: each partition's spec says 3.
+        spec.max_parallel = 8;
+        let listing = ShardListing {
+            entries: (0..5)
+                .map(|i| crate::records::ShardEntry {
+                    name: format!("f{i}.txt"),
+                    source: source(i),
+                })
+                .collect(),
+        };
+        let valid = accept(spec).with_partitions(3).expect("3 partitions");
+        let (job, _) = c
+            .submit_sharded(valid, "", HashMap::new(), Some(listing.clone()), now)
+            .expect("submit");
+        assert_eq!(job.shard_entries, 5);
+        let effects = c.take_effects();
+        assert!(
+            effects
+                .writes
+                .iter()
+                .any(|w| matches!(w, Write::Shards { job_id, listing: l } if *job_id == job.id && *l == listing)),
+            "the listing is written with the job"
+        );
+        let targets = |a: &shoal::proto::Assign| -> Vec<(String, String)> {
+            let spec = a.spec.as_ref().expect("spec");
+            assert_eq!((spec.shard_size, spec.max_parallel), (0, 3));
+            assert!(spec.inputs.iter().all(|i| !i.shard && i.sources.is_empty()));
+            // S3 settings go only to S3 entries (the executor refuses them elsewhere).
+            assert!(
+                spec.inputs
+                    .iter()
+                    .all(|i| i.s3.is_some() == i.source.starts_with("s3://"))
+            );
+            shoal::spec::ValidSpec::effective(spec.clone()).expect("the executor accepts it");
+            spec.inputs
+                .iter()
+                .map(|i| (i.target.clone(), i.source.clone()))
+                .collect()
+        };
+        let assigns = |c: &mut Cluster| -> Vec<(u32, Vec<(String, String)>)> {
+            c.take_effects()
+                .messages
+                .iter()
+                .filter_map(|(_, m)| match &m.message {
+                    Some(orchestrator_message::Message::Assign(a)) => {
+                        Some((a.partition, targets(a)))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        c.schedule(now);
+        let first = assigns(&mut c);
+        let entry = |i: usize| (format!("/inputs/data/f{i}.txt"), source(i));
+        let reference = ("/inputs/ref.txt".to_owned(), CID.to_owned());
+        assert_eq!(
+            first,
+            [
+                (0, vec![entry(0), entry(1), reference.clone()]),
+                (1, vec![entry(2), entry(3), reference.clone()]),
+            ]
+        );
+        let snapshot = |c: &Cluster, shards: Vec<(String, ShardListing)>| Snapshot {
+            jobs: vec![c.job(&job.id).expect("job").clone()],
+            executions: c.executions_of(&job.id).expect("executions"),
+            shards,
+            ..Default::default()
+        };
+        let mut restored = Cluster::restore(
+            snapshot(&c, vec![(job.id.clone(), listing)]),
+            ClusterConfig::default(),
+            Instant::now(),
+        );
+        let _b = connect(&mut restored, "b", 4, &[]);
+        restored.schedule(now);
+        assert_eq!(assigns(&mut restored), [(2, vec![entry(4), reference])]);
+        let lost = Cluster::restore(
+            snapshot(&c, Vec::new()),
+            ClusterConfig::default(),
+            Instant::now(),
+        );
+        let failed = lost.job(&job.id).expect("job");
+        assert_eq!(failed.state(), JobState::Failed);
+        assert_eq!(failed.partitions.expect("counts").cancelled, 3);
+        assert!(
+            failed.status_message.contains("listing"),
+            "{}",
+            failed.status_message
+        );
     }
 
     /// A partitioned job that never found an executor times out as a whole: its partitions

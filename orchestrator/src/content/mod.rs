@@ -280,6 +280,27 @@ impl ContentStore {
         }
     }
 
+    /// The entries of the directory `cid` (names and CIDs, in the directory's order); a
+    /// file, or content the store lacks, is an error saying so.
+    pub async fn directory_entries(&self, cid: &ContentId) -> Result<Vec<(String, ContentId)>> {
+        let root = self.resolve_root(cid).await?;
+        if root.kind != EntryKind::Directory {
+            return Err(Error::InvalidArgument(format!(
+                "{cid} is a file, not a directory"
+            )));
+        }
+        let (node, _) = self.node(cid).await?;
+        node.links
+            .iter()
+            .map(|link| {
+                Ok((
+                    link.name.clone().unwrap_or_default(),
+                    unixfs::link_cid(link)?,
+                ))
+            })
+            .collect()
+    }
+
     /// Total file bytes under a directory (walks its directory nodes).
     fn directory_size<'a>(&'a self, cid: ContentId) -> futures::future::BoxFuture<'a, Result<u64>> {
         Box::pin(async move {

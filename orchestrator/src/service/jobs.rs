@@ -21,8 +21,8 @@ use super::storage::DownloadStream;
 use super::{cid, job_id};
 use crate::Orchestrator;
 use crate::error::{Error, Result};
-use shoal::spec::ValidSpec;
 use shoal::spec::source::Source;
+use shoal::spec::{ShardOrigin, ValidSpec};
 
 /// Events read from the store per round trip.
 const EVENT_PAGE: usize = 256;
@@ -68,6 +68,19 @@ impl JobApi {
             ))
         })?;
         let spec = ValidSpec::accept(spec, self.0.config().spec_defaults()).map_err(Error::from)?;
+        let key_ok = key.len() <= 128 && key.bytes().all(|b| b.is_ascii_graphic());
+        if !key_ok {
+            return Err(Status::from(crate::error::Error::InvalidArgument(
+                "idempotency_key: at most 128 printable ASCII characters, no spaces".into(),
+            )));
+        }
+        // A retried submission is answered before anything is listed again (an S3 prefix
+        // may list differently by now).
+        if !key.is_empty()
+            && let Some(job) = self.0.read(|c| c.resubmission(&key, spec.spec())).await?
+        {
+            return Ok(Response::new(SubmitJobResponse { job: Some(job) }));
+        }
         if stored_cids.len() > MAX_STORED_CIDS {
             return Err(Status::from(crate::error::Error::InvalidArgument(format!(
                 "stored_cids: {} entries; at most {MAX_STORED_CIDS}",
@@ -96,11 +109,31 @@ impl JobApi {
         // fetch the CIDs the store lacks from.
         let gateways = !self.0.config().ipfs_gateways.is_empty();
         let raw = spec.spec();
-        let sources = std::iter::once(("program".to_owned(), &raw.program, spec.program())).chain(
-            spec.inputs()
-                .enumerate()
-                .map(|(i, (input, source))| (format!("inputs[{i}].source"), &input.source, source)),
-        );
+        let listed = spec
+            .shard()
+            .into_iter()
+            .flat_map(|shard| match &shard.origin {
+                ShardOrigin::List(sources) => sources
+                    .iter()
+                    .enumerate()
+                    .map(|(j, source)| {
+                        let i = shard.index;
+                        (
+                            format!("inputs[{i}].sources[{j}]"),
+                            &raw.inputs[i].sources[j],
+                            source,
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+                // A sharded directory is listed below, which needs it in the store.
+                ShardOrigin::Source(_) => Vec::new(),
+            });
+        let sources =
+            std::iter::once(("program".to_owned(), &raw.program, spec.program()))
+                .chain(spec.inputs().map(|(i, input, source)| {
+                    (format!("inputs[{i}].source"), &input.source, source)
+                }))
+                .chain(listed);
         for (field, source, parsed) in sources {
             if let Source::Cid(cid) = parsed
                 && !gateways
@@ -111,18 +144,17 @@ impl JobApi {
                 ))));
             }
         }
-        let key_ok = key.len() <= 128 && key.bytes().all(|b| b.is_ascii_graphic());
-        if !key_ok {
-            return Err(Status::from(crate::error::Error::InvalidArgument(
-                "idempotency_key: at most 128 printable ASCII characters, no spaces".into(),
-            )));
+        if spec.shard().is_some() {
+            // Listing costs a store or S3 walk: not for a submission the queue would refuse.
+            self.0.read(|c| c.check_room()).await?;
         }
+        let (spec, shards) = super::shards::list_shards(&self.0, spec).await?;
         let trace_context = shoal::daemon::telemetry::context_map(&tracing::Span::current());
         let job = self
             .0
             .apply(|c| {
                 let now = SystemTime::now();
-                let (job, new) = c.submit_once(spec, &key, trace_context, now)?;
+                let (job, new) = c.submit_sharded(spec, &key, trace_context, shards, now)?;
                 if new {
                     c.place_if_first(&job.id, now);
                 }

@@ -5,6 +5,7 @@ pub mod executors;
 mod jobs;
 mod modules;
 mod nodes;
+mod shards;
 mod storage;
 
 use std::sync::Arc;

@@ -11,7 +11,7 @@ use shoal::proto::{Execution, Job, JobEvent, Node};
 
 use super::wal::{self, FrameBuilder, Table};
 use crate::error::{Error, Result};
-use crate::records::{Snapshot, Write};
+use crate::records::{ShardListing, Snapshot, Write};
 
 pub(super) const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 pub(super) const EXECUTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("executions");
@@ -29,6 +29,8 @@ pub(super) const NAMES: TableDefinition<&str, &str> = TableDefinition::new("name
 /// The artifact CID of each compiled module executors share, keyed `ENGINE/PROGRAM`
 /// (`Write::CompiledModule`).
 pub(super) const MODULES: TableDefinition<&str, &str> = TableDefinition::new("modules");
+/// The entries each sharded job was listed with at submit (`Write::Shards`), by job id.
+pub(super) const SHARDS: TableDefinition<&str, &[u8]> = TableDefinition::new("shards");
 /// Bytes of a probe write: more than a page, so it needs room the disk must really have
 /// (a write into the unused end of a file's last page succeeds on a full disk).
 pub(super) const PROBE_BYTES: usize = 64 << 10;
@@ -42,6 +44,7 @@ pub(super) fn create(tx: &redb::WriteTransaction) -> Result<()> {
     tx.open_table(BLOCKS)?;
     tx.open_table(NAMES)?;
     tx.open_table(MODULES)?;
+    tx.open_table(SHARDS)?;
     tx.open_table(META)?;
     Ok(())
 }
@@ -70,6 +73,9 @@ pub(super) fn add_row(frame: &mut FrameBuilder, write: &Write) {
         } => frame.row(Table::Modules, &module_key(program, engine), 0, |b| {
             b.extend_from_slice(artifact.as_bytes())
         }),
+        Write::Shards { job_id, listing } => {
+            frame.row(Table::Shards, job_id, 0, |b| listing.encode_raw(b))
+        }
         Write::Probe => frame.row(Table::Meta, "probe", 0, |b| {
             b.resize(b.len() + PROBE_BYTES, 0)
         }),
@@ -123,6 +129,14 @@ pub(super) fn load(db: &Database) -> Result<Snapshot> {
         }
     }
     snapshot.log_ends = ends.into_iter().collect();
+    // Only jobs still going schedule partitions over their listing.
+    let shards = tx.open_table(SHARDS)?;
+    for job in snapshot.jobs.iter().filter(|j| !j.state().is_terminal()) {
+        if let Some(listing) = shards.get(job.id.as_str())? {
+            let listing = ShardListing::decode(listing.value())?;
+            snapshot.shards.push((job.id.clone(), listing));
+        }
+    }
     Ok(snapshot)
 }
 
@@ -147,6 +161,7 @@ pub(super) fn apply_rows(tx: &redb::WriteTransaction, rows: &[wal::Row<'_>]) -> 
     let mut meta = tx.open_table(META)?;
     let mut names = tx.open_table(NAMES)?;
     let mut modules = tx.open_table(MODULES)?;
+    let mut shards = tx.open_table(SHARDS)?;
     for row in rows {
         match row.table {
             Table::Jobs => drop(jobs.insert(row.key, row.value)?),
@@ -162,6 +177,7 @@ pub(super) fn apply_rows(tx: &redb::WriteTransaction, rows: &[wal::Row<'_>]) -> 
                 }
             }
             Table::Modules => drop(modules.insert(row.key, text(row)?)?),
+            Table::Shards => drop(shards.insert(row.key, row.value)?),
         }
     }
     Ok(())

@@ -72,6 +72,8 @@ pub enum Table {
     Names = 6,
     /// Compiled modules executors share, by engine and program.
     Modules = 7,
+    /// Shard listings of sharded jobs, by job id.
+    Shards = 8,
 }
 
 /// One row: a table, a key (plus a sequence number for events) and the value's bytes.
@@ -178,6 +180,7 @@ pub fn rows(frame: &[u8]) -> Result<Vec<Row<'_>>> {
             5 => Table::Meta,
             6 => Table::Names,
             7 => Table::Modules,
+            8 => Table::Shards,
             _ => return Err(malformed()),
         };
         let key_length = u32_at(take(4)?);

@@ -256,6 +256,82 @@ impl S3Fetcher {
         Ok(listing)
     }
 
+    /// The top-level entries of a prefix or glob, for sharding: the objects directly below
+    /// the prefix (those matching the glob), and for a prefix each sub-prefix once, as a
+    /// directory (`name/`), in the server's (name) order; one level is listed, not the
+    /// whole tree. Fails past `max` entries, or when nothing matches.
+    pub async fn list_top_level(
+        &self,
+        source: &S3Source,
+        options: Option<&S3Options>,
+        max: usize,
+    ) -> Result<Vec<TopLevelEntry>, DataError> {
+        let client = self.client(options).await;
+        let bucket = &source.bucket;
+        let (prefix, pattern) = match source.selection() {
+            S3Selection::Object(key) => {
+                return Err(DataError::Refused(format!(
+                    "s3://{bucket}/{key} is one object"
+                )));
+            }
+            S3Selection::Prefix(prefix) => (prefix, None),
+            S3Selection::Glob { prefix, pattern } => (prefix, Some(pattern)),
+        };
+        let mut pages = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        let mut entries = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| {
+                classify(
+                    &e,
+                    format!("cannot list s3://{bucket}/{prefix}: {}", describe(&e)),
+                )
+            })?;
+            let objects = page
+                .contents()
+                .iter()
+                .filter_map(|o| o.key())
+                .map(|key| (key, false));
+            let directories = page
+                .common_prefixes()
+                .iter()
+                .filter_map(|p| p.prefix())
+                .filter(|_| pattern.is_none())
+                .map(|key| (key, true));
+            for (key, directory) in objects.chain(directories) {
+                let name = key[prefix.len().min(key.len())..].trim_end_matches('/');
+                // The prefix's own marker object, and names a glob does not match.
+                if name.is_empty() || pattern.is_some_and(|p| !glob_matches(p, name)) {
+                    continue;
+                }
+                entries.push(TopLevelEntry {
+                    key: key.to_owned(),
+                    name: name.to_owned(),
+                    directory,
+                });
+                if entries.len() > max {
+                    return Err(DataError::TooLarge(format!(
+                        "s3://{bucket}/{prefix} has more than {max} entries"
+                    )));
+                }
+            }
+        }
+        if entries.is_empty() {
+            let what = pattern
+                .map(|p| format!("{prefix}{p}"))
+                .unwrap_or_else(|| prefix.to_owned());
+            return Err(DataError::Refused(format!(
+                "no objects match s3://{bucket}/{what}"
+            )));
+        }
+        Ok(entries)
+    }
+
     /// Fetches exactly the listed objects (each request is conditional on the listed ETag,
     /// so an object replaced since is refused rather than mixed in) to `dest`.
     pub async fn fetch_listed(
@@ -318,6 +394,17 @@ impl S3Fetcher {
             directory: true,
         })
     }
+}
+
+/// One top-level entry of a prefix ([`S3Fetcher::list_top_level`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopLevelEntry {
+    /// The object's key, or the sub-prefix (ending in `/`).
+    pub key: String,
+    /// Its name below the prefix, without a trailing `/`.
+    pub name: String,
+    /// A sub-prefix, fetched as a directory.
+    pub directory: bool,
 }
 
 /// One object of an [`S3Listing`].
