@@ -5,8 +5,9 @@
 //! `--only B1,B4` picks benchmarks. `scripts/bench.sh` builds everything and runs this.
 //!
 //! Where each lives: `runtime` (B1, B7, B8: the executor's wasmtime runtime in process),
-//! `durability` (B4 and S1: the store and the scheduler in process), `cluster` (B2, B3,
-//! B5, B9, B10, B11, B12, B13, S2, S3: real orchestrator and executor binaries from
+//! `durability` (B4 and S1: the store and the scheduler in process), `cluster` (B2 with
+//! B2' and B2'', B3, B5, B9, B10, B11, B12, B13, S2 with S2', S3: real orchestrator and
+//! executor binaries from
 //! `stack`), `s3` (B6, against SeaweedFS).
 
 mod cluster;

@@ -89,6 +89,11 @@ impl Clients {
             partitions,
             ..Default::default()
         };
+        self.submit_spec(spec).await
+    }
+
+    /// Submits `spec`; returns the job id.
+    pub async fn submit_spec(&mut self, spec: JobSpec) -> anyhow::Result<String> {
         let response = self
             .jobs
             .submit_job(SubmitJobRequest {

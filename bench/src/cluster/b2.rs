@@ -1,4 +1,5 @@
-//! B2: durable job throughput through the whole system.
+//! B2: durable job throughput through the whole system; B2', the same as one job of many
+//! partitions; B2'', partitions over a sharded directory.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -48,14 +49,19 @@ pub async fn b2(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
     let cpu_after = stack.cpu_times()?;
     let per_job_us = |before: Duration, after: Duration| micros(after - before) / jobs as f64;
 
-    // B2': the same work as one job of that many partitions, on the same stack.
+    // B2': one job of many partitions of a program that does nothing, on the same stack:
+    // what a task costs Shoal itself.
     let partitions: u32 = if args.smoke { 200 } else { 10_000 };
     let mut client = clients.clone();
+    let noop = module_file(
+        &dir,
+        "noop.wasm",
+        r#"(module (memory (export "memory") 1) (func (export "_start")))"#,
+    )?;
+    let noop = client.put(&noop).await?;
     let cpu_fanned = stack.cpu_times()?;
     let started = Instant::now();
-    let job = client
-        .submit_partitions(&hello, &["bench"], partitions)
-        .await?;
+    let job = client.submit_partitions(&noop, &[], partitions).await?;
     let (state, ..) = client.watch(&job, true).await?;
     anyhow::ensure!(
         state == JobState::Completed,
@@ -68,7 +74,7 @@ pub async fn b2(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
         |before: Duration, after: Duration| micros(after - before) / f64::from(partitions);
     let fanned = Figure {
         id: "B2'",
-        what: "fan-out throughput, one job of N partitions, submit -> completed",
+        what: "fan-out throughput, one job of N noop partitions, submit -> completed",
         unit: "tasks/s",
         measured: fanned_rate,
         baseline: Some(rate),
@@ -87,6 +93,8 @@ pub async fn b2(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
             "baseline": "B2 in the same run: one job per task, jobs/s",
         }),
     };
+    let files = if args.smoke { 10 } else { 100 };
+    let sharded = over_shards(&mut client, &hello, &dir, files).await?;
     Ok(vec![
         Figure {
             id: "B2",
@@ -110,5 +118,93 @@ pub async fn b2(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
             }),
         },
         fanned,
+        sharded,
     ])
+}
+
+/// B2'': a job over a directory of `files` files with `--shard` (one file per partition),
+/// beside the same count of partitions without inputs, in the same stack: what staging a
+/// shard costs, with each partition's staging time (SCHEDULED to RUNNING) from its
+/// execution.
+async fn over_shards(
+    client: &mut crate::stack::Clients,
+    hello: &str,
+    dir: &std::path::Path,
+    files: u32,
+) -> anyhow::Result<Figure> {
+    let data = dir.join("shards");
+    std::fs::create_dir_all(&data)?;
+    for i in 0..files {
+        std::fs::write(
+            data.join(format!("f{i:04}.txt")),
+            format!("file {i}\n").repeat(64),
+        )?;
+    }
+    let root = client.put(&data).await?;
+    let plain = shoal::proto::JobSpec {
+        program: hello.to_owned(),
+        program_name: "main.wasm".into(),
+        partitions: files,
+        ..Default::default()
+    };
+    let mut spec = plain.clone();
+    spec.partitions = 0;
+    spec.inputs.push(shoal::proto::InputSpec {
+        source: root,
+        target: "/inputs".into(),
+        shard: true,
+        ..Default::default()
+    });
+    let (baseline, mut plain_staging) = timed_partitions(client, plain, files).await?;
+    let (rate, mut staging) = timed_partitions(client, spec, files).await?;
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(0.0)
+    };
+    Ok(Figure {
+        id: "B2''",
+        what: "fan-out over a sharded CID directory, one file per partition",
+        unit: "tasks/s",
+        measured: rate,
+        baseline: Some(baseline),
+        ratio: Some(rate / baseline),
+        ratio_unit: "x no inputs",
+        target: "(scale report)",
+        meets: None,
+        details: serde_json::json!({
+            "partitions": files,
+            "staging_p50_us": median(&mut staging),
+            "staging_p50_us_without_inputs": median(&mut plain_staging),
+            "baseline": "the same partitions with no input, same stack, tasks/s",
+        }),
+    })
+}
+
+/// Runs a partitioned job to its end: its partitions per second, and each partition's
+/// staging time (its execution's SCHEDULED to RUNNING) in microseconds.
+async fn timed_partitions(
+    client: &mut crate::stack::Clients,
+    spec: shoal::proto::JobSpec,
+    partitions: u32,
+) -> anyhow::Result<(f64, Vec<f64>)> {
+    let started = Instant::now();
+    let job = client.submit_spec(spec).await?;
+    let (state, ..) = client.watch(&job, true).await?;
+    anyhow::ensure!(state == JobState::Completed, "the job ended {state:?}");
+    let wall = started.elapsed().as_secs_f64();
+    let executions = client
+        .jobs
+        .list_executions(shoal::proto::ListExecutionsRequest { job_id: job })
+        .await?
+        .into_inner()
+        .executions;
+    let staging = executions
+        .iter()
+        .filter_map(|e| {
+            let from = std::time::SystemTime::try_from(e.created_at?).ok()?;
+            let to = std::time::SystemTime::try_from(e.started_at?).ok()?;
+            Some(micros(to.duration_since(from).ok()?))
+        })
+        .collect();
+    Ok((f64::from(partitions) / wall, staging))
 }

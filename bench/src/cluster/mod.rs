@@ -1,8 +1,9 @@
 //! End-to-end benchmarks on real orchestrator and executor processes: B2 (durable
-//! throughput), B3 (latency), B5 (log and artifact streaming), B9 (many executors), B10
-//! (re-dispatch after a crash), B11 and B13 (a module compiled once per machine, and once
-//! per fleet), B12 (the CLI round trip), S2 (memory per queued job) and S3 (restart with
-//! 100,000 jobs).
+//! throughput; B2' and B2'', the same as fan-outs, plain and over shards), B3 (latency),
+//! B5 (log and artifact streaming), B9 (many executors), B10 (re-dispatch after a crash),
+//! B11 and B13 (a module compiled once per machine, and once per fleet), B12 (the CLI
+//! round trip), S2 (memory per queued job; S2', per queued partition) and S3 (restart
+//! with 100,000 jobs).
 
 mod b10;
 mod b11;
