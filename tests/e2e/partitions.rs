@@ -1,8 +1,13 @@
-//! Fan-out through the real CLI and a real devstack: a job of N partitions, each with its
+//! Fan-out through the real CLI and real daemons: a job of N partitions, each with its
 //! partition index in its environment, laid out as `partitions/<i>/` by `job get`; a
-//! partition that fails for good ends the job naming it; bad counts are refused at submit.
+//! partition that fails for good ends the job naming it; bad counts are refused at submit;
+//! a sharded directory, one file per partition, and fan-in by the result's CID; a `kill
+//! -9` of the orchestrator mid-job and a cancel of 1,000 partitions.
 
-use crate::common::{Devstack, path, state, wat};
+use crate::common::{
+    Devstack, path, shoal, start_executor, start_orchestrator, state, submit, wait_connected,
+    wait_terminal, wat,
+};
 
 /// Every partition runs once with its own index and the count, and the job's one result
 /// tree holds each partition's stdout, stderr and exit code under `partitions/<i>/`.
@@ -128,6 +133,35 @@ async fn a_failing_partition_fails_the_job_and_bad_counts_are_refused() {
         "{}",
         out.stderr
     );
+    // The failed partition has a line of its own, in the run and in `job describe`, and
+    // `job executions` says which partition each attempt ran.
+    let failed_line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("Failed partition "))
+        .unwrap_or_else(|| panic!("a line for the failed partition: {}", out.stderr));
+    assert!(
+        failed_line.contains("(attempt 1 on devstack-"),
+        "{failed_line}"
+    );
+    assert!(failed_line.contains("TRAP"), "{failed_line}");
+    let id = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("Job ")?.strip_suffix(" submitted"))
+        .expect("the job id")
+        .to_owned();
+    let described = stack.shoal(&["job", "describe", &id]).await.success();
+    let failed = failed_line.trim_start_matches("Failed ");
+    assert!(
+        described
+            .stdout
+            .contains(&format!("Failed partitions:\n  {failed}")),
+        "{}",
+        described.stdout
+    );
+    let table = stack.shoal(&["job", "executions", &id]).await.success();
+    assert!(table.stdout.contains("PARTITION"), "{}", table.stdout);
 
     let hello = path("examples/hello/hello.wasm");
     let zero = stack.shoal(&["wasm", "run", "--count", "0", &hello]).await;
@@ -346,4 +380,137 @@ async fn a_sharded_directory_runs_a_partition_per_file_and_fans_in_by_cid() {
             refused.stderr
         );
     }
+}
+
+/// The job as `job describe --output json` gives it, once `done` holds for it: checked
+/// again after each short pause, as a partitioned job's watch carries only its own few
+/// state changes, not one per partition.
+async fn poll_job(
+    address: &str,
+    id: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let describe = ["job", "describe", id, "--output", "json"];
+    let wait = async {
+        loop {
+            let job = shoal(address, &describe).await.success().json();
+            if done(&job) {
+                return job;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(120), wait)
+        .await
+        .unwrap_or_else(|_| panic!("job {id} never reached {what}"))
+}
+
+/// `kill -9` of the orchestrator in the middle of a 1,000-partition job: after the restart
+/// every partition ends completed exactly once (none lost, none run to completion twice),
+/// and the job completes. Then cancelling a 1,000-partition job that is running stops
+/// every running partition and starts no other.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_orchestrator_loses_no_partition_and_cancel_stops_them_all() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("orchestrator");
+    let mut orchestrator = start_orchestrator(&data, 0).await;
+    let (address, port) = (orchestrator.address.clone(), orchestrator.port);
+    let _executors: Vec<_> = ["p-0", "p-1"]
+        .iter()
+        .map(|id| start_executor(&address, &dir.path().join(id), id, &["--slots", "4"]))
+        .collect();
+    wait_connected(&orchestrator, "p-0").await;
+    wait_connected(&orchestrator, "p-1").await;
+
+    let hello = path("examples/hello/hello.wasm");
+    let id = submit(&address, &["--count", "1000", &hello]).await;
+    let completed = |job: &serde_json::Value| job["partitions"]["completed"].as_u64().unwrap_or(0);
+    let before = poll_job(&address, &id, "100 completed partitions", |job| {
+        completed(job) >= 100
+    })
+    .await;
+    orchestrator.kill().await.expect("kill -9 the orchestrator");
+    assert!(completed(&before) < 1000, "killed mid-job: {before}");
+    let _orchestrator = start_orchestrator(&data, port).await;
+    let job = wait_terminal(&address, &id).await;
+    assert_eq!(state(&job), "JOB_STATE_COMPLETED", "{job}");
+    assert_eq!(completed(&job), 1000, "{job}");
+    let executions = shoal(&address, &["job", "executions", &id, "--output", "json"])
+        .await
+        .success()
+        .json();
+    let mut completions = vec![0u32; 1000];
+    for execution in executions.as_array().expect("executions") {
+        let state = execution["state"].as_str().unwrap_or_default();
+        assert!(
+            !matches!(
+                state,
+                "EXECUTION_STATE_SCHEDULED"
+                    | "EXECUTION_STATE_STAGING"
+                    | "EXECUTION_STATE_RUNNING"
+                    | "EXECUTION_STATE_PUBLISHING"
+            ),
+            "every execution ended: {execution}"
+        );
+        if state == "EXECUTION_STATE_COMPLETED" {
+            let partition = execution["partition"].as_u64().unwrap_or(0) as usize;
+            completions[partition] += 1;
+        }
+    }
+    let wrong: Vec<_> = completions
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n != 1)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "(partition, completions) not 1: {wrong:?}"
+    );
+
+    // Cancel: the running partitions stop, the queued ones never start.
+    let dir_spin = tempfile::tempdir().expect("tempdir");
+    let spin = wat(dir_spin.path(), "spin");
+    let id = submit(&address, &["--count", "1000", &spin]).await;
+    poll_job(&address, &id, "running partitions", |job| {
+        job["partitions"]["running"].as_u64().unwrap_or(0) >= 8
+    })
+    .await;
+    let stopped = std::time::Instant::now();
+    shoal(&address, &["job", "stop", &id]).await.success();
+    let job = shoal(&address, &["job", "describe", &id, "--output", "json"])
+        .await
+        .success()
+        .json();
+    assert_eq!(state(&job), "JOB_STATE_CANCELLED", "{job}");
+    assert_eq!(job["partitions"]["cancelled"], 1000, "{job}");
+    let ended = async {
+        loop {
+            let executions = shoal(&address, &["job", "executions", &id, "--output", "json"])
+                .await
+                .success()
+                .json();
+            let executions = executions.as_array().expect("executions").clone();
+            if executions
+                .iter()
+                .all(|e| e["state"] == "EXECUTION_STATE_CANCELLED")
+            {
+                return executions;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let executions = tokio::time::timeout(std::time::Duration::from_secs(60), ended)
+        .await
+        .expect("every execution cancelled");
+    eprintln!(
+        "cancel: {} running partitions stopped in {:?}",
+        executions.len(),
+        stopped.elapsed()
+    );
+    assert!(
+        executions.len() <= 8,
+        "only the partitions that were running had executions: {}",
+        executions.len()
+    );
 }

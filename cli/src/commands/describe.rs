@@ -93,7 +93,12 @@ pub fn describe(job: &Job, executions: &[Execution]) -> String {
             line("Duration", &format_duration(took));
         }
     }
-    line("Attempts", &job.attempts.to_string());
+    if job.partitions.is_some() {
+        // Attempts are per partition; the job's own count stays 0.
+        line("Executions", &executions.len().to_string());
+    } else {
+        line("Attempts", &job.attempts.to_string());
+    }
     let result = job
         .result
         .as_ref()
@@ -113,7 +118,15 @@ pub fn describe(job: &Job, executions: &[Execution]) -> String {
             line("Results", &result.result_cid);
         }
     }
-    if executions.len() > 1 {
+    if job.partitions.is_some() {
+        let failed = failed_partitions(executions);
+        if !failed.is_empty() {
+            let _ = writeln!(out, "Failed partitions:");
+            for failure in failed {
+                let _ = writeln!(out, "  {failure}");
+            }
+        }
+    } else if executions.len() > 1 {
         let _ = writeln!(out, "Executions:");
         for execution in executions {
             let ended = execution
@@ -131,6 +144,53 @@ pub fn describe(job: &Job, executions: &[Execution]) -> String {
         }
     }
     out
+}
+
+/// Most failed partitions listed one by one.
+const SHOWN_FAILURES: usize = 20;
+
+/// A line for each partition whose last attempt failed (so failed for good, as a retried
+/// one has a later attempt), lowest first and at most [`SHOWN_FAILURES`], then one saying
+/// how many more there are.
+pub fn failed_partitions(executions: &[Execution]) -> Vec<String> {
+    let mut latest: std::collections::BTreeMap<u32, &Execution> = Default::default();
+    for execution in executions {
+        let slot = latest.entry(execution.partition).or_insert(execution);
+        if execution.attempt > slot.attempt {
+            *slot = execution;
+        }
+    }
+    let failed: Vec<&Execution> = latest
+        .into_values()
+        .filter(|e| {
+            matches!(
+                e.state(),
+                shoal::proto::ExecutionState::Failed | shoal::proto::ExecutionState::TimedOut
+            )
+        })
+        .collect();
+    let mut lines: Vec<String> = failed
+        .iter()
+        .take(SHOWN_FAILURES)
+        .map(|execution| {
+            let how = execution
+                .failure
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            format!(
+                "partition {} (attempt {} on {}): {how}",
+                execution.partition, execution.attempt, execution.executor_id
+            )
+        })
+        .collect();
+    if failed.len() > SHOWN_FAILURES {
+        lines.push(format!(
+            "... and {} more (shoal job executions ID --output json)",
+            failed.len() - SHOWN_FAILURES
+        ));
+    }
+    lines
 }
 
 /// How long from `start` to `end`, when both are set.

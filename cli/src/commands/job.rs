@@ -234,15 +234,21 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
             Ok(0)
         }
         JobCommand::Executions { id, output } => {
+            let id_text = id.clone();
             let executions = clients.executions(id).await?;
             if output != Format::Table {
                 return output::print_structured(output, &executions).map(|()| 0);
             }
-            let mut table = output::table(&[
+            let partitioned = clients.job(&id_text).await?.partitions.is_some();
+            let mut headers = vec![
                 "ID", "ATTEMPT", "EXECUTOR", "STATE", "STARTED", "FINISHED", "FAILURE",
-            ]);
+            ];
+            if partitioned {
+                headers.insert(1, "PARTITION");
+            }
+            let mut table = output::table(&headers);
             for e in &executions {
-                table.add_row(vec![
+                let mut row = vec![
                     e.id.clone(),
                     e.attempt.to_string(),
                     e.executor_id.clone(),
@@ -253,7 +259,11 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
                         .as_ref()
                         .map(ToString::to_string)
                         .unwrap_or_default(),
-                ]);
+                ];
+                if partitioned {
+                    row.insert(1, e.partition.to_string());
+                }
+                table.add_row(row);
             }
             crate::outln!("{table}");
             Ok(0)

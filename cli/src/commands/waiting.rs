@@ -119,6 +119,12 @@ async fn finish(clients: &mut Clients, watched: Watched, wait: &WaitArgs) -> any
     };
     warn_if_truncated(&result);
     if let Some(counts) = &job.partitions {
+        if counts.failed > 0 {
+            let executions = clients.executions(job.id.clone()).await?;
+            for failure in super::describe::failed_partitions(&executions) {
+                crate::errln!("Failed {failure}");
+            }
+        }
         let total =
             counts.queued + counts.running + counts.completed + counts.failed + counts.cancelled;
         crate::errln!(
