@@ -112,12 +112,97 @@ async fn each_partition_sees_its_index_and_the_results_are_laid_out_by_partition
     assert_eq!(partitions, [0, 1, 2, 3, 4, 5], "{executions}");
 }
 
-/// A partition that traps on every attempt ends the job FAILED, naming it, and the CLI
-/// exits non-zero; counts past the bounds are refused before anything runs.
+/// A partition that fails once is retried alone and the job completes; a partition that
+/// traps on every attempt ends the job FAILED, naming it, and the CLI exits non-zero;
+/// counts past the bounds are refused before anything runs.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failing_partition_fails_the_job_and_bad_counts_are_refused() {
-    let stack = Devstack::start(&[]).await;
+async fn a_failing_partition_is_retried_alone_or_fails_the_job_and_bad_counts_are_refused() {
+    // The marker input comes from the test's own server on loopback: allowed explicitly.
+    let stack = Devstack::start(&["--allow-url", "127.0.0.1"]).await;
     let dir = tempfile::tempdir().expect("tempdir");
+
+    // A partition whose first attempt fails (the marker says "fail" once, to whichever
+    // partition fetches it first) is retried alone under the job's policy, and the job
+    // completes: one partition with two attempts, the others with one.
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let served = hits.clone();
+    let app = axum::Router::new().route(
+        "/marker",
+        axum::routing::get(move || {
+            let first = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            async move { if first { "fail" } else { "ok" } }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let marker = format!("http://{}/marker", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let spec = dir.path().join("retried.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "program: {}\npartitions: 3\ninputs:\n  - {{source: \"{marker}\", target: /inputs/marker}}\nretry: {{max_attempts: 2, retry_on: [trap]}}\n",
+            path("tests/fixtures/marker.wasm")
+        ),
+    )
+    .expect("write the spec");
+    let out = stack
+        .shoal(&["job", "run", &spec.to_string_lossy()])
+        .await
+        .success();
+    assert!(
+        out.stderr
+            .contains("Partitions: 3 of 3 completed, 0 failed, 0 cancelled"),
+        "{}",
+        out.stderr
+    );
+    let id = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("Job ")?.strip_suffix(" submitted"))
+        .expect("the job id")
+        .to_owned();
+    let executions = stack
+        .shoal(&["job", "executions", &id, "--output", "json"])
+        .await
+        .success()
+        .json();
+    let mut attempts: Vec<(u64, u64, String)> = executions
+        .as_array()
+        .expect("executions")
+        .iter()
+        .map(|e| {
+            (
+                e["partition"].as_u64().unwrap_or(0),
+                e["attempt"].as_u64().unwrap_or(0),
+                e["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    attempts.sort();
+    let failed: Vec<_> = attempts
+        .iter()
+        .filter(|a| a.2 == "EXECUTION_STATE_FAILED")
+        .collect();
+    assert_eq!(failed.len(), 1, "one attempt failed: {attempts:?}");
+    let retried = failed[0].0;
+    for partition in 0..3 {
+        let mine: Vec<_> = attempts.iter().filter(|a| a.0 == partition).collect();
+        let expected = if partition == retried { 2 } else { 1 };
+        assert_eq!(mine.len(), expected, "partition {partition}: {attempts:?}");
+        assert_eq!(
+            mine.last().map(|a| a.2.as_str()),
+            Some("EXECUTION_STATE_COMPLETED"),
+            "partition {partition}: {attempts:?}"
+        );
+    }
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        4,
+        "one fetch per attempt"
+    );
+
     let trap = wat(dir.path(), "trap");
     let out = stack.shoal(&["wasm", "run", "--count", "3", &trap]).await;
     assert_eq!(out.code, 125, "the job did not complete: {out:?}");
