@@ -40,9 +40,19 @@ impl Clients {
         &mut self,
         job_id: String,
     ) -> anyhow::Result<Vec<shoal::proto::Execution>> {
+        self.partition_executions(job_id, None).await
+    }
+
+    /// The executions of a job (of one partition of it), oldest first.
+    pub async fn partition_executions(
+        &mut self,
+        job_id: String,
+        partition: Option<u32>,
+    ) -> anyhow::Result<Vec<shoal::proto::Execution>> {
+        let request = shoal::proto::ListExecutionsRequest { job_id, partition };
         Ok(self
             .jobs
-            .list_executions(shoal::proto::ListExecutionsRequest { job_id })
+            .list_executions(request)
             .await?
             .into_inner()
             .executions)

@@ -170,7 +170,10 @@ async fn acknowledged_jobs_survive_two_orchestrator_kills() {
         .expect("every acknowledged job finishes");
     for (id, n) in &submitted {
         let executions = jobs
-            .list_executions(ListExecutionsRequest { job_id: id.clone() })
+            .list_executions(ListExecutionsRequest {
+                job_id: id.clone(),
+                partition: None,
+            })
             .await
             .expect("executions")
             .into_inner()

@@ -92,7 +92,7 @@ async fn each_partition_sees_its_index_and_the_results_are_laid_out_by_partition
     let missing = stack.shoal(&["job", "logs", &id, "--partition", "6"]).await;
     assert_eq!(missing.code, 1, "{missing:?}");
     assert!(
-        missing.stderr.contains("no execution of partition 6"),
+        missing.stderr.contains("6 is past the job's 6 partitions"),
         "{}",
         missing.stderr
     );
@@ -201,6 +201,36 @@ async fn a_failing_partition_is_retried_alone_or_fails_the_job_and_bad_counts_ar
         hits.load(std::sync::atomic::Ordering::SeqCst),
         4,
         "one fetch per attempt"
+    );
+    // One partition's attempts alone, and an index past the count refused.
+    let retried_text = retried.to_string();
+    let mine = stack
+        .shoal(&[
+            "job",
+            "executions",
+            &id,
+            "--partition",
+            &retried_text,
+            "--output",
+            "json",
+        ])
+        .await
+        .success()
+        .json();
+    let mine: Vec<_> = mine.as_array().expect("executions").iter().collect();
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert!(
+        mine.iter()
+            .all(|e| e["partition"].as_u64() == Some(retried))
+    );
+    let past = stack
+        .shoal(&["job", "executions", &id, "--partition", "3"])
+        .await;
+    assert_eq!(past.code, 1, "{past:?}");
+    assert!(
+        past.stderr.contains("past the job's 3 partitions"),
+        "{}",
+        past.stderr
     );
 
     let trap = wat(dir.path(), "trap");
@@ -508,14 +538,20 @@ async fn a_killed_orchestrator_loses_no_partition_and_cancel_stops_them_all() {
     wait_connected(&orchestrator, "p-0").await;
     wait_connected(&orchestrator, "p-1").await;
 
+    // Two at a time, so the kill lands well before the end (about 900 partitions to go).
     let hello = path("examples/hello/hello.wasm");
-    let id = submit(&address, &["--count", "1000", &hello]).await;
+    let id = submit(
+        &address,
+        &["--count", "1000", "--max-parallel", "2", &hello],
+    )
+    .await;
     let completed = |job: &serde_json::Value| job["partitions"]["completed"].as_u64().unwrap_or(0);
     let before = poll_job(&address, &id, "100 completed partitions", |job| {
         completed(job) >= 100
     })
     .await;
     orchestrator.kill().await.expect("kill -9 the orchestrator");
+    let killed = std::time::SystemTime::now();
     assert!(completed(&before) < 1000, "killed mid-job: {before}");
     let _orchestrator = start_orchestrator(&data, port).await;
     let job = wait_terminal(&address, &id).await;
@@ -526,7 +562,16 @@ async fn a_killed_orchestrator_loses_no_partition_and_cancel_stops_them_all() {
         .success()
         .json();
     let mut completions = vec![0u32; 1000];
+    let mut after_restart = 0;
     for execution in executions.as_array().expect("executions") {
+        let created: std::time::SystemTime = execution["createdAt"]
+            .as_str()
+            .and_then(|t| t.parse::<prost_types::Timestamp>().ok())
+            .and_then(|t| t.try_into().ok())
+            .expect("createdAt");
+        if created > killed {
+            after_restart += 1;
+        }
         let state = execution["state"].as_str().unwrap_or_default();
         assert!(
             !matches!(
@@ -551,6 +596,10 @@ async fn a_killed_orchestrator_loses_no_partition_and_cancel_stops_them_all() {
     assert!(
         wrong.is_empty(),
         "(partition, completions) not 1: {wrong:?}"
+    );
+    assert!(
+        after_restart > 0,
+        "the restarted orchestrator placed the rest of the partitions"
     );
 
     // Cancel: the running partitions stop, the queued ones never start.
@@ -593,9 +642,27 @@ async fn a_killed_orchestrator_loses_no_partition_and_cancel_stops_them_all() {
         executions.len(),
         stopped.elapsed()
     );
-    assert!(
-        executions.len() <= 8,
-        "only the partitions that were running had executions: {}",
-        executions.len()
+    assert_eq!(
+        executions.len(),
+        8,
+        "the 8 that were running (2 executors of 4 slots), no other"
+    );
+    // Their slots are free now, and still no other partition of the job is placed.
+    let again = shoal(&address, &["job", "executions", &id, "--output", "json"])
+        .await
+        .success()
+        .json();
+    let ids = |list: &[serde_json::Value]| -> Vec<String> {
+        list.iter().map(|e| e["id"].to_string()).collect()
+    };
+    assert_eq!(ids(again.as_array().expect("executions")), ids(&executions));
+    let job = shoal(&address, &["job", "describe", &id, "--output", "json"])
+        .await
+        .success()
+        .json();
+    assert_eq!(
+        job["partitions"]["running"].as_u64().unwrap_or(0),
+        0,
+        "{job}"
     );
 }

@@ -110,6 +110,8 @@ def main():
     assert done.partitions.completed == 3 and done.partitions.failed == 0, done.partitions
     executions = jobs.ListExecutions(job_service_pb2.ListExecutionsRequest(job_id=fanned_job.id), timeout=30).executions
     assert sorted(e.partition for e in executions) == [0, 1, 2], executions
+    one = jobs.ListExecutions(job_service_pb2.ListExecutionsRequest(job_id=fanned_job.id, partition=2), timeout=30).executions
+    assert [e.partition for e in one] == [2], one
     stderr = b""
     for message in jobs.DownloadResults(
         job_service_pb2.DownloadResultsRequest(job_id=fanned_job.id, path="partitions/2/stderr"), timeout=60

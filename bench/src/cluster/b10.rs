@@ -46,7 +46,10 @@ pub async fn b10(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
     let executions = |mut clients: Clients, job: String| async move {
         let answer = clients
             .jobs
-            .list_executions(ListExecutionsRequest { job_id: job })
+            .list_executions(ListExecutionsRequest {
+                job_id: job,
+                partition: None,
+            })
             .await?;
         Ok::<_, anyhow::Error>(answer.into_inner().executions)
     };

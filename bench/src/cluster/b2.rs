@@ -194,7 +194,10 @@ async fn timed_partitions(
     let wall = started.elapsed().as_secs_f64();
     let executions = client
         .jobs
-        .list_executions(shoal::proto::ListExecutionsRequest { job_id: job })
+        .list_executions(shoal::proto::ListExecutionsRequest {
+            job_id: job,
+            partition: None,
+        })
         .await?
         .into_inner()
         .executions;

@@ -149,8 +149,8 @@ pub fn describe(job: &Job, executions: &[Execution]) -> String {
 /// Most failed partitions listed one by one.
 const SHOWN_FAILURES: usize = 20;
 
-/// A line for each partition whose last attempt failed (so failed for good, as a retried
-/// one has a later attempt), lowest first and at most [`SHOWN_FAILURES`], then one saying
+/// A line for each partition whose last attempt failed with a failure the policy does not
+/// retry (so for good), lowest first and at most 20, then one saying
 /// how many more there are.
 pub fn failed_partitions(executions: &[Execution]) -> Vec<String> {
     let mut latest: std::collections::BTreeMap<u32, &Execution> = Default::default();
@@ -163,10 +163,13 @@ pub fn failed_partitions(executions: &[Execution]) -> Vec<String> {
     let failed: Vec<&Execution> = latest
         .into_values()
         .filter(|e| {
-            matches!(
+            let ended = matches!(
                 e.state(),
                 shoal::proto::ExecutionState::Failed | shoal::proto::ExecutionState::TimedOut
-            )
+            );
+            // A failure the policy retries is not the partition's end (its next attempt
+            // has no record until it is placed).
+            ended && !e.failure.as_ref().is_some_and(|f| f.retryable)
         })
         .collect();
     let mut lines: Vec<String> = failed

@@ -79,6 +79,9 @@ pub enum JobCommand {
     /// List a job's executions (attempts).
     Executions {
         id: String,
+        /// Of a partitioned job: only the attempts of this partition.
+        #[arg(long, value_name = "I")]
+        partition: Option<u32>,
         #[arg(long, value_enum, default_value_t)]
         output: Format,
     },
@@ -182,10 +185,9 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
         } => {
             debug_assert!(!follow);
             let execution = clients
-                .executions(id.clone())
+                .partition_executions(id.clone(), Some(index))
                 .await?
                 .into_iter()
-                .filter(|e| e.partition == index)
                 .max_by_key(|e| e.attempt)
                 .with_context(|| format!("job {id} has no execution of partition {index}"))?;
             print_execution_logs(&mut clients, &id, &execution.id).await?;
@@ -233,9 +235,13 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
             crate::outln!("{} {}", job.id, job.state().short_name());
             Ok(0)
         }
-        JobCommand::Executions { id, output } => {
+        JobCommand::Executions {
+            id,
+            partition,
+            output,
+        } => {
             let id_text = id.clone();
-            let executions = clients.executions(id).await?;
+            let executions = clients.partition_executions(id, partition).await?;
             if output != Format::Table {
                 return output::print_structured(output, &executions).map(|()| 0);
             }

@@ -120,9 +120,17 @@ async fn finish(clients: &mut Clients, watched: Watched, wait: &WaitArgs) -> any
     warn_if_truncated(&result);
     if let Some(counts) = &job.partitions {
         if counts.failed > 0 {
-            let executions = clients.executions(job.id.clone()).await?;
-            for failure in super::describe::failed_partitions(&executions) {
-                crate::errln!("Failed {failure}");
+            // Which ones, if the listing can be had: the counts and the exit code do not
+            // depend on it.
+            match clients.executions(job.id.clone()).await {
+                Ok(executions) => {
+                    for failure in super::describe::failed_partitions(&executions) {
+                        crate::errln!("Failed {failure}");
+                    }
+                }
+                Err(error) => {
+                    crate::errln!("warning: cannot list the failed partitions: {error:#}")
+                }
             }
         }
         let total =

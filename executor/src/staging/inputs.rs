@@ -95,31 +95,30 @@ pub async fn stage_inputs(
     }
     // Every directory above an input (below the root) is one the guest can open and list,
     // as on a real file system: a program given /inputs/data/a.csv, or the entries of a
-    // sharded input at /inputs/NAME, can walk /inputs. Those not mounted already are empty
-    // read-only directories showing the inputs below them; inside /tmp, which stays the
-    // execution's writable one, nothing is added (its inputs are reachable as before).
+    // sharded input at /inputs/NAME, can walk /inputs. One empty read-only directory is
+    // mounted at the top of each such path (/inputs), holding empty directories down to
+    // every mount below it, so the levels between resolve through it. Inside /tmp, which
+    // stays the execution's writable one, nothing is added (its inputs are reachable as
+    // before).
+    let tmp = crate::execution::GUEST_TMP;
     let mounts: Vec<String> = staged
         .preopens
         .iter()
         .map(|p| p.guest.clone())
         .chain(file_parents.keys().cloned())
         .collect();
-    let tmp = crate::execution::GUEST_TMP;
     for mount in &mounts {
-        if mount == tmp || mount.strip_prefix(tmp).is_some_and(|r| r.starts_with('/')) {
+        let top = match mount[1..].split_once('/') {
+            Some((first, _)) => format!("/{first}"),
+            None => continue, // a mount at the top already
+        };
+        if top == tmp {
             continue;
         }
-        let mut path = mount.as_str();
-        while let Some((parent, _)) = path.rsplit_once('/') {
-            if parent.is_empty() {
-                break;
-            }
-            let next = file_parents.len();
-            file_parents
-                .entry(parent.to_owned())
-                .or_insert_with(|| dir.join(format!("files-{next}")));
-            path = parent;
-        }
+        let next = file_parents.len();
+        file_parents
+            .entry(top)
+            .or_insert_with(|| dir.join(format!("files-{next}")));
     }
     // WASI mounts do not show up in their parent's listing: give a mount below another an
     // empty stand-in there, so the guest can list it (opening it reaches the mount, the
@@ -131,10 +130,14 @@ pub async fn stage_inputs(
         .chain(file_parents.keys().map(String::as_str));
     for mount in below {
         for (guest, host) in &file_parents {
-            if let Some(relative) = mount
-                .strip_prefix(guest.as_str())
-                .and_then(|r| r.strip_prefix('/'))
-            {
+            let relative = if guest == "/" {
+                mount.strip_prefix('/')
+            } else {
+                mount
+                    .strip_prefix(guest.as_str())
+                    .and_then(|r| r.strip_prefix('/'))
+            };
+            if let Some(relative) = relative.filter(|r| !r.is_empty()) {
                 tokio::fs::create_dir_all(host.join(relative))
                     .await
                     .map_err(|e| {

@@ -385,6 +385,25 @@ impl Cluster {
         (jobs, next)
     }
 
+    /// The executions of one partition of a partitioned job, oldest first.
+    pub fn partition_executions(&self, job_id: &str, index: u32) -> Result<Vec<Execution>> {
+        let count = self.job(job_id)?.spec.as_ref().map_or(0, |s| s.partitions);
+        if count == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "partition: job {job_id} has no partitions"
+            )));
+        }
+        if index >= count {
+            return Err(Error::InvalidArgument(format!(
+                "partition: {index} is past the job's {count} partitions (0 to {})",
+                count - 1
+            )));
+        }
+        let mut executions = self.executions_of(job_id)?;
+        executions.retain(|e| e.partition == index);
+        Ok(executions)
+    }
+
     /// Every execution of a job, oldest first.
     pub fn executions_of(&self, job_id: &str) -> Result<Vec<Execution>> {
         self.job(job_id)?;

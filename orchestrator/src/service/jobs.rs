@@ -358,8 +358,12 @@ impl JobService for JobApi {
         &self,
         request: Request<ListExecutionsRequest>,
     ) -> Result<Response<ListExecutionsResponse>, Status> {
-        let id = self.job_id(&request.into_inner().job_id).await?;
-        let executions = self.0.read(|c| c.executions_of(&id)).await?;
+        let request = request.into_inner();
+        let id = self.job_id(&request.job_id).await?;
+        let executions = match request.partition {
+            None => self.0.read(|c| c.executions_of(&id)).await?,
+            Some(index) => self.0.read(|c| c.partition_executions(&id, index)).await?,
+        };
         Ok(Response::new(ListExecutionsResponse { executions }))
     }
 

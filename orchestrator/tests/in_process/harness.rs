@@ -157,6 +157,7 @@ impl InProcess {
     pub async fn executions(&mut self, job_id: &str) -> Vec<Execution> {
         let request = ListExecutionsRequest {
             job_id: job_id.to_owned(),
+            partition: None,
         };
         let listed = self.jobs.list_executions(request).await.expect("list");
         listed.into_inner().executions

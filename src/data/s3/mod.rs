@@ -138,7 +138,7 @@ impl S3Fetcher {
 
     /// What `source` names right now: the object (HeadObject), or the objects below the
     /// prefix or matching the glob (ListObjectsV2), each with its ETag and size. Fails if
-    /// nothing matches.
+    /// nothing matches, unless the prefix is an empty folder (its `prefix/` marker object).
     pub async fn list(
         &self,
         source: &S3Source,
@@ -200,6 +200,7 @@ impl S3Fetcher {
             objects: Vec::new(),
             empty_directories: Vec::new(),
         };
+        let mut marked = false;
         let mut pages = client
             .list_objects_v2()
             .bucket(&bucket)
@@ -217,6 +218,8 @@ impl S3Fetcher {
                 let Some(key) = object.key() else { continue };
                 let relative = &key[prefix.len().min(key.len())..];
                 if relative.is_empty() {
+                    // The prefix's own marker ("folder/"): the folder exists, if empty.
+                    marked |= pattern.is_none();
                     continue;
                 }
                 // A directory marker ("folder/") holds nothing but keeps an empty directory.
@@ -245,7 +248,9 @@ impl S3Fetcher {
                 });
             }
         }
-        if listing.objects.is_empty() {
+        // An empty folder (only its marker, or markers below it) is an empty directory.
+        let folder = marked || !listing.empty_directories.is_empty();
+        if listing.objects.is_empty() && !folder {
             let what = pattern
                 .map(|p| format!("{prefix}{p}"))
                 .unwrap_or_else(|| prefix.to_owned());
@@ -329,6 +334,8 @@ impl S3Fetcher {
                 "no objects match s3://{bucket}/{what}"
             )));
         }
+        // A page gives its objects, then its sub-prefixes: merged into one name order.
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(entries)
     }
 
