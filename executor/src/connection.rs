@@ -21,7 +21,7 @@ use shoal::net::retry::Backoff;
 
 use crate::context::ExecutionContext;
 use crate::error::{Error, Result};
-use crate::execution::execute;
+use crate::execution::{UsedScratch, execute};
 use crate::metrics::Metrics;
 use crate::reports::{
     self, SharedExecutions, Unacknowledged, lock, recent_reports, running_ids, settled,
@@ -325,8 +325,8 @@ fn handle(connection: &mut Connection, message: shoal::proto::OrchestratorMessag
                 // Only now does it leave `running`: a heartbeat that no longer lists it
                 // quotes a report number at least that of this report (see Heartbeat).
                 lock(&executions).running.remove(&execution_id);
-                if let Some(scratch) = scratch {
-                    context.scratch.release(scratch).await;
+                if let Some(used) = scratch {
+                    context.scratch.release(used.path, used.results).await;
                 }
             };
             connection.tasks.spawn(task.instrument(task_span));
@@ -365,12 +365,9 @@ fn handle(connection: &mut Connection, message: shoal::proto::OrchestratorMessag
 /// Runs one execution's work; a panic in it (a bug) fails only that execution, as
 /// INTERNAL with the panic's message, so it is reported and its slot freed instead of
 /// being held by a report that never comes.
-async fn run_isolated<F>(
-    execution_id: &str,
-    work: F,
-) -> (ExecutionFinished, Option<std::path::PathBuf>)
+async fn run_isolated<F>(execution_id: &str, work: F) -> (ExecutionFinished, Option<UsedScratch>)
 where
-    F: std::future::Future<Output = (ExecutionFinished, Option<std::path::PathBuf>)>,
+    F: std::future::Future<Output = (ExecutionFinished, Option<UsedScratch>)>,
 {
     match shoal::daemon::panics::catch_panic(work).await {
         Ok(done) => done,
@@ -400,7 +397,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_execution_fails_alone() {
         let (finished, scratch) = run_isolated("e1", async {
-            let empty: Vec<(ExecutionFinished, Option<std::path::PathBuf>)> = Vec::new();
+            let empty: Vec<(ExecutionFinished, Option<UsedScratch>)> = Vec::new();
             empty.into_iter().next().expect("a bug")
         })
         .await;

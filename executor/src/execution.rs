@@ -30,6 +30,13 @@ use crate::staging::{self, Staged};
 /// there (the input stand-ins above mounts leave it to this).
 pub const GUEST_TMP: &str = "/tmp";
 
+/// A scratch directory its execution is done with, and what publishing saw left in its
+/// `results/` (see [`crate::scratch::ScratchPool::release`]).
+pub struct UsedScratch {
+    pub path: PathBuf,
+    pub results: Option<Vec<String>>,
+}
+
 /// Runs one execution and returns its report (for the caller to send through the uplink)
 /// and the scratch directory it used, for the caller to give back to the pool once the
 /// report is on its way: checking the directory is then off the report's path.
@@ -37,7 +44,7 @@ pub async fn execute(
     ctx: &ExecutionContext,
     assign: Assign,
     cancel: CancellationToken,
-) -> (ExecutionFinished, Option<PathBuf>) {
+) -> (ExecutionFinished, Option<UsedScratch>) {
     let id = assign.execution_id.as_str();
     // Said first, so the orchestrator's record of it overlaps the work below.
     ctx.uplink.state(id, ExecutionState::Staging).await;
@@ -72,8 +79,12 @@ pub async fn execute(
             return (finished(id, Some(failure), None), None);
         }
     };
-    let report = execute_in(ctx, &assign, &spec, &scratch, &cancel).await;
-    (report, Some(scratch))
+    let (report, results) = execute_in(ctx, &assign, &spec, &scratch, &cancel).await;
+    let used = UsedScratch {
+        path: scratch,
+        results,
+    };
+    (report, Some(used))
 }
 
 /// The report of execution `execution_id`: COMPLETED without a failure, else the state
@@ -96,34 +107,34 @@ fn finished(
     }
 }
 
-/// Stage, run, publish, report.
+/// Stage, run, publish, report; and what publishing saw left in `results/`.
 async fn execute_in(
     ctx: &ExecutionContext,
     assign: &Assign,
     spec: &ValidSpec,
     scratch: &Path,
     cancel: &CancellationToken,
-) -> ExecutionFinished {
+) -> (ExecutionFinished, Option<Vec<String>>) {
     let id = assign.execution_id.as_str();
     // `results/` and the output directories inside it are already there (`ScratchPool`).
     let results_dir = scratch.join("results");
 
     let staged = match staging::stage(ctx, spec, scratch, cancel).await {
         Ok(staged) => staged,
-        Err(failure) => return finished(id, Some(failure), None),
+        Err(failure) => return (finished(id, Some(failure), None), None),
     };
 
     let ran = run(ctx, assign, spec, staged, scratch, cancel).await;
     if matches!(&ran.outcome, RunOutcome::Failed(f) if f.kind() == FailureKind::Cancelled) {
         let failure = Failure::new(FailureKind::Cancelled, "cancelled while running");
-        return finished(id, Some(failure), None);
+        return (finished(id, Some(failure), None), None);
     }
 
     ctx.uplink.state(id, ExecutionState::Publishing).await;
     let published = publish::publish_results(ctx, assign, spec, &results_dir, ran).await;
     let mut report = finished(id, published.failure, Some(published.result));
     report.result_blocks = published.blocks;
-    report
+    (report, published.clean_results)
 }
 
 /// Runs the staged program with the outputs mounted writable from `scratch/results` and

@@ -121,7 +121,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         metrics: metrics.clone(),
         scratch: scratch::ScratchPool::new(
             config.work_dir.join("executions"),
-            config.slots.max(1) as usize,
+            // Twice the slots: a slot's next execution often starts before the last one's
+            // directory is back, and a pool of exactly the slots then deleted one
+            // directory and made another for nearly every execution.
+            2 * config.slots.max(1) as usize,
         ),
         module_share,
     });

@@ -39,6 +39,10 @@ pub struct Published {
     pub result: ExecutionResult,
     pub failure: Option<Failure>,
     pub blocks: Vec<ContentBlock>,
+    /// The output directories `results/` held, all empty, and nothing else, when the tree
+    /// went with the report (then nothing was written there after the survey looked): what
+    /// the scratch pool need not read again. None otherwise.
+    pub clean_results: Option<Vec<String>>,
 }
 
 /// Publishes the results of `ran`, found in `results_dir`. Outputs over the output limit
@@ -114,6 +118,7 @@ pub async fn publish_results(
         .await;
         survey = survey_results(results_dir, &in_memory, to_store).await;
     }
+    let empty_outputs = survey.empty_outputs.clone();
     let shipped = ship(
         ctx,
         assign,
@@ -129,12 +134,14 @@ pub async fn publish_results(
         Ok(blocks) => Published {
             result,
             failure,
+            clean_results: empty_outputs.filter(|_| !blocks.is_empty()),
             blocks,
         },
         Err(message) => Published {
             result,
             failure: Some(failure.unwrap_or_else(|| Failure::new(FailureKind::Publish, message))),
             blocks: Vec::new(),
+            clean_results: None,
         },
     }
 }
@@ -149,6 +156,8 @@ struct Survey {
     /// The tree as blocks (children before parents, the root last) when it is bound for
     /// the orchestrator's store and small enough to travel with the completion.
     small_tree: Option<Vec<ContentBlock>>,
+    /// The names of the directories in `results/` when it held only empty directories.
+    empty_outputs: Option<Vec<String>>,
 }
 
 /// Sizes the result tree (the files in `results_dir`, plus `in_memory` at its top) and,
@@ -174,13 +183,14 @@ async fn survey_results(
     };
     if let Some(directories) = crate::scratch::empty_directories(results_dir) {
         let mut contents = contents(in_memory);
-        contents.extend(directories.into_iter().map(|name| (name, None)));
+        contents.extend(directories.iter().map(|name| (name.clone(), None)));
         return Survey {
             total_bytes: in_memory_bytes,
             too_large: None,
             small_tree: small(in_memory_bytes)
                 .then(|| tree_blocks(contents))
                 .flatten(),
+            empty_outputs: Some(directories),
         };
     }
     let results_dir = results_dir.to_owned();
@@ -193,6 +203,7 @@ async fn survey_results(
                     total_bytes: 0,
                     too_large: Some(reason),
                     small_tree: None,
+                    empty_outputs: None,
                 };
             }
             Err(_) => {
@@ -200,6 +211,7 @@ async fn survey_results(
                     total_bytes: 0,
                     too_large: None,
                     small_tree: None,
+                    empty_outputs: None,
                 };
             }
         };
@@ -209,6 +221,7 @@ async fn survey_results(
                 total_bytes,
                 too_large: None,
                 small_tree: None,
+                empty_outputs: None,
             };
         }
         for entry in entries.into_iter().skip(1) {
@@ -220,6 +233,7 @@ async fn survey_results(
                             total_bytes,
                             too_large: None,
                             small_tree: None,
+                            empty_outputs: None,
                         };
                     }
                 },
@@ -231,12 +245,14 @@ async fn survey_results(
             total_bytes,
             too_large: None,
             small_tree: tree_blocks(contents),
+            empty_outputs: None,
         }
     };
     tokio::task::spawn_blocking(survey).await.unwrap_or(Survey {
         total_bytes: 0,
         too_large: None,
         small_tree: None,
+        empty_outputs: None,
     })
 }
 

@@ -25,8 +25,15 @@ pub struct ScratchPool {
     /// work directory, and of earlier runs (whose leftovers are not touched).
     prefix: String,
     next: AtomicU64,
-    free: Mutex<Vec<PathBuf>>,
+    /// Clean directories, each with the (empty) output directories it holds.
+    free: Mutex<Vec<Clean>>,
     keep: usize,
+}
+
+/// A pooled directory: `results/` holds exactly these empty directories, `tmp/` is empty.
+struct Clean {
+    path: PathBuf,
+    outputs: Vec<String>,
 }
 
 impl ScratchPool {
@@ -50,9 +57,20 @@ impl ScratchPool {
     /// calls answered from the kernel's caches, microseconds against the 100-300 us of a
     /// round trip through the blocking pool on a busy machine (B3, docs/PERFORMANCE.md).
     /// Making a new directory allocates inodes on disk, and goes to the blocking pool.
+    ///
+    /// A pooled directory laid out for the same outputs as the last execution's (a
+    /// fanned-out job's partitions, a job run again) is handed out as it is: it was found
+    /// clean, with exactly those directories, when it came back.
     pub async fn acquire(&self, outputs: &[String]) -> io::Result<PathBuf> {
         let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        if let Some(scratch) = reused {
+        if let Some(Clean {
+            path: scratch,
+            outputs: held,
+        }) = reused
+        {
+            if same_names(&held, outputs) {
+                return Ok(scratch);
+            }
             if trim(&scratch.join("results"), outputs).is_ok()
                 && make_outputs(&scratch, outputs).is_ok()
             {
@@ -77,15 +95,23 @@ impl ScratchPool {
 
     /// Gives a directory back after its execution ended: pooled when clean, deleted
     /// otherwise (or when the pool is full).
-    pub async fn release(&self, scratch: PathBuf) {
-        let checked = scratch.clone();
-        let clean = tokio::task::spawn_blocking(move || is_clean(&checked))
-            .await
-            .unwrap_or(false);
-        if clean {
+    ///
+    /// Checked right here, like a pooled directory is trimmed in `acquire`: a clean one is
+    /// three small directories this process just used, read from the kernel's caches; a
+    /// round trip through the blocking pool for it cost more than the reads (B2',
+    /// docs/PERFORMANCE.md). A dirty one is deleted in the blocking pool.
+    ///
+    /// `results`: the empty directories the execution's publishing saw `results/` hold,
+    /// and nothing else, when it looked after the program ended; then only the rest is
+    /// read again.
+    pub async fn release(&self, scratch: PathBuf, results: Option<Vec<String>>) {
+        if let Some(outputs) = clean_outputs(&scratch, results) {
             let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
             if free.len() < self.keep {
-                free.push(scratch);
+                free.push(Clean {
+                    path: scratch,
+                    outputs,
+                });
                 return;
             }
         }
@@ -95,8 +121,8 @@ impl ScratchPool {
     /// Deletes the pooled directories, when the executor stops.
     pub async fn clear(&self) {
         let free = std::mem::take(&mut *self.free.lock().unwrap_or_else(|p| p.into_inner()));
-        for scratch in free {
-            remove(scratch).await;
+        for clean in free {
+            remove(clean.path).await;
         }
     }
 }
@@ -133,24 +159,39 @@ fn make_outputs(scratch: &Path, outputs: &[String]) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether `scratch` holds nothing but `results/` with empty directories in it and an
-/// empty `tmp/`.
-fn is_clean(scratch: &Path) -> bool {
+/// The names of the empty directories in `scratch/results` if `scratch` holds nothing
+/// else but an empty `tmp/`; None if it holds anything more, lacks `results/` or `tmp/`, or
+/// cannot be read. `results`, when given, is what `results/` is known to hold.
+fn clean_outputs(scratch: &Path, results: Option<Vec<String>>) -> Option<Vec<String>> {
     let only_results = || -> io::Result<bool> {
+        let mut tmp = false;
         for entry in std::fs::read_dir(scratch)? {
             let entry = entry?;
             // `file_type` does not follow links: a link is never taken for a directory.
             let name = entry.file_name();
-            let clean = entry.file_type()?.is_dir()
-                && (name == "results"
-                    || (name == "tmp" && std::fs::read_dir(entry.path())?.next().is_none()));
-            if !clean {
+            if !entry.file_type()?.is_dir() {
+                return Ok(false);
+            }
+            if name == "tmp" {
+                if std::fs::read_dir(entry.path())?.next().is_some() {
+                    return Ok(false);
+                }
+                tmp = true;
+            } else if name != "results" {
                 return Ok(false);
             }
         }
-        Ok(true)
+        Ok(tmp)
     };
-    only_results().unwrap_or(false) && empty_directories(&scratch.join("results")).is_some()
+    if !only_results().unwrap_or(false) {
+        return None;
+    }
+    results.or_else(|| empty_directories(&scratch.join("results")))
+}
+
+/// Whether `a` and `b` hold the same names (each list is a job's distinct output names).
+fn same_names(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().all(|name| b.contains(name))
 }
 
 /// The names in `results` if it holds nothing but empty directories (what an execution
@@ -213,13 +254,27 @@ mod tests {
         let pool = ScratchPool::new(root.path().to_owned(), 4);
         let first = pool.acquire(&["outputs".into()]).await.expect("acquire");
         std::fs::write(tmp_dir(&first).join("left"), b"x").expect("write");
-        pool.release(first.clone()).await;
+        pool.release(first.clone(), None).await;
         assert!(
             !first.exists(),
             "a directory with a file in tmp/ is deleted"
         );
         let next = pool.acquire(&["outputs".into()]).await.expect("acquire");
         assert!(names(&tmp_dir(&next)).is_empty(), "the next /tmp is empty");
+
+        // What publishing saw of `results/` spares only that read: `tmp/` and the rest are
+        // still checked.
+        std::fs::write(tmp_dir(&next).join("left"), b"x").expect("write");
+        pool.release(next.clone(), Some(vec!["outputs".into()]))
+            .await;
+        assert!(!next.exists(), "deleted, though results/ was seen clean");
+        let clean = pool.acquire(&["outputs".into()]).await.expect("acquire");
+        pool.release(clean.clone(), Some(vec!["outputs".into()]))
+            .await;
+        assert_eq!(
+            pool.acquire(&["outputs".into()]).await.expect("acquire"),
+            clean
+        );
     }
 
     /// A directory left with only empty output directories is handed out again, trimmed
@@ -232,7 +287,7 @@ mod tests {
         assert_eq!(names(&first), ["results", "tmp"]);
         assert_eq!(names(&first.join("results")), ["outputs"]);
         lay_out(&first, &["extra"]);
-        pool.release(first.clone()).await;
+        pool.release(first.clone(), None).await;
 
         let again = pool
             .acquire(&["outputs".into(), "more".into()])
@@ -244,8 +299,8 @@ mod tests {
         let other = pool.acquire(&[]).await.expect("acquire");
         assert_ne!(other, first);
         assert!(names(&other.join("results")).is_empty());
-        pool.release(again.clone()).await;
-        pool.release(other.clone()).await;
+        pool.release(again.clone(), None).await;
+        pool.release(other.clone(), None).await;
         assert!(again.exists());
         assert!(
             !other.exists(),
@@ -299,9 +354,36 @@ mod tests {
         for (what, leave) in leftovers {
             let scratch = pool.acquire(&["outputs".into()]).await.expect("acquire");
             leave(&scratch);
-            pool.release(scratch.clone()).await;
+            pool.release(scratch.clone(), None).await;
             assert!(!scratch.exists(), "with {what}, the directory is deleted");
         }
+        assert!(pool.free.lock().expect("lock").is_empty());
+    }
+
+    /// A directory handed back for the same outputs is not touched again, but one whose
+    /// `tmp/` or `results/` went missing is not pooled (it would lack a mount point).
+    #[tokio::test]
+    async fn same_outputs_reuse_and_missing_directories() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let pool = ScratchPool::new(root.path().to_owned(), 4);
+        let outputs = ["b".to_owned(), "a".to_owned()];
+        let first = pool.acquire(&outputs).await.expect("acquire");
+        pool.release(first.clone(), None).await;
+        let again = pool
+            .acquire(&["a".into(), "b".into()])
+            .await
+            .expect("acquire");
+        assert_eq!(again, first, "reused for the same outputs, in any order");
+        assert_eq!(names(&again.join("results")), ["a", "b"]);
+        assert_eq!(names(&again), ["results", "tmp"]);
+
+        std::fs::remove_dir(tmp_dir(&again)).expect("rmdir");
+        pool.release(again.clone(), None).await;
+        assert!(!again.exists(), "without tmp/ it is deleted");
+        let other = pool.acquire(&outputs).await.expect("acquire");
+        std::fs::remove_dir_all(other.join("results")).expect("rm");
+        pool.release(other.clone(), None).await;
+        assert!(!other.exists(), "without results/ it is deleted");
         assert!(pool.free.lock().expect("lock").is_empty());
     }
 }

@@ -84,27 +84,34 @@ impl Orchestrator {
         writes: Vec<Write>,
         transition: impl FnOnce(&mut Cluster) -> Result<T>,
     ) -> Result<T> {
-        let (value, pending) = self.transition(writes, false, transition).await?;
+        let (value, pending) = self
+            .transition(writes, |cluster| (transition(cluster), false))
+            .await?;
         self.complete(pending).await?;
         value
     }
 
     /// Like [`apply_with`](Self::apply_with), but the caller does not wait for the disk;
     /// effects still happen only after the commit. Used for the executor stream, whose
-    /// order is kept by the store's FIFO writes. With `deferrable` (progress reports), the
-    /// commit may wait briefly to share a later one ([`crate::store::DEFER_AT_MOST`]).
+    /// order is kept by the store's FIFO writes. `transition` says whether its commit may
+    /// wait briefly to share a later one ([`crate::store::DEFER_AT_MOST`]): true when no one
+    /// waits for it (progress reports, partitions' ends).
+    ///
+    /// One effect does not wait for the commit: a freed slot nudges the scheduler at once.
+    /// Its placements are queued behind these writes, so they are durable no earlier, and
+    /// their assignments go out after their own commit; the commit that makes them durable
+    /// is then usually one and the same (a partition's end and the next partition's start).
     pub async fn apply_detached(
         self: &Arc<Self>,
         writes: Vec<Write>,
-        deferrable: bool,
-        transition: impl FnOnce(&mut Cluster),
+        transition: impl FnOnce(&mut Cluster) -> bool,
     ) -> Result<()> {
-        let (_, pending) = self
-            .transition(writes, deferrable, |cluster| {
-                transition(cluster);
-                Ok(())
-            })
+        let (_, mut pending) = self
+            .transition(writes, |cluster| (Ok(()), transition(cluster)))
             .await?;
+        if std::mem::take(&mut pending.effects.schedule) {
+            self.schedule.notify_one();
+        }
         let this = self.clone();
         self.tasks.spawn(async move {
             if let Err(error) = this.complete(pending).await {
@@ -115,12 +122,12 @@ impl Orchestrator {
     }
 
     /// Runs `transition` under the cluster lock and queues its writes (after `writes`) for
-    /// commit, in state-change order.
+    /// commit, in state-change order. `transition` returns its value and whether its commit
+    /// may be deferred.
     async fn transition<T>(
         &self,
         mut writes: Vec<Write>,
-        deferrable: bool,
-        transition: impl FnOnce(&mut Cluster) -> Result<T>,
+        transition: impl FnOnce(&mut Cluster) -> (Result<T>, bool),
     ) -> Result<(Result<T>, Pending)> {
         let mut cluster = self.cluster.lock().await;
         if !*self.store_writes.borrow() {
@@ -132,7 +139,7 @@ impl Orchestrator {
                     .into(),
             ));
         }
-        let value = transition(&mut cluster);
+        let (value, deferrable) = transition(&mut cluster);
         let mut effects = cluster.take_effects();
         // The caller's writes go first: records may refer to them, never the reverse.
         if !writes.is_empty() {

@@ -44,7 +44,8 @@ impl Cluster {
             return;
         }
         // A partition's progress is its execution's alone: the job is RUNNING throughout.
-        let current = self.is_current(execution) && !self.is_partitioned(&execution.job_id);
+        let partitioned = self.is_partitioned(&execution.job_id);
+        let current = self.is_current(execution) && !partitioned;
         let job_id = execution.job_id.clone();
         self.unacknowledged.remove(execution_id);
         let Some(execution) = self.executions.get_mut(execution_id) else {
@@ -54,9 +55,16 @@ impl Cluster {
         if state == ExecutionState::Running {
             execution.started_at = Some(shoal::proto::timestamp(now));
         }
-        self.effects
-            .writes
-            .push(Write::Execution(execution.clone()));
+        // A partition's progress is kept in memory only: its record is stored when it is
+        // placed and when it ends (with the time it started), which is all a restart needs
+        // (a stored SCHEDULED execution counts as running until its executor says
+        // otherwise). Writing three more rows per partition was most of a fanned-out job's
+        // store traffic.
+        if !partitioned {
+            self.effects
+                .writes
+                .push(Write::Execution(execution.clone()));
+        }
         if current {
             let message = match state {
                 ExecutionState::Staging => "fetching the program and inputs",

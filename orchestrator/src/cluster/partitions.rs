@@ -333,6 +333,13 @@ impl Cluster {
         );
     }
 
+    /// Whether `execution_id` is an execution of a partitioned job.
+    pub fn runs_a_partition(&self, execution_id: &str) -> bool {
+        self.executions
+            .get(execution_id)
+            .is_some_and(|e| self.is_partitioned(&e.job_id))
+    }
+
     /// The partition an execution runs, if it is the one in charge of it now.
     pub(super) fn current_partition(&self, execution: &Execution) -> Option<u32> {
         let entry = self.jobs.get(&execution.job_id)?;
@@ -710,6 +717,52 @@ mod tests {
         let done = c.job(&job).expect("job");
         assert_eq!(done.state(), JobState::Completed);
         assert_eq!(done.result.as_ref().map(|r| r.exit_code), Some(7));
+    }
+
+    /// A partition's execution is stored when placed and when it ends, not at each
+    /// progress report in between; the stored end still says when it started running.
+    #[test]
+    fn a_partitions_progress_is_not_stored_but_its_end_is() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 1, &[]);
+        let now = SystemTime::now();
+        c.submit(accept(partitioned(5, 0)), HashMap::new(), now)
+            .expect("submit");
+        c.schedule(now);
+        let stored = |c: &mut Cluster| -> Vec<Execution> {
+            c.take_effects()
+                .writes
+                .into_iter()
+                .filter_map(|w| match w {
+                    Write::Execution(e) => Some(e),
+                    _ => None,
+                })
+                .collect()
+        };
+        let placed = stored(&mut c);
+        assert_eq!(placed.len(), 1, "the placement is stored");
+        let execution = placed[0].id.clone();
+        for state in [
+            ExecutionState::Staging,
+            ExecutionState::Running,
+            ExecutionState::Publishing,
+        ] {
+            c.execution_update("a", &execution, state, now);
+        }
+        assert!(stored(&mut c).is_empty(), "progress is not stored");
+        assert_eq!(
+            c.execution(&execution).expect("execution").state(),
+            ExecutionState::Publishing,
+            "but it is known"
+        );
+        finish(&mut c, "a", &execution, None);
+        let ended = stored(&mut c);
+        let ended = ended
+            .iter()
+            .find(|e| e.id == execution)
+            .expect("stored end");
+        assert_eq!(ended.state(), ExecutionState::Completed);
+        assert!(ended.started_at.is_some(), "with the time it started");
     }
 
     /// A partition that fails with a retried kind runs again alone (attempt 2); one that

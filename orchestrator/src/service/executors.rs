@@ -243,18 +243,19 @@ async fn handle(
             writes.extend(take_result_tree(orchestrator, executor_id, finished).await?);
         }
     }
-    // Progress reports (states before the end, log chunks) are waited for by no one: their
-    // commit may be deferred to share the next one. A finished report, a drain or a
-    // registration is committed at once.
-    let deferrable = messages.iter().all(|m| {
-        matches!(
-            m.message,
-            Some(Message::Heartbeat(_) | Message::Update(_) | Message::Log(_))
-        )
-    });
     let now = SystemTime::now();
     orchestrator
-        .apply_detached(writes, deferrable, |c| {
+        .apply_detached(writes, |c| {
+            // Progress reports (states before the end, log chunks) and the ends of
+            // partitions are waited for by no one (a partition's freed slot is refilled
+            // without waiting for this commit, and the next one's placement shares it):
+            // their commit may be deferred to share the next one. Any other finished
+            // report, a drain or a registration is committed at once.
+            let deferrable = messages.iter().all(|m| match &m.message {
+                Some(Message::Heartbeat(_) | Message::Update(_) | Message::Log(_)) => true,
+                Some(Message::Finished(finished)) => c.runs_a_partition(&finished.execution_id),
+                _ => false,
+            });
             c.touch(executor_id, generation, now, Instant::now());
             let reports = messages.iter().any(|m| m.sequence > 0);
             for ExecutorMessage { message, sequence } in messages {
@@ -283,6 +284,7 @@ async fn handle(
             if reports {
                 c.acknowledge_reports(executor_id, generation);
             }
+            deferrable
         })
         .await
 }
