@@ -83,13 +83,19 @@ pub async fn publish_results(
     if failure.is_none() {
         in_memory.push(("exitCode".into(), result.exit_code.to_string().into()));
     }
+    let mut spilled = false;
     for (name, capture) in [("stdout", &stdout), ("stderr", &stderr)] {
-        if let Some(kept) = capture.kept_in_memory() {
-            in_memory.push((name.into(), kept));
+        match capture.kept_in_memory() {
+            Some(kept) => in_memory.push((name.into(), kept)),
+            None => spilled = true,
         }
     }
     let to_store = *spec.publisher() == Publisher::Store;
-    let mut survey = survey_results(results_dir, &in_memory, to_store).await;
+    // Without outputs and with both logs in memory nothing can be in `results/`: the
+    // scratch pool hands it out holding only the (empty) output directories, the guest
+    // sees only those, and only a spilled log is written there.
+    let on_disk = spilled || !spec.spec().outputs.is_empty();
+    let mut survey = survey_results(results_dir, &in_memory, to_store, on_disk).await;
     if failure.is_none() {
         let over = match &survey.too_large {
             Some(reason) => Some(format!("the outputs are too large to publish: {reason}")),
@@ -116,7 +122,7 @@ pub async fn publish_results(
             }
         })
         .await;
-        survey = survey_results(results_dir, &in_memory, to_store).await;
+        survey = survey_results(results_dir, &in_memory, to_store, on_disk).await;
     }
     let empty_outputs = survey.empty_outputs.clone();
     let shipped = ship(
@@ -166,12 +172,14 @@ struct Survey {
 ///
 /// Most programs write no file: `results/` then holds only empty output directories,
 /// which is checked right here (a few metadata calls answered from the kernel's caches,
-/// as in `ScratchPool::acquire`), and the tree is built from memory. Otherwise the walk
-/// and the reads go to the blocking pool.
+/// as in `ScratchPool::acquire`), and the tree is built from memory; without `on_disk`
+/// (no outputs, no spilled log) `results/` is known to be empty and is not read at all.
+/// Otherwise the walk and the reads go to the blocking pool.
 async fn survey_results(
     results_dir: &Path,
     in_memory: &[(String, Bytes)],
     to_store: bool,
+    on_disk: bool,
 ) -> Survey {
     let in_memory_bytes: u64 = in_memory.iter().map(|(_, b)| b.len() as u64).sum();
     let small = move |total: u64| to_store && total <= MAX_INLINE_RESULT_BYTES as u64;
@@ -181,7 +189,11 @@ async fn survey_results(
             .map(|(name, bytes)| (name.clone(), Some(bytes.clone())))
             .collect()
     };
-    if let Some(directories) = crate::scratch::empty_directories(results_dir) {
+    let empty = match on_disk {
+        false => Some(Vec::new()),
+        true => crate::scratch::empty_directories(results_dir),
+    };
+    if let Some(directories) = empty {
         let mut contents = contents(in_memory);
         contents.extend(directories.iter().map(|name| (name.clone(), None)));
         return Survey {

@@ -51,6 +51,10 @@ pub enum BlockStore {
         blocks: PathBuf,
         tmp: PathBuf,
         small: Store,
+        /// Small blocks lately found durable in the database, so a result tree that many
+        /// executions share (a fanned-out job's `exitCode` and empty logs, or its whole tree)
+        /// is not written again with each completion.
+        held: std::sync::Arc<std::sync::Mutex<RecentlyHeld>>,
     },
     /// Objects `<prefix>blocks/<CID>` in `bucket`.
     S3 {
@@ -64,7 +68,12 @@ impl BlockStore {
     /// A local directory of blocks; `tmp` (same file system) holds blocks being written and
     /// `small` takes the small ones.
     pub fn local(blocks: PathBuf, tmp: PathBuf, small: Store) -> Self {
-        BlockStore::Local { blocks, tmp, small }
+        BlockStore::Local {
+            blocks,
+            tmp,
+            small,
+            held: Default::default(),
+        }
     }
 
     fn block_path(blocks: &Path, cid: &ContentId) -> PathBuf {
@@ -174,13 +183,27 @@ impl BlockStore {
             )));
         }
         match self {
-            BlockStore::Local { .. } => Ok(blocks
-                .iter()
-                .map(|(cid, data)| Write::Block {
-                    cid: cid.to_string(),
-                    data: data.clone(),
-                })
-                .collect()),
+            BlockStore::Local { small, held, .. } => {
+                let mut writes = Vec::new();
+                for (cid, data) in blocks {
+                    if lock(held).contains(cid) {
+                        continue;
+                    }
+                    // A block the database holds (and so has made durable: the log is
+                    // synced before a write is applied) whose bytes check out is not
+                    // written again; a damaged one is.
+                    let key = cid.to_string();
+                    if small.block(&key).await?.is_some_and(|b| cid.verifies(&b)) {
+                        lock(held).insert(*cid);
+                        continue;
+                    }
+                    writes.push(Write::Block {
+                        cid: key,
+                        data: data.clone(),
+                    });
+                }
+                Ok(writes)
+            }
             BlockStore::S3 { .. } => {
                 for (cid, data) in blocks {
                     self.put(cid, data).await?;
@@ -201,7 +224,9 @@ impl BlockStore {
     /// a DAG holding it) exists.
     pub async fn put_queued(&self, cid: &ContentId, data: &Bytes) -> Result<PendingPut> {
         match self {
-            BlockStore::Local { blocks, tmp, small } => {
+            BlockStore::Local {
+                blocks, tmp, small, ..
+            } => {
                 let key = cid.to_string();
                 if data.len() <= SMALL_BLOCK_MAX {
                     match small.block(&key).await? {
@@ -337,4 +362,35 @@ fn stored<T>(read: std::io::Result<T>, cid: &ContentId) -> Result<Option<T>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(format!("reading {cid}"), e)),
     }
+}
+
+/// The small blocks most lately found held, at most [`RecentlyHeld::CAPACITY`], oldest
+/// forgotten first. Blocks are never deleted, so a remembered one stays held.
+#[derive(Debug, Default)]
+pub struct RecentlyHeld {
+    set: std::collections::HashSet<ContentId>,
+    order: std::collections::VecDeque<ContentId>,
+}
+
+impl RecentlyHeld {
+    const CAPACITY: usize = 4096;
+
+    fn contains(&self, cid: &ContentId) -> bool {
+        self.set.contains(cid)
+    }
+
+    fn insert(&mut self, cid: ContentId) {
+        if self.set.insert(cid) {
+            self.order.push_back(cid);
+            if self.order.len() > Self::CAPACITY
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.set.remove(&oldest);
+            }
+        }
+    }
+}
+
+fn lock(held: &std::sync::Mutex<RecentlyHeld>) -> std::sync::MutexGuard<'_, RecentlyHeld> {
+    held.lock().unwrap_or_else(|p| p.into_inner())
 }
