@@ -326,7 +326,7 @@ fn handle(connection: &mut Connection, message: shoal::proto::OrchestratorMessag
                 // quotes a report number at least that of this report (see Heartbeat).
                 lock(&executions).running.remove(&execution_id);
                 if let Some(used) = scratch {
-                    context.scratch.release(used.path, used.results).await;
+                    context.scratch.release(used.path, used.reuse).await;
                 }
             };
             connection.tasks.spawn(task.instrument(task_span));

@@ -24,17 +24,18 @@ use crate::capture::Capture;
 use crate::context::{ExecutionContext, Uplink};
 use crate::publish::{self, Ran, over_limit};
 use crate::runtime::{Preopen, RunOutcome, RunRequest};
+use crate::scratch::Reuse;
 use crate::staging::{self, Staged};
 
 /// The writable scratch directory every execution gets unless the job mounts its own
 /// there (the input stand-ins above mounts leave it to this).
 pub const GUEST_TMP: &str = "/tmp";
 
-/// A scratch directory its execution is done with, and what publishing saw left in its
-/// `results/` (see [`crate::scratch::ScratchPool::release`]).
+/// A scratch directory its execution is done with, and whether and how it may be reused
+/// (see [`crate::scratch::ScratchPool::release`]).
 pub struct UsedScratch {
     pub path: PathBuf,
-    pub results: Option<Vec<String>>,
+    pub reuse: Reuse,
 }
 
 /// Runs one execution and returns its report (for the caller to send through the uplink)
@@ -79,10 +80,10 @@ pub async fn execute(
             return (finished(id, Some(failure), None), None);
         }
     };
-    let (report, results) = execute_in(ctx, &assign, &spec, &scratch, &cancel).await;
+    let (report, reuse) = execute_in(ctx, &assign, &spec, &scratch, &cancel).await;
     let used = UsedScratch {
         path: scratch,
-        results,
+        reuse,
     };
     (report, Some(used))
 }
@@ -107,34 +108,41 @@ fn finished(
     }
 }
 
-/// Stage, run, publish, report; and what publishing saw left in `results/`.
+/// Stage, run, publish, report; and whether the scratch directory may be reused.
 async fn execute_in(
     ctx: &ExecutionContext,
     assign: &Assign,
     spec: &ValidSpec,
     scratch: &Path,
     cancel: &CancellationToken,
-) -> (ExecutionFinished, Option<Vec<String>>) {
+) -> (ExecutionFinished, Reuse) {
     let id = assign.execution_id.as_str();
     // `results/` and the output directories inside it are already there (`ScratchPool`).
     let results_dir = scratch.join("results");
 
     let staged = match staging::stage(ctx, spec, scratch, cancel).await {
         Ok(staged) => staged,
-        Err(failure) => return (finished(id, Some(failure), None), None),
+        // A fetch cut short may still be writing: the directory is not reused.
+        Err(failure) => return (finished(id, Some(failure), None), Reuse::Never),
     };
 
     let ran = run(ctx, assign, spec, staged, scratch, cancel).await;
     if matches!(&ran.outcome, RunOutcome::Failed(f) if f.kind() == FailureKind::Cancelled) {
         let failure = Failure::new(FailureKind::Cancelled, "cancelled while running");
-        return (finished(id, Some(failure), None), None);
+        return (finished(id, Some(failure), None), Reuse::Never);
     }
+    let interrupted = ran.interrupted;
 
     ctx.uplink.state(id, ExecutionState::Publishing).await;
     let published = publish::publish_results(ctx, assign, spec, &results_dir, ran).await;
     let mut report = finished(id, published.failure, Some(published.result));
     report.result_blocks = published.blocks;
-    (report, published.clean_results)
+    let reuse = match published.clean_results {
+        _ if interrupted => Reuse::Never,
+        Some(outputs) => Reuse::Known(outputs),
+        None => Reuse::IfClean,
+    };
+    (report, reuse)
 }
 
 /// Runs the staged program with the outputs mounted writable from `scratch/results` and
@@ -242,6 +250,10 @@ async fn run(
         .instrument(tracing::info_span!("run"))
         .await;
     run_cancel.cancel(); // ends the quota watcher
+    let interrupted = matches!(
+        &outcome,
+        RunOutcome::Failed(f) if matches!(f.kind(), FailureKind::Timeout | FailureKind::Cancelled)
+    );
     let over_quota = over_quota.await.ok().flatten();
     let outcome = match over_quota {
         Some(over) => RunOutcome::Failed(Failure::new(FailureKind::OutputLimit, over)),
@@ -256,6 +268,7 @@ async fn run(
         outcome,
         stdout,
         stderr,
+        interrupted,
     }
 }
 

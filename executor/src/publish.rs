@@ -30,6 +30,11 @@ pub struct Ran {
     pub outcome: RunOutcome,
     pub stdout: Capture,
     pub stderr: Capture,
+    /// The program was stopped in the middle (a timeout, a cancellation, the output
+    /// quota), not ended by itself: a file call it had started may still land in its
+    /// directories afterwards (wasmtime-wasi runs them on the blocking pool, which dropping
+    /// the program does not stop), so what they hold now says nothing of later.
+    pub interrupted: bool,
 }
 
 /// What publishing produced: the result (exit code, log sizes, where the tree went), the
@@ -59,6 +64,7 @@ pub async fn publish_results(
         outcome,
         stdout,
         stderr,
+        interrupted,
     } = ran;
     let (stdout_bytes, stdout_truncated) = stdout.totals();
     let (stderr_bytes, stderr_truncated) = stderr.totals();
@@ -140,7 +146,7 @@ pub async fn publish_results(
         Ok(blocks) => Published {
             result,
             failure,
-            clean_results: empty_outputs.filter(|_| !blocks.is_empty()),
+            clean_results: empty_outputs.filter(|_| !blocks.is_empty() && !interrupted),
             blocks,
         },
         Err(message) => Published {

@@ -30,6 +30,20 @@ pub struct ScratchPool {
     keep: usize,
 }
 
+/// Whether a directory coming back may go to the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reuse {
+    /// If it is found clean.
+    IfClean,
+    /// If it is found clean, `results/` being known to hold only these empty directories
+    /// (publishing looked after the program ended by itself), so only the rest is read.
+    Known(Vec<String>),
+    /// Never: its program was stopped in the middle, and a file call it had started may
+    /// still land in it after any look (wasmtime-wasi runs file calls on the blocking
+    /// pool, which dropping the program does not stop).
+    Never,
+}
+
 /// A pooled directory: `results/` holds exactly these empty directories, `tmp/` is empty.
 struct Clean {
     path: PathBuf,
@@ -101,10 +115,12 @@ impl ScratchPool {
     /// round trip through the blocking pool for it cost more than the reads (B2',
     /// docs/PERFORMANCE.md). A dirty one is deleted in the blocking pool.
     ///
-    /// `results`: the empty directories the execution's publishing saw `results/` hold,
-    /// and nothing else, when it looked after the program ended; then only the rest is
-    /// read again.
-    pub async fn release(&self, scratch: PathBuf, results: Option<Vec<String>>) {
+    pub async fn release(&self, scratch: PathBuf, reuse: Reuse) {
+        let results = match reuse {
+            Reuse::Never => return remove(scratch).await,
+            Reuse::IfClean => None,
+            Reuse::Known(outputs) => Some(outputs),
+        };
         if let Some(outputs) = clean_outputs(&scratch, results) {
             let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
             if free.len() < self.keep {
@@ -254,7 +270,7 @@ mod tests {
         let pool = ScratchPool::new(root.path().to_owned(), 4);
         let first = pool.acquire(&["outputs".into()]).await.expect("acquire");
         std::fs::write(tmp_dir(&first).join("left"), b"x").expect("write");
-        pool.release(first.clone(), None).await;
+        pool.release(first.clone(), Reuse::IfClean).await;
         assert!(
             !first.exists(),
             "a directory with a file in tmp/ is deleted"
@@ -265,16 +281,22 @@ mod tests {
         // What publishing saw of `results/` spares only that read: `tmp/` and the rest are
         // still checked.
         std::fs::write(tmp_dir(&next).join("left"), b"x").expect("write");
-        pool.release(next.clone(), Some(vec!["outputs".into()]))
+        pool.release(next.clone(), Reuse::Known(vec!["outputs".into()]))
             .await;
         assert!(!next.exists(), "deleted, though results/ was seen clean");
         let clean = pool.acquire(&["outputs".into()]).await.expect("acquire");
-        pool.release(clean.clone(), Some(vec!["outputs".into()]))
+        pool.release(clean.clone(), Reuse::Known(vec!["outputs".into()]))
             .await;
         assert_eq!(
             pool.acquire(&["outputs".into()]).await.expect("acquire"),
             clean
         );
+
+        // A directory whose program was stopped in the middle is never pooled, clean or
+        // not: a write it had started may land after any look.
+        pool.release(clean.clone(), Reuse::Never).await;
+        assert!(!clean.exists(), "deleted, though clean");
+        assert!(pool.free.lock().expect("lock").is_empty());
     }
 
     /// A directory left with only empty output directories is handed out again, trimmed
@@ -287,7 +309,7 @@ mod tests {
         assert_eq!(names(&first), ["results", "tmp"]);
         assert_eq!(names(&first.join("results")), ["outputs"]);
         lay_out(&first, &["extra"]);
-        pool.release(first.clone(), None).await;
+        pool.release(first.clone(), Reuse::IfClean).await;
 
         let again = pool
             .acquire(&["outputs".into(), "more".into()])
@@ -299,8 +321,8 @@ mod tests {
         let other = pool.acquire(&[]).await.expect("acquire");
         assert_ne!(other, first);
         assert!(names(&other.join("results")).is_empty());
-        pool.release(again.clone(), None).await;
-        pool.release(other.clone(), None).await;
+        pool.release(again.clone(), Reuse::IfClean).await;
+        pool.release(other.clone(), Reuse::IfClean).await;
         assert!(again.exists());
         assert!(
             !other.exists(),
@@ -354,7 +376,7 @@ mod tests {
         for (what, leave) in leftovers {
             let scratch = pool.acquire(&["outputs".into()]).await.expect("acquire");
             leave(&scratch);
-            pool.release(scratch.clone(), None).await;
+            pool.release(scratch.clone(), Reuse::IfClean).await;
             assert!(!scratch.exists(), "with {what}, the directory is deleted");
         }
         assert!(pool.free.lock().expect("lock").is_empty());
@@ -368,7 +390,7 @@ mod tests {
         let pool = ScratchPool::new(root.path().to_owned(), 4);
         let outputs = ["b".to_owned(), "a".to_owned()];
         let first = pool.acquire(&outputs).await.expect("acquire");
-        pool.release(first.clone(), None).await;
+        pool.release(first.clone(), Reuse::IfClean).await;
         let again = pool
             .acquire(&["a".into(), "b".into()])
             .await
@@ -378,11 +400,11 @@ mod tests {
         assert_eq!(names(&again), ["results", "tmp"]);
 
         std::fs::remove_dir(tmp_dir(&again)).expect("rmdir");
-        pool.release(again.clone(), None).await;
+        pool.release(again.clone(), Reuse::IfClean).await;
         assert!(!again.exists(), "without tmp/ it is deleted");
         let other = pool.acquire(&outputs).await.expect("acquire");
         std::fs::remove_dir_all(other.join("results")).expect("rm");
-        pool.release(other.clone(), None).await;
+        pool.release(other.clone(), Reuse::IfClean).await;
         assert!(!other.exists(), "without results/ it is deleted");
         assert!(pool.free.lock().expect("lock").is_empty());
     }

@@ -101,6 +101,8 @@ impl Orchestrator {
     /// Its placements are queued behind these writes, so they are durable no earlier, and
     /// their assignments go out after their own commit; the commit that makes them durable
     /// is then usually one and the same (a partition's end and the next partition's start).
+    /// This holds because every message a scheduling pass sends comes with a write of its
+    /// own (the execution it places), so it waits for a commit queued after these.
     pub async fn apply_detached(
         self: &Arc<Self>,
         writes: Vec<Write>,

@@ -59,7 +59,8 @@ impl Cluster {
         // placed and when it ends (with the time it started), which is all a restart needs
         // (a stored SCHEDULED execution counts as running until its executor says
         // otherwise). Writing three more rows per partition was most of a fanned-out job's
-        // store traffic.
+        // store traffic. The price: a partition running across an orchestrator restart
+        // shows SCHEDULED until it ends, and its record has no start time.
         if !partitioned {
             self.effects
                 .writes
