@@ -172,6 +172,18 @@ struct Survey {
     empty_outputs: Option<Vec<String>>,
 }
 
+impl Survey {
+    /// A survey that built no tree (too large, unreadable, or not bound for the store).
+    fn without_tree(total_bytes: u64, too_large: Option<String>) -> Self {
+        Survey {
+            total_bytes,
+            too_large,
+            small_tree: None,
+            empty_outputs: None,
+        }
+    }
+}
+
 /// Sizes the result tree (the files in `results_dir`, plus `in_memory` at its top) and,
 /// when `to_store` and it is small, builds its blocks. A tree that cannot be read is
 /// reported as having no size and no blocks: publishing then finds out what is wrong.
@@ -217,42 +229,22 @@ async fn survey_results(
         let entries = match shoal::content::local_tree::walk(&results_dir, TreeBounds::GUEST) {
             Ok(entries) => entries,
             Err(shoal::Error::TreeTooLarge(reason)) => {
-                return Survey {
-                    total_bytes: 0,
-                    too_large: Some(reason),
-                    small_tree: None,
-                    empty_outputs: None,
-                };
+                return Survey::without_tree(0, Some(reason));
             }
             Err(_) => {
-                return Survey {
-                    total_bytes: 0,
-                    too_large: None,
-                    small_tree: None,
-                    empty_outputs: None,
-                };
+                return Survey::without_tree(0, None);
             }
         };
         let total_bytes = entries.iter().map(|e| e.size).sum::<u64>() + in_memory_bytes;
         if !small(total_bytes) {
-            return Survey {
-                total_bytes,
-                too_large: None,
-                small_tree: None,
-                empty_outputs: None,
-            };
+            return Survey::without_tree(total_bytes, None);
         }
         for entry in entries.into_iter().skip(1) {
             let content = match entry.kind {
                 EntryKind::File => match std::fs::read(&entry.absolute) {
                     Ok(bytes) => Some(Bytes::from(bytes)),
                     Err(_) => {
-                        return Survey {
-                            total_bytes,
-                            too_large: None,
-                            small_tree: None,
-                            empty_outputs: None,
-                        };
+                        return Survey::without_tree(total_bytes, None);
                     }
                 },
                 _ => None,
@@ -266,12 +258,9 @@ async fn survey_results(
             empty_outputs: None,
         }
     };
-    tokio::task::spawn_blocking(survey).await.unwrap_or(Survey {
-        total_bytes: 0,
-        too_large: None,
-        small_tree: None,
-        empty_outputs: None,
-    })
+    tokio::task::spawn_blocking(survey)
+        .await
+        .unwrap_or(Survey::without_tree(0, None))
 }
 
 /// The blocks of a tree of `contents` (relative paths; bytes for files, None for
