@@ -10,7 +10,7 @@ use crate::common::{Devstack, path, root};
 async fn python_client_runs_a_job() {
     let stack = Devstack::start(&[]).await;
     let address = stack.address.trim_start_matches("http://").to_owned();
-    let output = tokio::process::Command::new("python3")
+    let run = tokio::process::Command::new("python3")
         .arg(root().join("tests/python/client.py"))
         .args([
             "--address",
@@ -18,8 +18,13 @@ async fn python_client_runs_a_job() {
             "--program",
             &path("examples/hello/hello.wasm"),
         ])
-        .output()
+        .kill_on_drop(true)
+        .output();
+    // Every call in the client has a deadline; this bounds the client itself, so a hang
+    // in it fails the test instead of stalling the suite.
+    let output = tokio::time::timeout(std::time::Duration::from_secs(300), run)
         .await
+        .expect("the python client finishes within 5 minutes")
         .expect("python3 runs (install grpcio grpcio-tools grpcio-health-checking)");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -9,6 +9,7 @@ executor protocol refuses a bad handshake. Usage:
     client.py --address 127.0.0.1:7070 --program examples/hello/hello.wasm
 """
 import argparse
+import gc
 import os
 import subprocess
 import sys
@@ -35,6 +36,11 @@ def generate(proto_root, out):
 
 
 def main():
+    # grpcio (1.85 here) can deadlock when Python's cyclic garbage collector finalizes a
+    # finished streaming call while another call holds the channel's lock (the process
+    # hung in _Rendezvous.__del__, seen once; grpc/grpc#43421 describes the lock order).
+    # This short-lived client needs no cyclic collection.
+    gc.disable()
     parser = argparse.ArgumentParser()
     parser.add_argument("--address", required=True)
     parser.add_argument("--program", required=True)
