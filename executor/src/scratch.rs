@@ -114,7 +114,6 @@ impl ScratchPool {
     /// three small directories this process just used, read from the kernel's caches; a
     /// round trip through the blocking pool for it cost more than the reads (B2',
     /// docs/PERFORMANCE.md). A dirty one is deleted in the blocking pool.
-    ///
     pub async fn release(&self, scratch: PathBuf, reuse: Reuse) {
         let results = match reuse {
             Reuse::Never => return remove(scratch).await,
@@ -180,7 +179,7 @@ fn make_outputs(scratch: &Path, outputs: &[String]) -> io::Result<()> {
 /// cannot be read. `results`, when given, is what `results/` is known to hold.
 fn clean_outputs(scratch: &Path, results: Option<Vec<String>>) -> Option<Vec<String>> {
     let only_results = || -> io::Result<bool> {
-        let mut tmp = false;
+        let (mut tmp, mut has_results) = (false, false);
         for entry in std::fs::read_dir(scratch)? {
             let entry = entry?;
             // `file_type` does not follow links: a link is never taken for a directory.
@@ -193,11 +192,14 @@ fn clean_outputs(scratch: &Path, results: Option<Vec<String>>) -> Option<Vec<Str
                     return Ok(false);
                 }
                 tmp = true;
-            } else if name != "results" {
+            } else if name == "results" {
+                has_results = true;
+            } else {
                 return Ok(false);
             }
         }
-        Ok(tmp)
+        // Both must be there, whatever `results` says: they are the mount points.
+        Ok(tmp && has_results)
     };
     if !only_results().unwrap_or(false) {
         return None;
