@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use shoal::proto::executor_service_client::ExecutorServiceClient;
 use shoal::proto::{
-    Capacity, ExecutionFinished, ExecutorMessage, Failure, FailureKind, Heartbeat, ProtocolVersion,
-    Register, executor_message, orchestrator_message,
+    Assign, Capacity, ExecutionFinished, ExecutorMessage, Failure, FailureKind, Feature, Features,
+    Heartbeat, ProtocolVersion, Register, ReportBatch, executor_message, orchestrator_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -26,6 +26,11 @@ use crate::metrics::Metrics;
 use crate::reports::{
     self, SharedExecutions, Unacknowledged, lock, recent_reports, running_ids, settled,
 };
+
+/// Most reports taken off the uplink at once, and most bytes of them in one `ReportBatch`
+/// (log chunks are up to 1 MiB; the orchestrator takes messages up to 16 MiB).
+const MAX_REPORTS_PER_MESSAGE: usize = 128;
+const REPORT_BATCH_BYTES: usize = 4 << 20;
 
 /// Everything the connection loop works with.
 pub struct Connection {
@@ -118,21 +123,23 @@ async fn session(
         recently_finished,
         instance_id: instance_id.to_owned(),
         acknowledged_through: connection.unacknowledged.through,
+        features: vec![Feature::Partitions as i32, Feature::AssignBatch as i32],
     };
     let metrics = connection.context.metrics.clone();
     send(&tx, &metrics, executor_message::Message::Register(register)).await?;
     let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
-    let heartbeat_interval = match inbound.message().await? {
+    let (heartbeat_interval, orchestrator_features) = match inbound.message().await? {
         Some(message) => match message.message {
             Some(orchestrator_message::Message::Registered(registered)) => {
                 connection
                     .context
                     .set_ipfs_gateways(&registered.ipfs_gateways);
-                registered
+                let interval = registered
                     .heartbeat_interval
                     .and_then(|d| Duration::try_from(d).ok())
                     .filter(|d| !d.is_zero())
-                    .unwrap_or(Duration::from_secs(2))
+                    .unwrap_or(Duration::from_secs(2));
+                (interval, Features::from_values(&registered.features))
             }
             _ => {
                 return Err(Error::Protocol(
@@ -172,9 +179,16 @@ async fn session(
                 None => return Ok(()),
             },
             Some(message) = uplink.recv() => {
-                let forgotten = connection.unacknowledged.keep(&message);
-                settled(&connection.executions, forgotten);
-                forward(&tx, &metrics, message).await?
+                let mut reports = vec![message];
+                if orchestrator_features.report_batch {
+                    // Whatever else is queued already goes up in the same message.
+                    while reports.len() < MAX_REPORTS_PER_MESSAGE
+                        && let Ok(next) = uplink.try_recv()
+                    {
+                        reports.push(next);
+                    }
+                }
+                send_reports(connection, &tx, &metrics, reports).await?
             }
             _ = heartbeat.tick() => {
                 // The list first, then the number: a report queued before an execution
@@ -192,9 +206,7 @@ async fn session(
             _ = shutdown.cancelled() => {
                 // The drain is over: every report is queued; send them before leaving.
                 while let Ok(message) = uplink.try_recv() {
-                    let forgotten = connection.unacknowledged.keep(&message);
-                    settled(&connection.executions, forgotten);
-                    forward(&tx, &metrics, message).await?;
+                    send_reports(connection, &tx, &metrics, vec![message]).await?;
                 }
                 drop(tx);
                 // Wait for the orchestrator to end the stream, so nothing queued is cut off.
@@ -204,6 +216,50 @@ async fn session(
                 .await;
                 return Ok(());
             }
+        }
+    }
+}
+
+/// Sends reports taken off the uplink, kept until acknowledged: more than one in
+/// `ReportBatch`es of at most [`REPORT_BATCH_BYTES`] (a single larger one alone).
+async fn send_reports(
+    connection: &mut Connection,
+    tx: &mpsc::Sender<ExecutorMessage>,
+    metrics: &Metrics,
+    reports: Vec<ExecutorMessage>,
+) -> Result<()> {
+    use prost::Message as _;
+    let mut batch: Vec<ExecutorMessage> = Vec::new();
+    let mut batch_bytes = 0;
+    for report in reports {
+        let size = report.encoded_len();
+        let forgotten = connection.unacknowledged.keep(&report, size);
+        settled(&connection.executions, forgotten);
+        if !batch.is_empty() && batch_bytes + size > REPORT_BATCH_BYTES {
+            send_batch(tx, metrics, std::mem::take(&mut batch)).await?;
+            batch_bytes = 0;
+        }
+        batch_bytes += size;
+        batch.push(report);
+    }
+    send_batch(tx, metrics, batch).await
+}
+
+/// One report as itself, several as a `ReportBatch`.
+async fn send_batch(
+    tx: &mpsc::Sender<ExecutorMessage>,
+    metrics: &Metrics,
+    mut reports: Vec<ExecutorMessage>,
+) -> Result<()> {
+    match reports.len() {
+        0 => Ok(()),
+        1 => forward(tx, metrics, reports.remove(0)).await,
+        _ => {
+            for report in &reports {
+                metrics.message("sent", report.type_name());
+            }
+            let batch = executor_message::Message::Reports(ReportBatch { reports });
+            send(tx, metrics, batch).await
         }
     }
 }
@@ -234,102 +290,11 @@ async fn forward(
 
 fn handle(connection: &mut Connection, message: shoal::proto::OrchestratorMessage) {
     match message.message {
-        Some(orchestrator_message::Message::Assign(assign)) => {
-            let execution_id = assign.execution_id.clone();
-            if *connection.draining.borrow() {
-                // Sent before our Draining arrived: hand it straight back.
-                let context = connection.context.clone();
-                tokio::spawn(async move {
-                    let failure = Failure::new(
-                        FailureKind::ExecutorLost,
-                        "the executor is draining and took no new work",
-                    );
-                    context
-                        .uplink
-                        .send_finished(ExecutionFinished {
-                            execution_id,
-                            state: failure.kind().execution_state() as i32,
-                            result: None,
-                            failure: Some(failure),
-                            result_blocks: Vec::new(),
-                        })
-                        .await;
-                });
-                return;
+        Some(orchestrator_message::Message::Assign(assign)) => start(connection, assign),
+        Some(orchestrator_message::Message::AssignBatch(batch)) => {
+            for assign in batch.into_assignments() {
+                start(connection, assign);
             }
-            let cancel = CancellationToken::new();
-            {
-                let mut executions = lock(&connection.executions);
-                if executions.cancelled_early.contains(&execution_id) {
-                    tracing::info!(
-                        execution_id,
-                        "ignoring an assignment that was already cancelled"
-                    );
-                    return;
-                }
-                if executions.running.contains_key(&execution_id) {
-                    return; // a resent assignment
-                }
-                executions
-                    .running
-                    .insert(execution_id.clone(), cancel.clone());
-            }
-            // The execution's span: its log lines carry job_id and execution_id, and as a
-            // trace span it is the child of the orchestrator's scheduling span.
-            let span = tracing::info_span!(
-                "execute",
-                job_id = assign.job_id,
-                execution_id,
-                attempt = assign.attempt,
-                otel.status_code = tracing::field::Empty,
-                otel.status_message = tracing::field::Empty,
-            );
-            shoal::daemon::telemetry::set_parent_from_map(&span, &assign.trace_context);
-            span.in_scope(|| tracing::info!("execution assigned"));
-            let context = connection.context.clone();
-            let executions = connection.executions.clone();
-            let task_span = span.clone();
-            let task = async move {
-                let started = std::time::Instant::now();
-                context.metrics.running.inc();
-                let (mut finished, scratch) =
-                    run_isolated(&execution_id, execute(&context, assign, cancel)).await;
-                context.metrics.running.dec();
-                {
-                    // Remembered before it leaves `running`, so a Register sent at any
-                    // moment reports the execution either as running or as finished —
-                    // never as missing, which would make the orchestrator run it again.
-                    let mut executions = lock(&executions);
-                    if let Some(timeout) = executions.drained.remove(&execution_id) {
-                        let failure = Failure::new(
-                            FailureKind::ExecutorLost,
-                            format!(
-                                "the executor shut down and its drain timeout ({}) ran out first",
-                                shoal::spec::units::format_duration(timeout)
-                            ),
-                        );
-                        finished.state = failure.kind().execution_state() as i32;
-                        finished.failure = Some(failure);
-                    }
-                    executions.remember_finished(finished.clone());
-                    executions.settling.insert(execution_id.clone());
-                }
-                context
-                    .metrics
-                    .finished(finished.state(), started.elapsed());
-                if let Some(failure) = &finished.failure {
-                    span.record("otel.status_code", "ERROR");
-                    span.record("otel.status_message", failure.message.as_str());
-                }
-                context.uplink.send_finished(finished).await;
-                // Only now does it leave `running`: a heartbeat that no longer lists it
-                // quotes a report number at least that of this report (see Heartbeat).
-                lock(&executions).running.remove(&execution_id);
-                if let Some(used) = scratch {
-                    context.scratch.release(used.path, used.reuse).await;
-                }
-            };
-            connection.tasks.spawn(task.instrument(task_span));
         }
         Some(orchestrator_message::Message::Cancel(cancel)) => {
             let mut executions = lock(&connection.executions);
@@ -360,6 +325,105 @@ fn handle(connection: &mut Connection, message: shoal::proto::OrchestratorMessag
             tracing::warn!("unexpected message from the orchestrator ignored");
         }
     }
+}
+
+/// Starts an assigned execution (or hands it back while draining).
+fn start(connection: &mut Connection, assign: Assign) {
+    let execution_id = assign.execution_id.clone();
+    if *connection.draining.borrow() {
+        // Sent before our Draining arrived: hand it straight back.
+        let context = connection.context.clone();
+        tokio::spawn(async move {
+            let failure = Failure::new(
+                FailureKind::ExecutorLost,
+                "the executor is draining and took no new work",
+            );
+            context
+                .uplink
+                .send_finished(ExecutionFinished {
+                    execution_id,
+                    state: failure.kind().execution_state() as i32,
+                    result: None,
+                    failure: Some(failure),
+                    result_blocks: Vec::new(),
+                })
+                .await;
+        });
+        return;
+    }
+    let cancel = CancellationToken::new();
+    {
+        let mut executions = lock(&connection.executions);
+        if executions.cancelled_early.contains(&execution_id) {
+            tracing::info!(
+                execution_id,
+                "ignoring an assignment that was already cancelled"
+            );
+            return;
+        }
+        if executions.running.contains_key(&execution_id) {
+            return; // a resent assignment
+        }
+        executions
+            .running
+            .insert(execution_id.clone(), cancel.clone());
+    }
+    // The execution's span: its log lines carry job_id and execution_id, and as a
+    // trace span it is the child of the orchestrator's scheduling span.
+    let span = tracing::info_span!(
+        "execute",
+        job_id = assign.job_id,
+        execution_id,
+        attempt = assign.attempt,
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+    );
+    shoal::daemon::telemetry::set_parent_from_map(&span, &assign.trace_context);
+    span.in_scope(|| tracing::info!("execution assigned"));
+    let context = connection.context.clone();
+    let executions = connection.executions.clone();
+    let task_span = span.clone();
+    let task = async move {
+        let started = std::time::Instant::now();
+        context.metrics.running.inc();
+        let (mut finished, scratch) =
+            run_isolated(&execution_id, execute(&context, assign, cancel)).await;
+        context.metrics.running.dec();
+        {
+            // Remembered before it leaves `running`, so a Register sent at any
+            // moment reports the execution either as running or as finished —
+            // never as missing, which would make the orchestrator run it again.
+            let mut executions = lock(&executions);
+            if let Some(timeout) = executions.drained.remove(&execution_id) {
+                let failure = Failure::new(
+                    FailureKind::ExecutorLost,
+                    format!(
+                        "the executor shut down and its drain timeout ({}) ran out first",
+                        shoal::spec::units::format_duration(timeout)
+                    ),
+                );
+                finished.state = failure.kind().execution_state() as i32;
+                finished.failure = Some(failure);
+            }
+            executions.remember_finished(finished.clone());
+            executions.settling.insert(execution_id.clone());
+        }
+        context
+            .metrics
+            .finished(finished.state(), started.elapsed());
+        if let Some(failure) = &finished.failure {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_message", failure.message.as_str());
+        }
+        context.uplink.send_finished(finished).await;
+        // Only now does it leave `running`: a heartbeat that no longer lists it
+        // quotes a report number at least that of this report (see Heartbeat).
+        lock(&executions).running.remove(&execution_id);
+        if let Some(used) = scratch {
+            context.scratch.release(used.path, used.reuse).await;
+        }
+    };
+    connection.tasks.spawn(task.instrument(task_span));
 }
 
 /// Runs one execution's work; a panic in it (a bug) fails only that execution, as

@@ -31,14 +31,15 @@ pub struct Unacknowledged {
 }
 
 impl Unacknowledged {
-    /// Keeps a report just sent; returns the executions whose finished report had to be
-    /// forgotten to stay in the budget (a Register then carries it among the recent ones).
-    pub(crate) fn keep(&mut self, report: &ExecutorMessage) -> Vec<String> {
+    /// Keeps a report just sent, of `size` encoded bytes; returns the executions whose
+    /// finished report had to be forgotten to stay in the budget (a Register then carries
+    /// it among the recent ones).
+    pub(crate) fn keep(&mut self, report: &ExecutorMessage, size: usize) -> Vec<String> {
         use prost::Message as _;
         if report.sequence == 0 {
             return Vec::new();
         }
-        self.bytes += report.encoded_len();
+        self.bytes += size;
         self.reports.push_back(report.clone());
         let mut forgotten = Vec::new();
         while self.bytes > UNACKNOWLEDGED_BUDGET

@@ -100,6 +100,71 @@ impl std::fmt::Display for Failure {
     }
 }
 
+impl AssignBatch {
+    /// Most executions one batch carries: with a sharded input each carries its entries,
+    /// and the message must stay well under the 16 MiB both sides take.
+    pub const MAX_EXECUTIONS: usize = 512;
+
+    /// The assignments this batch stands for, in order: each is the `Assign` that would
+    /// have been sent alone, with the spec shared and the execution's own inputs put into
+    /// the spec's at `inputs_at`.
+    pub fn into_assignments(self) -> Vec<Assign> {
+        let AssignBatch {
+            job_id,
+            spec,
+            partition_count,
+            inputs_at,
+            executions,
+        } = self;
+        executions
+            .into_iter()
+            .map(|execution| {
+                let spec = spec.clone().map(|mut spec| {
+                    if !execution.inputs.is_empty() {
+                        let at = (inputs_at as usize).min(spec.inputs.len());
+                        spec.inputs.splice(at..at, execution.inputs);
+                    }
+                    spec
+                });
+                Assign {
+                    execution_id: execution.execution_id,
+                    job_id: job_id.clone(),
+                    spec,
+                    attempt: execution.attempt,
+                    trace_context: execution.trace_context,
+                    partition: execution.partition,
+                    partition_count,
+                }
+            })
+            .collect()
+    }
+}
+
+/// What a peer named in its handshake (`Register.features`, `Registered.features`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Features {
+    pub partitions: bool,
+    pub assign_batch: bool,
+    pub report_batch: bool,
+}
+
+impl Features {
+    /// The features among the handshake's values; values this build does not know are
+    /// ignored (a newer peer's).
+    pub fn from_values(values: &[i32]) -> Self {
+        let mut features = Features::default();
+        for value in values {
+            match Feature::try_from(*value) {
+                Ok(Feature::Partitions) => features.partitions = true,
+                Ok(Feature::AssignBatch) => features.assign_batch = true,
+                Ok(Feature::ReportBatch) => features.report_batch = true,
+                Ok(Feature::Unspecified) | Err(_) => {}
+            }
+        }
+        features
+    }
+}
+
 /// Converts a `SystemTime` into a protobuf timestamp.
 pub fn timestamp(time: std::time::SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(time)
@@ -121,6 +186,7 @@ impl ExecutorMessage {
             Some(Message::Log(_)) => "log",
             Some(Message::Finished(_)) => "finished",
             Some(Message::Draining(_)) => "draining",
+            Some(Message::Reports(_)) => "reports",
             None => "empty",
         }
     }
@@ -135,6 +201,7 @@ impl OrchestratorMessage {
             Some(Message::Assign(_)) => "assign",
             Some(Message::Cancel(_)) => "cancel",
             Some(Message::Acknowledged(_)) => "acknowledged",
+            Some(Message::AssignBatch(_)) => "assign_batch",
             None => "empty",
         }
     }

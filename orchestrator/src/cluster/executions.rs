@@ -6,12 +6,16 @@ use std::time::SystemTime;
 
 use shoal::proto::{
     Execution, ExecutionFinished, ExecutionResult, ExecutionState, Failure, FailureKind, JobState,
-    LogChunk, job_event,
+    LogChunk, LogStream, job_event,
 };
 
 use super::*;
 use crate::metrics;
 use crate::records::Write;
+
+/// The streams a log chunk may name; a chunk naming another is dropped, so every offset
+/// kept for an execution is one its end forgets.
+const LOG_STREAMS: [i32; 2] = [LogStream::Stdout as i32, LogStream::Stderr as i32];
 
 impl Cluster {
     pub(super) fn owned_execution(
@@ -84,6 +88,15 @@ impl Cluster {
         };
         let job_id = execution.job_id.clone();
         self.unacknowledged.remove(&chunk.execution_id);
+        if !LOG_STREAMS.contains(&chunk.stream) {
+            tracing::warn!(
+                executor_id,
+                execution_id = chunk.execution_id,
+                stream = chunk.stream,
+                "dropping a log chunk of no known stream"
+            );
+            return;
+        }
         let key = (chunk.execution_id.clone(), chunk.stream);
         let expected = self.log_offsets.get(&key).copied().unwrap_or(0);
         // Peer-supplied numbers: an offset near u64::MAX must not overflow, and no
@@ -240,11 +253,15 @@ impl Cluster {
         self.effects
             .writes
             .push(Write::Execution(execution.clone()));
-        self.log_offsets.retain(|(id, _), _| id != execution_id);
+        for stream in LOG_STREAMS {
+            self.log_offsets.remove(&(execution_id.to_owned(), stream));
+        }
+        let memory = self
+            .jobs
+            .get(&execution.job_id)
+            .map_or(0, |j| j.rules.memory_bytes);
         if let Some(node) = self.nodes.get_mut(&executor_id) {
-            node.node
-                .running_execution_ids
-                .retain(|id| id != execution_id);
+            node.remove_running(execution_id, memory);
         }
         self.effects.schedule = true;
     }

@@ -69,13 +69,12 @@ impl Cluster {
             .get(&id)
             .map(|n| n.node.running_execution_ids.clone())
             .unwrap_or_default();
-        let entry = self.nodes.entry(id.clone()).or_insert_with(|| NodeEntry {
-            node: Node {
+        let entry = self.nodes.entry(id.clone()).or_insert_with(|| {
+            let node = Node {
                 id: id.clone(),
                 ..Default::default()
-            },
-            link: None,
-            last_seen: instant,
+            };
+            NodeEntry::new(node, instant)
         });
         entry.node.state = NodeState::Connected as i32;
         entry.node.labels = register.labels;
@@ -89,6 +88,7 @@ impl Cluster {
             // Reports up to here were acknowledged on an earlier stream: they count as
             // arrived (heartbeats quote the process's numbers, not the stream's).
             received_through: register.acknowledged_through,
+            features: shoal::proto::Features::from_values(&register.features),
         });
         entry.last_seen = instant;
         self.effects.writes.push(Write::Node(entry.node.clone()));

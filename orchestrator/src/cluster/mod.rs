@@ -38,7 +38,7 @@ use crate::records::{Snapshot, Write};
 /// The stream a message is for: an executor, and the generation of its registration (a
 /// message for an earlier stream of the same executor is not delivered on a later one).
 /// The service layer owns the streams themselves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Recipient {
     pub executor_id: String,
     pub generation: u64,
@@ -92,6 +92,9 @@ pub struct Effects {
     /// Partitioned jobs whose partitions have all ended: their result trees are to be
     /// built (then [`Cluster::partitions_finished`]).
     pub finalize: Vec<String>,
+    /// The `AssignBatch` among `messages` that further executions of a job placed on a
+    /// stream join, by stream and job.
+    open_batches: HashMap<(Recipient, String), usize>,
 }
 
 struct JobEntry {
@@ -116,12 +119,46 @@ struct NodeLink {
     instance_id: String,
     /// The highest report sequence number received on this stream.
     received_through: u64,
+    /// What the executor said it can do in its `Register`.
+    features: shoal::proto::Features,
 }
 
 struct NodeEntry {
     node: Node,
     link: Option<NodeLink>,
     last_seen: Instant,
+    /// The memory its executions' jobs ask for, summed: kept up to date as executions are
+    /// added to and removed from `node.running_execution_ids`, because every placement
+    /// reads it.
+    allocated_memory: u64,
+}
+
+impl NodeEntry {
+    fn new(node: Node, last_seen: Instant) -> Self {
+        NodeEntry {
+            node,
+            link: None,
+            last_seen,
+            allocated_memory: 0,
+        }
+    }
+
+    /// Counts an execution whose job asks for `memory` against this executor.
+    fn add_running(&mut self, execution_id: String, memory: u64) {
+        self.node.running_execution_ids.push(execution_id);
+        self.allocated_memory = self.allocated_memory.saturating_add(memory);
+    }
+
+    /// No longer counts the execution, if it was counted.
+    fn remove_running(&mut self, execution_id: &str, memory: u64) {
+        let before = self.node.running_execution_ids.len();
+        self.node
+            .running_execution_ids
+            .retain(|id| id != execution_id);
+        if self.node.running_execution_ids.len() < before {
+            self.allocated_memory = self.allocated_memory.saturating_sub(memory);
+        }
+    }
 }
 
 /// All jobs, executions and executors.
@@ -217,30 +254,25 @@ impl Cluster {
         for mut node in snapshot.nodes {
             node.state = NodeState::Disconnected as i32;
             node.running_execution_ids.clear();
-            cluster.nodes.insert(
-                node.id.clone(),
-                NodeEntry {
-                    node,
-                    link: None,
-                    last_seen: now,
-                },
-            );
+            cluster
+                .nodes
+                .insert(node.id.clone(), NodeEntry::new(node, now));
         }
         for execution in snapshot.executions {
             if !execution.state().is_terminal() {
+                let memory = cluster.memory_of(&execution.job_id);
                 let entry = cluster
                     .nodes
                     .entry(execution.executor_id.clone())
-                    .or_insert_with(|| NodeEntry {
-                        node: Node {
+                    .or_insert_with(|| {
+                        let node = Node {
                             id: execution.executor_id.clone(),
                             state: NodeState::Disconnected as i32,
                             ..Default::default()
-                        },
-                        link: None,
-                        last_seen: now,
+                        };
+                        NodeEntry::new(node, now)
                     });
-                entry.node.running_execution_ids.push(execution.id.clone());
+                entry.add_running(execution.id.clone(), memory);
             }
             cluster.executions.insert(execution.id.clone(), execution);
         }
@@ -439,17 +471,15 @@ impl Cluster {
     }
 
     fn allocated(&self, entry: &NodeEntry) -> Capacity {
-        let mut allocated = Capacity::default();
-        for id in &entry.node.running_execution_ids {
-            allocated.slots += 1;
-            allocated.memory_bytes += self
-                .executions
-                .get(id)
-                .and_then(|e| self.jobs.get(&e.job_id))
-                .map(|j| j.rules.memory_bytes)
-                .unwrap_or(0);
+        Capacity {
+            slots: u32::try_from(entry.node.running_execution_ids.len()).unwrap_or(u32::MAX),
+            memory_bytes: entry.allocated_memory,
         }
-        allocated
+    }
+
+    /// The memory the job of `job_id` asks for each execution (0 for a job not held).
+    fn memory_of(&self, job_id: &str) -> u64 {
+        self.jobs.get(job_id).map_or(0, |j| j.rules.memory_bytes)
     }
 
     /// Appends a state-change event and persists the job.

@@ -13,8 +13,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::SystemTime;
 
 use shoal::proto::{
-    Execution, ExecutionState, Failure, FailureKind, JobState, PartitionCounts,
-    orchestrator_message,
+    AssignBatch, BatchedExecution, Execution, ExecutionState, Failure, FailureKind, JobState,
+    PartitionCounts, orchestrator_message,
 };
 
 use super::shards::Shards;
@@ -263,7 +263,7 @@ impl Cluster {
             if cap > 0 && partitions.counts.running >= cap {
                 return (placed, None);
             }
-            match self.placement(&entry.rules) {
+            match self.placement(&entry.rules, true) {
                 Ok(executor_id) => {
                     self.assign_partition(job_id, index, &executor_id, now);
                     placed += 1;
@@ -299,9 +299,9 @@ impl Cluster {
                 .scheduling_latency
                 .observe(waited.as_secs_f64());
         }
-        let spec = match &partitions.shards {
-            Some(shards) => Some(shards.partition_spec(index)),
-            None => entry.job.spec.clone(),
+        let inputs = match &partitions.shards {
+            Some(shards) => shards.partition_inputs(index),
+            None => Vec::new(),
         };
         let trace_context = self.placement_trace(job_id, &execution_id, executor_id, attempt, now);
         let execution = Execution {
@@ -319,18 +319,80 @@ impl Cluster {
             let message = format!("running {count} partitions");
             self.set_job_state(job_id, JobState::Running, message, None, None, now);
         }
-        self.send_to(
-            executor_id,
-            orchestrator_message::Message::Assign(shoal::proto::Assign {
-                execution_id,
-                job_id: job_id.to_owned(),
-                spec,
-                attempt,
-                trace_context,
-                partition: index,
-                partition_count: count,
-            }),
-        );
+        let execution = BatchedExecution {
+            execution_id,
+            attempt,
+            partition: index,
+            trace_context,
+            inputs,
+        };
+        self.send_partition(executor_id, job_id, execution);
+    }
+
+    /// Sends a placed partition's execution: to an executor that takes batches, in the
+    /// `AssignBatch` this transition already holds for the job on its stream (a new one
+    /// when there is none, or it is full); to one that does not, as its own `Assign`, the
+    /// same one the batch stands for.
+    fn send_partition(&mut self, executor_id: &str, job_id: &str, execution: BatchedExecution) {
+        let Some(link) = self.nodes.get(executor_id).and_then(|n| n.link.as_ref()) else {
+            return;
+        };
+        let recipient = Recipient {
+            executor_id: executor_id.to_owned(),
+            generation: link.generation,
+        };
+        let takes_batches = link.features.assign_batch;
+        let key = (recipient, job_id.to_owned());
+        if takes_batches
+            && let Some(&at) = self.effects.open_batches.get(&key)
+            && let Some((_, message)) = self.effects.messages.get_mut(at)
+            && let Some(orchestrator_message::Message::AssignBatch(batch)) = &mut message.message
+            && batch.executions.len() < AssignBatch::MAX_EXECUTIONS
+        {
+            batch.executions.push(execution);
+            return;
+        }
+        let Some(entry) = self.jobs.get(job_id) else {
+            return;
+        };
+        let Some(partitions) = entry.partitions.as_deref() else {
+            return;
+        };
+        let (spec, inputs_at) = match &partitions.shards {
+            Some(shards) => (Some(shards.base().clone()), shards.inputs_at()),
+            None => (entry.job.spec.clone(), 0),
+        };
+        let batch = AssignBatch {
+            job_id: job_id.to_owned(),
+            spec,
+            partition_count: partitions.count(),
+            inputs_at: u32::try_from(inputs_at).unwrap_or(u32::MAX),
+            executions: vec![execution],
+        };
+        let (recipient, _) = &key;
+        let recipient = recipient.clone();
+        if takes_batches {
+            self.effects
+                .open_batches
+                .insert(key, self.effects.messages.len());
+            let message = orchestrator_message::Message::AssignBatch(batch);
+            self.effects.messages.push((
+                recipient,
+                OrchestratorMessage {
+                    message: Some(message),
+                },
+            ));
+        } else {
+            for assign in batch.into_assignments() {
+                let message = orchestrator_message::Message::Assign(assign);
+                self.effects.messages.push((
+                    recipient.clone(),
+                    OrchestratorMessage {
+                        message: Some(message),
+                    },
+                ));
+            }
+        }
     }
 
     /// Whether `execution_id` is an execution of a partitioned job.
@@ -639,15 +701,11 @@ mod tests {
     /// job to finish.
     fn placed(c: &mut Cluster) -> (Vec<(String, u32, u32)>, Vec<String>) {
         let effects = c.take_effects();
-        let assigned = effects
-            .messages
-            .iter()
-            .filter_map(|(_, m)| match &m.message {
-                Some(orchestrator_message::Message::Assign(a)) => {
-                    assert_eq!(a.partition_count, 5, "every assignment says the count");
-                    Some((a.execution_id.clone(), a.partition, a.attempt))
-                }
-                _ => None,
+        let assigned = assigned(&effects)
+            .into_iter()
+            .map(|(_, a)| {
+                assert_eq!(a.partition_count, 5, "every assignment says the count");
+                (a.execution_id, a.partition, a.attempt)
             })
             .collect();
         (assigned, effects.finalize)
@@ -951,15 +1009,9 @@ mod tests {
                 .collect()
         };
         let assigns = |c: &mut Cluster| -> Vec<(u32, Vec<(String, String)>)> {
-            c.take_effects()
-                .messages
+            assigned(&c.take_effects())
                 .iter()
-                .filter_map(|(_, m)| match &m.message {
-                    Some(orchestrator_message::Message::Assign(a)) => {
-                        Some((a.partition, targets(a)))
-                    }
-                    _ => None,
-                })
+                .map(|(_, a)| (a.partition, targets(a)))
                 .collect()
         };
         c.schedule(now);
@@ -1000,6 +1052,189 @@ mod tests {
             "{}",
             failed.status_message
         );
+    }
+
+    /// A sharded job placed on an executor that takes batches gets one `AssignBatch` per
+    /// scheduling pass, carrying the spec once; what the executor makes of it is exactly the
+    /// assignments an executor that does not take batches gets one by one (bar the random
+    /// execution ids).
+    #[test]
+    fn a_batch_stands_for_the_assignments_sent_alone() {
+        let mut spec = spec();
+        spec.inputs = vec![
+            InputSpec {
+                target: "/inputs/ref.txt".into(),
+                source: CID.into(),
+                ..Default::default()
+            },
+            InputSpec {
+                target: "/inputs/data".into(),
+                shard: true,
+                sources: (0..7).map(|i| format!("https://host/f{i}.txt")).collect(),
+                ..Default::default()
+            },
+        ];
+        spec.shard_size = 2;
+        let listing = ShardListing {
+            entries: (0..7)
+                .map(|i| crate::records::ShardEntry {
+                    name: format!("f{i}.txt"),
+                    source: format!("https://host/f{i}.txt"),
+                })
+                .collect(),
+        };
+        let now = SystemTime::now();
+        let run = |features: &[Feature]| {
+            let mut c = cluster();
+            let _a = connect_with(&mut c, "a", 3, &[], features);
+            let valid = accept(spec.clone())
+                .with_partitions(4)
+                .expect("4 partitions");
+            c.submit_sharded(valid, "", HashMap::new(), Some(listing.clone()), now)
+                .expect("submit");
+            c.take_effects();
+            c.schedule(now);
+            let effects = c.take_effects();
+            let kinds: Vec<&str> = effects
+                .messages
+                .iter()
+                .map(|(_, m)| m.type_name())
+                .collect();
+            let assigned: Vec<shoal::proto::Assign> = assigned(&effects)
+                .into_iter()
+                .map(|(_, a)| shoal::proto::Assign {
+                    execution_id: String::new(),
+                    job_id: String::new(),
+                    ..a
+                })
+                .collect();
+            (kinds, assigned)
+        };
+        let (batched, from_batch) = run(FEATURES);
+        let (alone, one_by_one) = run(&[Feature::Partitions]);
+        assert_eq!(batched, ["assign_batch"]);
+        assert_eq!(alone, ["assign", "assign", "assign"]);
+        assert_eq!(from_batch, one_by_one);
+        let targets: Vec<Vec<&str>> = from_batch
+            .iter()
+            .map(|a| {
+                let spec = a.spec.as_ref().expect("spec");
+                spec.inputs.iter().map(|i| i.target.as_str()).collect()
+            })
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                [
+                    "/inputs/ref.txt",
+                    "/inputs/data/f0.txt",
+                    "/inputs/data/f1.txt"
+                ],
+                [
+                    "/inputs/ref.txt",
+                    "/inputs/data/f2.txt",
+                    "/inputs/data/f3.txt"
+                ],
+                [
+                    "/inputs/ref.txt",
+                    "/inputs/data/f4.txt",
+                    "/inputs/data/f5.txt"
+                ],
+            ]
+        );
+    }
+
+    /// A batch holds at most [`AssignBatch::MAX_EXECUTIONS`]: more placements on one stream
+    /// in one pass start another; each executor gets its own.
+    #[test]
+    fn batches_are_bounded_and_per_executor() {
+        let mut c = Cluster::restore(
+            Snapshot::default(),
+            ClusterConfig {
+                max_capacity: Capacity {
+                    slots: 1000,
+                    memory_bytes: 1 << 40,
+                },
+                ..Default::default()
+            },
+            Instant::now(),
+        );
+        let _a = connect(&mut c, "a", 600, &[]);
+        let _b = connect(&mut c, "b", 10, &[]);
+        let now = SystemTime::now();
+        let mut spec = partitioned(700, 0);
+        spec.resources = Some(shoal::proto::Resources {
+            memory_bytes: 4 << 20,
+        });
+        c.submit(accept(spec), HashMap::new(), now).expect("submit");
+        c.schedule(now);
+        let effects = c.take_effects();
+        let batches: Vec<(String, usize)> = effects
+            .messages
+            .iter()
+            .filter_map(|(to, m)| match &m.message {
+                Some(orchestrator_message::Message::AssignBatch(b)) => {
+                    Some((to.executor_id.clone(), b.executions.len()))
+                }
+                _ => None,
+            })
+            .collect();
+        let to_a: Vec<usize> = batches.iter().filter(|b| b.0 == "a").map(|b| b.1).collect();
+        let to_b: Vec<usize> = batches.iter().filter(|b| b.0 == "b").map(|b| b.1).collect();
+        assert_eq!(
+            to_a,
+            [
+                AssignBatch::MAX_EXECUTIONS,
+                600 - AssignBatch::MAX_EXECUTIONS
+            ]
+        );
+        assert_eq!(to_b, [10]);
+        let mut partitions: Vec<u32> = assigned(&effects)
+            .iter()
+            .map(|(_, a)| a.partition)
+            .collect();
+        partitions.sort();
+        assert_eq!(partitions, (0..610).collect::<Vec<u32>>());
+    }
+
+    /// An executor from before partitions (it names no such feature) gets none: the guest
+    /// could not tell which part is its own. The job waits saying why, a plain job still
+    /// runs there, and the partitions go to an executor that runs them once one connects.
+    #[test]
+    fn partitions_wait_for_an_executor_that_runs_them() {
+        let mut c = cluster();
+        let _old = connect_with(&mut c, "old", 4, &[], &[]);
+        let now = SystemTime::now();
+        let job = c
+            .submit(accept(partitioned(3, 0)), HashMap::new(), now)
+            .expect("submit")
+            .id;
+        let plain = c
+            .submit(accept(spec()), HashMap::new(), now)
+            .expect("submit")
+            .id;
+        c.take_effects();
+        c.schedule(now);
+        let placed = assigned(&c.take_effects());
+        assert_eq!(
+            placed
+                .iter()
+                .map(|(to, a)| (to.as_str(), a.job_id.as_str()))
+                .collect::<Vec<_>>(),
+            [("old", plain.as_str())]
+        );
+        let waiting = c.job(&job).expect("job");
+        assert_eq!(waiting.state(), JobState::Queued);
+        assert!(
+            waiting.status_message.contains("runs partitions"),
+            "{}",
+            waiting.status_message
+        );
+        let _new = connect(&mut c, "new", 4, &[]);
+        c.schedule(now);
+        let placed = assigned(&c.take_effects());
+        assert_eq!(placed.len(), 3);
+        assert!(placed.iter().all(|(to, a)| to == "new" && a.job_id == job));
     }
 
     /// A partitioned job that never found an executor times out as a whole: its partitions

@@ -45,7 +45,7 @@ impl Cluster {
     }
 
     pub(super) fn schedule_pass(&mut self, now: SystemTime, full: bool) {
-        let mut unplaceable: HashMap<(Selector, u64), String> = HashMap::new();
+        let mut unplaceable: HashMap<(Selector, u64, bool), String> = HashMap::new();
         let mut free_slots = self.free_slots();
         let mut cursor: Option<String> = None;
         loop {
@@ -63,7 +63,12 @@ impl Cluster {
                 continue;
             };
             // Jobs of one shape are placed alike: once one cannot be, the rest are not tried.
-            let shape = (entry.rules.constraints.clone(), entry.rules.memory_bytes);
+            // (Partitions go only to executors that run them: that is part of the shape.)
+            let shape = (
+                entry.rules.constraints.clone(),
+                entry.rules.memory_bytes,
+                entry.partitions.is_some(),
+            );
             let started = entry.job.state() != JobState::Queued;
             let placed = match unplaceable.get(&shape) {
                 Some(reason) => Err(reason.clone()),
@@ -74,7 +79,7 @@ impl Cluster {
                     }
                     (_, Some(reason)) => Err(reason),
                 },
-                None => match self.placement(&entry.rules) {
+                None => match self.placement(&entry.rules, false) {
                     Ok(executor_id) => {
                         self.assign(&job_id, &executor_id, now);
                         Ok(())
@@ -143,7 +148,12 @@ impl Cluster {
 
     /// The executor to run a job with `rules` on, or why there is none. Among fitting
     /// executors, the one with the most free slots wins, which spreads work across the fleet.
-    pub(super) fn placement(&self, rules: &JobRules) -> std::result::Result<String, String> {
+    /// A partition (`partition`) goes only to an executor that runs partitions.
+    pub(super) fn placement(
+        &self,
+        rules: &JobRules,
+        partition: bool,
+    ) -> std::result::Result<String, String> {
         let (selector, memory) = (&rules.constraints, rules.memory_bytes);
         let live: Vec<&NodeEntry> = self
             .nodes
@@ -165,7 +175,12 @@ impl Cluster {
         let mut best: Option<(u32, &NodeEntry)> = None;
         let mut too_small = 0;
         let mut largest = 0;
+        let mut too_old = 0;
         for entry in &connected {
+            if partition && !entry.link.as_ref().is_some_and(|l| l.features.partitions) {
+                too_old += 1;
+                continue;
+            }
             if let Some(requirement) = selector.first_unmet(&entry.node.labels) {
                 *unmet.entry(requirement.to_string()).or_default() += 1;
                 continue;
@@ -187,6 +202,13 @@ impl Cluster {
             return Ok(entry.node.id.clone());
         }
         let total = connected.len();
+        if too_old == total {
+            return Err(format!(
+                "none of the {total} connected executors runs partitions: they are of a \
+                 version from before partitions, and must be upgraded"
+            ));
+        }
+        let total = total - too_old;
         if unmet.values().sum::<usize>() == total {
             let detail = unmet
                 .iter()
@@ -270,9 +292,10 @@ impl Cluster {
         self.effects
             .writes
             .push(Write::Execution(execution.clone()));
+        let memory = self.memory_of(&job_id);
         self.executions.insert(execution_id.clone(), execution);
         if let Some(node) = self.nodes.get_mut(&executor_id) {
-            node.node.running_execution_ids.push(execution_id.clone());
+            node.add_running(execution_id.clone(), memory);
         }
         self.unacknowledged.insert(execution_id, now);
     }
@@ -580,5 +603,81 @@ mod tests {
         c.schedule(now);
         assert_eq!(assignments(&mut c).len(), 1, "4 GiB hold one 3 GiB job");
         assert_eq!(c.job(&second).expect("job").state(), JobState::Queued);
+    }
+
+    /// The memory counted against an executor is kept as a running figure; through
+    /// placements, completions, a loss and a restart it stays the sum of what its running
+    /// executions' jobs ask for, and freed memory is placed again.
+    #[test]
+    fn allocated_memory_follows_the_executions() {
+        let sum = |c: &Cluster, id: &str| -> (u64, u64) {
+            let entry = c.nodes.get(id).expect("node");
+            let summed = entry
+                .node
+                .running_execution_ids
+                .iter()
+                .filter_map(|e| c.executions.get(e))
+                .map(|e| c.memory_of(&e.job_id))
+                .sum();
+            (c.allocated(entry).memory_bytes, summed)
+        };
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 8, &[]);
+        let now = SystemTime::now();
+        let sized = |gib: u64| {
+            let mut spec = spec();
+            spec.resources = Some(Resources {
+                memory_bytes: gib << 30,
+            });
+            accept(spec)
+        };
+        for gib in [1, 2, 1] {
+            c.submit(sized(gib), HashMap::new(), now).expect("submit");
+        }
+        c.schedule(now);
+        let placed = assignments(&mut c);
+        assert_eq!(placed.len(), 3, "1 + 2 + 1 GiB fit in 4 GiB");
+        assert_eq!(sum(&c, "a"), (4 << 30, 4 << 30));
+        let waiting = c.submit(sized(2), HashMap::new(), now).expect("submit").id;
+        c.schedule(now);
+        assert!(assignments(&mut c).is_empty(), "no memory is left");
+        // The 2 GiB job completes: its memory is free, and the waiting job takes it.
+        let two = placed
+            .iter()
+            .find(|(job, _)| {
+                c.job(job)
+                    .expect("job")
+                    .spec
+                    .as_ref()
+                    .expect("spec")
+                    .resources
+                    == Some(Resources {
+                        memory_bytes: 2 << 30,
+                    })
+            })
+            .expect("the 2 GiB job")
+            .1
+            .clone();
+        finish(&mut c, "a", &two, None);
+        assert_eq!(sum(&c, "a"), (2 << 30, 2 << 30));
+        c.schedule(now);
+        assert_eq!(assignments(&mut c).len(), 1);
+        assert_eq!(c.job(&waiting).expect("job").state(), JobState::Scheduled);
+        assert_eq!(sum(&c, "a"), (4 << 30, 4 << 30));
+        // A report for an execution already ended frees nothing twice.
+        finish(&mut c, "a", &two, None);
+        assert_eq!(sum(&c, "a"), (4 << 30, 4 << 30));
+        // After a restart the figure is rebuilt from the stored executions.
+        let snapshot = Snapshot {
+            jobs: c.jobs.values().map(|j| j.job.clone()).collect(),
+            executions: c.executions.values().cloned().collect(),
+            nodes: c.nodes(),
+            ..Default::default()
+        };
+        let restored = Cluster::restore(snapshot, ClusterConfig::default(), Instant::now());
+        assert_eq!(sum(&restored, "a"), (4 << 30, 4 << 30));
+        // An executor that reconnects without its executions loses them, and their memory.
+        let _again = connect(&mut c, "a", 8, &[]);
+        assert_eq!(sum(&c, "a"), (0, 0));
     }
 }

@@ -10,7 +10,8 @@ use crate::records::ShardListing;
 /// `i * size .. (i + 1) * size`, in place of the sharded input.
 pub(super) struct Shards {
     /// The job's spec without the sharded input (whose `sources` may be long), made once:
-    /// each partition's spec is a copy of it with its entries put in.
+    /// each partition's spec is it with the partition's entries put in (by the executor,
+    /// from an `AssignBatch`, which carries it once).
     base: JobSpec,
     /// The sharded input's index in the spec's inputs, its target and S3 settings.
     input: usize,
@@ -66,25 +67,35 @@ impl Shards {
         self.listing.clone()
     }
 
-    /// The spec partition `index` runs: the sharded input replaced by one plain input per
-    /// entry of the partition, at `target/<entry name>`, in listing order.
-    pub(super) fn partition_spec(&self, index: u32) -> JobSpec {
-        let mut spec = self.base.clone();
+    /// The spec every partition shares: the job's, without the sharded input.
+    pub(super) fn base(&self) -> &JobSpec {
+        &self.base
+    }
+
+    /// Where a partition's entries go among the base spec's inputs: the sharded input's
+    /// place.
+    pub(super) fn inputs_at(&self) -> usize {
+        self.input
+    }
+
+    /// The inputs partition `index` runs over in place of the sharded input: one plain
+    /// input per entry of the partition, at `target/<entry name>`, in listing order.
+    pub(super) fn partition_inputs(&self, index: u32) -> Vec<InputSpec> {
         let start = (index as usize).saturating_mul(self.size);
         let end = start.saturating_add(self.size).min(self.entries());
         let entries = self.listing.entries.get(start..end).unwrap_or_default();
-        let inputs = entries.iter().map(|entry| InputSpec {
-            source: entry.source.clone(),
-            target: format!("{}/{}", self.target, entry.name),
-            s3: self
-                .s3
-                .clone()
-                .filter(|_| entry.source.starts_with("s3://")),
-            shard: false,
-            sources: Vec::new(),
-        });
-        let at = self.input.min(spec.inputs.len());
-        spec.inputs.splice(at..at, inputs);
-        spec
+        entries
+            .iter()
+            .map(|entry| InputSpec {
+                source: entry.source.clone(),
+                target: format!("{}/{}", self.target, entry.name),
+                s3: self
+                    .s3
+                    .clone()
+                    .filter(|_| entry.source.starts_with("s3://")),
+                shard: false,
+                sources: Vec::new(),
+            })
+            .collect()
     }
 }

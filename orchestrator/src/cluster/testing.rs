@@ -4,7 +4,7 @@
 pub use std::time::{Duration, Instant, SystemTime};
 
 pub use shoal::proto::{
-    Capacity, ExecutionFinished, ExecutionState, FailureKind, JobSpec, Register,
+    Capacity, ExecutionFinished, ExecutionState, FailureKind, Feature, JobSpec, Register,
     orchestrator_message,
 };
 
@@ -41,8 +41,23 @@ pub fn spec() -> JobSpec {
     }
 }
 
-/// Registers an executor; returns the generation of its registration.
+/// Everything the current executor can do.
+pub const FEATURES: &[Feature] = &[Feature::Partitions, Feature::AssignBatch];
+
+/// Registers an executor of the current version; returns the generation of its
+/// registration.
 pub fn connect(c: &mut Cluster, id: &str, slots: u32, labels: &[(&str, &str)]) -> u64 {
+    connect_with(c, id, slots, labels, FEATURES)
+}
+
+/// Registers an executor that names `features`.
+pub fn connect_with(
+    c: &mut Cluster,
+    id: &str,
+    slots: u32,
+    labels: &[(&str, &str)],
+    features: &[Feature],
+) -> u64 {
     let register = Register {
         executor_id: id.into(),
         protocol_version: 1,
@@ -54,25 +69,41 @@ pub fn connect(c: &mut Cluster, id: &str, slots: u32, labels: &[(&str, &str)]) -
             slots,
             memory_bytes: 4 << 30,
         }),
+        features: features.iter().map(|f| *f as i32).collect(),
         ..Default::default()
     };
     c.register(register, SystemTime::now(), Instant::now())
         .expect("register")
 }
 
-/// Executor ids of the assignments in the effects, in order.
+/// Job and execution ids of the assignments in the effects, in order.
 pub fn assignments(c: &mut Cluster) -> Vec<(String, String)> {
     let effects = c.take_effects();
-    effects
-        .messages
-        .iter()
-        .filter_map(|(_, m)| match &m.message {
-            Some(orchestrator_message::Message::Assign(a)) => {
-                Some((a.job_id.clone(), a.execution_id.clone()))
-            }
-            _ => None,
-        })
+    assigned(&effects)
+        .into_iter()
+        .map(|(_, a)| (a.job_id, a.execution_id))
         .collect()
+}
+
+/// The assignments among `effects`' messages, in order, with their executor; a batch
+/// counts as the assignments it stands for.
+pub fn assigned(effects: &Effects) -> Vec<(String, shoal::proto::Assign)> {
+    let mut assigned = Vec::new();
+    for (recipient, message) in &effects.messages {
+        let to = recipient.executor_id.clone();
+        match &message.message {
+            Some(orchestrator_message::Message::Assign(a)) => assigned.push((to, a.clone())),
+            Some(orchestrator_message::Message::AssignBatch(batch)) => assigned.extend(
+                batch
+                    .clone()
+                    .into_assignments()
+                    .into_iter()
+                    .map(|a| (to.clone(), a)),
+            ),
+            _ => {}
+        }
+    }
+    assigned
 }
 
 pub fn executor_of(c: &Cluster, execution_id: &str) -> String {

@@ -12,8 +12,8 @@ use futures::{FutureExt, Stream, StreamExt};
 use shoal::proto::executor_service_server::ExecutorService;
 use shoal::proto::{
     CompiledModule, ExecutionFinished, ExecutionState, ExecutorMessage, Failure, FailureKind,
-    FindCompiledModuleRequest, OrchestratorMessage, ProtocolVersion, RecordCompiledModuleResponse,
-    Registered, executor_message, orchestrator_message,
+    Feature, FindCompiledModuleRequest, OrchestratorMessage, ProtocolVersion,
+    RecordCompiledModuleResponse, Registered, executor_message, orchestrator_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -112,6 +112,7 @@ impl ExecutorApi {
             heartbeat_interval: prost_types::Duration::try_from(config.heartbeat_interval).ok(),
             lease: prost_types::Duration::try_from(config.lease).ok(),
             ipfs_gateways: config.ipfs_gateways.iter().map(|u| u.to_string()).collect(),
+            features: vec![Feature::ReportBatch as i32],
         };
         // The handshake answer goes first, before anything register() may queue.
         tx.try_send(Ok(OrchestratorMessage {
@@ -231,13 +232,13 @@ async fn handle(
     messages: Vec<ExecutorMessage>,
 ) -> crate::error::Result<()> {
     use executor_message::Message;
-    let mut messages = messages;
-    let mut writes = Vec::new();
     for message in &messages {
         orchestrator
             .metrics()
             .message("received", message.type_name());
     }
+    let mut messages = unbatched(messages)?;
+    let mut writes = Vec::new();
     for message in &mut messages {
         if let Some(Message::Finished(finished)) = &mut message.message {
             writes.extend(take_result_tree(orchestrator, executor_id, finished).await?);
@@ -278,6 +279,8 @@ async fn handle(
                     }
                     Message::Finished(finished) => c.execution_finished(executor_id, finished, now),
                     Message::Draining(_) => c.draining(executor_id, generation),
+                    // Unpacked by `unbatched` above.
+                    Message::Reports(_) => tracing::warn!(executor_id, "a ReportBatch left packed"),
                 }
             }
             // Sent once this batch is durable: the executor may then forget its reports.
@@ -287,6 +290,39 @@ async fn handle(
             deferrable
         })
         .await
+}
+
+/// The messages with every `ReportBatch` replaced by the reports in it, in order. A batch
+/// holding anything but reports is a protocol error, which ends the stream.
+fn unbatched(messages: Vec<ExecutorMessage>) -> crate::error::Result<Vec<ExecutorMessage>> {
+    use executor_message::Message;
+    if !messages
+        .iter()
+        .any(|m| matches!(m.message, Some(Message::Reports(_))))
+    {
+        return Ok(messages);
+    }
+    let mut flat = Vec::with_capacity(messages.len());
+    for message in messages {
+        let Some(Message::Reports(batch)) = message.message else {
+            flat.push(message);
+            continue;
+        };
+        for report in batch.reports {
+            match &report.message {
+                Some(Message::Update(_) | Message::Log(_) | Message::Finished(_)) => {
+                    flat.push(report)
+                }
+                _ => {
+                    return Err(crate::error::Error::InvalidArgument(format!(
+                        "a ReportBatch may hold only update, log and finished reports, not {}",
+                        report.type_name()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(flat)
 }
 
 /// Takes the result tree sent with `finished` (if any) and returns the writes that store it,

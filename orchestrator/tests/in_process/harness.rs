@@ -13,9 +13,9 @@ use shoal::proto::job_service_client::JobServiceClient;
 use shoal::proto::node_service_client::NodeServiceClient;
 use shoal::proto::storage_service_client::StorageServiceClient;
 use shoal::proto::{
-    Capacity, Execution, ExecutorMessage, GetJobRequest, Job, JobSpec, ListExecutionsRequest,
-    OrchestratorMessage, Register, SubmitJobRequest, WatchJobRequest, executor_message, job_event,
-    orchestrator_message,
+    Capacity, Execution, ExecutorMessage, Feature, GetJobRequest, Job, JobSpec,
+    ListExecutionsRequest, OrchestratorMessage, Register, Registered, SubmitJobRequest,
+    WatchJobRequest, executor_message, job_event, orchestrator_message,
 };
 use shoal_orchestrator::service::executors::{ConnectStream, ExecutorApi};
 use shoal_orchestrator::{Config, Listeners, Orchestrator};
@@ -181,8 +181,14 @@ pub fn message(message: executor_message::Message) -> ExecutorMessage {
     }
 }
 
-/// A `Register` for executor `id` with `slots` slots and 1 GiB.
+/// A `Register` for executor `id` with `slots` slots and 1 GiB, naming no features (an
+/// executor from before they were named).
 pub fn register(id: &str, slots: u32) -> ExecutorMessage {
+    register_with(id, slots, &[])
+}
+
+/// A `Register` like [`register`]'s, naming `features`.
+pub fn register_with(id: &str, slots: u32, features: &[Feature]) -> ExecutorMessage {
     message(executor_message::Message::Register(Register {
         executor_id: id.into(),
         protocol_version: 1,
@@ -191,6 +197,7 @@ pub fn register(id: &str, slots: u32) -> ExecutorMessage {
             memory_bytes: 1 << 30,
         }),
         instance_id: id.into(),
+        features: features.iter().map(|f| *f as i32).collect(),
         ..Default::default()
     }))
 }
@@ -233,13 +240,23 @@ pub async fn in_memory_executor(
     id: &str,
     slots: u32,
 ) -> Result<HandExecutor<ConnectStream>, Status> {
+    in_memory_registered(api, register(id, slots))
+        .await
+        .map(|(executor, _)| executor)
+}
+
+/// Like [`in_memory_executor`], with `register` as the first message; also returns the
+/// `Registered` answer.
+pub async fn in_memory_registered(
+    api: &ExecutorApi,
+    register: ExecutorMessage,
+) -> Result<(HandExecutor<ConnectStream>, Registered), Status> {
     let (uplink, rx) = mpsc::channel(64);
-    uplink.send(register(id, slots)).await.expect("register");
+    uplink.send(register).await.expect("register");
     let mut inbound = api.serve(ReceiverStream::new(rx).map(Ok)).await?;
     let first = inbound.next().await.expect("an answer")?;
-    assert!(matches!(
-        first.message,
-        Some(orchestrator_message::Message::Registered(_))
-    ));
-    Ok(HandExecutor { uplink, inbound })
+    let Some(orchestrator_message::Message::Registered(registered)) = first.message else {
+        panic!("the first answer is not Registered: {first:?}");
+    };
+    Ok((HandExecutor { uplink, inbound }, registered))
 }

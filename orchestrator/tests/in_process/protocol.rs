@@ -2,7 +2,8 @@
 //! a result tree sent with a completion (`ExecutionFinished.result_blocks`) is stored and
 //! served when it is sound, and fails the job with the reason when it is not, never leaving
 //! a result that points at blocks the store lacks; an executor that heartbeats but never
-//! acts loses its assignments; hostile registrations are refused.
+//! acts loses its assignments; hostile registrations are refused; batched assignments and
+//! reports go to and come from the executors that name them.
 
 use std::time::Duration;
 
@@ -14,7 +15,10 @@ use shoal::proto::{
 };
 use tokio_stream::StreamExt as _;
 
-use crate::harness::{InProcess, TIMEOUT, in_memory_executor, message, network_executor};
+use crate::harness::{
+    InProcess, TIMEOUT, in_memory_executor, in_memory_registered, message, network_executor,
+    register_with,
+};
 
 /// The blocks of a result tree with `stdout`, an empty `stderr` and `exitCode` 0.
 fn result_tree(stdout: &str) -> Vec<ContentBlock> {
@@ -227,4 +231,114 @@ async fn hostile_registrations_are_refused() {
         .into_inner()
         .nodes;
     assert!(nodes.is_empty(), "{nodes:?}");
+}
+
+/// An executor that names FEATURE_ASSIGN_BATCH gets a partitioned job's partitions as one
+/// `AssignBatch`, and reports them all in one `ReportBatch` (the orchestrator names
+/// FEATURE_REPORT_BATCH): the reports are applied as if sent one by one, acknowledged through
+/// the last, and the job completes. A `ReportBatch` holding anything but reports ends the
+/// stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn partitions_go_in_batches_and_come_back_in_one() {
+    use shoal::proto::{Feature, JobSpec, ReportBatch, SubmitJobRequest};
+    let mut orchestrator = InProcess::start(|_| {}).await;
+    let program = orchestrator.program().await;
+    let api = orchestrator.executor_api();
+    let features = [Feature::Partitions, Feature::AssignBatch];
+    let (executor, registered) = in_memory_registered(&api, register_with("batcher", 4, &features))
+        .await
+        .expect("registered");
+    assert!(
+        shoal::proto::Features::from_values(&registered.features).report_batch,
+        "{registered:?}"
+    );
+    let (uplink, mut inbound) = (executor.uplink, executor.inbound);
+    let spec = JobSpec {
+        program: program.clone(),
+        partitions: 4,
+        // Four of them in the executor's 1 GiB.
+        resources: Some(shoal::proto::Resources {
+            memory_bytes: 64 << 20,
+        }),
+        ..Default::default()
+    };
+    let request = SubmitJobRequest {
+        spec: Some(spec),
+        ..Default::default()
+    };
+    let submitted = orchestrator.jobs.submit_job(request).await.expect("submit");
+    let job = submitted.into_inner().job.expect("a job").id;
+    let next = async |inbound: &mut shoal_orchestrator::service::executors::ConnectStream| {
+        tokio::time::timeout(TIMEOUT, inbound.next())
+            .await
+            .expect("a message in time")
+            .expect("the stream is open")
+            .expect("a message")
+    };
+    let batch = loop {
+        match next(&mut inbound).await.message {
+            Some(orchestrator_message::Message::AssignBatch(batch)) => break batch,
+            Some(orchestrator_message::Message::Assign(a)) => panic!("sent alone: {a:?}"),
+            _ => continue,
+        }
+    };
+    assert_eq!(
+        (batch.job_id.as_str(), batch.partition_count),
+        (job.as_str(), 4)
+    );
+    assert_eq!(
+        batch.spec.as_ref().map(|s| s.program.as_str()),
+        Some(program.as_str())
+    );
+    let assignments = batch.into_assignments();
+    let mut partitions: Vec<u32> = assignments.iter().map(|a| a.partition).collect();
+    partitions.sort();
+    assert_eq!(partitions, [0, 1, 2, 3]);
+    let tree = result_tree("part\n");
+    let root = root_of(&tree);
+    let mut reports = Vec::new();
+    for assign in &assignments {
+        let state = executor_message::Message::Update(shoal::proto::ExecutionUpdate {
+            execution_id: assign.execution_id.clone(),
+            state: ExecutionState::Running as i32,
+        });
+        reports.push(message(state));
+        reports.push(completed(
+            assign.execution_id.clone(),
+            (root.clone(), tree.clone()),
+        ));
+    }
+    for (sequence, report) in reports.iter_mut().enumerate() {
+        report.sequence = sequence as u64 + 1;
+    }
+    let last = reports.len() as u64;
+    uplink
+        .send(message(executor_message::Message::Reports(ReportBatch {
+            reports,
+        })))
+        .await
+        .expect("send");
+    loop {
+        if let Some(orchestrator_message::Message::Acknowledged(ack)) =
+            next(&mut inbound).await.message
+            && ack.sequence == last
+        {
+            break;
+        }
+    }
+    let done = orchestrator.wait_terminal(&job).await;
+    assert_eq!(done.state(), JobState::Completed, "{done:?}");
+    assert_eq!(done.partitions.expect("counts").completed, 4);
+
+    let heartbeat = message(executor_message::Message::Heartbeat(Default::default()));
+    uplink
+        .send(message(executor_message::Message::Reports(ReportBatch {
+            reports: vec![heartbeat],
+        })))
+        .await
+        .expect("send");
+    let ended = tokio::time::timeout(TIMEOUT, async {
+        while let Some(Ok(_)) = inbound.next().await {}
+    });
+    ended.await.expect("the stream ends");
 }
