@@ -159,7 +159,12 @@ async fn session(
     // A drain outlives reconnections: say so again on every new stream.
     connection.draining.mark_changed();
     // Reports the last stream may have lost, oldest first, before any new one.
-    let resend: Vec<ExecutorMessage> = connection.unacknowledged.reports.iter().cloned().collect();
+    let resend: Vec<ExecutorMessage> = connection
+        .unacknowledged
+        .reports
+        .iter()
+        .map(|(report, _)| report.clone())
+        .collect();
     if !resend.is_empty() {
         tracing::info!(reports = resend.len(), "resending unacknowledged reports");
     }

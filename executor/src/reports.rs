@@ -24,7 +24,8 @@ const UNACKNOWLEDGED_BUDGET: usize = 32 << 20;
 /// Bounded by bytes: past 32 MiB the oldest are forgotten, and said so.
 #[derive(Default)]
 pub struct Unacknowledged {
-    pub(crate) reports: VecDeque<ExecutorMessage>,
+    /// The reports, oldest first, with their encoded sizes.
+    pub(crate) reports: VecDeque<(ExecutorMessage, usize)>,
     pub(crate) bytes: usize,
     /// The highest sequence number acknowledged so far.
     pub(crate) through: u64,
@@ -35,17 +36,16 @@ impl Unacknowledged {
     /// finished report had to be forgotten to stay in the budget (a Register then carries
     /// it among the recent ones).
     pub(crate) fn keep(&mut self, report: &ExecutorMessage, size: usize) -> Vec<String> {
-        use prost::Message as _;
         if report.sequence == 0 {
             return Vec::new();
         }
         self.bytes += size;
-        self.reports.push_back(report.clone());
+        self.reports.push_back((report.clone(), size));
         let mut forgotten = Vec::new();
         while self.bytes > UNACKNOWLEDGED_BUDGET
-            && let Some(oldest) = self.reports.pop_front()
+            && let Some((oldest, size)) = self.reports.pop_front()
         {
-            self.bytes -= oldest.encoded_len();
+            self.bytes -= size;
             forgotten.push(oldest);
         }
         if !forgotten.is_empty() {
@@ -60,13 +60,15 @@ impl Unacknowledged {
     /// Forgets the reports up to `through`; returns the executions whose finished report
     /// is now acknowledged.
     pub(crate) fn acknowledged(&mut self, through: u64) -> Vec<String> {
-        use prost::Message as _;
         self.through = self.through.max(through);
         let mut done = Vec::new();
-        while self.reports.front().is_some_and(|r| r.sequence <= through)
-            && let Some(report) = self.reports.pop_front()
+        while self
+            .reports
+            .front()
+            .is_some_and(|(r, _)| r.sequence <= through)
+            && let Some((report, size)) = self.reports.pop_front()
         {
-            self.bytes -= report.encoded_len();
+            self.bytes -= size;
             done.push(report);
         }
         finished_ids(done)

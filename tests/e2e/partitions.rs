@@ -25,12 +25,7 @@ async fn each_partition_sees_its_index_and_the_results_are_laid_out_by_partition
         "{}",
         out.stderr
     );
-    let id = out
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("Job ")?.strip_suffix(" submitted"))
-        .expect("the job id")
-        .to_owned();
+    let id = out.submitted_job();
     let job = stack.job(&id).await;
     assert_eq!(state(&job), "JOB_STATE_COMPLETED", "{job}");
     let results = stack.scratch("results");
@@ -157,12 +152,7 @@ async fn a_failing_partition_is_retried_alone_or_fails_the_job_and_bad_counts_ar
         "{}",
         out.stderr
     );
-    let id = out
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("Job ")?.strip_suffix(" submitted"))
-        .expect("the job id")
-        .to_owned();
+    let id = out.submitted_job();
     let executions = stack
         .shoal(&["job", "executions", &id, "--output", "json"])
         .await
@@ -262,12 +252,7 @@ async fn a_failing_partition_is_retried_alone_or_fails_the_job_and_bad_counts_ar
         "{failed_line}"
     );
     assert!(failed_line.contains("TRAP"), "{failed_line}");
-    let id = out
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("Job ")?.strip_suffix(" submitted"))
-        .expect("the job id")
-        .to_owned();
+    let id = out.submitted_job();
     let described = stack.shoal(&["job", "describe", &id]).await.success();
     let failed = failed_line.trim_start_matches("Failed ");
     assert!(
@@ -337,12 +322,7 @@ async fn a_sharded_directory_runs_a_partition_per_file_and_fans_in_by_cid() {
         "{}",
         out.stderr
     );
-    let id = out
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("Job ")?.strip_suffix(" submitted"))
-        .expect("the job id")
-        .to_owned();
+    let id = out.submitted_job();
     let job = stack.job(&id).await;
     assert_eq!(state(&job), "JOB_STATE_COMPLETED", "{job}");
     assert_eq!(
@@ -431,12 +411,7 @@ async fn a_sharded_directory_runs_a_partition_per_file_and_fans_in_by_cid() {
         .success();
     assert!(fan_in.stdout.contains("in 500 files"), "{}", fan_in.stdout);
     let merged = stack.scratch("merged");
-    let fan_in_id = fan_in
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("Job ")?.strip_suffix(" submitted"))
-        .expect("the job id")
-        .to_owned();
+    let fan_in_id = fan_in.submitted_job();
     stack
         .shoal(&["job", "get", &fan_in_id, &merged.to_string_lossy()])
         .await

@@ -174,12 +174,7 @@ async fn one_job_is_one_trace_across_cli_orchestrator_and_executor() {
     )
     .await
     .success();
-    let job = run
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("Job ")?.strip_suffix(" submitted"))
-        .unwrap_or_else(|| panic!("no job id in {}", run.stderr))
-        .to_owned();
+    let job = run.submitted_job();
 
     // The trace of the job: the one the orchestrator's submit span for this job is in.
     let has = |spans: &[Received], service: &str, name: &str| {

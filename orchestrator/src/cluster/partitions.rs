@@ -239,39 +239,39 @@ impl Cluster {
         }
     }
 
-    /// Places as many waiting partitions of a queued partitioned job as fit, up to its
-    /// `max_parallel`. Returns how many were placed, and why the next one was not when none
-    /// could be (None: placed some, or held back by the job's own cap).
-    pub(super) fn place_partitions(
+    /// Places the next waiting partition of a queued partitioned job, if its
+    /// `max_parallel` allows: true when one was placed, false when none waits or the cap
+    /// holds it back, and why not when no executor can take it.
+    pub(super) fn place_next_partition(
         &mut self,
         job_id: &str,
         now: SystemTime,
-    ) -> (u64, Option<String>) {
-        let mut placed = 0;
-        loop {
-            let Some(entry) = self.jobs.get(job_id) else {
-                return (placed, None);
-            };
-            let Some(partitions) = entry.partitions.as_deref() else {
-                return (placed, None);
-            };
-            let cap = entry.rules.max_parallel;
-            let Some(&index) = partitions.waiting.first() else {
-                self.queue.remove(job_id);
-                return (placed, None);
-            };
-            if cap > 0 && partitions.counts.running >= cap {
-                return (placed, None);
-            }
-            match self.placement(&entry.rules, true) {
-                Ok(executor_id) => {
-                    self.assign_partition(job_id, index, &executor_id, now);
-                    placed += 1;
-                }
-                Err(reason) if placed == 0 => return (0, Some(reason)),
-                Err(_) => return (placed, None),
-            }
+    ) -> std::result::Result<bool, String> {
+        let Some(entry) = self.jobs.get(job_id) else {
+            return Ok(false);
+        };
+        let Some(partitions) = entry.partitions.as_deref() else {
+            return Ok(false);
+        };
+        let cap = entry.rules.max_parallel;
+        let Some(&index) = partitions.waiting.first() else {
+            self.queue.remove(job_id);
+            return Ok(false);
+        };
+        if cap > 0 && partitions.counts.running >= cap {
+            return Ok(false);
         }
+        let executor_id = self.placement(&entry.rules, true)?;
+        self.assign_partition(job_id, index, &executor_id, now);
+        Ok(true)
+    }
+
+    /// How many partitions of `job_id` run now (0 for a job without partitions).
+    pub(super) fn running_partitions(&self, job_id: &str) -> u32 {
+        self.jobs
+            .get(job_id)
+            .and_then(|j| j.partitions.as_deref())
+            .map_or(0, |p| p.counts.running)
     }
 
     fn assign_partition(&mut self, job_id: &str, index: u32, executor_id: &str, now: SystemTime) {
@@ -1235,6 +1235,60 @@ mod tests {
         let placed = assigned(&c.take_effects());
         assert_eq!(placed.len(), 3);
         assert!(placed.iter().all(|(to, a)| to == "new" && a.job_id == job));
+    }
+
+    /// A job fanned out wide does not keep later jobs waiting for its whole fan-out: each
+    /// freed slot goes first to a job running nothing (oldest first), then to the
+    /// partitioned job with the fewest running (the oldest among equals).
+    #[test]
+    fn jobs_share_the_fleet_fewest_running_first() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 4, &[]);
+        let now = SystemTime::now();
+        let wide = c
+            .submit(accept(partitioned(20, 0)), HashMap::new(), now)
+            .expect("submit")
+            .id;
+        c.schedule(now);
+        let mut running: Vec<(String, String)> = assigned(&c.take_effects())
+            .into_iter()
+            .map(|(_, a)| (a.job_id, a.execution_id))
+            .collect();
+        assert_eq!(running.len(), 4);
+        let plain = c
+            .submit(accept(spec()), HashMap::new(), now)
+            .expect("submit")
+            .id;
+        let later = c
+            .submit(accept(partitioned(10, 0)), HashMap::new(), now)
+            .expect("submit")
+            .id;
+        c.schedule(now);
+        assert!(assigned(&c.take_effects()).is_empty(), "no slot is free");
+        // Frees a slot held by `job`, schedules, and returns the job that got it.
+        let mut free_one = |c: &mut Cluster, job: &str| -> String {
+            let at = running
+                .iter()
+                .position(|(j, _)| j == job)
+                .expect("one runs");
+            let (_, execution) = running.remove(at);
+            finish(c, "a", &execution, None);
+            c.schedule_placements(now);
+            let placed = assigned(&c.take_effects());
+            assert_eq!(placed.len(), 1, "one slot, one placement");
+            let (_, assign) = placed.into_iter().next().expect("one");
+            running.push((assign.job_id.clone(), assign.execution_id));
+            assign.job_id
+        };
+        // The plain job, then the later fan-out, each running nothing yet.
+        assert_eq!(free_one(&mut c, &wide), plain);
+        assert_eq!(free_one(&mut c, &wide), later);
+        // Both fan-outs run one: the older one gets the next slot.
+        assert_eq!(free_one(&mut c, &wide), wide);
+        // It runs two now, the later one one: the later one's turn.
+        assert_eq!(free_one(&mut c, &plain), later);
+        assert_eq!(free_one(&mut c, &wide), wide);
+        assert_eq!(free_one(&mut c, &later), later);
     }
 
     /// A partitioned job that never found an executor times out as a whole: its partitions

@@ -1,8 +1,11 @@
-//! Scheduling: placing queued jobs, oldest first, on connected executors with a free slot,
-//! enough memory and matching labels; failing jobs past their queue timeout; recording why
-//! a job waits; and the assignment itself (the execution record and the `Assign` message).
+//! Scheduling: placing queued jobs on connected executors with a free slot, enough memory
+//! and matching labels (each job oldest first gets one execution, then the partitioned
+//! ones share what is left, fewest running first); failing jobs past their queue timeout;
+//! recording why a job waits; and the assignment itself (the execution record and the
+//! `Assign` message).
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::ops::Bound;
 use std::time::SystemTime;
 
@@ -15,10 +18,25 @@ use shoal::spec::selector::Selector;
 use super::*;
 use crate::records::Write;
 
+/// What placing a job depends on: its constraints, its memory, and whether it is
+/// partitioned (partitions go only to executors that run them).
+type Shape = (Selector, u64, bool);
+
+fn shape(entry: &JobEntry) -> Shape {
+    (
+        entry.rules.constraints.clone(),
+        entry.rules.memory_bytes,
+        entry.partitions.is_some(),
+    )
+}
+
 impl Cluster {
-    /// Places queued jobs, oldest first, on connected executors with a free slot, enough
-    /// memory and matching labels; fails jobs past their queue timeout; records for every
-    /// job left waiting why it waits. This full pass runs on every sweep tick.
+    /// Places queued jobs on connected executors with a free slot, enough memory and
+    /// matching labels: first one execution for every job that runs none, oldest first,
+    /// then partitions of the partitioned jobs, one at a time to the one with the fewest
+    /// running (a job fanned out wide never keeps a later one waiting for all its
+    /// partitions); fails jobs past their queue timeout; records for every job left
+    /// waiting why it waits. This full pass runs on every sweep tick.
     pub fn schedule(&mut self, now: SystemTime) {
         self.schedule_pass(now, true);
     }
@@ -45,9 +63,11 @@ impl Cluster {
     }
 
     pub(super) fn schedule_pass(&mut self, now: SystemTime, full: bool) {
-        let mut unplaceable: HashMap<(Selector, u64, bool), String> = HashMap::new();
+        let mut unplaceable: HashMap<Shape, String> = HashMap::new();
         let mut free_slots = self.free_slots();
         let mut cursor: Option<String> = None;
+        // Partitioned jobs with partitions running and more waiting, by how many run.
+        let mut sharing: BinaryHeap<Reverse<(u32, String)>> = BinaryHeap::new();
         loop {
             let next = match &cursor {
                 None => self.queue.iter().next(),
@@ -63,22 +83,28 @@ impl Cluster {
                 continue;
             };
             // Jobs of one shape are placed alike: once one cannot be, the rest are not tried.
-            // (Partitions go only to executors that run them: that is part of the shape.)
-            let shape = (
-                entry.rules.constraints.clone(),
-                entry.rules.memory_bytes,
-                entry.partitions.is_some(),
-            );
+            let shape = shape(entry);
             let started = entry.job.state() != JobState::Queued;
             let placed = match unplaceable.get(&shape) {
                 Some(reason) => Err(reason.clone()),
-                None if entry.partitions.is_some() => match self.place_partitions(&job_id, now) {
-                    (placed, None) => {
-                        free_slots = free_slots.saturating_sub(placed);
+                // A partitioned job already running waits for the second round; one not yet
+                // running gets a partition now, like any other job.
+                None if entry.partitions.is_some() => {
+                    let running = self.running_partitions(&job_id);
+                    if running > 0 {
+                        sharing.push(Reverse((running, job_id)));
                         continue;
                     }
-                    (_, Some(reason)) => Err(reason),
-                },
+                    match self.place_next_partition(&job_id, now) {
+                        Ok(true) => {
+                            free_slots = free_slots.saturating_sub(1);
+                            sharing.push(Reverse((1, job_id)));
+                            continue;
+                        }
+                        Ok(false) => continue,
+                        Err(reason) => Err(reason),
+                    }
+                }
                 None => match self.placement(&entry.rules, false) {
                     Ok(executor_id) => {
                         self.assign(&job_id, &executor_id, now);
@@ -140,6 +166,33 @@ impl Cluster {
                         };
                         let waiting = job_event::Event::Waiting(Waiting { reason });
                         self.push_event(&job_id, waiting, now);
+                    }
+                }
+            }
+        }
+        // Second round: what is left goes to the partitioned jobs one partition at a
+        // time, always to the one with the fewest running (the oldest among equals), so
+        // jobs fanned out together share the fleet evenly, and none waits behind another's
+        // whole fan-out.
+        while free_slots > 0
+            && let Some(Reverse((running, job_id))) = sharing.pop()
+        {
+            let Some(entry) = self.jobs.get(&job_id) else {
+                continue;
+            };
+            if !unplaceable.is_empty() && unplaceable.contains_key(&shape(entry)) {
+                continue;
+            }
+            match self.place_next_partition(&job_id, now) {
+                Ok(true) => {
+                    free_slots -= 1;
+                    sharing.push(Reverse((running + 1, job_id)));
+                }
+                Ok(false) => {}
+                // Already running: it waits for room without a queue timeout.
+                Err(reason) => {
+                    if let Some(entry) = self.jobs.get(&job_id) {
+                        unplaceable.insert(shape(entry), reason);
                     }
                 }
             }

@@ -208,12 +208,7 @@ impl S3Fetcher {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| {
-                classify(
-                    &e,
-                    format!("cannot list s3://{bucket}/{prefix}: {}", describe(&e)),
-                )
-            })?;
+            let page = page.map_err(|e| listing_failed(&e, &bucket, prefix))?;
             for object in page.contents() {
                 let Some(key) = object.key() else { continue };
                 let relative = &key[prefix.len().min(key.len())..];
@@ -251,12 +246,7 @@ impl S3Fetcher {
         // An empty folder (only its marker, or markers below it) is an empty directory.
         let folder = marked || !listing.empty_directories.is_empty();
         if listing.objects.is_empty() && !folder {
-            let what = pattern
-                .map(|p| format!("{prefix}{p}"))
-                .unwrap_or_else(|| prefix.to_owned());
-            return Err(DataError::Refused(format!(
-                "no objects match s3://{bucket}/{what}"
-            )));
+            return Err(nothing_matches(&bucket, prefix, pattern));
         }
         Ok(listing)
     }
@@ -291,12 +281,7 @@ impl S3Fetcher {
             .send();
         let mut entries = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| {
-                classify(
-                    &e,
-                    format!("cannot list s3://{bucket}/{prefix}: {}", describe(&e)),
-                )
-            })?;
+            let page = page.map_err(|e| listing_failed(&e, bucket, prefix))?;
             let objects = page
                 .contents()
                 .iter()
@@ -327,12 +312,7 @@ impl S3Fetcher {
             }
         }
         if entries.is_empty() {
-            let what = pattern
-                .map(|p| format!("{prefix}{p}"))
-                .unwrap_or_else(|| prefix.to_owned());
-            return Err(DataError::Refused(format!(
-                "no objects match s3://{bucket}/{what}"
-            )));
+            return Err(nothing_matches(bucket, prefix, pattern));
         }
         // A page gives its objects, then its sub-prefixes: merged into one name order.
         entries.sort_by(|a, b| a.key.cmp(&b.key));
@@ -552,6 +532,27 @@ async fn get_object(
 }
 
 /// A local write that failed.
+/// A page of a ListObjectsV2 of `prefix` that failed.
+fn listing_failed<E>(
+    error: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    bucket: &str,
+    prefix: &str,
+) -> DataError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let message = format!("cannot list s3://{bucket}/{prefix}: {}", describe(error));
+    classify(error, message)
+}
+
+/// A listing of `prefix` (with a glob `pattern` below it) that found nothing.
+fn nothing_matches(bucket: &str, prefix: &str, pattern: Option<&str>) -> DataError {
+    let what = pattern
+        .map(|p| format!("{prefix}{p}"))
+        .unwrap_or_else(|| prefix.to_owned());
+    DataError::Refused(format!("no objects match s3://{bucket}/{what}"))
+}
+
 pub(crate) fn local(path: &Path, error: std::io::Error) -> DataError {
     DataError::Local(format!("cannot write {}: {error}", path.display()))
 }

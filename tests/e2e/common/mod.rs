@@ -58,6 +58,16 @@ impl Output {
         self
     }
 
+    /// The id of the job a waiting `wasm run` or `job run` submitted, from its
+    /// `Job ID submitted` line on stderr.
+    pub fn submitted_job(&self) -> String {
+        self.stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("Job ")?.strip_suffix(" submitted"))
+            .unwrap_or_else(|| panic!("no job id in {}", self.stderr))
+            .to_owned()
+    }
+
     /// Stdout parsed as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.stdout)
