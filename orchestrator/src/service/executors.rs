@@ -232,10 +232,16 @@ async fn handle(
     messages: Vec<ExecutorMessage>,
 ) -> crate::error::Result<()> {
     use executor_message::Message;
+    // A batch counts as itself and as each report in it, as the executor counts what it
+    // sends: the per-type figures then do not depend on how the uplink happened to batch.
+    let metrics = orchestrator.metrics();
     for message in &messages {
-        orchestrator
-            .metrics()
-            .message("received", message.type_name());
+        metrics.message("received", message.type_name());
+        if let Some(Message::Reports(batch)) = &message.message {
+            for report in &batch.reports {
+                metrics.message("received", report.type_name());
+            }
+        }
     }
     let mut messages = unbatched(messages)?;
     let mut writes = Vec::new();
