@@ -22,6 +22,12 @@ if ! command -v ipfs_cid >/dev/null 2>&1; then
     apt-get update -qq && apt-get install -y -qq ipfs-cid >/dev/null
 fi
 
+# The PostgreSQL store's tests start their own server from Debian's binaries.
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+    step "installing PostgreSQL (Debian; the tests run their own server, not the service)"
+    apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+fi
+
 step "installing the JavaScript IPFS peer (tests/ipfs)"
 (cd tests/ipfs && npm ci --no-audit --no-fund --loglevel=error)
 
@@ -32,6 +38,13 @@ step "running the tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace "$@" 2>&1 | tee "$log"
+if [ $# -eq 0 ]; then
+    # The jobs, partitions and restart tests again, on the PostgreSQL store (the two
+    # restart tests of the embedded store's own log and disk are left out).
+    step "the end-to-end jobs tests on the PostgreSQL store"
+    SHOAL_TEST_STORE=postgres cargo test -p shoal --test e2e -- jobs:: partitions:: restart:: \
+        --skip restart::a_damaged_log --skip restart::a_full_disk 2>&1 | tee -a "$log"
+fi
 # One closing line for the whole suite (cargo prints one per test binary, the last of
 # which is often an empty doc-test run).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }

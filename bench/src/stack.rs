@@ -48,7 +48,7 @@ impl Clients {
             .await
             .with_context(|| format!("connecting to {address}"))?;
         let bearer = ClientSecurity::default().bearer()?;
-        let channel = AuthChannel::new(channel, bearer);
+        let channel = AuthChannel::new(channel.into(), bearer);
         Ok(Clients {
             jobs: JobServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20),
             storage: StorageServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20),

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use shoal::net::auth::AuthChannel;
+use shoal::net::leader::Replicas;
 use shoal::proto::job_service_client::JobServiceClient;
 use shoal::proto::node_service_client::NodeServiceClient;
 use shoal::proto::storage_service_client::StorageServiceClient;
@@ -147,43 +148,41 @@ pub fn ran_out(status: &tonic::Status) -> bool {
             && status.message() == tonic::TimeoutExpired(()).to_string())
 }
 
-/// Connects to the orchestrator at `target`, with its token and TLS settings.
+/// Connects to the orchestrator at `target`, with its token and TLS settings. Given
+/// several addresses (replicas on one PostgreSQL database), it asks each which one leads
+/// and starts there; calls then follow the leader (see `shoal::net::leader`).
 pub async fn connect(target: &Target) -> anyhow::Result<Clients> {
-    let address = &target.address;
-    let url = if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    };
     let deadline = shoal::net::auth::CallDeadline {
         timeout: target.timeouts.call_timeout,
         applies_to: answers_at_once,
     };
     let bearer = target.security.bearer()?.with_deadline(deadline);
     let limit = target.timeouts.connect_timeout;
-    let endpoint = target
-        .security
-        .endpoint(&url)?
-        .connect_timeout(limit)
-        .tcp_nodelay(true)
-        // A watch is a long quiet stream: pings find a dead orchestrator under it.
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true);
-    let connecting = endpoint.connect();
-    let hint = "set --orchestrator or SHOAL_ORCHESTRATOR";
-    // The connect timeout covers TCP alone: a port that accepts and never speaks HTTP/2
-    // would hang the handshake forever.
-    let channel = match tokio::time::timeout(limit, connecting).await {
-        Ok(connected) => {
-            connected.with_context(|| format!("cannot reach the orchestrator at {url} ({hint})"))?
-        }
-        Err(_) => anyhow::bail!(
-            "cannot reach the orchestrator at {url}: no answer within {} (--connect-timeout; {hint})",
-            shoal::spec::units::format_duration(limit)
-        ),
+    let configure = |endpoint: tonic::transport::Endpoint| {
+        endpoint
+            .connect_timeout(limit)
+            .tcp_nodelay(true)
+            // A watch is a long quiet stream: pings find a dead orchestrator under it.
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
     };
-    let channel = AuthChannel::new(channel, bearer);
+    let addresses = shoal::net::leader::parse_addresses(&target.address);
+    let replicas = match addresses.as_slice() {
+        [url] => {
+            let endpoint = configure(target.security.endpoint(url)?);
+            Replicas::new(vec![(
+                url.clone(),
+                connect_one(&endpoint, url, limit).await?,
+            )])
+        }
+        _ => {
+            let replicas = target.security.replicas(&target.address, configure)?;
+            find_leader(&replicas, limit).await?;
+            replicas
+        }
+    };
+    let channel = AuthChannel::new(replicas, bearer);
     Ok(Clients {
         jobs: JobServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
         storage: StorageServiceClient::new(channel.clone())
@@ -191,6 +190,72 @@ pub async fn connect(target: &Target) -> anyhow::Result<Clients> {
         nodes: NodeServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES),
         stall_timeout: target.timeouts.call_timeout,
     })
+}
+
+const HINT: &str = "set --orchestrator or SHOAL_ORCHESTRATOR";
+
+/// Connects to one orchestrator now, so a wrong address fails here and says so.
+async fn connect_one(
+    endpoint: &tonic::transport::Endpoint,
+    url: &str,
+    limit: Duration,
+) -> anyhow::Result<tonic::transport::Channel> {
+    // The connect timeout covers TCP alone: a port that accepts and never speaks HTTP/2
+    // would hang the handshake forever.
+    match tokio::time::timeout(limit, endpoint.connect()).await {
+        Ok(connected) => {
+            connected.with_context(|| format!("cannot reach the orchestrator at {url} ({HINT})"))
+        }
+        Err(_) => anyhow::bail!(
+            "cannot reach the orchestrator at {url}: no answer within {} (--connect-timeout; {HINT})",
+            shoal::spec::units::format_duration(limit)
+        ),
+    }
+}
+
+/// Points `replicas` at the one that serves jobs (the leader): the first whose health says
+/// SERVING, else the first that answers at all (a leader with a full disk, or none elected
+/// yet: calls retry and follow the leader once there is one). Fails only if none answers.
+async fn find_leader(replicas: &Replicas, limit: Duration) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let service = shoal::proto::job_service_server::SERVICE_NAME;
+    let mut answered = None;
+    let mut failures = Vec::new();
+    for index in 0..replicas.addresses().count() {
+        replicas.prefer(index);
+        let address = replicas.current().to_owned();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(replicas.clone());
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        };
+        match tokio::time::timeout(limit, health.check(request)).await {
+            Ok(Ok(answer)) if answer.get_ref().status() == ServingStatus::Serving => {
+                replicas.prefer(index);
+                return Ok(());
+            }
+            Ok(Ok(_)) => {
+                answered.get_or_insert(index);
+            }
+            Ok(Err(status)) if status.code() != tonic::Code::Unavailable => {
+                answered.get_or_insert(index);
+            }
+            Ok(Err(status)) => failures.push(format!("{address}: {}", status.message())),
+            Err(_) => failures.push(format!(
+                "{address}: no answer within {}",
+                shoal::spec::units::format_duration(limit)
+            )),
+        }
+    }
+    match answered {
+        Some(index) => {
+            replicas.prefer(index);
+            Ok(())
+        }
+        None => anyhow::bail!(
+            "cannot reach any of the orchestrators ({HINT}): {}",
+            failures.join("; ")
+        ),
+    }
 }
 
 /// Runs `transfer` (an upload or a download that counts the bytes it moves into `moved`),

@@ -50,7 +50,8 @@ pub fn is_usage_error(error: &anyhow::Error) -> bool {
 #[derive(Debug, Parser)]
 #[command(name = "shoal", version, about, propagate_version = true)]
 pub struct Cli {
-    /// The orchestrator's address.
+    /// The orchestrator's address; several, comma-separated, for replicas sharing one
+    /// PostgreSQL database (the CLI finds the one that leads).
     #[arg(
         long,
         global = true,

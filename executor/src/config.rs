@@ -9,7 +9,8 @@ use crate::error::{Error, Result};
 /// Executor settings; every field can come from a flag or an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// The orchestrator's gRPC address.
+    /// The orchestrator's gRPC address; several, comma-separated, for replicas sharing
+    /// one PostgreSQL database (the executor follows whichever leads).
     #[arg(
         long,
         env = "SHOAL_ORCHESTRATOR",

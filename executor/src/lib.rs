@@ -63,15 +63,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         .security
         .bearer()
         .map_err(|e| Error::Config(e.to_string()))?;
+    // One lazily connected channel per orchestrator replica; calls follow the leader.
     let channel = config
         .security
-        .endpoint(&config.orchestrator)
-        .map_err(|e| Error::Config(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
+        .replicas(&config.orchestrator, |endpoint| {
+            endpoint
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(20))
+                .keep_alive_while_idle(true)
+        })
+        .map_err(|e| Error::Config(e.to_string()))?;
     let channel = shoal::net::auth::AuthChannel::new(channel, bearer);
     let storage =
         StorageServiceClient::new(channel.clone()).max_decoding_message_size(16 * 1024 * 1024);

@@ -9,6 +9,20 @@ pub struct Config {
     /// Directory for the job database and the content store.
     #[arg(long, env = "SHOAL_DATA_DIR", default_value = "./shoal-data")]
     pub data_dir: PathBuf,
+    /// Where the orchestrator keeps its state: unset for the embedded store in the data
+    /// directory, or a PostgreSQL URL (`postgres://user:password@host:port/database`,
+    /// `?sslmode=require` for TLS), which several orchestrators can share: one leads, the
+    /// others wait to take over.
+    #[arg(long, env = "SHOAL_STORE", value_parser = StoreUrl::parse)]
+    pub store: Option<StoreUrl>,
+    /// CA certificate (PEM) the PostgreSQL server's certificate must chain to, besides the
+    /// Mozilla roots.
+    #[arg(long, env = "SHOAL_STORE_CA_CERT", requires = "store")]
+    pub store_ca_cert: Option<PathBuf>,
+    /// The address clients and executors reach this orchestrator at, recorded when it
+    /// leads so the others can name it (default: its gRPC listener's address).
+    #[arg(long, env = "SHOAL_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
     /// How often executors send heartbeats.
     #[arg(long, env = "SHOAL_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = shoal::spec::units::parse_duration)]
     pub heartbeat_interval: Duration,
@@ -85,6 +99,36 @@ pub struct Config {
     pub recover_wal: bool,
 }
 
+/// A PostgreSQL URL; shown without its password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl(String);
+
+impl StoreUrl {
+    /// Takes `postgres://` and `postgresql://` URLs (checked further when connecting).
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(StoreUrl(url.to_owned()))
+        } else {
+            Err("expected a postgres://user:password@host:port/database URL".into())
+        }
+    }
+
+    /// The URL as given, password included.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Everything after the scheme up to the host may hold a password.
+        match self.0.split_once('@') {
+            Some((_, host)) => write!(f, "postgres://***@{host}"),
+            None => f.write_str(&self.0),
+        }
+    }
+}
+
 impl Config {
     /// The defaults a submitted spec is completed with.
     pub fn spec_defaults(&self) -> shoal::spec::SpecDefaults {
@@ -98,6 +142,9 @@ impl Config {
     pub fn with_data_dir(data_dir: PathBuf) -> Self {
         Config {
             data_dir,
+            store: None,
+            store_ca_cert: None,
+            advertise_address: None,
             heartbeat_interval: Duration::from_secs(2),
             lease: Duration::from_secs(10),
             default_timeout: Duration::from_secs(3600),

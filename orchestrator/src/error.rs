@@ -31,6 +31,10 @@ pub enum Error {
     /// applied, and the call may be retried once the store writes again.
     #[error("the store cannot write: {0}")]
     StoreUnavailable(String),
+    /// This orchestrator's leadership term has ended (its lock connection failed, or a
+    /// later term began): it may not write, and callers should turn to the leader.
+    #[error("this orchestrator no longer leads: {0}")]
+    Deposed(String),
     /// The write-ahead log is damaged or missing; the message says where and what to do.
     #[error("{0}")]
     LogDamaged(crate::store::wal::LogDamage),
@@ -99,7 +103,9 @@ impl From<Error> for tonic::Status {
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            Error::ShuttingDown | Error::StoreUnavailable(_) => Code::Unavailable,
+            Error::ShuttingDown | Error::StoreUnavailable(_) | Error::Deposed(_) => {
+                Code::Unavailable
+            }
             Error::Fetch { error, .. } => match error {
                 DataError::Unavailable(_) => Code::Unavailable,
                 DataError::Refused(_) | DataError::Invalid(_) | DataError::TooLarge(_) => {
@@ -133,7 +139,7 @@ impl From<Error> for tonic::Status {
 impl shoal::net::retry::Transient for Error {
     fn is_transient(&self) -> bool {
         match self {
-            Error::Store(_) | Error::Io(_) | Error::StoreUnavailable(_) => true,
+            Error::Store(_) | Error::Io(_) | Error::StoreUnavailable(_) | Error::Deposed(_) => true,
             Error::Core(error) => error.is_transient(),
             _ => false,
         }

@@ -53,13 +53,31 @@ pub async fn run_with_gateway(
         ),
         None => None,
     };
-    let listeners = Listeners {
+    let own = Listeners {
         grpc: listener,
         gateway,
         metrics,
     };
-    let orchestrator = open(config, listeners.addresses(), shutdown.clone()).await?;
-    serve(orchestrator, listeners, shutdown).await
+    let addresses = own.addresses();
+    let Listeners {
+        grpc,
+        gateway,
+        metrics,
+    } = own;
+    // The gRPC listener answers from the start: as a standby until the state is loaded (on
+    // the PostgreSQL store, until this replica leads; another may).
+    let (leader, standby) = tokio::sync::watch::channel(None);
+    let stop_early = shutdown.child_token();
+    let grpc = service::GrpcServer::start(grpc, &config, standby, None, stop_early.clone()).await?;
+    let orchestrator = match open(config, addresses, &leader, shutdown.clone()).await {
+        Ok(orchestrator) => orchestrator,
+        Err(error) => {
+            stop_early.cancel();
+            let _ = grpc.finish().await;
+            return Err(error);
+        }
+    };
+    serve_on(orchestrator, grpc, gateway, metrics, shutdown).await
 }
 
 /// Where an orchestrator serves: its gRPC API, and optionally the IPFS gateway and the
@@ -96,10 +114,27 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let Listeners {
-        grpc: listener,
+        grpc,
         gateway,
-        metrics: metrics_listener,
+        metrics,
     } = listeners;
+    // Serving from the first call: the orchestrator is open.
+    let routes = service::routes(&orchestrator, &shutdown).await?;
+    let no_leader = tokio::sync::watch::channel(None).1;
+    let config = orchestrator.config();
+    let grpc =
+        service::GrpcServer::start(grpc, config, no_leader, Some(routes), shutdown.clone()).await?;
+    serve_on(orchestrator, grpc, gateway, metrics, shutdown).await
+}
+
+/// [`serve`], with the gRPC server already started (answering as a standby).
+async fn serve_on(
+    orchestrator: Arc<Orchestrator>,
+    grpc: service::GrpcServer,
+    gateway: Option<TcpListener>,
+    metrics_listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     if let Some(listener) = metrics_listener {
         if let Ok(address) = listener.local_addr() {
             tracing::info!(target: shoal::daemon::LISTENING, %address, "metrics listening");
@@ -115,10 +150,6 @@ pub async fn serve(
             shutdown.clone(),
         ));
     }
-    let address = listener
-        .local_addr()
-        .map_err(|e| error::Error::io("listener", e))?;
-    tracing::info!(target: shoal::daemon::LISTENING, %address, "orchestrator listening");
     if let Some(gateway) = gateway {
         if let Ok(address) = gateway.local_addr() {
             tracing::info!(target: shoal::daemon::LISTENING, %address, "IPFS gateway listening");
@@ -132,7 +163,23 @@ pub async fn serve(
 
     orchestrator.spawn(scheduler::scheduler_loop(orchestrator.clone()));
     orchestrator.spawn(orchestrator::store_watchdog(orchestrator.clone()));
-    let served = service::serve(orchestrator.clone(), listener, shutdown.clone()).await;
+    // A leader whose term ends stops serving at once: whatever it holds in memory may be
+    // stale by the time another replica leads.
+    let lost = orchestrator.leadership_lost();
+    if let Some(lost) = lost.clone() {
+        let shutdown = shutdown.clone();
+        orchestrator.spawn(async move {
+            tokio::select! {
+                _ = lost.cancelled() => shutdown.cancel(),
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+    if !grpc.leads() {
+        grpc.lead(service::routes(&orchestrator, &shutdown).await?);
+    }
+    tracing::info!(target: shoal::daemon::LISTENING, address = %grpc.address(), "orchestrator listening");
+    let served = grpc.finish().await;
     shutdown.cancel();
     orchestrator.tasks.close();
     orchestrator.tasks.wait().await;
@@ -145,6 +192,11 @@ pub async fn serve(
             store.close().await
         }
         Err(_) => tracing::warn!("state still referenced at shutdown; the store closes on exit"),
+    }
+    if lost.is_some_and(|lost| lost.is_cancelled()) {
+        return Err(error::Error::Deposed(
+            "its leadership term ended (the log says why); it stopped serving".into(),
+        ));
     }
     served
 }

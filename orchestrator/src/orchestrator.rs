@@ -18,6 +18,8 @@ use crate::error::{self, Result};
 use crate::links::Links;
 use crate::metrics;
 use crate::records::Write;
+use crate::store::postgres::connect::Database;
+use crate::store::postgres::{Leader, Leadership, Postgres};
 use crate::store::wal;
 use crate::store::{Commit, Store};
 
@@ -52,6 +54,8 @@ pub struct Orchestrator {
     finishing: std::sync::Mutex<Vec<String>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
+    /// With the PostgreSQL store: this process's leadership term, held while it serves.
+    leadership: Option<Leadership>,
     /// The lock on the data directory, held while the orchestrator lives.
     _lock: shoal::daemon::lock::DirLock,
 }
@@ -338,6 +342,11 @@ impl Orchestrator {
         &self.links
     }
 
+    /// With the PostgreSQL store: cancelled when this process's leadership term ends.
+    pub fn leadership_lost(&self) -> Option<CancellationToken> {
+        self.leadership.as_ref().map(Leadership::lost)
+    }
+
     /// The settings.
     pub fn config(&self) -> &Config {
         &self.config
@@ -364,9 +373,11 @@ impl Orchestrator {
 
 /// Opens the data directory and restores the orchestrator's state.
 /// `own` are the orchestrator's listening addresses, which `CopyFromUrl` never fetches from.
+/// With the PostgreSQL store it first waits to lead, telling `leader` who leads meanwhile.
 pub async fn open(
     config: Config,
     own: Vec<std::net::SocketAddr>,
+    leader: &tokio::sync::watch::Sender<Option<Leader>>,
     shutdown: CancellationToken,
 ) -> Result<Arc<Orchestrator>> {
     // Before anything in the directory is read or written: a second orchestrator on it
@@ -377,7 +388,31 @@ pub async fn open(
     } else {
         wal::Recovery::Refuse
     };
-    let (store, snapshot) = Store::open_with(&config.data_dir.join("state.redb"), recovery)?;
+    let (store, snapshot, leadership) = match &config.store {
+        None => {
+            let (store, snapshot) =
+                Store::open_with(&config.data_dir.join("state.redb"), recovery)?;
+            (store, snapshot, None)
+        }
+        Some(url) => {
+            let database = Database::new(url.expose(), config.store_ca_cert.as_deref())?;
+            Postgres::migrate(&database).await?;
+            let address = match (&config.advertise_address, own.first()) {
+                (Some(address), _) => address.clone(),
+                (None, Some(address)) => address.to_string(),
+                (None, None) => String::new(),
+            };
+            let Some(leadership) =
+                Leadership::acquire(&database, &replica_name(), &address, leader, &shutdown)
+                    .await?
+            else {
+                return Err(error::Error::ShuttingDown);
+            };
+            let (store, snapshot) = Store::postgres(&database, &leadership).await?;
+            tracing::info!(database = %database.describe(), epoch = leadership.epoch, "the PostgreSQL store is open");
+            (store, snapshot, Some(leadership))
+        }
+    };
     let s3 = shoal::data::s3::S3Fetcher::new(config.s3.clone());
     let content_bucket = match &config.content_store {
         Some(location) => Some((
@@ -443,8 +478,17 @@ pub async fn open(
         finishing: std::sync::Mutex::new(Vec::new()),
         shutdown,
         tasks: TaskTracker::new(),
+        leadership,
         _lock: lock,
     }))
+}
+
+/// This process's name among replicas: the host's name and the process id.
+fn replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!("{host}/{}", std::process::id())
 }
 
 /// After a failed commit: probes the store until it writes again (a full disk freed), then

@@ -2,6 +2,8 @@
 //! ([`Write`]) and reads them back at start-up ([`Snapshot`]). The state machine knows
 //! these and nothing of the store that keeps them.
 
+use std::collections::{HashMap, HashSet};
+
 use shoal::proto::{Execution, Job, JobEvent, Node};
 
 /// One record to write. (Variants differ in size, but writes live only briefly in a queue,
@@ -58,6 +60,60 @@ pub struct Snapshot {
     pub log_ends: Vec<((String, i32), u64)>,
     /// The shard listings of jobs not yet ended.
     pub shards: Vec<(String, ShardListing)>,
+}
+
+/// Where the log streams of executions not yet ended end, read from their jobs' events
+/// at start-up (only they can still get chunks): what [`Snapshot::log_ends`] holds.
+pub struct LogEnds {
+    /// Executions not yet ended, by job.
+    going: HashMap<String, HashSet<String>>,
+    ends: HashMap<(String, i32), u64>,
+}
+
+impl LogEnds {
+    /// For the executions among `executions` that have not ended.
+    pub fn of(executions: &[Execution]) -> Self {
+        let mut going: HashMap<String, HashSet<String>> = HashMap::new();
+        for execution in executions.iter().filter(|e| !e.state().is_terminal()) {
+            going
+                .entry(execution.job_id.clone())
+                .or_default()
+                .insert(execution.id.clone());
+        }
+        LogEnds {
+            going,
+            ends: HashMap::new(),
+        }
+    }
+
+    /// The jobs whose events are to be read.
+    pub fn jobs(&self) -> impl Iterator<Item = &str> {
+        self.going.keys().map(String::as_str)
+    }
+
+    /// Takes one event of `job_id`'s: a log chunk of a going execution moves its end.
+    pub fn read(&mut self, job_id: &str, event: JobEvent) {
+        let Some(shoal::proto::job_event::Event::Log(chunk)) = event.event else {
+            return;
+        };
+        if !self
+            .going
+            .get(job_id)
+            .is_some_and(|going| going.contains(&chunk.execution_id))
+        {
+            return;
+        }
+        let end = chunk.offset.saturating_add(chunk.data.len() as u64);
+        let slot = self
+            .ends
+            .entry((chunk.execution_id, chunk.stream))
+            .or_default();
+        *slot = (*slot).max(end);
+    }
+
+    pub fn finish(self) -> Vec<((String, i32), u64)> {
+        self.ends.into_iter().collect()
+    }
 }
 
 /// A sharded job's entries as listed when it was submitted, in order: partition i takes

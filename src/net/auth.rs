@@ -14,7 +14,7 @@ use crate::error::Error;
 use sha2::{Digest, Sha256};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 
 /// A caller's role.
@@ -231,8 +231,10 @@ impl Interceptor for CallerMetadata {
     }
 }
 
-/// A channel to the orchestrator that carries the caller's token and trace context.
-pub type AuthChannel = tonic::service::interceptor::InterceptedService<Channel, CallerMetadata>;
+/// A channel to the orchestrator (the replica that leads) that carries the caller's token
+/// and trace context.
+pub type AuthChannel =
+    tonic::service::interceptor::InterceptedService<crate::net::leader::Replicas, CallerMetadata>;
 
 /// How a client (the CLI, an executor) proves itself to the orchestrator and checks the
 /// orchestrator's certificate.
@@ -286,6 +288,28 @@ impl ClientSecurity {
             authorization: value,
             deadline: None,
         })
+    }
+
+    /// Lazily connected channels to each orchestrator replica of `list` (comma-separated
+    /// addresses, see [`parse_addresses`](crate::net::leader::parse_addresses)), each
+    /// endpoint set up by `configure`.
+    pub fn replicas(
+        &self,
+        list: &str,
+        configure: impl Fn(Endpoint) -> Endpoint,
+    ) -> Result<crate::net::leader::Replicas, Error> {
+        let addresses = crate::net::leader::parse_addresses(list);
+        if addresses.is_empty() {
+            return Err(Error::Settings("no orchestrator address given".to_owned()));
+        }
+        let replicas = addresses
+            .into_iter()
+            .map(|address| {
+                let channel = configure(self.endpoint(&address)?).connect_lazy();
+                Ok((address, channel))
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(crate::net::leader::Replicas::new(replicas))
     }
 
     /// An endpoint for `address` (http:// or https://) with these TLS settings.

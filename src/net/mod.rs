@@ -1,7 +1,9 @@
-//! The network around the gRPC API: channels with bearer tokens and TLS ([`auth`]), and the
-//! one way a failed call is repeated ([`retry`]).
+//! The network around the gRPC API: channels with bearer tokens and TLS ([`auth`]) to the
+//! orchestrator replica that leads ([`leader`]), and the one way a failed call is repeated
+//! ([`retry`]).
 
 pub mod auth;
+pub mod leader;
 pub mod retry;
 
 /// HTTP/2 receive window of one stream, on the orchestrator and on every client of it. A

@@ -25,7 +25,7 @@ fn channel(address: &str) -> AuthChannel {
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(30))
         .connect_lazy();
-    AuthChannel::new(channel, CallerMetadata::default())
+    AuthChannel::new(channel.into(), CallerMetadata::default())
 }
 
 /// Waits until `count` jobs have been acknowledged (each acknowledgement wakes it).

@@ -18,6 +18,7 @@ mod ipfs_cids;
 mod jobs;
 mod metrics;
 mod partitions;
+mod postgres;
 mod python_client;
 mod restart;
 mod s3_inputs;

@@ -206,7 +206,7 @@ fn channel(address: &str) -> AuthChannel {
     let channel = tonic::transport::Endpoint::from_shared(address.to_owned())
         .expect("address")
         .connect_lazy();
-    AuthChannel::new(channel, CallerMetadata::default())
+    AuthChannel::new(channel.into(), CallerMetadata::default())
 }
 
 /// A full disk under the orchestrator's data directory (a real tmpfs filled up): a

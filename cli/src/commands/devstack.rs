@@ -55,6 +55,10 @@ pub struct DevstackArgs {
     /// An IPFS trustless gateway to fetch CIDs the store lacks from (repeatable).
     #[arg(long = "ipfs-gateway", value_parser = shoal::data::ipfs::parse_gateway)]
     pub ipfs_gateways: Vec<url::Url>,
+    /// Keep the orchestrator's state in this PostgreSQL database
+    /// (`postgres://user:password@host:port/database`) instead of the data directory.
+    #[arg(long, value_parser = shoal_orchestrator::config::StoreUrl::parse)]
+    pub store: Option<shoal_orchestrator::config::StoreUrl>,
     /// Keep state here instead of a temporary directory removed on exit.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -94,6 +98,7 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
         shoal_orchestrator::Config::with_data_dir(data_dir.join("orchestrator"));
     orchestrator_config.ipfs_gateways = args.ipfs_gateways.clone();
     orchestrator_config.content_store = args.content_store.clone();
+    orchestrator_config.store = args.store.clone();
     orchestrator_config.urls = args.urls.clone();
     orchestrator_config.s3.endpoint = args.s3_endpoint.clone();
     orchestrator_config.s3.force_path_style = args.s3_path_style;
@@ -172,17 +177,17 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
 
 /// Waits until every executor has registered, so the first job runs at once. Asks the
 /// orchestrator every 50 ms: the executors run in this process and register within a few
-/// milliseconds, and the API has no stream of node changes to wait on.
+/// milliseconds, and the API has no stream of node changes to wait on. UNAVAILABLE is an
+/// orchestrator still starting (on the PostgreSQL store, it answers so until it leads).
 async fn wait_until_ready(address: &str, executors: usize) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut clients = connect(&Target::plain(address)).await?;
     loop {
-        let nodes = clients
-            .nodes
-            .list_nodes(ListNodesRequest {})
-            .await?
-            .into_inner()
-            .nodes;
+        let nodes = match clients.nodes.list_nodes(ListNodesRequest {}).await {
+            Ok(listed) => listed.into_inner().nodes,
+            Err(status) if status.code() == tonic::Code::Unavailable => Vec::new(),
+            Err(status) => return Err(status.into()),
+        };
         let connected = nodes
             .iter()
             .filter(|n| n.state() == NodeState::Connected)

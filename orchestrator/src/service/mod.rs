@@ -6,6 +6,7 @@ mod jobs;
 mod modules;
 mod nodes;
 mod shards;
+pub mod standby;
 mod storage;
 
 use std::sync::Arc;
@@ -14,14 +15,19 @@ use shoal::proto::executor_service_server::ExecutorServiceServer;
 use shoal::proto::job_service_server::JobServiceServer;
 use shoal::proto::node_service_server::NodeServiceServer;
 use shoal::proto::storage_service_server::StorageServiceServer;
+use std::sync::OnceLock;
+
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::Orchestrator;
 use crate::error::{Error, Result};
+use crate::store::postgres::Leader;
 
 pub use executors::ExecutorApi;
 pub use jobs::JobApi;
@@ -31,12 +37,100 @@ pub use storage::StorageApi;
 /// Largest gRPC message accepted (a chunk, a spec, a listing).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
-/// Serves every service, health and reflection on `listener` until `shutdown`.
-pub async fn serve(
-    orchestrator: Arc<Orchestrator>,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<()> {
+/// The gRPC server on the orchestrator's listener. It answers as a standby (see
+/// [`standby`]) until [`lead`](Self::lead) hands it the orchestrator, then serves every
+/// service, health and reflection on the same connections (no reconnect, no GOAWAY for
+/// clients that came early), until `shutdown`.
+pub struct GrpcServer {
+    address: std::net::SocketAddr,
+    live: Arc<OnceLock<Routes>>,
+    serving: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl GrpcServer {
+    /// Starts serving `listener`: `routes` if given, else as a standby (`leader` says who
+    /// leads meanwhile) until [`lead`](Self::lead).
+    pub async fn start(
+        listener: TcpListener,
+        config: &crate::Config,
+        leader: watch::Receiver<Option<Leader>>,
+        routes: Option<Routes>,
+        shutdown: CancellationToken,
+    ) -> Result<Self> {
+        let address = listener
+            .local_addr()
+            .map_err(|e| Error::io("listener", e))?;
+        let live = Arc::new(OnceLock::new());
+        if let Some(routes) = routes {
+            let _ = live.set(routes);
+        }
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls_config(config)? {
+            server = server
+                .tls_config(tls)
+                .map_err(|e| Error::InvalidArgument(format!("TLS settings: {e}")))?;
+        }
+        let switch = standby::Switch::layer(live.clone(), leader);
+        let serving = server
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+            // Sized for artifact uploads across a real network, not just loopback.
+            .initial_stream_window_size(shoal::net::HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(shoal::net::HTTP2_CONNECTION_WINDOW)
+            .layer(tower::util::MapRequestLayer::new(
+                |mut request: http::Request<tonic::body::Body>| {
+                    let path = shoal::net::auth::CallPath(request.uri().path().to_owned());
+                    request.extensions_mut().insert(path);
+                    request
+                },
+            ))
+            .layer(switch)
+            .add_service(standby::health().await)
+            // Without TCP_NODELAY a small response waits for the client's delayed ACK: 40 ms
+            // added to every unary call (B3 measured it).
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown.cancelled_owned(),
+            );
+        let serving = tokio::spawn(async move {
+            serving
+                .await
+                .map_err(|e| Error::io("serving gRPC", std::io::Error::other(e)))
+        });
+        Ok(GrpcServer {
+            address,
+            live,
+            serving,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn address(&self) -> std::net::SocketAddr {
+        self.address
+    }
+
+    /// Serves `routes` from now on, unless it already serves some.
+    pub fn lead(&self, routes: Routes) {
+        let _ = self.live.set(routes);
+    }
+
+    /// Whether it serves an orchestrator's routes yet.
+    pub fn leads(&self) -> bool {
+        self.live.get().is_some()
+    }
+
+    /// Waits until the server has stopped (at `shutdown`).
+    pub async fn finish(self) -> Result<()> {
+        self.serving
+            .await
+            .map_err(|e| Error::io("serving gRPC", std::io::Error::other(e)))?
+    }
+}
+
+/// Every service, health and reflection, for `orchestrator`.
+pub async fn routes(
+    orchestrator: &Arc<Orchestrator>,
+    shutdown: &CancellationToken,
+) -> Result<Routes> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<JobServiceServer<JobApi>>()
@@ -99,24 +193,8 @@ pub async fn serve(
         }
     };
     let auth = shoal::net::auth::Authorizer::new(tokens, config.tls_client_ca.is_some());
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = tls_config(config)? {
-        server = server
-            .tls_config(tls)
-            .map_err(|e| Error::InvalidArgument(format!("TLS settings: {e}")))?;
-    }
-    server
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
-        // Sized for artifact uploads across a real network, not just loopback.
-        .initial_stream_window_size(shoal::net::HTTP2_STREAM_WINDOW)
-        .initial_connection_window_size(shoal::net::HTTP2_CONNECTION_WINDOW)
-        .layer(tower::util::MapRequestLayer::new(
-            |mut request: http::Request<tonic::body::Body>| {
-                let path = shoal::net::auth::CallPath(request.uri().path().to_owned());
-                request.extensions_mut().insert(path);
-                request
-            },
-        ))
+    let mut routes = Routes::builder();
+    routes
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -138,15 +216,8 @@ pub async fn serve(
             ExecutorServiceServer::new(ExecutorApi::new(orchestrator.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             auth.clone(),
-        ))
-        // Without TCP_NODELAY a small response waits for the client's delayed ACK: 40 ms
-        // added to every unary call (B3 measured it).
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.cancelled_owned(),
-        )
-        .await
-        .map_err(|e| Error::io("serving gRPC", std::io::Error::other(e)))
+        ));
+    Ok(routes.routes())
 }
 
 /// The server's TLS settings: its certificate and key, and with `--tls-client-ca`, the CA

@@ -10,7 +10,7 @@
 //!
 //! Writes that nobody waits for — an executor's progress reports: STAGING, RUNNING,
 //! PUBLISHING, log chunks — may be *deferred*: the writer holds them up to
-//! [`DEFER_AT_MOST`] for a write that is waited for (a submission, a completion) and
+//! [`DEFER_AT_MOST`](super::DEFER_AT_MOST) for a write that is waited for (a submission, a completion) and
 //! commits them together. A job that runs for a millisecond then costs one commit for
 //! its whole run instead of four or five, and its completion does not queue behind the
 //! fsync of its own progress reports (B2 and B3 in docs/PERFORMANCE.md). Their effects
@@ -26,23 +26,14 @@ use futures::future::BoxFuture;
 use prost::Message;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use shoal::proto::JobEvent;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
+use super::group::{self, Batch, Queue};
 use super::tables::{self, BLOCKS, EVENTS, META, MODULES, NAMES};
 use super::wal::{self, FrameBuilder, Wal};
-use super::{Backend, Commit, DEFER_AT_MOST};
+use super::{Backend, Commit};
 use crate::error::{Error, Result};
 use crate::records::{Snapshot, Write};
-
-/// Batches waiting for the writer. Bounded: when the disk falls behind, submitters wait.
-const WRITE_QUEUE: usize = 1024;
-
-struct Batch {
-    writes: Vec<Write>,
-    /// May wait up to [`DEFER_AT_MOST`] for company (see the module's comment).
-    deferrable: bool,
-    done: oneshot::Sender<Result<(), String>>,
-}
 
 /// The open database, shared by the writer and readers. None while the writer reopens it
 /// after a failed commit (redb refuses every operation after an I/O error until it is
@@ -64,7 +55,7 @@ impl Embedded {
         let (db, wal) = open_database(path, recovery)?;
         let db = Arc::new(db);
         let snapshot = tables::load(&db)?;
-        let (writer, queue) = mpsc::channel(WRITE_QUEUE);
+        let (writer, queue) = group::channel();
         let db: SharedDatabase = Arc::new(std::sync::RwLock::new(Some(db)));
         let writer_db = Writer {
             shared: db.clone(),
@@ -97,18 +88,7 @@ impl Embedded {
 
 impl Backend for Embedded {
     fn queue(&self, writes: Vec<Write>, deferrable: bool) -> BoxFuture<'_, Result<Commit>> {
-        Box::pin(async move {
-            let (done, receiver) = oneshot::channel();
-            self.writer
-                .send(Batch {
-                    writes,
-                    deferrable,
-                    done,
-                })
-                .await
-                .map_err(|_| Error::ShuttingDown)?;
-            Ok(Commit::new(receiver))
-        })
+        Box::pin(group::send(&self.writer, writes, deferrable))
     }
 
     fn snapshot(&self) -> BoxFuture<'_, Result<Snapshot>> {
@@ -307,44 +287,10 @@ impl Writer {
     }
 }
 
-async fn write_loop(writer: Writer, wal: Wal, mut queue: mpsc::Receiver<Batch>) {
+async fn write_loop(writer: Writer, wal: Wal, mut queue: Queue) {
     // None while the database is closed after a failure (until it is reopened).
     let mut wal = Some(wal);
-    // Set by a failed commit: until a probe commits, every other batch is refused, so
-    // nothing built on the lost transition's state reaches the disk (or its effects,
-    // such as acknowledgements, the executors) before the orchestrator has reloaded.
-    let mut failed = false;
-    while let Some(first) = queue.recv().await {
-        // Group commit: everything that queued up while the last fsync ran goes in this one.
-        let mut batches = vec![first];
-        take_queued(&mut queue, &mut batches);
-        if batches.iter().all(|b| b.deferrable) {
-            // Nobody waits for these yet: give a write that is waited for the chance to
-            // share their commit.
-            let deadline = tokio::time::Instant::now() + DEFER_AT_MOST;
-            while batches.len() < WRITE_QUEUE && batches.iter().all(|b| b.deferrable) {
-                match tokio::time::timeout_at(deadline, queue.recv()).await {
-                    Ok(Some(batch)) => {
-                        batches.push(batch);
-                        take_queued(&mut queue, &mut batches);
-                    }
-                    // The deadline passed, or every handle is gone (commit and stop).
-                    Ok(None) | Err(_) => break,
-                }
-            }
-        }
-        if failed {
-            let (probes, refused): (Vec<Batch>, Vec<Batch>) =
-                batches.into_iter().partition(Batch::is_probe);
-            for batch in refused {
-                let refusal = "the store failed a write and takes none until it is checked again";
-                let _receiver_gone = batch.done.send(Err(refusal.to_owned()));
-            }
-            if probes.is_empty() {
-                continue;
-            }
-            batches = probes;
-        }
+    while let Some(batches) = queue.next_group().await {
         if wal.is_none() || writer.database().is_none() {
             wal = reopen(&writer, wal.take());
         }
@@ -354,7 +300,6 @@ async fn write_loop(writer: Writer, wal: Wal, mut queue: mpsc::Receiver<Batch>) 
         };
         let result = match committed {
             Ok(reopen_now) => {
-                failed = false;
                 if reopen_now {
                     // The frames are durable in the log; redb refuses everything after an
                     // I/O error, so open it again (applying the log) before the next.
@@ -364,26 +309,16 @@ async fn write_loop(writer: Writer, wal: Wal, mut queue: mpsc::Receiver<Batch>) 
             }
             Err(error) => {
                 tracing::error!(%error, "store commit failed");
-                failed = true;
                 wal = reopen(&writer, wal.take());
                 Err(error)
             }
         };
-        for batch in batches {
-            let _receiver_gone = batch.done.send(result.clone());
-        }
+        queue.finish(batches, &result);
     }
     if let (Some(mut log), Some(db)) = (wal, writer.database())
         && let Err(error) = checkpoint(&db, &mut log)
     {
         tracing::error!(%error, "the store's last checkpoint failed; the log is applied at the next start");
-    }
-}
-
-impl Batch {
-    /// Whether this is the watchdog's probe, the one batch taken after a failure.
-    fn is_probe(&self) -> bool {
-        matches!(self.writes.as_slice(), [Write::Probe])
     }
 }
 
@@ -498,16 +433,6 @@ fn checkpoint(db: &Database, wal: &mut Wal) -> Result<()> {
     tx.commit()?;
     empty_log(wal);
     Ok(())
-}
-
-/// Moves the batches already queued into `batches`, up to [`WRITE_QUEUE`] in all.
-fn take_queued(queue: &mut mpsc::Receiver<Batch>, batches: &mut Vec<Batch>) {
-    while batches.len() < WRITE_QUEUE {
-        match queue.try_recv() {
-            Ok(batch) => batches.push(batch),
-            Err(_) => break,
-        }
-    }
 }
 
 /// Log frames holding every write of `batches`, in order: values encoded once, then both

@@ -11,10 +11,14 @@
 //!   then reloads its state from [`Store::snapshot`].
 //!
 //! [`Store`] is the handle the orchestrator holds; [`Backend`] is what an implementation
-//! provides. Today there is one, [`embedded`]: redb (its tables and what each record's row
-//! looks like in `tables`) and a write-ahead log ([`wal`]) in the data directory.
+//! provides. There are two: [`embedded`], the default (redb, its tables and what each
+//! record's row looks like in `tables`, and a write-ahead log, [`wal`], in the data
+//! directory), and [`postgres`], a database several orchestrators can share, one of them
+//! leading. Both take their groups from the same queue (`group`).
 
 pub mod embedded;
+mod group;
+pub mod postgres;
 mod tables;
 pub mod wal;
 
@@ -83,6 +87,16 @@ impl Store {
     /// missing (by default: refuse, with [`Error::LogDamaged`]).
     pub fn open_with(path: &Path, recovery: wal::Recovery) -> Result<(Store, Snapshot)> {
         let (backend, snapshot) = embedded::Embedded::open(path, recovery)?;
+        Ok((Store(Arc::new(backend)), snapshot))
+    }
+
+    /// The PostgreSQL store of the leadership term `leadership` (its schema brought up to
+    /// date first with [`postgres::Postgres::migrate`]), and what it holds.
+    pub async fn postgres(
+        database: &postgres::connect::Database,
+        leadership: &postgres::Leadership,
+    ) -> Result<(Store, Snapshot)> {
+        let (backend, snapshot) = postgres::Postgres::open(database, leadership).await?;
         Ok((Store(Arc::new(backend)), snapshot))
     }
 

@@ -3,15 +3,13 @@
 //! that applies a row to its table (the same when a commit applies it and when the log is
 //! replayed at start-up), and the snapshot read at start-up.
 
-use std::collections::{HashMap, HashSet};
-
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use shoal::proto::{Execution, Job, JobEvent, Node};
 
 use super::wal::{self, FrameBuilder, Table};
 use crate::error::{Error, Result};
-use crate::records::{ShardListing, Snapshot, Write};
+use crate::records::{LogEnds, ShardListing, Snapshot, Write};
 
 pub(super) const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 pub(super) const EXECUTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("executions");
@@ -109,26 +107,14 @@ pub(super) fn load(db: &Database) -> Result<Snapshot> {
         snapshot.last_sequences.push((job.id.clone(), last));
     }
     // Only executions still going can get chunks; the events of their jobs are read.
-    let going: HashSet<(&str, &str)> = snapshot
-        .executions
-        .iter()
-        .filter(|e| !e.state().is_terminal())
-        .map(|e| (e.job_id.as_str(), e.id.as_str()))
-        .collect();
-    let mut ends: HashMap<(String, i32), u64> = HashMap::new();
-    for job_id in going.iter().map(|(job, _)| *job).collect::<HashSet<_>>() {
-        for entry in events.range((job_id, 0)..=(job_id, u64::MAX))? {
-            let event = JobEvent::decode(entry?.1.value())?;
-            if let Some(shoal::proto::job_event::Event::Log(chunk)) = event.event
-                && going.contains(&(job_id, chunk.execution_id.as_str()))
-            {
-                let end = chunk.offset.saturating_add(chunk.data.len() as u64);
-                let slot = ends.entry((chunk.execution_id, chunk.stream)).or_default();
-                *slot = (*slot).max(end);
-            }
+    let mut log_ends = LogEnds::of(&snapshot.executions);
+    let jobs: Vec<String> = log_ends.jobs().map(str::to_owned).collect();
+    for job_id in &jobs {
+        for entry in events.range((job_id.as_str(), 0)..=(job_id.as_str(), u64::MAX))? {
+            log_ends.read(job_id, JobEvent::decode(entry?.1.value())?);
         }
     }
-    snapshot.log_ends = ends.into_iter().collect();
+    snapshot.log_ends = log_ends.finish();
     // Only jobs still going schedule partitions over their listing.
     let shards = tx.open_table(SHARDS)?;
     for job in snapshot.jobs.iter().filter(|j| !j.state().is_terminal()) {

@@ -56,10 +56,14 @@ impl InProcess {
             metrics: None,
         };
         let shutdown = CancellationToken::new();
-        let orchestrator =
-            shoal_orchestrator::open(config, listeners.addresses(), shutdown.clone())
-                .await
-                .expect("open the orchestrator");
+        let orchestrator = shoal_orchestrator::open(
+            config,
+            listeners.addresses(),
+            &tokio::sync::watch::channel(None).0,
+            shutdown.clone(),
+        )
+        .await
+        .expect("open the orchestrator");
         let served = tokio::spawn({
             let (orchestrator, shutdown) = (orchestrator.clone(), shutdown.clone());
             async move {
@@ -75,7 +79,7 @@ impl InProcess {
             .connect()
             .await
             .expect("connect");
-        let channel = AuthChannel::new(channel, CallerMetadata::default());
+        let channel = AuthChannel::new(channel.into(), CallerMetadata::default());
         InProcess {
             jobs: JobServiceClient::new(channel.clone()),
             storage: StorageServiceClient::new(channel.clone()),

@@ -144,9 +144,17 @@ impl Devstack {
     pub async fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Devstack {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
-        let mut child = Command::new(bin("shoal"))
+        let mut command = Command::new(bin("shoal"));
+        command
             .args(["devstack", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
+            .arg(&data);
+        if let Some(url) = shoal_harness::test_store(&data)
+            .await
+            .expect("the test store")
+        {
+            command.args(["--store", &url]);
+        }
+        let mut child = command
             .args(extra)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

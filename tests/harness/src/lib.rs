@@ -9,6 +9,7 @@
 
 pub mod logs;
 pub mod orchestrator;
+pub mod postgres;
 pub mod seaweedfs;
 pub mod small_disk;
 pub mod usage;
@@ -19,7 +20,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 
 pub use logs::{Lines, LogLines, collect, drain, wait_for_line};
-pub use orchestrator::{Launch, OrchestratorProcess};
+pub use orchestrator::{Launch, OrchestratorProcess, test_store};
+pub use postgres::PostgresServer;
 pub use seaweedfs::SeaweedFs;
 pub use usage::process_usage;
 

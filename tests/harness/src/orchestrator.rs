@@ -66,6 +66,11 @@ impl Launch {
         if self.quiet {
             command.env("RUST_LOG", "warn,shoal::listening=info");
         }
+        if !self.args.iter().any(|a| a == "--store")
+            && let Some(url) = test_store(&self.data).await?
+        {
+            command.args(["--store", &url]);
+        }
         let mut child = command
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -139,4 +144,22 @@ impl OrchestratorProcess {
             .context("the orchestrator did not stop after SIGTERM")?
             .context("waiting for the orchestrator")
     }
+}
+
+/// With `SHOAL_TEST_STORE=postgres`: the URL of a database on the test process's shared
+/// PostgreSQL server for the data directory `data` (created on first use), so a process
+/// started again on the same directory finds its state there. This runs the end-to-end
+/// tests against the PostgreSQL store; otherwise None (the embedded store).
+pub async fn test_store(data: &std::path::Path) -> anyhow::Result<Option<String>> {
+    if !std::env::var("SHOAL_TEST_STORE").is_ok_and(|store| store == "postgres") {
+        return Ok(None);
+    }
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    data.hash(&mut hasher);
+    let name = format!("shoal_{:016x}", hasher.finish());
+    let url = tokio::task::spawn_blocking(move || crate::PostgresServer::shared()?.database(&name))
+        .await
+        .context("starting PostgreSQL")??;
+    Ok(Some(url))
 }

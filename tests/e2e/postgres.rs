@@ -1,0 +1,373 @@
+//! The PostgreSQL store (`--store postgres://...`) against a real PostgreSQL server the test
+//! starts (one per test binary, a database per test): state kept in the database across a
+//! `kill -9`, a standby that takes over when the leader dies, fencing by the epoch, a
+//! leader that loses its lock connection stepping down, and bad settings refused at start.
+//! (`SHOAL_TEST_STORE=postgres` also runs the other end-to-end tests on this store; the
+//! test script does so for `jobs`.)
+
+use std::time::Instant;
+
+use shoal_harness::PostgresServer;
+use tokio::io::BufReader;
+
+use crate::common::{TIMEOUT, bin, path, shoal, start_orchestrator_with, state, wait_connected};
+
+async fn server() -> &'static PostgresServer {
+    tokio::task::spawn_blocking(PostgresServer::shared)
+        .await
+        .expect("join")
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// A fresh database named `name` on the shared server (dropped first if a previous run
+/// left it).
+async fn fresh_database(server: &'static PostgresServer, name: &str) -> String {
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || {
+        server.psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+        )?;
+        server.database(&name)
+    })
+    .await
+    .expect("join")
+    .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+async fn psql(server: &'static PostgresServer, database: &str, sql: &str) -> String {
+    let (database, sql) = (database.to_owned(), sql.to_owned());
+    tokio::task::spawn_blocking(move || server.psql(&database, &sql))
+        .await
+        .expect("join")
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Runs `shoal-orchestrator` with `args` to its exit (within the timeout); its stderr.
+async fn refused_at_start(data: &std::path::Path, args: &[&str]) -> String {
+    let output = tokio::time::timeout(
+        TIMEOUT,
+        tokio::process::Command::new(bin("shoal-orchestrator"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("the orchestrator exits instead of hanging")
+    .expect("runs");
+    assert!(!output.status.success(), "it started: {output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Jobs, their executions and results live in the database: after `kill -9` and a start
+/// on the same database, a finished job keeps its result and a queued one stays queued;
+/// and the data directory holds no embedded store.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_state_lives_in_the_database_across_a_kill() {
+    let server = server().await;
+    let url = fresh_database(server, "kept").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("orchestrator");
+    let args = ["--store", url.as_str(), "--lease", "30s"];
+    let mut orchestrator = start_orchestrator_with(&data, 0, &args).await;
+    let (address, port) = (orchestrator.address.clone(), orchestrator.port);
+    let _executor =
+        crate::common::start_executor(&address, &dir.path().join("executor"), "pg", &[]);
+    wait_connected(&orchestrator, "pg").await;
+
+    let hello = path("examples/hello/hello.wasm");
+    let finished = shoal(&address, &["wasm", "run", "--id-only", &hello, "kept"])
+        .await
+        .success()
+        .stdout
+        .trim()
+        .to_owned();
+    crate::common::wait_terminal(&address, &finished).await;
+    let queued = shoal(
+        &address,
+        &["wasm", "run", "--id-only", &hello, "-s", "zone=none"],
+    )
+    .await
+    .success()
+    .stdout
+    .trim()
+    .to_owned();
+    let rows = psql(server, "kept", "SELECT count(*) FROM shoal_jobs").await;
+    assert_eq!(rows.trim(), "2", "both jobs are rows of the database");
+
+    orchestrator.kill().await.expect("kill -9");
+    let _orchestrator = start_orchestrator_with(&data, port, &args).await;
+    let job = shoal(
+        &address,
+        &["job", "describe", &finished, "--output", "json"],
+    )
+    .await
+    .success()
+    .json();
+    assert_eq!(state(&job), "JOB_STATE_COMPLETED", "{job}");
+    let results = dir.path().join("results");
+    shoal(
+        &address,
+        &["job", "get", &finished, &results.to_string_lossy()],
+    )
+    .await
+    .success();
+    let stdout = std::fs::read_to_string(results.join("stdout")).expect("stdout");
+    assert!(stdout.contains("arg[1]=kept"), "{stdout}");
+    let job = shoal(&address, &["job", "describe", &queued, "--output", "json"])
+        .await
+        .success()
+        .json();
+    assert_eq!(state(&job), "JOB_STATE_QUEUED", "{job}");
+    assert!(
+        !data.join("state.redb").exists() && !data.join("state.wal").exists(),
+        "no embedded store beside the database"
+    );
+}
+
+/// A second orchestrator on the same database is a standby while the first leads: its
+/// health says the job service is NOT_SERVING and its calls are UNAVAILABLE, naming the
+/// leader; a CLI and an executor given both addresses (the standby's first) find the
+/// leader. When the leader is killed, the standby takes over (measured) with the leader's
+/// jobs, and the executor follows it and runs new work. The epoch went up by one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_takes_over_when_the_leader_is_killed() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let server = server().await;
+    let url = fresh_database(server, "failover").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = ["--store", url.as_str(), "--lease", "30s"];
+    let mut leader = start_orchestrator_with(&dir.path().join("one"), 0, &args).await;
+
+    // The standby: it binds its port, says where, and waits for the lock.
+    let mut standby = tokio::process::Command::new(bin("shoal-orchestrator"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("two"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the standby");
+    let mut stderr = BufReader::new(standby.stderr.take().expect("stderr"));
+    let waiting = crate::common::wait_for_line(&mut stderr, "waiting to take over").await;
+    let waiting: serde_json::Value = serde_json::from_str(&waiting).expect("JSON");
+    let standby_address = format!("http://{}", waiting["address"].as_str().expect("address"));
+    let leader_named = waiting["leader_address"].as_str().expect("leader address");
+    assert!(
+        leader.address.ends_with(leader_named),
+        "the standby names the leader: {waiting}"
+    );
+
+    let mut health = HealthClient::new(
+        tonic::transport::Endpoint::from_shared(standby_address.clone())
+            .expect("address")
+            .connect_lazy(),
+    );
+    let check = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    for service in ["shoal.v1.JobService", "shoal.v1.ExecutorService"] {
+        let answer = health.check(check(service)).await.expect("health");
+        assert_eq!(
+            answer.get_ref().status(),
+            ServingStatus::NotServing,
+            "{service}"
+        );
+    }
+    // Alive, though: a liveness probe must not restart a standby.
+    let answer = health.check(check("")).await.expect("health");
+    assert_eq!(answer.get_ref().status(), ServingStatus::Serving);
+    let refused = shoal(&standby_address, &["job", "list"]).await;
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(
+        refused.stderr.contains("this orchestrator is a standby")
+            && refused.stderr.contains(&format!("at {leader_named}")),
+        "{refused:?}"
+    );
+    let both = format!("{standby_address},{}", leader.address);
+    let listed = shoal(&both, &["job", "list"]).await;
+    assert_eq!(listed.code, 0, "the CLI finds the leader: {listed:?}");
+
+    let hello = path("examples/hello/hello.wasm");
+    let _executor =
+        crate::common::start_executor(&both, &dir.path().join("executor"), "follower", &[]);
+    wait_connected(&leader, "follower").await;
+    let before = shoal(&both, &["wasm", "run", "--id-only", &hello, "one"])
+        .await
+        .success()
+        .stdout
+        .trim()
+        .to_owned();
+    crate::common::wait_terminal(&leader.address, &before).await;
+    let epoch = psql(server, "failover", "SELECT epoch FROM shoal_leader").await;
+
+    let killed = Instant::now();
+    leader.kill().await.expect("kill -9 the leader");
+    crate::common::wait_for_line(&mut stderr, "orchestrator listening").await;
+    let took = killed.elapsed();
+    eprintln!("the standby served {took:?} after the leader was killed");
+    let later = psql(server, "failover", "SELECT epoch FROM shoal_leader").await;
+    assert_eq!(
+        later.trim().parse::<i64>().expect("epoch"),
+        epoch.trim().parse::<i64>().expect("epoch") + 1,
+        "a new term"
+    );
+    let job = shoal(&both, &["job", "describe", &before, "--output", "json"])
+        .await
+        .success()
+        .json();
+    assert_eq!(state(&job), "JOB_STATE_COMPLETED", "{job}");
+
+    // The executor followed the new leader: it runs the next job.
+    let after = shoal(&both, &["wasm", "run", &hello, "two"])
+        .await
+        .success();
+    assert!(after.stdout.contains("arg[1]=two"), "{after:?}");
+    drop(standby);
+}
+
+/// Fencing: once a later term has begun (forced here by raising the epoch, as a new
+/// leader does), the old leader's writes are refused (UNAVAILABLE, saying why), nothing of
+/// them reaches the database, and it stops serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_from_an_ended_term_is_refused() {
+    let server = server().await;
+    let url = fresh_database(server, "fenced").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = ["--store", url.as_str()];
+    let mut orchestrator = start_orchestrator_with(&dir.path().join("data"), 0, &args).await;
+    let address = orchestrator.address.clone();
+    let hello = path("examples/hello/hello.wasm");
+    let job = shoal(&address, &["wasm", "run", "--id-only", &hello])
+        .await
+        .success()
+        .stdout
+        .trim()
+        .to_owned();
+    psql(
+        server,
+        "fenced",
+        "UPDATE shoal_leader SET epoch = epoch + 1",
+    )
+    .await;
+
+    let refused = shoal(&address, &["job", "stop", &job]).await;
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("no longer leads: a later leadership term"),
+        "{refused:?}"
+    );
+    let status = tokio::time::timeout(TIMEOUT, orchestrator.child.wait())
+        .await
+        .expect("the deposed leader exits")
+        .expect("wait");
+    assert!(!status.success(), "{status}");
+
+    // The next leader finds the job as it was before the refused cancel.
+    let next = start_orchestrator_with(&dir.path().join("next"), 0, &args).await;
+    let job = shoal(
+        &next.address,
+        &["job", "describe", &job, "--output", "json"],
+    )
+    .await
+    .success()
+    .json();
+    assert_eq!(state(&job), "JOB_STATE_QUEUED", "{job}");
+}
+
+/// A leader whose lock connection is ended (as when the database restarts or the network
+/// is cut) stops serving at once, saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_that_loses_its_lock_connection_steps_down() {
+    let server = server().await;
+    let url = fresh_database(server, "stepdown").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut orchestrator =
+        start_orchestrator_with(&dir.path().join("data"), 0, &["--store", url.as_str()]).await;
+    let ended = psql(
+        server,
+        "stepdown",
+        "SELECT pg_terminate_backend(pid) FROM pg_locks \
+         WHERE locktype = 'advisory' AND granted AND database = \
+         (SELECT oid FROM pg_database WHERE datname = 'stepdown')",
+    )
+    .await;
+    assert_eq!(ended.trim(), "t", "one lock session ended: {ended:?}");
+    let status = tokio::time::timeout(TIMEOUT, orchestrator.child.wait())
+        .await
+        .expect("the leader exits")
+        .expect("wait");
+    assert!(!status.success(), "{status}");
+    orchestrator
+        .lines
+        .wait_for("the reason", |line| {
+            Ok(line.contains("lost the leadership").then_some(()))
+        })
+        .await
+        .expect("it logs why");
+}
+
+/// An unreachable database, a wrong password and a schema newer than the orchestrator's
+/// stop start-up with an error that says which.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_store_settings_are_refused_at_start() {
+    let server = server().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = closed.local_addr().expect("address").port();
+    drop(closed);
+    let nowhere = format!("postgres://shoal:x@127.0.0.1:{port}/shoal");
+    let stderr = refused_at_start(&data, &["--store", &nowhere]).await;
+    assert!(
+        stderr.contains(&format!(
+            "connecting to postgres://shoal@127.0.0.1:{port}/shoal failed"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(":x@"),
+        "the password is not shown: {stderr}"
+    );
+
+    let url = fresh_database(server, "settings").await;
+    let wrong = url.replace(shoal_harness::postgres::PASSWORD, "wrong-password");
+    let stderr = refused_at_start(&data, &["--store", &wrong]).await;
+    assert!(
+        stderr.contains("password authentication failed"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("wrong-password"), "{stderr}");
+
+    // A schema from the future (written by a newer release).
+    let mut first = start_orchestrator_with(&dir.path().join("first"), 0, &["--store", &url]).await;
+    first.terminate().await.expect("stop it");
+    psql(
+        server,
+        "settings",
+        "UPDATE shoal_schema SET version = version + 1",
+    )
+    .await;
+    let stderr = refused_at_start(&data, &["--store", &url]).await;
+    assert!(
+        stderr.contains("newer than this orchestrator's"),
+        "{stderr}"
+    );
+
+    let stderr = refused_at_start(&data, &["--store", "mysql://somewhere/db"]).await;
+    assert!(stderr.contains("postgres://"), "{stderr}");
+}
