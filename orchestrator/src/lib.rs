@@ -30,7 +30,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::config::Config;
 use crate::error::Result;
-pub use crate::orchestrator::{Orchestrator, open};
+pub use crate::orchestrator::{Orchestrator, open, open_locked};
+
+/// How long a deposed leader gives its term's tasks to end before it stands by again.
+const DEPOSED_EXIT_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Serves the orchestrator on `listener` until `shutdown` is cancelled, then stops
 /// accepting, ends open streams, waits for its tasks and closes the store.
@@ -65,19 +68,97 @@ pub async fn run_with_gateway(
         metrics,
     } = own;
     // The gRPC listener answers from the start: as a standby until the state is loaded (on
-    // the PostgreSQL store, until this replica leads; another may).
+    // the PostgreSQL store, while another replica leads).
     let (leader, standby) = tokio::sync::watch::channel(None);
-    let stop_early = shutdown.child_token();
-    let grpc = service::GrpcServer::start(grpc, &config, standby, None, stop_early.clone()).await?;
-    let orchestrator = match open(config, addresses, &leader, shutdown.clone()).await {
-        Ok(orchestrator) => orchestrator,
-        Err(error) => {
-            stop_early.cancel();
-            let _ = grpc.finish().await;
-            return Err(error);
+    let grpc =
+        service::GrpcServer::start(grpc, &config, standby, None, shutdown.child_token()).await?;
+    let lock = Arc::new(shoal::daemon::lock::DirLock::acquire(&config.data_dir)?);
+    let led = if config.store.is_some() {
+        lead_in_terms(
+            lock, config, addresses, &grpc, gateway, metrics, &leader, &shutdown,
+        )
+        .await
+    } else {
+        match open_locked(lock, config, addresses, &leader, shutdown.clone()).await {
+            Ok(orchestrator) => {
+                serve_term(orchestrator, &grpc, gateway, metrics, shutdown.clone()).await
+            }
+            Err(error) => Err(error),
         }
     };
-    serve_on(orchestrator, grpc, gateway, metrics, shutdown).await
+    shutdown.cancel();
+    let served = grpc.finish().await;
+    led.and(served)
+}
+
+/// With the PostgreSQL store: waits to lead, serves the term, and when the term ends
+/// (the database connection lost, or a later term begun elsewhere) stands by to lead
+/// again, until `shutdown`. The data directory's lock and the listeners stay this
+/// process's across terms; each term has its own orchestrator, loaded from the database.
+/// An error before the first term (a wrong URL or password) ends it; later the database
+/// is waited for.
+#[allow(clippy::too_many_arguments)]
+async fn lead_in_terms(
+    lock: Arc<shoal::daemon::lock::DirLock>,
+    config: Config,
+    addresses: Vec<std::net::SocketAddr>,
+    grpc: &service::GrpcServer,
+    gateway: Option<TcpListener>,
+    metrics: Option<TcpListener>,
+    leader: &tokio::sync::watch::Sender<Option<store::postgres::Leader>>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let mut backoff = shoal::net::retry::Backoff::new(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(5),
+    );
+    let mut terms = 0u64;
+    while !shutdown.is_cancelled() {
+        let term = shutdown.child_token();
+        let opened = open_locked(
+            lock.clone(),
+            config.clone(),
+            addresses.clone(),
+            leader,
+            term.clone(),
+        )
+        .await;
+        let orchestrator = match opened {
+            Ok(orchestrator) => orchestrator,
+            Err(_) if shutdown.is_cancelled() => break,
+            Err(error) if terms > 0 && shoal::net::retry::Transient::is_transient(&error) => {
+                tracing::warn!(%error, "cannot stand by for the leadership yet; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+            Err(error) => return Err(error),
+        };
+        terms += 1;
+        backoff.reset();
+        // Each term's listeners are copies of the same sockets: the port stays bound.
+        let copy = |listener: &Option<TcpListener>| listener.as_ref().map(duplicate).transpose();
+        let ended = serve_term(orchestrator, grpc, copy(&gateway)?, copy(&metrics)?, term).await;
+        leader.send_replace(None);
+        match ended {
+            Err(error::Error::Deposed(why)) if !shutdown.is_cancelled() => {
+                tracing::warn!(why, "stepped down; standing by to lead again");
+            }
+            other => return other,
+        }
+    }
+    Ok(())
+}
+
+/// Another handle to the socket `listener` listens on.
+fn duplicate(listener: &TcpListener) -> Result<TcpListener> {
+    let fail = |e| error::Error::io("sharing a listener between terms", e);
+    use std::os::fd::AsFd as _;
+    let copy = listener.as_fd().try_clone_to_owned().map_err(fail)?;
+    let copy = std::net::TcpListener::from(copy);
+    copy.set_nonblocking(true).map_err(fail)?;
+    TcpListener::from_std(copy).map_err(fail)
 }
 
 /// Where an orchestrator serves: its gRPC API, and optionally the IPFS gateway and the
@@ -124,17 +205,23 @@ pub async fn serve(
     let config = orchestrator.config();
     let grpc =
         service::GrpcServer::start(grpc, config, no_leader, Some(routes), shutdown.clone()).await?;
-    serve_on(orchestrator, grpc, gateway, metrics, shutdown).await
+    let served = serve_term(orchestrator, &grpc, gateway, metrics, shutdown.clone()).await;
+    shutdown.cancel();
+    served.and(grpc.finish().await)
 }
 
-/// [`serve`], with the gRPC server already started (answering as a standby).
-async fn serve_on(
+/// Serves `orchestrator` through `grpc` (and the gateway and metrics listeners) until
+/// `term` is cancelled (shutdown, or the end of its leadership term), then puts `grpc`
+/// back to standing by, ends the term's streams, waits for its tasks and closes its store.
+/// Err(Deposed) if its leadership term ended.
+async fn serve_term(
     orchestrator: Arc<Orchestrator>,
-    grpc: service::GrpcServer,
+    grpc: &service::GrpcServer,
     gateway: Option<TcpListener>,
     metrics_listener: Option<TcpListener>,
-    shutdown: CancellationToken,
+    term: CancellationToken,
 ) -> Result<()> {
+    let shutdown = term;
     if let Some(listener) = metrics_listener {
         if let Ok(address) = listener.local_addr() {
             tracing::info!(target: shoal::daemon::LISTENING, %address, "metrics listening");
@@ -179,24 +266,41 @@ async fn serve_on(
         grpc.lead(service::routes(&orchestrator, &shutdown).await?);
     }
     tracing::info!(target: shoal::daemon::LISTENING, address = %grpc.address(), "orchestrator listening");
-    let served = grpc.finish().await;
-    shutdown.cancel();
-    orchestrator.tasks.close();
-    orchestrator.tasks.wait().await;
-    match Arc::try_unwrap(orchestrator) {
-        Ok(orchestrator) => {
-            // The content store holds a handle too: every handle must be gone for the
-            // writer to finish.
-            let store = orchestrator.store.clone();
-            drop(orchestrator);
-            store.close().await
+    shutdown.cancelled().await;
+    grpc.step_down();
+    let deposed = lost.as_ref().is_some_and(|lost| lost.is_cancelled());
+    let close = async {
+        orchestrator.tasks.close();
+        orchestrator.tasks.wait().await;
+        match Arc::try_unwrap(orchestrator) {
+            Ok(orchestrator) => {
+                // The content store holds a handle too: every handle must be gone for the
+                // writer to finish.
+                let store = orchestrator.store.clone();
+                drop(orchestrator);
+                store.close().await
+            }
+            Err(_) => {
+                tracing::warn!("state still referenced at shutdown; the store closes on exit")
+            }
         }
-        Err(_) => tracing::warn!("state still referenced at shutdown; the store closes on exit"),
+    };
+    if deposed {
+        // Nothing of this term can commit any more, and a task may wait on a database
+        // that no longer answers: what has not ended soon is left to the exit.
+        if tokio::time::timeout(DEPOSED_EXIT_WITHIN, close)
+            .await
+            .is_err()
+        {
+            tracing::warn!("tasks of the ended term still running; left behind");
+        }
+    } else {
+        close.await;
     }
-    if lost.is_some_and(|lost| lost.is_cancelled()) {
+    if deposed {
         return Err(error::Error::Deposed(
             "its leadership term ended (the log says why); it stopped serving".into(),
         ));
     }
-    served
+    Ok(())
 }

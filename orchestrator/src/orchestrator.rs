@@ -57,7 +57,7 @@ pub struct Orchestrator {
     /// With the PostgreSQL store: this process's leadership term, held while it serves.
     leadership: Option<Leadership>,
     /// The lock on the data directory, held while the orchestrator lives.
-    _lock: shoal::daemon::lock::DirLock,
+    _lock: Arc<shoal::daemon::lock::DirLock>,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -140,8 +140,8 @@ impl Orchestrator {
             // The state in memory may hold transitions whose writes failed; nothing is
             // built on it until it has been reloaded from the store.
             return Err(error::Error::StoreUnavailable(
-                "a commit failed (is the disk full?); the orchestrator takes writes again once \
-                 the store does"
+                "a commit failed (a full disk, or the database unreachable); the orchestrator \
+                 takes writes again once the store does"
                     .into(),
             ));
         }
@@ -357,6 +357,19 @@ impl Orchestrator {
         &self.shutdown
     }
 
+    /// Waits until every write queued so far is durable. State read from memory can be
+    /// ahead of the store: a job another submission with the same idempotency key created
+    /// is there before its commit, and stays there after a failed commit until the state
+    /// is reloaded; it may be acknowledged only after this.
+    pub async fn durable(&self) -> Result<()> {
+        if !*self.store_writes.borrow() {
+            return Err(error::Error::StoreUnavailable(
+                "a commit failed; the orchestrator answers again once the store writes".into(),
+            ));
+        }
+        self.store.queue(Vec::new()).await?.wait().await
+    }
+
     /// Read access to the cluster state.
     pub async fn read<T>(&self, f: impl FnOnce(&Cluster) -> T) -> T {
         f(&*self.cluster.lock().await)
@@ -382,7 +395,19 @@ pub async fn open(
 ) -> Result<Arc<Orchestrator>> {
     // Before anything in the directory is read or written: a second orchestrator on it
     // would corrupt the first one's state.
-    let lock = shoal::daemon::lock::DirLock::acquire(&config.data_dir)?;
+    let lock = Arc::new(shoal::daemon::lock::DirLock::acquire(&config.data_dir)?);
+    open_locked(lock, config, own, leader, shutdown).await
+}
+
+/// [`open`], with the data directory's lock already held (by a process that leads in
+/// terms, one orchestrator per term).
+pub async fn open_locked(
+    lock: Arc<shoal::daemon::lock::DirLock>,
+    config: Config,
+    own: Vec<std::net::SocketAddr>,
+    leader: &tokio::sync::watch::Sender<Option<Leader>>,
+    shutdown: CancellationToken,
+) -> Result<Arc<Orchestrator>> {
     let recovery = if config.recover_wal {
         wal::Recovery::MoveAside
     } else {

@@ -16,25 +16,19 @@ use shoal::proto::{
     ListExecutionsRequest, LogStream, SubmitJobRequest, WatchJobRequest,
 };
 
-const JOBS: usize = 500;
+pub const JOBS: usize = 500;
 const CLIENTS: usize = 5;
 
+/// A channel to `address`, or to whichever of the comma-separated replicas leads.
 fn channel(address: &str) -> AuthChannel {
-    let channel = tonic::transport::Endpoint::from_shared(address.to_owned())
-        .expect("address")
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(30))
-        .connect_lazy();
-    AuthChannel::new(channel.into(), CallerMetadata::default())
-}
-
-/// Waits until `count` jobs have been acknowledged (each acknowledgement wakes it).
-async fn wait_acked(acked: &tokio::sync::watch::Sender<usize>, count: usize) {
-    let mut seen = acked.subscribe();
-    tokio::time::timeout(crate::common::TIMEOUT * 4, seen.wait_for(|n| *n >= count))
-        .await
-        .expect("submissions stalled")
-        .expect("the counter lives as long as the test");
+    let replicas = shoal::net::auth::ClientSecurity::default()
+        .replicas(address, |endpoint| {
+            endpoint
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(30))
+        })
+        .expect("addresses");
+    AuthChannel::new(replicas, CallerMetadata::default())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -49,178 +43,210 @@ async fn acknowledged_jobs_survive_two_orchestrator_kills() {
         "steady",
         &["--slots", "8"],
     );
-
-    let mut storage = StorageServiceClient::new(channel(&address));
-    let program = shoal::content::transfer::upload_path(
-        &mut storage,
-        std::path::Path::new(&path("examples/hello/hello.wasm")),
-        shoal::content::transfer::TreeBounds::LOCAL,
-        None,
-    )
-    .await
-    .expect("upload")
-    .cid;
-
-    // Concurrent clients submit, retrying whatever fails (the orchestrator may be down);
-    // a job counts once the orchestrator acknowledged it.
-    let acked = Arc::new(tokio::sync::watch::Sender::new(0usize));
-    let mut clients = Vec::new();
-    for client in 0..CLIENTS {
-        let (address, program, acked) = (address.clone(), program.clone(), acked.clone());
-        clients.push(tokio::spawn(async move {
-            let mut jobs = JobServiceClient::new(channel(&address));
-            let mut mine = BTreeMap::new();
-            for n in (client..JOBS).step_by(CLIENTS) {
-                let spec = JobSpec {
-                    program: program.clone(),
-                    args: vec![format!("job-{n}")],
-                    ..Default::default()
-                };
-                // One key per job: a retry of a submission whose answer was lost (the
-                // orchestrator died after its commit) returns that job, not a second one.
-                let key = format!("faults-{n}");
-                loop {
-                    match jobs
-                        .submit_job(SubmitJobRequest {
-                            spec: Some(spec.clone()),
-                            idempotency_key: key.clone(),
-                            stored_cids: Vec::new(),
-                        })
-                        .await
-                    {
-                        Ok(response) => {
-                            let job = response.into_inner().job.expect("job");
-                            mine.insert(job.id, n);
-                            acked.send_modify(|n| *n += 1);
-                            break;
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                    }
-                }
-            }
-            mine
-        }));
-    }
-
+    let load = Load::start(&address, "faults").await;
     for kill_at in [JOBS / 4, JOBS * 2 / 3] {
-        wait_acked(&acked, kill_at).await;
+        load.wait_acked(kill_at).await;
         orchestrator.kill().await.expect("kill -9 the orchestrator");
         orchestrator.child.wait().await.expect("reaped");
         orchestrator = start_orchestrator(&data, port).await;
     }
-    let mut submitted = BTreeMap::new();
-    for client in clients {
-        submitted.extend(client.await.expect("client"));
-    }
-    assert_eq!(
-        submitted.len(),
-        JOBS,
-        "every submission was acknowledged once"
-    );
-    // And stored once: no retry created a duplicate.
-    let mut listing = JobServiceClient::new(channel(&address));
-    let mut stored = 0;
-    let mut page_token = String::new();
-    loop {
-        let page = listing
-            .list_jobs(shoal::proto::ListJobsRequest {
-                page_size: 1000,
-                page_token: page_token.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("list")
-            .into_inner();
-        stored += page.jobs.len();
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
-    assert_eq!(stored, JOBS, "every job was stored once");
+    load.check(&address).await;
+}
 
-    // Every acknowledged job completes, once, with its own output.
-    let mut jobs = JobServiceClient::new(channel(&address));
-    // Each job's watch stream ends with its terminal event: one after another, each wait
-    // is for that event, not a poll.
-    let all_done = async {
-        for id in submitted.keys() {
-            let mut events = jobs
-                .watch_job(WatchJobRequest {
-                    job_id: id.clone(),
-                    from_sequence: 0,
-                    states_only: true,
-                })
-                .await
-                .expect("every acknowledged job is known")
-                .into_inner();
-            while events.message().await.expect("watch").is_some() {}
-            let job = jobs
-                .get_job(shoal::proto::GetJobRequest { job_id: id.clone() })
-                .await
-                .expect("job")
-                .into_inner()
-                .job
-                .expect("job");
-            assert_eq!(job.state(), JobState::Completed, "{job:?}");
-        }
-    };
-    tokio::time::timeout(crate::common::TIMEOUT * 6, all_done)
+/// [`JOBS`] jobs submitted by [`CLIENTS`] concurrent clients that retry whatever fails (the
+/// orchestrator may be down, or a standby), each with an idempotency key of its own.
+pub struct Load {
+    acked: Arc<tokio::sync::watch::Sender<usize>>,
+    clients: Vec<tokio::task::JoinHandle<BTreeMap<String, usize>>>,
+}
+
+impl Load {
+    /// Uploads the program and starts the clients, on `address` (one, or a comma-separated
+    /// list of replicas); `name` tells the keys apart from other tests'.
+    pub async fn start(address: &str, name: &str) -> Load {
+        let mut storage = StorageServiceClient::new(channel(address));
+        let program = shoal::content::transfer::upload_path(
+            &mut storage,
+            std::path::Path::new(&path("examples/hello/hello.wasm")),
+            shoal::content::transfer::TreeBounds::LOCAL,
+            None,
+        )
         .await
-        .expect("every acknowledged job finishes");
-    for (id, n) in &submitted {
-        let executions = jobs
-            .list_executions(ListExecutionsRequest {
-                job_id: id.clone(),
-                partition: None,
-            })
+        .expect("upload")
+        .cid;
+        // A job counts once the orchestrator acknowledged it.
+        let acked = Arc::new(tokio::sync::watch::Sender::new(0usize));
+        let mut clients = Vec::new();
+        for client in 0..CLIENTS {
+            let (address, program, acked) = (address.to_owned(), program.clone(), acked.clone());
+            let name = name.to_owned();
+            clients.push(tokio::spawn(async move {
+                let mut jobs = JobServiceClient::new(channel(&address));
+                let mut mine = BTreeMap::new();
+                for n in (client..JOBS).step_by(CLIENTS) {
+                    let spec = JobSpec {
+                        program: program.clone(),
+                        args: vec![format!("job-{n}")],
+                        ..Default::default()
+                    };
+                    // One key per job: a retry of a submission whose answer was lost (the
+                    // orchestrator died after its commit) returns that job, not a second one.
+                    let key = format!("{name}-{n}");
+                    loop {
+                        match jobs
+                            .submit_job(SubmitJobRequest {
+                                spec: Some(spec.clone()),
+                                idempotency_key: key.clone(),
+                                stored_cids: Vec::new(),
+                            })
+                            .await
+                        {
+                            Ok(response) => {
+                                let job = response.into_inner().job.expect("job");
+                                mine.insert(job.id, n);
+                                acked.send_modify(|n| *n += 1);
+                                break;
+                            }
+                            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        }
+                    }
+                }
+                mine
+            }));
+        }
+        Load { acked, clients }
+    }
+
+    /// Waits until `count` jobs have been acknowledged (each acknowledgement wakes it).
+    pub async fn wait_acked(&self, count: usize) {
+        let mut seen = self.acked.subscribe();
+        tokio::time::timeout(crate::common::TIMEOUT * 4, seen.wait_for(|n| *n >= count))
             .await
-            .expect("executions")
-            .into_inner()
-            .executions;
-        let completed = executions
-            .iter()
-            .filter(|e| e.state() == ExecutionState::Completed)
-            .count();
-        assert_eq!(completed, 1, "job {id}: {executions:?}");
-        let stream = jobs
-            .download_results(DownloadResultsRequest {
-                job_id: id.clone(),
-                path: "stdout".into(),
-            })
-            .await
-            .expect("results")
-            .into_inner();
-        let stdout = shoal::content::transfer::download_bytes(stream, 1 << 20)
-            .await
-            .expect("stdout");
-        let stdout = String::from_utf8_lossy(&stdout);
-        assert!(
-            stdout.contains(&format!("arg[1]=job-{n}\n")),
-            "job {id}: {stdout}"
-        );
-        // Its live log too: chunks whose commit a kill cut off are resent by the executor
-        // until they are acknowledged.
-        let mut chunks = jobs
-            .get_logs(GetLogsRequest {
-                job_id: id.clone(),
-                execution_id: String::new(),
-            })
-            .await
-            .expect("logs")
-            .into_inner();
-        let mut logged = Vec::new();
-        while let Some(chunk) = chunks.message().await.expect("log chunk") {
-            if chunk.stream == LogStream::Stdout as i32 {
-                logged.extend_from_slice(&chunk.data);
-            }
+            .expect("submissions stalled")
+            .expect("the counter lives as long as the test");
+    }
+
+    /// Waits for the clients, then checks through `address` that every submission was
+    /// acknowledged and stored once, and that every job completed once with its own
+    /// output, in its results and in its live log.
+    pub async fn check(self, address: &str) {
+        let mut submitted = BTreeMap::new();
+        for client in self.clients {
+            submitted.extend(client.await.expect("client"));
         }
         assert_eq!(
-            String::from_utf8_lossy(&logged),
-            stdout,
-            "job {id}: the logged stdout is the stored stdout"
+            submitted.len(),
+            JOBS,
+            "every submission was acknowledged once"
         );
+        // And stored once: no retry created a duplicate.
+        let mut jobs = JobServiceClient::new(channel(address));
+        let mut stored = 0;
+        let mut page_token = String::new();
+        loop {
+            let page = jobs
+                .list_jobs(shoal::proto::ListJobsRequest {
+                    page_size: 1000,
+                    page_token: page_token.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("list")
+                .into_inner();
+            stored += page.jobs.len();
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        assert_eq!(stored, JOBS, "every job was stored once");
+        // Each job's watch stream ends with its terminal event: one after another, each
+        // wait is for that event, not a poll.
+        let all_done = async {
+            for id in submitted.keys() {
+                let mut events = jobs
+                    .watch_job(WatchJobRequest {
+                        job_id: id.clone(),
+                        from_sequence: 0,
+                        states_only: true,
+                    })
+                    .await
+                    .expect("every acknowledged job is known")
+                    .into_inner();
+                while events.message().await.expect("watch").is_some() {}
+                let job = jobs
+                    .get_job(shoal::proto::GetJobRequest { job_id: id.clone() })
+                    .await
+                    .expect("job")
+                    .into_inner()
+                    .job
+                    .expect("job");
+                assert_eq!(job.state(), JobState::Completed, "{job:?}");
+            }
+        };
+        tokio::time::timeout(crate::common::TIMEOUT * 6, all_done)
+            .await
+            .expect("every acknowledged job finishes");
+        for (id, n) in &submitted {
+            check_once(&mut jobs, id, *n).await;
+        }
     }
+}
+
+/// Job `id` (the `n`th submitted) completed in exactly one execution, and its stdout, in
+/// the results and in the live log, is its own.
+async fn check_once(jobs: &mut JobServiceClient<AuthChannel>, id: &str, n: usize) {
+    let executions = jobs
+        .list_executions(ListExecutionsRequest {
+            job_id: id.to_owned(),
+            partition: None,
+        })
+        .await
+        .expect("executions")
+        .into_inner()
+        .executions;
+    let completed = executions
+        .iter()
+        .filter(|e| e.state() == ExecutionState::Completed)
+        .count();
+    assert_eq!(completed, 1, "job {id}: {executions:?}");
+    let stream = jobs
+        .download_results(DownloadResultsRequest {
+            job_id: id.to_owned(),
+            path: "stdout".into(),
+        })
+        .await
+        .expect("results")
+        .into_inner();
+    let stdout = shoal::content::transfer::download_bytes(stream, 1 << 20)
+        .await
+        .expect("stdout");
+    let stdout = String::from_utf8_lossy(&stdout);
+    assert!(
+        stdout.contains(&format!("arg[1]=job-{n}\n")),
+        "job {id}: {stdout}"
+    );
+    // Its live log too: chunks whose commit a kill cut off are resent by the executor
+    // until they are acknowledged.
+    let mut chunks = jobs
+        .get_logs(GetLogsRequest {
+            job_id: id.to_owned(),
+            execution_id: String::new(),
+        })
+        .await
+        .expect("logs")
+        .into_inner();
+    let mut logged = Vec::new();
+    while let Some(chunk) = chunks.message().await.expect("log chunk") {
+        if chunk.stream == LogStream::Stdout as i32 {
+            logged.extend_from_slice(&chunk.data);
+        }
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&logged),
+        stdout,
+        "job {id}: the logged stdout is the stored stdout"
+    );
 }
 
 /// An executor killed with SIGKILL mid-job: after its lease the job runs on another.
@@ -358,34 +384,6 @@ async fn a_second_executor_with_the_same_id_is_refused() {
     assert_eq!(crate::common::state(&job), "JOB_STATE_COMPLETED", "{job}");
 }
 
-/// A TCP proxy that can cut every connection through it at once.
-async fn cutting_proxy(upstream: u16) -> (u16, tokio::sync::watch::Sender<u64>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    let (cut, cuts) = tokio::sync::watch::channel(0u64);
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let mut cuts = cuts.clone();
-            cuts.mark_unchanged();
-            tokio::spawn(async move {
-                let Ok(mut outbound) =
-                    tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
-                else {
-                    return;
-                };
-                // Dropping both sockets mid-stream is the cut.
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                    _ = cuts.changed() => {}
-                }
-            });
-        }
-    });
-    (port, cut)
-}
-
 /// An executor whose connection is cut mid-job reconnects, reports the execution still
 /// running, and the job completes once, on the same execution.
 #[tokio::test(flavor = "multi_thread")]
@@ -398,9 +396,9 @@ async fn a_cut_connection_recovers_without_duplicates() {
     )
     .await;
     let (address, port) = (orchestrator.address.clone(), orchestrator.port);
-    let (proxy_port, cut) = cutting_proxy(port).await;
+    let proxy = crate::common::Proxy::start(port).await;
     let _executor = crate::common::start_executor(
-        &format!("http://127.0.0.1:{proxy_port}"),
+        &format!("http://127.0.0.1:{}", proxy.port),
         &dir.path().join("e"),
         "behind-proxy",
         &["--slots", "2"],
@@ -408,7 +406,7 @@ async fn a_cut_connection_recovers_without_duplicates() {
     crate::common::wait_connected(&orchestrator, "behind-proxy").await;
     let id = crate::common::submit(&address, &[&path("tests/fixtures/ticker.wasm"), "4"]).await;
     let _follower = crate::common::follow_until(&address, &id, "tick 0").await;
-    cut.send_modify(|n| *n += 1);
+    proxy.cut();
     // The cut is real: the executor comes back on a new stream.
     crate::common::wait_connections(&orchestrator, "behind-proxy", 2).await;
     let job = crate::common::wait_terminal(&address, &id).await;

@@ -210,6 +210,16 @@ async fn a_standby_takes_over_when_the_leader_is_killed() {
         .trim()
         .to_owned();
     crate::common::wait_terminal(&leader.address, &before).await;
+    // Data larger than one block: its blocks are in the database, not the leader's disk.
+    let data: Vec<u8> = (0..1_100_000u32).map(|i| (i % 251) as u8).collect();
+    let file = dir.path().join("data.bin");
+    std::fs::write(&file, &data).expect("write");
+    let cid = shoal(&both, &["data", "put", &file.to_string_lossy()])
+        .await
+        .success()
+        .stdout
+        .trim()
+        .to_owned();
     let epoch = psql(server, "failover", "SELECT epoch FROM shoal_leader").await;
 
     let killed = Instant::now();
@@ -228,6 +238,14 @@ async fn a_standby_takes_over_when_the_leader_is_killed() {
         .success()
         .json();
     assert_eq!(state(&job), "JOB_STATE_COMPLETED", "{job}");
+    let fetched = dir.path().join("fetched.bin");
+    shoal(&both, &["data", "get", &cid, &fetched.to_string_lossy()])
+        .await
+        .success();
+    assert!(
+        std::fs::read(&fetched).expect("fetched") == data,
+        "the new leader serves the data the old one stored"
+    );
 
     // The executor followed the new leader: it runs the next job.
     let after = shoal(&both, &["wasm", "run", &hello, "two"])
@@ -246,7 +264,7 @@ async fn a_write_from_an_ended_term_is_refused() {
     let url = fresh_database(server, "fenced").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let args = ["--store", url.as_str()];
-    let mut orchestrator = start_orchestrator_with(&dir.path().join("data"), 0, &args).await;
+    let orchestrator = start_orchestrator_with(&dir.path().join("data"), 0, &args).await;
     let address = orchestrator.address.clone();
     let hello = path("examples/hello/hello.wasm");
     let job = shoal(&address, &["wasm", "run", "--id-only", &hello])
@@ -270,32 +288,39 @@ async fn a_write_from_an_ended_term_is_refused() {
             .contains("no longer leads: a later leadership term"),
         "{refused:?}"
     );
-    let status = tokio::time::timeout(TIMEOUT, orchestrator.child.wait())
+    // It stands by and, the lock being free, leads again in a term of its own, with the
+    // job as it was before the refused cancel.
+    relead(&orchestrator.lines).await;
+    let epoch = psql(server, "fenced", "SELECT epoch FROM shoal_leader").await;
+    assert_eq!(epoch.trim(), "3", "terms 1, 2 (forced) and 3");
+    let job = shoal(&address, &["job", "describe", &job, "--output", "json"])
         .await
-        .expect("the deposed leader exits")
-        .expect("wait");
-    assert!(!status.success(), "{status}");
-
-    // The next leader finds the job as it was before the refused cancel.
-    let next = start_orchestrator_with(&dir.path().join("next"), 0, &args).await;
-    let job = shoal(
-        &next.address,
-        &["job", "describe", &job, "--output", "json"],
-    )
-    .await
-    .success()
-    .json();
+        .success()
+        .json();
     assert_eq!(state(&job), "JOB_STATE_QUEUED", "{job}");
 }
 
-/// A leader whose lock connection is ended (as when the database restarts or the network
-/// is cut) stops serving at once, saying why.
+/// Waits until the orchestrator logging `lines` has stepped down and then served again.
+async fn relead(lines: &shoal_harness::Lines) {
+    lines
+        .wait_until("about serving again after stepping down", |lines| {
+            lines
+                .iter()
+                .skip_while(|line| !line.contains("stepped down; standing by"))
+                .any(|line| line.contains("orchestrator listening"))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// A leader whose lock connection is ended (as when the network is cut) stops serving at
+/// once, saying why, stands by, and leads again in a new term.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_leader_that_loses_its_lock_connection_steps_down() {
     let server = server().await;
     let url = fresh_database(server, "stepdown").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut orchestrator =
+    let orchestrator =
         start_orchestrator_with(&dir.path().join("data"), 0, &["--store", url.as_str()]).await;
     let ended = psql(
         server,
@@ -306,11 +331,6 @@ async fn a_leader_that_loses_its_lock_connection_steps_down() {
     )
     .await;
     assert_eq!(ended.trim(), "t", "one lock session ended: {ended:?}");
-    let status = tokio::time::timeout(TIMEOUT, orchestrator.child.wait())
-        .await
-        .expect("the leader exits")
-        .expect("wait");
-    assert!(!status.success(), "{status}");
     orchestrator
         .lines
         .wait_for("the reason", |line| {
@@ -318,6 +338,11 @@ async fn a_leader_that_loses_its_lock_connection_steps_down() {
         })
         .await
         .expect("it logs why");
+    relead(&orchestrator.lines).await;
+    let epoch = psql(server, "stepdown", "SELECT epoch FROM shoal_leader").await;
+    assert_eq!(epoch.trim(), "2", "a second term");
+    let listed = shoal(&orchestrator.address, &["job", "list"]).await;
+    assert_eq!(listed.code, 0, "it serves: {listed:?}");
 }
 
 /// An unreachable database, a wrong password and a schema newer than the orchestrator's
@@ -370,4 +395,242 @@ async fn bad_store_settings_are_refused_at_start() {
 
     let stderr = refused_at_start(&data, &["--store", "mysql://somewhere/db"]).await;
     assert!(stderr.contains("postgres://"), "{stderr}");
+}
+
+/// An orchestrator on a shared database, started without waiting for it to lead; its
+/// JSON log lines are collected.
+struct Replica {
+    child: tokio::process::Child,
+    lines: shoal_harness::Lines,
+    /// `http://host:port`.
+    address: String,
+}
+
+impl Replica {
+    async fn start(data: &std::path::Path, args: &[&str]) -> Replica {
+        let mut child = tokio::process::Command::new(bin("shoal-orchestrator"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--data-dir",
+            ])
+            .arg(data)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start an orchestrator");
+        let lines = shoal_harness::collect(BufReader::new(child.stderr.take().expect("stderr")));
+        // A standby says where it listens when it starts waiting, a leader when it serves.
+        let address = lines
+            .wait_for("naming its address", |line| {
+                let Ok(line) = serde_json::from_str::<serde_json::Value>(line) else {
+                    return Ok(None);
+                };
+                let message = line["message"].as_str().unwrap_or_default();
+                let said = message.ends_with("waiting to take over")
+                    || message == "orchestrator listening";
+                Ok(said
+                    .then(|| line["address"].as_str().map(|a| format!("http://{a}")))
+                    .flatten())
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        Replica {
+            child,
+            lines,
+            address,
+        }
+    }
+
+    /// Waits until it serves as the leader.
+    async fn leads(&self) -> anyhow::Result<()> {
+        self.lines
+            .wait_for("about serving", |line| {
+                Ok(line.contains("orchestrator listening").then_some(()))
+            })
+            .await
+    }
+}
+
+/// Three orchestrators on one database; the leader is killed with SIGKILL twice while five
+/// clients submit 500 jobs to all three addresses, and an executor follows the leader.
+/// Every acknowledged job is stored once and completes once with its own output; each
+/// time, a standby serves within the timeout (the time taken is printed).
+#[tokio::test(flavor = "multi_thread")]
+async fn three_replicas_lose_two_leaders_and_no_job() {
+    let server = server().await;
+    let url = fresh_database(server, "replicas").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = ["--store", url.as_str(), "--lease", "30s"];
+    let mut replicas = Vec::new();
+    for n in 0..3 {
+        let replica = Replica::start(&dir.path().join(format!("replica-{n}")), &args).await;
+        if n == 0 {
+            replica.leads().await.expect("the first replica leads");
+        }
+        replicas.push(replica);
+    }
+    let all: Vec<&str> = replicas.iter().map(|r| r.address.as_str()).collect();
+    let all = all.join(",");
+    let _executor = crate::common::start_executor(
+        &all,
+        &dir.path().join("executor"),
+        "follower",
+        &["--slots", "8"],
+    );
+
+    let load = crate::faults::Load::start(&all, "replicas").await;
+    let mut leader = 0;
+    for kill_at in [crate::faults::JOBS / 4, crate::faults::JOBS * 2 / 3] {
+        load.wait_acked(kill_at).await;
+        let killed = Instant::now();
+        replicas[leader]
+            .child
+            .kill()
+            .await
+            .expect("kill -9 the leader");
+        let standbys: Vec<_> = (0..replicas.len())
+            .filter(|&n| n != leader && replicas[n].child.id().is_some())
+            .collect();
+        let waits = standbys.iter().map(|&n| Box::pin(replicas[n].leads()));
+        let (led, which, _) = futures::future::select_all(waits).await;
+        led.expect("a standby takes over");
+        leader = standbys[which];
+        eprintln!(
+            "replica {leader} served {:?} after the leader was killed",
+            killed.elapsed()
+        );
+    }
+    load.check(&replicas[leader].address).await;
+}
+
+/// A leader cut off from the database by a network partition (a proxy between them stops
+/// forwarding, connections left open) steps down before a standby, which reaches the
+/// database directly, begins the next term; so no two leaders accept work. The new leader
+/// has the old one's job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partitioned_leader_steps_down_before_another_leads() {
+    let server = server().await;
+    let url = fresh_database(server, "partition").await;
+    let proxy = crate::common::Proxy::start(server.port).await;
+    let through_proxy = url.replace(&format!(":{}/", server.port), &format!(":{}/", proxy.port));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let leader = start_orchestrator_with(
+        &dir.path().join("one"),
+        0,
+        &["--store", through_proxy.as_str()],
+    )
+    .await;
+    let standby = Replica::start(&dir.path().join("two"), &["--store", url.as_str()]).await;
+    let hello = path("examples/hello/hello.wasm");
+    let job = shoal(
+        &leader.address,
+        &["wasm", "run", "--id-only", &hello, "-s", "zone=none"],
+    )
+    .await
+    .success()
+    .stdout
+    .trim()
+    .to_owned();
+
+    proxy.stall();
+    let at = |lines: &shoal_harness::Lines, message: &'static str| {
+        let lines = lines.clone();
+        async move {
+            lines
+                .wait_for(message, |line| {
+                    let line: serde_json::Value = serde_json::from_str(line)?;
+                    let found = line["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with(message));
+                    Ok(found.then(|| line["timestamp"].as_str().unwrap_or_default().to_owned()))
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}"))
+        }
+    };
+    let stepped_down = at(&leader.lines, "lost the leadership").await;
+    standby.leads().await.expect("the standby takes over");
+    let took_over = at(&standby.lines, "leading").await;
+    // RFC 3339 UTC timestamps of one clock, in the same format: they sort as text.
+    assert!(
+        stepped_down < took_over,
+        "the old leader stepped down ({stepped_down}) before the new one led ({took_over})"
+    );
+    let described = shoal(
+        &standby.address,
+        &["job", "describe", &job, "--output", "json"],
+    )
+    .await
+    .success()
+    .json();
+    assert_eq!(state(&described), "JOB_STATE_QUEUED", "{described}");
+    // The old leader, still cut off, stands by: it answers, but takes no work.
+    at(&leader.lines, "stepped down").await;
+    let refused = shoal(&leader.address, &["job", "list"]).await;
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(refused.stderr.contains("not serving"), "{refused:?}");
+}
+
+/// PostgreSQL itself restarted (an immediate stop: a crash) while five clients submit 500
+/// jobs: the leader steps down and answers UNAVAILABLE while the database is gone, leads
+/// again once it is back, and every acknowledged job is stored once and completes once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_database_restarting_mid_load_loses_nothing() {
+    // A server of its own: the others' tests must not see it stop.
+    let server = tokio::task::spawn_blocking(PostgresServer::start)
+        .await
+        .expect("join")
+        .map(std::sync::Arc::new)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let url = {
+        let server = server.clone();
+        tokio::task::spawn_blocking(move || server.database("restarted"))
+            .await
+            .expect("join")
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = ["--store", url.as_str(), "--lease", "30s"];
+    let orchestrator = start_orchestrator_with(&dir.path().join("data"), 0, &args).await;
+    let address = orchestrator.address.clone();
+    let _executor = crate::common::start_executor(
+        &address,
+        &dir.path().join("executor"),
+        "steady",
+        &["--slots", "8"],
+    );
+    let load = crate::faults::Load::start(&address, "restarted").await;
+    load.wait_acked(crate::faults::JOBS / 3).await;
+
+    let stopping = server.clone();
+    tokio::task::spawn_blocking(move || stopping.stop(false))
+        .await
+        .expect("join")
+        .expect("stop PostgreSQL");
+    orchestrator
+        .lines
+        .wait_for("about stepping down", |line| {
+            Ok(line.contains("stepped down; standing by").then_some(()))
+        })
+        .await
+        .expect("the leader steps down");
+    let refused = shoal(&address, &["job", "list"]).await;
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(
+        refused.stderr.contains("not serving") && refused.stderr.contains("Unavailable"),
+        "{refused:?}"
+    );
+
+    let starting = server.clone();
+    tokio::task::spawn_blocking(move || starting.restart())
+        .await
+        .expect("join")
+        .expect("start PostgreSQL again");
+    relead(&orchestrator.lines).await;
+    load.check(&address).await;
 }

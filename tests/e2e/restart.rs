@@ -245,17 +245,7 @@ async fn a_full_disk_refuses_work_then_recovers_by_itself() {
     let mut acknowledged = Vec::new();
     let refused = loop {
         let arg = format!("probe-{}", acknowledged.len());
-        let submitted = jobs
-            .submit_job(SubmitJobRequest {
-                spec: Some(JobSpec {
-                    program: program.clone(),
-                    args: vec![arg.clone()],
-                    ..Default::default()
-                }),
-                idempotency_key: String::new(),
-                stored_cids: Vec::new(),
-            })
-            .await;
+        let submitted = jobs.submit_job(probe(&program, &arg)).await;
         match submitted {
             Ok(response) => acknowledged.push(response.into_inner().job.expect("job").id),
             Err(status) => break (status, arg),
@@ -264,6 +254,14 @@ async fn a_full_disk_refuses_work_then_recovers_by_itself() {
     };
     let (refused, lost) = refused;
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    // The refused job is in memory, not on disk: a retry with the same key must not be
+    // answered with it (it would be acknowledged, then forgotten by the reload).
+    let retried = jobs.submit_job(probe(&program, &lost)).await;
+    assert_eq!(
+        retried.as_ref().map_err(tonic::Status::code).err(),
+        Some(tonic::Code::Unavailable),
+        "{retried:?}"
+    );
     let mut health = HealthClient::new(
         tonic::transport::Endpoint::from_shared(address.clone())
             .expect("address")
@@ -313,6 +311,19 @@ async fn a_full_disk_refuses_work_then_recovers_by_itself() {
         "{}",
         listed.stdout
     );
+}
+
+/// A submission of `program` with `arg`, its idempotency key derived from `arg`.
+fn probe(program: &str, arg: &str) -> SubmitJobRequest {
+    SubmitJobRequest {
+        spec: Some(JobSpec {
+            program: program.to_owned(),
+            args: vec![arg.to_owned()],
+            ..Default::default()
+        }),
+        idempotency_key: format!("full-disk-{arg}"),
+        stored_cids: Vec::new(),
+    }
 }
 
 /// The next serving status a health watch reports.

@@ -9,7 +9,9 @@
 //! Small local blocks (up to [`SMALL_BLOCK_MAX`]: directory nodes, the `stdout`, `stderr`
 //! and `exitCode` of most results) go into the job database instead, where they share the
 //! store's group commit: a file per block cost a create, two fsyncs and an inode each, which
-//! was most of the orchestrator's work per job (docs/PERFORMANCE.md, B2).
+//! was most of the orchestrator's work per job (docs/PERFORMANCE.md, B2). With the
+//! PostgreSQL store every local block goes there ([`Store::largest_block`]): orchestrator
+//! replicas share the database, not a data directory.
 
 use std::path::{Path, PathBuf};
 
@@ -51,6 +53,8 @@ pub enum BlockStore {
         blocks: PathBuf,
         tmp: PathBuf,
         small: Store,
+        /// Blocks up to this size go to `small` (see [`Store::largest_block`]).
+        in_store_up_to: usize,
         /// Small blocks lately found durable in the database, so a result tree that many
         /// executions share (a fanned-out job's `exitCode` and empty logs, or its whole tree)
         /// is not written again with each completion.
@@ -71,6 +75,7 @@ impl BlockStore {
         BlockStore::Local {
             blocks,
             tmp,
+            in_store_up_to: small.largest_block(),
             small,
             held: Default::default(),
         }
@@ -109,6 +114,10 @@ impl BlockStore {
     /// Where the blocks are, for logs.
     pub fn location(&self) -> String {
         match self {
+            BlockStore::Local {
+                in_store_up_to: usize::MAX,
+                ..
+            } => "the database".to_owned(),
             BlockStore::Local { blocks, .. } => blocks.display().to_string(),
             BlockStore::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}blocks/"),
         }
@@ -225,10 +234,14 @@ impl BlockStore {
     pub async fn put_queued(&self, cid: &ContentId, data: &Bytes) -> Result<PendingPut> {
         match self {
             BlockStore::Local {
-                blocks, tmp, small, ..
+                blocks,
+                tmp,
+                small,
+                in_store_up_to,
+                ..
             } => {
                 let key = cid.to_string();
-                if data.len() <= SMALL_BLOCK_MAX {
+                if data.len() <= *in_store_up_to {
                     match small.block(&key).await? {
                         Some(held) if cid.verifies(&held) => return Ok(PendingPut(None)),
                         Some(held) => tracing::warn!(

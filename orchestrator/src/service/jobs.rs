@@ -79,6 +79,8 @@ impl JobApi {
         if !key.is_empty()
             && let Some(job) = self.0.read(|c| c.resubmission(&key, spec.spec())).await?
         {
+            // The first submission may still be committing, or have failed to.
+            self.0.durable().await?;
             return Ok(Response::new(SubmitJobResponse { job: Some(job) }));
         }
         if stored_cids.len() > MAX_STORED_CIDS {
@@ -150,7 +152,7 @@ impl JobApi {
         }
         let (spec, shards) = super::shards::list_shards(&self.0, spec).await?;
         let trace_context = shoal::daemon::telemetry::context_map(&tracing::Span::current());
-        let job = self
+        let (job, new) = self
             .0
             .apply(|c| {
                 let now = SystemTime::now();
@@ -158,9 +160,13 @@ impl JobApi {
                 if new {
                     c.place_if_first(&job.id, now);
                 }
-                Ok(c.job(&job.id)?.clone())
+                Ok((c.job(&job.id)?.clone(), new))
             })
             .await?;
+        if !new {
+            // Made by a concurrent submission with the same key, perhaps not yet durable.
+            self.0.durable().await?;
+        }
         tracing::info!(job_id = %job.id, "job accepted");
         Ok(Response::new(SubmitJobResponse { job: Some(job) }))
     }

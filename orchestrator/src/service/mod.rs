@@ -15,7 +15,7 @@ use shoal::proto::executor_service_server::ExecutorServiceServer;
 use shoal::proto::job_service_server::JobServiceServer;
 use shoal::proto::node_service_server::NodeServiceServer;
 use shoal::proto::storage_service_server::StorageServiceServer;
-use std::sync::OnceLock;
+use std::sync::RwLock;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -38,12 +38,12 @@ pub use storage::StorageApi;
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The gRPC server on the orchestrator's listener. It answers as a standby (see
-/// [`standby`]) until [`lead`](Self::lead) hands it the orchestrator, then serves every
-/// service, health and reflection on the same connections (no reconnect, no GOAWAY for
-/// clients that came early), until `shutdown`.
+/// [`standby`]) until [`lead`](Self::lead) hands it an orchestrator's routes, then serves
+/// every service, health and reflection on the same connections (no reconnect, no GOAWAY
+/// for clients that came early), until [`step_down`](Self::step_down) or `shutdown`.
 pub struct GrpcServer {
     address: std::net::SocketAddr,
-    live: Arc<OnceLock<Routes>>,
+    live: Arc<RwLock<Option<Routes>>>,
     serving: tokio::task::JoinHandle<Result<()>>,
 }
 
@@ -60,10 +60,7 @@ impl GrpcServer {
         let address = listener
             .local_addr()
             .map_err(|e| Error::io("listener", e))?;
-        let live = Arc::new(OnceLock::new());
-        if let Some(routes) = routes {
-            let _ = live.set(routes);
-        }
+        let live = Arc::new(RwLock::new(routes));
         let mut server = tonic::transport::Server::builder();
         if let Some(tls) = tls_config(config)? {
             server = server
@@ -108,14 +105,22 @@ impl GrpcServer {
         self.address
     }
 
-    /// Serves `routes` from now on, unless it already serves some.
+    /// Serves `routes` (an orchestrator's) from now on.
     pub fn lead(&self, routes: Routes) {
-        let _ = self.live.set(routes);
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Some(routes);
     }
 
-    /// Whether it serves an orchestrator's routes yet.
+    /// Answers as a standby again (the orchestrator's term has ended).
+    pub fn step_down(&self) {
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Whether it serves an orchestrator's routes.
     pub fn leads(&self) -> bool {
-        self.live.get().is_some()
+        self.live
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     /// Waits until the server has stopped (at `shutdown`).

@@ -7,7 +7,7 @@
 //! client connected to a standby keeps its connection across the switch.
 
 use std::convert::Infallible;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
@@ -37,22 +37,22 @@ pub async fn health()
     health
 }
 
-/// Sends calls to the orchestrator's routes once they are set ([`GrpcServer::lead`]);
-/// until then, health checks to the standby's health service (`inner`) and everything
+/// Sends calls to the orchestrator's routes while they are set ([`GrpcServer::lead`]);
+/// otherwise health checks to the standby's health service (`inner`) and everything
 /// else an UNAVAILABLE naming the leader.
 ///
 /// [`GrpcServer::lead`]: super::GrpcServer::lead
 #[derive(Clone)]
 pub struct Switch<S> {
     inner: S,
-    live: Arc<OnceLock<Routes>>,
+    live: Arc<RwLock<Option<Routes>>>,
     leader: watch::Receiver<Option<Leader>>,
 }
 
 impl Switch<()> {
     /// The layer that puts a switch in front of the standby's service.
     pub fn layer<S>(
-        live: Arc<OnceLock<Routes>>,
+        live: Arc<RwLock<Option<Routes>>>,
         leader: watch::Receiver<Option<Leader>>,
     ) -> impl tower::Layer<S, Service = Switch<S>> + Clone {
         tower::layer::layer_fn(move |inner| Switch {
@@ -81,8 +81,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if let Some(routes) = self.live.get() {
-            return Box::pin(tower::ServiceExt::oneshot(routes.clone(), request));
+        let routes = self.live.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(routes) = routes {
+            return Box::pin(tower::ServiceExt::oneshot(routes, request));
         }
         if request.uri().path().starts_with("/grpc.health.v1.Health/") {
             return Box::pin(tower::ServiceExt::oneshot(self.inner.clone(), request));

@@ -130,6 +130,12 @@ impl Backend for Embedded {
 
     /// Looked up inline, not on the blocking pool: a point lookup in a B-tree whose upper
     /// levels stay cached.
+    /// 64 KiB: directory nodes and most results' logs; a file per block cost a create,
+    /// two fsyncs and an inode each, while larger blocks would bloat the log and redb.
+    fn largest_block(&self) -> usize {
+        64 * 1024
+    }
+
     fn block<'a>(&'a self, cid: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
         Box::pin(async move {
             let tx = self.database()?.begin_read()?;

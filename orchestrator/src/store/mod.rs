@@ -51,6 +51,8 @@ pub trait Backend: Send + Sync + 'static {
         from: u64,
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<JobEvent>>>;
+    /// Largest block the content store keeps here rather than in a file of its own.
+    fn largest_block(&self) -> usize;
     /// A block stored with [`Write::Block`], if there is one under `cid`.
     fn block<'a>(&'a self, cid: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>>;
     /// The name recorded for `cid` with [`Write::Name`] (the first one), if any.
@@ -123,7 +125,14 @@ impl Store {
         self.0.events(job_id, from, limit).await
     }
 
-    /// A small block stored with [`Write::Block`], if there is one under `cid`.
+    /// Largest block the content store keeps in this store rather than in a file of its
+    /// own beside it: the small ones in the embedded store; every one in PostgreSQL, so a
+    /// replica that takes over finds them.
+    pub fn largest_block(&self) -> usize {
+        self.0.largest_block()
+    }
+
+    /// A block stored with [`Write::Block`], if there is one under `cid`.
     pub async fn block(&self, cid: &str) -> Result<Option<Bytes>> {
         self.0.block(cid).await
     }

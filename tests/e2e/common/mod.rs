@@ -522,3 +522,68 @@ pub async fn wait_terminal(address: &str, job: &str) -> serde_json::Value {
     })
     .await
 }
+
+/// A TCP proxy to a loopback port that can cut every connection through it at once, or
+/// stall them: stop forwarding while keeping them open, as a network partition does.
+pub struct Proxy {
+    pub port: u16,
+    cuts: tokio::sync::watch::Sender<u64>,
+    stalled: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let cuts = tokio::sync::watch::Sender::new(0u64);
+        let stalled = tokio::sync::watch::Sender::new(false);
+        let (cut_rx, stalled_rx) = (cuts.subscribe(), stalled.subscribe());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let (mut cuts, mut stalled) = (cut_rx.clone(), stalled_rx.clone());
+                cuts.mark_unchanged();
+                tokio::spawn(async move {
+                    // A stalled connection is held open, silent, until the test ends.
+                    let hold = |held: Vec<tokio::net::TcpStream>| async move {
+                        let _held = held;
+                        std::future::pending::<()>().await
+                    };
+                    let stalled_now = *stalled.borrow();
+                    if stalled_now {
+                        return hold(vec![inbound]).await;
+                    }
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    // Dropping both sockets mid-stream is the cut.
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cuts.changed() => {}
+                        _ = async { drop(stalled.wait_for(|stalled| *stalled).await) } => {
+                            hold(vec![inbound, outbound]).await
+                        }
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            cuts,
+            stalled,
+        }
+    }
+
+    /// Closes every connection through it (new ones are forwarded again).
+    pub fn cut(&self) {
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Stops forwarding on every connection, present and future, keeping them open.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+}

@@ -181,9 +181,11 @@ fn launch(bin: &Path, dir: &Path, port: u16) -> anyhow::Result<()> {
         }
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let text = text.get(before..).unwrap_or_default();
-        // The guard ends with the server: no use waiting for it then.
+        // The guard ends with the server (which exits on any start-up error): no use
+        // waiting for it then. (A FATAL line may only be a client refused during
+        // recovery.)
         let ended = guard.try_wait().ok().flatten().is_some();
-        if ended || text.contains("could not bind") || text.contains("FATAL") {
+        if ended || text.contains("could not bind") {
             bail!("postgres did not start on port {port}: {text}");
         }
         if std::time::Instant::now() > deadline {

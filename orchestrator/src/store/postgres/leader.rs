@@ -67,42 +67,34 @@ impl Leadership {
         leader: &watch::Sender<Option<Leader>>,
         shutdown: &CancellationToken,
     ) -> Result<Option<Leadership>> {
-        let client = database.connect().await?;
-        let fail = |doing: &'static str| {
-            move |e: tokio_postgres::Error| {
-                Error::StoreUnavailable(format!("{doing}: {}", describe(&e)))
-            }
-        };
-        client
-            .batch_execute(&format!(
-                "SET idle_session_timeout = {}",
-                IDLE_SESSION_TIMEOUT.as_millis()
-            ))
-            .await
-            .map_err(fail("setting up the leadership connection"))?;
+        // The first connection's failure is the caller's (wrong settings); later ones
+        // (the database restarting while this one waits) are waited out.
+        let mut client = lock_connection(database).await?;
         loop {
-            let held: bool = client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
-                .await
-                .map_err(fail("trying the leadership lock"))?
-                .get(0);
-            if held {
-                break;
+            let tried = tokio::time::timeout(ANSWER_WITHIN, try_lock(&client, leader, address));
+            let broken = match tried.await {
+                Ok(Ok(true)) => break,
+                Ok(Ok(false)) => None,
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(_) => Some(format!("no answer within {ANSWER_WITHIN:?}")),
             }
-            let now = current(&client).await?;
-            let changed = leader.send_if_modified(|known| {
-                let changed = *known != now;
-                *known = now.clone();
-                changed
-            });
-            if changed {
-                let (name, at) = now.map(|l| (l.holder, l.address)).unwrap_or_default();
-                // `address` is this one's (where it will serve once it leads).
-                tracing::info!(leader = %name, leader_address = %at, address, "another orchestrator leads; waiting to take over");
-            }
+            .inspect(|why| {
+                tracing::warn!(
+                    why,
+                    "the database connection failed while standing by; connecting again"
+                );
+                leader.send_replace(None);
+            })
+            .is_some();
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(None),
                 _ = tokio::time::sleep(CHECK_EVERY) => {}
+            }
+            if broken || client.is_closed() {
+                match lock_connection(database).await {
+                    Ok(connected) => client = connected,
+                    Err(error) => tracing::warn!(%error, "cannot reach the database yet"),
+                }
             }
         }
         let epoch: i64 = client
@@ -112,7 +104,7 @@ impl Leadership {
                 &[&holder, &address],
             )
             .await
-            .map_err(fail("starting a leadership term"))?
+            .map_err(failed("starting a leadership term"))?
             .get(0);
         tracing::info!(epoch, holder, "leading");
         leader.send_replace(Some(Leader {
@@ -134,6 +126,52 @@ impl Leadership {
     pub fn lost(&self) -> CancellationToken {
         self.lost.clone()
     }
+}
+
+fn failed(doing: &'static str) -> impl Fn(tokio_postgres::Error) -> Error {
+    move |e| Error::StoreUnavailable(format!("{doing}: {}", describe(&e)))
+}
+
+/// A connection for the lock: one the database ends after [`IDLE_SESSION_TIMEOUT`] of
+/// silence.
+async fn lock_connection(database: &Database) -> Result<Client> {
+    let client = database.connect().await?;
+    client
+        .batch_execute(&format!(
+            "SET idle_session_timeout = {}",
+            IDLE_SESSION_TIMEOUT.as_millis()
+        ))
+        .await
+        .map_err(failed("setting up the leadership connection"))?;
+    Ok(client)
+}
+
+/// Tries the lock once; if another holds it, tells `leader` who (logging a change).
+async fn try_lock(
+    client: &Client,
+    leader: &watch::Sender<Option<Leader>>,
+    address: &str,
+) -> Result<bool> {
+    let held: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+        .await
+        .map_err(failed("trying the leadership lock"))?
+        .get(0);
+    if held {
+        return Ok(true);
+    }
+    let now = current(client).await?;
+    let changed = leader.send_if_modified(|known| {
+        let changed = *known != now;
+        *known = now.clone();
+        changed
+    });
+    if changed {
+        let (name, at) = now.map(|l| (l.holder, l.address)).unwrap_or_default();
+        // `address` is this one's (where it will serve once it leads).
+        tracing::info!(leader = %name, leader_address = %at, address, "another orchestrator leads; waiting to take over");
+    }
+    Ok(false)
 }
 
 /// Who the leadership row names.

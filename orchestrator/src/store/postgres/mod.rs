@@ -121,6 +121,11 @@ impl Backend for Postgres {
         })
     }
 
+    /// Every block: the data directory is one replica's, the database everyone's.
+    fn largest_block(&self) -> usize {
+        usize::MAX
+    }
+
     fn block<'a>(&'a self, cid: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
         Box::pin(async move {
             let row = self
@@ -280,7 +285,15 @@ async fn write_loop(database: Database, epoch: i64, lost: CancellationToken, mut
                 "this orchestrator's leadership term has ended".into(),
             ))
         } else {
-            commit(&database, &mut connection, epoch, &batches).await
+            // A commit on a connection that went silent (a partition) would wait for TCP
+            // to give up; once the term is lost there is nothing to wait for.
+            tokio::select! {
+                committed = commit(&database, &mut connection, epoch, &batches) => committed,
+                _ = lost.cancelled() => {
+                    connection = None;
+                    Err(Error::Deposed("the leadership term ended during the commit".into()))
+                }
+            }
         };
         let result = result.map_err(|error| {
             tracing::error!(%error, "store commit failed");

@@ -43,6 +43,9 @@ const MIGRATIONS: &[&str] = &[
      INSERT INTO shoal_leader VALUES (true, 0, '', '', now());",
 ];
 
+/// The oldest server version taken (`server_version_num`).
+const OLDEST_SERVER: i64 = 140000;
+
 /// The newest schema version this orchestrator knows.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -52,6 +55,19 @@ pub async fn migrate(client: &mut Client) -> Result<()> {
         let doing = doing.to_owned();
         move |e: tokio_postgres::Error| Error::Store(format!("{doing}: {}", describe(&e)))
     };
+    // The leadership's lock connection relies on `idle_session_timeout` (PostgreSQL 14).
+    let version: i64 = client
+        .query_one("SELECT current_setting('server_version_num')::bigint", &[])
+        .await
+        .map_err(fail("asking the server's version"))?
+        .get(0);
+    if version < OLDEST_SERVER {
+        return Err(Error::InvalidArgument(format!(
+            "the PostgreSQL server is version {}.{}; the orchestrator needs 14 or later",
+            version / 10000,
+            version % 10000
+        )));
+    }
     let tx = client
         .transaction()
         .await
@@ -59,9 +75,13 @@ pub async fn migrate(client: &mut Client) -> Result<()> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(fail("taking the migration lock"))?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS shoal_schema (version bigint NOT NULL)")
-        .await
-        .map_err(fail("creating shoal_schema"))?;
+    // `IF NOT EXISTS` on an existing table raises a NOTICE, which would be logged.
+    tx.batch_execute(
+        "SET LOCAL client_min_messages = warning; \
+         CREATE TABLE IF NOT EXISTS shoal_schema (version bigint NOT NULL)",
+    )
+    .await
+    .map_err(fail("creating shoal_schema"))?;
     let current: Option<i64> = tx
         .query_opt("SELECT version FROM shoal_schema", &[])
         .await
