@@ -42,6 +42,8 @@ FOREIGN_ENV = {
     "OTEL_RESOURCE_ATTRIBUTES", "POD_NAME", "POD_NAMESPACE",
 }
 SEVERITY_WARNING = 2
+# What a Secret-sourced variable the daemons parse looks like, for --check-config.
+SECRET_SHAPES = {"SHOAL_STORE": "postgres://shoal:password@database.example:5432/shoal"}
 
 failures = []
 
@@ -116,6 +118,8 @@ def check_containers(name, documents):
             for variable in container.get("env", []):
                 if "value" in variable:
                     env[variable["name"]] = variable["value"]
+                elif variable["name"] in SECRET_SHAPES:  # a Secret whose value is parsed
+                    env[variable["name"]] = SECRET_SHAPES[variable["name"]]
                 else:  # from a Secret or the pod's fields: any text will do here
                     env[variable["name"]] = "from-the-cluster"
             where = f"{name}: {document['kind']} {document['metadata']['name']} ({binary})"
@@ -165,11 +169,42 @@ def main():
         {"logFormat": "xml"},
         {"tracing": {"otlpEndpoint": "collector:4317"}},  # no scheme: the exporter refuses it
         {"tracing": {"sampleRatio": 2}},
+        {"orchestrator": {"replicas": 0}},
+        {"orchestrator": {"antiAffinity": "sometimes"}},
     ]:
         errors = helm_python.lint(CHART, bad, strict=True).get("errors", [])
         if not errors:
             fail(f"the values schema accepted {bad}")
     print("ok   the values schema refuses bad values")
+
+    # Replicas: executors and the test pod get every pod's stable name, which is what each
+    # replica advertises when it leads; one pod may be evicted at a time; spread by node.
+    documents = render(yaml.safe_load(open(os.path.join(CHART, "ci", "replicas-values.yaml"))))
+    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in documents}
+    statefulset = by_kind[("StatefulSet", "ci-shoal-orchestrator")]
+    container = statefulset["spec"]["template"]["spec"]["containers"][0]
+    advertised = next(e["value"] for e in container["env"] if e["name"] == "SHOAL_ADVERTISE_ADDRESS")
+    executors = by_kind[("ConfigMap", "ci-shoal-executor")]["data"]["SHOAL_ORCHESTRATOR"].split(",")
+    expected = [f"http://{advertised.replace('$(POD_NAME)', f'ci-shoal-orchestrator-{i}').replace('$(POD_NAMESPACE)', 'shoal')}"
+                for i in range(3)]
+    if statefulset["spec"]["replicas"] != 3 or executors != expected:
+        fail(f"replicas: executors dial {executors}, replicas advertise {expected}")
+    budget = by_kind[("PodDisruptionBudget", "ci-shoal-orchestrator")]
+    if budget["spec"]["maxUnavailable"] != 1:
+        fail(f"replicas: the disruption budget is {budget['spec']}")
+    anti = statefulset["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    if "requiredDuringSchedulingIgnoredDuringExecution" not in anti:
+        fail(f"replicas: antiAffinity hard rendered {anti}")
+    print("ok   replicas: executors follow every pod's advertised name; one eviction at a time")
+
+    # Replicas without a shared store would each keep a state of their own: refused.
+    try:
+        render({"orchestrator": {"replicas": 2}})
+        fail("replicas > 1 without orchestrator.store.urlSecret rendered")
+    except Exception as error:  # the template's fail() stops rendering
+        if "store.urlSecret" not in str(error):
+            fail(f"replicas without a store failed for another reason: {error}")
+    print("ok   replicas without a shared store are refused")
 
     if failures:
         print(f"chart: {len(failures)} problem(s)")

@@ -46,10 +46,21 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
-{{/* The orchestrator's address as executors and the test pod dial it. */}}
+{{/* The orchestrator's address as executors and the test pod dial it: the Service, or
+with several replicas every pod's stable name (they follow whichever leads). */}}
 {{- define "shoal.orchestrator.address" -}}
 {{- $scheme := ternary "https" "http" (ne .Values.tls.secretName "") }}
-{{- printf "%s://%s:%v" $scheme (include "shoal.orchestrator.fullname" .) .Values.orchestrator.service.port }}
+{{- $name := include "shoal.orchestrator.fullname" . }}
+{{- $port := .Values.orchestrator.service.port }}
+{{- if gt (int .Values.orchestrator.replicas) 1 }}
+{{- $pods := list }}
+{{- range $i := until (int .Values.orchestrator.replicas) }}
+{{- $pods = append $pods (printf "%s://%s-%d.%s-headless.%s.svc:%v" $scheme $name $i $name $.Release.Namespace $port) }}
+{{- end }}
+{{- join "," $pods }}
+{{- else }}
+{{- printf "%s://%s:%v" $scheme $name $port }}
+{{- end }}
 {{- end }}
 
 {{/* Environment for S3 credentials, from the referenced Secret. */}}
