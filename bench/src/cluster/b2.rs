@@ -14,41 +14,10 @@ use super::*;
 /// an orchestrator and two executors; against the in-process runtime loop (B1's), the
 /// upper bound for any end-to-end path.
 pub async fn b2(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
-    let (jobs, clients_count) = if args.smoke { (40, 8) } else { (5000, 256) };
     let (stack, clients, hello) = hello_stack(args, &dir, 2, 32).await?;
-    let upper_bound = crate::runtime::hello_loop_rate(&dir.join("loop"), jobs.min(2000)).await?;
-
-    let cpu_before = stack.cpu_times()?;
-    let started = Instant::now();
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..clients_count {
-        let mut clients = clients.clone();
-        let hello = hello.clone();
-        let next = next.clone();
-        tasks.spawn(async move {
-            let mut failed = 0;
-            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < jobs {
-                let job = clients.submit(&hello, &["bench"]).await?;
-                let (state, ..) = clients.watch(&job, true).await?;
-                if state != JobState::Completed {
-                    failed += 1;
-                }
-            }
-            Ok::<usize, anyhow::Error>(failed)
-        });
-    }
-    let mut failed = 0;
-    while let Some(done) = tasks.join_next().await {
-        failed += done??;
-    }
-    anyhow::ensure!(failed == 0, "{failed} of {jobs} jobs did not complete");
-    let wall = started.elapsed();
-    let rate = jobs as f64 / wall.as_secs_f64();
-    // Where the cores went: CPU per job in each process.
-    let cpu_after = stack.cpu_times()?;
-    let per_job_us = |before: Duration, after: Duration| micros(after - before) / jobs as f64;
-
+    let upper_bound =
+        crate::runtime::hello_loop_rate(&dir.join("loop"), jobs(args).min(2000)).await?;
+    let (rate, details) = throughput(args, &stack, &clients, &hello).await?;
     // B2': one job of many partitions of a program that does nothing, on the same stack:
     // what a task costs Shoal itself.
     let partitions: u32 = if args.smoke { 200 } else { 10_000 };
@@ -95,7 +64,7 @@ pub async fn b2(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
     };
     let files = if args.smoke { 10 } else { 100 };
     let sharded = over_shards(&mut client, &hello, &dir, files).await?;
-    Ok(vec![
+    let mut figures = vec![
         Figure {
             id: "B2",
             what: "end-to-end durable throughput, submit -> completed",
@@ -107,19 +76,94 @@ pub async fn b2(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
             target: ">= 5,000 jobs/s sustained",
             meets: Some(rate >= 5000.0),
             details: serde_json::json!({
-                "jobs": jobs,
-                "concurrent_clients": clients_count,
-                "executors": 2,
-                "slots_per_executor": 32,
-                "orchestrator_cpu_us_per_job": per_job_us(cpu_before.0, cpu_after.0),
-                "executors_cpu_us_per_job": per_job_us(cpu_before.1, cpu_after.1),
-                "wall_s": wall.as_secs_f64(),
                 "baseline": "B1's in-process runtime loop, jobs/s (one core)",
+                "run": details,
             }),
         },
         fanned,
         sharded,
-    ])
+    ];
+    drop(stack);
+    // The same on the PostgreSQL store, its stack alone on the machine.
+    let url = crate::postgres_database("b2").await?;
+    let store = ["--store", url.as_str()];
+    let (stack, clients, hello) = hello_stack_on(args, &dir.join("pg"), 2, 32, &store).await?;
+    let (pg_rate, pg_details) = throughput(args, &stack, &clients, &hello).await?;
+    figures.push(Figure {
+        id: "B2/pg",
+        what: "B2 on the PostgreSQL store (local server), beside the embedded store's",
+        unit: "jobs/s",
+        measured: pg_rate,
+        baseline: Some(rate),
+        ratio: Some(pg_rate / rate * 100.0),
+        ratio_unit: "% of embedded",
+        target: ">= 50% of the embedded store's",
+        meets: Some(pg_rate >= rate * 0.5),
+        details: serde_json::json!({
+            "baseline": "B2 on the embedded store in the same run, jobs/s",
+            "run": pg_details,
+        }),
+    });
+    Ok(figures)
+}
+
+/// How many jobs B2 runs.
+fn jobs(args: &Args) -> usize {
+    if args.smoke { 40 } else { 5000 }
+}
+
+/// B2's load on `stack`: jobs submitted by many concurrent clients, each waiting for its
+/// job's end. Its rate, and where the time went.
+async fn throughput(
+    args: &Args,
+    stack: &Stack,
+    clients: &Clients,
+    hello: &str,
+) -> anyhow::Result<(f64, serde_json::Value)> {
+    let jobs = jobs(args);
+    let clients_count = if args.smoke { 8 } else { 256 };
+    let cpu_before = stack.cpu_times()?;
+    let started = Instant::now();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients_count {
+        let mut clients = clients.clone();
+        let hello = hello.to_owned();
+        let next = next.clone();
+        tasks.spawn(async move {
+            let mut failed = 0;
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < jobs {
+                let job = clients.submit(&hello, &["bench"]).await?;
+                let (state, ..) = clients.watch(&job, true).await?;
+                if state != JobState::Completed {
+                    failed += 1;
+                }
+            }
+            Ok::<usize, anyhow::Error>(failed)
+        });
+    }
+    let mut failed = 0;
+    while let Some(done) = tasks.join_next().await {
+        failed += done??;
+    }
+    anyhow::ensure!(failed == 0, "{failed} of {jobs} jobs did not complete");
+    let wall = started.elapsed();
+    let rate = jobs as f64 / wall.as_secs_f64();
+    // Where the cores went: CPU per job in each process.
+    let cpu_after = stack.cpu_times()?;
+    let per_job_us = |before: Duration, after: Duration| micros(after - before) / jobs as f64;
+    Ok((
+        rate,
+        serde_json::json!({
+            "jobs": jobs,
+            "concurrent_clients": clients_count,
+            "executors": 2,
+            "slots_per_executor": 32,
+            "orchestrator_cpu_us_per_job": per_job_us(cpu_before.0, cpu_after.0),
+            "executors_cpu_us_per_job": per_job_us(cpu_before.1, cpu_after.1),
+            "wall_s": wall.as_secs_f64(),
+        }),
+    ))
 }
 
 /// B2'': a job over a directory of `files` files with `--shard` (one file per partition),

@@ -1,13 +1,15 @@
 //! End-to-end benchmarks on real orchestrator and executor processes: B2 (durable
 //! throughput; B2' and B2'', the same as fan-outs, plain and over shards), B3 (latency),
 //! B5 (log and artifact streaming), B9 (many executors), B10 (re-dispatch after a crash),
-//! B11 and B13 (a module compiled once per machine, and once per fleet), B12 (the CLI
+//! B11 (failover between orchestrator replicas on PostgreSQL), B13 and B13' (a module
+//! compiled once per fleet, and once per machine), B12 (the CLI
 //! round trip), S2 (memory per queued job; S2', per queued partition) and S3 (restart
 //! with 100,000 jobs).
 
 mod b10;
 mod b11;
 mod b12;
+mod b13;
 mod b2;
 mod b3;
 mod b5;
@@ -21,6 +23,7 @@ pub use b9::b9;
 pub use b10::b10;
 pub use b11::b11;
 pub use b12::b12;
+pub use b13::b13;
 pub use s2_s3::s2_s3;
 
 use std::path::{Path, PathBuf};
@@ -45,7 +48,18 @@ pub(crate) async fn hello_stack(
     executors: usize,
     slots: u32,
 ) -> anyhow::Result<(Stack, Clients, String)> {
-    let mut stack = Stack::start(dir, &[]).await?;
+    hello_stack_on(args, dir, executors, slots, &[]).await
+}
+
+/// [`hello_stack`] with extra orchestrator flags (`--store URL` for the PostgreSQL store).
+pub(crate) async fn hello_stack_on(
+    args: &Args,
+    dir: &Path,
+    executors: usize,
+    slots: u32,
+    orchestrator_args: &[&str],
+) -> anyhow::Result<(Stack, Clients, String)> {
+    let mut stack = Stack::start(dir, orchestrator_args).await?;
     if let Some(root) = &args.executor_scratch {
         stack.set_executor_root(root)?;
     }
