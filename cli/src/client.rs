@@ -149,8 +149,9 @@ pub fn ran_out(status: &tonic::Status) -> bool {
 }
 
 /// Connects to the orchestrator at `target`, with its token and TLS settings. Given
-/// several addresses (replicas on one PostgreSQL database), it asks each which one leads
-/// and starts there; calls then follow the leader (see `shoal::net::leader`).
+/// several addresses (replicas on one PostgreSQL database, or a name that resolves to
+/// several), it asks each which one leads and starts there; calls then follow the leader
+/// (see `shoal::net::leader`).
 pub async fn connect(target: &Target) -> anyhow::Result<Clients> {
     let deadline = shoal::net::auth::CallDeadline {
         timeout: target.timeouts.call_timeout,
@@ -167,17 +168,19 @@ pub async fn connect(target: &Target) -> anyhow::Result<Clients> {
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true)
     };
-    let addresses = shoal::net::leader::parse_addresses(&target.address);
-    let replicas = match addresses.as_slice() {
-        [url] => {
-            let endpoint = configure(target.security.endpoint(url)?);
-            Replicas::new(vec![(
-                url.clone(),
-                connect_one(&endpoint, url, limit).await?,
-            )])
+    let replicas = target.security.replicas(&target.address, configure)?;
+    let single = match replicas.addresses().collect::<Vec<_>>().as_slice() {
+        [url] => Some(url.to_string()),
+        _ => None,
+    };
+    let replicas = match single {
+        Some(url) => {
+            // One orchestrator: connected to now, so a wrong address fails here.
+            let endpoint = configure(target.security.endpoint(&url)?);
+            let channel = connect_one(&endpoint, &url, limit).await?;
+            Replicas::new(vec![(url, channel)])
         }
-        _ => {
-            let replicas = target.security.replicas(&target.address, configure)?;
+        None => {
             find_leader(&replicas, limit).await?;
             replicas
         }

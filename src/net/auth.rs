@@ -292,7 +292,9 @@ impl ClientSecurity {
 
     /// Lazily connected channels to each orchestrator replica of `list` (comma-separated
     /// addresses, see [`parse_addresses`](crate::net::leader::parse_addresses)), each
-    /// endpoint set up by `configure`.
+    /// endpoint set up by `configure`. A name that resolves to several addresses now (a
+    /// headless Service) stands for each of them, its TLS certificate still checked for
+    /// the name.
     pub fn replicas(
         &self,
         list: &str,
@@ -302,24 +304,39 @@ impl ClientSecurity {
         if addresses.is_empty() {
             return Err(Error::Settings("no orchestrator address given".to_owned()));
         }
-        let replicas = addresses
-            .into_iter()
-            .map(|address| {
+        let mut replicas = Vec::new();
+        for address in addresses {
+            let expanded = expand(&address);
+            if expanded.is_empty() {
                 let channel = configure(self.endpoint(&address)?).connect_lazy();
-                Ok((address, channel))
-            })
-            .collect::<Result<_, Error>>()?;
+                replicas.push((address, channel));
+                continue;
+            }
+            for (each, name) in expanded {
+                let endpoint = self.endpoint_named(&each, Some(&name))?;
+                replicas.push((each, configure(endpoint).connect_lazy()));
+            }
+        }
         Ok(crate::net::leader::Replicas::new(replicas))
     }
 
     /// An endpoint for `address` (http:// or https://) with these TLS settings.
     pub fn endpoint(&self, address: &str) -> Result<Endpoint, Error> {
+        self.endpoint_named(address, None)
+    }
+
+    /// [`endpoint`](Self::endpoint), checking the server's certificate for `name` rather
+    /// than the address's host (an address a name resolved to).
+    fn endpoint_named(&self, address: &str, name: Option<&str>) -> Result<Endpoint, Error> {
         let mut endpoint = Endpoint::from_shared(address.to_owned())
             .map_err(|e| Error::Settings(format!("orchestrator address {address:?}: {e}")))?
             .initial_stream_window_size(crate::net::HTTP2_STREAM_WINDOW)
             .initial_connection_window_size(crate::net::HTTP2_CONNECTION_WINDOW);
         if address.starts_with("https://") {
             let mut tls = ClientTlsConfig::new().with_webpki_roots();
+            if let Some(name) = name {
+                tls = tls.domain_name(name);
+            }
             if let Some(ca) = &self.tls_ca {
                 tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
             }
@@ -338,6 +355,37 @@ impl ClientSecurity {
     }
 }
 
+/// The addresses `address`'s host name resolves to now, as URLs of the same scheme and
+/// port with the name beside each, if there are several; otherwise none (an IP address,
+/// a name with one address, or one that does not resolve yet: connected to as given).
+fn expand(address: &str) -> Vec<(String, String)> {
+    use std::net::ToSocketAddrs as _;
+    let Ok(url) = url::Url::parse(address) else {
+        return Vec::new();
+    };
+    let (Some(url::Host::Domain(name)), Some(port)) = (url.host(), url.port_or_known_default())
+    else {
+        return Vec::new();
+    };
+    let Ok(resolved) = (name, port).to_socket_addrs() else {
+        return Vec::new();
+    };
+    let mut found: Vec<std::net::SocketAddr> = resolved.collect();
+    // A dual-stack name lists each host twice: one family (IPv4 if there is any).
+    if found.iter().any(std::net::SocketAddr::is_ipv4) {
+        found.retain(std::net::SocketAddr::is_ipv4);
+    }
+    found.sort();
+    found.dedup();
+    if found.len() < 2 {
+        return Vec::new();
+    }
+    found
+        .into_iter()
+        .map(|at| (format!("{}://{at}", url.scheme()), name.to_owned()))
+        .collect()
+}
+
 /// Reads a PEM file, saying which one failed.
 pub fn read(path: &Path) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(|e| Error::Settings(format!("{}: {e}", path.display())))
@@ -346,6 +394,16 @@ pub fn read(path: &Path) -> Result<Vec<u8>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_name_of_several_addresses_is_expanded() {
+        // An address, and a name of one IPv4 address (localhost's ::1 is the other
+        // family), are connected to as given.
+        assert!(expand("http://127.0.0.1:7070").is_empty());
+        assert!(expand("http://localhost:7070").is_empty());
+        assert!(expand("http://[::1]:7070").is_empty());
+        assert!(expand("not a url").is_empty());
+    }
 
     #[test]
     fn tokens_files_parse_and_roles_are_enforced() {
