@@ -126,7 +126,12 @@ async fn lead_in_terms(
         let orchestrator = match opened {
             Ok(orchestrator) => orchestrator,
             Err(_) if shutdown.is_cancelled() => break,
-            Err(error) if terms > 0 && shoal::net::retry::Transient::is_transient(&error) => {
+            // Before the first term only a term that ended while loading is waited out: any
+            // other error is the settings' (a wrong URL or password), and ends the process.
+            Err(error)
+                if (terms > 0 || matches!(error, error::Error::Deposed(_)))
+                    && shoal::net::retry::Transient::is_transient(&error) =>
+            {
                 tracing::warn!(%error, "cannot stand by for the leadership yet; trying again");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff.next_delay()) => continue,
@@ -273,12 +278,16 @@ async fn serve_term(
         orchestrator.tasks.close();
         orchestrator.tasks.wait().await;
         match Arc::try_unwrap(orchestrator) {
-            Ok(orchestrator) => {
+            Ok(mut orchestrator) => {
+                // The lock is let go only once what is queued is committed: a standby
+                // taking over earlier would make those writes fail.
+                let leadership = orchestrator.take_leadership();
                 // The content store holds a handle too: every handle must be gone for the
                 // writer to finish.
                 let store = orchestrator.store.clone();
                 drop(orchestrator);
-                store.close().await
+                store.close().await;
+                drop(leadership);
             }
             Err(_) => {
                 tracing::warn!("state still referenced at shutdown; the store closes on exit")

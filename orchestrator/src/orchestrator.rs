@@ -342,6 +342,12 @@ impl Orchestrator {
         &self.links
     }
 
+    /// With the PostgreSQL store: this process's leadership, taken out so it can be held
+    /// until the store has closed.
+    pub fn take_leadership(&mut self) -> Option<Leadership> {
+        self.leadership.take()
+    }
+
     /// With the PostgreSQL store: cancelled when this process's leadership term ends.
     pub fn leadership_lost(&self) -> Option<CancellationToken> {
         self.leadership.as_ref().map(Leadership::lost)

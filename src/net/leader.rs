@@ -185,6 +185,11 @@ mod tests {
         // A call that found out late changes nothing: another already moved on.
         set.move_on(0, None);
         assert_eq!(set.current(), "http://127.0.0.1:2");
+        // A standby that knows no leader (empty): the next one.
+        set.move_on(1, Some(""));
+        assert_eq!(set.current(), "http://127.0.0.1:3");
+        set.move_on(2, Some("127.0.0.1:2"));
+        assert_eq!(set.current(), "http://127.0.0.1:2");
         // A standby naming itself (it was just elected) is not a reason to stay.
         set.move_on(1, Some("http://127.0.0.1:2/"));
         assert_eq!(set.current(), "http://127.0.0.1:3");

@@ -106,9 +106,17 @@ pub fn refusal(leader: Option<&Leader>) -> tonic::Status {
             }
             status
         }
-        None => tonic::Status::unavailable(
-            "this orchestrator is not serving yet: it is loading its state, or waiting to lead \
-             (no leader is recorded)",
-        ),
+        None => {
+            let mut status = tonic::Status::unavailable(
+                "this orchestrator is not serving yet: it is loading its state, or waiting to \
+                 lead (no leader is recorded)",
+            );
+            // Empty: no leader to name, but clients with other addresses try those.
+            status.metadata_mut().insert(
+                LEADER_HEADER,
+                tonic::metadata::MetadataValue::from_static(""),
+            );
+            status
+        }
     }
 }

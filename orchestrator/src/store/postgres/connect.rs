@@ -13,6 +13,9 @@ use crate::error::{Error, Result};
 
 /// How long a connection attempt may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the server lets a session sit idle inside a transaction (its locks held)
+/// before it rolls the transaction back and ends the session.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(4);
 
 /// A database to connect to: the parsed URL and the TLS connector for it.
 #[derive(Clone)]
@@ -49,6 +52,14 @@ impl Database {
         if config.get_application_name().is_none() {
             config.application_name("shoal-orchestrator");
         }
+        // A transaction left open by a leader that went silent mid-commit (a partition)
+        // would hold its locks, and the next leader's epoch increment would wait for it:
+        // the server rolls such a transaction back after a few seconds.
+        let options = config.get_options().unwrap_or_default().to_owned();
+        config.options(format!(
+            "{options} -c idle_in_transaction_session_timeout={}",
+            IDLE_IN_TRANSACTION.as_millis()
+        ));
         let tls = MakeRustlsConnect::new(client_config(ca_file)?);
         Ok(Database { config, tls })
     }
@@ -88,10 +99,18 @@ impl Database {
     /// A new connection, its driver task spawned (it ends when the client is dropped or
     /// the connection breaks; the client then answers every call with an error).
     pub async fn connect(&self) -> Result<Client> {
-        let (client, connection) = self
-            .config
-            .connect(self.tls.clone())
+        // The driver's connect timeout covers the TCP connection alone: a proxy that
+        // accepts and then says nothing (its database down) would hold the rest forever.
+        let connecting = self.config.connect(self.tls.clone());
+        let (client, connection) = tokio::time::timeout(2 * CONNECT_TIMEOUT, connecting)
             .await
+            .map_err(|_| {
+                Error::StoreUnavailable(format!(
+                    "connecting to {} failed: no answer within {:?}",
+                    self.describe(),
+                    2 * CONNECT_TIMEOUT
+                ))
+            })?
             .map_err(|e| Error::StoreUnavailable(self.failed("connecting to", &e)))?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {

@@ -57,9 +57,17 @@ impl Postgres {
     /// the term has ended (lost, or a later one begun).
     pub async fn open(database: &Database, leadership: &Leadership) -> Result<(Self, Snapshot)> {
         let readers = database.pool(READERS)?;
-        let snapshot = {
+        let lost = leadership.lost();
+        let snapshot = async {
             let mut client = readers.get().await.map_err(pool_error)?;
-            load(&mut client).await?
+            load(&mut client).await
+        };
+        // The term can end while it loads (the database stalls): then it stands by again.
+        let snapshot = tokio::select! {
+            loaded = snapshot => loaded?,
+            _ = lost.cancelled() => {
+                return Err(Error::Deposed("the leadership term ended while loading".into()));
+            }
         };
         let (writer, queue) = group::channel();
         let writer_task = tokio::spawn(write_loop(
@@ -288,6 +296,8 @@ async fn write_loop(database: Database, epoch: i64, lost: CancellationToken, mut
             // A commit on a connection that went silent (a partition) would wait for TCP
             // to give up; once the term is lost there is nothing to wait for.
             tokio::select! {
+                // A commit that finished counts, even if the term ended meanwhile.
+                biased;
                 committed = commit(&database, &mut connection, epoch, &batches) => committed,
                 _ = lost.cancelled() => {
                     connection = None;
@@ -321,6 +331,14 @@ async fn commit(
     if rows.is_empty() {
         // A group that only orders an acknowledgement after what came before it.
         return Ok(());
+    }
+    // A connection the server closed meanwhile (a restart, a timeout) is replaced before
+    // it fails a group.
+    if connection
+        .as_ref()
+        .is_some_and(|(client, _)| client.is_closed())
+    {
+        *connection = None;
     }
     if connection.is_none() {
         let client = database.connect().await?;
@@ -395,10 +413,11 @@ impl Statements {
             client.prepare(&nodes),
         )?;
         let (blocks, names, modules, shards, probe) = futures::try_join!(
-            // Content-addressed: the same key always holds the same bytes.
+            // The content store writes a block only when the stored one is missing or
+            // fails its CID check: a rewrite replaces a damaged row.
             client.prepare(
                 "INSERT INTO shoal_blocks (cid, data) SELECT * FROM unnest($1::text[], $2::bytea[]) \
-                 ON CONFLICT (cid) DO NOTHING"
+                 ON CONFLICT (cid) DO UPDATE SET data = excluded.data"
             ),
             // The first name recorded for a CID stays.
             client.prepare(
