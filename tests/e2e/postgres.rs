@@ -634,3 +634,79 @@ async fn the_database_restarting_mid_load_loses_nothing() {
     relead(&orchestrator.lines).await;
     load.check(&address).await;
 }
+
+/// TLS to the database: with `?sslmode=require` and `--store-ca-cert`, the orchestrator's
+/// sessions are encrypted (as the server's own statistics say) and it serves jobs; without
+/// the CA, the server's certificate is refused at start, saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_database_is_reached_over_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    crate::security::make_certificates(dir.path());
+    let (certificate, key) = (
+        dir.path().join("server.pem"),
+        dir.path().join("server-key.pem"),
+    );
+    let server = tokio::task::spawn_blocking(move || PostgresServer::start_tls(&certificate, &key))
+        .await
+        .expect("join")
+        .map(std::sync::Arc::new)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let url = {
+        let server = server.clone();
+        tokio::task::spawn_blocking(move || server.database("tls"))
+            .await
+            .expect("join")
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    let url = format!("{url}?sslmode=require");
+    let ca = dir.path().join("ca.pem").to_string_lossy().into_owned();
+
+    let untrusted = refused_at_start(&dir.path().join("untrusted"), &["--store", &url]).await;
+    assert!(
+        untrusted.contains("invalid peer certificate") && untrusted.contains("127.0.0.1"),
+        "{untrusted}"
+    );
+
+    let orchestrator = start_orchestrator_with(
+        &dir.path().join("data"),
+        0,
+        &["--store", &url, "--store-ca-cert", &ca],
+    )
+    .await;
+    let hello = path("examples/hello/hello.wasm");
+    let job = shoal(
+        &orchestrator.address,
+        &["wasm", "run", "--id-only", &hello, "-s", "zone=none"],
+    )
+    .await
+    .success()
+    .stdout
+    .trim()
+    .to_owned();
+    let encrypted = {
+        let server = server.clone();
+        tokio::task::spawn_blocking(move || {
+            server.psql(
+                "tls",
+                "SELECT count(*) FILTER (WHERE ssl), count(*) FROM pg_stat_ssl \
+                 JOIN pg_stat_activity USING (pid) WHERE application_name = 'shoal-orchestrator'",
+            )
+        })
+        .await
+        .expect("join")
+        .unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    let (tls, all) = encrypted.trim().split_once('|').expect("two counts");
+    assert!(
+        all != "0" && tls == all,
+        "every session encrypted: {encrypted}"
+    );
+    let described = shoal(
+        &orchestrator.address,
+        &["job", "describe", &job, "--output", "json"],
+    )
+    .await
+    .success()
+    .json();
+    assert_eq!(state(&described), "JOB_STATE_QUEUED", "{described}");
+}

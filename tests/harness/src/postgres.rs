@@ -24,11 +24,23 @@ pub struct PostgresServer {
     /// The data directory's parent (also the socket directory).
     dir: tempfile::TempDir,
     bin: PathBuf,
+    /// `-c NAME=VALUE` settings it runs with.
+    settings: Vec<String>,
 }
 
 impl PostgresServer {
     /// Initialises a cluster and starts it; returns once it accepts connections.
     pub fn start() -> anyhow::Result<PostgresServer> {
+        Self::start_with(None)
+    }
+
+    /// [`start`](Self::start), also taking TLS connections with `certificate` and `key`
+    /// (PEM files; plain connections still work).
+    pub fn start_tls(certificate: &Path, key: &Path) -> anyhow::Result<PostgresServer> {
+        Self::start_with(Some((certificate, key)))
+    }
+
+    fn start_with(tls: Option<(&Path, &Path)>) -> anyhow::Result<PostgresServer> {
         let bin = binaries()?;
         // Reachable by the postgres user: a directory of its own under /tmp.
         let dir = tempfile::Builder::new()
@@ -37,6 +49,20 @@ impl PostgresServer {
             .context("a directory for PostgreSQL")?;
         let password_file = dir.path().join("password");
         std::fs::write(&password_file, PASSWORD).context("writing the password file")?;
+        let mut settings = Vec::new();
+        if let Some((certificate, key)) = tls {
+            // The server reads them as its own user, and refuses a key others can read.
+            let (crt, pem) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::copy(certificate, &crt).context("copying the certificate")?;
+            std::fs::copy(key, &pem).context("copying the key")?;
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&pem, std::fs::Permissions::from_mode(0o600))?;
+            settings.extend([
+                "ssl=on".to_owned(),
+                format!("ssl_cert_file={}", crt.display()),
+                format!("ssl_key_file={}", pem.display()),
+            ]);
+        }
         run(Command::new("chown")
             .args(["-R", "postgres"])
             .arg(dir.path()))?;
@@ -56,8 +82,15 @@ impl PostgresServer {
         let mut last = None;
         for _ in 0..5 {
             let port = free_port()?;
-            match launch(&bin, dir.path(), port) {
-                Ok(()) => return Ok(PostgresServer { port, dir, bin }),
+            match launch(&bin, dir.path(), port, &settings) {
+                Ok(()) => {
+                    return Ok(PostgresServer {
+                        port,
+                        dir,
+                        bin,
+                        settings,
+                    });
+                }
                 Err(error) => last = Some(error),
             }
         }
@@ -133,7 +166,7 @@ impl PostgresServer {
 
     /// Starts it again on the same port (after [`stop`](Self::stop)).
     pub fn restart(&self) -> anyhow::Result<()> {
-        launch(&self.bin, self.dir.path(), self.port)
+        launch(&self.bin, self.dir.path(), self.port, &self.settings)
     }
 }
 
@@ -145,14 +178,14 @@ impl Drop for PostgresServer {
 
 /// Starts the server of `dir/db` on `port` under the guard; returns once it accepts
 /// connections.
-fn launch(bin: &Path, dir: &Path, port: u16) -> anyhow::Result<()> {
+fn launch(bin: &Path, dir: &Path, port: u16, settings: &[String]) -> anyhow::Result<()> {
     let db = dir.join("db");
     let log = dir.join("log");
     // The guard: start the server, stop it once the starting process is gone. It runs as
     // the postgres user, which may not signal (so not `kill -0`) a root process: /proc tells.
     let script = format!(
         "{postgres} -D {db} -p {port} -k {socket} -c listen_addresses=127.0.0.1 \
-         -c max_connections=200 >>{log} 2>&1 & server=$!; \
+         -c max_connections=200 {settings} >>{log} 2>&1 & server=$!; \
          while [ -d /proc/{parent} ] && kill -0 $server 2>/dev/null; do sleep 1; done; \
          kill -INT $server 2>/dev/null",
         postgres = bin.join("postgres").display(),
@@ -160,6 +193,11 @@ fn launch(bin: &Path, dir: &Path, port: u16) -> anyhow::Result<()> {
         socket = dir.display(),
         log = log.display(),
         parent = std::process::id(),
+        settings = settings
+            .iter()
+            .map(|setting| format!("-c {setting}"))
+            .collect::<Vec<_>>()
+            .join(" "),
     );
     let before = std::fs::read_to_string(&log).unwrap_or_default().len();
     let mut guard = Command::new("runuser")
