@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use shoal_harness::PostgresServer;
+use shoal_harness::{PostgresServer, Replica};
 use tokio::io::BufReader;
 
 use crate::common::{TIMEOUT, bin, path, shoal, start_orchestrator_with, state, wait_connected};
@@ -397,65 +397,6 @@ async fn bad_store_settings_are_refused_at_start() {
     assert!(stderr.contains("postgres://"), "{stderr}");
 }
 
-/// An orchestrator on a shared database, started without waiting for it to lead; its
-/// JSON log lines are collected.
-struct Replica {
-    child: tokio::process::Child,
-    lines: shoal_harness::Lines,
-    /// `http://host:port`.
-    address: String,
-}
-
-impl Replica {
-    async fn start(data: &std::path::Path, args: &[&str]) -> Replica {
-        let mut child = tokio::process::Command::new(bin("shoal-orchestrator"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--data-dir",
-            ])
-            .arg(data)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start an orchestrator");
-        let lines = shoal_harness::collect(BufReader::new(child.stderr.take().expect("stderr")));
-        // A standby says where it listens when it starts waiting, a leader when it serves.
-        let address = lines
-            .wait_for("naming its address", |line| {
-                let Ok(line) = serde_json::from_str::<serde_json::Value>(line) else {
-                    return Ok(None);
-                };
-                let message = line["message"].as_str().unwrap_or_default();
-                let said = message.ends_with("waiting to take over")
-                    || message == "orchestrator listening";
-                Ok(said
-                    .then(|| line["address"].as_str().map(|a| format!("http://{a}")))
-                    .flatten())
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        Replica {
-            child,
-            lines,
-            address,
-        }
-    }
-
-    /// Waits until it serves as the leader.
-    async fn leads(&self) -> anyhow::Result<()> {
-        self.lines
-            .wait_for("about serving", |line| {
-                Ok(line.contains("orchestrator listening").then_some(()))
-            })
-            .await
-    }
-}
-
 /// Three orchestrators on one database; the leader is killed with SIGKILL twice while five
 /// clients submit 500 jobs to all three addresses, and an executor follows the leader.
 /// Every acknowledged job is stored once and completes once with its own output; each
@@ -468,7 +409,9 @@ async fn three_replicas_lose_two_leaders_and_no_job() {
     let args = ["--store", url.as_str(), "--lease", "30s"];
     let mut replicas = Vec::new();
     for n in 0..3 {
-        let replica = Replica::start(&dir.path().join(format!("replica-{n}")), &args).await;
+        let replica = Replica::start(&dir.path().join(format!("replica-{n}")), &args)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
         if n == 0 {
             replica.leads().await.expect("the first replica leads");
         }
@@ -525,7 +468,9 @@ async fn a_partitioned_leader_steps_down_before_another_leads() {
         &["--store", through_proxy.as_str()],
     )
     .await;
-    let standby = Replica::start(&dir.path().join("two"), &["--store", url.as_str()]).await;
+    let standby = Replica::start(&dir.path().join("two"), &["--store", url.as_str()])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let hello = path("examples/hello/hello.wasm");
     let job = shoal(
         &leader.address,

@@ -5,74 +5,15 @@
 //! the next standby). Beside it, the leader lock's own timing: how often a standby tries
 //! the lock, the floor of a takeover after a leader dies.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use shoal::net::auth::{AuthChannel, ClientSecurity};
 use shoal::proto::job_service_client::JobServiceClient;
 use shoal::proto::{JobSpec, SubmitJobRequest};
-use tokio::io::BufReader;
+use shoal_harness::Replica;
 
 use crate::{Args, Figure, percentile};
-
-/// An orchestrator process on the shared database, its log lines collected.
-struct Replica {
-    child: tokio::process::Child,
-    lines: shoal_harness::Lines,
-    address: String,
-}
-
-impl Replica {
-    /// Starts one; returns once it says where it listens (as a standby or as the leader).
-    async fn start(data: &Path, url: &str) -> anyhow::Result<Replica> {
-        let mut child = tokio::process::Command::new(shoal_harness::binary("shoal-orchestrator")?)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--data-dir",
-            ])
-            .arg(data)
-            .args(["--store", url])
-            .env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stderr = child
-            .stderr
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
-        let lines = shoal_harness::collect(BufReader::new(stderr));
-        let address = lines
-            .wait_for("naming its address", |line| {
-                let Ok(line) = serde_json::from_str::<serde_json::Value>(line) else {
-                    return Ok(None);
-                };
-                let message = line["message"].as_str().unwrap_or_default();
-                let said = message.ends_with("waiting to take over")
-                    || message == "orchestrator listening";
-                Ok(said
-                    .then(|| line["address"].as_str().map(|a| format!("http://{a}")))
-                    .flatten())
-            })
-            .await?;
-        Ok(Replica {
-            child,
-            lines,
-            address,
-        })
-    }
-
-    async fn leads(&self) -> anyhow::Result<()> {
-        self.lines
-            .wait_for("about serving", |line| {
-                Ok(line.contains("orchestrator listening").then_some(()))
-            })
-            .await
-    }
-}
 
 /// A client of whichever of `addresses` leads.
 fn client(addresses: &[&str]) -> anyhow::Result<JobServiceClient<AuthChannel>> {
@@ -90,9 +31,9 @@ fn client(addresses: &[&str]) -> anyhow::Result<JobServiceClient<AuthChannel>> {
 pub async fn b11(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
     let rounds = if args.smoke { 1 } else { 7 };
     let url = crate::postgres_database("b11").await?;
-    let mut leader = Replica::start(&dir.join("r0"), &url).await?;
+    let mut leader = Replica::start(&dir.join("r0"), &["--store", &url]).await?;
     leader.leads().await?;
-    let mut standby = Replica::start(&dir.join("r1"), &url).await?;
+    let mut standby = Replica::start(&dir.join("r1"), &["--store", &url]).await?;
     let program = {
         let mut clients = crate::stack::Clients::connect(&leader.address).await?;
         clients
@@ -130,7 +71,7 @@ pub async fn b11(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
         }
         takeovers.push(killed.elapsed());
         // The killed one comes back as the next standby.
-        let next = Replica::start(&dir.join(format!("r{}", round + 2)), &url).await?;
+        let next = Replica::start(&dir.join(format!("r{}", round + 2)), &["--store", &url]).await?;
         leader = std::mem::replace(&mut standby, next);
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;

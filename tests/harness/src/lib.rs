@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 
 pub use logs::{Lines, LogLines, collect, drain, wait_for_line};
-pub use orchestrator::{Launch, OrchestratorProcess, test_store};
+pub use orchestrator::{Launch, OrchestratorProcess, Replica, test_store};
 pub use postgres::PostgresServer;
 pub use seaweedfs::SeaweedFs;
 pub use usage::process_usage;

@@ -163,3 +163,65 @@ pub async fn test_store(data: &std::path::Path) -> anyhow::Result<Option<String>
         .context("starting PostgreSQL")??;
     Ok(Some(url))
 }
+
+/// An orchestrator on a database it may share with others (`--store postgres://...`),
+/// started without waiting for it to lead; its JSON log lines are collected. Killed when
+/// dropped.
+pub struct Replica {
+    pub child: Child,
+    pub lines: Lines,
+    /// `http://host:port`.
+    pub address: String,
+}
+
+impl Replica {
+    /// Starts one on `data` with `args` (the `--store` among them); returns once it says
+    /// where it listens: a standby when it starts waiting, a leader when it serves.
+    pub async fn start(data: &Path, args: &[&str]) -> anyhow::Result<Replica> {
+        let mut child = Command::new(crate::binary("shoal-orchestrator")?)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--data-dir",
+            ])
+            .arg(data)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting an orchestrator")?;
+        let stderr = child.stderr.take().context("its stderr")?;
+        let lines = collect(BufReader::new(stderr));
+        let address = lines
+            .wait_for("naming its address", |line| {
+                let Ok(line) = serde_json::from_str::<serde_json::Value>(line) else {
+                    return Ok(None);
+                };
+                let message = line["message"].as_str().unwrap_or_default();
+                let said = message.ends_with("waiting to take over")
+                    || message == "orchestrator listening";
+                Ok(said
+                    .then(|| line["address"].as_str().map(|a| format!("http://{a}")))
+                    .flatten())
+            })
+            .await?;
+        Ok(Replica {
+            child,
+            lines,
+            address,
+        })
+    }
+
+    /// Waits until it serves as the leader.
+    pub async fn leads(&self) -> anyhow::Result<()> {
+        self.lines
+            .wait_for("about serving", |line| {
+                Ok(line.contains("orchestrator listening").then_some(()))
+            })
+            .await
+    }
+}
