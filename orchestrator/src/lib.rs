@@ -33,7 +33,7 @@ use crate::error::Result;
 pub use crate::orchestrator::{Orchestrator, open, open_locked};
 
 /// How long a deposed leader gives its term's tasks to end before it stands by again.
-const DEPOSED_EXIT_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+const ENDED_TERM_TASKS_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Serves the orchestrator on `listener` until `shutdown` is cancelled, then stops
 /// accepting, ends open streams, waits for its tasks and closes the store.
@@ -297,7 +297,7 @@ async fn serve_term(
     if deposed {
         // Nothing of this term can commit any more, and a task may wait on a database
         // that no longer answers: what has not ended soon is left to the exit.
-        if tokio::time::timeout(DEPOSED_EXIT_WITHIN, close)
+        if tokio::time::timeout(ENDED_TERM_TASKS_WITHIN, close)
             .await
             .is_err()
         {

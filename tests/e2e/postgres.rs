@@ -8,7 +8,6 @@
 use std::time::Instant;
 
 use shoal_harness::{PostgresServer, Replica};
-use tokio::io::BufReader;
 
 use crate::common::{TIMEOUT, bin, path, shoal, start_orchestrator_with, state, wait_connected};
 
@@ -144,25 +143,20 @@ async fn a_standby_takes_over_when_the_leader_is_killed() {
     let mut leader = start_orchestrator_with(&dir.path().join("one"), 0, &args).await;
 
     // The standby: it binds its port, says where, and waits for the lock.
-    let mut standby = tokio::process::Command::new(bin("shoal-orchestrator"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("two"))
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the standby");
-    let mut stderr = BufReader::new(standby.stderr.take().expect("stderr"));
-    let waiting = crate::common::wait_for_line(&mut stderr, "waiting to take over").await;
-    let waiting: serde_json::Value = serde_json::from_str(&waiting).expect("JSON");
-    let standby_address = format!("http://{}", waiting["address"].as_str().expect("address"));
+    let standby = Replica::start(&dir.path().join("two"), &args)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let waiting = standby
+        .lines
+        .wait_for("about waiting", |line| {
+            Ok(line
+                .contains("waiting to take over")
+                .then(|| serde_json::from_str::<serde_json::Value>(line))
+                .transpose()?)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let standby_address = standby.address.clone();
     let leader_named = waiting["leader_address"].as_str().expect("leader address");
     assert!(
         leader.address.ends_with(leader_named),
@@ -224,7 +218,7 @@ async fn a_standby_takes_over_when_the_leader_is_killed() {
 
     let killed = Instant::now();
     leader.kill().await.expect("kill -9 the leader");
-    crate::common::wait_for_line(&mut stderr, "orchestrator listening").await;
+    standby.leads().await.expect("the standby takes over");
     let took = killed.elapsed();
     eprintln!("the standby served {took:?} after the leader was killed");
     let later = psql(server, "failover", "SELECT epoch FROM shoal_leader").await;
