@@ -386,6 +386,145 @@ mod tests {
         );
     }
 
+    /// A spec's own policy is followed: with `retry_on: [TRAP]` and three attempts, a trap
+    /// is retried until the budget is spent, and the job fails with the last attempt's
+    /// failure; nothing more is placed.
+    #[test]
+    fn a_custom_policy_retries_traps_up_to_its_budget() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 1, &[]);
+        let now = SystemTime::now();
+        let mut traps = spec();
+        traps.retry = Some(shoal::proto::RetryPolicy {
+            max_attempts: 3,
+            retry_on: vec![FailureKind::Trap as i32],
+        });
+        let job = c
+            .submit(accept(traps), HashMap::new(), now)
+            .expect("submit")
+            .id;
+        for attempt in 1..=3u32 {
+            c.schedule(now);
+            let placed = assignments(&mut c);
+            assert_eq!(placed.len(), 1, "attempt {attempt} is placed");
+            let finished = ExecutionFinished {
+                execution_id: placed[0].1.clone(),
+                state: ExecutionState::Failed as i32,
+                result: None,
+                failure: Some(Failure::new(FailureKind::Trap, format!("trap {attempt}"))),
+                result_blocks: Vec::new(),
+            };
+            c.execution_finished("a", finished, now);
+            let state = c.job(&job).expect("job").state();
+            let expected = if attempt < 3 {
+                JobState::Queued
+            } else {
+                JobState::Failed
+            };
+            assert_eq!(state, expected, "after attempt {attempt}");
+        }
+        let failed = c.job(&job).expect("job");
+        assert_eq!(failed.attempts, 3);
+        let failure = failed.failure.as_ref().expect("failure");
+        assert_eq!(failure.kind(), FailureKind::Trap);
+        assert!(failure.message.contains("trap 3"), "{}", failure.message);
+        c.schedule(now);
+        assert!(assignments(&mut c).is_empty(), "nothing more is placed");
+    }
+
+    /// The default policy retries only executor loss: a guest that hits its memory limit,
+    /// its timeout or its output quota fails on its first attempt.
+    #[test]
+    fn limits_hit_by_the_guest_are_not_retried_by_default() {
+        for kind in [
+            FailureKind::MemoryLimit,
+            FailureKind::Timeout,
+            FailureKind::OutputLimit,
+            FailureKind::Trap,
+            FailureKind::LinkError,
+        ] {
+            let mut c = cluster();
+            let _a = connect(&mut c, "a", 1, &[]);
+            let now = SystemTime::now();
+            let job = c
+                .submit(accept(spec()), HashMap::new(), now)
+                .expect("submit")
+                .id;
+            c.schedule(now);
+            let execution = assignments(&mut c)[0].1.clone();
+            finish(&mut c, "a", &execution, Some(kind));
+            let job = c.job(&job).expect("job");
+            assert_eq!(job.attempts, 1, "{kind:?}");
+            assert_eq!(
+                job.failure.as_ref().map(|f| (f.kind(), f.retryable)),
+                Some((kind, false)),
+                "{kind:?}"
+            );
+            assert!(job.state().is_terminal(), "{kind:?}: {:?}", job.state());
+            c.schedule(now);
+            assert!(
+                assignments(&mut c).is_empty(),
+                "{kind:?} is not placed again"
+            );
+        }
+    }
+
+    /// Once a retry has started another execution, whatever the superseded one reports
+    /// late (its executor back after the lease) changes nothing: no event, no state, no
+    /// result; the job follows its current execution only.
+    #[test]
+    fn a_late_report_from_a_superseded_execution_changes_nothing() {
+        let mut c = cluster();
+        let _a = connect(&mut c, "a", 1, &[]);
+        let now = SystemTime::now();
+        let job = c
+            .submit(accept(spec()), HashMap::new(), now)
+            .expect("submit")
+            .id;
+        c.schedule(now);
+        let first = assignments(&mut c)[0].1.clone();
+        c.disconnected("a", 1, Instant::now());
+        c.sweep(now, Instant::now() + Duration::from_secs(11));
+        let _b = connect(&mut c, "b", 1, &[]);
+        c.schedule(now);
+        let second = assignments(&mut c)[0].1.clone();
+        assert_eq!(executor_of(&c, &second), "b");
+        c.execution_update("b", &second, ExecutionState::Running, now);
+        let _a = connect(&mut c, "a", 1, &[]);
+        c.take_effects();
+        let events = c.last_sequence(&job).expect("sequence");
+
+        c.execution_update("a", &first, ExecutionState::Publishing, now);
+        c.execution_log(
+            "a",
+            LogChunk {
+                execution_id: first.clone(),
+                stream: shoal::proto::LogStream::Stdout as i32,
+                offset: 0,
+                data: bytes::Bytes::from_static(b"late"),
+            },
+            now,
+        );
+        finish(&mut c, "a", &first, None);
+
+        assert_eq!(c.last_sequence(&job).expect("sequence"), events);
+        assert!(c.take_effects().writes.is_empty(), "nothing is written");
+        let current = c.job(&job).expect("job");
+        assert_eq!(current.state(), JobState::Running);
+        assert_eq!(current.attempts, 2);
+        assert!(current.result.is_none());
+        assert_eq!(
+            c.execution(&first)
+                .expect("first")
+                .failure
+                .as_ref()
+                .map(|f| f.kind()),
+            Some(FailureKind::ExecutorLost)
+        );
+        finish(&mut c, "b", &second, None);
+        assert_eq!(c.job(&job).expect("job").state(), JobState::Completed);
+    }
+
     /// A job that loses its executor on every attempt (a guest that crashes executors) is
     /// not carried across the fleet forever: at the retry budget it fails EXECUTORS_LOST,
     /// counting its losses, and no further execution is placed.
