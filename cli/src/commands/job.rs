@@ -30,11 +30,11 @@ pub enum JobCommand {
     /// List jobs, newest first.
     List {
         /// Only jobs in this state (repeatable), e.g. running, completed.
-        #[arg(long)]
-        state: Vec<String>,
+        #[arg(long, value_parser = parse_state)]
+        state: Vec<JobState>,
         /// Only jobs with this label, KEY=VALUE (repeatable).
-        #[arg(long, short)]
-        label: Vec<String>,
+        #[arg(long, short, value_name = "KEY=VALUE", value_parser = super::key_value)]
+        label: Vec<(String, String)>,
         /// At most this many jobs.
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -119,18 +119,8 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
             limit,
             output,
         } => {
-            let states = state
-                .iter()
-                .map(|s| parse_state(s).map(|s| s as i32))
-                .collect::<anyhow::Result<_>>()?;
-            let labels = label
-                .iter()
-                .map(|l| {
-                    l.split_once('=')
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                        .with_context(|| format!("label {l:?} must be KEY=VALUE"))
-                })
-                .collect::<anyhow::Result<_>>()?;
+            let states = state.iter().map(|s| *s as i32).collect();
+            let labels = label.into_iter().collect();
             let page = clients
                 .jobs
                 .list_jobs(ListJobsRequest {
@@ -277,12 +267,14 @@ pub async fn run(target: &Target, command: JobCommand) -> anyhow::Result<u8> {
     }
 }
 
-fn parse_state(text: &str) -> anyhow::Result<JobState> {
+fn parse_state(text: &str) -> Result<JobState, String> {
     let name = format!(
         "JOB_STATE_{}",
         text.trim().to_ascii_uppercase().replace('-', "_")
     );
     JobState::from_str_name(&name)
         .filter(|s| *s != JobState::Unspecified)
-        .with_context(|| format!("unknown job state {text:?}"))
+        .ok_or_else(|| {
+            format!("unknown job state {text:?} (queued, scheduled, staging, running, publishing, completed, failed, cancelled, timed-out)")
+        })
 }

@@ -11,3 +11,12 @@ pub mod results;
 pub mod sources;
 pub mod waiting;
 pub mod wasm;
+
+/// A `KEY=VALUE` flag (`-e`, `-l`), split at its first `=`; anything else is refused while
+/// the command line is parsed, so it exits as a usage error.
+pub fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} must be KEY=VALUE")),
+    }
+}

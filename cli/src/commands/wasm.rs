@@ -53,8 +53,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_default_output: bool,
     /// An environment variable, KEY=VALUE (repeatable).
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
-    pub env: Vec<String>,
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = super::key_value)]
+    pub env: Vec<(String, String)>,
     /// The exported function to call (default _start).
     #[arg(long)]
     pub entry_point: Option<String>,
@@ -71,8 +71,8 @@ pub struct RunArgs {
     #[arg(short = 's', long = "constraint")]
     pub constraints: Vec<String>,
     /// A label on the job, KEY=VALUE (repeatable).
-    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
-    pub labels: Vec<String>,
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = super::key_value)]
+    pub labels: Vec<(String, String)>,
     /// A name for the job.
     #[arg(long)]
     pub name: Option<String>,
@@ -169,20 +169,8 @@ pub fn document_from_flags(args: &RunArgs) -> anyhow::Result<SpecDocument> {
         .program_and_args
         .split_first()
         .context("a program is required")?;
-    let mut env = BTreeMap::new();
-    for pair in &args.env {
-        let (key, value) = pair
-            .split_once('=')
-            .with_context(|| format!("--env {pair:?} must be KEY=VALUE"))?;
-        env.insert(key.to_owned(), value.to_owned());
-    }
-    let mut labels = BTreeMap::new();
-    for pair in &args.labels {
-        let (key, value) = pair
-            .split_once('=')
-            .with_context(|| format!("--label {pair:?} must be KEY=VALUE"))?;
-        labels.insert(key.to_owned(), value.to_owned());
-    }
+    let env: BTreeMap<_, _> = args.env.iter().cloned().collect();
+    let labels: BTreeMap<_, _> = args.labels.iter().cloned().collect();
     let s3 =
         (args.s3_endpoint.is_some() || args.s3_region.is_some() || args.s3_path_style).then(|| {
             shoal::spec::S3Document {
@@ -469,7 +457,7 @@ mod tests {
             args.program_and_args,
             ["prog.wasm", "/inputs/data.txt", "--top", "-e", "10"]
         );
-        assert_eq!(args.env, ["HELLO=world"]);
+        assert_eq!(args.env, [("HELLO".to_owned(), "world".to_owned())]);
         let document = document_from_flags(&args).expect("document");
         assert_eq!(document.program, "prog.wasm");
         assert_eq!(document.args, ["/inputs/data.txt", "--top", "-e", "10"]);
