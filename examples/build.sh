@@ -13,3 +13,4 @@ build examples/wordcount/wordcount.c examples/wordcount/wordcount.wasm "${deep[@
 build tests/fixtures/ticker.c tests/fixtures/ticker.wasm
 build tests/fixtures/copytree.c tests/fixtures/copytree.wasm "${deep[@]}"
 build tests/fixtures/marker.c tests/fixtures/marker.wasm
+build tests/fixtures/vandal.c tests/fixtures/vandal.wasm

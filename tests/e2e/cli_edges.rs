@@ -696,3 +696,101 @@ async fn a_program_the_store_holds_is_not_sent_again() {
         .await;
     assert!(accepted.is_ok(), "{accepted:?}");
 }
+
+/// `-l` and `--name` are recorded on the job and shown; `job list --state` and `-l` keep
+/// only the jobs that match, and both together only those matching both.
+#[tokio::test(flavor = "multi_thread")]
+async fn names_and_labels_are_kept_and_listings_filter_by_state_and_label() {
+    let stack = Devstack::start(&[]).await;
+    let hello = path("examples/hello/hello.wasm");
+    let ticker = path("tests/fixtures/ticker.wasm");
+    let done = stack
+        .shoal(&[
+            "wasm",
+            "run",
+            &hello,
+            "-l",
+            "team=a",
+            "-l",
+            "tier=gold",
+            "--name",
+            "first",
+        ])
+        .await
+        .success()
+        .submitted_job();
+    let running = stack
+        .submit(&[&ticker, "600", "-l", "team=b", "--name", "second"])
+        .await;
+    stack
+        .wait_job(&running, "running", |j| state(j) == "JOB_STATE_RUNNING")
+        .await;
+
+    let job = stack.job(&done).await;
+    assert_eq!(job["spec"]["name"], "first", "{job}");
+    assert_eq!(job["spec"]["labels"]["team"], "a", "{job}");
+    assert_eq!(job["spec"]["labels"]["tier"], "gold", "{job}");
+    let described = stack
+        .shoal(&["job", "describe", &done])
+        .await
+        .success()
+        .stdout;
+    assert!(described.contains("first"), "{described}");
+    assert!(described.contains("team=a"), "{described}");
+
+    let listed = |args: &'static [&'static str]| {
+        let stack = &stack;
+        async move {
+            let mut full = vec!["job", "list", "--output", "json"];
+            full.extend_from_slice(args);
+            let jobs = stack.shoal(&full).await.success().json();
+            let mut ids: Vec<String> = jobs
+                .as_array()
+                .expect("a list")
+                .iter()
+                .map(|j| j["id"].as_str().expect("id").to_owned())
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let mut both = vec![done.clone(), running.clone()];
+    both.sort();
+    assert_eq!(listed(&[]).await, both);
+    assert_eq!(listed(&["--state", "running"]).await, vec![running.clone()]);
+    assert_eq!(listed(&["--state", "completed"]).await, vec![done.clone()]);
+    assert_eq!(
+        listed(&["--state", "running", "--state", "completed"]).await,
+        both
+    );
+    assert_eq!(listed(&["-l", "team=a"]).await, vec![done.clone()]);
+    assert_eq!(
+        listed(&["-l", "team=a", "-l", "tier=gold"]).await,
+        vec![done.clone()]
+    );
+    assert_eq!(
+        listed(&["-l", "team=b", "-l", "tier=gold"]).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        listed(&["--state", "completed", "-l", "team=b"]).await,
+        Vec::<String>::new()
+    );
+    let table = stack
+        .shoal(&["job", "list", "-l", "team=b"])
+        .await
+        .success()
+        .stdout;
+    assert!(
+        table.contains("second") && !table.contains("first"),
+        "{table}"
+    );
+
+    let bad = stack.shoal(&["job", "list", "--state", "sleeping"]).await;
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("sleeping"), "{bad:?}");
+    let bad = stack.shoal(&["job", "list", "-l", "team"]).await;
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("KEY=VALUE"), "{bad:?}");
+    stack.shoal(&["job", "stop", &running]).await.success();
+}

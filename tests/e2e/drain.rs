@@ -82,6 +82,51 @@ async fn cordon_uncordon_and_drain() {
     );
 }
 
+/// A drain whose grace period outlasts the running work lets it finish where it runs: the
+/// job completes on its first and only execution, nothing is requeued, and work submitted
+/// meanwhile goes to the other executor.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_lets_running_work_finish_within_its_grace() {
+    let stack = Devstack::start(&["--slots", "1"]).await;
+    let ticker = path("tests/fixtures/ticker.wasm");
+    let id = stack.submit(&[&ticker, "3"]).await;
+    let _follower = crate::common::follow_until(&stack.address, &id, "tick 0").await;
+    let draining = crate::common::executions_of(&stack.address, &id).await[0]
+        .0
+        .clone();
+    let drain = {
+        let address = stack.address.clone();
+        let draining = draining.clone();
+        tokio::spawn(async move {
+            shoal(&address, &["node", "drain", &draining, "--grace", "2m"]).await
+        })
+    };
+    stack
+        .wait_job(&id, "completed", |j| state(j) == "JOB_STATE_COMPLETED")
+        .await;
+    let drained = drain.await.expect("drain task").success();
+    assert!(
+        drained
+            .stdout
+            .contains("1 execution(s) finished, 0 stopped and requeued"),
+        "{}",
+        drained.stdout
+    );
+    let runs = crate::common::executions_of(&stack.address, &id).await;
+    assert_eq!(
+        runs,
+        [(
+            draining.clone(),
+            "EXECUTION_STATE_COMPLETED".into(),
+            String::new()
+        )]
+    );
+    let hello = path("examples/hello/hello.wasm");
+    let after = stack.shoal(&["wasm", "run", &hello]).await.success();
+    let later = crate::common::executions_of(&stack.address, &after.submitted_job()).await;
+    assert_ne!(later[0].0, draining, "a drained executor got work");
+}
+
 fn sigterm(child: &Child) {
     let pid = child.id().expect("running") as i32;
     let status = std::process::Command::new("kill")

@@ -1,7 +1,7 @@
 //! End-to-end tests of running jobs: the real `shoal` CLI against a real devstack (an
 //! orchestrator and executors in one process), on ephemeral ports.
 
-use crate::common::{Devstack, failure_kind, path, state, wat};
+use crate::common::{Devstack, Output, failure_kind, path, state, wat};
 use tokio::io::BufReader;
 
 /// A program gets argv[0] = its name, then the user's args, exactly the given env plus
@@ -223,6 +223,30 @@ async fn guest_failures_have_distinct_kinds() {
     }
 }
 
+/// `--entry-point` runs the function it names: one that returns completes with exit code
+/// 0, one that calls `proc_exit(7)` exits 7.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_entry_point_named_is_the_one_run() {
+    let stack = Devstack::start(&[]).await;
+    let program = wat(stack.dir.path(), "noentry");
+    let out = stack
+        .shoal(&["wasm", "run", &program, "--entry-point", "main"])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = stack
+        .shoal(&["wasm", "run", &program, "--entry-point", "seven"])
+        .await;
+    assert_eq!(out.code, 7, "{out:?}");
+}
+
+/// A failed `wasm run`'s job, by the id its first stderr line names: it must have been
+/// tried once only (the default policy retries nothing a guest does).
+async fn assert_tried_once(stack: &Devstack, out: &Output) {
+    let id = out.submitted_job();
+    let job = stack.job(&id).await;
+    assert_eq!(job["attempts"], 1, "{job}");
+}
+
 /// A guest that grows its memory past the limit fails with MEMORY_LIMIT.
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_limit_is_enforced() {
@@ -242,6 +266,7 @@ async fn memory_limit_is_enforced() {
         "the limit is named: {}",
         out.stderr
     );
+    assert_tried_once(&stack, &out).await;
 }
 
 /// A spinning guest is stopped at its run timeout and the job is TIMED_OUT.
@@ -254,6 +279,7 @@ async fn run_timeout_stops_a_spinning_guest() {
         .await;
     assert_eq!(out.code, 125, "{out:?}");
     assert!(out.stderr.contains("TIMED_OUT: TIMEOUT"), "{}", out.stderr);
+    assert_tried_once(&stack, &out).await;
 }
 
 /// Cancelling a job whose guest spins forever stops the guest: the execution ends
@@ -330,27 +356,24 @@ async fn logs_follow_streams_live() {
     assert!(status.success());
 }
 
-/// With two executors of one slot each, two concurrent jobs run on both.
+/// With two executors of one slot each, two jobs that run until stopped both run at once,
+/// so one on each executor.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_executors_both_receive_work() {
     let stack = Devstack::start(&["--slots", "1"]).await;
     let ticker = path("tests/fixtures/ticker.wasm");
-    let first = stack.submit(&[&ticker, "2"]).await;
-    let second = stack.submit(&[&ticker, "2"]).await;
+    let jobs = [
+        stack.submit(&[&ticker, "600"]).await,
+        stack.submit(&[&ticker, "600"]).await,
+    ];
     let mut executors = Vec::new();
-    for id in [&first, &second] {
-        stack.shoal(&["job", "logs", "-f", id]).await.success();
-        let executions = stack
-            .shoal(&["job", "executions", id, "--output", "json"])
-            .await
-            .success()
-            .json();
-        executors.push(
-            executions[0]["executorId"]
-                .as_str()
-                .expect("executor")
-                .to_owned(),
-        );
+    for id in &jobs {
+        let job = stack
+            .wait_job(id, "running", |j| state(j) == "JOB_STATE_RUNNING")
+            .await;
+        let running = crate::common::executions_of(&stack.address, id).await;
+        assert_eq!(running.len(), 1, "{job}");
+        executors.push(running[0].0.clone());
     }
     executors.sort();
     assert_eq!(executors, ["devstack-0", "devstack-1"]);
@@ -360,6 +383,28 @@ async fn two_executors_both_receive_work() {
         .success()
         .json();
     assert_eq!(nodes.as_array().map(Vec::len), Some(2));
+    for id in &jobs {
+        stack.shoal(&["job", "stop", id]).await.success();
+    }
+}
+
+/// `wasm run -f` prints the program's output as it runs, not once it has ended, and ends
+/// when the job does.
+#[tokio::test(flavor = "multi_thread")]
+async fn wasm_run_follow_streams_live() {
+    let stack = Devstack::start(&[]).await;
+    let ticker = path("tests/fixtures/ticker.wasm");
+    let mut run = crate::common::start_waiting_run(&stack.address, &["-f", &ticker, "600"]).await;
+    let mut stdout = BufReader::new(run.child.stdout.take().expect("stdout"));
+    crate::common::wait_for_line(&mut stdout, "tick 0").await;
+    crate::common::wait_for_line(&mut stdout, "tick 1").await;
+    assert_eq!(state(&stack.job(&run.id).await), "JOB_STATE_RUNNING");
+    stack.shoal(&["job", "stop", &run.id]).await.success();
+    let status = tokio::time::timeout(crate::common::TIMEOUT, run.child.wait())
+        .await
+        .expect("the run ends with the job")
+        .expect("wait");
+    assert!(!status.success(), "a cancelled job is not a success");
 }
 
 /// A job whose constraint no executor satisfies says which constraint, and times out in
@@ -684,9 +729,11 @@ async fn guest_cannot_escape_its_mounts() {
         })
         .await;
     assert_eq!(state(&job), "JOB_STATE_COMPLETED", "{job}");
+    // proto3 JSON leaves out a zero exit code, so the result must be there and hold none.
+    let result = job["result"].as_object().expect("a result");
     assert_eq!(
-        job["result"]["exitCode"].as_i64().unwrap_or(0),
-        0,
+        result.get("exitCode").map_or(Some(0), |code| code.as_i64()),
+        Some(0),
         "an escape worked: {job}"
     );
     let results = stack.scratch("results");
@@ -699,6 +746,53 @@ async fn guest_cannot_escape_its_mounts() {
         .map(|e| e.expect("entry").file_name())
         .collect();
     assert!(outputs.is_empty(), "the symlink was published: {outputs:?}");
+}
+
+/// Inputs are mounted read-only: a guest trying to write, truncate, append to, rename,
+/// delete or link its input, or to create anything beside it, is refused every time, and
+/// the input's bytes are the same afterwards, in the guest, in the executor's cache (a
+/// second run on the same executor reads them again) and in the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn inputs_are_read_only() {
+    let stack = Devstack::start(&["--executors", "1"]).await;
+    let input = stack.scratch("input");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    std::fs::write(input.join("data.txt"), b"original bytes").expect("write");
+    let put = stack
+        .shoal(&["data", "put", "-q", &input.to_string_lossy()])
+        .await
+        .success();
+    let cid = put.stdout.trim().to_owned();
+    let vandal = path("tests/fixtures/vandal.wasm");
+    let mount = format!("{cid}:/inputs");
+    for run in 1..=2 {
+        let out = stack.shoal(&["wasm", "run", &vandal, "-i", &mount]).await;
+        assert_eq!(out.code, 0, "run {run}: the input was changed: {out:?}");
+        let refused = out
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("refused "))
+            .count();
+        assert_eq!(
+            refused, 14,
+            "run {run}: every attempt was made: {}",
+            out.stdout
+        );
+        assert!(
+            out.stdout.contains("data: original bytes\n"),
+            "run {run}: {}",
+            out.stdout
+        );
+    }
+    let back = stack.scratch("back");
+    stack
+        .shoal(&["data", "get", &cid, &back.to_string_lossy()])
+        .await
+        .success();
+    assert_eq!(
+        std::fs::read(back.join("data.txt")).expect("stored input"),
+        b"original bytes"
+    );
 }
 
 /// Thousands of output files are published and come back whole.
@@ -742,6 +836,7 @@ async fn an_output_quota_stops_a_disk_filler() {
         "{}",
         out.stderr
     );
+    assert_tried_once(&stack, &out).await;
     let hello = path("examples/hello/hello.wasm");
     let out = stack
         .shoal(&["wasm", "run", &hello, "after"])
@@ -782,6 +877,30 @@ async fn an_extra_output_keeps_the_default_one() {
         results.join("extra").is_dir(),
         "the named output is published too"
     );
+
+    // What the guest writes under a named output comes back under that output's name.
+    let named = stack.scratch("named");
+    let into_extra = [
+        "wasm",
+        "run",
+        &copytree,
+        "/extra",
+        "-i",
+        &mount,
+        "-o",
+        "extra:/extra",
+        "--download",
+        &named.to_string_lossy(),
+    ];
+    stack.shoal(&into_extra).await.success();
+    assert_eq!(
+        std::fs::read(named.join("extra/copy/a.txt")).expect("copied into /extra"),
+        b"alpha\n"
+    );
+    let default_output: Vec<_> = std::fs::read_dir(named.join("outputs"))
+        .expect("the default output is there")
+        .collect();
+    assert!(default_output.is_empty(), "{default_output:?}");
 
     let only_extra = [
         "wasm",
