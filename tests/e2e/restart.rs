@@ -109,6 +109,58 @@ async fn orchestrator_restart_keeps_jobs() {
     assert!(after.stdout.contains("arg[1]=after"));
 }
 
+/// An executor whose guest ends while the orchestrator is down keeps retrying the upload
+/// of its results (store calls are retried for up to 10 minutes; 3 MiB of output is too
+/// large to travel inline with the completion) and, once the orchestrator is back on the
+/// same directory and port, the job completes on its one execution with all of its output.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publish_that_meets_an_orchestrator_outage_completes_once_it_is_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("orchestrator");
+    let mut orchestrator = start_orchestrator(&data, 0).await;
+    let (address, port) = (orchestrator.address.clone(), orchestrator.port);
+    let (_executor, executor_log) = crate::common::start_executor_logged(
+        &address,
+        &dir.path().join("executor"),
+        "outage-test",
+        &[],
+        &[],
+    );
+    wait_connected(&orchestrator, "outage-test").await;
+    let ticker = path("tests/fixtures/ticker.wasm");
+    let id = crate::common::submit(&address, &[&ticker, "2", "3145728"]).await;
+    crate::common::wait_job_state(&address, &id, "RUNNING", |job| {
+        state(job) == "JOB_STATE_RUNNING"
+    })
+    .await;
+
+    orchestrator.kill().await.expect("kill -9 the orchestrator");
+    // The guest ends meanwhile; its results cannot be uploaded and the executor says so.
+    crate::common::json_log_line(&executor_log, "a retried upload", |line| {
+        line["message"] == "retrying" && line["what"] == "uploading results"
+    })
+    .await;
+    let _orchestrator = start_orchestrator(&data, port).await;
+
+    let job = crate::common::wait_terminal(&address, &id).await;
+    assert_eq!(state(&job), "JOB_STATE_COMPLETED", "{job}");
+    assert_eq!(job["attempts"], 1, "ran once: {job}");
+    let results = dir.path().join("results");
+    shoal(&address, &["job", "get", &id, &results.to_string_lossy()])
+        .await
+        .success();
+    let stdout = std::fs::read_to_string(results.join("stdout")).expect("stdout");
+    assert_eq!(stdout, "tick 0\ntick 1\n", "{job}");
+    let bytes = std::fs::read(results.join("outputs/bytes")).expect("the output");
+    assert_eq!(bytes.len(), 3 << 20);
+    assert!(
+        bytes
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == b'a' + (i % 26) as u8)
+    );
+}
+
 /// A byte flipped in the middle of `state.wal` while the orchestrator was down (after a
 /// `kill -9`, so the log holds acknowledged jobs) stops start-up with the offset and the
 /// way out, and leaves the log as it was; `--recover-wal` then starts with the jobs before
