@@ -649,3 +649,117 @@ async fn the_database_is_reached_over_tls() {
     .json();
     assert_eq!(state(&described), "JOB_STATE_QUEUED", "{described}");
 }
+
+/// Nothing is acted on before its commit. A session of the test's holds the leadership
+/// row `FOR UPDATE`, which every write transaction reads `FOR SHARE`, so every commit waits
+/// in the database (seen in `pg_stat_activity`). Meanwhile a running job's new log lines
+/// reach no watcher, a submission is not answered, and no executor is sent the new job;
+/// once the row is released all of it happens, with no log line lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_is_acted_on_before_its_commit() {
+    let server = server().await;
+    let url = fresh_database(server, "held").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = ["--store", url.as_str()];
+    let orchestrator = start_orchestrator_with(&dir.path().join("data"), 0, &args).await;
+    let address = orchestrator.address.clone();
+    let (_executor, executor_log) = crate::common::start_executor_logged(
+        &address,
+        &dir.path().join("executor"),
+        "held",
+        &["--slots", "2"],
+        &[],
+    );
+    wait_connected(&orchestrator, "held").await;
+    let ticker = path("tests/fixtures/ticker.wasm");
+    let running = crate::common::submit(&address, &[&ticker, "600"]).await;
+    let mut follower = tokio::process::Command::new(bin("shoal"))
+        .args(["job", "logs", "-f", &running])
+        .env("SHOAL_ORCHESTRATOR", &address)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn follower");
+    let followed = shoal_harness::collect(tokio::io::BufReader::new(
+        follower.stdout.take().expect("stdout"),
+    ));
+    let lines = || followed.lock().expect("lines").clone();
+    followed
+        .wait_until("tick 1 at the follower", |lines| {
+            lines.iter().any(|l| l.trim() == "tick 1")
+        })
+        .await
+        .expect("ticks");
+    let assigned = |log: &shoal_harness::Lines| {
+        log.lock()
+            .expect("lines")
+            .iter()
+            .filter(|l| l.contains("\"execution assigned\""))
+            .count()
+    };
+    assert_eq!(assigned(&executor_log), 1);
+
+    let held = tokio::task::spawn_blocking(move || {
+        server.hold("held", "SELECT epoch FROM shoal_leader FOR UPDATE")
+    })
+    .await
+    .expect("join")
+    .expect("hold the leadership row");
+    let hello = path("examples/hello/hello.wasm");
+    let mut submitting = tokio::process::Command::new(bin("shoal"))
+        .args(["wasm", "run", "--id-only", &hello])
+        .env("SHOAL_ORCHESTRATOR", &address)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn submitter");
+    // A commit is waiting on the row: the orchestrator has staged writes and must now sit
+    // on what they cause.
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'held' \
+                   AND wait_event_type = 'Lock'";
+    let deadline = Instant::now() + TIMEOUT;
+    while psql(server, "postgres", waiting).await.trim() == "0" {
+        assert!(Instant::now() < deadline, "no commit waited on the row");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let seen = lines();
+    // The guest goes on ticking on the executor, which reports every line at once; two
+    // more seconds of them are held back with their commits.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(lines(), seen, "a watcher woke before the commit");
+    assert!(
+        submitting.try_wait().expect("try_wait").is_none(),
+        "a submission was answered before its commit"
+    );
+    assert_eq!(
+        assigned(&executor_log),
+        1,
+        "an Assign left before its commit"
+    );
+
+    tokio::task::spawn_blocking(move || held.release())
+        .await
+        .expect("join")
+        .expect("release the row");
+    let submitted = tokio::time::timeout(TIMEOUT, submitting.wait_with_output())
+        .await
+        .expect("the submission is answered")
+        .expect("wait");
+    assert!(submitted.status.success(), "{submitted:?}");
+    let second = String::from_utf8_lossy(&submitted.stdout).trim().to_owned();
+    let job = crate::common::wait_terminal(&address, &second).await;
+    assert_eq!(state(&job), "JOB_STATE_COMPLETED", "{job}");
+    assert_eq!(assigned(&executor_log), 2);
+    let past = seen.len() + 2;
+    followed
+        .wait_until("the held ticks at the follower", |lines| lines.len() > past)
+        .await
+        .expect("ticks");
+    let after = lines();
+    for (i, line) in after.iter().enumerate() {
+        assert_eq!(line.trim(), format!("tick {i}"), "{after:?}");
+    }
+    shoal(&address, &["job", "stop", &running]).await.success();
+}

@@ -21,7 +21,7 @@ use anyhow::{Context as _, bail};
 
 pub use logs::{Lines, LogLines, collect, drain, wait_for_line};
 pub use orchestrator::{Launch, OrchestratorProcess, Replica, test_store};
-pub use postgres::PostgresServer;
+pub use postgres::{Held, PostgresServer};
 pub use seaweedfs::SeaweedFs;
 pub use usage::process_usage;
 

@@ -155,6 +155,38 @@ impl PostgresServer {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// Opens a session on database `name`, begins a transaction and runs `sql` in it (a
+    /// `... FOR UPDATE` that holds rows locked, say); returns once `sql` has run, holding the
+    /// transaction open until [`Held::release`] or drop.
+    pub fn hold(&self, name: &str, sql: &str) -> anyhow::Result<Held> {
+        use std::io::{BufRead as _, Write as _};
+        let mut session = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .arg("-h")
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string(), "-U", USER, "-d", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("running psql")?;
+        let mut input = session.stdin.take().context("psql's stdin")?;
+        writeln!(input, "BEGIN;\n{sql};\n\\echo held-by-the-test")?;
+        input.flush()?;
+        let mut output = std::io::BufReader::new(session.stdout.take().context("psql's stdout")?);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if output.read_line(&mut line)? == 0 {
+                bail!("psql ended before {sql:?} ran: {:?}", session.wait());
+            }
+            if line.trim() == "held-by-the-test" {
+                break;
+            }
+        }
+        Ok(Held { session, input })
+    }
+
     /// Stops the server: `fast` ends sessions cleanly, otherwise `immediate` (as a crash).
     pub fn stop(&self, fast: bool) -> anyhow::Result<()> {
         let mode = if fast { "fast" } else { "immediate" };
@@ -167,6 +199,34 @@ impl PostgresServer {
     /// Starts it again on the same port (after [`stop`](Self::stop)).
     pub fn restart(&self) -> anyhow::Result<()> {
         launch(&self.bin, self.dir.path(), self.port, &self.settings)
+    }
+}
+
+/// A transaction a test holds open in a session of its own ([`PostgresServer::hold`]).
+#[derive(Debug)]
+pub struct Held {
+    session: std::process::Child,
+    input: std::process::ChildStdin,
+}
+
+impl Held {
+    /// Commits the transaction and ends the session.
+    pub fn release(mut self) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        writeln!(self.input, "COMMIT;\n\\q")?;
+        self.input.flush()?;
+        let status = self.session.wait()?;
+        if !status.success() {
+            bail!("psql ended with {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.session.kill();
+        let _ = self.session.wait();
     }
 }
 
