@@ -18,7 +18,10 @@ use crate::{Args, Figure, micros, percentile};
 /// against one fsync per write.
 pub async fn b4(args: &Args, dir: PathBuf, fsync_rate: f64) -> anyhow::Result<Vec<Figure>> {
     let (store, _) = Store::open(&dir.join("state.redb"))?;
-    let (rate, mut waits, writers) = transitions(args, store).await?;
+    let (rate, mut waits, writers, written) = transitions(args, store).await?;
+    let (reopened, snapshot) = Store::open(&dir.join("state.redb"))?;
+    read_back("B4", &snapshot, &written)?;
+    reopened.close().await;
     let ratio = rate / fsync_rate;
     let mut figures = vec![Figure {
         id: "B4",
@@ -50,7 +53,10 @@ pub async fn b4(args: &Args, dir: PathBuf, fsync_rate: f64) -> anyhow::Result<Ve
         .await?
         .ok_or_else(|| anyhow::anyhow!("no leadership"))?;
     let (store, _) = Store::postgres(&database, &leadership).await?;
-    let (pg_rate, mut pg_waits, _) = transitions(args, store).await?;
+    let (pg_rate, mut pg_waits, _, written) = transitions(args, store).await?;
+    let (reopened, snapshot) = Store::postgres(&database, &leadership).await?;
+    read_back("B4/pg", &snapshot, &written)?;
+    reopened.close().await;
     figures.push(Figure {
         id: "B4/pg",
         what: "B4 on the PostgreSQL store (local server), beside the embedded store's",
@@ -73,8 +79,12 @@ pub async fn b4(args: &Args, dir: PathBuf, fsync_rate: f64) -> anyhow::Result<Ve
 }
 
 /// Many concurrent writers each storing jobs one at a time, waiting for each commit: the
-/// rate, every wait, and how many writers.
-async fn transitions(args: &Args, store: Store) -> anyhow::Result<(f64, Vec<Duration>, usize)> {
+/// rate, every wait, how many writers, and (the store closed once they are done) the ids
+/// of the jobs written, to be read back.
+async fn transitions(
+    args: &Args,
+    store: Store,
+) -> anyhow::Result<(f64, Vec<Duration>, usize, std::collections::HashSet<String>)> {
     let (writers, per_writer) = if args.smoke { (8, 10) } else { (1024, 40) };
     let store = Arc::new(store);
     let started = Instant::now();
@@ -83,6 +93,7 @@ async fn transitions(args: &Args, store: Store) -> anyhow::Result<(f64, Vec<Dura
         let store = store.clone();
         tasks.spawn(async move {
             let mut waits = Vec::with_capacity(per_writer);
+            let mut ids = Vec::with_capacity(per_writer);
             for _ in 0..per_writer {
                 // Real job ids: UUIDv7, time-ordered, so inserts land at the B-tree's
                 // right edge as the orchestrator's do.
@@ -93,18 +104,52 @@ async fn transitions(args: &Args, store: Store) -> anyhow::Result<(f64, Vec<Dura
                     ..Default::default()
                 };
                 let t = Instant::now();
+                let id = job.id.clone();
                 store.queue(vec![Write::Job(job)]).await?.wait().await?;
                 waits.push(t.elapsed());
+                ids.push(id);
             }
-            Ok::<_, shoal_orchestrator::error::Error>(waits)
+            Ok::<_, shoal_orchestrator::error::Error>((waits, ids))
         });
     }
     let mut waits = Vec::new();
+    let mut written = std::collections::HashSet::new();
     while let Some(done) = tasks.join_next().await {
-        waits.extend(done??);
+        let (more, ids) = done??;
+        waits.extend(more);
+        written.extend(ids);
     }
     let rate = (writers * per_writer) as f64 / started.elapsed().as_secs_f64();
-    Ok((rate, waits, writers))
+    let store =
+        Arc::into_inner(store).ok_or_else(|| anyhow::anyhow!("the store is still shared"))?;
+    store.close().await;
+    anyhow::ensure!(
+        written.len() == writers * per_writer,
+        "{} distinct jobs written, not {}",
+        written.len(),
+        writers * per_writer
+    );
+    Ok((rate, waits, writers, written))
+}
+
+/// Fails unless `snapshot`, read back from the store, holds every job in `written`.
+fn read_back(
+    what: &str,
+    snapshot: &Snapshot,
+    written: &std::collections::HashSet<String>,
+) -> anyhow::Result<()> {
+    let stored: std::collections::HashSet<&str> =
+        snapshot.jobs.iter().map(|j| j.id.as_str()).collect();
+    let missing = written
+        .iter()
+        .filter(|id| !stored.contains(id.as_str()))
+        .count();
+    anyhow::ensure!(
+        missing == 0,
+        "{what}: {missing} of {} acknowledged jobs are not in the store read back",
+        written.len()
+    );
+    Ok(())
 }
 
 /// What the benchmarks submit, checked and completed as the orchestrator stores it.
@@ -126,6 +171,20 @@ fn bench_spec() -> ValidSpec {
 /// S1: scheduling with 100,000 queued jobs and two connected executors whose slots are all
 /// taken (the state of a deep queue): the pass after each change (a completion, a
 /// submission) against the full pass of every sweep tick; and the cost of queueing a job.
+/// The executions `effects` assign, batches counted by what they hold.
+fn assignments(effects: &shoal_orchestrator::cluster::Effects) -> usize {
+    use shoal::proto::orchestrator_message::Message;
+    effects
+        .messages
+        .iter()
+        .map(|(_, m)| match &m.message {
+            Some(Message::Assign(_)) => 1,
+            Some(Message::AssignBatch(batch)) => batch.clone().into_assignments().len(),
+            _ => 0,
+        })
+        .sum()
+}
+
 pub async fn s1(args: &Args, _dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
     let queued = if args.smoke { 1_000 } else { 100_000 };
     let mut cluster = Cluster::restore(
@@ -160,18 +219,28 @@ pub async fn s1(args: &Args, _dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
     // The first pass fills every slot and records why the rest wait; later passes are
     // what a deep queue costs on every completion or heartbeat sweep.
     cluster.schedule(now);
-    cluster.take_effects();
+    // What was measured must have happened: every slot of the two executors filled, and
+    // nothing more placed by the passes timed below (the fleet stays full).
+    let placed = assignments(&cluster.take_effects());
+    anyhow::ensure!(
+        placed == 32,
+        "the first pass placed {placed} executions, not one per slot (32)"
+    );
     let mut full = Vec::new();
     let mut placements = Vec::new();
     for _ in 0..5 {
         let started = Instant::now();
         cluster.schedule(SystemTime::now());
         full.push(started.elapsed());
-        cluster.take_effects();
+        let more = assignments(&cluster.take_effects());
         let started = Instant::now();
         cluster.schedule_placements(SystemTime::now());
         placements.push(started.elapsed());
-        cluster.take_effects();
+        let more = more + assignments(&cluster.take_effects());
+        anyhow::ensure!(
+            more == 0,
+            "a pass over a full fleet placed {more} executions"
+        );
     }
     let pass = percentile(&mut placements, 0.5);
     let full = percentile(&mut full, 0.5);

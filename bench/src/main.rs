@@ -122,6 +122,28 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// `figures`, unless one is not a finite positive number (a NaN from a division by a zero
+/// count, a rate of nothing): then what is wrong with which, as the benchmark's failure.
+fn checked(figures: Vec<Figure>) -> anyhow::Result<Vec<Figure>> {
+    anyhow::ensure!(!figures.is_empty(), "it reported no figure");
+    for figure in &figures {
+        let numbers = [
+            ("measured", Some(figure.measured)),
+            ("baseline", figure.baseline),
+        ];
+        for (what, number) in numbers {
+            if let Some(number) = number {
+                anyhow::ensure!(
+                    number.is_finite() && number > 0.0,
+                    "{}: its {what} figure is {number}, not a finite positive number",
+                    figure.id
+                );
+            }
+        }
+    }
+    Ok(figures)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -147,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
                 std::fs::create_dir_all(&sub)?;
                 eprintln!("running {} ...", $id);
                 let result: anyhow::Result<Vec<Figure>> = ($call)(&sub).await;
-                match result {
+                match result.and_then(|figures| checked(figures)) {
                     Ok(mut more) => figures.append(&mut more),
                     Err(error) => {
                         eprintln!("{} failed: {error:#}", $id);

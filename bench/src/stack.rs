@@ -12,7 +12,8 @@ use shoal::proto::job_service_client::JobServiceClient;
 use shoal::proto::node_service_client::NodeServiceClient;
 use shoal::proto::storage_service_client::StorageServiceClient;
 use shoal::proto::{
-    JobSpec, JobState, ListNodesRequest, NodeState, SubmitJobRequest, WatchJobRequest, job_event,
+    JobSpec, JobState, ListJobsRequest, ListNodesRequest, NodeState, SubmitJobRequest,
+    WatchJobRequest, job_event,
 };
 use shoal_harness::{Launch, OrchestratorProcess, process_usage};
 use tokio::process::{Child, Command};
@@ -168,6 +169,29 @@ impl Clients {
             }
         }
         bail!("the event stream of {job_id} ended before the job did")
+    }
+
+    /// How many jobs the orchestrator lists, and how many of them are in `state`.
+    pub async fn count_jobs(&mut self, state: JobState) -> anyhow::Result<(usize, usize)> {
+        let (mut all, mut in_state) = (0, 0);
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .jobs
+                .list_jobs(ListJobsRequest {
+                    page_size: 1000,
+                    page_token,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            all += page.jobs.len();
+            in_state += page.jobs.iter().filter(|j| j.state() == state).count();
+            if page.next_page_token.is_empty() {
+                return Ok((all, in_state));
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     /// Waits until `count` executors are connected.
@@ -326,6 +350,16 @@ impl Stack {
             executors += process_usage(pid)?.1;
         }
         Ok((orchestrator, executors))
+    }
+
+    /// The CPU time of the orchestrator's live threads, to the nanosecond.
+    pub fn orchestrator_thread_time(&self) -> anyhow::Result<Duration> {
+        let pid = self
+            .orchestrator
+            .child
+            .id()
+            .context("the orchestrator has exited")?;
+        shoal_harness::thread_cpu_time(pid)
     }
 
     /// The orchestrator's resident memory in bytes and its CPU time so far.

@@ -59,6 +59,21 @@ pub async fn s2_s3(args: &Args, dir: PathBuf) -> anyhow::Result<Vec<Figure>> {
 
     stack.stop_orchestrator().await?;
     let full_restart = stack.restart_orchestrator().await?;
+    // The restart measured must have brought every job back, each still queued.
+    let expected = jobs + fanned_jobs as usize;
+    let (listed, queued) = stack
+        .clients()
+        .await?
+        .count_jobs(shoal::proto::JobState::Queued)
+        .await?;
+    anyhow::ensure!(
+        listed == expected && queued == expected,
+        "after the restart {listed} jobs are listed and {queued} queued, not {expected}"
+    );
+    anyhow::ensure!(
+        rss_after > rss_before,
+        "memory did not grow as {jobs} jobs were queued (RSS {rss_before} -> {rss_after})"
+    );
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     Ok(vec![
         Figure {

@@ -23,7 +23,7 @@ pub use logs::{Lines, LogLines, collect, drain, wait_for_line};
 pub use orchestrator::{Launch, OrchestratorProcess, Replica, test_store};
 pub use postgres::{Held, PostgresServer};
 pub use seaweedfs::SeaweedFs;
-pub use usage::process_usage;
+pub use usage::{process_usage, thread_cpu_time};
 
 /// Generous upper bound for anything the harness waits for.
 pub const TIMEOUT: Duration = Duration::from_secs(120);
