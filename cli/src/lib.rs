@@ -160,16 +160,61 @@ fn command_name(command: &Command) -> &'static str {
     }
 }
 
-/// One line for an error: a gRPC status shows its message, not its debug form.
-pub fn describe_error(error: &anyhow::Error) -> String {
+/// One line for an error: a gRPC status shows its message, not its debug form. A
+/// connection dropped while a plaintext (`http://`) address was called gets a hint: an
+/// orchestrator serving TLS ends a plaintext connection without a word.
+pub fn describe_error(error: &anyhow::Error, orchestrator: &str) -> String {
+    let mut text = format!("{error:#}");
     for cause in error.chain() {
         if let Some(status) = cause.downcast_ref::<tonic::Status>() {
             let code = format!("{:?}", status.code());
-            return format!("{error:#}").replace(
+            text = text.replace(
                 &format!("{status}"),
                 &format!("{} ({code})", status.message()),
             );
+            break;
         }
     }
-    format!("{error:#}")
+    let plaintext = orchestrator
+        .split(',')
+        .any(|address| address.trim().starts_with("http://"));
+    let lower = text.to_ascii_lowercase();
+    let dropped = [
+        "broken pipe",
+        "connection reset",
+        "frame with invalid size",
+        "connection closed",
+    ]
+    .iter()
+    .any(|sign| lower.contains(sign));
+    if plaintext && lower.contains("transport error") && dropped {
+        text.push_str(
+            " (the orchestrator closed a plaintext connection: if it serves TLS, use an \
+             https:// address, with --tls-ca for a private CA)",
+        );
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_error;
+
+    /// A status shows its message and code; a dropped plaintext connection says what to
+    /// try, and only when the address was plaintext.
+    #[test]
+    fn errors_are_described_with_what_to_do() {
+        let refused = anyhow::Error::new(tonic::Status::not_found("no job x"));
+        assert_eq!(
+            describe_error(&refused, "http://127.0.0.1:7070"),
+            "no job x (NotFound)"
+        );
+        let dropped = anyhow::Error::new(tonic::Status::unknown(
+            "transport error: connection error: Connection reset by peer (os error 104)",
+        ));
+        let plaintext = describe_error(&dropped, "http://a:7070,http://b:7070");
+        assert!(plaintext.contains("use an https:// address"), "{plaintext}");
+        let tls = describe_error(&dropped, "https://a:7070");
+        assert!(!tls.contains("https:// address"), "{tls}");
+    }
 }

@@ -36,6 +36,7 @@ async fn run(cli: shoal_cli::Cli) -> std::process::ExitCode {
         shoal_cli::errln!("Warning: {error}; traces are off");
         shoal::daemon::telemetry::init_untraced(options)
     });
+    let orchestrator = cli.orchestrator.clone();
     let code = match shoal_cli::run(cli).await {
         Ok(code) => std::process::ExitCode::from(code),
         // `shoal job list | head -1`: the reader has what it wanted.
@@ -43,7 +44,10 @@ async fn run(cli: shoal_cli::Cli) -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Err(error) => {
-            shoal_cli::errln!("Error: {}", shoal_cli::describe_error(&error));
+            shoal_cli::errln!(
+                "Error: {}",
+                shoal_cli::describe_error(&error, &orchestrator)
+            );
             if shoal_cli::is_usage_error(&error) {
                 std::process::ExitCode::from(shoal_cli::EXIT_USAGE)
             } else {

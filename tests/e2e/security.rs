@@ -145,10 +145,19 @@ async fn tokens_have_roles() {
     )
     .await;
 
-    // An admin may cordon.
+    // An admin may cordon, and the executor is then shown cordoned.
     cli(&address, Some(ADMIN), &[], &["node", "cordon", "honest"])
         .await
         .success();
+    let listed = cli(&address, Some(CLIENT), &[], &["node", "list"])
+        .await
+        .success();
+    let row = listed
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("honest"))
+        .unwrap_or_else(|| panic!("no row for the executor: {}", listed.stdout));
+    assert!(row.contains("CORDONED"), "{row}");
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
@@ -229,12 +238,19 @@ async fn tls_and_mutual_tls_for_executors() {
     );
     wait_for_line(&mut stderr, "executors must present a client certificate").await;
 
-    // A client that does not trust the server's CA, or speaks plain HTTP/2, gets nowhere.
+    // A client that does not trust the server's CA, or speaks plain HTTP/2, gets nowhere,
+    // and is told why.
     let out = cli(&address, None, &[], &["node", "list"]).await;
     assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("UnknownIssuer"), "{out:?}");
     let plain = format!("http://127.0.0.1:{}", orchestrator.port);
     let out = cli(&plain, None, &[], &["node", "list"]).await;
     assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("if it serves TLS, use an https:// address"),
+        "{out:?}"
+    );
 }
 
 /// The daemons that run guests are position-independent (ELF type ET_DYN with an
