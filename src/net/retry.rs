@@ -242,6 +242,48 @@ mod tests {
         assert_eq!(backoff.ceiling(), Duration::from_millis(100));
     }
 
+    /// The waits a retry actually makes, read off the paused clock between its calls: each
+    /// within its ceiling (100 ms doubling to the 5 s cap), growing with the attempt (the
+    /// longest wait seen at each attempt passes half its ceiling over 60 retries), never past
+    /// the cap, and spread out rather than one fixed delay.
+    #[tokio::test(start_paused = true)]
+    async fn the_waits_between_attempts_grow_to_the_cap_with_jitter() {
+        const ATTEMPTS: usize = 10;
+        let mut waits: Vec<Vec<Duration>> = vec![Vec::new(); ATTEMPTS - 1];
+        for _ in 0..60 {
+            let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let result: Result<(), Flaky> = Retry::attempts(ATTEMPTS as u32)
+                .run("test", || {
+                    calls.lock().expect("calls").push(tokio::time::Instant::now());
+                    async { Err(Flaky(true)) }
+                })
+                .await;
+            assert!(result.is_err());
+            let calls = calls.lock().expect("calls");
+            assert_eq!(calls.len(), ATTEMPTS);
+            for (n, pair) in calls.windows(2).enumerate() {
+                waits[n].push(pair[1] - pair[0]);
+            }
+        }
+        let policy = Retry::attempts(1);
+        for (n, seen) in waits.iter().enumerate() {
+            let ceiling = policy
+                .first
+                .saturating_mul(1 << n)
+                .min(policy.cap)
+                .max(Duration::from_millis(10));
+            let longest = seen.iter().max().expect("waits");
+            assert!(*longest <= ceiling, "attempt {n}: waited {longest:?} > {ceiling:?}");
+            assert!(*longest >= ceiling / 2, "attempt {n}: at most {longest:?} of {ceiling:?}");
+            let distinct: std::collections::BTreeSet<_> = seen.iter().collect();
+            assert!(distinct.len() >= 20, "attempt {n}: {} distinct waits", distinct.len());
+        }
+        assert_eq!(policy.cap, Duration::from_secs(5));
+        let last = waits.last().expect("waits");
+        assert!(last.iter().all(|w| *w <= policy.cap));
+        assert!(last.iter().any(|w| *w > Duration::from_millis(2500)), "{last:?}");
+    }
+
     /// Transient failures are repeated up to the attempt limit, and the last error returned.
     #[tokio::test(start_paused = true)]
     async fn transient_failures_are_repeated_up_to_the_limit() {
