@@ -63,15 +63,19 @@ fn message(message: executor_message::Message) -> ExecutorMessage {
     }
 }
 
-/// A small deterministic generator for hostile messages.
-struct Chaos(u64);
+/// A small deterministic generator for hostile messages; `results` are the completions
+/// it may claim in earnest (a result CID and the blocks sent with it).
+struct Chaos {
+    state: u64,
+    results: Vec<(String, Vec<ContentBlock>)>,
+}
 
 impl Chaos {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state
     }
 
     fn below(&mut self, n: u64) -> u64 {
@@ -129,6 +133,21 @@ impl Chaos {
                     data: self.bytes(),
                 }),
             })),
+            4 if !self.results.is_empty() => {
+                // A completion that looks right, claiming one of the results on offer.
+                let pick = self.below(self.results.len() as u64) as usize;
+                let (result_cid, result_blocks) = self.results[pick].clone();
+                Some(Message::Finished(ExecutionFinished {
+                    execution_id,
+                    state: shoal::proto::ExecutionState::Completed as i32,
+                    result: Some(ExecutionResult {
+                        result_cid,
+                        ..Default::default()
+                    }),
+                    failure: None,
+                    result_blocks,
+                }))
+            }
             4 | 5 => Some(Message::Finished(ExecutionFinished {
                 execution_id,
                 state,
@@ -200,7 +219,44 @@ async fn generated_hostile_executors_leave_the_orchestrator_healthy() {
     for _ in 0..20 {
         jobs.push(submit(&address, &[&program]).await);
     }
-    let mut chaos = Chaos(0x5eed_cafe_f00d);
+    // The completions the lies may claim: a tree the store holds whole, a file the store
+    // holds (the program: a result that is not a directory), a sound tree sent along, and
+    // that tree without one of its files (a root pointing at a block nobody has).
+    let stored_tree = scratch.path().join("stored-tree");
+    std::fs::create_dir_all(&stored_tree).expect("mkdir");
+    std::fs::write(stored_tree.join("stdout"), b"stored\n").expect("write");
+    let stored_cid = crate::common::shoal(
+        &address,
+        &["data", "put", "-q", &stored_tree.to_string_lossy()],
+    )
+    .await
+    .success()
+    .stdout
+    .trim()
+    .to_owned();
+    let program_cid = crate::common::shoal(&address, &["data", "put", "-q", &program])
+        .await
+        .success()
+        .stdout
+        .trim()
+        .to_owned();
+    let file = |name: &str, data: &str| (name.to_owned(), Some(Bytes::from(data.to_owned())));
+    let (sound, _) = shoal::content::unixfs::directory_tree(vec![
+        file("exitCode", "0"),
+        file("stdout", "sent along\n"),
+    ]);
+    let sound: Vec<ContentBlock> = sound.into_iter().map(ContentBlock::from).collect();
+    let root = |blocks: &[ContentBlock]| blocks.last().map(|b| b.cid.clone()).unwrap_or_default();
+    let hollow: Vec<ContentBlock> = sound[1..].to_vec();
+    let mut chaos = Chaos {
+        state: 0x5eed_cafe_f00d,
+        results: vec![
+            (stored_cid, Vec::new()),
+            (program_cid, Vec::new()),
+            (root(&sound), sound.clone()),
+            (root(&hollow), hollow),
+        ],
+    };
     let mut assigned: Vec<String> = jobs.clone();
     for stream in 0..80 {
         let id = format!("hostile-{}", stream % 7);
@@ -246,11 +302,40 @@ async fn generated_hostile_executors_leave_the_orchestrator_healthy() {
 
     let health = crate::common::shoal(&address, &["node", "list"]).await;
     assert_eq!(health.code, 0, "{health:?}");
+    // Every job is still shown, and one the lies completed has a result the store holds
+    // whole: nothing points at blocks it lacks.
+    let mut completed = 0;
     for job in &jobs {
-        crate::common::shoal(&address, &["job", "describe", job])
+        let shown = crate::common::shoal(&address, &["job", "describe", job, "--output", "json"])
+            .await
+            .success()
+            .json();
+        if crate::common::state(&shown) != "JOB_STATE_COMPLETED" {
+            continue;
+        }
+        completed += 1;
+        let cid = shown["result"]["resultCid"].as_str().unwrap_or_default();
+        assert!(!cid.is_empty(), "completed without a result: {shown}");
+        let results = scratch.path().join("results").join(job);
+        crate::common::shoal(&address, &["job", "get", job, &results.to_string_lossy()])
             .await
             .success();
+        crate::common::shoal(
+            &address,
+            &[
+                "data",
+                "get",
+                cid,
+                &results.join("by-cid").to_string_lossy(),
+            ],
+        )
+        .await
+        .success();
     }
+    eprintln!(
+        "{completed} of {} jobs completed by lies, each with its whole result",
+        jobs.len()
+    );
     let executor = scratch.path().join("executor");
     let _real =
         crate::common::start_executor(&address, &executor, "real", &["--label", "fuzz=real"]);
@@ -304,7 +389,10 @@ async fn generated_hostile_requests_get_precise_answers() {
     let mut jobs = JobServiceClient::new(channel.clone()).max_decoding_message_size(16 << 20);
     let mut storage = StorageServiceClient::new(channel.clone());
     let mut nodes = NodeServiceClient::new(channel);
-    let mut chaos = Chaos(0xfee1_dead_beef);
+    let mut chaos = Chaos {
+        state: 0xfee1_dead_beef,
+        results: Vec::new(),
+    };
     let real = [program_cid.clone(), before.clone()];
     let check = |what: &str, status: Option<tonic::Status>| {
         let Some(status) = status else { return };

@@ -200,6 +200,14 @@ impl ContentStore {
             Some((last, _)) if last.to_string() == root => {}
             _ => return Err(bad("the last block is not the root".into())),
         }
+        if let Some((root_cid, root_data)) = checked.last() {
+            let directory = !root_cid.is_raw()
+                && unixfs::decode_node(root_data)
+                    .is_ok_and(|(_, data)| data.node_type() == Some(NodeType::Directory));
+            if !directory {
+                return Err(bad("the root is a file, not a directory".into()));
+            }
+        }
         let sent: HashSet<ContentId> = checked.iter().map(|(cid, _)| *cid).collect();
         for (cid, data) in checked.iter().filter(|(cid, _)| !cid.is_raw()) {
             let (node, _) = unixfs::decode_node(data).map_err(|e| bad(format!("{cid}: {e}")))?;
@@ -278,6 +286,12 @@ impl ContentStore {
                 "{cid} is a UnixFS {other:?} node, which Shoal does not read yet"
             ))),
         }
+    }
+
+    /// Whether the store holds `cid` as a directory: a result must be one (`stdout`,
+    /// `exitCode`, the outputs). Content the store lacks is an error.
+    pub async fn is_directory(&self, cid: &ContentId) -> Result<bool> {
+        Ok(self.resolve_root(cid).await?.kind == EntryKind::Directory)
     }
 
     /// The entries of the directory `cid` (names and CIDs, in the directory's order); a
@@ -737,6 +751,23 @@ mod tests {
             .collect();
         let stdout = ContentId::of_block(shoal::content::cid::RAW, b"other\n").to_string();
         assert_eq!(written, vec![stdout, root.cid.to_string()]);
+
+        // A result is a directory: a lone file sent as the whole result is refused, and a
+        // stored file is not taken for a directory.
+        let lone = ContentId::of_block(shoal::content::cid::RAW, b"0");
+        let sent = vec![ContentBlock {
+            cid: lone.to_string(),
+            data: Bytes::from_static(b"0"),
+        }];
+        match store.inline_tree(&lone.to_string(), &sent).await {
+            Err(Error::InvalidArgument(reason)) => {
+                assert!(reason.contains("not a directory"), "{reason}")
+            }
+            other => panic!("a file was taken for a result tree: {other:?}"),
+        }
+        assert!(!store.is_directory(&lone).await.expect("stored"));
+        let directory: ContentId = uploaded.cid.parse().expect("a CID");
+        assert!(store.is_directory(&directory).await.expect("stored"));
     }
 
     /// Malformed upload streams are refused with a reason, and leave no blob behind.

@@ -351,10 +351,21 @@ async fn take_result_tree(
             let cid: String = result
                 .map(|r| r.result_cid.chars().take(128).collect())
                 .unwrap_or_default();
+            let content = orchestrator.content();
             let problem = match cid.parse::<shoal::content::cid::ContentId>() {
                 Err(_) => Some(format!("its result CID {cid:?} is not a CID")),
-                Ok(cid) => (!orchestrator.content().contains(&cid).await?)
-                    .then(|| format!("its result {cid} is not in the store")),
+                Ok(cid) if !content.contains(&cid).await? => {
+                    Some(format!("its result {cid} is not in the store"))
+                }
+                Ok(cid) => match content.is_directory(&cid).await {
+                    Ok(true) => None,
+                    Ok(false) => Some(format!("its result {cid} is a file, not a directory")),
+                    Err(
+                        crate::error::Error::InvalidArgument(reason)
+                        | crate::error::Error::NotFound(reason),
+                    ) => Some(format!("its result {cid} cannot be read: {reason}")),
+                    Err(error) => return Err(error),
+                },
             };
             if let Some(problem) = problem {
                 reject_result(executor_id, finished, problem);
