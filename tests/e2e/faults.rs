@@ -134,11 +134,15 @@ impl Load {
         for client in self.clients {
             submitted.extend(client.await.expect("client"));
         }
+        // Each of the JOBS submissions got a job of its own: two submissions answered with
+        // one job (an idempotency key matched to the wrong job) would leave a number out.
+        let numbers: std::collections::BTreeSet<usize> = submitted.values().copied().collect();
         assert_eq!(
-            submitted.len(),
-            JOBS,
-            "every submission was acknowledged once"
+            numbers,
+            (0..JOBS).collect(),
+            "every submission was acknowledged with a job of its own"
         );
+        assert_eq!(submitted.len(), JOBS, "no job answers two submissions");
         // And stored once: no retry created a duplicate.
         let mut jobs = JobServiceClient::new(channel(address));
         let mut stored = 0;
@@ -404,11 +408,29 @@ async fn a_cut_connection_recovers_without_duplicates() {
         &["--slots", "2"],
     );
     crate::common::wait_connected(&orchestrator, "behind-proxy").await;
-    let id = crate::common::submit(&address, &[&path("tests/fixtures/ticker.wasm"), "4"]).await;
+    let id = crate::common::submit(&address, &[&path("tests/fixtures/ticker.wasm"), "6"]).await;
     let _follower = crate::common::follow_until(&address, &id, "tick 0").await;
     proxy.cut();
-    // The cut is real: the executor comes back on a new stream.
+    // The cut is real: the executor comes back on a new stream, and it landed mid-run: the
+    // job is still running on its first execution, its last lines not yet printed.
     crate::common::wait_connections(&orchestrator, "behind-proxy", 2).await;
+    let during = crate::common::shoal(&address, &["job", "describe", &id, "--output", "json"])
+        .await
+        .success()
+        .json();
+    assert_eq!(
+        crate::common::state(&during),
+        "JOB_STATE_RUNNING",
+        "{during}"
+    );
+    assert_eq!(during["attempts"], 1, "{during}");
+    let so_far = crate::common::shoal(&address, &["job", "logs", &id])
+        .await
+        .success();
+    assert!(
+        !so_far.stdout.contains("tick 5"),
+        "the job ended before the cut: {so_far:?}"
+    );
     let job = crate::common::wait_terminal(&address, &id).await;
     assert_eq!(crate::common::state(&job), "JOB_STATE_COMPLETED", "{job}");
     let runs = crate::common::executions_of(&address, &id).await;
@@ -424,7 +446,7 @@ async fn a_cut_connection_recovers_without_duplicates() {
     let logs = crate::common::shoal(&address, &["job", "logs", &id])
         .await
         .success();
-    for tick in 0..4 {
+    for tick in 0..6 {
         assert_eq!(
             logs.stdout.matches(&format!("tick {tick}\n")).count(),
             1,
