@@ -254,7 +254,10 @@ mod tests {
             let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
             let result: Result<(), Flaky> = Retry::attempts(ATTEMPTS as u32)
                 .run("test", || {
-                    calls.lock().expect("calls").push(tokio::time::Instant::now());
+                    calls
+                        .lock()
+                        .expect("calls")
+                        .push(tokio::time::Instant::now());
                     async { Err(Flaky(true)) }
                 })
                 .await;
@@ -273,15 +276,28 @@ mod tests {
                 .min(policy.cap)
                 .max(Duration::from_millis(10));
             let longest = seen.iter().max().expect("waits");
-            assert!(*longest <= ceiling, "attempt {n}: waited {longest:?} > {ceiling:?}");
-            assert!(*longest >= ceiling / 2, "attempt {n}: at most {longest:?} of {ceiling:?}");
+            assert!(
+                *longest <= ceiling,
+                "attempt {n}: waited {longest:?} > {ceiling:?}"
+            );
+            assert!(
+                *longest >= ceiling / 2,
+                "attempt {n}: at most {longest:?} of {ceiling:?}"
+            );
             let distinct: std::collections::BTreeSet<_> = seen.iter().collect();
-            assert!(distinct.len() >= 20, "attempt {n}: {} distinct waits", distinct.len());
+            assert!(
+                distinct.len() >= 20,
+                "attempt {n}: {} distinct waits",
+                distinct.len()
+            );
         }
         assert_eq!(policy.cap, Duration::from_secs(5));
         let last = waits.last().expect("waits");
         assert!(last.iter().all(|w| *w <= policy.cap));
-        assert!(last.iter().any(|w| *w > Duration::from_millis(2500)), "{last:?}");
+        assert!(
+            last.iter().any(|w| *w > Duration::from_millis(2500)),
+            "{last:?}"
+        );
     }
 
     /// Transient failures are repeated up to the attempt limit, and the last error returned.

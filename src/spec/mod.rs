@@ -947,20 +947,66 @@ retry: {{max_attempts: 2, retry_on: [executor_lost, trap]}}
         }
     }
 
-    /// Validation never panics on arbitrary specs, and what it accepts stays valid once
-    /// defaults are applied (so executors never see a spec the orchestrator would refuse).
+    impl Rng {
+        /// One of `plausible`, or now and then (half the time while `wild`) stressing text:
+        /// so many generated specs are valid, and the others fail somewhere deep rather than
+        /// all at the first field.
+        fn pick(&mut self, wild: bool, plausible: &[&str]) -> String {
+            if self.below(if wild { 2 } else { 40 }) != 0 {
+                plausible[self.below(plausible.len() as u64) as usize].to_owned()
+            } else {
+                self.text()
+            }
+        }
+        /// A duration, from the edges while `wild`: zero, negative, nanos out of range, past
+        /// a year, huge.
+        fn duration(&mut self, wild: bool) -> prost_types::Duration {
+            let edge = if wild { self.below(6) } else { 5 };
+            let (seconds, nanos) = match edge {
+                0 => (0, 0),
+                1 => (-(self.below(100) as i64), 0),
+                2 => (self.below(100) as i64, 2_000_000_000),
+                3 => (i64::MAX - self.below(3) as i64, 0),
+                4 => (400 * 24 * 3600, 0),
+                _ => (
+                    self.below(3600) as i64 + 1,
+                    self.below(1_000_000_000) as i32,
+                ),
+            };
+            prost_types::Duration { seconds, nanos }
+        }
+    }
+
+    /// Validation never panics on generated specs touching every field (retry policies,
+    /// timeouts, labels, fan-out, sharding included), what it accepts is within the bounds
+    /// it promises, and it stays valid once defaults are applied (so executors never see a
+    /// spec the orchestrator would refuse). At least a fifth of the specs must be valid, or
+    /// the generator would only test the first check.
     #[test]
     fn validation_never_panics_and_accepts_consistently() {
+        const SPECS: usize = 20_000;
         let mut rng = Rng(0x5eed_1234_abcd_0001);
         let mut accepted = 0;
-        for _ in 0..20_000 {
+        let mut accepted_with = [0usize; 4]; // retry, timeout, labels, partitions
+        for _ in 0..SPECS {
+            // A quarter of the specs are wild; the rest mostly plausible.
+            let wild = rng.below(4) == 0;
             let mut spec = JobSpec {
-                program: if rng.below(3) == 0 {
-                    rng.text()
-                } else {
-                    "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4".into()
-                },
+                program: rng.pick(
+                    wild,
+                    &[
+                        CID,
+                        "ipfs://bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4",
+                        "https://example.com/main.wasm",
+                        "s3://bucket/main.wasm",
+                    ],
+                ),
                 entrypoint: if rng.below(2) == 0 {
+                    rng.pick(wild, &["_start", "main"])
+                } else {
+                    String::new()
+                },
+                name: if rng.below(3) == 0 {
                     rng.text()
                 } else {
                     String::new()
@@ -968,53 +1014,142 @@ retry: {{max_attempts: 2, retry_on: [executor_lost, trap]}}
                 ..Default::default()
             };
             for _ in 0..rng.below(4) {
-                spec.args.push(rng.text());
+                let arg = rng.pick(wild, &["input.csv", "--top", "10", ""]);
+                spec.args.push(arg);
             }
             for _ in 0..rng.below(4) {
-                spec.env.insert(rng.text(), rng.text());
+                let key = rng.pick(wild, &["A", "HELLO", "B_1", "MODE"]);
+                let value = rng.pick(wild, &["world", "", "a=b"]);
+                spec.env.insert(key, value);
             }
-            for _ in 0..rng.below(4) {
+            for i in 0..rng.below(3) {
+                let target = format!("/inputs/{i}");
                 spec.inputs.push(InputSpec {
-                    source: rng.text(),
-                    target: rng.text(),
+                    source: rng.pick(wild, &[CID, "https://example.com/x.csv", "s3://b/prefix/"]),
+                    target: if rng.below(2) == 0 {
+                        target
+                    } else {
+                        rng.text()
+                    },
                     s3: None,
-                    shard: rng.below(4) == 0,
-                    sources: (0..rng.below(3)).map(|_| rng.text()).collect(),
+                    shard: rng.below(6) == 0,
+                    sources: if rng.below(6) == 0 {
+                        (0..rng.below(3))
+                            .map(|_| rng.pick(wild, &["https://h/a", "https://h/b"]))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
                 });
             }
-            for _ in 0..rng.below(3) {
+            for _ in 0..rng.below(2) {
                 spec.outputs.push(OutputSpec {
-                    name: rng.text(),
-                    path: rng.text(),
+                    name: rng.pick(wild, &["outputs", "extra"]),
+                    path: rng.pick(wild, &["/outputs", "/extra"]),
                 });
             }
             for _ in 0..rng.below(3) {
-                spec.constraints.push(rng.text());
+                spec.constraints
+                    .push(rng.pick(wild, &["region=eu", "arch!=arm64", "gpu", "zone in (a,b)"]));
             }
-            if rng.below(2) == 0 {
-                spec.publisher = rng.text();
+            for _ in 0..rng.below(3) {
+                let key = rng.pick(wild, &["team", "tier", "app.kubernetes.io/name"]);
+                spec.labels.insert(key, rng.pick(wild, &["a", "gold", ""]));
+            }
+            if rng.below(4) == 0 {
+                spec.publisher = rng.pick(wild, &["default", "s3://bucket/prefix"]);
             }
             if rng.below(3) == 0 {
                 spec.resources = Some(Resources {
-                    memory_bytes: rng.next() >> rng.below(64),
+                    memory_bytes: match rng.below(if wild { 3 } else { 30 }) {
+                        0 => rng.next() >> rng.below(64),
+                        _ => (1 + rng.below(64)) << 20,
+                    },
                 });
             }
-            if validate(&spec).is_ok() {
-                accepted += 1;
-                apply_defaults(
-                    &mut spec,
-                    SpecDefaults {
-                        timeout: Duration::from_secs(60),
-                        queue_timeout: Duration::from_secs(60),
-                    },
-                );
-                validate(&spec).unwrap_or_else(|e| panic!("defaults broke {spec:?}: {e}"));
+            if rng.below(3) == 0 {
+                spec.timeout = Some(rng.duration(wild));
             }
+            if rng.below(3) == 0 {
+                spec.queue_timeout = Some(rng.duration(wild));
+            }
+            if rng.below(3) == 0 {
+                spec.retry = Some(RetryPolicy {
+                    max_attempts: match rng.below(if wild { 3 } else { 30 }) {
+                        0 => rng.next() as u32,
+                        _ => rng.below(12) as u32,
+                    },
+                    retry_on: (0..rng.below(3))
+                        .map(|_| match rng.below(if wild { 3 } else { 30 }) {
+                            0 => rng.next() as i32,
+                            _ => rng.below(16) as i32,
+                        })
+                        .collect(),
+                });
+            }
+            if rng.below(4) == 0 {
+                spec.partitions = match rng.below(if wild { 3 } else { 30 }) {
+                    0 => rng.next() as u32,
+                    _ => rng.below(20) as u32,
+                };
+                spec.max_parallel = rng.below(5) as u32;
+                spec.shard_size = rng.below(4) as u32;
+                spec.allow_partial = rng.below(2) == 0;
+            }
+            if validate(&spec).is_err() {
+                continue;
+            }
+            accepted += 1;
+            for (i, set) in [
+                spec.retry.is_some(),
+                spec.timeout.is_some() || spec.queue_timeout.is_some(),
+                !spec.labels.is_empty(),
+                spec.partitions > 0,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                accepted_with[i] += usize::from(set);
+            }
+            // What was accepted keeps the promised bounds.
+            for timeout in [&spec.timeout, &spec.queue_timeout].into_iter().flatten() {
+                let timeout = Duration::try_from(*timeout).expect("a non-negative duration");
+                assert!(timeout <= limits::MAX_TIMEOUT, "{spec:?}");
+            }
+            if let Some(memory) = spec.resources.as_ref().map(|r| r.memory_bytes) {
+                assert!(
+                    memory == 0
+                        || (limits::MIN_MEMORY_BYTES..=limits::MAX_MEMORY_BYTES).contains(&memory),
+                    "{spec:?}"
+                );
+            }
+            if let Some(retry) = &spec.retry {
+                assert!(retry.max_attempts <= limits::MAX_ATTEMPTS, "{spec:?}");
+                for kind in &retry.retry_on {
+                    let kind = FailureKind::try_from(*kind).expect("a known kind");
+                    assert_ne!(kind, FailureKind::Unspecified, "{spec:?}");
+                }
+            }
+            assert!(spec.partitions <= limits::MAX_PARTITIONS, "{spec:?}");
+            apply_defaults(
+                &mut spec,
+                SpecDefaults {
+                    timeout: Duration::from_secs(60),
+                    queue_timeout: Duration::from_secs(60),
+                },
+            );
+            validate(&spec).unwrap_or_else(|e| panic!("defaults broke {spec:?}: {e}"));
         }
         assert!(
-            accepted > 20,
-            "the generator must also produce valid specs ({accepted})"
+            accepted >= SPECS / 5,
+            "the generator must also produce valid specs ({accepted} of {SPECS})"
         );
+        for (i, count) in accepted_with.iter().enumerate() {
+            assert!(
+                *count >= 100,
+                "field group {i}: only {count} valid specs set it"
+            );
+        }
     }
 
     /// Arbitrary YAML-ish text never panics the spec parser.
