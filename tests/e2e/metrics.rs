@@ -155,11 +155,18 @@ async fn both_daemons_export_their_metrics() {
     );
 }
 
-/// A metrics address that cannot be bound stops either daemon at start with the flag named.
+/// A metrics address that cannot be bound (one another process holds, or no address at
+/// all) stops either daemon at start with the flag and the reason named.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_metrics_address_is_refused_at_start() {
     let scratch = tempfile::tempdir().expect("tempdir");
-    for (binary, args) in [
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = taken.local_addr().expect("address").to_string();
+    let cases = [
+        (taken.as_str(), "in use"),
+        ("not an address", "not an address"),
+    ];
+    for ((binary, args), (address, reason)) in [
         (
             "shoal-orchestrator",
             vec![
@@ -176,22 +183,29 @@ async fn a_bad_metrics_address_is_refused_at_start() {
                 scratch.path().join("work").display().to_string(),
             ],
         ),
-    ] {
+    ]
+    .iter()
+    .flat_map(|daemon| cases.iter().map(move |case| (daemon, case)))
+    {
         let output = tokio::time::timeout(
             crate::common::TIMEOUT,
             tokio::process::Command::new(crate::common::bin(binary))
-                .args(&args)
-                .args(["--metrics-listen", "not an address"])
+                .args(args)
+                .args(["--metrics-listen", address])
                 .output(),
         )
         .await
         .expect("exits")
         .expect("runs");
-        assert!(!output.status.success(), "{binary} started");
+        assert!(!output.status.success(), "{binary} started on {address}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
-            stderr.contains("--metrics-listen not an address"),
+            stderr.contains(&format!("--metrics-listen {address}")),
             "{binary}: {stderr}"
+        );
+        assert!(
+            stderr.to_lowercase().contains(reason),
+            "{binary} on {address}: {stderr}"
         );
     }
 }
