@@ -643,3 +643,58 @@ async fn a_killed_orchestrator_loses_no_partition_and_cancel_stops_them_all() {
         "{job}"
     );
 }
+
+/// `--allow-partial`: a partition that fails on every attempt does not stop the others.
+/// They all run to their end; the job ends FAILED naming the failed partition, the CLI
+/// exits non-zero, and the results of every partition that completed are there.
+#[tokio::test(flavor = "multi_thread")]
+async fn allow_partial_lets_the_other_partitions_finish() {
+    let stack = Devstack::start(&[]).await;
+    let marker = path("tests/fixtures/marker.wasm");
+    let out = stack
+        .shoal(&[
+            "wasm",
+            "run",
+            "--count",
+            "4",
+            "--allow-partial",
+            &marker,
+            "1",
+        ])
+        .await;
+    assert_eq!(out.code, 125, "the job did not fail: {out:?}");
+    assert!(
+        out.stderr
+            .contains("Partitions: 3 of 4 completed, 1 failed, 0 cancelled"),
+        "{}",
+        out.stderr
+    );
+    let failed_line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("Failed partition "))
+        .unwrap_or_else(|| panic!("a line for the failed partition: {}", out.stderr));
+    assert!(
+        failed_line.starts_with("Failed partition 1 "),
+        "{failed_line}"
+    );
+    let id = out.submitted_job();
+    let job = stack.job(&id).await;
+    assert_eq!(state(&job), "JOB_STATE_FAILED", "{job}");
+    let results = stack.scratch("results");
+    stack
+        .shoal(&["job", "get", &id, &results.to_string_lossy()])
+        .await
+        .success();
+    for partition in [0, 2, 3] {
+        let stdout = results.join(format!("partitions/{partition}/stdout"));
+        assert_eq!(
+            std::fs::read_to_string(&stdout).expect("a completed partition's stdout"),
+            format!("partition {partition}\n")
+        );
+    }
+    assert!(
+        !results.join("partitions/1/exitCode").exists(),
+        "the failed partition has no exit code"
+    );
+}
