@@ -352,8 +352,8 @@ impl Stack {
         Ok((orchestrator, executors))
     }
 
-    /// The CPU time of the orchestrator's live threads, to the nanosecond.
-    pub fn orchestrator_thread_time(&self) -> anyhow::Result<Duration> {
+    /// The CPU time of the orchestrator's threads, to the nanosecond.
+    pub fn orchestrator_thread_time(&self) -> anyhow::Result<shoal_harness::usage::ThreadTimes> {
         let pid = self
             .orchestrator
             .child

@@ -83,13 +83,13 @@ async fn cordon_uncordon_and_drain() {
 }
 
 /// A drain whose grace period outlasts the running work lets it finish where it runs: the
-/// job completes on its first and only execution, nothing is requeued, and work submitted
-/// meanwhile goes to the other executor.
+/// job completes on its first and only execution, nothing is requeued, and the drained
+/// executor stays cordoned: work submitted after goes to the other one.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_drain_lets_running_work_finish_within_its_grace() {
     let stack = Devstack::start(&["--slots", "1"]).await;
     let ticker = path("tests/fixtures/ticker.wasm");
-    let id = stack.submit(&[&ticker, "3"]).await;
+    let id = stack.submit(&[&ticker, "8"]).await;
     let _follower = crate::common::follow_until(&stack.address, &id, "tick 0").await;
     let draining = crate::common::executions_of(&stack.address, &id).await[0]
         .0
@@ -121,10 +121,18 @@ async fn a_drain_lets_running_work_finish_within_its_grace() {
             String::new()
         )]
     );
+    let listed = stack.shoal(&["node", "list"]).await.success().stdout;
+    let row = listed
+        .lines()
+        .find(|l| l.trim_start().starts_with(&draining))
+        .unwrap_or_else(|| panic!("no row for {draining}: {listed}"));
+    assert!(row.contains("CORDONED"), "{row}");
     let hello = path("examples/hello/hello.wasm");
-    let after = stack.shoal(&["wasm", "run", &hello]).await.success();
-    let later = crate::common::executions_of(&stack.address, &after.submitted_job()).await;
-    assert_ne!(later[0].0, draining, "a drained executor got work");
+    for _ in 0..4 {
+        let after = stack.shoal(&["wasm", "run", &hello]).await.success();
+        let later = crate::common::executions_of(&stack.address, &after.submitted_job()).await;
+        assert_ne!(later[0].0, draining, "a drained executor got work");
+    }
 }
 
 fn sigterm(child: &Child) {

@@ -332,9 +332,11 @@ async fn generated_hostile_executors_leave_the_orchestrator_healthy() {
         .await
         .success();
     }
-    eprintln!(
-        "{completed} of {} jobs completed by lies, each with its whole result",
-        jobs.len()
+    // The lies include earnest completions: some jobs must have been completed by them,
+    // or the check above checked nothing.
+    assert!(
+        completed > 0,
+        "no job was completed by the generated executors"
     );
     let executor = scratch.path().join("executor");
     let _real =

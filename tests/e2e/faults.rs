@@ -142,7 +142,6 @@ impl Load {
             (0..JOBS).collect(),
             "every submission was acknowledged with a job of its own"
         );
-        assert_eq!(submitted.len(), JOBS, "no job answers two submissions");
         // And stored once: no retry created a duplicate.
         let mut jobs = JobServiceClient::new(channel(address));
         let mut stored = 0;
@@ -408,7 +407,7 @@ async fn a_cut_connection_recovers_without_duplicates() {
         &["--slots", "2"],
     );
     crate::common::wait_connected(&orchestrator, "behind-proxy").await;
-    let id = crate::common::submit(&address, &[&path("tests/fixtures/ticker.wasm"), "6"]).await;
+    let id = crate::common::submit(&address, &[&path("tests/fixtures/ticker.wasm"), "12"]).await;
     let _follower = crate::common::follow_until(&address, &id, "tick 0").await;
     proxy.cut();
     // The cut is real: the executor comes back on a new stream, and it landed mid-run: the
@@ -446,7 +445,7 @@ async fn a_cut_connection_recovers_without_duplicates() {
     let logs = crate::common::shoal(&address, &["job", "logs", &id])
         .await
         .success();
-    for tick in 0..6 {
+    for tick in 0..12 {
         assert_eq!(
             logs.stdout.matches(&format!("tick {tick}\n")).count(),
             1,

@@ -706,17 +706,19 @@ async fn nothing_is_acted_on_before_its_commit() {
     .await
     .expect("join")
     .expect("hold the leadership row");
-    let hello = path("examples/hello/hello.wasm");
+    // The program is stored already (the running job's): the CLI goes straight to
+    // SubmitJob, with nothing to upload first (an upload would be held too).
     let mut submitting = tokio::process::Command::new(bin("shoal"))
-        .args(["wasm", "run", "--id-only", &hello])
+        .args(["wasm", "run", "--id-only", &ticker, "1"])
         .env("SHOAL_ORCHESTRATOR", &address)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn submitter");
-    // A commit is waiting on the row: the orchestrator has staged writes and must now sit
-    // on what they cause.
+    // The situation is reached: a commit waits on the row in the database, and the
+    // submission was taken in (listings answer from memory, ahead of the store, so the new
+    // job shows there before its commit). The orchestrator must now sit on what they cause.
     let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'held' \
                    AND wait_event_type = 'Lock'";
     let deadline = Instant::now() + TIMEOUT;
@@ -724,9 +726,25 @@ async fn nothing_is_acted_on_before_its_commit() {
         assert!(Instant::now() < deadline, "no commit waited on the row");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    loop {
+        let listed = shoal(&address, &["job", "list", "--output", "json"])
+            .await
+            .success()
+            .json();
+        if listed.as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the submission never arrived: {listed}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // What was committed before the hold has had time to reach the follower; from here on
+    // the guest goes on ticking on the executor, which reports every line at once, and two
+    // seconds of lines are held back with their commits.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let seen = lines();
-    // The guest goes on ticking on the executor, which reports every line at once; two
-    // more seconds of them are held back with their commits.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(lines(), seen, "a watcher woke before the commit");
     assert!(

@@ -128,7 +128,7 @@ async fn a_publish_that_meets_an_orchestrator_outage_completes_once_it_is_back()
     );
     wait_connected(&orchestrator, "outage-test").await;
     let ticker = path("tests/fixtures/ticker.wasm");
-    let id = crate::common::submit(&address, &[&ticker, "2", "3145728"]).await;
+    let id = crate::common::submit(&address, &[&ticker, "4", "3145728"]).await;
     crate::common::wait_job_state(&address, &id, "RUNNING", |job| {
         state(job) == "JOB_STATE_RUNNING"
     })
@@ -150,7 +150,7 @@ async fn a_publish_that_meets_an_orchestrator_outage_completes_once_it_is_back()
         .await
         .success();
     let stdout = std::fs::read_to_string(results.join("stdout")).expect("stdout");
-    assert_eq!(stdout, "tick 0\ntick 1\n", "{job}");
+    assert_eq!(stdout, "tick 0\ntick 1\ntick 2\ntick 3\n", "{job}");
     let bytes = std::fs::read(results.join("outputs/bytes")).expect("the output");
     assert_eq!(bytes.len(), 3 << 20);
     assert!(

@@ -68,7 +68,7 @@ async fn cpu_percent(stack: &Stack, window: Duration) -> anyhow::Result<f64> {
     let started = Instant::now();
     tokio::time::sleep(window).await;
     let after = stack.orchestrator_thread_time()?;
-    Ok(after.saturating_sub(before).as_secs_f64() / started.elapsed().as_secs_f64() * 100.0)
+    Ok(after.since(&before).as_secs_f64() / started.elapsed().as_secs_f64() * 100.0)
 }
 
 /// B9: thousands of simulated executors, each on its own connection with a Connect stream

@@ -288,10 +288,16 @@ impl ContentStore {
         }
     }
 
-    /// Whether the store holds `cid` as a directory: a result must be one (`stdout`,
-    /// `exitCode`, the outputs). Content the store lacks is an error.
+    /// Whether the stored `cid` is a UnixFS directory: a result must be one (`stdout`,
+    /// `exitCode`, the outputs). Anything else the store holds, a file or a block that is
+    /// not UnixFS, is not; only failing to read the block is an error.
     pub async fn is_directory(&self, cid: &ContentId) -> Result<bool> {
-        Ok(self.resolve_root(cid).await?.kind == EntryKind::Directory)
+        if cid.codec() != DAG_PB {
+            return Ok(false);
+        }
+        let bytes = self.get_block(cid).await?;
+        Ok(unixfs::decode_node(&bytes)
+            .is_ok_and(|(_, data)| data.node_type() == Some(NodeType::Directory)))
     }
 
     /// The entries of the directory `cid` (names and CIDs, in the directory's order); a

@@ -357,15 +357,10 @@ async fn take_result_tree(
                 Ok(cid) if !content.contains(&cid).await? => {
                     Some(format!("its result {cid} is not in the store"))
                 }
-                Ok(cid) => match content.is_directory(&cid).await {
-                    Ok(true) => None,
-                    Ok(false) => Some(format!("its result {cid} is a file, not a directory")),
-                    Err(
-                        crate::error::Error::InvalidArgument(reason)
-                        | crate::error::Error::NotFound(reason),
-                    ) => Some(format!("its result {cid} cannot be read: {reason}")),
-                    Err(error) => return Err(error),
-                },
+                // A file (the program, say) is no result: `job get` could not lay it out.
+                // Failing to read the block is the store's trouble, not the executor's.
+                Ok(cid) => (!content.is_directory(&cid).await?)
+                    .then(|| format!("its result {cid} is not a directory")),
             };
             if let Some(problem) = problem {
                 reject_result(executor_id, finished, problem);

@@ -120,9 +120,19 @@ async fn result_trees_sent_with_completions_are_checked_and_stored() {
     // A completion naming a result that was never uploaded, or no CID at all.
     let unstored = (root_of(&result_tree("never uploaded\n")), Vec::new());
     let not_a_cid = ("bafy\0not-a-cid".to_owned(), Vec::new());
+    // A result is a directory: neither a file the store holds (the program) nor a lone
+    // file sent along will do.
+    let stored_file = (program.clone(), Vec::new());
+    let lone = ContentBlock {
+        cid: shoal::content::cid::ContentId::of_block(shoal::content::cid::RAW, b"0").to_string(),
+        data: Bytes::from_static(b"0"),
+    };
+    let lone_file = (lone.cid.clone(), vec![lone]);
     for (answer, reason) in [
         (unstored, "is not in the store"),
         (not_a_cid, "is not a CID"),
+        (stored_file, "is not a directory"),
+        (lone_file, "is a file, not a directory"),
         (tampered, "does not match its bytes"),
         (missing_child, "neither sent nor stored"),
         (root_first, "the last block is not the root"),

