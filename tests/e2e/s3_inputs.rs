@@ -402,6 +402,31 @@ async fn results_are_published_to_s3() {
         .await
         .success();
     assert_eq!(read(&one), "a,1\n");
+    // S3 credentials come from the environment of the process that needs them: they are
+    // neither in the job nor anywhere in what the orchestrator stored.
+    let shown = stack
+        .shoal(&["job", "describe", &id, "--output", "json"])
+        .await
+        .success();
+    assert!(!shown.stdout.contains(SECRET_KEY), "{}", shown.stdout);
+    let mut stored = vec![stack.dir.path().join("data/orchestrator")];
+    assert!(
+        stored[0].is_dir(),
+        "no data directory at {}",
+        stored[0].display()
+    );
+    while let Some(path) = stored.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("a stored directory") {
+                stored.push(entry.expect("entry").path());
+            }
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            let leaked = bytes
+                .windows(SECRET_KEY.len())
+                .any(|w| w == SECRET_KEY.as_bytes());
+            assert!(!leaked, "the S3 secret is stored in {}", path.display());
+        }
+    }
     // The 20 MiB file went up in parts: a multipart ETag ends in -PARTS.
     let head = client
         .head_object()
