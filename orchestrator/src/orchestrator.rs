@@ -376,6 +376,24 @@ impl Orchestrator {
         self.store.queue(Vec::new()).await?.wait().await
     }
 
+    /// Runs `lookup`, and once more after everything queued is durable if it found nothing.
+    /// Job states are read from memory, where a job shows completed while the commit with
+    /// its result's blocks (sent along with the completion) may still be running: a client
+    /// that saw it complete and asks for its result must find it, not NOT_FOUND.
+    pub async fn once_committed<T, F, Fut>(&self, lookup: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        match lookup().await {
+            Err(error::Error::NotFound(_)) => {
+                self.durable().await?;
+                lookup().await
+            }
+            found => found,
+        }
+    }
+
     /// Read access to the cluster state.
     pub async fn read<T>(&self, f: impl FnOnce(&Cluster) -> T) -> T {
         f(&*self.cluster.lock().await)

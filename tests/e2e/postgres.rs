@@ -781,3 +781,78 @@ async fn nothing_is_acted_on_before_its_commit() {
     }
     shoal(&address, &["job", "stop", &running]).await.success();
 }
+
+/// A job shows COMPLETED from memory while the commit holding its result (the blocks sent
+/// with the completion) still waits in the database. A client that saw it complete and asks
+/// for the result is answered once that commit is durable, with the result, never with
+/// NOT_FOUND.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_shown_before_its_commit_is_served_once_committed() {
+    let server = server().await;
+    let url = fresh_database(server, "shown").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = ["--store", url.as_str()];
+    let orchestrator = start_orchestrator_with(&dir.path().join("data"), 0, &args).await;
+    let address = orchestrator.address.clone();
+    let _executor =
+        crate::common::start_executor(&address, &dir.path().join("executor"), "shown", &[]);
+    wait_connected(&orchestrator, "shown").await;
+    let ticker = path("tests/fixtures/ticker.wasm");
+    let id = crate::common::submit(&address, &[&ticker, "2"]).await;
+    let _follower = crate::common::follow_until(&address, &id, "tick 0").await;
+    let held = tokio::task::spawn_blocking(move || {
+        server.hold("shown", "SELECT epoch FROM shoal_leader FOR UPDATE")
+    })
+    .await
+    .expect("join")
+    .expect("hold the leadership row");
+    // The job ends meanwhile: shown completed (read from memory: no watch wakes before the
+    // commit, so this asks), its commit waiting on the row.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let job = shoal(&address, &["job", "describe", &id, "--output", "json"])
+            .await
+            .success()
+            .json();
+        if state(&job) == "JOB_STATE_COMPLETED" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never shown completed: {job}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'shown' \
+                   AND wait_event_type = 'Lock'";
+    assert_ne!(
+        psql(server, "postgres", waiting).await.trim(),
+        "0",
+        "the completion's commit is not waiting"
+    );
+    let results = dir.path().join("results");
+    let mut getting = tokio::process::Command::new(bin("shoal"))
+        .args(["job", "get", &id, &results.to_string_lossy()])
+        .env("SHOAL_ORCHESTRATOR", &address)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn job get");
+    // Asked while the result is not yet durable, it waits rather than failing.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    if let Some(status) = getting.try_wait().expect("try_wait") {
+        let output = getting.wait_with_output().await.expect("output");
+        panic!("job get ended before the commit: {status}: {output:?}");
+    }
+    tokio::task::spawn_blocking(move || held.release())
+        .await
+        .expect("join")
+        .expect("release the row");
+    let got = tokio::time::timeout(TIMEOUT, getting.wait_with_output())
+        .await
+        .expect("job get ends")
+        .expect("wait");
+    assert!(got.status.success(), "{got:?}");
+    assert_eq!(
+        std::fs::read_to_string(results.join("stdout")).expect("stdout"),
+        "tick 0\ntick 1\n"
+    );
+}

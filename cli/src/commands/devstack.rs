@@ -108,6 +108,16 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::from)
     });
+    // The executors start once the orchestrator serves: started with it, they would each
+    // log its "not serving yet" while it loads its state, and redial.
+    tokio::select! {
+        ready = wait_until_ready(&address, 0) => ready?,
+        Some(result) = tasks.join_next() => {
+            shutdown.cancel();
+            result??;
+            anyhow::bail!("the orchestrator stopped while starting");
+        }
+    }
     for index in 0..args.executors {
         let mut config = shoal_executor::Config::new(
             address.clone(),
@@ -175,7 +185,8 @@ pub async fn run(args: DevstackArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until every executor has registered, so the first job runs at once. Asks the
+/// Waits until the orchestrator serves and `executors` executors have registered (with 0:
+/// until it serves), so the first job runs at once. Asks the
 /// orchestrator every 50 ms: the executors run in this process and register within a few
 /// milliseconds, and the API has no stream of node changes to wait on. UNAVAILABLE is an
 /// orchestrator still starting (on the PostgreSQL store, it answers so until it leads).
@@ -183,19 +194,22 @@ async fn wait_until_ready(address: &str, executors: usize) -> anyhow::Result<()>
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut clients = connect(&Target::plain(address)).await?;
     loop {
-        let nodes = match clients.nodes.list_nodes(ListNodesRequest {}).await {
-            Ok(listed) => listed.into_inner().nodes,
-            Err(status) if status.code() == tonic::Code::Unavailable => Vec::new(),
+        let (serving, nodes) = match clients.nodes.list_nodes(ListNodesRequest {}).await {
+            Ok(listed) => (true, listed.into_inner().nodes),
+            Err(status) if status.code() == tonic::Code::Unavailable => (false, Vec::new()),
             Err(status) => return Err(status.into()),
         };
         let connected = nodes
             .iter()
             .filter(|n| n.state() == NodeState::Connected)
             .count();
-        if connected >= executors {
+        if serving && connected >= executors {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
+            if !serving {
+                anyhow::bail!("the orchestrator did not serve within 60s");
+            }
             anyhow::bail!("only {connected} of {executors} executors connected within 60s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -412,7 +412,11 @@ impl JobService for JobApi {
                 )))
             })?;
         let cid = cid("result_cid", &result_cid)?;
-        let stream = self.0.content().download(&cid, &request.path, 0).await?;
+        let content = self.0.content();
+        let stream = self
+            .0
+            .once_committed(|| content.download(&cid, &request.path, 0))
+            .await?;
         Ok(Response::new(Box::pin(stream)))
     }
 }

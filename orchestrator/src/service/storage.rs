@@ -50,10 +50,10 @@ impl StorageService for StorageApi {
     ) -> Result<Response<Self::DownloadStream>, Status> {
         let request = request.into_inner();
         let cid = cid("cid", &request.cid)?;
+        let content = self.0.content();
         let stream = self
             .0
-            .content()
-            .download(&cid, &request.path, request.offset)
+            .once_committed(|| content.download(&cid, &request.path, request.offset))
             .await?;
         Ok(Response::new(Box::pin(stream)))
     }
@@ -138,8 +138,11 @@ impl StorageService for StorageApi {
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
         let request = request.into_inner();
         let cid = cid("cid", &request.cid)?;
+        let content = self.0.content();
         Ok(Response::new(
-            self.0.content().stat(&cid, &request.path).await?,
+            self.0
+                .once_committed(|| content.stat(&cid, &request.path))
+                .await?,
         ))
     }
 }
