@@ -42,6 +42,35 @@ async fn psql(server: &'static PostgresServer, database: &str, sql: &str) -> Str
         .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// Holds back every commit to `database`: a session of the test's own holds the leadership
+/// row `FOR UPDATE`, which every write transaction reads `FOR SHARE`.
+async fn hold_commits(server: &'static PostgresServer, database: &str) -> shoal_harness::Held {
+    let database = database.to_owned();
+    tokio::task::spawn_blocking(move || {
+        server.hold(&database, "SELECT epoch FROM shoal_leader FOR UPDATE")
+    })
+    .await
+    .expect("join")
+    .expect("hold the leadership row")
+}
+
+/// Lets the commits [`hold_commits`] held back go through.
+async fn release_commits(held: shoal_harness::Held) {
+    tokio::task::spawn_blocking(move || held.release())
+        .await
+        .expect("join")
+        .expect("release the row");
+}
+
+/// How many sessions of `database` wait on a lock (a held-back commit is one).
+async fn lock_waiters(server: &'static PostgresServer, database: &str) -> String {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}' \
+         AND wait_event_type = 'Lock'"
+    );
+    psql(server, "postgres", &sql).await.trim().to_owned()
+}
+
 /// Runs `shoal-orchestrator` with `args` to its exit (within the timeout); its stderr.
 async fn refused_at_start(data: &std::path::Path, args: &[&str]) -> String {
     let output = tokio::time::timeout(
@@ -700,12 +729,7 @@ async fn nothing_is_acted_on_before_its_commit() {
     };
     assert_eq!(assigned(&executor_log), 1);
 
-    let held = tokio::task::spawn_blocking(move || {
-        server.hold("held", "SELECT epoch FROM shoal_leader FOR UPDATE")
-    })
-    .await
-    .expect("join")
-    .expect("hold the leadership row");
+    let held = hold_commits(server, "held").await;
     // The program is stored already (the running job's): the CLI goes straight to
     // SubmitJob, with nothing to upload first (an upload would be held too).
     let mut submitting = tokio::process::Command::new(bin("shoal"))
@@ -719,10 +743,8 @@ async fn nothing_is_acted_on_before_its_commit() {
     // The situation is reached: a commit waits on the row in the database, and the
     // submission was taken in (listings answer from memory, ahead of the store, so the new
     // job shows there before its commit). The orchestrator must now sit on what they cause.
-    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'held' \
-                   AND wait_event_type = 'Lock'";
     let deadline = Instant::now() + TIMEOUT;
-    while psql(server, "postgres", waiting).await.trim() == "0" {
+    while lock_waiters(server, "held").await == "0" {
         assert!(Instant::now() < deadline, "no commit waited on the row");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
@@ -757,10 +779,7 @@ async fn nothing_is_acted_on_before_its_commit() {
         "an Assign left before its commit"
     );
 
-    tokio::task::spawn_blocking(move || held.release())
-        .await
-        .expect("join")
-        .expect("release the row");
+    release_commits(held).await;
     let submitted = tokio::time::timeout(TIMEOUT, submitting.wait_with_output())
         .await
         .expect("the submission is answered")
@@ -800,12 +819,7 @@ async fn a_result_shown_before_its_commit_is_served_once_committed() {
     let ticker = path("tests/fixtures/ticker.wasm");
     let id = crate::common::submit(&address, &[&ticker, "2"]).await;
     let _follower = crate::common::follow_until(&address, &id, "tick 0").await;
-    let held = tokio::task::spawn_blocking(move || {
-        server.hold("shown", "SELECT epoch FROM shoal_leader FOR UPDATE")
-    })
-    .await
-    .expect("join")
-    .expect("hold the leadership row");
+    let held = hold_commits(server, "shown").await;
     // The job ends meanwhile: shown completed (read from memory: no watch wakes before the
     // commit, so this asks), its commit waiting on the row.
     let deadline = Instant::now() + TIMEOUT;
@@ -820,10 +834,8 @@ async fn a_result_shown_before_its_commit_is_served_once_committed() {
         assert!(Instant::now() < deadline, "never shown completed: {job}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'shown' \
-                   AND wait_event_type = 'Lock'";
     assert_ne!(
-        psql(server, "postgres", waiting).await.trim(),
+        lock_waiters(server, "shown").await,
         "0",
         "the completion's commit is not waiting"
     );
@@ -842,10 +854,7 @@ async fn a_result_shown_before_its_commit_is_served_once_committed() {
         let output = getting.wait_with_output().await.expect("output");
         panic!("job get ended before the commit: {status}: {output:?}");
     }
-    tokio::task::spawn_blocking(move || held.release())
-        .await
-        .expect("join")
-        .expect("release the row");
+    release_commits(held).await;
     let got = tokio::time::timeout(TIMEOUT, getting.wait_with_output())
         .await
         .expect("job get ends")
